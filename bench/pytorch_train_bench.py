@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Reference peer for `ferrovision bench train`: the same training step in PyTorch on the CPU.
+
+Times forward + backward + SGD(momentum 0.9) steps on random 32x32 images with 2 threads (the
+machine ferrovision targets) and ends with a line `<number> img/s`, like ferrovision's bench.
+Not run in CI; needs `pip install torch`.
+
+    python3 bench/pytorch_train_bench.py --batch 128                 # resnet18_cifar
+    python3 bench/pytorch_train_bench.py --model fast_net --batch 512
+    python3 bench/pytorch_train_bench.py --batch 256 --infer         # eval-mode forward only
+"""
+import argparse
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def conv_bn(cin, cout, kernel=3, stride=1):
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout)
+    )
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.a = conv_bn(cin, cout, 3, stride)
+        self.b = conv_bn(cout, cout)
+        self.shortcut = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x):
+        return F.relu(self.b(F.relu(self.a(x))) + self.shortcut(x))
+
+
+class ResNet18Cifar(nn.Module):
+    """3x3 stem, no max-pool, stages 64-128-256-512 x 2 BasicBlocks: 11,173,962 parameters."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = conv_bn(3, 64)
+        blocks, cin = [], 64
+        for width, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+            blocks += [BasicBlock(cin, width, stride), BasicBlock(width, width, 1)]
+            cin = width
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        x = self.blocks(F.relu(self.stem(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class FastNet(nn.Module):
+    """ferrovision's fast_net: stem 32, stages 64-256-256 of conv, max-pool, BN, ReLU, conv-BN-ReLU."""
+
+    def __init__(self, num_classes=10, widths=(64, 256, 256)):
+        super().__init__()
+        self.stem = conv_bn(3, 32)
+        stages, cin = [], 32
+        for w in widths:
+            stages.append(nn.ModuleList([nn.Conv2d(cin, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), conv_bn(w, w)]))
+            cin = w
+        self.stages = nn.ModuleList(stages)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        for conv, bn, second in self.stages:
+            x = F.relu(bn(F.max_pool2d(conv(x), 2)))
+            x = F.relu(second(x))
+        x = torch.amax(x, dim=(2, 3))
+        return self.head(x) / 8.0
+
+
+MODELS = {"resnet18_cifar": ResNet18Cifar, "fast_net": FastNet}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="resnet18_cifar", choices=sorted(MODELS))
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--infer", action="store_true", help="time eval-mode forward passes instead")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = MODELS[args.model]()
+    x = torch.randn(args.batch, 3, 32, 32)
+    y = torch.arange(args.batch) % 10
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+    params = sum(p.numel() for p in model.parameters())
+    mode = "inference" if args.infer else "training step"
+    print(f"pytorch {torch.__version__} {mode}: {args.model} ({params:,} parameters), batch {args.batch}, "
+          f"{args.steps} timed steps after {args.warmup} warm-up, {torch.get_num_threads()} threads")
+
+    if args.infer:
+        model.eval()
+        with torch.no_grad():
+            for _ in range(args.warmup):
+                model(x)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                model(x)
+            elapsed = time.perf_counter() - start
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        elapsed = 0.0
+        for i in range(args.warmup + args.steps):
+            start = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            if i >= args.warmup:
+                elapsed += time.perf_counter() - start
+    print(f"{args.batch * args.steps / elapsed:.1f} img/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+//! Augmentation on u8 HWC images. As in torchvision, each random transform separates drawing its
+//! parameters from applying them (a deterministic function of the image and the parameters), so
+//! every step is reproducible from a seed and testable on its own.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// An RGB image, u8 HWC.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Image {
+    pub pixels: Vec<u8>,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Image {
+    pub const CHANNELS: usize = 3;
+
+    pub fn new(pixels: Vec<u8>, height: usize, width: usize) -> Self {
+        assert_eq!(pixels.len(), height * width * Self::CHANNELS, "pixel buffer does not match {height}x{width}x3");
+        Self { pixels, height, width }
+    }
+}
+
+/// How RandomCrop fills the padded border (torchvision's `padding_mode`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PaddingMode {
+    /// Zeros (black).
+    Constant,
+    /// Repeat the edge pixel.
+    Edge,
+    /// Mirror without repeating the edge: `d c b | a b c d | c b a`.
+    #[default]
+    Reflect,
+    /// Mirror repeating the edge: `c b a | a b c d | d c b`.
+    Symmetric,
+}
+
+impl PaddingMode {
+    /// Source index for padded coordinate `i` in `[-pad, len + pad)`, or `None` for constant fill.
+    fn source(self, i: isize, len: usize) -> Option<usize> {
+        let n = len as isize;
+        if (0..n).contains(&i) {
+            return Some(i as usize);
+        }
+        let mapped = match self {
+            PaddingMode::Constant => return None,
+            PaddingMode::Edge => i.clamp(0, n - 1),
+            PaddingMode::Reflect => {
+                let period = 2 * (n - 1).max(1);
+                let m = i.rem_euclid(period);
+                if m < n { m } else { period - m }
+            }
+            PaddingMode::Symmetric => {
+                let period = 2 * n;
+                let m = i.rem_euclid(period);
+                if m < n { m } else { period - 1 - m }
+            }
+        };
+        Some(mapped as usize)
+    }
+}
+
+/// Pad each side by `padding` pixels, then crop a random window of the original size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RandomCrop {
+    pub padding: usize,
+    pub padding_mode: PaddingMode,
+}
+
+impl RandomCrop {
+    /// Top-left corner of the window in padded coordinates, each in `0..=2*padding`.
+    pub fn sample(&self, rng: &mut impl Rng) -> (usize, usize) {
+        (rng.random_range(0..=2 * self.padding), rng.random_range(0..=2 * self.padding))
+    }
+
+    pub fn apply(&self, image: &Image, (top, left): (usize, usize)) -> Image {
+        let (h, w, c) = (image.height, image.width, Image::CHANNELS);
+        let mut out = vec![0u8; image.pixels.len()];
+        let pad = self.padding as isize;
+        for y in 0..h {
+            let Some(sy) = self.padding_mode.source(y as isize + top as isize - pad, h) else { continue };
+            for x in 0..w {
+                let Some(sx) = self.padding_mode.source(x as isize + left as isize - pad, w) else { continue };
+                let (src, dst) = ((sy * w + sx) * c, (y * w + x) * c);
+                out[dst..dst + c].copy_from_slice(&image.pixels[src..src + c]);
+            }
+        }
+        Image::new(out, h, w)
+    }
+}
+
+/// Mirror left-right with probability `p`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RandomHorizontalFlip {
+    pub p: f64,
+}
+
+impl RandomHorizontalFlip {
+    pub fn sample(&self, rng: &mut impl Rng) -> bool {
+        rng.random::<f64>() < self.p
+    }
+
+    pub fn apply(image: &mut Image) {
+        let (w, c) = (image.width, Image::CHANNELS);
+        for row in image.pixels.chunks_exact_mut(w * c) {
+            for x in 0..w / 2 {
+                let (a, b) = (x * c, (w - 1 - x) * c);
+                for k in 0..c {
+                    row.swap(a + k, b + k);
+                }
+            }
+        }
+    }
+}
+
+/// Per-channel mean/std presets for `Normalize`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NormalizePreset {
+    /// Mean and std of the CIFAR-10 training set.
+    #[default]
+    Cifar10,
+    /// The ImageNet statistics torchvision's pretrained weights expect.
+    Imagenet,
+    /// Only scale to [0, 1].
+    None,
+}
+
+impl NormalizePreset {
+    pub fn mean_std(self) -> ([f32; 3], [f32; 3]) {
+        match self {
+            NormalizePreset::Cifar10 => ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
+            NormalizePreset::Imagenet => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            NormalizePreset::None => ([0.0; 3], [1.0; 3]),
+        }
+    }
+}
+
+/// `(x/255 - mean) / std` per channel, written as CHW planes into `out` (length 3*H*W).
+pub fn normalize_to_chw(image: &[u8], height: usize, width: usize, preset: NormalizePreset, out: &mut [f32]) {
+    let (mean, std) = preset.mean_std();
+    let plane = height * width;
+    for ch in 0..Image::CHANNELS {
+        let scale = 1.0 / (255.0 * std[ch]);
+        let shift = mean[ch] / std[ch];
+        let dst = &mut out[ch * plane..(ch + 1) * plane];
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = image[i * Image::CHANNELS + ch] as f32 * scale - shift;
+        }
+    }
+}
+
+/// The training-time pipeline of the basic suite: optional pad-and-random-crop, then optional flip.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainAugment {
+    pub crop: Option<RandomCrop>,
+    pub flip: Option<RandomHorizontalFlip>,
+}
+
+impl TrainAugment {
+    pub fn from_config(config: &crate::config::AugmentConfig) -> Self {
+        Self {
+            crop: (config.crop_padding > 0)
+                .then_some(RandomCrop { padding: config.crop_padding, padding_mode: config.padding_mode }),
+            flip: (config.hflip > 0.0).then_some(RandomHorizontalFlip { p: config.hflip }),
+        }
+    }
+
+    pub fn apply(&self, image: Image, rng: &mut impl Rng) -> Image {
+        let mut image = match &self.crop {
+            Some(crop) => crop.apply(&image, crop.sample(rng)),
+            None => image,
+        };
+        if let Some(flip) = &self.flip {
+            if flip.sample(rng) {
+                RandomHorizontalFlip::apply(&mut image);
+            }
+        }
+        image
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// A 4x4 image whose red channel holds the pixel index, the others zero.
+    fn indexed() -> Image {
+        let mut pixels = vec![0u8; 4 * 4 * 3];
+        for i in 0..16 {
+            pixels[i * 3] = i as u8;
+        }
+        Image::new(pixels, 4, 4)
+    }
+
+    fn red(image: &Image) -> Vec<u8> {
+        image.pixels.chunks(3).map(|p| p[0]).collect()
+    }
+
+    #[test]
+    fn padding_modes_follow_torchvision() {
+        // Row 0 of a width-4 image padded by 2, read left to right.
+        let row = |mode: PaddingMode| -> Vec<Option<usize>> { (-2..6).map(|i| mode.source(i, 4)).collect() };
+        let s = |v: &[usize]| v.iter().map(|&x| Some(x)).collect::<Vec<_>>();
+        assert_eq!(row(PaddingMode::Reflect), s(&[2, 1, 0, 1, 2, 3, 2, 1]));
+        assert_eq!(row(PaddingMode::Symmetric), s(&[1, 0, 0, 1, 2, 3, 3, 2]));
+        assert_eq!(row(PaddingMode::Edge), s(&[0, 0, 0, 1, 2, 3, 3, 3]));
+        assert_eq!(row(PaddingMode::Constant)[0], None);
+    }
+
+    #[test]
+    fn crop_at_the_centre_is_identity_and_shifts_otherwise() {
+        let img = indexed();
+        let crop = RandomCrop { padding: 1, padding_mode: PaddingMode::Constant };
+        assert_eq!(crop.apply(&img, (1, 1)), img);
+        // Window one pixel down and right: pixel (0,0) shows source (1,1) = index 5.
+        let shifted = crop.apply(&img, (2, 2));
+        assert_eq!(red(&shifted)[0], 5);
+        // Window up-left: the first row and column are constant fill.
+        let filled = crop.apply(&img, (0, 0));
+        assert_eq!(&red(&filled)[..4], &[0, 0, 0, 0]);
+        assert_eq!(red(&filled)[5], 0);
+        assert_eq!(red(&filled)[6], 1);
+    }
+
+    #[test]
+    fn flip_mirrors_rows() {
+        let mut img = indexed();
+        RandomHorizontalFlip::apply(&mut img);
+        assert_eq!(&red(&img)[..4], &[3, 2, 1, 0]);
+    }
+
+    #[test]
+    fn pipeline_is_deterministic_for_a_seed() {
+        let aug = TrainAugment {
+            crop: Some(RandomCrop { padding: 1, padding_mode: PaddingMode::Reflect }),
+            flip: Some(RandomHorizontalFlip { p: 0.5 }),
+        };
+        let run = |seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            (0..20).map(|_| aug.apply(indexed(), &mut rng)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn normalize_uses_the_preset() {
+        let mut out = vec![0.0; 3];
+        normalize_to_chw(&[255, 0, 128], 1, 1, NormalizePreset::Imagenet, &mut out);
+        assert!((out[0] - (1.0 - 0.485) / 0.229).abs() < 1e-5);
+        assert!((out[1] - (-0.456 / 0.224)).abs() < 1e-5);
+        normalize_to_chw(&[255, 0, 51], 1, 1, NormalizePreset::None, &mut out);
+        assert_eq!(out, vec![1.0, 0.0, 0.2]);
+    }
+}

@@ -1,0 +1,317 @@
+//! Experiment configuration: one TOML file per experiment, `--set key=value` overrides, and strict
+//! checking (an unknown key or a value of the wrong type is an error that names the key).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::augment::{NormalizePreset, PaddingMode};
+use crate::models::WeightInit;
+use crate::train::optim::OptimizerKind;
+use crate::train::schedule::ScheduleKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("--set {0}: expected key=value (for example --set train.epochs=3)")]
+    BadOverride(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentConfig {
+    pub data: DataConfig,
+    pub augment: AugmentConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub run: RunConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Data set location: a folder or archive in any supported CIFAR-10 form.
+    pub path: PathBuf,
+    /// Fetch the official archive into `path`'s folder when no local copy exists.
+    pub download: bool,
+    /// Where decoded images are cached (relative paths are relative to the working directory).
+    pub cache_dir: PathBuf,
+    /// Images held out of the train split for validation, stratified by class.
+    pub val_size: usize,
+    /// Keep only this many training images per class (0 = all), for quick experiments.
+    pub subset_per_class: usize,
+    /// Keep only this many test images per class (0 = all).
+    pub test_subset_per_class: usize,
+    /// Batches prepared ahead of the training step by the loader thread.
+    pub prefetch: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("../shared/data/cifar10-jpeg.tar.gz"),
+            download: false,
+            cache_dir: PathBuf::from(".cache/ferrovision"),
+            val_size: 5000,
+            subset_per_class: 0,
+            test_subset_per_class: 0,
+            prefetch: 4,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// Pixels of padding around each training image before a random crop back to its size (0 = no crop).
+    pub crop_padding: usize,
+    pub padding_mode: PaddingMode,
+    /// Probability of a horizontal flip.
+    pub hflip: f64,
+    pub normalize: NormalizePreset,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            crop_padding: 4,
+            padding_mode: PaddingMode::Reflect,
+            hflip: 0.5,
+            normalize: NormalizePreset::Cifar10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// A name from `ferrovision models`.
+    pub name: String,
+    /// Dropout probability before the classifier (0 = none).
+    pub dropout: f64,
+    pub init: WeightInit,
+    /// The value used by `init = "constant"`.
+    pub init_constant: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { name: "fast_net".into(), dropout: 0.0, init: WeightInit::Default, init_constant: 0.01 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    /// SGD momentum (PyTorch semantics: no dampening).
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    /// Adam/AdamW betas.
+    pub betas: [f64; 2],
+    pub schedule: ScheduleKind,
+    /// Linear warmup from 0 over this many epochs (fractions allowed), before the schedule.
+    pub warmup_epochs: f64,
+    /// Lowest learning rate of the cosine / one-cycle schedules, as a fraction of `lr`.
+    pub final_lr_fraction: f64,
+    /// Period of the triangular schedule in epochs.
+    pub cycle_epochs: f64,
+    pub label_smoothing: f64,
+    /// Clip each parameter's gradient to this L2 norm (absent = no clipping).
+    pub grad_clip_norm: Option<f64>,
+    /// Seeds weight initialization, the split, shuffling and augmentation.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 128,
+            eval_batch_size: 500,
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 5e-4,
+            betas: [0.9, 0.999],
+            schedule: ScheduleKind::Cosine,
+            warmup_epochs: 0.0,
+            final_lr_fraction: 0.0,
+            cycle_epochs: 2.0,
+            label_smoothing: 0.0,
+            grad_clip_norm: None,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Folder under which each run gets its own `<id>/` folder.
+    pub dir: PathBuf,
+    /// Run id; empty = `<config name>-<timestamp>`.
+    pub id: String,
+    /// `flex` (pure-Rust CPU, default), `vulkan` or `cuda` (with the matching cargo feature).
+    pub device: String,
+    /// Show a progress bar on a terminal.
+    pub progress: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("runs"), id: String::new(), device: "flex".into(), progress: true }
+    }
+}
+
+impl ExperimentConfig {
+    /// Reads a config file and applies `key=value` overrides (values in TOML syntax; a bare word is
+    /// taken as a string).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text, &path.display().to_string(), overrides)
+    }
+
+    pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.into(), message: e.to_string() })?;
+        for item in overrides {
+            apply_override(&mut table, item)?;
+        }
+        let config: ExperimentConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            ConfigError::Parse { origin: origin.into(), message: e.to_string() }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("every config field is representable in TOML")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| Err(ConfigError::Invalid { key: key.into(), message });
+        let t = &self.train;
+        if t.epochs == 0 {
+            return invalid("train.epochs", "expected at least 1".into());
+        }
+        if t.batch_size == 0 || t.eval_batch_size == 0 {
+            return invalid("train.batch_size", "expected at least 1".into());
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return invalid("train.lr", format!("expected a positive number, found {}", t.lr));
+        }
+        if !(0.0..1.0).contains(&t.label_smoothing) {
+            return invalid("train.label_smoothing", format!("expected a value in [0, 1), found {}", t.label_smoothing));
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            return invalid("train.momentum", format!("expected a value in [0, 1), found {}", t.momentum));
+        }
+        if !(0.0..=1.0).contains(&self.augment.hflip) {
+            return invalid("augment.hflip", format!("expected a probability in [0, 1], found {}", self.augment.hflip));
+        }
+        if !(0.0..1.0).contains(&self.model.dropout) {
+            return invalid("model.dropout", format!("expected a probability in [0, 1), found {}", self.model.dropout));
+        }
+        if t.warmup_epochs < 0.0 || t.warmup_epochs > t.epochs as f64 {
+            return invalid("train.warmup_epochs", format!("expected 0..={} epochs, found {}", t.epochs, t.warmup_epochs));
+        }
+        if !crate::models::names().contains(&self.model.name.as_str()) {
+            return invalid(
+                "model.name",
+                format!("unknown model `{}`; expected one of: {}", self.model.name, crate::models::names().join(", ")),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Sets `a.b.c = value` in a TOML table; the value is parsed as TOML, or taken as a string.
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
+    let (key, raw) = item.split_once('=').ok_or_else(|| ConfigError::BadOverride(item.into()))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(ConfigError::BadOverride(item.into()));
+    }
+    let raw = raw.trim();
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("split yields at least one part");
+    let mut node = table;
+    for part in parts {
+        node = node
+            .entry(part)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Invalid { key: key.into(), message: format!("`{part}` is not a section") })?;
+    }
+    node.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = ExperimentConfig::from_toml("[train]\nepochz = 3\n", "x.toml", &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("epochz") && msg.contains("x.toml"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let err = ExperimentConfig::from_toml("[trian]\nepochs = 3\n", "x.toml", &[]).unwrap_err();
+        assert!(err.to_string().contains("trian"), "{err}");
+    }
+
+    #[test]
+    fn non_numeric_value_is_named() {
+        let err = ExperimentConfig::from_toml("[train]\nlr = \"fast\"\n", "x.toml", &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("lr") && msg.contains("fast"), "{msg}");
+        let err = ExperimentConfig::from_toml("", "x.toml", &["train.epochs=ten".into()]).unwrap_err();
+        assert!(err.to_string().contains("epochs"), "{err}");
+    }
+
+    #[test]
+    fn overrides_apply_and_round_trip() {
+        let c = ExperimentConfig::from_toml(
+            "[train]\nepochs = 3\n",
+            "x.toml",
+            &["train.epochs=5".into(), "model.name=resnet18_cifar".into(), "train.lr=0.05".into()],
+        )
+        .unwrap();
+        assert_eq!(c.train.epochs, 5);
+        assert_eq!(c.model.name, "resnet18_cifar");
+        assert_eq!(c.train.lr, 0.05);
+        let again = ExperimentConfig::from_toml(&c.to_toml(), "resolved", &[]).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        let err = ExperimentConfig::from_toml("[augment]\nhflip = 1.5\n", "x.toml", &[]).unwrap_err();
+        assert!(err.to_string().contains("augment.hflip"), "{err}");
+        let err = ExperimentConfig::from_toml("[model]\nname = \"resnet999\"\n", "x.toml", &[]).unwrap_err();
+        assert!(err.to_string().contains("resnet999"), "{err}");
+    }
+}

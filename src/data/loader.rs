@@ -1,0 +1,205 @@
+//! Batch loader: shuffles per epoch, augments and normalizes on a background thread, and keeps
+//! `prefetch` batches ready so the training step never waits on it.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread::JoinHandle;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use super::ImageSet;
+use crate::augment::{Image, NormalizePreset, TrainAugment, normalize_to_chw};
+
+/// Normalized images as NCHW f32 plus their labels.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub images: Vec<f32>,
+    pub labels: Vec<i64>,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    /// Reshuffle the order each epoch (training) or keep the stored order (evaluation).
+    pub shuffle: bool,
+    /// Skip the last incomplete batch (training: a 1-image batch breaks BatchNorm statistics).
+    pub drop_last: bool,
+    pub augment: Option<TrainAugment>,
+    pub normalize: NormalizePreset,
+    pub prefetch: usize,
+    pub seed: u64,
+}
+
+/// Seed of the random stream for one (epoch, batch): independent of thread timing, so a run is
+/// reproducible and can resume mid-way.
+fn stream_seed(seed: u64, epoch: usize, batch: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+        ^ (batch as u64).wrapping_mul(0x94D0_49BB_1331_11EB)
+}
+
+/// The image order of an epoch.
+pub fn epoch_order(len: usize, config: &LoaderConfig, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    if config.shuffle {
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(stream_seed(config.seed, epoch, usize::MAX)));
+    }
+    order
+}
+
+pub fn num_batches(len: usize, config: &LoaderConfig) -> usize {
+    if config.drop_last { len / config.batch_size } else { len.div_ceil(config.batch_size) }
+}
+
+/// Builds batch `index` of an epoch from `order`.
+pub fn make_batch(set: &ImageSet, order: &[usize], config: &LoaderConfig, epoch: usize, index: usize) -> Batch {
+    let start = index * config.batch_size;
+    let picks = &order[start..(start + config.batch_size).min(order.len())];
+    let (h, w) = (set.height, set.width);
+    let plane = 3 * h * w;
+    let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(config.seed, epoch, index));
+    let mut images = vec![0f32; picks.len() * plane];
+    for (slot, &i) in images.chunks_exact_mut(plane).zip(picks) {
+        match &config.augment {
+            Some(augment) => {
+                let image = augment.apply(Image::new(set.image(i).to_vec(), h, w), &mut rng);
+                normalize_to_chw(&image.pixels, h, w, config.normalize, slot);
+            }
+            None => normalize_to_chw(set.image(i), h, w, config.normalize, slot),
+        }
+    }
+    Batch { images, labels: picks.iter().map(|&i| set.labels[i] as i64).collect(), height: h, width: w }
+}
+
+/// Iterator over one epoch's batches, produced on a background thread.
+pub struct EpochLoader {
+    receiver: Option<Receiver<Batch>>,
+    worker: Option<JoinHandle<()>>,
+    remaining: usize,
+}
+
+impl EpochLoader {
+    /// Starts producing the batches of `epoch`, skipping the first `skip` (for resuming).
+    pub fn start(set: Arc<ImageSet>, config: LoaderConfig, epoch: usize, skip: usize) -> Self {
+        let total = num_batches(set.len(), &config);
+        let (sender, receiver) = sync_channel(config.prefetch.max(1));
+        let worker = std::thread::Builder::new()
+            .name("ferrovision-loader".into())
+            .spawn(move || {
+                let order = epoch_order(set.len(), &config, epoch);
+                for index in skip..total {
+                    // The receiver is gone when training stopped early: stop quietly.
+                    if sender.send(make_batch(&set, &order, &config, epoch, index)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the loader thread");
+        Self { receiver: Some(receiver), worker: Some(worker), remaining: total.saturating_sub(skip) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.remaining
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remaining == 0
+    }
+}
+
+impl Iterator for EpochLoader {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        let batch = self.receiver.as_ref()?.recv().ok();
+        if batch.is_some() {
+            self.remaining -= 1;
+        }
+        batch
+    }
+}
+
+impl Drop for EpochLoader {
+    fn drop(&mut self) {
+        drop(self.receiver.take());
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::augment::{PaddingMode, RandomCrop, RandomHorizontalFlip};
+
+    fn set(n: usize) -> Arc<ImageSet> {
+        let pixels = (0..n * 2 * 2 * 3).map(|i| (i % 251) as u8).collect();
+        Arc::new(ImageSet { pixels, labels: (0..n).map(|i| (i % 3) as u16).collect(), height: 2, width: 2 })
+    }
+
+    fn config(shuffle: bool, drop_last: bool) -> LoaderConfig {
+        LoaderConfig {
+            batch_size: 4,
+            shuffle,
+            drop_last,
+            augment: Some(TrainAugment {
+                crop: Some(RandomCrop { padding: 1, padding_mode: PaddingMode::Reflect }),
+                flip: Some(RandomHorizontalFlip { p: 0.5 }),
+            }),
+            normalize: NormalizePreset::Cifar10,
+            prefetch: 2,
+            seed: 3,
+        }
+    }
+
+    #[test]
+    fn covers_every_image_once_per_epoch() {
+        let data = set(10);
+        let batches: Vec<Batch> = EpochLoader::start(data.clone(), config(true, false), 0, 0).collect();
+        assert_eq!(batches.iter().map(Batch::len).collect::<Vec<_>>(), vec![4, 4, 2]);
+        let mut labels: Vec<i64> = batches.iter().flat_map(|b| b.labels.clone()).collect();
+        labels.sort();
+        let mut expected: Vec<i64> = data.labels.iter().map(|&l| l as i64).collect();
+        expected.sort();
+        assert_eq!(labels, expected);
+        assert_eq!(EpochLoader::start(data, config(true, true), 0, 0).count(), 2);
+    }
+
+    #[test]
+    fn same_seed_same_batches_and_epochs_differ() {
+        let data = set(12);
+        let run = |epoch| EpochLoader::start(data.clone(), config(true, false), epoch, 0).map(|b| b.images).collect::<Vec<_>>();
+        assert_eq!(run(0), run(0));
+        assert_ne!(run(0), run(1));
+    }
+
+    #[test]
+    fn skipping_resumes_with_the_same_batches() {
+        let data = set(12);
+        let all: Vec<_> = EpochLoader::start(data.clone(), config(true, false), 2, 0).map(|b| b.labels).collect();
+        let rest: Vec<_> = EpochLoader::start(data, config(true, false), 2, 1).map(|b| b.labels).collect();
+        assert_eq!(&all[1..], &rest[..]);
+    }
+
+    #[test]
+    fn dropping_early_stops_the_worker() {
+        let mut loader = EpochLoader::start(set(100), config(true, false), 0, 0);
+        assert!(loader.next().is_some());
+        drop(loader);
+    }
+}

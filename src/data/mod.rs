@@ -1,0 +1,112 @@
+//! Data sets: readers for each storage format behind one in-memory type, the decoded-image cache,
+//! the train/validation split and the batch loader.
+
+pub mod archive;
+pub mod cache;
+pub mod cifar_binary;
+pub mod cifar_python;
+pub mod detect;
+pub mod download;
+pub mod image_folder;
+pub mod loader;
+pub mod split;
+
+use std::path::PathBuf;
+
+pub use detect::{DataFormat, describe, detect_format, load_dataset};
+
+/// The ten CIFAR-10 class names in label order.
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+];
+
+/// Decoded images of one split, all of the same size, stored as compact u8 HWC (RGB) arrays.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageSet {
+    /// `len * height * width * 3` bytes, image after image, each in HWC order.
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u16>,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ImageSet {
+    pub const CHANNELS: usize = 3;
+
+    pub fn empty(height: usize, width: usize) -> Self {
+        Self { pixels: Vec::new(), labels: Vec::new(), height, width }
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn image_bytes(&self) -> usize {
+        self.height * self.width * Self::CHANNELS
+    }
+
+    /// The HWC bytes of image `index`.
+    pub fn image(&self, index: usize) -> &[u8] {
+        let n = self.image_bytes();
+        &self.pixels[index * n..(index + 1) * n]
+    }
+
+    /// A new set made of the images at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> ImageSet {
+        let mut pixels = Vec::with_capacity(indices.len() * self.image_bytes());
+        for &i in indices {
+            pixels.extend_from_slice(self.image(i));
+        }
+        ImageSet {
+            pixels,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            height: self.height,
+            width: self.width,
+        }
+    }
+
+    /// Number of images of each class, for `num_classes` classes.
+    pub fn class_counts(&self, num_classes: usize) -> Vec<usize> {
+        let mut counts = vec![0; num_classes];
+        for &l in &self.labels {
+            counts[l as usize] += 1;
+        }
+        counts
+    }
+}
+
+/// A labelled data set as read from disk: a train split, a test split and the class names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    pub format: DataFormat,
+    pub classes: Vec<String>,
+    pub train: ImageSet,
+    pub test: ImageSet,
+}
+
+/// Every way reading a data set can fail; each message names the file and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl DataError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io { path: path.into(), source }
+    }
+
+    pub fn invalid(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        DataError::Invalid { path: path.into(), message: message.into() }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, DataError>;

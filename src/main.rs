@@ -1,0 +1,230 @@
+//! The `ferrovision` command line: parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use ferrovision::config::ExperimentConfig;
+use ferrovision::tracking::RunDir;
+use ferrovision::{bench, data, device, models, train};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+#[derive(Parser)]
+#[command(name = "ferrovision", version, about = "Train, evaluate and benchmark image classifiers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model from a config file; writes runs/<id>/ and tests the best checkpoint.
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        /// Override a config key, e.g. --set train.epochs=3 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Data set folder or archive (same as --set data.path=PATH).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Download the official CIFAR-10 archive next to data.path if it is missing.
+        #[arg(long)]
+        download: bool,
+        /// flex (CPU, default), vulkan or cuda (builds with those features).
+        #[arg(long)]
+        device: Option<String>,
+        /// Run id (default: <config name>-<UTC timestamp>).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Evaluate a run's best checkpoint on its test or validation split.
+    Eval {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long, default_value = "test", value_parser = ["test", "val"])]
+        split: String,
+        #[arg(long)]
+        device: Option<String>,
+        /// Evaluate this checkpoint name instead of `best` (e.g. `last`).
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+    },
+    /// Inspect data sets.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// List the model registry with trainable parameter counts.
+    Models,
+    /// Throughput benchmarks; each ends with a line `<number> img/s`.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Detected format, image size and per-class counts.
+    Info { path: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Training step (forward, backward, SGD update) on random 32x32 images.
+    Train {
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value = "flex")]
+        device: String,
+    },
+    /// Evaluation-mode forward passes.
+    Infer {
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value = "flex")]
+        device: String,
+    },
+    /// The data loader alone: crop + flip + normalize of 32x32 images on its background thread.
+    Loader {
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        #[arg(long, default_value_t = 50_000)]
+        images: usize,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing the current step and saving the last checkpoint (Ctrl-C again to abort)");
+    });
+    if let Err(error) = run(Cli::parse()) {
+        eprintln!("error: {error:#}");
+        std::process::exit(if INTERRUPTED.load(Ordering::SeqCst) { 130 } else { 1 });
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train { config, mut overrides, data, download, device, id } => {
+            if let Some(path) = data {
+                overrides.push(format!("data.path={}", toml_string(&path.display().to_string())));
+            }
+            if download {
+                overrides.push("data.download=true".into());
+            }
+            if let Some(device) = device {
+                overrides.push(format!("run.device={}", toml_string(&device)));
+            }
+            if let Some(id) = id {
+                overrides.push(format!("run.id={}", toml_string(&id)));
+            }
+            let name = config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+            let config = ExperimentConfig::load(&config, &overrides)?;
+            let run_id = if config.run.id.is_empty() { default_run_id(&name) } else { config.run.id.clone() };
+            let (run, summary) = train::fit(&config, &run_id, &INTERRUPTED)?;
+            println!(
+                "test accuracy {:.2}% (loss {:.4}) on {} images, best epoch {}, trained {:.0}s, total {:.0}s\nrun saved in {}",
+                100.0 * summary.test_acc,
+                summary.test_loss,
+                summary.test_images,
+                summary.best_epoch,
+                summary.train_seconds,
+                summary.total_seconds,
+                run.path.display()
+            );
+        }
+        Command::Eval { run, split, device, checkpoint } => {
+            let (run, mut config) = RunDir::open(&run)?;
+            if let Some(device) = device {
+                config.run.device = device;
+            }
+            let report = train::evaluate_run(&run, &config, &split, &checkpoint)?;
+            print!("{report}");
+        }
+        Command::Data { command: DataCommand::Info { path } } => {
+            let dataset = data::load_dataset(&path, None)?;
+            print!("{}", data::describe(&dataset));
+        }
+        Command::Models => {
+            println!("{:<16} {:>12}  description", "name", "parameters");
+            let device = burn::prelude::Device::flex();
+            for entry in models::registry() {
+                let config = ferrovision::config::ModelConfig { name: entry.name.into(), ..Default::default() };
+                let params = models::trainable_params(&models::build(&config, 10, &device)?);
+                println!("{:<16} {:>12}  {}", entry.name, group_digits(params), entry.description);
+            }
+            println!("(parameters for 10 classes, counted as torchvision does: BatchNorm running statistics excluded)");
+        }
+        Command::Bench { command } => match command {
+            BenchCommand::Train { model, batch, steps, warmup, device: name } => {
+                let device = device::parse(&name)?;
+                println!("training step: {model}, batch {batch}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads", rayon::current_num_threads());
+                let ips = bench::train_step(&model, batch, steps, warmup, &device)?;
+                println!("{ips:.1} img/s");
+            }
+            BenchCommand::Infer { model, batch, steps, device: name } => {
+                let device = device::parse(&name)?;
+                println!("inference: {model}, batch {batch}, {steps} steps, device {name}");
+                println!("{:.1} img/s", bench::inference(&model, batch, steps, &device)?);
+            }
+            BenchCommand::Loader { batch, images } => {
+                println!("loader: crop+flip+normalize, 32x32, batch {batch}, {images} images, one background thread");
+                println!("{:.1} img/s", bench::loader(batch, images));
+            }
+        },
+    }
+    Ok(())
+}
+
+fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_string()).to_string()
+}
+
+fn group_digits(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// `<name>-YYYYMMDD-HHMMSS` in UTC.
+fn default_run_id(name: &str) -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!("{name}-{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+}
+

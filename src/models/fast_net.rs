@@ -1,0 +1,81 @@
+//! A network designed for training speed on a CPU, after the airbench CIFAR-10 speed-run nets:
+//! few, wide 3x3 convolutions on small feature maps (GEMM-friendly), max-pooling inside each stage,
+//! and a scaled linear head.
+
+use burn::module::Module;
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+use super::layers::{ConvBn, linear};
+use crate::config::ModelConfig;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FastNetConfig {
+    pub stem_channels: usize,
+    /// Width of each stage; each stage is conv, max-pool 2x2, conv.
+    pub widths: Vec<usize>,
+    /// Logits are multiplied by this (a small value keeps early softmax outputs soft).
+    pub logit_scale: f64,
+}
+
+impl Default for FastNetConfig {
+    fn default() -> Self {
+        Self { stem_channels: 32, widths: vec![64, 256, 256], logit_scale: 1.0 / 8.0 }
+    }
+}
+
+impl FastNetConfig {
+    pub fn init(&self, config: &ModelConfig, num_classes: usize, device: &Device) -> FastNet {
+        let mut channels = self.stem_channels;
+        let mut stages = Vec::new();
+        for &width in &self.widths {
+            stages.push(Stage {
+                first: ConvBn::new(config, [channels, width], 3, 1, device),
+                second: ConvBn::new(config, [width, width], 3, 1, device),
+            });
+            channels = width;
+        }
+        FastNet {
+            stem: ConvBn::new(config, [3, self.stem_channels], 3, 1, device),
+            stages,
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+            dropout: DropoutConfig::new(config.dropout).init(),
+            head: linear(config, channels, num_classes, device),
+            logit_scale: self.logit_scale,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Stage {
+    first: ConvBn,
+    second: ConvBn,
+}
+
+#[derive(Module, Debug)]
+pub struct FastNet {
+    stem: ConvBn,
+    stages: Vec<Stage>,
+    pool: MaxPool2d,
+    dropout: Dropout,
+    head: Linear,
+    logit_scale: f64,
+}
+
+impl FastNet {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = relu(self.stem.forward(x));
+        for stage in &self.stages {
+            // Pooling before BatchNorm+ReLU computes them on a quarter of the pixels.
+            x = stage.first.conv.forward(x);
+            x = relu(stage.first.bn.forward(self.pool.forward(x)));
+            x = relu(stage.second.forward(x));
+        }
+        // Global max-pooling over the remaining 4x4 map.
+        let x: Tensor<3> = x.flatten(2, 3);
+        let x: Tensor<2> = x.max_dim(2).flatten(1, 2);
+        self.head.forward(self.dropout.forward(x)).mul_scalar(self.logit_scale)
+    }
+}

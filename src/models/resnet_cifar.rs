@@ -1,0 +1,145 @@
+//! Configurable residual networks for 32x32 inputs: a 3x3 stem without max-pooling, any number of
+//! stages of BasicBlocks or Bottlenecks, global average pooling, optional dropout, a linear head.
+
+use burn::module::Module;
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use serde::{Deserialize, Serialize};
+
+use super::layers::{ConvBn, linear};
+use crate::config::ModelConfig;
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockKind {
+    /// Two kxk convolutions (ResNet-18/34).
+    Basic,
+    /// 1x1 reduce, kxk, 1x1 expand to 4x the width (ResNet-50 and deeper).
+    Bottleneck,
+}
+
+impl BlockKind {
+    fn expansion(self) -> usize {
+        match self {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 4,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ResNetConfig {
+    pub stem_channels: usize,
+    pub widths: Vec<usize>,
+    pub blocks: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub kernel_size: usize,
+    /// Kernel of the projection shortcut used where the shape changes (1 or 3).
+    pub shortcut_kernel: usize,
+    pub block: BlockKind,
+}
+
+impl ResNetConfig {
+    pub fn resnet18_cifar() -> Self {
+        Self::basic(64, vec![64, 128, 256, 512], vec![2, 2, 2, 2], 1)
+    }
+
+    pub fn resnet34_cifar() -> Self {
+        Self::basic(64, vec![64, 128, 256, 512], vec![3, 4, 6, 3], 1)
+    }
+
+    /// The 4.95M-parameter design of the "best ResNet under 5M parameters" study.
+    pub fn budget_resnet() -> Self {
+        Self::basic(32, vec![64, 128, 128, 256], vec![5, 4, 3, 2], 3)
+    }
+
+    fn basic(stem_channels: usize, widths: Vec<usize>, blocks: Vec<usize>, shortcut_kernel: usize) -> Self {
+        let strides = (0..widths.len()).map(|i| if i == 0 { 1 } else { 2 }).collect();
+        Self { stem_channels, widths, blocks, strides, kernel_size: 3, shortcut_kernel, block: BlockKind::Basic }
+    }
+
+    pub fn init(&self, config: &ModelConfig, num_classes: usize, device: &Device) -> ResNet {
+        assert!(
+            self.widths.len() == self.blocks.len() && self.widths.len() == self.strides.len(),
+            "widths, blocks and strides need one entry per stage"
+        );
+        let k = self.kernel_size;
+        let mut channels = self.stem_channels;
+        let mut blocks = Vec::new();
+        for ((&width, &count), &stride) in self.widths.iter().zip(&self.blocks).zip(&self.strides) {
+            for i in 0..count {
+                let stride = if i == 0 { stride } else { 1 };
+                let out = width * self.block.expansion();
+                let convs = match self.block {
+                    BlockKind::Basic => vec![
+                        ConvBn::new(config, [channels, width], k, stride, device),
+                        ConvBn::new(config, [width, width], k, 1, device),
+                    ],
+                    BlockKind::Bottleneck => vec![
+                        ConvBn::new(config, [channels, width], 1, 1, device),
+                        ConvBn::new(config, [width, width], k, stride, device),
+                        ConvBn::new(config, [width, out], 1, 1, device),
+                    ],
+                };
+                let shortcut = (stride != 1 || channels != out)
+                    .then(|| ConvBn::new(config, [channels, out], self.shortcut_kernel, stride, device));
+                blocks.push(ResidualBlock { convs, shortcut });
+                channels = out;
+            }
+        }
+        ResNet {
+            stem: ConvBn::new(config, [3, self.stem_channels], k, 1, device),
+            blocks,
+            pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+            dropout: DropoutConfig::new(config.dropout).init(),
+            fc: linear(config, channels, num_classes, device),
+        }
+    }
+}
+
+/// `relu(convs(x) + shortcut(x))`, with ReLU between the convs.
+#[derive(Module, Debug)]
+pub struct ResidualBlock {
+    convs: Vec<ConvBn>,
+    shortcut: Option<ConvBn>,
+}
+
+impl ResidualBlock {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let identity = match &self.shortcut {
+            Some(projection) => projection.forward(x.clone()),
+            None => x.clone(),
+        };
+        let last = self.convs.len() - 1;
+        let mut y = x;
+        for (i, conv) in self.convs.iter().enumerate() {
+            y = conv.forward(y);
+            if i != last {
+                y = relu(y);
+            }
+        }
+        relu(y + identity)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ResNet {
+    stem: ConvBn,
+    blocks: Vec<ResidualBlock>,
+    pool: AdaptiveAvgPool2d,
+    dropout: Dropout,
+    fc: Linear,
+}
+
+impl ResNet {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = relu(self.stem.forward(x));
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        let x: Tensor<2> = self.pool.forward(x).flatten(1, 3);
+        self.fc.forward(self.dropout.forward(x))
+    }
+}

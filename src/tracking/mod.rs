@@ -1,0 +1,5 @@
+//! Run folders: the resolved config, per-epoch metrics, checkpoints and the final summary.
+
+pub mod run;
+
+pub use run::{EpochMetrics, RunDir, RunSummary, write_atomic};

@@ -1,0 +1,181 @@
+//! One folder per run: `config.toml` (fully resolved), `metrics.jsonl` (one line per epoch),
+//! `checkpoints/{best,last}.bpk`, `summary.json`. Every file is written to a temporary name and
+//! renamed, so a crash never leaves a half-written file in place of a good one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ExperimentConfig;
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().context("file path without a name")?.to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::Error::new(e).context(format!("writing {}", path.display()))
+    })
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_loss: Option<f64>,
+    pub val_acc: Option<f64>,
+    pub lr: f64,
+    pub seconds: f64,
+    pub img_per_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub model: String,
+    pub trainable_params: usize,
+    pub classes: Vec<String>,
+    pub epochs_completed: usize,
+    /// Epoch (1-based) whose checkpoint is `best.bpk`: lowest validation loss, or the last epoch
+    /// when there is no validation split.
+    pub best_epoch: usize,
+    pub best_val_loss: Option<f64>,
+    pub best_val_acc: Option<f64>,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    pub test_images: usize,
+    pub train_seconds: f64,
+    pub total_seconds: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    pub path: PathBuf,
+    pub id: String,
+}
+
+impl RunDir {
+    pub const CONFIG: &'static str = "config.toml";
+    pub const METRICS: &'static str = "metrics.jsonl";
+    pub const SUMMARY: &'static str = "summary.json";
+
+    /// Creates `root/<id>/`; refuses to reuse an existing run's folder.
+    pub fn create(root: &Path, id: &str, config: &ExperimentConfig) -> Result<Self> {
+        let path = root.join(id);
+        if path.exists() {
+            bail!("run folder {} already exists; choose another run.id", path.display());
+        }
+        std::fs::create_dir_all(path.join("checkpoints")).with_context(|| format!("creating {}", path.display()))?;
+        let run = Self { path, id: id.to_string() };
+        write_atomic(&run.path.join(Self::CONFIG), run_config_text(config).as_bytes())?;
+        Ok(run)
+    }
+
+    /// Opens an existing run folder (for `eval`).
+    pub fn open(path: &Path) -> Result<(Self, ExperimentConfig)> {
+        let config_path = path.join(Self::CONFIG);
+        if !config_path.is_file() {
+            bail!("{} is not a run folder: {} is missing", path.display(), config_path.display());
+        }
+        let config = ExperimentConfig::load(&config_path, &[])?;
+        let id = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok((Self { path: path.to_path_buf(), id }, config))
+    }
+
+    pub fn checkpoint(&self, name: &str) -> PathBuf {
+        self.path.join("checkpoints").join(format!("{name}.bpk"))
+    }
+
+    pub fn append_metrics(&self, metrics: &EpochMetrics) -> Result<()> {
+        let path = self.path.join(Self::METRICS);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(file, "{}", serde_json::to_string(metrics)?).with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn read_metrics(&self) -> Result<Vec<EpochMetrics>> {
+        let path = self.path.join(Self::METRICS);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1)))
+            .collect()
+    }
+
+    pub fn write_summary(&self, summary: &RunSummary) -> Result<()> {
+        write_atomic(&self.path.join(Self::SUMMARY), serde_json::to_string_pretty(summary)?.as_bytes())
+    }
+
+    pub fn read_summary(&self) -> Result<RunSummary> {
+        let path = self.path.join(Self::SUMMARY);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+fn run_config_text(config: &ExperimentConfig) -> String {
+    format!("# Fully resolved configuration of this run (defaults and --set overrides applied).\n{}", config.to_toml())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_files_and_leaves_no_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_existing_run_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ExperimentConfig::default();
+        let run = RunDir::create(dir.path(), "r1", &config).unwrap();
+        std::fs::write(run.path.join("keep"), b"x").unwrap();
+        let err = RunDir::create(dir.path(), "r1", &config).unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert!(run.path.join("keep").exists());
+        let (opened, read_back) = RunDir::open(&run.path).unwrap();
+        assert_eq!(read_back, config);
+        assert_eq!(opened.id, "r1");
+    }
+
+    #[test]
+    fn metrics_lines_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path(), "r", &ExperimentConfig::default()).unwrap();
+        let m = EpochMetrics {
+            epoch: 1,
+            train_loss: 1.5,
+            train_acc: 0.4,
+            val_loss: Some(1.2),
+            val_acc: None,
+            lr: 0.1,
+            seconds: 2.0,
+            img_per_s: 100.0,
+        };
+        run.append_metrics(&m).unwrap();
+        run.append_metrics(&EpochMetrics { epoch: 2, ..m.clone() }).unwrap();
+        let back = run.read_metrics().unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0], m);
+    }
+}

@@ -1,0 +1,104 @@
+//! End-of-epoch callbacks: each does one thing and can be tested alone.
+
+use anyhow::{Context, Result};
+use burn::module::Module;
+use burn::store::ModuleRecord;
+
+use crate::models::Classifier;
+use crate::tracking::{EpochMetrics, RunDir, write_atomic};
+
+pub struct EpochContext<'a> {
+    pub run: &'a RunDir,
+    pub model: &'a Classifier,
+    pub metrics: &'a EpochMetrics,
+    pub epochs: usize,
+}
+
+pub trait Callback {
+    fn on_epoch_end(&mut self, context: &EpochContext) -> Result<()>;
+}
+
+/// Appends the epoch's metrics to `metrics.jsonl`.
+pub struct MetricsLog;
+
+impl Callback for MetricsLog {
+    fn on_epoch_end(&mut self, context: &EpochContext) -> Result<()> {
+        context.run.append_metrics(context.metrics)
+    }
+}
+
+/// Prints one line per epoch.
+pub struct ConsoleLog;
+
+impl Callback for ConsoleLog {
+    fn on_epoch_end(&mut self, c: &EpochContext) -> Result<()> {
+        let m = c.metrics;
+        let val = match (m.val_loss, m.val_acc) {
+            (Some(l), Some(a)) => format!(" | val loss {l:.4} acc {:.2}%", 100.0 * a),
+            _ => String::new(),
+        };
+        println!(
+            "epoch {}/{} | train loss {:.4} acc {:.2}%{val} | lr {:.4} | {:.1}s, {:.0} img/s",
+            m.epoch,
+            c.epochs,
+            m.train_loss,
+            100.0 * m.train_acc,
+            m.lr,
+            m.seconds,
+            m.img_per_s
+        );
+        Ok(())
+    }
+}
+
+/// Saves `last` every epoch and `best` whenever the validation loss improves (every epoch when
+/// there is no validation split, so `best` is then the last epoch).
+#[derive(Default)]
+pub struct Checkpointer {
+    best_val_loss: Option<f64>,
+}
+
+impl Checkpointer {
+    pub const BEST: &'static str = "best";
+    pub const LAST: &'static str = "last";
+
+    /// Metrics of the epoch whose checkpoint is `best`, read back from `metrics.jsonl`.
+    pub fn best_metrics(run: &RunDir) -> Result<EpochMetrics> {
+        let metrics = run.read_metrics()?;
+        let best = metrics.iter().filter(|m| m.val_loss.is_some()).min_by(|a, b| a.val_loss.partial_cmp(&b.val_loss).unwrap());
+        best.or(metrics.last()).cloned().context("the run has no completed epoch")
+    }
+}
+
+impl Callback for Checkpointer {
+    fn on_epoch_end(&mut self, c: &EpochContext) -> Result<()> {
+        save_checkpoint(c.model, &c.run.checkpoint(Self::LAST))?;
+        let improved = match (c.metrics.val_loss, self.best_val_loss) {
+            (Some(loss), Some(best)) => loss < best,
+            _ => true,
+        };
+        if improved {
+            self.best_val_loss = c.metrics.val_loss;
+            save_checkpoint(c.model, &c.run.checkpoint(Self::BEST))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a model's parameters (burnpack) through a temporary file and a rename.
+pub fn save_checkpoint(model: &Classifier, path: &std::path::Path) -> Result<()> {
+    let bytes = model.clone().into_record().into_bytes().map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_atomic(path, &bytes)
+}
+
+/// Loads parameters saved by `save_checkpoint` into a freshly built model of the same config.
+pub fn load_checkpoint(model: Classifier, path: &std::path::Path) -> Result<Classifier> {
+    if !path.is_file() {
+        anyhow::bail!("checkpoint {} not found", path.display());
+    }
+    let record = ModuleRecord::load(path)
+        .map_err(|e| anyhow::anyhow!("{}: not a readable checkpoint ({e})", path.display()))?;
+    model
+        .try_load_record(record)
+        .map_err(|e| anyhow::anyhow!("{}: does not match the run's model ({e})", path.display()))
+}

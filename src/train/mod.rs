@@ -1,0 +1,261 @@
+//! The training loop. As in Lightning, the loop itself stays small: what happens at the end of an
+//! epoch (metrics log, checkpoints, console line) lives in callbacks, each in one place.
+
+pub mod callbacks;
+pub mod evaluate;
+pub mod loss;
+pub mod optim;
+pub mod schedule;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::ExperimentConfig;
+use crate::data::loader::{Batch, EpochLoader, LoaderConfig, num_batches};
+use crate::data::{self, ImageSet};
+use crate::models;
+use crate::augment::TrainAugment;
+use crate::tracking::{EpochMetrics, RunDir, RunSummary};
+use callbacks::{Callback, Checkpointer, ConsoleLog, EpochContext, MetricsLog};
+pub use evaluate::{EvalResult, evaluate, evaluate_run};
+use schedule::LrSchedule;
+
+/// The splits a run trains, validates and tests on.
+pub struct TrainingData {
+    pub classes: Vec<String>,
+    pub train: Arc<ImageSet>,
+    pub val: Option<ImageSet>,
+    pub test: ImageSet,
+}
+
+/// Loads the data set a config names (through the cache) and applies the split and subsets.
+pub fn prepare_data(config: &ExperimentConfig) -> Result<TrainingData> {
+    let d = &config.data;
+    let seed = config.train.seed;
+    let path = if !d.path.exists() && d.download {
+        let folder = d.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        data::download::download_cifar10(folder)?
+    } else {
+        d.path.clone()
+    };
+    if !path.exists() {
+        bail!(
+            "data set not found at {} (set data.path or --data to a CIFAR-10 folder or archive, or add --download)",
+            path.display()
+        );
+    }
+    let dataset = data::load_dataset(&path, Some(&d.cache_dir))?;
+    let num_classes = dataset.classes.len();
+    let (train, val) = if d.val_size > 0 {
+        let (train, val) = data::split::stratified_split(&dataset.train, num_classes, d.val_size, seed)?;
+        (train, Some(val))
+    } else {
+        (dataset.train, None)
+    };
+    let train = match d.subset_per_class {
+        0 => train,
+        n => data::split::subset_per_class(&train, num_classes, n, seed)?,
+    };
+    let test = match d.test_subset_per_class {
+        0 => dataset.test,
+        n => data::split::subset_per_class(&dataset.test, num_classes, n, seed)?,
+    };
+    Ok(TrainingData { classes: dataset.classes, train: Arc::new(train), val, test })
+}
+
+/// Images and labels of a batch as tensors on `device`.
+pub fn batch_tensors(batch: Batch, device: &Device) -> (Tensor<4>, Vec<i64>) {
+    let shape = [batch.len(), 3, batch.height, batch.width];
+    (Tensor::from_data(TensorData::new(batch.images, shape), device), batch.labels)
+}
+
+/// Number of rows of `logits` whose arg-max equals the label.
+pub fn count_correct(logits: &[f32], labels: &[i64]) -> usize {
+    let k = logits.len() / labels.len().max(1);
+    logits.chunks_exact(k).zip(labels).filter(|(row, label)| argmax(row) == **label as usize).count()
+}
+
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold(0, |best, (i, v)| if *v > row[best] { i } else { best })
+}
+
+/// Trains the model a config describes in a new run folder and evaluates its best checkpoint on
+/// the test split. `interrupt` (set by Ctrl-C) stops after the current step with a saved checkpoint.
+pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> Result<(RunDir, RunSummary)> {
+    let started = Instant::now();
+    let base_device = crate::device::parse(&config.run.device)?;
+    base_device.seed(config.train.seed);
+    let device = base_device.clone().autodiff();
+    let data = prepare_data(config)?;
+    let num_classes = data.classes.len();
+    if data.train.len() < config.train.batch_size {
+        bail!(
+            "train split has {} images, fewer than train.batch_size = {}",
+            data.train.len(),
+            config.train.batch_size
+        );
+    }
+
+    let mut model = models::build(&config.model, num_classes, &device)?;
+    let params = models::trainable_params(&model);
+    let run = RunDir::create(&config.run.dir, run_id, config)?;
+    println!(
+        "run {}: {} ({} trainable parameters) on {} train / {} val / {} test images, device {}",
+        run.path.display(),
+        config.model.name,
+        params,
+        data.train.len(),
+        data.val.as_ref().map_or(0, ImageSet::len),
+        data.test.len(),
+        config.run.device
+    );
+
+    let loader_config = LoaderConfig {
+        batch_size: config.train.batch_size,
+        shuffle: true,
+        drop_last: true,
+        augment: Some(TrainAugment::from_config(&config.augment)),
+        normalize: config.augment.normalize,
+        prefetch: config.data.prefetch,
+        seed: config.train.seed,
+    };
+    let steps_per_epoch = num_batches(data.train.len(), &loader_config);
+    let schedule = LrSchedule::from_config(&config.train, steps_per_epoch);
+    let mut optimizer = optim::build(&config.train);
+    let mut callbacks: Vec<Box<dyn Callback>> =
+        vec![Box::new(MetricsLog), Box::new(Checkpointer::default()), Box::new(ConsoleLog)];
+
+    let mut step = 0;
+    let mut train_seconds = 0.0;
+    let mut epochs_completed = 0;
+    for epoch in 1..=config.train.epochs {
+        let epoch_start = Instant::now();
+        let loader = EpochLoader::start(data.train.clone(), loader_config.clone(), epoch, 0);
+        let bar = progress_bar(config, steps_per_epoch, epoch);
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        for batch in loader {
+            if interrupt.load(Ordering::SeqCst) {
+                break;
+            }
+            let lr = schedule.lr(step);
+            let (images, labels) = batch_tensors(batch, &device);
+            let targets = loss::smoothed_targets(&labels, num_classes, config.train.label_smoothing, &device);
+            let logits = model.forward(images);
+            let loss = loss::cross_entropy(logits.clone(), targets);
+            let loss_value: f32 = loss.clone().into_scalar();
+            if !loss_value.is_finite() {
+                bar.abandon();
+                bail!(
+                    "training diverged: the loss is {loss_value} at epoch {epoch}, step {} (lr {lr:.4}); \
+                     lower train.lr or add train.grad_clip_norm. Checkpoints of earlier epochs are in {}",
+                    step + 1,
+                    run.path.join("checkpoints").display()
+                );
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optimizer.step(lr, model, grads);
+
+            let logits: Vec<f32> = logits.into_data().try_to_vec::<f32>().context("reading logits")?;
+            correct += count_correct(&logits, &labels);
+            loss_sum += loss_value as f64 * labels.len() as f64;
+            seen += labels.len();
+            step += 1;
+            let elapsed = epoch_start.elapsed().as_secs_f64();
+            bar.set_message(format!(
+                "loss {:.3} acc {:.1}% {:.0} img/s",
+                loss_sum / seen as f64,
+                100.0 * correct as f64 / seen as f64,
+                seen as f64 / elapsed
+            ));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let epoch_train_seconds = epoch_start.elapsed().as_secs_f64();
+        train_seconds += epoch_train_seconds;
+
+        if interrupt.load(Ordering::SeqCst) {
+            model.clone().into_record().save(run.checkpoint("last")).context("saving the last checkpoint")?;
+            bail!("interrupted in epoch {epoch}: saved {}", run.checkpoint("last").display());
+        }
+        let eval_model = model.valid();
+        let val = data
+            .val
+            .as_ref()
+            .map(|v| evaluate(&eval_model, v, num_classes, config.train.eval_batch_size, config.augment.normalize, &base_device))
+            .transpose()?;
+        let metrics = EpochMetrics {
+            epoch,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            val_loss: val.as_ref().map(|v| v.loss),
+            val_acc: val.as_ref().map(|v| v.accuracy),
+            lr: schedule.lr(step.saturating_sub(1)),
+            seconds: epoch_start.elapsed().as_secs_f64(),
+            img_per_s: seen as f64 / epoch_train_seconds,
+        };
+        let context = EpochContext { run: &run, model: &model, metrics: &metrics, epochs: config.train.epochs };
+        for callback in &mut callbacks {
+            callback.on_epoch_end(&context)?;
+        }
+        epochs_completed = epoch;
+    }
+
+    // Test the best checkpoint, as the journal reports it.
+    let best = callbacks::load_checkpoint(
+        models::build(&config.model, num_classes, &base_device)?,
+        &run.checkpoint(Checkpointer::BEST),
+    )?;
+    let test = evaluate(&best, &data.test, num_classes, config.train.eval_batch_size, config.augment.normalize, &base_device)?;
+    let best_metrics = Checkpointer::best_metrics(&run)?;
+    let summary = RunSummary {
+        run_id: run.id.clone(),
+        model: config.model.name.clone(),
+        trainable_params: params,
+        classes: data.classes.clone(),
+        epochs_completed,
+        best_epoch: best_metrics.epoch,
+        best_val_loss: best_metrics.val_loss,
+        best_val_acc: best_metrics.val_acc,
+        test_loss: test.loss,
+        test_acc: test.accuracy,
+        test_images: data.test.len(),
+        train_seconds,
+        total_seconds: started.elapsed().as_secs_f64(),
+    };
+    run.write_summary(&summary)?;
+    Ok((run, summary))
+}
+
+fn progress_bar(config: &ExperimentConfig, steps: usize, epoch: usize) -> ProgressBar {
+    if !config.run.progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+            .expect("valid progress template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{epoch}/{}", config.train.epochs));
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accuracy_counts_argmax_hits() {
+        let logits = [0.1, 0.9, 0.0, 2.0, 1.0, 0.5];
+        assert_eq!(count_correct(&logits, &[1, 0]), 2);
+        assert_eq!(count_correct(&logits, &[0, 0]), 1);
+    }
+}
