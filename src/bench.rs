@@ -18,12 +18,11 @@ use crate::train::{loss, optim};
 
 /// Images per second of full training steps (forward, backward, SGD update) at `batch` on
 /// 32x32x3 inputs, after `warmup` untimed steps.
-pub fn train_step(model_name: &str, batch: usize, steps: usize, warmup: usize, device: &Device) -> Result<f64> {
+pub fn train_step(model_config: &ModelConfig, batch: usize, steps: usize, warmup: usize, device: &Device) -> Result<f64> {
     let device = device.clone().autodiff();
     device.seed(0);
     let num_classes = 10;
-    let model_config = ModelConfig { name: model_name.into(), ..Default::default() };
-    let mut model = models::build(&model_config, num_classes, &device)?;
+    let mut model = models::build(model_config, num_classes, &device)?;
     let mut optimizer = optim::build(&TrainConfig { momentum: 0.9, ..Default::default() });
     let images = Tensor::<4>::random([batch, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let labels: Vec<i64> = (0..batch as i64).map(|i| i % num_classes as i64).collect();
@@ -65,8 +64,8 @@ pub fn loader(batch: usize, images: usize) -> f64 {
 }
 
 /// Images per second of evaluation-mode forward passes.
-pub fn inference(model_name: &str, batch: usize, steps: usize, device: &Device) -> Result<f64> {
-    let model = models::build(&ModelConfig { name: model_name.into(), ..Default::default() }, 10, device)?;
+pub fn inference(model_config: &ModelConfig, batch: usize, steps: usize, device: &Device) -> Result<f64> {
+    let model = models::build(model_config, 10, device)?;
     let images = Tensor::<4>::from_data(TensorData::new(vec![0.5f32; batch * 3 * 32 * 32], [batch, 3, 32, 32]), device);
     let _ = model.forward(images.clone()).into_data();
     let start = Instant::now();

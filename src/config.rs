@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{NormalizePreset, PaddingMode};
-use crate::models::WeightInit;
+use crate::models::{BlockKind, WeightInit};
 use crate::train::optim::OptimizerKind;
 use crate::train::schedule::ScheduleKind;
 
@@ -97,11 +97,36 @@ pub struct ModelConfig {
     pub init: WeightInit,
     /// The value used by `init = "constant"`.
     pub init_constant: f64,
+    /// Architecture overrides of the named preset (absent = the preset's value). `fast_net` reads
+    /// `stem_channels` and `widths`; the ResNets read all of them.
+    pub stem_channels: Option<usize>,
+    /// Width of each stage.
+    pub widths: Option<Vec<usize>>,
+    /// Residual blocks per stage.
+    pub blocks: Option<Vec<usize>>,
+    /// Stride of the first block of each stage.
+    pub strides: Option<Vec<usize>>,
+    pub kernel_size: Option<usize>,
+    /// Kernel of the projection shortcuts (1 or 3).
+    pub shortcut_kernel: Option<usize>,
+    pub block: Option<BlockKind>,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { name: "fast_net".into(), dropout: 0.0, init: WeightInit::Default, init_constant: 0.01 }
+        Self {
+            name: "fast_net".into(),
+            dropout: 0.0,
+            init: WeightInit::Default,
+            init_constant: 0.01,
+            stem_channels: None,
+            widths: None,
+            blocks: None,
+            strides: None,
+            kernel_size: None,
+            shortcut_kernel: None,
+            block: None,
+        }
     }
 }
 
@@ -229,12 +254,7 @@ impl ExperimentConfig {
         if t.warmup_epochs < 0.0 || t.warmup_epochs > t.epochs as f64 {
             return invalid("train.warmup_epochs", format!("expected 0..={} epochs, found {}", t.epochs, t.warmup_epochs));
         }
-        if !crate::models::names().contains(&self.model.name.as_str()) {
-            return invalid(
-                "model.name",
-                format!("unknown model `{}`; expected one of: {}", self.model.name, crate::models::names().join(", ")),
-            );
-        }
+        crate::models::check(&self.model).map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         Ok(())
     }
 }

@@ -87,6 +87,9 @@ enum BenchCommand {
         warmup: usize,
         #[arg(long, default_value = "flex")]
         device: String,
+        /// Model config keys, e.g. --set model.widths=[32,128,128] (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// Evaluation-mode forward passes.
     Infer {
@@ -98,6 +101,8 @@ enum BenchCommand {
         steps: usize,
         #[arg(long, default_value = "flex")]
         device: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// The data loader alone: crop + flip + normalize of 32x32 images on its background thread.
     Loader {
@@ -175,16 +180,18 @@ fn run(cli: Cli) -> Result<()> {
             println!("(parameters for 10 classes, counted as torchvision does: BatchNorm running statistics excluded)");
         }
         Command::Bench { command } => match command {
-            BenchCommand::Train { model, batch, steps, warmup, device: name } => {
+            BenchCommand::Train { model, batch, steps, warmup, device: name, overrides } => {
                 let device = device::parse(&name)?;
+                let model_config = bench_model(&model, &overrides)?;
                 println!("training step: {model}, batch {batch}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads", rayon::current_num_threads());
-                let ips = bench::train_step(&model, batch, steps, warmup, &device)?;
+                let ips = bench::train_step(&model_config, batch, steps, warmup, &device)?;
                 println!("{ips:.1} img/s");
             }
-            BenchCommand::Infer { model, batch, steps, device: name } => {
+            BenchCommand::Infer { model, batch, steps, device: name, overrides } => {
                 let device = device::parse(&name)?;
+                let model_config = bench_model(&model, &overrides)?;
                 println!("inference: {model}, batch {batch}, {steps} steps, device {name}");
-                println!("{:.1} img/s", bench::inference(&model, batch, steps, &device)?);
+                println!("{:.1} img/s", bench::inference(&model_config, batch, steps, &device)?);
             }
             BenchCommand::Loader { batch, images } => {
                 println!("loader: crop+flip+normalize, 32x32, batch {batch}, {images} images, one background thread");
@@ -193,6 +200,13 @@ fn run(cli: Cli) -> Result<()> {
         },
     }
     Ok(())
+}
+
+/// The model config of a benchmark: the named model with `--set model.KEY=VALUE` overrides.
+fn bench_model(name: &str, overrides: &[String]) -> Result<ferrovision::config::ModelConfig> {
+    let mut all = vec![format!("model.name={}", toml_string(name))];
+    all.extend_from_slice(overrides);
+    Ok(ExperimentConfig::from_toml("", "bench", &all)?.model)
 }
 
 fn toml_string(value: &str) -> String {

@@ -1,8 +1,268 @@
-// placeholder until the readers land
+//! Recognizes which storage format a path holds and loads it, through the cache when asked.
+
+use std::fmt::Write as _;
+use std::io;
+use std::ops::ControlFlow;
 use std::path::Path;
-use super::{Dataset, DataError, Result};
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum DataFormat { CifarBinary, CifarPython, ImageFolder }
-pub fn detect_format(path: &Path) -> Result<DataFormat> { Err(DataError::invalid(path, "pending")) }
-pub fn load_dataset(path: &Path, _cache_dir: Option<&Path>) -> Result<Dataset> { Err(DataError::invalid(path, "pending")) }
-pub fn describe(_d: &Dataset) -> String { String::new() }
+
+use serde::{Deserialize, Serialize};
+
+use super::archive::{Source, is_tar_gz};
+use super::cifar_binary::{BINARY_SUFFIX, batch_names};
+use super::image_folder::{SPLIT_FOLDERS, is_image_name};
+use super::{DataError, Dataset, Result, cache, cifar_binary, cifar_python, image_folder};
+
+/// The storage formats a data set can be read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataFormat {
+    /// The official CIFAR-10 binary release (`cifar-10-batches-bin/`).
+    CifarBinary,
+    /// The official CIFAR-10 python release (`cifar-10-batches-py/`, pickles).
+    CifarPython,
+    /// `train/<class>/*` and `test/<class>/*` image files.
+    ImageFolder,
+}
+
+impl DataFormat {
+    /// A short name for messages and listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataFormat::CifarBinary => "cifar-binary",
+            DataFormat::CifarPython => "cifar-python",
+            DataFormat::ImageFolder => "image-folder",
+        }
+    }
+}
+
+const EXPECTED_LAYOUTS: &str = "expected one of: the CIFAR-10 binary release (a folder that is or contains \
+    cifar-10-batches-bin/ with data_batch_1..5.bin and test_batch.bin, or cifar-10-binary.tar.gz); the CIFAR-10 \
+    python release (a folder that is or contains cifar-10-batches-py/ with data_batch_1..5 and test_batch, or \
+    cifar-10-python.tar.gz); an image folder train/<class>/*.png|jpg|jpeg plus test/<class>/*, possibly under one \
+    top folder, as a folder or a .tar.gz/.tgz";
+
+/// Which format `path` (a folder or a `.tar.gz`/`.tgz`) holds.
+pub fn detect_format(path: &Path) -> Result<DataFormat> {
+    locate(path).map(|(format, _)| format)
+}
+
+/// Reads the data set at `path`. With `cache_dir`, a decoded copy is kept there and reused while
+/// the source is unchanged.
+pub fn load_dataset(path: &Path, cache_dir: Option<&Path>) -> Result<Dataset> {
+    match cache_dir {
+        Some(cache_dir) => cache::load_or_build(path, cache_dir, || load_uncached(path)).map(|(dataset, _)| dataset),
+        None => load_uncached(path),
+    }
+}
+
+fn load_uncached(path: &Path) -> Result<Dataset> {
+    let (format, source) = locate(path)?;
+    match format {
+        DataFormat::CifarBinary => cifar_binary::load(&source),
+        DataFormat::CifarPython => cifar_python::load(&source),
+        DataFormat::ImageFolder => image_folder::load(&source),
+    }
+}
+
+/// The format at `path` and the folder (possibly inside the archive) where its files start.
+fn locate(path: &Path) -> Result<(DataFormat, Source)> {
+    if !path.exists() {
+        return Err(DataError::io(path, io::Error::new(io::ErrorKind::NotFound, "no such file or folder")));
+    }
+    if path.is_file() && !is_tar_gz(path) {
+        return Err(DataError::invalid(path, format!("not a folder nor a .tar.gz/.tgz archive; {EXPECTED_LAYOUTS}")));
+    }
+    let source = Source::new(path);
+    let mut found = None;
+    // The deepest marker is an image in top/train/<class>/.
+    source.walk(4, |entry| {
+        found = if entry.is_dir { None } else { classify(entry.path) };
+        Ok(if found.is_some() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+    })?;
+    let (format, root) =
+        found.ok_or_else(|| DataError::invalid(path, format!("no data set found; {EXPECTED_LAYOUTS}")))?;
+    Ok((format, source.subfolder(&root)))
+}
+
+/// The format a file at `relative` marks, and the folder where that data set starts.
+fn classify(relative: &str) -> Option<(DataFormat, String)> {
+    let parts: Vec<&str> = relative.split('/').collect();
+    let (name, folders) = parts.split_last()?;
+    let is_batch = |suffix: &str| batch_names(suffix).iter().any(|batch| batch == name);
+    // CIFAR batches sit at the top or in one folder (cifar-10-batches-bin/ or -py/).
+    if folders.len() <= 1 {
+        if is_batch(BINARY_SUFFIX) {
+            return Some((DataFormat::CifarBinary, folders.join("/")));
+        }
+        if is_batch("") {
+            return Some((DataFormat::CifarPython, folders.join("/")));
+        }
+    }
+    // Images sit in [top/]train/<class>/ or [top/]test/<class>/.
+    if (2..=3).contains(&folders.len()) && SPLIT_FOLDERS.contains(&folders[folders.len() - 2]) && is_image_name(name) {
+        return Some((DataFormat::ImageFolder, folders[..folders.len() - 2].join("/")));
+    }
+    None
+}
+
+/// A summary for `ferrovision data info`: format, image size, and images per class and split.
+pub fn describe(dataset: &Dataset) -> String {
+    let num_classes = dataset.classes.len();
+    let train_counts = dataset.train.class_counts(num_classes);
+    let test_counts = dataset.test.class_counts(num_classes);
+    let width = dataset.classes.iter().map(String::len).chain(["class".len(), "total".len()]).max().unwrap_or(5);
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "format: {}", dataset.format.name());
+    let _ = writeln!(out, "image size: {}x{} RGB (height x width)", dataset.train.height, dataset.train.width);
+    let _ = writeln!(out, "classes: {num_classes}");
+    let _ = writeln!(out, "{:<width$}  {:>8}  {:>8}", "class", "train", "test");
+    for (class, (train, test)) in dataset.classes.iter().zip(train_counts.iter().zip(&test_counts)) {
+        let _ = writeln!(out, "{class:<width$}  {train:>8}  {test:>8}");
+    }
+    let _ = writeln!(out, "{:<width$}  {:>8}  {:>8}", "total", dataset.train.len(), dataset.test.len());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::data::archive::tests::{write_folder, write_tar_gz};
+    use crate::data::cifar_binary::tests::binary_release;
+    use crate::data::cifar_python::tests::python_release;
+    use crate::data::image_folder::tests::image_tree;
+    use crate::data::{CIFAR10_CLASSES, ImageSet};
+
+    fn under(folder: &str, files: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+        files.into_iter().map(|(name, bytes)| (format!("{folder}/{name}"), bytes)).collect()
+    }
+
+    #[test]
+    fn detects_and_loads_every_layout_as_folder_and_archive() {
+        // A folder whose child is cifar-10-batches-bin/ while also holding other files.
+        let mut with_notes = under("cifar-10-batches-bin", binary_release(2));
+        with_notes.push(("notes.txt".into(), b"hello".to_vec()));
+        let layouts = [
+            (DataFormat::CifarBinary, binary_release(2)),
+            (DataFormat::CifarBinary, with_notes),
+            (DataFormat::CifarPython, python_release(2)),
+            (DataFormat::CifarPython, under("cifar-10-batches-py", python_release(2))),
+            (DataFormat::ImageFolder, image_tree(5)),
+            (DataFormat::ImageFolder, under("pets", image_tree(5))),
+        ];
+        for (index, (format, files)) in layouts.into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let folder = dir.path().join("set");
+            write_folder(&folder, &files);
+            let archive = dir.path().join(if index % 2 == 0 { "set.tar.gz" } else { "set.tgz" });
+            write_tar_gz(&archive, &[], &files);
+            for path in [&folder, &archive] {
+                assert_eq!(detect_format(path).unwrap(), format, "{}", path.display());
+                let dataset = load_dataset(path, None).unwrap();
+                // Every layout above holds 10 train images.
+                assert_eq!((dataset.format, dataset.train.len()), (format, 10), "{}", path.display());
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_layouts_say_what_was_expected() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = detect_format(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("no data set found") && err.contains("cifar-10-batches-bin") && err.contains("train/<class>"),
+            "{err}"
+        );
+
+        let plain = dir.path().join("batch.zip");
+        std::fs::write(&plain, b"zip").unwrap();
+        let err = detect_format(&plain).unwrap_err().to_string();
+        assert!(err.contains("batch.zip") && err.contains("not a folder nor a .tar.gz"), "{err}");
+
+        let missing = dir.path().join("nowhere");
+        let err = load_dataset(&missing, None).unwrap_err().to_string();
+        assert!(err.contains("nowhere") && err.contains("no such file"), "{err}");
+
+        // Images too deep to be train/<class>/<image>.
+        write_folder(&dir.path().join("deep"), &under("a/b", image_tree(1)));
+        let err = detect_format(&dir.path().join("deep")).unwrap_err().to_string();
+        assert!(err.contains("no data set found"), "{err}");
+    }
+
+    #[test]
+    fn load_dataset_goes_through_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("set");
+        write_folder(&source, &image_tree(2));
+        let cache_dir = dir.path().join("cache");
+        let fresh = load_dataset(&source, Some(&cache_dir)).unwrap();
+        assert_eq!(std::fs::read_dir(&cache_dir).unwrap().count(), 1);
+        assert_eq!(load_dataset(&source, Some(&cache_dir)).unwrap(), fresh);
+    }
+
+    #[test]
+    fn describe_lists_counts_per_class() {
+        let set = |labels: Vec<u16>| ImageSet { pixels: vec![0; labels.len() * 12], labels, height: 2, width: 2 };
+        let dataset = Dataset {
+            format: DataFormat::ImageFolder,
+            classes: vec!["cat".into(), "hippopotamus".into()],
+            train: set(vec![0, 1, 1]),
+            test: set(vec![1]),
+        };
+        let text = describe(&dataset);
+        assert_eq!(
+            text,
+            "format: image-folder\nimage size: 2x2 RGB (height x width)\nclasses: 2\n\
+             class            train      test\n\
+             cat                  1         0\n\
+             hippopotamus         2         1\n\
+             total                3         1\n"
+        );
+    }
+
+    #[test]
+    fn format_names_and_serde_agree() {
+        for format in [DataFormat::CifarBinary, DataFormat::CifarPython, DataFormat::ImageFolder] {
+            assert_eq!(serde_json::to_string(&format).unwrap(), format!("\"{}\"", format.name()));
+        }
+    }
+
+    fn real_cifar10_jpeg() -> Option<PathBuf> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10-jpeg.tar.gz");
+        if path.is_file() {
+            Some(path)
+        } else {
+            eprintln!("skipping: {} is absent (real CIFAR-10 JPEG data lives in ../shared/data)", path.display());
+            None
+        }
+    }
+
+    #[test]
+    fn reads_real_cifar10_jpeg_and_caches_it() {
+        let Some(path) = real_cifar10_jpeg() else { return };
+        let cache_dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let dataset = load_dataset(&path, Some(cache_dir.path())).unwrap();
+        let first_load = started.elapsed();
+        let started = Instant::now();
+        let cached = load_dataset(&path, Some(cache_dir.path())).unwrap();
+        let second_load = started.elapsed();
+        eprintln!(
+            "real CIFAR-10 JPEG: first load {first_load:.2?} (decode + cache write), second load {second_load:.2?} (cache)"
+        );
+
+        assert_eq!(dataset.format, DataFormat::ImageFolder);
+        assert_eq!(dataset.classes, CIFAR10_CLASSES);
+        assert_eq!((dataset.train.len(), dataset.test.len()), (50_000, 10_000));
+        assert_eq!(dataset.train.class_counts(10), [5_000; 10]);
+        assert_eq!(dataset.test.class_counts(10), [1_000; 10]);
+        assert_eq!((dataset.train.height, dataset.train.width), (32, 32));
+        // Images are ordered by class, then file number: test/cat/0000.jpg is test image 3000.
+        assert_eq!(dataset.test.labels[3 * 1_000], 3);
+        assert_eq!(dataset.test.labels[3 * 1_000 - 1], 2);
+        assert!(cached == dataset, "the cached copy differs from the decoded one");
+    }
+}

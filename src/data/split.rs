@@ -1,4 +1,173 @@
-// placeholder until the readers land
-use super::{ImageSet, Result, DataError};
-pub fn stratified_split(_s: &ImageSet, _k: usize, _v: usize, _seed: u64) -> Result<(ImageSet, ImageSet)> { Err(DataError::Other("pending".into())) }
-pub fn subset_per_class(_s: &ImageSet, _k: usize, _n: usize, _seed: u64) -> Result<ImageSet> { Err(DataError::Other("pending".into())) }
+//! Seeded, class-balanced selections of a set: the train/validation split and fixed-size
+//! per-class subsets. The same seed always picks the same images.
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use super::{DataError, ImageSet, Result};
+
+/// Splits `set` into (train, validation) with `val_size` validation images, each class giving
+/// its share in proportion to its size (largest remainders get the leftover images). Both
+/// parts keep the set's order.
+pub fn stratified_split(
+    set: &ImageSet,
+    num_classes: usize,
+    val_size: usize,
+    seed: u64,
+) -> Result<(ImageSet, ImageSet)> {
+    if val_size > set.len() {
+        return Err(DataError::Other(format!(
+            "validation size {val_size} is larger than the set, which has {} images",
+            set.len()
+        )));
+    }
+    let by_class = shuffled_indices_by_class(set, num_classes, seed)?;
+    let quotas = proportional_quotas(&by_class.iter().map(Vec::len).collect::<Vec<_>>(), val_size);
+    let mut val = Vec::with_capacity(val_size);
+    let mut train = Vec::with_capacity(set.len() - val_size);
+    for (indices, quota) in by_class.iter().zip(quotas) {
+        val.extend_from_slice(&indices[..quota]);
+        train.extend_from_slice(&indices[quota..]);
+    }
+    val.sort_unstable();
+    train.sort_unstable();
+    Ok((set.select(&train), set.select(&val)))
+}
+
+/// `n` images of each class, picked with `seed`, in the set's order.
+pub fn subset_per_class(set: &ImageSet, num_classes: usize, n: usize, seed: u64) -> Result<ImageSet> {
+    let by_class = shuffled_indices_by_class(set, num_classes, seed)?;
+    if let Some((class, indices)) = by_class.iter().enumerate().find(|(_, indices)| indices.len() < n) {
+        return Err(DataError::Other(format!(
+            "class {class} has {} images, fewer than the {n} per class asked for",
+            indices.len()
+        )));
+    }
+    let mut picked: Vec<usize> = by_class.iter().flat_map(|indices| indices[..n].iter().copied()).collect();
+    picked.sort_unstable();
+    Ok(set.select(&picked))
+}
+
+/// The indices of each class's images, each list shuffled by one generator seeded with `seed`.
+fn shuffled_indices_by_class(set: &ImageSet, num_classes: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
+    let mut by_class = vec![Vec::new(); num_classes];
+    for (index, &label) in set.labels.iter().enumerate() {
+        let class_indices = by_class.get_mut(usize::from(label)).ok_or_else(|| {
+            DataError::Other(format!("image {index} has label {label}, but there are only {num_classes} classes"))
+        })?;
+        class_indices.push(index);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for indices in &mut by_class {
+        indices.shuffle(&mut rng);
+    }
+    Ok(by_class)
+}
+
+/// Splits `total` (at most the sum of `sizes`) over groups in proportion to `sizes`: each gets
+/// the floor of its exact share, and the leftover goes one by one to the largest remainders
+/// (the lower group first on ties).
+fn proportional_quotas(sizes: &[usize], total: usize) -> Vec<usize> {
+    let population: usize = sizes.iter().sum();
+    if population == 0 {
+        return vec![0; sizes.len()];
+    }
+    let mut quotas: Vec<usize> = sizes.iter().map(|&size| total * size / population).collect();
+    let leftover = total - quotas.iter().sum::<usize>();
+    let mut by_remainder: Vec<usize> = (0..sizes.len()).collect();
+    by_remainder.sort_by_key(|&group| std::cmp::Reverse(total * sizes[group] % population));
+    for &group in &by_remainder[..leftover] {
+        quotas[group] += 1;
+    }
+    quotas
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A set of 1x1 images whose pixel holds the image index (mod 256) and whose labels follow
+    /// `class_sizes`, classes interleaved.
+    fn set_with_class_sizes(class_sizes: &[usize]) -> ImageSet {
+        let mut remaining = class_sizes.to_vec();
+        let mut labels = Vec::new();
+        while remaining.iter().any(|&n| n > 0) {
+            for (class, left) in remaining.iter_mut().enumerate() {
+                if *left > 0 {
+                    labels.push(class as u16);
+                    *left -= 1;
+                }
+            }
+        }
+        let pixels = (0..labels.len()).flat_map(|i| [i as u8, (i >> 8) as u8, 0]).collect();
+        ImageSet { pixels, labels, height: 1, width: 1 }
+    }
+
+    /// The original index of each image, read back from its pixel.
+    fn origins(set: &ImageSet) -> Vec<usize> {
+        (0..set.len()).map(|i| usize::from(set.image(i)[0]) | usize::from(set.image(i)[1]) << 8).collect()
+    }
+
+    #[test]
+    fn split_is_stratified_complete_and_ordered() {
+        let set = set_with_class_sizes(&[500, 300, 200]);
+        let (train, val) = stratified_split(&set, 3, 100, 7).unwrap();
+        assert_eq!(val.class_counts(3), [50, 30, 20]);
+        assert_eq!(train.class_counts(3), [450, 270, 180]);
+        let (train_origins, val_origins) = (origins(&train), origins(&val));
+        assert!(train_origins.is_sorted() && val_origins.is_sorted());
+        let mut all = [train_origins, val_origins].concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>());
+        for (index, &origin) in origins(&val).iter().enumerate() {
+            assert_eq!(val.labels[index], set.labels[origin]);
+        }
+    }
+
+    #[test]
+    fn leftover_goes_to_largest_remainders() {
+        assert_eq!(proportional_quotas(&[5, 5, 5], 4), [2, 1, 1]);
+        // Shares 2.5, 0.75, 1.75: floors 2, 0, 1, then the two largest remainders.
+        assert_eq!(proportional_quotas(&[10, 3, 7], 5), [2, 1, 2]);
+        assert_eq!(proportional_quotas(&[10, 3, 7], 20), [10, 3, 7]);
+        assert_eq!(proportional_quotas(&[0, 0], 0), [0, 0]);
+        let set = set_with_class_sizes(&[5, 5, 5]);
+        assert_eq!(stratified_split(&set, 3, 4, 1).unwrap().1.class_counts(3), [2, 1, 1]);
+    }
+
+    #[test]
+    fn same_seed_same_split() {
+        let set = set_with_class_sizes(&[60, 40]);
+        let first = stratified_split(&set, 2, 25, 42).unwrap();
+        assert_eq!(stratified_split(&set, 2, 25, 42).unwrap(), first);
+        assert_ne!(stratified_split(&set, 2, 25, 43).unwrap().1, first.1);
+        assert_eq!(subset_per_class(&set, 2, 10, 9).unwrap(), subset_per_class(&set, 2, 10, 9).unwrap());
+        assert_ne!(subset_per_class(&set, 2, 10, 9).unwrap(), subset_per_class(&set, 2, 10, 10).unwrap());
+    }
+
+    #[test]
+    fn split_edges_and_errors() {
+        let set = set_with_class_sizes(&[3, 2]);
+        let (train, val) = stratified_split(&set, 2, 5, 0).unwrap();
+        assert_eq!((train.len(), val.len()), (0, 5));
+        let (train, val) = stratified_split(&set, 2, 0, 0).unwrap();
+        assert_eq!((train, val.len()), (set.clone(), 0));
+        let err = stratified_split(&set, 2, 6, 0).unwrap_err().to_string();
+        assert!(err.contains("validation size 6") && err.contains("5 images"), "{err}");
+        let err = stratified_split(&set, 1, 1, 0).unwrap_err().to_string();
+        assert!(err.contains("label 1") && err.contains("only 1 classes"), "{err}");
+    }
+
+    #[test]
+    fn subset_picks_n_per_class() {
+        let set = set_with_class_sizes(&[8, 5, 6]);
+        let subset = subset_per_class(&set, 3, 4, 3).unwrap();
+        assert_eq!(subset.class_counts(3), [4, 4, 4]);
+        let subset_origins = origins(&subset);
+        assert!(subset_origins.is_sorted());
+        assert!(subset_origins.iter().zip(&subset.labels).all(|(&o, &l)| set.labels[o] == l));
+        let err = subset_per_class(&set, 3, 6, 3).unwrap_err().to_string();
+        assert!(err.contains("class 1 has 5 images") && err.contains("6 per class"), "{err}");
+    }
+}

@@ -27,6 +27,12 @@ impl Default for FastNetConfig {
 }
 
 impl FastNetConfig {
+    pub fn with_overrides(mut self, config: &ModelConfig) -> Self {
+        self.stem_channels = config.stem_channels.unwrap_or(self.stem_channels);
+        self.widths = config.widths.clone().unwrap_or(self.widths);
+        self
+    }
+
     pub fn init(&self, config: &ModelConfig, num_classes: usize, device: &Device) -> FastNet {
         let mut channels = self.stem_channels;
         let mut stages = Vec::new();

@@ -77,7 +77,7 @@ const REGISTRY: &[ModelEntry] = &[
     ModelEntry {
         name: "fast_net",
         description: "airbench-style 3-stage conv net (64-256-256), fast on CPU; the quick config",
-        build: |c, k, d| Classifier::FastNet(FastNetConfig::default().init(c, k, d)),
+        build: |c, k, d| Classifier::FastNet(FastNetConfig::default().with_overrides(c).init(c, k, d)),
     },
     ModelEntry {
         name: "tutorial_net",
@@ -87,19 +87,45 @@ const REGISTRY: &[ModelEntry] = &[
     ModelEntry {
         name: "resnet18_cifar",
         description: "ResNet-18 for 32x32 inputs (3x3 stem, no max-pool)",
-        build: |c, k, d| Classifier::ResNet(ResNetConfig::resnet18_cifar().init(c, k, d)),
+        build: |c, k, d| Classifier::ResNet(ResNetConfig::resnet18_cifar().with_overrides(c).init(c, k, d)),
     },
     ModelEntry {
         name: "resnet34_cifar",
         description: "ResNet-34 for 32x32 inputs",
-        build: |c, k, d| Classifier::ResNet(ResNetConfig::resnet34_cifar().init(c, k, d)),
+        build: |c, k, d| Classifier::ResNet(ResNetConfig::resnet34_cifar().with_overrides(c).init(c, k, d)),
     },
     ModelEntry {
         name: "budget_resnet",
         description: "ResNet under 5M parameters: stem 32, widths 64-128-128-256, blocks 5-4-3-2, 3x3 shortcuts",
-        build: |c, k, d| Classifier::ResNet(ResNetConfig::budget_resnet().init(c, k, d)),
+        build: |c, k, d| Classifier::ResNet(ResNetConfig::budget_resnet().with_overrides(c).init(c, k, d)),
     },
 ];
+
+/// Checks a model config before anything is built; the error names the offending key.
+pub fn check(config: &ModelConfig) -> Result<(), (String, String)> {
+    let key = |k: &str| format!("model.{k}");
+    if !names().contains(&config.name.as_str()) {
+        return Err((key("name"), format!("unknown model `{}`; expected one of: {}", config.name, names().join(", "))));
+    }
+    let stages = config.widths.as_ref().map(Vec::len);
+    for (name, list) in [("blocks", &config.blocks), ("strides", &config.strides)] {
+        if let (Some(list), Some(n)) = (list, stages) {
+            if list.len() != n {
+                return Err((key(name), format!("expected one entry per stage ({n}, as model.widths), found {}", list.len())));
+            }
+        }
+    }
+    let zero = |v: &Option<Vec<usize>>| v.as_ref().is_some_and(|v| v.is_empty() || v.contains(&0));
+    for (name, list) in [("widths", &config.widths), ("blocks", &config.blocks), ("strides", &config.strides)] {
+        if zero(list) {
+            return Err((key(name), "expected a non-empty list of positive numbers".into()));
+        }
+    }
+    if config.kernel_size.is_some_and(|k| k % 2 == 0) || config.shortcut_kernel.is_some_and(|k| k % 2 == 0) {
+        return Err((key("kernel_size"), "expected an odd kernel size (1, 3, 5, ...)".into()));
+    }
+    Ok(())
+}
 
 pub fn registry() -> &'static [ModelEntry] {
     REGISTRY

@@ -60,11 +60,26 @@ impl ResNetConfig {
         Self { stem_channels, widths, blocks, strides, kernel_size: 3, shortcut_kernel, block: BlockKind::Basic }
     }
 
+    /// The preset with the architecture keys a config sets. Stages added by a longer `widths`
+    /// get one block and stride 2 unless `blocks`/`strides` say otherwise.
+    pub fn with_overrides(mut self, config: &ModelConfig) -> Self {
+        if let Some(widths) = &config.widths {
+            let n = widths.len();
+            self.widths = widths.clone();
+            self.blocks.resize(n, 1);
+            let strides = (0..n).map(|i| self.strides.get(i).copied().unwrap_or(2));
+            self.strides = strides.collect();
+        }
+        self.stem_channels = config.stem_channels.unwrap_or(self.stem_channels);
+        self.blocks = config.blocks.clone().unwrap_or(self.blocks);
+        self.strides = config.strides.clone().unwrap_or(self.strides);
+        self.kernel_size = config.kernel_size.unwrap_or(self.kernel_size);
+        self.shortcut_kernel = config.shortcut_kernel.unwrap_or(self.shortcut_kernel);
+        self.block = config.block.unwrap_or(self.block);
+        self
+    }
+
     pub fn init(&self, config: &ModelConfig, num_classes: usize, device: &Device) -> ResNet {
-        assert!(
-            self.widths.len() == self.blocks.len() && self.widths.len() == self.strides.len(),
-            "widths, blocks and strides need one entry per stage"
-        );
         let k = self.kernel_size;
         let mut channels = self.stem_channels;
         let mut blocks = Vec::new();
