@@ -53,9 +53,9 @@ class ResNet18Cifar(nn.Module):
 
 
 class FastNet(nn.Module):
-    """ferrovision's fast_net: stem 32, stages 64-256-256 of conv, max-pool, BN, ReLU, conv-BN-ReLU."""
+    """ferrovision's fast_net: stem 32, stages 32-128-256 of conv, max-pool, BN, ReLU, conv-BN-ReLU."""
 
-    def __init__(self, num_classes=10, widths=(64, 256, 256)):
+    def __init__(self, num_classes=10, widths=(32, 128, 256)):
         super().__init__()
         self.stem = conv_bn(3, 32)
         stages, cin = [], 32

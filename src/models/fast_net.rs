@@ -22,7 +22,7 @@ pub struct FastNetConfig {
 
 impl Default for FastNetConfig {
     fn default() -> Self {
-        Self { stem_channels: 32, widths: vec![64, 256, 256], logit_scale: 1.0 / 8.0 }
+        Self { stem_channels: 32, widths: vec![32, 128, 256], logit_scale: 1.0 / 8.0 }
     }
 }
 

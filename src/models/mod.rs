@@ -76,7 +76,7 @@ pub struct ModelEntry {
 const REGISTRY: &[ModelEntry] = &[
     ModelEntry {
         name: "fast_net",
-        description: "airbench-style 3-stage conv net (64-256-256), fast on CPU; the quick config",
+        description: "airbench-style 3-stage conv net (32-128-256), fast on CPU; the quick config",
         build: |c, k, d| Classifier::FastNet(FastNetConfig::default().with_overrides(c).init(c, k, d)),
     },
     ModelEntry {
