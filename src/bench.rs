@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
 
@@ -14,7 +13,7 @@ use crate::config::{ModelConfig, TrainConfig};
 use crate::data::ImageSet;
 use crate::data::loader::{EpochLoader, LoaderConfig};
 use crate::models;
-use crate::train::{loss, optim};
+use crate::train::{loss, optim, step_once};
 
 /// Images per second of full training steps (forward, backward, SGD update) at `batch` on
 /// 32x32x3 inputs, after `warmup` untimed steps.
@@ -30,11 +29,8 @@ pub fn train_step(model_config: &ModelConfig, batch: usize, steps: usize, warmup
     let mut timed = 0.0;
     for i in 0..warmup + steps {
         let start = Instant::now();
-        let loss = loss::cross_entropy(model.forward(images.clone()), targets.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optimizer.step(0.01, model, grads);
-        // Reading a value waits for the step to finish on asynchronous backends.
-        let _: f32 = loss.into_scalar();
+        // step_once reads the loss value, which waits for the step on asynchronous backends.
+        model = step_once(model, &mut optimizer, images.clone(), targets.clone(), 0.01).0;
         if i >= warmup {
             timed += start.elapsed().as_secs_f64();
         }

@@ -12,8 +12,8 @@ use crate::train::schedule::ScheduleKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
     #[error("--set {0}: expected key=value (for example --set train.epochs=3)")]
@@ -205,20 +205,20 @@ impl ExperimentConfig {
     /// taken as a string).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+            .map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
         Self::from_toml(&text, &path.display().to_string(), overrides)
     }
 
     pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
         let mut table: toml::Table = text
             .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.into(), message: e.to_string() })?;
+            .map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.into(), message: one_line(&e) })?;
         for item in overrides {
             apply_override(&mut table, item)?;
         }
-        let config: ExperimentConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            ConfigError::Parse { origin: origin.into(), message: e.to_string() }
-        })?;
+        let config: ExperimentConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.into(), message: one_line(&e) })?;
         config.validate()?;
         Ok(config)
     }
@@ -257,6 +257,11 @@ impl ExperimentConfig {
         crate::models::check(&self.model).map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         Ok(())
     }
+}
+
+/// toml's messages span several lines (with a source excerpt); errors here are one line.
+fn one_line(error: &toml::de::Error) -> String {
+    error.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// Sets `a.b.c = value` in a TOML table; the value is parsed as TOML, or taken as a string.

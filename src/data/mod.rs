@@ -91,8 +91,9 @@ pub struct Dataset {
 /// Every way reading a data set can fail; each message names the file and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    // The io error is part of the message, not a `source`, so `{:#}` does not print it twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("{0}")]
@@ -100,8 +101,8 @@ pub enum DataError {
 }
 
 impl DataError {
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        DataError::Io { path: path.into(), error }
     }
 
     pub fn invalid(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {

@@ -102,3 +102,50 @@ pub fn load_checkpoint(model: Classifier, path: &std::path::Path) -> Result<Clas
         .try_load_record(record)
         .map_err(|e| anyhow::anyhow!("{}: does not match the run's model ({e})", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+    use crate::models;
+    use burn::prelude::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn checkpoint_round_trip_gives_identical_predictions() {
+        let device = Device::flex();
+        let config = ModelConfig::default();
+        device.seed(1);
+        let trained = models::build(&config, 10, &device).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.bpk");
+        save_checkpoint(&trained, &path).unwrap();
+        device.seed(2);
+        let fresh = models::build(&config, 10, &device).unwrap();
+        let images = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+        let before: Vec<f32> = fresh.forward(images.clone()).into_data().try_to_vec().unwrap();
+        let loaded = load_checkpoint(fresh, &path).unwrap();
+        let expected: Vec<f32> = trained.forward(images.clone()).into_data().try_to_vec().unwrap();
+        let got: Vec<f32> = loaded.forward(images).into_data().try_to_vec().unwrap();
+        assert_ne!(before, expected, "differently seeded models should differ");
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn corrupt_or_mismatched_checkpoints_are_clear_errors() {
+        let device = Device::flex();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.bpk");
+        std::fs::write(&path, b"not a checkpoint").unwrap();
+        let model = models::build(&ModelConfig::default(), 10, &device).unwrap();
+        let err = load_checkpoint(model.clone(), &path).unwrap_err().to_string();
+        assert!(err.contains("bad.bpk"), "{err}");
+        let other = models::build(&ModelConfig { name: "tutorial_net".into(), ..Default::default() }, 10, &device).unwrap();
+        let saved = dir.path().join("tutorial.bpk");
+        save_checkpoint(&other, &saved).unwrap();
+        let err = load_checkpoint(model, &saved).unwrap_err().to_string();
+        assert!(err.contains("does not match"), "{err}");
+        let err = load_checkpoint(other, &dir.path().join("missing.bpk")).unwrap_err().to_string();
+        assert!(err.contains("missing.bpk"), "{err}");
+    }
+}

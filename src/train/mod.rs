@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -21,7 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::ExperimentConfig;
 use crate::data::loader::{Batch, EpochLoader, LoaderConfig, num_batches};
 use crate::data::{self, ImageSet};
-use crate::models;
+use crate::models::{self, Classifier};
 use crate::augment::TrainAugment;
 use crate::tracking::{EpochMetrics, RunDir, RunSummary};
 use callbacks::{Callback, Checkpointer, ConsoleLog, EpochContext, MetricsLog};
@@ -87,6 +87,22 @@ pub fn argmax(row: &[f32]) -> usize {
     row.iter().enumerate().fold(0, |best, (i, v)| if *v > row[best] { i } else { best })
 }
 
+/// One optimizer step: forward, cross-entropy against `targets`, backward, update. Returns the
+/// updated model, the loss value and the logits (for accuracy).
+pub fn step_once(
+    model: Classifier,
+    optimizer: &mut ModuleOptimizer,
+    images: Tensor<4>,
+    targets: Tensor<2>,
+    lr: f64,
+) -> (Classifier, f32, Tensor<2>) {
+    let logits = model.forward(images);
+    let loss = loss::cross_entropy(logits.clone(), targets);
+    let loss_value: f32 = loss.clone().into_scalar();
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    (optimizer.step(lr, model, grads), loss_value, logits.detach())
+}
+
 /// Trains the model a config describes in a new run folder and evaluates its best checkpoint on
 /// the test split. `interrupt` (set by Ctrl-C) stops after the current step with a saved checkpoint.
 pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> Result<(RunDir, RunSummary)> {
@@ -148,20 +164,21 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
             let lr = schedule.lr(step);
             let (images, labels) = batch_tensors(batch, &device);
             let targets = loss::smoothed_targets(&labels, num_classes, config.train.label_smoothing, &device);
-            let logits = model.forward(images);
-            let loss = loss::cross_entropy(logits.clone(), targets);
-            let loss_value: f32 = loss.clone().into_scalar();
+            let (next, loss_value, logits) = step_once(model, &mut optimizer, images, targets, lr);
+            model = next;
             if !loss_value.is_finite() {
                 bar.abandon();
+                let kept = if epoch > 1 {
+                    format!("the checkpoints of epochs before it are in {}", run.path.join("checkpoints").display())
+                } else {
+                    "no checkpoint was written".to_string()
+                };
                 bail!(
-                    "training diverged: the loss is {loss_value} at epoch {epoch}, step {} (lr {lr:.4}); \
-                     lower train.lr or add train.grad_clip_norm. Checkpoints of earlier epochs are in {}",
-                    step + 1,
-                    run.path.join("checkpoints").display()
+                    "training diverged: the loss is {loss_value} at epoch {epoch}, step {} (lr {lr:e}); \
+                     lower train.lr or set train.grad_clip_norm; {kept}",
+                    step + 1
                 );
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(lr, model, grads);
 
             let logits: Vec<f32> = logits.into_data().try_to_vec::<f32>().context("reading logits")?;
             correct += count_correct(&logits, &labels);
@@ -251,6 +268,34 @@ fn progress_bar(config: &ExperimentConfig, steps: usize, epoch: usize) -> Progre
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ModelConfig, TrainConfig};
+    use burn::tensor::Distribution;
+
+    /// A network that can learn must drive the loss of one fixed batch of random labels to ~0.
+    #[test]
+    fn overfits_one_batch() {
+        let device = Device::flex().autodiff();
+        device.seed(1);
+        let mut model = models::build(&ModelConfig::default(), 10, &device).unwrap();
+        let mut optimizer = optim::build(&TrainConfig {
+            optimizer: optim::OptimizerKind::Adam,
+            weight_decay: 0.0,
+            ..Default::default()
+        });
+        let images = Tensor::<4>::random([16, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+        let labels: Vec<i64> = (0..16).map(|i| (i * 7 % 10) as i64).collect();
+        let targets = loss::smoothed_targets(&labels, 10, 0.0, &device);
+        let mut history = Vec::new();
+        for _ in 0..60 {
+            let (next, loss, logits) = step_once(model, &mut optimizer, images.clone(), targets.clone(), 3e-3);
+            model = next;
+            let logits: Vec<f32> = logits.into_data().try_to_vec().unwrap();
+            history.push((loss, count_correct(&logits, &labels)));
+        }
+        let (first, last) = (history[0], history[history.len() - 1]);
+        assert!(first.0 > 2.0, "initial loss {}", first.0);
+        assert!(last.0 < 0.1 && last.1 == 16, "after 60 steps: loss {} and {}/16 correct", last.0, last.1);
+    }
 
     #[test]
     fn accuracy_counts_argmax_hits() {
