@@ -534,3 +534,22 @@ fn ctrl_c_stops_with_a_loadable_last_checkpoint() {
     // The saved checkpoint is whole: eval loads it.
     ferrovision(ws.root(), &["eval", "--run", s(&run), "--checkpoint", "last"]).success();
 }
+
+#[test]
+fn the_same_seed_repeats_a_run_exactly() {
+    let ws = Workspace::new();
+    // Augmentation on, so the seed drives the weights, the split, the order and the crops/flips.
+    let augment = ["--set", "augment.crop_padding=2", "--set", "augment.hflip=0.5"];
+    ws.train("a", &augment).success();
+    ws.train("b", &augment).success();
+    let seed1 = ["--set", "augment.crop_padding=2", "--set", "augment.hflip=0.5", "--set", "train.seed=1"];
+    ws.train("c", &seed1).success();
+    let metrics = |id: &str| std::fs::read_to_string(ws.runs().join(id).join("metrics.jsonl")).unwrap();
+    let losses = |id: &str| -> Vec<f64> {
+        metrics(id).lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["train_loss"].as_f64().unwrap()).collect()
+    };
+    assert_eq!(losses("a"), losses("b"));
+    assert_ne!(losses("a"), losses("c"));
+    let summary = |id: &str| read_json(&ws.runs().join(id).join("summary.json"))["test_loss"].as_f64().unwrap();
+    assert_eq!(summary("a"), summary("b"));
+}
