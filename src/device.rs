@@ -19,13 +19,48 @@ pub fn available() -> Vec<&'static str> {
 pub fn parse(name: &str) -> Result<Device> {
     match name {
         "flex" | "cpu" => Ok(Device::flex()),
-        #[cfg(feature = "vulkan")]
-        "vulkan" => Ok(Device::vulkan(burn::tensor::DeviceKind::DefaultDevice)),
-        #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(0)),
-        "vulkan" | "cuda" => {
-            bail!("device `{name}` needs a build with its GPU backend: cargo build --release --features {name}")
-        }
+        "vulkan" | "cuda" => match gpu_device(name) {
+            Some(device) => probe_gpu(name, device),
+            None => bail!("device `{name}` needs a build with its GPU backend: cargo build --release --features {name}"),
+        },
         other => bail!("unknown device `{other}`; this build supports: {}", available().join(", ")),
+    }
+}
+
+/// The GPU device of that name, where this build has its backend.
+fn gpu_device(name: &str) -> Option<Device> {
+    #[cfg(feature = "vulkan")]
+    if name == "vulkan" {
+        return Some(Device::vulkan(burn::tensor::DeviceKind::DefaultDevice));
+    }
+    #[cfg(feature = "cuda")]
+    if name == "cuda" {
+        return Some(Device::cuda(0));
+    }
+    let _ = name;
+    None
+}
+
+/// GPU runtimes start lazily and panic (on their own thread) when no adapter exists; one tiny
+/// operation up front turns that into an error naming the device.
+fn probe_gpu(name: &str, device: Device) -> Result<Device> {
+    use std::sync::{Arc, Mutex};
+    let first_panic = Arc::new(Mutex::new(None::<String>));
+    let recorder = first_panic.clone();
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let mut slot = recorder.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert_with(|| info.to_string());
+    }));
+    let probe = std::panic::catch_unwind(|| {
+        let _ = burn::tensor::Tensor::<1>::zeros([1], &device).into_data();
+    });
+    std::panic::set_hook(previous_hook);
+    match probe {
+        Ok(()) => Ok(device),
+        Err(_) => {
+            let detail = first_panic.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+            bail!("device `{name}` could not be started: {}", detail.lines().last().unwrap_or("unknown error"))
+        }
     }
 }

@@ -553,3 +553,15 @@ fn the_same_seed_repeats_a_run_exactly() {
     let summary = |id: &str| read_json(&ws.runs().join(id).join("summary.json"))["test_loss"].as_f64().unwrap();
     assert_eq!(summary("a"), summary("b"));
 }
+
+#[test]
+fn device_errors_say_what_to_build_or_choose() {
+    let ws = Workspace::new();
+    let gpu = ws.train("gpu", &["--device", "cuda"]);
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    gpu.failure(&["cuda", "--features cuda"]);
+    ws.train("tpu", &["--device", "tpu"]).failure(&["unknown device `tpu`", "flex"]);
+    assert!(ws.run_folders().is_empty(), "no run folder for a device error");
+}
