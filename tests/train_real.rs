@@ -20,7 +20,7 @@ fn short_run_on_real_cifar10_beats_chance_by_far() {
     let Some(data) = shared_cifar() else { return };
     let runs = tempfile::tempdir().unwrap();
     // 3,000 training images (300 per class), 1,000 for validation, 2,000 real test images.
-    let config = ExperimentConfig::from_toml(
+    let mut config = ExperimentConfig::from_toml(
         r#"
         [data]
         val_size = 1000
@@ -42,7 +42,6 @@ fn short_run_on_real_cifar10_beats_chance_by_far() {
         &[],
     )
     .unwrap();
-    let mut config = config;
     config.data.path = data;
     config.data.cache_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/ferrovision");
     config.run.dir = runs.path().to_path_buf();
