@@ -65,7 +65,12 @@ impl Checkpointer {
     /// Metrics of the epoch whose checkpoint is `best`, read back from `metrics.jsonl`.
     pub fn best_metrics(run: &RunDir) -> Result<EpochMetrics> {
         let metrics = run.read_metrics()?;
-        let best = metrics.iter().filter(|m| m.val_loss.is_some()).min_by(|a, b| a.val_loss.partial_cmp(&b.val_loss).unwrap());
+        // The first epoch with the lowest validation loss, as the checkpointer chose it.
+        let best = metrics
+            .iter()
+            .filter_map(|m| m.val_loss.map(|loss| (loss, m)))
+            .min_by(|(a, _), (b, _)| a.total_cmp(b))
+            .map(|(_, m)| m);
         best.or(metrics.last()).cloned().context("the run has no completed epoch")
     }
 }
