@@ -8,7 +8,7 @@ use anyhow::Result;
 use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
 
-use crate::augment::{NormalizePreset, PaddingMode, RandomCrop, RandomHorizontalFlip, TrainAugment};
+use crate::augment::{InputTransform, NormalizePreset, PaddingMode, RandomCrop, RandomHorizontalFlip, TrainAugment};
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::ImageSet;
 use crate::data::loader::{EpochLoader, LoaderConfig};
@@ -50,7 +50,7 @@ pub fn loader(batch: usize, images: usize) -> f64 {
             crop: Some(RandomCrop { padding: 4, padding_mode: PaddingMode::Reflect }),
             flip: Some(RandomHorizontalFlip { p: 0.5 }),
         }),
-        normalize: NormalizePreset::Cifar10,
+        input: InputTransform { size: None, normalize: NormalizePreset::Cifar10 },
         prefetch: 4,
         seed: 0,
     };

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::augment::{NormalizePreset, PaddingMode};
+use crate::augment::{InputTransform, NormalizePreset, PaddingMode};
 use crate::models::{BlockKind, WeightInit};
 use crate::train::optim::OptimizerKind;
 use crate::train::schedule::ScheduleKind;
@@ -28,6 +28,7 @@ pub struct ExperimentConfig {
     pub data: DataConfig,
     pub augment: AugmentConfig,
     pub model: ModelConfig,
+    pub transfer: TransferConfig,
     pub train: TrainConfig,
     pub run: RunConfig,
 }
@@ -49,6 +50,9 @@ pub struct DataConfig {
     pub test_subset_per_class: usize,
     /// Batches prepared ahead of the training step by the loader thread.
     pub prefetch: usize,
+    /// Resize every image to this square size on its way into the model (bilinear, antialiased),
+    /// e.g. 32 -> 224 for ImageNet-pretrained weights. Absent = the data set's own size.
+    pub input_size: Option<usize>,
 }
 
 impl Default for DataConfig {
@@ -61,6 +65,7 @@ impl Default for DataConfig {
             subset_per_class: 0,
             test_subset_per_class: 0,
             prefetch: 4,
+            input_size: None,
         }
     }
 }
@@ -110,6 +115,13 @@ pub struct ModelConfig {
     /// Kernel of the projection shortcuts (1 or 3).
     pub shortcut_kernel: Option<usize>,
     pub block: Option<BlockKind>,
+    /// Initial weights: a PyTorch checkpoint (zip or legacy .pth), a safetensors file, or a
+    /// ferrovision export.
+    pub weights: Option<PathBuf>,
+    /// Registered pretrained weights (`ferrovision weights list`), fetched into `data.cache_dir`.
+    pub pretrained: Option<String>,
+    /// Load what matches when the weights do not fit exactly (and print what did not).
+    pub allow_partial: bool,
 }
 
 impl Default for ModelConfig {
@@ -126,6 +138,9 @@ impl Default for ModelConfig {
             kernel_size: None,
             shortcut_kernel: None,
             block: None,
+            weights: None,
+            pretrained: None,
+            allow_partial: false,
         }
     }
 }
@@ -200,6 +215,65 @@ impl Default for RunConfig {
     }
 }
 
+/// Which parameters train when starting from pretrained weights.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Freeze {
+    /// The first N top-level children of the reference model (as `named_children()` lists them).
+    Children(usize),
+    /// Parameters whose path (or reference child name) starts with one of these.
+    Patterns(Vec<String>),
+}
+
+/// What happens to the pretrained classifier.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadMode {
+    /// A new classifier for the data set's classes in place of the pretrained one.
+    #[default]
+    Replace,
+    /// Keep the pretrained classifier (e.g. 1000 ImageNet logits) and add a head on its outputs.
+    Append,
+}
+
+/// What trains when fine-tuning.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Finetune {
+    /// Every parameter not frozen by `freeze`.
+    #[default]
+    All,
+    /// Only the new head (the whole pretrained network frozen).
+    Head,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    pub finetune: Finetune,
+    pub freeze: Freeze,
+    pub head: HeadMode,
+    /// Hidden units of a two-layer head (0 = a single linear layer).
+    pub head_hidden: usize,
+    /// Dropout before the head's layers.
+    pub head_dropout: f64,
+    /// The pretrained part trains at `train.lr` times this (the head at `train.lr`).
+    pub backbone_lr_scale: f64,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            finetune: Finetune::All,
+            freeze: Freeze::Children(0),
+            head: HeadMode::Replace,
+            head_hidden: 0,
+            head_dropout: 0.0,
+            backbone_lr_scale: 1.0,
+        }
+    }
+}
+
 impl ExperimentConfig {
     /// Reads a config file and applies `key=value` overrides (values in TOML syntax; a bare word is
     /// taken as a string).
@@ -216,11 +290,32 @@ impl ExperimentConfig {
         for item in overrides {
             apply_override(&mut table, item)?;
         }
-        let config: ExperimentConfig = toml::Value::Table(table)
+        let normalize_given = table.get("augment").and_then(|a| a.get("normalize")).is_some();
+        let mut config: ExperimentConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.into(), message: one_line(&e) })?;
         config.validate()?;
+        if !normalize_given {
+            config.augment.normalize = config.default_normalize();
+        }
         Ok(config)
+    }
+
+    /// Pretrained weights expect their own normalization: the registry's, ImageNet's for other
+    /// weight files; CIFAR-10 statistics otherwise.
+    fn default_normalize(&self) -> NormalizePreset {
+        let m = &self.model;
+        let registered = |name: &str| crate::weights::registry::find(name).ok().map(|w| w.normalize);
+        match (&m.pretrained, &m.weights) {
+            (Some(name), _) => registered(name).unwrap_or(NormalizePreset::Imagenet),
+            (None, Some(_)) => NormalizePreset::Imagenet,
+            (None, None) => NormalizePreset::Cifar10,
+        }
+    }
+
+    /// The resize and normalization every image goes through, in training and evaluation.
+    pub fn input_transform(&self) -> InputTransform {
+        InputTransform { size: self.data.input_size, normalize: self.augment.normalize }
     }
 
     pub fn to_toml(&self) -> String {
@@ -253,6 +348,19 @@ impl ExperimentConfig {
         }
         if t.warmup_epochs < 0.0 || t.warmup_epochs > t.epochs as f64 {
             return invalid("train.warmup_epochs", format!("expected 0..={} epochs, found {}", t.epochs, t.warmup_epochs));
+        }
+        let tr = &self.transfer;
+        if !(0.0..1.0).contains(&tr.head_dropout) {
+            return invalid("transfer.head_dropout", format!("expected a probability in [0, 1), found {}", tr.head_dropout));
+        }
+        if !(tr.backbone_lr_scale.is_finite() && tr.backbone_lr_scale >= 0.0) {
+            return invalid("transfer.backbone_lr_scale", format!("expected a number >= 0, found {}", tr.backbone_lr_scale));
+        }
+        if self.data.input_size == Some(0) {
+            return invalid("data.input_size", "expected a positive size in pixels".into());
+        }
+        if self.model.weights.is_some() && self.model.pretrained.is_some() {
+            return invalid("model.weights", "give either model.weights or model.pretrained, not both".into());
         }
         crate::models::check(&self.model).map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         Ok(())

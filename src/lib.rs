@@ -7,5 +7,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod models;
+pub mod serve;
 pub mod tracking;
 pub mod train;
+pub mod weights;

@@ -53,6 +53,58 @@ enum Command {
         #[arg(long, default_value = "best")]
         checkpoint: String,
     },
+    /// Label images (files, folders or .tar.gz archives) with a run, an export or pretrained weights.
+    Predict {
+        /// Images, folders or .tar.gz archives of images.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// A training run folder (uses its best checkpoint).
+        #[arg(long, conflicts_with_all = ["export", "model"])]
+        run: Option<PathBuf>,
+        /// A model file written by `ferrovision export`.
+        #[arg(long, conflicts_with = "model")]
+        export: Option<PathBuf>,
+        /// A registered architecture (`ferrovision models`), with --weights or --pretrained.
+        #[arg(long)]
+        model: Option<String>,
+        /// PyTorch checkpoint (.pth/.pt, zip or legacy format) or safetensors file for --model.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Registered pretrained weights (`ferrovision weights list`); downloaded into the cache.
+        #[arg(long)]
+        pretrained: Option<String>,
+        /// Load what matches when the weights do not fit the model exactly, and list the rest.
+        #[arg(long)]
+        allow_partial: bool,
+        /// Class table: TSV with index/wnid/name columns, or one class name per line.
+        #[arg(long)]
+        classes: Option<PathBuf>,
+        /// Score the predictions: the true class is the start of each file name (up to `_`).
+        #[arg(long)]
+        labels_from_file_names: bool,
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value = "flex")]
+        device: String,
+        #[arg(long, default_value = ".cache/ferrovision")]
+        cache_dir: PathBuf,
+    },
+    /// Export a run's best model to safetensors, with its config and classes.
+    Export {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+    },
+    /// Pretrained weights.
+    Weights {
+        #[command(subcommand)]
+        command: WeightsCommand,
+    },
     /// Inspect data sets.
     Data {
         #[command(subcommand)]
@@ -65,6 +117,12 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum WeightsCommand {
+    /// The registry of known pretrained weights.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -164,6 +222,73 @@ fn run(cli: Cli) -> Result<()> {
             }
             let report = train::evaluate_run(&run, &config, &split, &checkpoint)?;
             print!("{report}");
+        }
+        Command::Predict {
+            inputs,
+            run,
+            export,
+            model,
+            weights,
+            pretrained,
+            allow_partial,
+            classes,
+            labels_from_file_names,
+            top_k,
+            batch,
+            device: name,
+            cache_dir,
+        } => {
+            use ferrovision::serve::predict::{self, ClassNames, ModelSource};
+            let source = match (run, export, model) {
+                (Some(dir), _, _) => ModelSource::Run { dir, checkpoint: "best".into() },
+                (_, Some(path), _) => ModelSource::Export(path),
+                (_, _, Some(model)) => ModelSource::Weights { model, weights, pretrained, allow_partial, cache_dir },
+                _ => anyhow::bail!("say which model: --run DIR, --export FILE, or --model NAME with --weights/--pretrained"),
+            };
+            let device = device::parse(&name)?;
+            let table = classes.as_deref().map(ClassNames::read).transpose()?;
+            let (predictor, classes) = predict::load_predictor(&source, table, &device)?;
+            let images = predict::read_inputs(&inputs)?;
+            let pixels: Vec<_> = images.iter().map(|i| i.image.clone()).collect();
+            let predictions = predictor.predict(&pixels, top_k, batch);
+            let label = |c: usize| classes.names.get(c).cloned().unwrap_or_else(|| c.to_string());
+            let (mut top1, mut topk, mut scored) = (0, 0, 0);
+            for (input, prediction) in images.iter().zip(&predictions) {
+                let ranked: Vec<String> = prediction.top.iter().map(|&(c, p)| format!("{} {:.3}", label(c), p)).collect();
+                println!("{}\t{}", input.name, ranked.join("\t"));
+                if labels_from_file_names {
+                    let truth = classes.from_file_name(&input.name).ok_or_else(|| {
+                        anyhow::anyhow!("{}: the file name names no class of the class table", input.name)
+                    })?;
+                    scored += 1;
+                    top1 += usize::from(prediction.top.first().is_some_and(|&(c, _)| c == truth));
+                    topk += usize::from(prediction.top.iter().any(|&(c, _)| c == truth));
+                }
+            }
+            if labels_from_file_names {
+                let pct = |n: usize| 100.0 * n as f64 / scored.max(1) as f64;
+                println!("top-1 {:.2}% ({top1}/{scored}), top-{top_k} {:.2}% ({topk}/{scored})", pct(top1), pct(topk));
+            }
+        }
+        Command::Export { run, out, checkpoint } => {
+            let written = ferrovision::weights::export::export_run(&run, &checkpoint, &out)?;
+            println!("{} exported to {}", written, out.display());
+        }
+        Command::Weights { command: WeightsCommand::List } => {
+            println!("{:<20} {:>5} {:>6} {:>6}  {:<9} {:<64}  source", "name", "input", "resize", "top-1", "normalize", "sha256");
+            for w in ferrovision::weights::registry::all() {
+                println!(
+                    "{:<20} {:>5} {:>6} {:>5.1}%  {:<9} {:<64}  {}",
+                    w.name,
+                    w.input_size,
+                    w.resize_size,
+                    w.top1,
+                    format!("{:?}", w.normalize).to_lowercase(),
+                    w.sha256,
+                    w.url
+                );
+            }
+            println!("(torchvision publishes the first 8 hex digits of SHA-256; those are checked)");
         }
         Command::Data { command: DataCommand::Info { path } } => {
             let dataset = data::load_dataset(&path, None)?;

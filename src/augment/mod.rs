@@ -2,6 +2,8 @@
 //! parameters from applying them (a deterministic function of the image and the parameters), so
 //! every step is reproducible from a seed and testable on its own.
 
+pub mod resize;
+
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -148,6 +150,33 @@ pub fn normalize_to_chw(image: &[u8], height: usize, width: usize, preset: Norma
         let dst = &mut out[ch * plane..(ch + 1) * plane];
         for (i, d) in dst.iter_mut().enumerate() {
             *d = image[i * Image::CHANNELS + ch] as f32 * scale - shift;
+        }
+    }
+}
+
+/// What every image goes through on its way into the model, in training and evaluation alike:
+/// an optional resize to a square `size` (bilinear, antialiased; e.g. 32 -> 224 for ImageNet
+/// weights), then normalization to CHW floats.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InputTransform {
+    pub size: Option<usize>,
+    pub normalize: NormalizePreset,
+}
+
+impl InputTransform {
+    /// Side of the output for a `height` x `width` input (unchanged without `size`).
+    pub fn output_shape(&self, height: usize, width: usize) -> (usize, usize) {
+        self.size.map_or((height, width), |s| (s, s))
+    }
+
+    /// Writes `image` as normalized CHW planes into `out` (3 * output height * width values).
+    pub fn apply(&self, image: &Image, out: &mut [f32]) {
+        match self.size {
+            Some(s) if (s, s) != (image.height, image.width) => {
+                let resized = resize::resize(image, s, s, resize::Interpolation::Bilinear);
+                normalize_to_chw(&resized.pixels, s, s, self.normalize, out)
+            }
+            _ => normalize_to_chw(&image.pixels, image.height, image.width, self.normalize, out),
         }
     }
 }

@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use super::ImageSet;
-use crate::augment::{Image, NormalizePreset, TrainAugment, normalize_to_chw};
+use crate::augment::{Image, InputTransform, TrainAugment};
 
 /// Normalized images as NCHW f32 plus their labels.
 #[derive(Clone, Debug)]
@@ -39,7 +39,7 @@ pub struct LoaderConfig {
     /// Skip the last incomplete batch (training: a 1-image batch breaks BatchNorm statistics).
     pub drop_last: bool,
     pub augment: Option<TrainAugment>,
-    pub normalize: NormalizePreset,
+    pub input: InputTransform,
     pub prefetch: usize,
     pub seed: u64,
 }
@@ -70,19 +70,18 @@ pub fn make_batch(set: &ImageSet, order: &[usize], config: &LoaderConfig, epoch:
     let start = index * config.batch_size;
     let picks = &order[start..(start + config.batch_size).min(order.len())];
     let (h, w) = (set.height, set.width);
-    let plane = 3 * h * w;
+    let (out_h, out_w) = config.input.output_shape(h, w);
+    let plane = 3 * out_h * out_w;
     let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(config.seed, epoch, index));
     let mut images = vec![0f32; picks.len() * plane];
     for (slot, &i) in images.chunks_exact_mut(plane).zip(picks) {
-        match &config.augment {
-            Some(augment) => {
-                let image = augment.apply(Image::new(set.image(i).to_vec(), h, w), &mut rng);
-                normalize_to_chw(&image.pixels, h, w, config.normalize, slot);
-            }
-            None => normalize_to_chw(set.image(i), h, w, config.normalize, slot),
+        let mut image = Image::new(set.image(i).to_vec(), h, w);
+        if let Some(augment) = &config.augment {
+            image = augment.apply(image, &mut rng);
         }
+        config.input.apply(&image, slot);
     }
-    Batch { images, labels: picks.iter().map(|&i| set.labels[i] as i64).collect(), height: h, width: w }
+    Batch { images, labels: picks.iter().map(|&i| set.labels[i] as i64).collect(), height: out_h, width: out_w }
 }
 
 /// Iterator over one epoch's batches, produced on a background thread.
@@ -145,7 +144,7 @@ impl Drop for EpochLoader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::augment::{PaddingMode, RandomCrop, RandomHorizontalFlip};
+    use crate::augment::{NormalizePreset, PaddingMode, RandomCrop, RandomHorizontalFlip};
 
     fn set(n: usize) -> Arc<ImageSet> {
         let pixels = (0..n * 2 * 2 * 3).map(|i| (i % 251) as u8).collect();
@@ -161,7 +160,7 @@ mod tests {
                 crop: Some(RandomCrop { padding: 1, padding_mode: PaddingMode::Reflect }),
                 flip: Some(RandomHorizontalFlip { p: 0.5 }),
             }),
-            normalize: NormalizePreset::Cifar10,
+            input: InputTransform { size: None, normalize: NormalizePreset::Cifar10 },
             prefetch: 2,
             seed: 3,
         }

@@ -45,6 +45,8 @@ pub struct RunSummary {
     pub model: String,
     pub trainable_params: usize,
     pub classes: Vec<String>,
+    /// Side of the (square) images the model was trained on, after any resizing.
+    pub image_size: usize,
     pub epochs_completed: usize,
     /// Epoch (1-based) whose checkpoint is `best.bpk`: lowest validation loss, or the last epoch
     /// when there is no validation split.

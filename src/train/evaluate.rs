@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::loss::{cross_entropy, smoothed_targets};
 use super::{argmax, batch_tensors};
 use super::callbacks::load_checkpoint;
-use crate::augment::NormalizePreset;
+use crate::augment::InputTransform;
 use crate::config::ExperimentConfig;
 use crate::tracking::RunDir;
 use crate::data::ImageSet;
@@ -29,7 +29,7 @@ pub fn evaluate(
     set: &ImageSet,
     num_classes: usize,
     batch_size: usize,
-    normalize: NormalizePreset,
+    input: InputTransform,
     device: &Device,
 ) -> Result<EvalResult> {
     let config = LoaderConfig {
@@ -37,7 +37,7 @@ pub fn evaluate(
         shuffle: false,
         drop_last: false,
         augment: None,
-        normalize,
+        input,
         prefetch: 1,
         seed: 0,
     };
@@ -81,7 +81,7 @@ pub fn evaluate_run(run: &RunDir, config: &ExperimentConfig, split: &str, checkp
     let num_classes = data.classes.len();
     let model = crate::models::build(&config.model, num_classes, &device)?;
     let model = load_checkpoint(model, &run.checkpoint(checkpoint))?;
-    let result = evaluate(&model, set, num_classes, config.train.eval_batch_size, config.augment.normalize, &device)?;
+    let result = evaluate(&model, set, num_classes, config.train.eval_batch_size, config.input_transform(), &device)?;
     let mut report = format!(
         "run {} checkpoint {checkpoint}, {split} split ({} images)\naccuracy {:.2}%  loss {:.4}\n",
         run.id,

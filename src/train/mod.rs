@@ -139,7 +139,7 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
         shuffle: true,
         drop_last: true,
         augment: Some(TrainAugment::from_config(&config.augment)),
-        normalize: config.augment.normalize,
+        input: config.input_transform(),
         prefetch: config.data.prefetch,
         seed: config.train.seed,
     };
@@ -206,7 +206,7 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
         let val = data
             .val
             .as_ref()
-            .map(|v| evaluate(&eval_model, v, num_classes, config.train.eval_batch_size, config.augment.normalize, &base_device))
+            .map(|v| evaluate(&eval_model, v, num_classes, config.train.eval_batch_size, config.input_transform(), &base_device))
             .transpose()?;
         let metrics = EpochMetrics {
             epoch,
@@ -230,13 +230,14 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
         models::build(&config.model, num_classes, &base_device)?,
         &run.checkpoint(Checkpointer::BEST),
     )?;
-    let test = evaluate(&best, &data.test, num_classes, config.train.eval_batch_size, config.augment.normalize, &base_device)?;
+    let test = evaluate(&best, &data.test, num_classes, config.train.eval_batch_size, config.input_transform(), &base_device)?;
     let best_metrics = Checkpointer::best_metrics(&run)?;
     let summary = RunSummary {
         run_id: run.id.clone(),
         model: config.model.name.clone(),
         trainable_params: params,
         classes: data.classes.clone(),
+        image_size: config.input_transform().output_shape(data.test.height, data.test.width).0,
         epochs_completed,
         best_epoch: best_metrics.epoch,
         best_val_loss: best_metrics.val_loss,

@@ -1,0 +1,3 @@
+//! Using trained models on new images: the `predict` command (and later the web page).
+
+pub mod predict;

@@ -1,0 +1,275 @@
+//! Labelling new images with a trained or pretrained model: read image files, folders or archives,
+//! apply the weights' evaluation transform, and return the top classes with their probabilities.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::activation::softmax;
+use rayon::prelude::*;
+
+use crate::augment::resize::EvalResize;
+use crate::augment::{Image, NormalizePreset, normalize_to_chw};
+use crate::data::archive::{Source, is_tar_gz};
+use crate::data::image_folder::is_image_name;
+use crate::models::Classifier;
+
+/// Class identifiers (e.g. WordNet ids) and readable names, by class index.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassNames {
+    pub ids: Vec<String>,
+    pub names: Vec<String>,
+}
+
+impl ClassNames {
+    /// Names that are their own ids (a data set's class folders).
+    pub fn from_names(names: &[String]) -> Self {
+        Self { ids: names.to_vec(), names: names.to_vec() }
+    }
+
+    /// Reads a class table: a TSV with a header naming `index`, `wnid` (or `id`) and `name`
+    /// columns (as `imagenet-1k-classes.tsv`), or a text file with one class name per line.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read class table", path.display()))?;
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        let Some(first) = lines.next() else { bail!("{}: class table is empty", path.display()) };
+        let header: Vec<&str> = first.split('\t').map(str::trim).collect();
+        let column = |names: &[&str]| header.iter().position(|h| names.contains(&h.to_ascii_lowercase().as_str()));
+        let (Some(id_col), Some(name_col)) = (column(&["wnid", "id"]), column(&["name"])) else {
+            let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+            return Ok(Self::from_names(&names));
+        };
+        let index_col = column(&["index"]);
+        let mut ids = Vec::new();
+        let mut names = Vec::new();
+        for (row, line) in lines.enumerate() {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let field = |col: usize| {
+                fields.get(col).map(|f| f.trim().to_string()).with_context(|| {
+                    format!("{}: line {}: expected {} tab-separated columns", path.display(), row + 2, header.len())
+                })
+            };
+            if let Some(col) = index_col {
+                let index: usize = field(col)?.parse().with_context(|| format!("{}: line {}: index is not a number", path.display(), row + 2))?;
+                if index != row {
+                    bail!("{}: line {}: expected index {row}, found {index} (rows must be in index order)", path.display(), row + 2);
+                }
+            }
+            ids.push(field(id_col)?);
+            names.push(field(name_col)?);
+        }
+        Ok(Self { ids, names })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The class a file is named after: the part of its name before the first `_` (or the stem),
+    /// matched against ids, then names.
+    pub fn from_file_name(&self, file: &str) -> Option<usize> {
+        let base = file.rsplit('/').next().unwrap_or(file);
+        let stem = base.split('.').next().unwrap_or(base);
+        let key = stem.split('_').next().unwrap_or(stem);
+        self.ids.iter().position(|id| id == key).or_else(|| self.names.iter().position(|n| n == key))
+    }
+}
+
+/// A decoded input image and where it came from.
+pub struct InputImage {
+    pub name: String,
+    pub image: Image,
+}
+
+/// Reads images from files, folders and `.tar.gz` archives (every .png/.jpg/.jpeg inside, sorted by
+/// path), decoded to RGB (grayscale and alpha converted).
+pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<InputImage>> {
+    let mut encoded: Vec<(String, Vec<u8>)> = Vec::new();
+    for path in paths {
+        if path.is_dir() || is_tar_gz(path) {
+            let mut files = Source::new(path).read_files(is_image_name)?;
+            files.sort_by(|a, b| a.0.cmp(&b.0));
+            if files.is_empty() {
+                bail!("{}: no .png/.jpg/.jpeg images inside", path.display());
+            }
+            encoded.extend(files);
+        } else {
+            let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read image", path.display()))?;
+            encoded.push((path.display().to_string(), bytes));
+        }
+    }
+    encoded
+        .into_par_iter()
+        .map(|(name, bytes)| {
+            let decoded = image::load_from_memory(&bytes)
+                .with_context(|| format!("{name}: not a decodable image (expected PNG or JPEG)"))?
+                .to_rgb8();
+            let (width, height) = (decoded.width() as usize, decoded.height() as usize);
+            Ok(InputImage { name, image: Image::new(decoded.into_raw(), height, width) })
+        })
+        .collect()
+}
+
+/// The top classes of one image, most probable first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    pub top: Vec<(usize, f32)>,
+}
+
+/// A model with the transform its inputs need.
+pub struct Predictor {
+    pub model: Classifier,
+    pub resize: EvalResize,
+    pub normalize: NormalizePreset,
+    pub device: Device,
+}
+
+impl Predictor {
+    /// Top-`k` classes for each image, in batches of `batch_size`.
+    pub fn predict(&self, images: &[Image], k: usize, batch_size: usize) -> Vec<Prediction> {
+        let size = self.resize.crop_size;
+        let plane = 3 * size * size;
+        let mut predictions = Vec::with_capacity(images.len());
+        for chunk in images.chunks(batch_size.max(1)) {
+            let mut input = vec![0f32; chunk.len() * plane];
+            input.par_chunks_mut(plane).zip(chunk).for_each(|(out, image)| {
+                let resized = self.resize.apply(image);
+                normalize_to_chw(&resized.pixels, size, size, self.normalize, out);
+            });
+            let x = Tensor::<4>::from_data(TensorData::new(input, [chunk.len(), 3, size, size]), &self.device);
+            let probs = softmax(self.model.forward(x), 1);
+            let classes = probs.dims()[1];
+            let values = probs.into_data().try_to_vec::<f32>().expect("f32 probabilities");
+            for row in values.chunks(classes) {
+                let mut ranked: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
+                ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+                ranked.truncate(k);
+                predictions.push(Prediction { top: ranked });
+            }
+        }
+        predictions
+    }
+}
+
+/// Where the model to predict with comes from.
+pub enum ModelSource {
+    /// A training run folder and the checkpoint name in it (`best`, `last`).
+    Run { dir: PathBuf, checkpoint: String },
+    /// A file written by `ferrovision export`.
+    Export(PathBuf),
+    /// A registered architecture with a weight file (`--weights`) or registered pretrained
+    /// weights (`--pretrained`, fetched into `cache_dir`).
+    Weights { model: String, weights: Option<PathBuf>, pretrained: Option<String>, allow_partial: bool, cache_dir: PathBuf },
+}
+
+/// The predictor and class names for a model source. For a run or an export, the inputs are
+/// resized to the training image size and normalized as in training; for pretrained weights, as
+/// the weights were published (the registry entry of the file or the model).
+pub fn load_predictor(source: &ModelSource, classes: Option<ClassNames>, device: &Device) -> Result<(Predictor, ClassNames)> {
+    use crate::augment::resize::Interpolation;
+    use crate::weights::{self, LoadOptions, registry};
+    let square = |size: usize| EvalResize { resize_size: size, crop_size: size, interpolation: Interpolation::Bilinear };
+    let (model, resize, normalize, own_classes) = match source {
+        ModelSource::Run { dir, checkpoint } => {
+            let (run, config) = crate::tracking::RunDir::open(dir)?;
+            let summary = run.read_summary()?;
+            let model = crate::models::build(&config.model, summary.classes.len(), device)?;
+            let model = crate::train::callbacks::load_checkpoint(model, &run.checkpoint(checkpoint))?;
+            (model, square(summary.image_size), config.augment.normalize, Some(ClassNames::from_names(&summary.classes)))
+        }
+        ModelSource::Export(path) => {
+            let (model, exported) = weights::export::import_safetensors(path, device)?;
+            (model, square(exported.image_size), exported.normalize, Some(ClassNames::from_names(&exported.classes)))
+        }
+        ModelSource::Weights { model: name, weights: file, pretrained, allow_partial, cache_dir } => {
+            let entry = match pretrained {
+                Some(p) => Some(registry::find(p)?),
+                None => registry::all().iter().find(|w| &w.model == name),
+            };
+            let path = match (file, pretrained) {
+                (Some(path), _) => path.clone(),
+                (None, Some(_)) => registry::fetch(entry.expect("found above"), cache_dir)?,
+                (None, None) => bail!("give the weights of `{name}`: --weights PATH or --pretrained NAME"),
+            };
+            let num_classes = entry.map_or(1000, |e| e.num_classes);
+            let config = crate::config::ModelConfig { name: name.clone(), ..Default::default() };
+            let model = crate::models::build(&config, num_classes, device)?;
+            let options = LoadOptions { allow_partial: *allow_partial, ..Default::default() };
+            let (model, report) = weights::load_into(model, name, &path, &options)?;
+            if !report.is_complete() {
+                eprintln!("{}: partial load: {report}", path.display());
+            }
+            let resize = entry.map_or(EvalResize { resize_size: 256, crop_size: 224, interpolation: Interpolation::Bilinear }, |e| e.eval_resize());
+            (model, resize, entry.map_or(NormalizePreset::Imagenet, |e| e.normalize), None)
+        }
+    };
+    let classes = match (classes, own_classes) {
+        (Some(table), _) => table,
+        (None, Some(own)) => own,
+        (None, None) => {
+            let indices: Vec<String> = (0..model_outputs(&model, device)).map(|i| i.to_string()).collect();
+            ClassNames::from_names(&indices)
+        }
+    };
+    Ok((Predictor { model, resize, normalize, device: device.clone() }, classes))
+}
+
+/// Number of classes a model predicts (one forward pass of a tiny batch).
+fn model_outputs(model: &Classifier, device: &Device) -> usize {
+    model.forward(Tensor::zeros([1, 3, 32, 32], device)).dims()[1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tsv_class_tables_and_plain_lists_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let tsv = dir.path().join("classes.tsv");
+        std::fs::write(&tsv, "index\twnid\tname\tsynonyms\n0\tn01440764\ttench\ttench, Tinca tinca\n1\tn01443537\tgoldfish\tgoldfish\n").unwrap();
+        let classes = ClassNames::read(&tsv).unwrap();
+        assert_eq!(classes.ids, ["n01440764", "n01443537"]);
+        assert_eq!(classes.names, ["tench", "goldfish"]);
+        assert_eq!(classes.from_file_name("imagenet-samples/n01443537_goldfish.JPEG"), Some(1));
+        assert_eq!(classes.from_file_name("n99999999_x.JPEG"), None);
+
+        let list = dir.path().join("classes.txt");
+        std::fs::write(&list, "cat\ndog\n").unwrap();
+        let classes = ClassNames::read(&list).unwrap();
+        assert_eq!(classes.names, ["cat", "dog"]);
+        assert_eq!(classes.from_file_name("dog_0001.png"), Some(1));
+
+        let bad = dir.path().join("bad.tsv");
+        std::fs::write(&bad, "index\twnid\tname\n0\tn1\ta\n5\tn2\tb\n").unwrap();
+        let err = ClassNames::read(&bad).unwrap_err().to_string();
+        assert!(err.contains("bad.tsv") && err.contains("line 3") && err.contains("expected index 1"), "{err}");
+    }
+
+    #[test]
+    fn inputs_from_folders_and_files_with_a_broken_image_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("photos");
+        std::fs::create_dir(&folder).unwrap();
+        image::GrayImage::from_pixel(5, 4, image::Luma([200])).save(folder.join("b.png")).unwrap();
+        image::RgbImage::from_pixel(3, 2, image::Rgb([1, 2, 3])).save(folder.join("a.png")).unwrap();
+        let inputs = read_inputs(&[folder.clone()]).unwrap();
+        let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["a.png", "b.png"]);
+        assert_eq!((inputs[1].image.height, inputs[1].image.width), (4, 5));
+        assert_eq!(&inputs[1].image.pixels[..3], &[200, 200, 200], "grayscale becomes RGB");
+
+        let broken = dir.path().join("broken.jpg");
+        std::fs::write(&broken, b"\xff\xd8\xff\xe0 truncated").unwrap();
+        let err = read_inputs(&[broken]).unwrap_err().to_string();
+        assert!(err.contains("broken.jpg") && err.contains("not a decodable image"), "{err}");
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(read_inputs(&[empty]).unwrap_err().to_string().contains("no .png/.jpg/.jpeg"));
+    }
+}
