@@ -81,6 +81,7 @@ impl ClassNames {
 }
 
 /// A decoded input image and where it came from.
+#[derive(Debug)]
 pub struct InputImage {
     pub name: String,
     pub image: Image,
