@@ -565,3 +565,50 @@ fn device_errors_say_what_to_build_or_choose() {
     ws.train("tpu", &["--device", "tpu"]).failure(&["unknown device `tpu`", "flex"]);
     assert!(ws.run_folders().is_empty(), "no run folder for a device error");
 }
+
+#[test]
+fn export_and_predict_label_new_images_like_the_run() {
+    let ws = Workspace::new();
+    ws.train("tiny", &[]).success();
+    let run = ws.runs().join("tiny");
+    let exported = ws.root().join("tiny.safetensors");
+    let out = ferrovision(ws.root(), &["export", "--run", s(&run), "--out", s(&exported)]);
+    assert!(out.success().contains("tutorial_net exported"), "{out:#?}");
+
+    // Red test images, copied under names that start with their class, for scoring.
+    let photos = ws.root().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    for i in 0..TEST_PER_CLASS {
+        let from = ws.data().join(format!("test/red/{i:04}.png"));
+        std::fs::copy(from, photos.join(format!("red_{i}.png"))).unwrap();
+    }
+    let by_run = ferrovision(ws.root(), &["predict", "--run", s(&run), "--labels-from-file-names", "--top-k", "2", s(&photos)]);
+    let by_export = ferrovision(ws.root(), &["predict", "--export", s(&exported), "--labels-from-file-names", "--top-k", "2", s(&photos)]);
+    let by_run = by_run.success();
+    assert_eq!(by_run, by_export.success(), "the export predicts exactly as the run");
+    assert_eq!(by_run.lines().count(), TEST_PER_CLASS + 1, "{by_run}");
+    assert!(by_run.lines().next().unwrap().starts_with("red_0.png\tred "), "{by_run}");
+    assert!(by_run.lines().last().unwrap().starts_with(&format!("top-1 100.00% ({TEST_PER_CLASS}/{TEST_PER_CLASS})")), "{by_run}");
+
+    // Bad inputs: one clear error each.
+    let broken = ws.root().join("broken.png");
+    std::fs::write(&broken, b"\x89PNG\r\n\x1a\n truncated").unwrap();
+    ferrovision(ws.root(), &["predict", "--export", s(&exported), s(&broken)]).failure(&["broken.png", "not a decodable image"]);
+    let not_weights = ws.root().join("notes.pth");
+    std::fs::write(&not_weights, vec![b'x'; 100]).unwrap();
+    ferrovision(ws.root(), &["predict", "--model", "resnet18", "--weights", s(&not_weights), s(&photos)])
+        .failure(&["notes.pth", "not a readable PyTorch checkpoint"]);
+    ferrovision(ws.root(), &["predict", "--export", s(&not_weights), s(&photos)]).failure(&["notes.pth"]);
+    let offline = ferrovision(ws.root(), &["predict", "--model", "resnet18", "--pretrained", "resnet_unknown", s(&photos)]);
+    offline.failure(&["unknown pretrained weights `resnet_unknown`", "efficientnet_lite0"]);
+}
+
+#[test]
+fn weights_list_shows_the_registry() {
+    let ws = Workspace::new();
+    let out = ferrovision(ws.root(), &["weights", "list"]);
+    let listing = out.success();
+    for needle in ["efficientnet_lite0", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", "resnet18", "f37072fd", "69.8%"] {
+        assert!(listing.contains(needle), "{needle} missing from:\n{listing}");
+    }
+}
