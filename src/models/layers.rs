@@ -1,18 +1,133 @@
 //! Layers shared by the model families.
 
-use burn::module::Module;
+use burn::module::{Flag, Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::activation::{relu, relu6, sigmoid, silu};
 
 use crate::config::ModelConfig;
 
+/// The activation that follows a conv+BN (or none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Act {
+    #[default]
+    Identity,
+    Relu,
+    /// `min(max(x, 0), 6)`: MobileNet's and EfficientNet-Lite's choice (quantizes well).
+    Relu6,
+    /// `x * sigmoid(x)` ("swish"): EfficientNet's choice.
+    Silu,
+}
+
+impl Act {
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Act::Identity => x,
+            Act::Relu => relu(x),
+            Act::Relu6 => relu6(x),
+            Act::Silu => silu(x),
+        }
+    }
+}
+
+/// How a convolution pads its input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Padding {
+    /// `kernel / 2` on every side (PyTorch's usual `padding=(k-1)//2`).
+    #[default]
+    Symmetric,
+    /// TensorFlow's "SAME": output size `ceil(input / stride)`, the total padding that needs split
+    /// with the odd pixel at the bottom/right, computed from the input size at run time. For a
+    /// stride-2 conv on an even size this is asymmetric (3x3: 0 top/left, 1 bottom/right), which
+    /// is what weights trained in TensorFlow (EfficientNet-Lite) expect. burn's
+    /// `PaddingConfig2d::Same` computes exactly this rule per forward call (see the test below).
+    TfSame,
+}
+
+impl Padding {
+    fn config(self, kernel: usize) -> PaddingConfig2d {
+        match self {
+            Padding::Symmetric => {
+                let p = kernel / 2;
+                PaddingConfig2d::Explicit(p, p, p, p)
+            }
+            Padding::TfSame => PaddingConfig2d::Same,
+        }
+    }
+}
+
+/// BatchNorm settings, in PyTorch's convention (`running = (1 - momentum) * running + momentum * batch`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BnParams {
+    pub epsilon: f64,
+    pub momentum: f64,
+}
+
+impl BnParams {
+    /// PyTorch's defaults.
+    pub const TORCH: BnParams = BnParams { epsilon: 1e-5, momentum: 0.1 };
+    /// TensorFlow's EfficientNet settings (decay 0.99, i.e. PyTorch momentum 0.01, eps 1e-3).
+    pub const TF: BnParams = BnParams { epsilon: 1e-3, momentum: 0.01 };
+
+    pub fn init(self, channels: usize, device: &Device) -> BatchNorm {
+        BatchNormConfig::new(channels).with_epsilon(self.epsilon).with_momentum(self.momentum).init(device)
+    }
+}
+
+impl Default for BnParams {
+    fn default() -> Self {
+        Self::TORCH
+    }
+}
+
+/// Everything about a conv (+BN +activation) unit except its channel counts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConvSpec {
+    pub kernel: usize,
+    pub stride: usize,
+    /// 1 for a dense conv, the channel count for a depthwise one.
+    pub groups: usize,
+    pub padding: Padding,
+    pub norm: BnParams,
+    pub act: Act,
+}
+
+impl ConvSpec {
+    /// A dense conv, symmetric padding, PyTorch BatchNorm defaults, no activation.
+    pub fn new(kernel: usize, stride: usize) -> Self {
+        Self { kernel, stride, groups: 1, padding: Padding::Symmetric, norm: BnParams::TORCH, act: Act::Identity }
+    }
+
+    pub fn act(self, act: Act) -> Self {
+        Self { act, ..self }
+    }
+
+    pub fn groups(self, groups: usize) -> Self {
+        Self { groups, ..self }
+    }
+
+    pub fn padding(self, padding: Padding) -> Self {
+        Self { padding, ..self }
+    }
+
+    pub fn norm(self, norm: BnParams) -> Self {
+        Self { norm, ..self }
+    }
+}
+
 /// A conv layer with `config.init` applied (bias only where no BatchNorm follows).
 pub fn conv(config: &ModelConfig, channels: [usize; 2], kernel: usize, stride: usize, bias: bool, device: &Device) -> Conv2d {
-    let pad = kernel / 2;
-    let mut c = Conv2dConfig::new(channels, [kernel, kernel])
-        .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+    conv_with(config, channels, &ConvSpec::new(kernel, stride), bias, device)
+}
+
+/// A conv layer shaped by `spec` (its norm and activation are the caller's business).
+pub fn conv_with(config: &ModelConfig, channels: [usize; 2], spec: &ConvSpec, bias: bool, device: &Device) -> Conv2d {
+    let mut c = Conv2dConfig::new(channels, [spec.kernel, spec.kernel])
+        .with_stride([spec.stride, spec.stride])
+        .with_groups(spec.groups)
+        .with_padding(spec.padding.config(spec.kernel))
         .with_bias(bias);
     if let Some(init) = config.init.initializer(config.init_constant) {
         c = c.with_initializer(init);
@@ -28,22 +143,203 @@ pub fn linear(config: &ModelConfig, inputs: usize, outputs: usize, device: &Devi
     c.init(device)
 }
 
-/// Convolution (no bias) followed by BatchNorm, the unit every CIFAR network is built from.
+/// Convolution (no bias), BatchNorm, then an activation: the unit nearly every network here is
+/// built from (torchvision's `Conv2dNormActivation`).
 #[derive(Module, Debug)]
 pub struct ConvBn {
     pub conv: Conv2d,
     pub bn: BatchNorm,
+    #[module(skip)]
+    pub act: Act,
 }
 
 impl ConvBn {
+    /// Conv + BN without activation (the caller applies one where it wants).
     pub fn new(config: &ModelConfig, channels: [usize; 2], kernel: usize, stride: usize, device: &Device) -> Self {
+        Self::with(config, channels, ConvSpec::new(kernel, stride), device)
+    }
+
+    pub fn with(config: &ModelConfig, channels: [usize; 2], spec: ConvSpec, device: &Device) -> Self {
         Self {
-            conv: conv(config, channels, kernel, stride, false, device),
-            bn: BatchNormConfig::new(channels[1]).init(device),
+            conv: conv_with(config, channels, &spec, false, device),
+            bn: spec.norm.init(channels[1], device),
+            act: spec.act,
         }
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
+        self.act.apply(self.bn.forward(self.conv.forward(x)))
+    }
+}
+
+/// Channel count `value` rounded to the nearest multiple of `divisor`, but never more than 10%
+/// below `value` nor below `divisor` (the TensorFlow MobileNet/EfficientNet rule, torchvision's
+/// `_make_divisible`, EfficientNet-PyTorch's `round_filters`).
+pub fn make_divisible(value: f64, divisor: usize) -> usize {
+    let d = divisor as f64;
+    let rounded = (((value + d / 2.0) as usize) / divisor * divisor).max(divisor);
+    if (rounded as f64) < 0.9 * value { rounded + divisor } else { rounded }
+}
+
+/// Stochastic depth ("drop-connect"): in training, zeroes a residual branch for a random subset of
+/// the samples of a batch (each with probability `prob`) and scales the others by `1 / (1 - prob)`;
+/// the identity at evaluation. Trains on the same conditions as `Dropout` (autodiff device, flag set).
+#[derive(Module, Debug)]
+pub struct StochasticDepth {
+    pub prob: f64,
+    pub training: Param<Flag>,
+}
+
+impl StochasticDepth {
+    pub fn new(prob: f64) -> Self {
+        assert!((0.0..1.0).contains(&prob), "stochastic depth probability must be in [0, 1), got {prob}");
+        Self { prob, training: Param::from_bool(true) }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if !self.training.is_enabled() || !x.device().is_autodiff() || self.prob == 0.0 {
+            return x;
+        }
+        let keep = 1.0 - self.prob;
+        let batch = x.dims()[0];
+        let mask = Tensor::<4>::random([batch, 1, 1, 1], Distribution::Bernoulli(keep), &x.device());
+        x * mask.div_scalar(keep)
+    }
+}
+
+/// Squeeze-and-excitation: per-channel gates `sigmoid(expand(act(reduce(mean over HxW))))`,
+/// both 1x1 convs with bias (torchvision's `SqueezeExcitation`).
+#[derive(Module, Debug)]
+pub struct SqueezeExcite {
+    pub reduce: Conv2d,
+    pub expand: Conv2d,
+    #[module(skip)]
+    pub act: Act,
+}
+
+impl SqueezeExcite {
+    pub fn new(config: &ModelConfig, channels: usize, squeezed: usize, act: Act, device: &Device) -> Self {
+        Self {
+            reduce: conv(config, [channels, squeezed], 1, 1, true, device),
+            expand: conv(config, [squeezed, channels], 1, 1, true, device),
+            act,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let scale = x.clone().mean_dim(2).mean_dim(3);
+        let scale = sigmoid(self.expand.forward(self.act.apply(self.reduce.forward(scale))));
+        x * scale
+    }
+}
+
+/// The shape of one inverted residual block.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InvertedResidualSpec {
+    pub inputs: usize,
+    pub outputs: usize,
+    /// Width of the depthwise stage = `inputs * expand_ratio` (1 = no expansion conv).
+    pub expand_ratio: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    /// Channels of the squeeze-excite bottleneck; `None` = no squeeze-excite.
+    pub se_channels: Option<usize>,
+    pub act: Act,
+    pub padding: Padding,
+    pub norm: BnParams,
+    pub drop_path: f64,
+}
+
+/// MobileNetV2's inverted residual, EfficientNet's MBConv: an optional 1x1 expansion, a depthwise
+/// kxk conv, optional squeeze-excite, a linear 1x1 projection, and a skip connection (through
+/// stochastic depth) where the shape allows one.
+#[derive(Module, Debug)]
+pub struct InvertedResidual {
+    pub expand: Option<ConvBn>,
+    pub depthwise: ConvBn,
+    pub se: Option<SqueezeExcite>,
+    pub project: ConvBn,
+    pub drop_path: StochasticDepth,
+    pub residual: bool,
+}
+
+impl InvertedResidual {
+    pub fn new(config: &ModelConfig, s: &InvertedResidualSpec, device: &Device) -> Self {
+        let hidden = s.inputs * s.expand_ratio;
+        let pointwise = ConvSpec::new(1, 1).padding(s.padding).norm(s.norm);
+        Self {
+            expand: (s.expand_ratio != 1).then(|| ConvBn::with(config, [s.inputs, hidden], pointwise.act(s.act), device)),
+            depthwise: ConvBn::with(
+                config,
+                [hidden, hidden],
+                ConvSpec::new(s.kernel, s.stride).groups(hidden).padding(s.padding).norm(s.norm).act(s.act),
+                device,
+            ),
+            se: s.se_channels.map(|squeezed| SqueezeExcite::new(config, hidden, squeezed, s.act, device)),
+            project: ConvBn::with(config, [hidden, s.outputs], pointwise, device),
+            drop_path: StochasticDepth::new(s.drop_path),
+            residual: s.stride == 1 && s.inputs == s.outputs,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut y = match &self.expand {
+            Some(expand) => expand.forward(x.clone()),
+            None => x.clone(),
+        };
+        y = self.depthwise.forward(y);
+        if let Some(se) = &self.se {
+            y = se.forward(y);
+        }
+        y = self.project.forward(y);
+        if self.residual { self.drop_path.forward(y) + x } else { y }
+    }
+
+    /// The sub-layers present, in the order of the reference `nn.Sequential`s (torchvision numbers
+    /// them by position, so a missing expansion shifts the rest).
+    pub fn sublayers(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.expand.is_some() {
+            names.push("expand");
+        }
+        names.push("depthwise");
+        if self.se.is_some() {
+            names.push("se");
+        }
+        names.push("project");
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn make_divisible_matches_torchvision() {
+        // Values computed with torchvision.models._utils._make_divisible(v, 8).
+        let cases = [(32.0 * 1.1, 32), (16.0 * 1.4, 24), (40.0 * 1.8, 72), (1280.0 * 2.0, 2560), (3.0, 8), (24.0 * 1.1, 24), (112.0 * 1.2, 136)];
+        for (v, expected) in cases {
+            assert_eq!(make_divisible(v, 8), expected, "{v}");
+        }
+    }
+
+    /// TF "SAME" on a stride-2 3x3 conv over an even size pads 0 top/left and 1 bottom/right; on an
+    /// odd size 1 on every side. Checked against the conv of an explicitly padded input.
+    #[test]
+    fn tf_same_padding_is_asymmetric_where_tensorflow_pads_asymmetrically() {
+        let device = Device::flex();
+        let config = ModelConfig::default();
+        let spec = ConvSpec::new(3, 2).padding(Padding::TfSame);
+        let same = conv_with(&config, [2, 3], &spec, true, &device);
+        let mut valid = same.clone();
+        valid.padding = PaddingConfig2d::Valid;
+        for (size, [top, bottom]) in [(8usize, [0, 1]), (7, [1, 1])] {
+            let x = Tensor::<4>::random([1, 2, size, size], Distribution::Default, &device);
+            let expected = valid.forward(x.clone().pad([(0, 0), (0, 0), (top, bottom), (top, bottom)], 0.0));
+            let got = same.forward(x);
+            assert_eq!(got.dims(), [1, 3, size.div_ceil(2), size.div_ceil(2)]);
+            got.into_data().assert_approx_eq::<f32>(&expected.into_data(), Default::default());
+        }
     }
 }

@@ -21,7 +21,7 @@ pub enum BlockKind {
 }
 
 impl BlockKind {
-    fn expansion(self) -> usize {
+    pub fn expansion(self) -> usize {
         match self {
             BlockKind::Basic => 1,
             BlockKind::Bottleneck => 4,
@@ -86,22 +86,9 @@ impl ResNetConfig {
         for ((&width, &count), &stride) in self.widths.iter().zip(&self.blocks).zip(&self.strides) {
             for i in 0..count {
                 let stride = if i == 0 { stride } else { 1 };
-                let out = width * self.block.expansion();
-                let convs = match self.block {
-                    BlockKind::Basic => vec![
-                        ConvBn::new(config, [channels, width], k, stride, device),
-                        ConvBn::new(config, [width, width], k, 1, device),
-                    ],
-                    BlockKind::Bottleneck => vec![
-                        ConvBn::new(config, [channels, width], 1, 1, device),
-                        ConvBn::new(config, [width, width], k, stride, device),
-                        ConvBn::new(config, [width, out], 1, 1, device),
-                    ],
-                };
-                let shortcut = (stride != 1 || channels != out)
-                    .then(|| ConvBn::new(config, [channels, out], self.shortcut_kernel, stride, device));
-                blocks.push(ResidualBlock { convs, shortcut });
-                channels = out;
+                let block = ResidualBlock::new(config, self.block, [channels, width], k, stride, self.shortcut_kernel, device);
+                blocks.push(block);
+                channels = width * self.block.expansion();
             }
         }
         ResNet {
@@ -114,7 +101,8 @@ impl ResNetConfig {
     }
 }
 
-/// `relu(convs(x) + shortcut(x))`, with ReLU between the convs.
+/// `relu(convs(x) + shortcut(x))`, with ReLU between the convs (also the block of the ImageNet
+/// ResNets in `resnet.rs`).
 #[derive(Module, Debug)]
 pub struct ResidualBlock {
     convs: Vec<ConvBn>,
@@ -122,7 +110,34 @@ pub struct ResidualBlock {
 }
 
 impl ResidualBlock {
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    /// A block from `channels[0]` inputs to `channels[1] * kind.expansion()` outputs, the stride on
+    /// the kxk conv (ResNet v1.5), a projection shortcut (kernel `shortcut_kernel`) where the shape changes.
+    pub fn new(
+        config: &ModelConfig,
+        kind: BlockKind,
+        [inputs, width]: [usize; 2],
+        k: usize,
+        stride: usize,
+        shortcut_kernel: usize,
+        device: &Device,
+    ) -> Self {
+        let out = width * kind.expansion();
+        let convs = match kind {
+            BlockKind::Basic => vec![
+                ConvBn::new(config, [inputs, width], k, stride, device),
+                ConvBn::new(config, [width, width], k, 1, device),
+            ],
+            BlockKind::Bottleneck => vec![
+                ConvBn::new(config, [inputs, width], 1, 1, device),
+                ConvBn::new(config, [width, width], k, stride, device),
+                ConvBn::new(config, [width, out], 1, 1, device),
+            ],
+        };
+        let shortcut = (stride != 1 || inputs != out).then(|| ConvBn::new(config, [inputs, out], shortcut_kernel, stride, device));
+        Self { convs, shortcut }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.shortcut {
             Some(projection) => projection.forward(x.clone()),
             None => x.clone(),

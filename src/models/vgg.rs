@@ -1,0 +1,141 @@
+//! VGG as torchvision defines it: stages of 3x3 convs (with bias; BatchNorm after each in the
+//! `_bn` variants) and ReLU, each stage closed by 2x2 max-pooling; adaptive average pooling to
+//! 7x7; a classifier Linear 25088→4096, ReLU, Dropout, Linear 4096→4096, ReLU, Dropout, Linear.
+
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, Dropout, DropoutConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+use super::layers::{BnParams, conv, linear};
+use crate::config::ModelConfig;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VggConfig {
+    /// Output channels of the convs of each stage.
+    pub stages: Vec<Vec<usize>>,
+    pub batch_norm: bool,
+    /// Dropout of the classifier (torchvision: 0.5).
+    pub dropout: f64,
+}
+
+impl VggConfig {
+    /// Configuration "D" of the VGG paper: 13 convs in stages of 2, 2, 3, 3, 3.
+    pub fn vgg16(batch_norm: bool) -> Self {
+        let stage = |width: usize, n: usize| vec![width; n];
+        Self { stages: vec![stage(64, 2), stage(128, 2), stage(256, 3), stage(512, 3), stage(512, 3)], batch_norm, dropout: 0.5 }
+    }
+
+    pub fn init(&self, config: &ModelConfig, num_classes: usize, device: &Device) -> Vgg {
+        let mut channels = 3;
+        let features = self
+            .stages
+            .iter()
+            .map(|widths| {
+                widths
+                    .iter()
+                    .map(|&width| {
+                        let layer = VggConv {
+                            conv: conv(config, [channels, width], 3, 1, true, device),
+                            bn: self.batch_norm.then(|| BnParams::TORCH.init(width, device)),
+                        };
+                        channels = width;
+                        layer
+                    })
+                    .collect()
+            })
+            .collect();
+        let flat = channels * 7 * 7;
+        let dropout = if config.dropout > 0.0 { config.dropout } else { self.dropout };
+        Vgg {
+            features,
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+            avgpool: AdaptiveAvgPool2dConfig::new([7, 7]).init(),
+            classifier: vec![
+                linear(config, flat, 4096, device),
+                linear(config, 4096, 4096, device),
+                linear(config, 4096, num_classes, device),
+            ],
+            dropout: DropoutConfig::new(dropout).init(),
+        }
+    }
+}
+
+/// A 3x3 conv with bias, optionally BatchNorm; ReLU follows.
+#[derive(Module, Debug)]
+pub struct VggConv {
+    conv: Conv2d,
+    bn: Option<BatchNorm>,
+}
+
+#[derive(Module, Debug)]
+pub struct Vgg {
+    /// Convs grouped by stage (a max-pool closes each stage).
+    features: Vec<Vec<VggConv>>,
+    pool: MaxPool2d,
+    avgpool: AdaptiveAvgPool2d,
+    /// The three linear layers (torchvision's `classifier.0`, `.3`, `.6`).
+    pub(crate) classifier: Vec<Linear>,
+    dropout: Dropout,
+}
+
+impl Vgg {
+    pub fn forward(&self, mut x: Tensor<4>) -> Tensor<2> {
+        for stage in &self.features {
+            for layer in stage {
+                x = layer.conv.forward(x);
+                if let Some(bn) = &layer.bn {
+                    x = bn.forward(x);
+                }
+                x = relu(x);
+            }
+            x = self.pool.forward(x);
+        }
+        // Replicates a smaller map (1x1 for 32x32 inputs) up to 7x7, as PyTorch does.
+        let mut x: Tensor<2> = self.avgpool.forward(x).flatten(1, 3);
+        let last = self.classifier.len() - 1;
+        for (i, fc) in self.classifier.iter().enumerate() {
+            x = fc.forward(x);
+            if i != last {
+                x = self.dropout.forward(relu(x));
+            }
+        }
+        x
+    }
+
+    /// Our module path for a torchvision module path. `features` is one flat `nn.Sequential`
+    /// (conv, [bn,] relu per conv, a max-pool per stage), so its index is walked through our
+    /// stages; `classifier.{0,3,6}` are our `classifier.{0,1,2}`.
+    pub fn import_module(&self, parts: &[&str]) -> Option<String> {
+        match parts {
+            ["features", index] => {
+                let mut target: usize = index.parse().ok()?;
+                for (s, stage) in self.features.iter().enumerate() {
+                    for (j, layer) in stage.iter().enumerate() {
+                        let slots = if layer.bn.is_some() { 3 } else { 2 };
+                        match target {
+                            0 => return Some(format!("features.{s}.{j}.conv")),
+                            1 if layer.bn.is_some() => return Some(format!("features.{s}.{j}.bn")),
+                            t if t < slots => return None, // the ReLU
+                            _ => target -= slots,
+                        }
+                    }
+                    // The stage's max-pool.
+                    target = target.checked_sub(1)?;
+                }
+                None
+            }
+            ["classifier", index] => {
+                let index: usize = index.parse().ok()?;
+                (index % 3 == 0 && index / 3 < self.classifier.len()).then(|| format!("classifier.{}", index / 3))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn top_level_children() -> Vec<(&'static str, Vec<&'static str>)> {
+        vec![("features", vec!["features"]), ("avgpool", vec![]), ("classifier", vec!["classifier"])]
+    }
+}
