@@ -145,7 +145,7 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
     };
     let steps_per_epoch = num_batches(data.train.len(), &loader_config);
     let schedule = LrSchedule::from_config(&config.train, steps_per_epoch);
-    let mut optimizer = optim::build(&config.train);
+    let mut optimizer = optim::build(&config.train, None);
     let mut callbacks: Vec<Box<dyn Callback>> =
         vec![Box::new(MetricsLog), Box::new(Checkpointer::default()), Box::new(ConsoleLog)];
 
@@ -282,7 +282,7 @@ mod tests {
             optimizer: optim::OptimizerKind::Adam,
             weight_decay: 0.0,
             ..Default::default()
-        });
+        }, None);
         let images = Tensor::<4>::random([16, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
         let labels: Vec<i64> = (0..16).map(|i| (i * 7 % 10) as i64).collect();
         let targets = loss::smoothed_targets(&labels, 10, 0.0, &device);
