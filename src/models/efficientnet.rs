@@ -81,6 +81,7 @@ impl EfficientNetConfig {
         let act = if self.lite { Act::Relu6 } else { Act::Silu };
         let padding = if self.lite { Padding::TfSame } else { Padding::Symmetric };
         let conv = |kernel, stride| ConvSpec::new(kernel, stride).padding(padding).norm(self.norm).act(act);
+        // Lite keeps B0's stem (32) and head (1280) widths at every scale.
         let stem = if self.lite { 32 } else { self.channels(B0_STAGES[0].3) };
 
         let repeats: Vec<usize> = B0_STAGES.iter().enumerate().map(|(s, stage)| self.repeats(s, stage.5)).collect();

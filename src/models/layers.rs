@@ -324,6 +324,23 @@ mod tests {
         }
     }
 
+    #[test]
+    fn stochastic_depth_drops_whole_samples_in_training_only() {
+        let device = Device::flex().autodiff();
+        device.seed(3);
+        let x = Tensor::<4>::ones([64, 2, 3, 3], &device);
+        let layer = StochasticDepth::new(0.5);
+        let out: Vec<f32> = layer.forward(x.clone()).into_data().try_to_vec().unwrap();
+        // Each sample is all zeros or all 1 / (1 - 0.5).
+        for sample in out.chunks(18) {
+            assert!(sample.iter().all(|&v| v == sample[0]) && (sample[0] == 0.0 || sample[0] == 2.0), "{sample:?}");
+        }
+        let dropped = out.chunks(18).filter(|sample| sample[0] == 0.0).count();
+        assert!((16..=48).contains(&dropped), "{dropped} of 64 dropped");
+        let evaluation = layer.forward(Tensor::<4>::ones([4, 2, 3, 3], &Device::flex()));
+        evaluation.into_data().assert_eq(&Tensor::<4>::ones([4, 2, 3, 3], &Device::flex()).into_data(), true);
+    }
+
     /// TF "SAME" on a stride-2 3x3 conv over an even size pads 0 top/left and 1 bottom/right; on an
     /// odd size 1 on every side. Checked against the conv of an explicitly padded input.
     #[test]
