@@ -74,7 +74,27 @@ class FastNet(nn.Module):
         return self.head(x) / 8.0
 
 
-MODELS = {"resnet18_cifar": ResNet18Cifar, "fast_net": FastNet}
+def torchvision_model(name):
+    """An ImageNet architecture from torchvision with a 10-class head (imported on demand)."""
+    def make(num_classes=10):
+        import torchvision.models
+        return getattr(torchvision.models, name)(num_classes=num_classes)
+    return make
+
+
+def efficientnet_lite0(num_classes=10):
+    from efficientnet_lite_pytorch import EfficientNet
+    return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
+
+
+MODELS = {
+    "resnet18_cifar": ResNet18Cifar,
+    "fast_net": FastNet,
+    "mobilenet_v2": torchvision_model("mobilenet_v2"),
+    "efficientnet_b0": torchvision_model("efficientnet_b0"),
+    "resnet18": torchvision_model("resnet18"),
+    "efficientnet_lite0": efficientnet_lite0,
+}
 
 
 def main():
@@ -84,6 +104,7 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--size", type=int, default=32, help="side of the random square input images")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--infer", action="store_true", help="time eval-mode forward passes instead")
     args = p.parse_args()
@@ -91,14 +112,14 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = MODELS[args.model]()
-    x = torch.randn(args.batch, 3, 32, 32)
+    x = torch.randn(args.batch, 3, args.size, args.size)
     y = torch.arange(args.batch) % 10
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
     mode = "inference" if args.infer else "training step"
-    print(f"pytorch {torch.__version__} {mode}: {args.model} ({params:,} parameters), batch {args.batch}, "
+    print(f"pytorch {torch.__version__} {mode}: {args.model} ({params:,} parameters), batch {args.batch}, {args.size}x{args.size}, "
           f"{args.steps} timed steps after {args.warmup} warm-up, {torch.get_num_threads()} threads")
 
     if args.infer:

@@ -15,15 +15,15 @@ use crate::data::loader::{EpochLoader, LoaderConfig};
 use crate::models;
 use crate::train::{loss, optim, step_once};
 
-/// Images per second of full training steps (forward, backward, SGD update) at `batch` on
-/// 32x32x3 inputs, after `warmup` untimed steps.
-pub fn train_step(model_config: &ModelConfig, batch: usize, steps: usize, warmup: usize, device: &Device) -> Result<f64> {
+/// Images per second of full training steps (forward, backward, SGD update) at `batch` on random
+/// `size` x `size` RGB inputs, after `warmup` untimed steps.
+pub fn train_step(model_config: &ModelConfig, batch: usize, size: usize, steps: usize, warmup: usize, device: &Device) -> Result<f64> {
     let device = device.clone().autodiff();
     device.seed(0);
     let num_classes = 10;
     let mut model = models::build(model_config, num_classes, &device)?;
     let mut optimizer = optim::build(&TrainConfig { momentum: 0.9, ..Default::default() }, None);
-    let images = Tensor::<4>::random([batch, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    let images = Tensor::<4>::random([batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
     let labels: Vec<i64> = (0..batch as i64).map(|i| i % num_classes as i64).collect();
     let targets = loss::smoothed_targets(&labels, num_classes, 0.0, &device);
     let mut timed = 0.0;
@@ -60,9 +60,9 @@ pub fn loader(batch: usize, images: usize) -> f64 {
 }
 
 /// Images per second of evaluation-mode forward passes.
-pub fn inference(model_config: &ModelConfig, batch: usize, steps: usize, device: &Device) -> Result<f64> {
+pub fn inference(model_config: &ModelConfig, batch: usize, size: usize, steps: usize, device: &Device) -> Result<f64> {
     let model = models::build(model_config, 10, device)?;
-    let images = Tensor::<4>::from_data(TensorData::new(vec![0.5f32; batch * 3 * 32 * 32], [batch, 3, 32, 32]), device);
+    let images = Tensor::<4>::from_data(TensorData::new(vec![0.5f32; batch * 3 * size * size], [batch, 3, size, size]), device);
     let _ = model.forward(images.clone()).into_data();
     let start = Instant::now();
     for _ in 0..steps {

@@ -133,12 +133,15 @@ enum DataCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Training step (forward, backward, SGD update) on random 32x32 images.
+    /// Training step (forward, backward, SGD update) on random images.
     Train {
         #[arg(long)]
         model: String,
         #[arg(long, default_value_t = 128)]
         batch: usize,
+        /// Side of the square input images.
+        #[arg(long, default_value_t = 32)]
+        size: usize,
         #[arg(long, default_value_t = 10)]
         steps: usize,
         #[arg(long, default_value_t = 2)]
@@ -155,6 +158,8 @@ enum BenchCommand {
         model: String,
         #[arg(long, default_value_t = 256)]
         batch: usize,
+        #[arg(long, default_value_t = 32)]
+        size: usize,
         #[arg(long, default_value_t = 10)]
         steps: usize,
         #[arg(long, default_value = "flex")]
@@ -305,18 +310,21 @@ fn run(cli: Cli) -> Result<()> {
             println!("(parameters for 10 classes, counted as torchvision does: BatchNorm running statistics excluded)");
         }
         Command::Bench { command } => match command {
-            BenchCommand::Train { model, batch, steps, warmup, device: name, overrides } => {
+            BenchCommand::Train { model, batch, size, steps, warmup, device: name, overrides } => {
                 let device = device::parse(&name)?;
                 let model_config = bench_model(&model, &overrides)?;
-                println!("training step: {model}, batch {batch}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads", rayon::current_num_threads());
-                let ips = bench::train_step(&model_config, batch, steps, warmup, &device)?;
+                println!(
+                    "training step: {model}, batch {batch}, {size}x{size}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads",
+                    rayon::current_num_threads()
+                );
+                let ips = bench::train_step(&model_config, batch, size, steps, warmup, &device)?;
                 println!("{ips:.1} img/s");
             }
-            BenchCommand::Infer { model, batch, steps, device: name, overrides } => {
+            BenchCommand::Infer { model, batch, size, steps, device: name, overrides } => {
                 let device = device::parse(&name)?;
                 let model_config = bench_model(&model, &overrides)?;
-                println!("inference: {model}, batch {batch}, {steps} steps, device {name}");
-                println!("{:.1} img/s", bench::inference(&model_config, batch, steps, &device)?);
+                println!("inference: {model}, batch {batch}, {size}x{size}, {steps} steps, device {name}");
+                println!("{:.1} img/s", bench::inference(&model_config, batch, size, steps, &device)?);
             }
             BenchCommand::Loader { batch, images } => {
                 println!("loader: crop+flip+normalize, 32x32, batch {batch}, {images} images, one background thread");
