@@ -7,6 +7,7 @@ pub mod lenet;
 pub mod mobilenet_v2;
 pub mod resnet;
 pub mod resnet_cifar;
+pub mod transfer;
 pub mod tutorial_net;
 pub mod vgg;
 
@@ -56,11 +57,10 @@ impl WeightInit {
     }
 }
 
-/// Every classifier ferrovision can train, behind one type so runs, checkpoints and the CLI stay
-/// architecture-agnostic. The variant's name is the first segment of every parameter path
-/// (`ImageNetResNet.fc.weight`).
+/// Every architecture ferrovision can train, behind one type. The variant's name is the first
+/// segment of its parameter paths below `net.` (`net.ImageNetResNet.fc.weight`).
 #[derive(Module, Debug)]
-pub enum Classifier {
+pub enum Net {
     TutorialNet(TutorialNet),
     ResNet(ResNet),
     FastNet(FastNet),
@@ -71,33 +71,33 @@ pub enum Classifier {
     LeNet5(LeNet5),
 }
 
-impl Classifier {
+impl Net {
     /// Logits `[batch, classes]` for normalized images `[batch, 3, height, width]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         match self {
-            Classifier::TutorialNet(m) => m.forward(images),
-            Classifier::ResNet(m) => m.forward(images),
-            Classifier::FastNet(m) => m.forward(images),
-            Classifier::ImageNetResNet(m) => m.forward(images),
-            Classifier::Vgg(m) => m.forward(images),
-            Classifier::MobileNetV2(m) => m.forward(images),
-            Classifier::EfficientNet(m) => m.forward(images),
-            Classifier::LeNet5(m) => m.forward(images),
+            Net::TutorialNet(m) => m.forward(images),
+            Net::ResNet(m) => m.forward(images),
+            Net::FastNet(m) => m.forward(images),
+            Net::ImageNetResNet(m) => m.forward(images),
+            Net::Vgg(m) => m.forward(images),
+            Net::MobileNetV2(m) => m.forward(images),
+            Net::EfficientNet(m) => m.forward(images),
+            Net::LeNet5(m) => m.forward(images),
         }
     }
 
-    /// The first segment of every parameter path: the variant's name, as burn's derived
+    /// The variant's name: the first segment of its parameter paths, as burn's derived
     /// `Module::visit` enters it.
-    fn variant(&self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
-            Classifier::TutorialNet(_) => "TutorialNet",
-            Classifier::ResNet(_) => "ResNet",
-            Classifier::FastNet(_) => "FastNet",
-            Classifier::ImageNetResNet(_) => "ImageNetResNet",
-            Classifier::Vgg(_) => "Vgg",
-            Classifier::MobileNetV2(_) => "MobileNetV2",
-            Classifier::EfficientNet(_) => "EfficientNet",
-            Classifier::LeNet5(_) => "LeNet5",
+            Net::TutorialNet(_) => "TutorialNet",
+            Net::ResNet(_) => "ResNet",
+            Net::FastNet(_) => "FastNet",
+            Net::ImageNetResNet(_) => "ImageNetResNet",
+            Net::Vgg(_) => "Vgg",
+            Net::MobileNetV2(_) => "MobileNetV2",
+            Net::EfficientNet(_) => "EfficientNet",
+            Net::LeNet5(_) => "LeNet5",
         }
     }
 
@@ -111,15 +111,15 @@ impl Classifier {
         let (module, leaf) = torch_key.rsplit_once('.')?;
         let parts: Vec<&str> = module.split('.').collect();
         let ours = match self {
-            Classifier::TutorialNet(_) | Classifier::ResNet(_) | Classifier::FastNet(_) => None,
-            Classifier::ImageNetResNet(m) => m.import_module(&parts),
-            Classifier::Vgg(m) => m.import_module(&parts),
-            Classifier::MobileNetV2(m) => m.import_module(&parts),
-            Classifier::EfficientNet(m) => m.import_module(&parts),
-            Classifier::LeNet5(_) => LeNet5::import_module(&parts),
+            Net::TutorialNet(_) | Net::ResNet(_) | Net::FastNet(_) => None,
+            Net::ImageNetResNet(m) => m.import_module(&parts),
+            Net::Vgg(m) => m.import_module(&parts),
+            Net::MobileNetV2(m) => m.import_module(&parts),
+            Net::EfficientNet(m) => m.import_module(&parts),
+            Net::LeNet5(_) => LeNet5::import_module(&parts),
         }?;
         let leaf = param_name(&ours, leaf)?;
-        Some(format!("{}.{ours}.{leaf}", self.variant()))
+        Some(format!("{}.{ours}.{leaf}", self.name()))
     }
 
     /// The reference model's `named_children()` in order, each with the prefixes of our parameter
@@ -127,14 +127,14 @@ impl Classifier {
     /// continuing it after a `.`. Empty for the CIFAR families.
     pub fn top_level_children(&self) -> Vec<(String, Vec<String>)> {
         let children = match self {
-            Classifier::TutorialNet(_) | Classifier::ResNet(_) | Classifier::FastNet(_) => vec![],
-            Classifier::ImageNetResNet(_) => ImageNetResNet::top_level_children(),
-            Classifier::Vgg(_) => Vgg::top_level_children(),
-            Classifier::MobileNetV2(_) => MobileNetV2::top_level_children(),
-            Classifier::EfficientNet(m) => m.top_level_children(),
-            Classifier::LeNet5(_) => LeNet5::top_level_children(),
+            Net::TutorialNet(_) | Net::ResNet(_) | Net::FastNet(_) => vec![],
+            Net::ImageNetResNet(_) => ImageNetResNet::top_level_children(),
+            Net::Vgg(_) => Vgg::top_level_children(),
+            Net::MobileNetV2(_) => MobileNetV2::top_level_children(),
+            Net::EfficientNet(m) => m.top_level_children(),
+            Net::LeNet5(_) => LeNet5::top_level_children(),
         };
-        let variant = self.variant();
+        let variant = self.name();
         children
             .into_iter()
             .map(|(name, prefixes)| (name.to_string(), prefixes.into_iter().map(|p| format!("{variant}.{p}")).collect()))
@@ -145,24 +145,65 @@ impl Classifier {
     /// the CIFAR families.
     fn final_linear(&self) -> Option<(&'static str, &Linear)> {
         match self {
-            Classifier::TutorialNet(_) | Classifier::ResNet(_) | Classifier::FastNet(_) => None,
-            Classifier::ImageNetResNet(m) => Some(("fc", &m.fc)),
-            Classifier::Vgg(m) => m.classifier.last().map(|fc| ("classifier.2", fc)),
-            Classifier::MobileNetV2(m) => Some(("fc", &m.fc)),
-            Classifier::EfficientNet(m) => Some(("fc", &m.fc)),
-            Classifier::LeNet5(m) => Some(("fc3", &m.fc3)),
+            Net::TutorialNet(_) | Net::ResNet(_) | Net::FastNet(_) => None,
+            Net::ImageNetResNet(m) => Some(("fc", &m.fc)),
+            Net::Vgg(m) => m.classifier.last().map(|fc| ("classifier.2", fc)),
+            Net::MobileNetV2(m) => Some(("fc", &m.fc)),
+            Net::EfficientNet(m) => Some(("fc", &m.fc)),
+            Net::LeNet5(m) => Some(("fc3", &m.fc3)),
         }
     }
 
     /// Our path prefix of the final linear layer (`ImageNetResNet.fc`, `Vgg.classifier.2`).
     pub fn classifier_prefix(&self) -> Option<String> {
-        self.final_linear().map(|(path, _)| format!("{}.{path}", self.variant()))
+        self.final_linear().map(|(path, _)| format!("{}.{path}", self.name()))
     }
 
     /// The input features of the final linear layer.
     pub fn classifier_in_features(&self) -> Option<usize> {
         // burn's Linear weight is `[in, out]`; `lazy_shape` does not initialize it.
         self.final_linear().map(|(_, fc)| fc.weight.lazy_shape()[0])
+    }
+}
+
+/// A network with an optional head on its outputs (`transfer.head`): the one model type that
+/// runs, checkpoints and the CLI handle. Parameter paths start with `net.` or `head.`.
+#[derive(Module, Debug)]
+pub struct Classifier {
+    pub net: Net,
+    pub head: Option<transfer::Head>,
+}
+
+impl Classifier {
+    /// Logits `[batch, classes]` for normalized images `[batch, 3, height, width]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let x = self.net.forward(images);
+        match &self.head {
+            Some(head) => head.forward(x),
+            None => x,
+        }
+    }
+
+    /// Our parameter path for a key of the network's reference PyTorch state dict (see
+    /// `Net::import_key`).
+    pub fn import_key(&self, torch_key: &str) -> Option<String> {
+        self.net.import_key(torch_key).map(|p| format!("net.{p}"))
+    }
+
+    /// The reference `named_children()` with the parameter path prefixes each owns.
+    pub fn top_level_children(&self) -> Vec<(String, Vec<String>)> {
+        let children = self.net.top_level_children();
+        children.into_iter().map(|(name, prefixes)| (name, prefixes.into_iter().map(|p| format!("net.{p}")).collect())).collect()
+    }
+
+    /// Path prefix of the network's final linear layer.
+    pub fn classifier_prefix(&self) -> Option<String> {
+        self.net.classifier_prefix().map(|p| format!("net.{p}"))
+    }
+
+    /// Input features of the network's final linear layer.
+    pub fn classifier_in_features(&self) -> Option<usize> {
+        self.net.classifier_in_features()
     }
 }
 
@@ -196,7 +237,7 @@ pub(crate) fn conv_bn_child(rest: &[&str]) -> Option<&'static str> {
 pub struct ModelEntry {
     pub name: &'static str,
     pub description: &'static str,
-    build: fn(&ModelConfig, usize, &Device) -> Classifier,
+    build: fn(&ModelConfig, usize, &Device) -> Net,
 }
 
 macro_rules! efficientnet_b {
@@ -204,7 +245,7 @@ macro_rules! efficientnet_b {
         ModelEntry {
             name: $name,
             description: $description,
-            build: |c, k, d| Classifier::EfficientNet(EfficientNetConfig::b($n).init(c, k, d)),
+            build: |c, k, d| Net::EfficientNet(EfficientNetConfig::b($n).init(c, k, d)),
         }
     };
 }
@@ -214,7 +255,7 @@ macro_rules! efficientnet_lite {
         ModelEntry {
             name: $name,
             description: $description,
-            build: |c, k, d| Classifier::EfficientNet(EfficientNetConfig::lite($n).init(c, k, d)),
+            build: |c, k, d| Net::EfficientNet(EfficientNetConfig::lite($n).init(c, k, d)),
         }
     };
 }
@@ -223,62 +264,62 @@ const REGISTRY: &[ModelEntry] = &[
     ModelEntry {
         name: "fast_net",
         description: "airbench-style 3-stage conv net (32-128-256), fast on CPU; the quick config",
-        build: |c, k, d| Classifier::FastNet(FastNetConfig::default().with_overrides(c).init(c, k, d)),
+        build: |c, k, d| Net::FastNet(FastNetConfig::default().with_overrides(c).init(c, k, d)),
     },
     ModelEntry {
         name: "tutorial_net",
         description: "the PyTorch CIFAR-10 tutorial CNN (LeNet-style)",
-        build: |c, k, d| Classifier::TutorialNet(TutorialNet::new(c, k, d)),
+        build: |c, k, d| Net::TutorialNet(TutorialNet::new(c, k, d)),
     },
     ModelEntry {
         name: "resnet18_cifar",
         description: "ResNet-18 for 32x32 inputs (3x3 stem, no max-pool)",
-        build: |c, k, d| Classifier::ResNet(ResNetConfig::resnet18_cifar().with_overrides(c).init(c, k, d)),
+        build: |c, k, d| Net::ResNet(ResNetConfig::resnet18_cifar().with_overrides(c).init(c, k, d)),
     },
     ModelEntry {
         name: "resnet34_cifar",
         description: "ResNet-34 for 32x32 inputs",
-        build: |c, k, d| Classifier::ResNet(ResNetConfig::resnet34_cifar().with_overrides(c).init(c, k, d)),
+        build: |c, k, d| Net::ResNet(ResNetConfig::resnet34_cifar().with_overrides(c).init(c, k, d)),
     },
     ModelEntry {
         name: "budget_resnet",
         description: "ResNet under 5M parameters: stem 32, widths 64-128-128-256, blocks 5-4-3-2, 3x3 shortcuts",
-        build: |c, k, d| Classifier::ResNet(ResNetConfig::budget_resnet().with_overrides(c).init(c, k, d)),
+        build: |c, k, d| Net::ResNet(ResNetConfig::budget_resnet().with_overrides(c).init(c, k, d)),
     },
     ModelEntry {
         name: "lenet5",
         description: "LeNet-5 for 32x32 RGB: tanh, average pooling; model.dropout before each FC layer",
-        build: |c, k, d| Classifier::LeNet5(LeNet5::new(c, k, d)),
+        build: |c, k, d| Net::LeNet5(LeNet5::new(c, k, d)),
     },
     ModelEntry {
         name: "resnet18",
         description: "torchvision ResNet-18 (ImageNet stem: 7x7/2 conv + max-pool)",
-        build: |c, k, d| Classifier::ImageNetResNet(ImageNetResNetConfig::resnet18().init(c, k, d)),
+        build: |c, k, d| Net::ImageNetResNet(ImageNetResNetConfig::resnet18().init(c, k, d)),
     },
     ModelEntry {
         name: "resnet34",
         description: "torchvision ResNet-34",
-        build: |c, k, d| Classifier::ImageNetResNet(ImageNetResNetConfig::resnet34().init(c, k, d)),
+        build: |c, k, d| Net::ImageNetResNet(ImageNetResNetConfig::resnet34().init(c, k, d)),
     },
     ModelEntry {
         name: "resnet50",
         description: "torchvision ResNet-50 (v1.5: stride on the 3x3 conv)",
-        build: |c, k, d| Classifier::ImageNetResNet(ImageNetResNetConfig::resnet50().init(c, k, d)),
+        build: |c, k, d| Net::ImageNetResNet(ImageNetResNetConfig::resnet50().init(c, k, d)),
     },
     ModelEntry {
         name: "vgg16",
         description: "torchvision VGG-16 (classifier dropout 0.5, or model.dropout when set)",
-        build: |c, k, d| Classifier::Vgg(VggConfig::vgg16(false).init(c, k, d)),
+        build: |c, k, d| Net::Vgg(VggConfig::vgg16(false).init(c, k, d)),
     },
     ModelEntry {
         name: "vgg16_bn",
         description: "torchvision VGG-16 with BatchNorm",
-        build: |c, k, d| Classifier::Vgg(VggConfig::vgg16(true).init(c, k, d)),
+        build: |c, k, d| Net::Vgg(VggConfig::vgg16(true).init(c, k, d)),
     },
     ModelEntry {
         name: "mobilenet_v2",
         description: "torchvision MobileNetV2, width 1.0 (classifier dropout 0.2, or model.dropout when set)",
-        build: |c, k, d| Classifier::MobileNetV2(mobilenet_v2::mobilenet_v2(c, k, d)),
+        build: |c, k, d| Net::MobileNetV2(mobilenet_v2::mobilenet_v2(c, k, d)),
     },
     efficientnet_b!(0, "efficientnet_b0", "torchvision EfficientNet-B0 (224 px; dropout 0.2, or model.dropout when set)"),
     efficientnet_b!(1, "efficientnet_b1", "torchvision EfficientNet-B1 (240 px)"),
@@ -345,8 +386,14 @@ pub fn names() -> Vec<&'static str> {
     REGISTRY.iter().map(|e| e.name).collect()
 }
 
-/// Builds the model a config names, for `num_classes` classes, on `device`.
+/// Builds the model a config names, for `num_classes` classes, on `device` (no appended head;
+/// `transfer::build` adds one where an experiment asks for it).
 pub fn build(config: &ModelConfig, num_classes: usize, device: &Device) -> anyhow::Result<Classifier> {
+    Ok(Classifier { net: build_net(config, num_classes, device)?, head: None })
+}
+
+/// The bare network a config names.
+pub fn build_net(config: &ModelConfig, num_classes: usize, device: &Device) -> anyhow::Result<Net> {
     let entry = REGISTRY
         .iter()
         .find(|e| e.name == config.name)
@@ -650,7 +697,7 @@ mod tests {
             let inputs = model.classifier_in_features().unwrap();
             assert_eq!(param_shapes(&model).get(&format!("{prefix}.weight")), Some(&vec![inputs, 13]), "{name}");
         }
-        assert_eq!(build_named("resnet18", 10).classifier_prefix().as_deref(), Some("ImageNetResNet.fc"));
+        assert_eq!(build_named("resnet18", 10).classifier_prefix().as_deref(), Some("net.ImageNetResNet.fc"));
         assert_eq!(build_named("vgg16", 10).classifier_in_features(), Some(4096));
         assert_eq!(build_named("efficientnet_b7", 10).classifier_in_features(), Some(2560));
         assert_eq!(build_named("fast_net", 10).classifier_prefix(), None);

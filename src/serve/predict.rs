@@ -179,8 +179,7 @@ pub fn load_predictor(source: &ModelSource, classes: Option<ClassNames>, device:
         ModelSource::Run { dir, checkpoint } => {
             let (run, config) = crate::tracking::RunDir::open(dir)?;
             let summary = run.read_summary()?;
-            let model = crate::models::build(&config.model, summary.classes.len(), device)?;
-            let model = crate::train::callbacks::load_checkpoint(model, &run.checkpoint(checkpoint))?;
+            let model = crate::train::load_run_model(&config, summary.classes.len(), &run.checkpoint(checkpoint), device)?;
             (model, square(summary.image_size), config.augment.normalize, Some(ClassNames::from_names(&summary.classes)))
         }
         ModelSource::Export(path) => {

@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use super::loss::{cross_entropy, smoothed_targets};
 use super::{argmax, batch_tensors};
-use super::callbacks::load_checkpoint;
 use crate::augment::InputTransform;
 use crate::config::ExperimentConfig;
 use crate::tracking::RunDir;
@@ -79,8 +78,7 @@ pub fn evaluate_run(run: &RunDir, config: &ExperimentConfig, split: &str, checkp
         other => anyhow::bail!("unknown split `{other}`; expected test or val"),
     };
     let num_classes = data.classes.len();
-    let model = crate::models::build(&config.model, num_classes, &device)?;
-    let model = load_checkpoint(model, &run.checkpoint(checkpoint))?;
+    let model = super::load_run_model(config, num_classes, &run.checkpoint(checkpoint), &device)?;
     let result = evaluate(&model, set, num_classes, config.train.eval_batch_size, config.input_transform(), &device)?;
     let mut report = format!(
         "run {} checkpoint {checkpoint}, {split} split ({} images)\naccuracy {:.2}%  loss {:.4}\n",

@@ -71,6 +71,12 @@ pub fn prepare_data(config: &ExperimentConfig) -> Result<TrainingData> {
     Ok(TrainingData { classes: dataset.classes, train: Arc::new(train), val, test })
 }
 
+/// The model of a run with the parameters of one of its checkpoints.
+pub fn load_run_model(config: &ExperimentConfig, num_classes: usize, checkpoint: &std::path::Path, device: &Device) -> Result<Classifier> {
+    let (model, _) = models::transfer::build(config, num_classes, device, false)?;
+    callbacks::load_checkpoint(model, checkpoint)
+}
+
 /// Images and labels of a batch as tensors on `device`.
 pub fn batch_tensors(batch: Batch, device: &Device) -> (Tensor<4>, Vec<i64>) {
     let shape = [batch.len(), 3, batch.height, batch.width];
@@ -120,7 +126,7 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
         );
     }
 
-    let mut model = models::build(&config.model, num_classes, &device)?;
+    let (mut model, new_parts) = models::transfer::build(config, num_classes, &device, true)?;
     let params = models::trainable_params(&model);
     let run = RunDir::create(&config.run.dir, run_id, config)?;
     println!(
@@ -145,7 +151,9 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
     };
     let steps_per_epoch = num_batches(data.train.len(), &loader_config);
     let schedule = LrSchedule::from_config(&config.train, steps_per_epoch);
-    let mut optimizer = optim::build(&config.train, None);
+    let backbone_lr = (config.model.weights.is_some() || config.model.pretrained.is_some())
+        .then(|| (models::transfer::backbone_group(&model, &new_parts), config.transfer.backbone_lr_scale));
+    let mut optimizer = optim::build(&config.train, backbone_lr);
     let mut callbacks: Vec<Box<dyn Callback>> =
         vec![Box::new(MetricsLog), Box::new(Checkpointer::default()), Box::new(ConsoleLog)];
 
@@ -226,10 +234,7 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
     }
 
     // Test the best checkpoint, as the journal reports it.
-    let best = callbacks::load_checkpoint(
-        models::build(&config.model, num_classes, &base_device)?,
-        &run.checkpoint(Checkpointer::BEST),
-    )?;
+    let best = load_run_model(config, num_classes, &run.checkpoint(Checkpointer::BEST), &base_device)?;
     let test = evaluate(&best, &data.test, num_classes, config.train.eval_batch_size, config.input_transform(), &base_device)?;
     let best_metrics = Checkpointer::best_metrics(&run)?;
     let summary = RunSummary {

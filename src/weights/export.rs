@@ -10,7 +10,7 @@ use safetensors::tensor::{Dtype, TensorView};
 
 use super::{LoadOptions, StateDict, WeightsError, read_state_dict};
 use crate::augment::NormalizePreset;
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, TransferConfig};
 use crate::models::{self, Classifier};
 use crate::tracking::run::write_atomic;
 
@@ -26,6 +26,8 @@ pub fn is_ferrovision_export(dict: &StateDict) -> bool {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExportedModel {
     pub model: ModelConfig,
+    /// The head and classifier layout (`transfer.head`, `head_hidden`) the parameters fit.
+    pub transfer: TransferConfig,
     pub classes: Vec<String>,
     /// Side of the square images the model was trained on.
     pub image_size: usize,
@@ -71,6 +73,7 @@ pub fn export_safetensors(model: &Classifier, about: &ExportedModel, path: &Path
     let metadata = HashMap::from([
         (FORMAT_KEY.to_string(), FORMAT_VALUE.to_string()),
         ("model".to_string(), serde_json::to_string(&about.model)?),
+        ("transfer".to_string(), serde_json::to_string(&about.transfer)?),
         ("classes".to_string(), serde_json::to_string(&about.classes)?),
         ("image_size".to_string(), about.image_size.to_string()),
         ("normalize".to_string(), serde_json::to_string(&about.normalize)?),
@@ -84,10 +87,10 @@ pub fn export_run(dir: &Path, checkpoint: &str, out: &Path) -> anyhow::Result<St
     let (run, config) = crate::tracking::RunDir::open(dir)?;
     let summary = run.read_summary()?;
     let device = Device::flex();
-    let model = models::build(&config.model, summary.classes.len(), &device)?;
-    let model = crate::train::callbacks::load_checkpoint(model, &run.checkpoint(checkpoint))?;
+    let model = crate::train::load_run_model(&config, summary.classes.len(), &run.checkpoint(checkpoint), &device)?;
     let about = ExportedModel {
         model: config.model.clone(),
+        transfer: config.transfer.clone(),
         classes: summary.classes,
         image_size: summary.image_size,
         normalize: config.augment.normalize,
@@ -113,11 +116,13 @@ pub fn import_safetensors(path: &Path, device: &Device) -> Result<(Classifier, E
     }
     let about = ExportedModel {
         model: field(&dict, "model", path)?,
+        transfer: field(&dict, "transfer", path)?,
         classes: field(&dict, "classes", path)?,
         image_size: field(&dict, "image_size", path)?,
         normalize: field(&dict, "normalize", path)?,
     };
-    let built = models::build(&about.model, about.classes.len(), device)
+    let experiment = crate::config::ExperimentConfig { model: about.model.clone(), transfer: about.transfer.clone(), ..Default::default() };
+    let (built, _) = models::transfer::build(&experiment, about.classes.len(), device, false)
         .map_err(|e| WeightsError::Invalid { path: path.to_path_buf(), reason: e.to_string() })?;
     let (loaded, _) = super::load_into(built, &about.model.name, path, &LoadOptions::default())?;
     Ok((loaded, about))
@@ -132,6 +137,7 @@ mod tests {
         let device = Device::flex();
         let about = ExportedModel {
             model: ModelConfig { name: "tutorial_net".into(), ..Default::default() },
+            transfer: TransferConfig::default(),
             classes: (0..4).map(|i| format!("class{i}")).collect(),
             image_size: 32,
             normalize: NormalizePreset::Cifar10,

@@ -1,0 +1,375 @@
+//! Fine-tuning from pretrained weights: build the model an experiment describes, load its weights,
+//! replace the classifier or append a head on its outputs, and freeze what should not train.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Result, bail};
+use burn::module::{Flag, Module, ModuleVisitor, Param, ParamGroup, ParamId};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+use super::Classifier;
+use crate::config::{ExperimentConfig, Finetune, Freeze, HeadMode, TransferConfig};
+use crate::weights::{self, LoadOptions, registry};
+
+/// Layers on top of a network's outputs: `dropout -> [linear -> relu -> dropout] -> linear`.
+/// With `head = "append"` it reads the pretrained classifier's logits; with `head = "replace"`
+/// and a hidden layer, the network's new final layer is the first linear and this the rest.
+#[derive(Module, Debug)]
+pub struct Head {
+    hidden: Option<Linear>,
+    /// Applies ReLU to its input first (the input is a fresh hidden layer of the network).
+    activate_input: bool,
+    dropout: Dropout,
+    fc: Linear,
+}
+
+impl Head {
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let mut x = if self.activate_input { relu(x) } else { x };
+        if let Some(hidden) = &self.hidden {
+            x = relu(hidden.forward(self.dropout.forward(x)));
+        }
+        self.fc.forward(self.dropout.forward(x))
+    }
+}
+
+/// The model of an experiment, on `device`: the architecture, its pretrained weights (when the
+/// config names some and `load_weights`; a model about to receive a checkpoint skips them), its
+/// head, and its frozen parts. Returns the parameter paths of the new parts (head and replaced
+/// classifier), which train at the full learning rate.
+pub fn build(config: &ExperimentConfig, num_classes: usize, device: &Device, load_weights: bool) -> Result<(Classifier, Vec<String>)> {
+    let t = &config.transfer;
+    let pretrained = config.model.weights.is_some() || config.model.pretrained.is_some();
+    let weights = if load_weights { weight_file(config)? } else { None };
+    let hidden = (t.head_hidden > 0).then_some(t.head_hidden);
+    let dropout = DropoutConfig::new(t.head_dropout).init();
+    let pretrained_classes = config.model.pretrained.as_deref().and_then(|n| registry::find(n).ok()).map_or(1000, |w| w.num_classes);
+    let (net_outputs, head) = match (t.head, pretrained, hidden) {
+        (HeadMode::Append, true, _) => {
+            let inputs = hidden.unwrap_or(pretrained_classes);
+            let hidden = hidden.map(|h| LinearConfig::new(pretrained_classes, h).init(device));
+            let fc = LinearConfig::new(inputs, num_classes).init(device);
+            (pretrained_classes, Some(Head { hidden, activate_input: false, dropout, fc }))
+        }
+        (HeadMode::Append, false, _) => bail!("transfer.head = \"append\" needs pretrained weights (model.weights or model.pretrained)"),
+        (HeadMode::Replace, _, Some(h)) => {
+            (h, Some(Head { hidden: None, activate_input: true, dropout, fc: LinearConfig::new(h, num_classes).init(device) }))
+        }
+        (HeadMode::Replace, _, None) => (num_classes, None),
+    };
+    let net = super::build_net(&config.model, net_outputs, device)?;
+    let mut model = Classifier { net, head };
+
+    let mut new_parts = vec!["head".to_string()];
+    if pretrained && t.head == HeadMode::Replace {
+        let replaced = model.classifier_prefix();
+        if replaced.is_none() {
+            bail!("model `{}` has no classifier layer to replace (model.name)", config.model.name);
+        }
+        new_parts.extend(replaced);
+    }
+    if let Some(path) = &weights {
+        let options = LoadOptions { allow_partial: config.model.allow_partial, skip_prefixes: new_parts.clone() };
+        let (loaded, report) = weights::load_into(model, &config.model.name, path, &options)?;
+        if !report.is_complete() {
+            eprintln!("{}: partial load: {report}", path.display());
+        }
+        model = loaded;
+    }
+    let frozen = frozen_prefixes(&model, t, &new_parts)?;
+    Ok((freeze(model, &frozen), new_parts))
+}
+
+/// The weight file a config names, fetched into the cache for registered pretrained weights.
+fn weight_file(config: &ExperimentConfig) -> Result<Option<std::path::PathBuf>> {
+    Ok(match (&config.model.weights, &config.model.pretrained) {
+        (Some(path), _) => Some(path.clone()),
+        (None, Some(name)) => Some(registry::fetch(registry::find(name)?, &config.data.cache_dir)?),
+        (None, None) => None,
+    })
+}
+
+/// Parameter path prefixes to freeze: `finetune = "head"` freezes everything but the new parts;
+/// `freeze = N` the first N reference children; `freeze = [..]` the named children or paths.
+fn frozen_prefixes(model: &Classifier, t: &TransferConfig, new_parts: &[String]) -> Result<Vec<String>> {
+    let children = model.top_level_children();
+    let mut prefixes: Vec<String> = match &t.freeze {
+        Freeze::Children(0) => Vec::new(),
+        Freeze::Children(n) => {
+            if *n > children.len() {
+                bail!(
+                    "transfer.freeze = {n}, but `{}` has {} top-level children: {}",
+                    model.net.name(),
+                    children.len(),
+                    children.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            }
+            children[..*n].iter().flat_map(|(_, p)| p.clone()).collect()
+        }
+        Freeze::Patterns(patterns) => {
+            let paths = weights::apply::parameter_shapes(model);
+            let mut out = Vec::new();
+            for pattern in patterns {
+                if let Some((_, owned)) = children.iter().find(|(name, _)| name == pattern) {
+                    out.extend(owned.clone());
+                } else if paths.keys().any(|p| covers(pattern, p)) {
+                    out.push(pattern.clone());
+                } else {
+                    bail!(
+                        "transfer.freeze: `{pattern}` is neither a top-level child ({}) nor a parameter path prefix (e.g. {})",
+                        children.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(", "),
+                        paths.keys().next().map(String::as_str).unwrap_or("-")
+                    );
+                }
+            }
+            out
+        }
+    };
+    if t.finetune == Finetune::Head {
+        prefixes.push("net".to_string());
+    }
+    // New parts always train.
+    let paths = weights::apply::parameter_shapes(model);
+    let frozen: Vec<String> = paths
+        .keys()
+        .filter(|p| prefixes.iter().any(|f| covers(f, p)) && !new_parts.iter().any(|n| covers(n, p)))
+        .cloned()
+        .collect();
+    Ok(frozen)
+}
+
+/// Whether `prefix` names `path` or a module containing it.
+fn covers(prefix: &str, path: &str) -> bool {
+    path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// Ids of the float parameters whose paths are listed, and of the training flags (BatchNorm's) of
+/// the modules that hold them, so frozen BatchNorm layers also stop updating their statistics.
+fn frozen_ids<M: Module>(model: &M, frozen_paths: &[String]) -> Vec<ParamId> {
+    struct Collect<'a> {
+        path: Vec<String>,
+        frozen: BTreeSet<&'a str>,
+        module_prefixes: BTreeSet<String>,
+        ids: Vec<ParamId>,
+        flags: Vec<(String, ParamId)>,
+    }
+    impl ModuleVisitor for Collect<'_> {
+        fn enter_module(&mut self, name: &str, _container: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let path = self.path.join(".");
+            if self.frozen.contains(path.as_str()) {
+                self.ids.push(param.id);
+                self.module_prefixes.insert(self.path[..self.path.len() - 1].join("."));
+            }
+        }
+        fn visit_flag(&mut self, flag: &Param<Flag>) {
+            let module = self.path[..self.path.len().saturating_sub(1)].join(".");
+            self.flags.push((module, flag.id));
+        }
+    }
+    let mut collect = Collect {
+        path: Vec::new(),
+        frozen: frozen_paths.iter().map(String::as_str).collect(),
+        module_prefixes: BTreeSet::new(),
+        ids: Vec::new(),
+        flags: Vec::new(),
+    };
+    model.visit(&mut collect);
+    let Collect { mut ids, flags, module_prefixes, .. } = collect;
+    ids.extend(flags.into_iter().filter(|(module, _)| module_prefixes.contains(module)).map(|(_, id)| id));
+    ids
+}
+
+/// `model` with the listed parameters frozen: no gradient, no optimizer state, BatchNorm in
+/// evaluation mode.
+pub fn freeze(model: Classifier, frozen_paths: &[String]) -> Classifier {
+    if frozen_paths.is_empty() {
+        return model;
+    }
+    let ids = frozen_ids(&model, frozen_paths);
+    model.freeze_group(ParamGroup::from_ids(ids))
+}
+
+/// Ids of every parameter outside the new parts (the pretrained backbone), for its own learning
+/// rate.
+pub fn backbone_group(model: &Classifier, new_parts: &[String]) -> ParamGroup {
+    let paths: Vec<String> = weights::apply::parameter_shapes(model)
+        .into_keys()
+        .filter(|p| !new_parts.iter().any(|n| covers(n, p)))
+        .collect();
+    ParamGroup::from_ids(frozen_ids(model, &paths))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::optim::GradientsParams;
+    use burn::tensor::Distribution;
+
+    use super::*;
+    use crate::augment::NormalizePreset;
+    use crate::config::{ModelConfig, TrainConfig};
+    use crate::train::{loss, optim};
+    use crate::weights::apply::parameter_shapes;
+    use crate::weights::export::{ExportedModel, export_safetensors};
+
+    /// Values of every float parameter by path.
+    fn values(model: &Classifier) -> std::collections::BTreeMap<String, Vec<f32>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let about = ExportedModel {
+            model: ModelConfig::default(),
+            transfer: TransferConfig::default(),
+            classes: vec![],
+            image_size: 32,
+            normalize: NormalizePreset::None,
+        };
+        export_safetensors(model, &about, &path).unwrap();
+        let dict = crate::weights::read_state_dict(&path).unwrap();
+        dict.tensors.into_iter().map(|(k, v)| (k, v.values)).collect()
+    }
+
+    fn experiment(model: &str, transfer: TransferConfig) -> ExperimentConfig {
+        ExperimentConfig { model: ModelConfig { name: model.into(), ..Default::default() }, transfer, ..Default::default() }
+    }
+
+    /// One SGD-momentum step on random data; returns the new model and the optimizer's record.
+    fn train_step(model: Classifier, optimizer: &mut burn::optim::ModuleOptimizer, classes: usize, side: usize) -> (Classifier, GradientsParams) {
+        let device = Device::flex().autodiff();
+        let images = Tensor::<4>::random([4, 3, side, side], Distribution::Normal(0.0, 1.0), &device);
+        let labels: Vec<i64> = (0..4).map(|i| i % classes as i64).collect();
+        let targets = loss::smoothed_targets(&labels, classes, 0.0, &device);
+        let loss = loss::cross_entropy(model.forward(images), targets);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let kept = GradientsParams::from_grads(loss::cross_entropy(
+            model.forward(Tensor::random([4, 3, side, side], Distribution::Default, &device)),
+            loss::smoothed_targets(&labels, classes, 0.0, &device),
+        ).backward(), &model);
+        (optimizer.step(0.1, model, grads), kept)
+    }
+
+    #[test]
+    fn frozen_children_get_no_gradient_no_state_and_do_not_change() {
+        let device = Device::flex().autodiff();
+        let config = experiment("lenet5", TransferConfig { freeze: Freeze::Children(2), ..Default::default() });
+        let (model, _) = build(&config, 3, &device, true).unwrap();
+        let before = values(&model);
+        let mut optimizer = optim::build(&TrainConfig { momentum: 0.9, ..Default::default() }, None);
+        let (model, grads) = train_step(model, &mut optimizer, 3, 32);
+        let after = values(&model);
+        for (path, old) in &before {
+            let frozen = path.starts_with("net.LeNet5.conv1.") || path.starts_with("net.LeNet5.conv2.");
+            assert_eq!(&after[path] == old, frozen, "{path}: frozen = {frozen}");
+        }
+        // No gradient for the 4 frozen tensors, and optimizer state for the other 6 only.
+        assert_eq!(grads.len(), 6);
+        let record = format!("{:?}", optimizer.to_record());
+        assert!(record.contains("num_tensors: 6"), "{record}");
+    }
+
+    #[test]
+    fn frozen_batch_norm_keeps_its_running_statistics() {
+        let device = Device::flex().autodiff();
+        let config = experiment("resnet18", TransferConfig { freeze: Freeze::Patterns(vec!["conv1".into(), "bn1".into()]), ..Default::default() });
+        let (model, _) = build(&config, 3, &device, true).unwrap();
+        let before = values(&model);
+        let mut optimizer = optim::build(&TrainConfig::default(), None);
+        let (model, _) = train_step(model, &mut optimizer, 3, 32);
+        let after = values(&model);
+        // torchvision's conv1/bn1 are our stem.
+        for key in ["stem.bn.running_mean", "stem.bn.running_var", "stem.bn.gamma", "stem.conv.weight"] {
+            let key = format!("net.ImageNetResNet.{key}");
+            assert_eq!(after[&key], before[&key], "{key}");
+        }
+        let trained = "net.ImageNetResNet.layer1.0.convs.0.bn.running_mean";
+        assert_ne!(after[trained], before[trained]);
+    }
+
+    /// A pretrained LeNet-5 (1000 classes) saved as a ferrovision export.
+    fn pretrained_lenet(dir: &std::path::Path) -> (std::path::PathBuf, std::collections::BTreeMap<String, Vec<f32>>) {
+        let config = ModelConfig { name: "lenet5".into(), ..Default::default() };
+        let model = crate::models::build(&config, 1000, &Device::flex()).unwrap();
+        let about = ExportedModel {
+            model: config,
+            transfer: TransferConfig::default(),
+            classes: (0..1000).map(|i| i.to_string()).collect(),
+            image_size: 32,
+            normalize: NormalizePreset::Imagenet,
+        };
+        let path = dir.join("lenet-1000.safetensors");
+        export_safetensors(&model, &about, &path).unwrap();
+        (path, values(&model))
+    }
+
+    #[test]
+    fn replace_and_append_heads_keep_the_pretrained_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let (weights, pretrained) = pretrained_lenet(dir.path());
+        let device = Device::flex();
+        let mut config = experiment("lenet5", TransferConfig::default());
+        config.model.weights = Some(weights);
+
+        let (replaced, new_parts) = build(&config, 3, &device, true).unwrap();
+        assert_eq!(new_parts, ["head", "net.LeNet5.fc3"]);
+        let shapes = parameter_shapes(&replaced);
+        assert_eq!(shapes["net.LeNet5.fc3.weight"], [84, 3]);
+        assert_eq!(values(&replaced)["net.LeNet5.fc2.weight"], pretrained["net.LeNet5.fc2.weight"]);
+        assert!(replaced.head.is_none());
+
+        config.transfer = TransferConfig { head: HeadMode::Append, head_hidden: 16, finetune: Finetune::Head, ..Default::default() };
+        let (appended, new_parts) = build(&config, 3, &device, true).unwrap();
+        assert_eq!(new_parts, ["head"]);
+        let shapes = parameter_shapes(&appended);
+        assert_eq!(shapes["head.hidden.weight"], [1000, 16]);
+        assert_eq!(shapes["head.fc.weight"], [16, 3]);
+        assert_eq!(values(&appended)["net.LeNet5.fc3.weight"], pretrained["net.LeNet5.fc3.weight"]);
+        let logits = appended.forward(Tensor::zeros([2, 3, 32, 32], &device));
+        assert_eq!(logits.dims(), [2, 3]);
+
+        // finetune = "head": only the head trains.
+        let (model, _) = build(&config, 3, &Device::flex().autodiff(), true).unwrap();
+        let mut optimizer = optim::build(&TrainConfig::default(), None);
+        let (_, grads) = train_step(model, &mut optimizer, 3, 32);
+        assert_eq!(grads.len(), 4, "head.hidden and head.fc weights and biases");
+    }
+
+    #[test]
+    fn backbone_learning_rate_scale_applies_to_the_pretrained_part_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (weights, _) = pretrained_lenet(dir.path());
+        let device = Device::flex().autodiff();
+        let mut config = experiment("lenet5", TransferConfig { backbone_lr_scale: 0.0, ..Default::default() });
+        config.model.weights = Some(weights);
+        let (model, new_parts) = build(&config, 3, &device, true).unwrap();
+        let before = values(&model);
+        let train = TrainConfig { momentum: 0.0, weight_decay: 0.0, ..Default::default() };
+        let mut optimizer = optim::build(&train, Some((backbone_group(&model, &new_parts), 0.0)));
+        let (model, _) = train_step(model, &mut optimizer, 3, 32);
+        let after = values(&model);
+        assert_eq!(after["net.LeNet5.conv1.weight"], before["net.LeNet5.conv1.weight"]);
+        assert_ne!(after["net.LeNet5.fc3.weight"], before["net.LeNet5.fc3.weight"]);
+    }
+
+    #[test]
+    fn bad_transfer_settings_are_clear_errors() {
+        let device = Device::flex();
+        let err = build(&experiment("lenet5", TransferConfig { freeze: Freeze::Children(9), ..Default::default() }), 3, &device, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("transfer.freeze = 9") && err.contains("conv1, conv2, fc1, fc2, fc3"), "{err}");
+        let err = build(&experiment("lenet5", TransferConfig { freeze: Freeze::Patterns(vec!["layer9".into()]), ..Default::default() }), 3, &device, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`layer9`"), "{err}");
+        let err = build(&experiment("lenet5", TransferConfig { head: HeadMode::Append, ..Default::default() }), 3, &device, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs pretrained weights"), "{err}");
+    }
+}
