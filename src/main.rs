@@ -300,12 +300,12 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", data::describe(&dataset));
         }
         Command::Models => {
-            println!("{:<16} {:>12}  description", "name", "parameters");
+            println!("{:<20} {:>12}  description", "name", "parameters");
             let device = burn::prelude::Device::flex();
             for entry in models::registry() {
                 let config = ferrovision::config::ModelConfig { name: entry.name.into(), ..Default::default() };
                 let params = models::trainable_params(&models::build(&config, 10, &device)?);
-                println!("{:<16} {:>12}  {}", entry.name, group_digits(params), entry.description);
+                println!("{:<20} {:>12}  {}", entry.name, group_digits(params), entry.description);
             }
             println!("(parameters for 10 classes, counted as torchvision does: BatchNorm running statistics excluded)");
         }

@@ -11,7 +11,7 @@ pub mod transfer;
 pub mod tutorial_net;
 pub mod vgg;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Flag, Module, ModuleVisitor, Param, ParamId};
 use burn::nn::{Initializer, Linear};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -401,14 +401,24 @@ pub fn build_net(config: &ModelConfig, num_classes: usize, device: &Device) -> a
     Ok((entry.build)(config, num_classes, device))
 }
 
-/// Trainable parameters counted the way torchvision counts them: BatchNorm running statistics are
-/// buffers, not parameters (burn visits them like parameters, so they are skipped by name).
-pub fn trainable_params<M: Module>(model: &M) -> usize {
-    struct Counter {
+/// A parameter (or a module's training flag) with its path as burn's visitor names it: struct
+/// fields and Vec indices joined by `.`, e.g. `net.ImageNetResNet.stem.bn.running_mean`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedParam {
+    pub path: String,
+    pub id: ParamId,
+    /// The tensor shape; `None` for a training flag (BatchNorm's `training`).
+    pub shape: Option<Vec<usize>>,
+}
+
+/// Every float parameter (BatchNorm running statistics included) and training flag of a module,
+/// in visiting order, without initializing lazy parameters.
+pub fn named_params<M: Module>(model: &M) -> Vec<NamedParam> {
+    struct Collect {
         path: Vec<String>,
-        total: usize,
+        params: Vec<NamedParam>,
     }
-    impl ModuleVisitor for Counter {
+    impl ModuleVisitor for Collect {
         fn enter_module(&mut self, name: &str, _container: &str) {
             self.path.push(name.to_string());
         }
@@ -416,15 +426,26 @@ pub fn trainable_params<M: Module>(model: &M) -> usize {
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let is_buffer = self.path.last().is_some_and(|n| n.starts_with("running_"));
-            if !is_buffer {
-                self.total += param.lazy_shape().num_elements();
-            }
+            let shape = Some(param.lazy_shape().to_vec());
+            self.params.push(NamedParam { path: self.path.join("."), id: param.id, shape });
+        }
+        fn visit_flag(&mut self, flag: &Param<Flag>) {
+            self.params.push(NamedParam { path: self.path.join("."), id: flag.id, shape: None });
         }
     }
-    let mut counter = Counter { path: Vec::new(), total: 0 };
-    model.visit(&mut counter);
-    counter.total
+    let mut collect = Collect { path: Vec::new(), params: Vec::new() };
+    model.visit(&mut collect);
+    collect.params
+}
+
+/// Trainable parameters counted the way torchvision counts them: BatchNorm running statistics are
+/// buffers, not parameters (burn visits them like parameters, so they are skipped by name).
+pub fn trainable_params<M: Module>(model: &M) -> usize {
+    named_params(model)
+        .into_iter()
+        .filter(|p| !p.path.rsplit('.').next().is_some_and(|leaf| leaf.starts_with("running_")))
+        .filter_map(|p| p.shape.map(|s| s.iter().product::<usize>()))
+        .sum()
 }
 
 #[cfg(test)]
@@ -433,6 +454,8 @@ mod tests {
     use std::io::Read;
 
     use super::*;
+    use crate::models::transfer::covers as owns;
+    use crate::weights::apply::parameter_shapes as param_shapes;
 
     fn build_named(name: &str, classes: usize) -> Classifier {
         let config = ModelConfig { name: name.into(), ..Default::default() };
@@ -446,33 +469,6 @@ mod tests {
     /// Parameters are initialized lazily, so building even VGG-16 here allocates nothing.
     fn count_imagenet(name: &str) -> usize {
         trainable_params(&build_named(name, 1000))
-    }
-
-    /// Every float parameter's path (as `ModuleVisitor` sees it) and shape.
-    fn param_shapes(model: &Classifier) -> BTreeMap<String, Vec<usize>> {
-        struct Shapes {
-            path: Vec<String>,
-            shapes: BTreeMap<String, Vec<usize>>,
-        }
-        impl ModuleVisitor for Shapes {
-            fn enter_module(&mut self, name: &str, _container: &str) {
-                self.path.push(name.to_string());
-            }
-            fn exit_module(&mut self, _name: &str, _container: &str) {
-                self.path.pop();
-            }
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                self.shapes.insert(self.path.join("."), param.lazy_shape().dims::<D>().to_vec());
-            }
-        }
-        let mut visitor = Shapes { path: Vec::new(), shapes: BTreeMap::new() };
-        model.visit(&mut visitor);
-        visitor.shapes
-    }
-
-    /// `path` is `prefix` or continues it after a `.`.
-    fn owns(prefix: &str, path: &str) -> bool {
-        path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
     }
 
     const IMAGENET_MODELS: [&str; 19] = [

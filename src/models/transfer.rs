@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Result, bail};
-use burn::module::{Flag, Module, ModuleVisitor, Param, ParamGroup, ParamId};
+use burn::module::{Module, ParamGroup, ParamId};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
@@ -141,50 +141,25 @@ fn frozen_prefixes(model: &Classifier, t: &TransferConfig, new_parts: &[String])
 }
 
 /// Whether `prefix` names `path` or a module containing it.
-fn covers(prefix: &str, path: &str) -> bool {
+pub(crate) fn covers(prefix: &str, path: &str) -> bool {
     path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('.'))
 }
 
 /// Ids of the float parameters whose paths are listed, and of the training flags (BatchNorm's) of
 /// the modules that hold them, so frozen BatchNorm layers also stop updating their statistics.
 fn frozen_ids<M: Module>(model: &M, frozen_paths: &[String]) -> Vec<ParamId> {
-    struct Collect<'a> {
-        path: Vec<String>,
-        frozen: BTreeSet<&'a str>,
-        module_prefixes: BTreeSet<String>,
-        ids: Vec<ParamId>,
-        flags: Vec<(String, ParamId)>,
-    }
-    impl ModuleVisitor for Collect<'_> {
-        fn enter_module(&mut self, name: &str, _container: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _name: &str, _container: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let path = self.path.join(".");
-            if self.frozen.contains(path.as_str()) {
-                self.ids.push(param.id);
-                self.module_prefixes.insert(self.path[..self.path.len() - 1].join("."));
-            }
-        }
-        fn visit_flag(&mut self, flag: &Param<Flag>) {
-            let module = self.path[..self.path.len().saturating_sub(1)].join(".");
-            self.flags.push((module, flag.id));
-        }
-    }
-    let mut collect = Collect {
-        path: Vec::new(),
-        frozen: frozen_paths.iter().map(String::as_str).collect(),
-        module_prefixes: BTreeSet::new(),
-        ids: Vec::new(),
-        flags: Vec::new(),
-    };
-    model.visit(&mut collect);
-    let Collect { mut ids, flags, module_prefixes, .. } = collect;
-    ids.extend(flags.into_iter().filter(|(module, _)| module_prefixes.contains(module)).map(|(_, id)| id));
-    ids
+    let frozen: BTreeSet<&str> = frozen_paths.iter().map(String::as_str).collect();
+    let parent = |path: &str| path.rsplit_once('.').map_or(String::new(), |(module, _)| module.to_string());
+    let params = super::named_params(model);
+    let modules: BTreeSet<String> = params.iter().filter(|p| frozen.contains(p.path.as_str())).map(|p| parent(&p.path)).collect();
+    params
+        .into_iter()
+        .filter(|p| match p.shape {
+            Some(_) => frozen.contains(p.path.as_str()),
+            None => modules.contains(&parent(&p.path)),
+        })
+        .map(|p| p.id)
+        .collect()
 }
 
 /// `model` with the listed parameters frozen: no gradient, no optimizer state, BatchNorm in

@@ -4,33 +4,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use super::read::{SourceTensor, StateDict};
 
-/// The dotted path and shape of every float parameter (BatchNorm running statistics included), as
-/// burn's visitor names them: struct fields and Vec indices joined by `.`.
+/// The dotted path and shape of every float parameter (BatchNorm running statistics included).
 pub fn parameter_shapes<M: Module>(model: &M) -> BTreeMap<String, Vec<usize>> {
-    struct Shapes {
-        path: Vec<String>,
-        shapes: BTreeMap<String, Vec<usize>>,
-    }
-    impl ModuleVisitor for Shapes {
-        fn enter_module(&mut self, name: &str, _container: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _name: &str, _container: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.shapes.insert(self.path.join("."), param.lazy_shape().to_vec());
-        }
-    }
-    let mut visitor = Shapes { path: Vec::new(), shapes: BTreeMap::new() };
-    model.visit(&mut visitor);
-    visitor.shapes
+    crate::models::named_params(model).into_iter().filter_map(|p| Some((p.path, p.shape?))).collect()
 }
 
 /// How the keys of a weight file relate to the module's parameter paths.
