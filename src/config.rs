@@ -115,6 +115,9 @@ pub struct ModelConfig {
     /// Kernel of the projection shortcuts (1 or 3).
     pub shortcut_kernel: Option<usize>,
     pub block: Option<BlockKind>,
+    /// BatchNorm momentum (PyTorch convention) of the EfficientNet family instead of
+    /// the reference's (EfficientNet-B5+/Lite: 0.01); e.g. 0.1 when fine-tuning for a few epochs.
+    pub bn_momentum: Option<f64>,
     /// Initial weights: a PyTorch checkpoint (zip or legacy .pth), a safetensors file, or a
     /// ferrovision export.
     pub weights: Option<PathBuf>,
@@ -138,6 +141,7 @@ impl Default for ModelConfig {
             kernel_size: None,
             shortcut_kernel: None,
             block: None,
+            bn_momentum: None,
             weights: None,
             pretrained: None,
             allow_partial: false,
@@ -355,6 +359,9 @@ impl ExperimentConfig {
         }
         if !(tr.backbone_lr_scale.is_finite() && tr.backbone_lr_scale >= 0.0) {
             return invalid("transfer.backbone_lr_scale", format!("expected a number >= 0, found {}", tr.backbone_lr_scale));
+        }
+        if self.model.bn_momentum.is_some_and(|m| !(0.0..=1.0).contains(&m)) {
+            return invalid("model.bn_momentum", "expected a value in [0, 1]".into());
         }
         if self.data.input_size == Some(0) {
             return invalid("data.input_size", "expected a positive size in pixels".into());

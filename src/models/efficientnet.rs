@@ -80,7 +80,8 @@ impl EfficientNetConfig {
     pub fn init(&self, config: &ModelConfig, num_classes: usize, device: &Device) -> EfficientNet {
         let act = if self.lite { Act::Relu6 } else { Act::Silu };
         let padding = if self.lite { Padding::TfSame } else { Padding::Symmetric };
-        let conv = |kernel, stride| ConvSpec::new(kernel, stride).padding(padding).norm(self.norm).act(act);
+        let norm = self.norm.with_overrides(config);
+        let conv = |kernel, stride| ConvSpec::new(kernel, stride).padding(padding).norm(norm).act(act);
         // Lite keeps B0's stem (32) and head (1280) widths at every scale.
         let stem = if self.lite { 32 } else { self.channels(B0_STAGES[0].3) };
 
@@ -103,7 +104,7 @@ impl EfficientNetConfig {
                     se_channels: (!self.lite).then(|| (channels / 4).max(1)),
                     act,
                     padding,
-                    norm: self.norm,
+                    norm,
                     drop_path: self.drop_path * index as f64 / total as f64,
                 };
                 blocks.push(InvertedResidual::new(config, &spec, device));

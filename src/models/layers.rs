@@ -71,6 +71,11 @@ impl BnParams {
     /// TensorFlow's EfficientNet settings (decay 0.99, i.e. PyTorch momentum 0.01, eps 1e-3).
     pub const TF: BnParams = BnParams { epsilon: 1e-3, momentum: 0.01 };
 
+    /// These settings with `model.bn_momentum` applied when the config sets it.
+    pub fn with_overrides(self, config: &ModelConfig) -> Self {
+        Self { momentum: config.bn_momentum.unwrap_or(self.momentum), ..self }
+    }
+
     pub fn init(self, channels: usize, device: &Device) -> BatchNorm {
         BatchNormConfig::new(channels).with_epsilon(self.epsilon).with_momentum(self.momentum).init(device)
     }
