@@ -41,3 +41,45 @@ fn pretrained_lite0_labels_imagenet_photos_at_published_accuracy() {
     let correct: usize = summary.split(['(', '/']).nth(1).unwrap().parse().unwrap();
     assert!(summary.ends_with("/100)") && correct >= 70, "top-1 below 70%: {summary}");
 }
+
+#[test]
+fn finetuning_the_head_of_pretrained_lite0_on_real_cifar10_beats_chance_by_far() {
+    let (Some(weights), Some(cifar)) = (shared("weights/efficientnet-lite0-57934424.pth"), shared("data/cifar10-jpeg.tar.gz")) else {
+        return;
+    };
+    let runs = tempfile::tempdir().unwrap();
+    // 500 real training images upsampled to 64x64; only the new 10-way classifier trains.
+    let mut config = ferrovision::config::ExperimentConfig::from_toml(
+        r#"
+        [data]
+        val_size = 500
+        subset_per_class = 50
+        test_subset_per_class = 50
+        input_size = 64
+        [model]
+        name = "efficientnet_lite0"
+        weights = "set below"
+        [transfer]
+        finetune = "head"
+        [train]
+        epochs = 3
+        batch_size = 25
+        lr = 0.02
+        schedule = "one_cycle"
+        [run]
+        progress = false
+        "#,
+        "test config",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(config.augment.normalize, ferrovision::augment::NormalizePreset::Imagenet, "the weights' normalization");
+    config.model.weights = Some(weights);
+    config.data.path = cifar;
+    config.data.cache_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/ferrovision");
+    config.run.dir = runs.path().to_path_buf();
+    let (_, summary) = ferrovision::train::fit(&config, "lite0-head", &std::sync::atomic::AtomicBool::new(false)).unwrap();
+    eprintln!("Lite0 head-only on 500 real CIFAR-10 images at 64x64: test accuracy {:.2}%", 100.0 * summary.test_acc);
+    assert_eq!(summary.test_images, 500);
+    assert!(summary.test_acc > 0.3, "test accuracy {} is not well above chance (0.10)", summary.test_acc);
+}
