@@ -15,6 +15,7 @@ use crate::augment::{NormalizePreset, PaddingMode, RandomCrop, RandomHorizontalF
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::ImageSet;
 use crate::data::loader::{EpochLoader, LoaderConfig};
+use crate::kernels::depthwise::depthwise_conv2d;
 use crate::models;
 use crate::train::{loss, optim, step_once};
 
@@ -105,11 +106,19 @@ pub const DEPTHWISE_SHAPES: [DepthwiseShape; 10] = [
     DepthwiseShape { channels: 1152, size: 7, kernel: 5, stride: 1 },
 ];
 
-/// Seconds per forward + backward (input and weight gradients) of burn's grouped conv2d
-/// (groups = channels, no bias) on `batch` random inputs, averaged over `steps` after `warmup`.
-/// The backward starts from `y.backward()`, i.e. an output gradient of ones, so that no extra
-/// operation is timed.
-pub fn depthwise_step(shape: DepthwiseShape, batch: usize, steps: usize, warmup: usize, device: &Device) -> f64 {
+/// Which depthwise convolution [`depthwise_step`] times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepthwiseKernel {
+    /// `kernels::depthwise::depthwise_conv2d`.
+    Ours,
+    /// burn's `conv2d` with `groups = channels`.
+    Burn,
+}
+
+/// Seconds per forward + backward (input and weight gradients) of a depthwise convolution (no
+/// bias) on `batch` random inputs, averaged over `steps` after `warmup`. The backward starts
+/// from `y.backward()`, i.e. an output gradient of ones, so that no extra operation is timed.
+pub fn depthwise_step(shape: DepthwiseShape, kernel_impl: DepthwiseKernel, batch: usize, steps: usize, warmup: usize, device: &Device) -> f64 {
     let device = device.clone().autodiff();
     device.seed(0);
     let DepthwiseShape { channels, size, kernel, stride } = shape;
@@ -119,7 +128,10 @@ pub fn depthwise_step(shape: DepthwiseShape, batch: usize, steps: usize, warmup:
     let mut timed = 0.0;
     for i in 0..warmup + steps {
         let start = Instant::now();
-        let y = conv2d(x.clone(), weight.clone(), None, options.clone());
+        let y = match kernel_impl {
+            DepthwiseKernel::Ours => depthwise_conv2d(x.clone(), weight.clone(), None, stride, kernel / 2),
+            DepthwiseKernel::Burn => conv2d(x.clone(), weight.clone(), None, options.clone()),
+        };
         let grads = y.backward();
         let _ = weight.grad(&grads).expect("weight gradient").into_data();
         if i >= warmup {

@@ -211,12 +211,16 @@ fn run(cli: Cli) -> Result<()> {
             BenchCommand::Depthwise { batch, steps, warmup, device: name, shapes } => {
                 let device = device::parse(&name)?;
                 println!("depthwise conv forward + backward, batch {batch}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads", rayon::current_num_threads());
-                println!("{:<18} {:>10}", "layer", "burn s");
+                println!("{:<18} {:>10} {:>10} {:>8}", "layer", "ours s", "burn s", "speedup");
+                let (mut ours_total, mut burn_total) = (0.0, 0.0);
                 let shapes = if shapes.is_empty() { bench::DEPTHWISE_SHAPES.to_vec() } else { shapes };
                 for shape in shapes {
-                    let burn = bench::depthwise_step(shape, batch, steps, warmup, &device);
-                    println!("{:<18} {burn:>10.4}", shape.to_string());
+                    let ours = bench::depthwise_step(shape, bench::DepthwiseKernel::Ours, batch, steps, warmup, &device);
+                    let burn = bench::depthwise_step(shape, bench::DepthwiseKernel::Burn, batch, steps, warmup, &device);
+                    println!("{:<18} {ours:>10.4} {burn:>10.4} {:>7.2}x", shape.to_string(), burn / ours);
+                    (ours_total, burn_total) = (ours_total + ours, burn_total + burn);
                 }
+                println!("{:<18} {ours_total:>10.4} {burn_total:>10.4} {:>7.2}x", "all layers", burn_total / ours_total);
             }
             BenchCommand::Loader { batch, images } => {
                 println!("loader: crop+flip+normalize, 32x32, batch {batch}, {images} images, one background thread");

@@ -154,27 +154,71 @@ fn check_sizes(g: &Geometry, x: &[f32], weight: &[f32]) {
     assert_eq!(weight.len(), g.channels * g.kernel * g.kernel, "weight size");
 }
 
-/// Multiply-add of the inner loops: fused where the CPU has FMA, plain otherwise (where
-/// `mul_add` would be a slow library call).
-trait MulAdd {
-    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+/// `LANES` f32 lanes: AVX registers on x86 CPUs with AVX2 and FMA, plain arrays elsewhere.
+trait Vector: Copy {
+    fn splat(value: f32) -> Self;
+    fn load(src: &[f32; LANES]) -> Self;
+    /// `self * b + c`.
+    fn mul_add(self, b: Self, c: Self) -> Self;
+    fn store(self, dst: &mut [f32; LANES]);
 }
 
-struct Fused;
+#[derive(Clone, Copy)]
+struct Portable([f32; LANES]);
 
-impl MulAdd for Fused {
+impl Vector for Portable {
     #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
+    fn splat(value: f32) -> Self {
+        Portable([value; LANES])
+    }
+
+    #[inline(always)]
+    fn load(src: &[f32; LANES]) -> Self {
+        Portable(*src)
+    }
+
+    #[inline(always)]
+    fn mul_add(self, b: Self, c: Self) -> Self {
+        // Not f32::mul_add: without FMA hardware it is a slow library call.
+        Portable(std::array::from_fn(|lane| self.0[lane] * b.0[lane] + c.0[lane]))
+    }
+
+    #[inline(always)]
+    fn store(self, dst: &mut [f32; LANES]) {
+        *dst = self.0;
     }
 }
 
-struct Unfused;
+/// Only created inside `#[target_feature(enable = "avx2,fma")]` functions, which run only
+/// where `fma_available()`.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Avx(std::arch::x86_64::__m256);
 
-impl MulAdd for Unfused {
+#[cfg(target_arch = "x86_64")]
+impl Vector for Avx {
     #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a * b + c
+    fn splat(value: f32) -> Self {
+        // SAFETY: AVX is available (see the type's comment).
+        Avx(unsafe { std::arch::x86_64::_mm256_set1_ps(value) })
+    }
+
+    #[inline(always)]
+    fn load(src: &[f32; LANES]) -> Self {
+        // SAFETY: `src` is 8 readable f32; AVX is available.
+        Avx(unsafe { std::arch::x86_64::_mm256_loadu_ps(src.as_ptr()) })
+    }
+
+    #[inline(always)]
+    fn mul_add(self, b: Self, c: Self) -> Self {
+        // SAFETY: FMA is available.
+        Avx(unsafe { std::arch::x86_64::_mm256_fmadd_ps(self.0, b.0, c.0) })
+    }
+
+    #[inline(always)]
+    fn store(self, dst: &mut [f32; LANES]) {
+        // SAFETY: `dst` is 8 writable f32; AVX is available.
+        unsafe { std::arch::x86_64::_mm256_storeu_ps(dst.as_mut_ptr(), self.0) }
     }
 }
 
@@ -217,7 +261,7 @@ fn run_forward(fma: bool, job: ForwardPlane, scratch: &mut Scratch) {
         return unsafe { forward_plane_fma(job, scratch) };
     }
     let _ = fma;
-    forward_plane::<Unfused>(job, scratch)
+    forward_plane::<Portable>(job, scratch)
 }
 
 fn run_backward(fma: bool, job: BackwardPlane, scratch: &mut Scratch) {
@@ -227,33 +271,33 @@ fn run_backward(fma: bool, job: BackwardPlane, scratch: &mut Scratch) {
         return unsafe { backward_plane_fma(job, scratch) };
     }
     let _ = fma;
-    backward_plane::<Unfused>(job, scratch)
+    backward_plane::<Portable>(job, scratch)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn forward_plane_fma(job: ForwardPlane, scratch: &mut Scratch) {
-    forward_plane::<Fused>(job, scratch)
+    forward_plane::<Avx>(job, scratch)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn backward_plane_fma(job: BackwardPlane, scratch: &mut Scratch) {
-    backward_plane::<Fused>(job, scratch)
+    backward_plane::<Avx>(job, scratch)
 }
 
 #[inline(always)]
-fn forward_plane<M: MulAdd>(job: ForwardPlane, scratch: &mut Scratch) {
+fn forward_plane<V: Vector>(job: ForwardPlane, scratch: &mut Scratch) {
     let g = job.geometry;
     let (out_height, out_width) = (g.out_height(), g.out_width());
-    scratch.input.fill(job.x, g.height, g.width, g.input_scratch());
+    scratch.input.fill::<V>(job.x, g.height, g.width, g.input_scratch());
     let target = Target { dst: job.out, offset: 0, row_stride: out_width, col_stride: 1, rows: out_height, cols: out_width };
-    let taps = Taps { values: job.weight, rows: g.kernel, cols: g.kernel };
-    correlate::<M>(&scratch.input, 0, 0, g.stride, taps, job.bias, target);
+    let taps = Taps { values: job.weight, cols: g.kernel };
+    correlate::<V>(&scratch.input, 0, 0, g.stride, taps, job.bias, target);
 }
 
 #[inline(always)]
-fn backward_plane<M: MulAdd>(job: BackwardPlane, scratch: &mut Scratch) {
+fn backward_plane<V: Vector>(job: BackwardPlane, scratch: &mut Scratch) {
     let g = job.geometry;
     let (k, s, p) = (g.kernel, g.stride, g.padding);
     let (out_height, out_width) = (g.out_height(), g.out_width());
@@ -267,7 +311,7 @@ fn backward_plane<M: MulAdd>(job: BackwardPlane, scratch: &mut Scratch) {
     let left = phases_w.iter().map(|phase| phase.top).max().unwrap_or(0).max(0) as usize;
     let rows = phases_h.iter().map(|phase| phase.scratch_extent(top, ROWS)).max().unwrap_or(0).max(top + out_height.next_multiple_of(2));
     let len = phases_w.iter().map(|phase| phase.scratch_extent(left, LANES)).max().unwrap_or(0).max(left + out_width.next_multiple_of(LANES));
-    scratch.out_grad.fill(job.out_grad, out_height, out_width, ScratchShape { top, left, phases: 1, rows, len });
+    scratch.out_grad.fill::<V>(job.out_grad, out_height, out_width, ScratchShape { top, left, phases: 1, rows, len });
 
     if let Some(x_grad) = job.x_grad {
         for a in &phases_h {
@@ -288,26 +332,26 @@ fn backward_plane<M: MulAdd>(job: BackwardPlane, scratch: &mut Scratch) {
                     rows: a.count,
                     cols: b.count,
                 };
-                let taps = Taps { values: &scratch.taps, rows: a.taps, cols: b.taps };
+                let taps = Taps { values: &scratch.taps, cols: b.taps };
                 let first_row = (top as isize - a.top) as usize;
                 let first_col = (left as isize - b.top) as usize;
-                correlate::<M>(&scratch.out_grad, first_row, first_col, 1, taps, 0.0, target);
+                correlate::<V>(&scratch.out_grad, first_row, first_col, 1, taps, 0.0, target);
             }
         }
     }
 
     if let Some(partial) = job.partial {
-        scratch.input.fill(job.x, g.height, g.width, g.input_scratch());
+        scratch.input.fill::<V>(job.x, g.height, g.width, g.input_scratch());
         let (weight_grad, bias_grad) = partial.split_at_mut(k * k);
         let out_grad = DyView { plane: &scratch.out_grad, top, left, rows: out_height, cols: out_width };
         match k {
-            1 => weight_grad_plane::<M, 1>(&scratch.input, s, &out_grad, weight_grad),
-            2 => weight_grad_plane::<M, 2>(&scratch.input, s, &out_grad, weight_grad),
-            3 => weight_grad_plane::<M, 3>(&scratch.input, s, &out_grad, weight_grad),
-            4 => weight_grad_plane::<M, 4>(&scratch.input, s, &out_grad, weight_grad),
-            5 => weight_grad_plane::<M, 5>(&scratch.input, s, &out_grad, weight_grad),
-            6 => weight_grad_plane::<M, 6>(&scratch.input, s, &out_grad, weight_grad),
-            7 => weight_grad_plane::<M, 7>(&scratch.input, s, &out_grad, weight_grad),
+            1 => weight_grad_plane::<V, 1>(&scratch.input, s, &out_grad, weight_grad),
+            2 => weight_grad_plane::<V, 2>(&scratch.input, s, &out_grad, weight_grad),
+            3 => weight_grad_plane::<V, 3>(&scratch.input, s, &out_grad, weight_grad),
+            4 => weight_grad_plane::<V, 4>(&scratch.input, s, &out_grad, weight_grad),
+            5 => weight_grad_plane::<V, 5>(&scratch.input, s, &out_grad, weight_grad),
+            6 => weight_grad_plane::<V, 6>(&scratch.input, s, &out_grad, weight_grad),
+            7 => weight_grad_plane::<V, 7>(&scratch.input, s, &out_grad, weight_grad),
             _ => unreachable!("kernel sizes are checked against MAX_KERNEL"),
         }
         bias_grad[0] = sum(job.out_grad);
@@ -352,7 +396,7 @@ impl Phase {
 }
 
 /// How a plane is laid out in [`Padded`] scratch.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ScratchShape {
     /// Zero rows above and zero columns left of the source.
     top: usize,
@@ -371,30 +415,47 @@ struct Padded {
     data: Vec<f32>,
     rows: usize,
     len: usize,
+    /// One padded source row, staged before it is split into phases.
+    staged: Vec<f32>,
+    /// Layout and source size of the last fill. While they stay the same (every plane of one
+    /// convolution), the zeros stay in place and a fill only copies the source rows.
+    layout: Option<(ScratchShape, usize, usize)>,
 }
 
 impl Padded {
-    fn fill(&mut self, src: &[f32], src_rows: usize, src_cols: usize, shape: ScratchShape) {
+    #[inline(always)]
+    fn fill<V: Vector>(&mut self, src: &[f32], src_rows: usize, src_cols: usize, shape: ScratchShape) {
         let ScratchShape { top, left, phases, rows, len } = shape;
-        self.rows = rows;
-        self.len = len;
-        self.data.clear();
-        self.data.resize(phases * rows * len, 0.0);
-        for phase in 0..phases {
-            // Scratch columns j whose source column j * phases + phase - left is in 0..src_cols.
-            let first = left.saturating_sub(phase).div_ceil(phases);
-            let end = (src_cols + left).saturating_sub(phase).div_ceil(phases).min(len);
-            if first >= end {
+        if self.layout != Some((shape, src_rows, src_cols)) {
+            self.layout = Some((shape, src_rows, src_cols));
+            self.rows = rows;
+            self.len = len;
+            self.data.clear();
+            self.data.resize(phases * rows * len, 0.0);
+            self.staged.clear();
+            self.staged.resize(phases * len, 0.0);
+        }
+        // Source columns that land inside a scratch row, and where.
+        let start = left.min(phases * len);
+        let copied = src_cols.min(phases * len - start);
+        let phase_stride = rows * len;
+        for (r, src_row) in (top..rows).zip(src.chunks_exact(src_cols)) {
+            let src_row = &src_row[..copied];
+            if phases == 1 {
+                copy::<V>(src_row, &mut self.data[r * len + start..][..copied]);
                 continue;
             }
-            for r in top..rows.min(top + src_rows) {
-                let src_row = &src[(r - top) * src_cols..][..src_cols];
-                let dst = &mut self.data[(phase * rows + r) * len..][first..end];
-                if phases == 1 {
-                    dst.copy_from_slice(&src_row[first - left..end - left]);
-                } else {
-                    for (j, value) in (first..end).zip(dst) {
-                        *value = src_row[j * phases + phase - left];
+            copy::<V>(src_row, &mut self.staged[start..start + copied]);
+            let dst = &mut self.data[r * len..];
+            if phases == 2 {
+                let (even, odd) = dst.split_at_mut(phase_stride);
+                for ((even, odd), pair) in even[..len].iter_mut().zip(&mut odd[..len]).zip(self.staged.chunks_exact(2)) {
+                    (*even, *odd) = (pair[0], pair[1]);
+                }
+            } else {
+                for (j, chunk) in self.staged.chunks_exact(phases).enumerate() {
+                    for (phase, value) in chunk.iter().enumerate() {
+                        dst[phase * phase_stride + j] = *value;
                     }
                 }
             }
@@ -416,46 +477,51 @@ struct Target<'a> {
     cols: usize,
 }
 
-/// A `rows` x `cols` filter, row-major.
+/// A filter of `values.len() / cols` rows and `cols` columns, row-major.
 #[derive(Clone, Copy)]
 struct Taps<'a> {
     values: &'a [f32],
-    rows: usize,
     cols: usize,
 }
 
 /// `target(r, c) = bias + Σ_{i, j} taps(i, j) * plane(row0 + r * step + i, col0 + c + j)`, where a
 /// plane column `c + j` means column `c + j / step` of phase `j % step`.
 #[inline(always)]
-fn correlate<M: MulAdd>(plane: &Padded, row0: usize, col0: usize, step: usize, taps: Taps, bias: f32, target: Target) {
+fn correlate<V: Vector>(plane: &Padded, row0: usize, col0: usize, step: usize, taps: Taps, bias: f32, target: Target) {
     let Target { dst, offset, row_stride, col_stride, rows, cols } = target;
     let data = plane.data.as_slice();
     let row_step = step * plane.len;
+    // Where tap (i, j) reads, relative to the block's first output, computed once: the inner
+    // loop then has no division by `step`.
+    let mut tap_offsets = [0; MAX_KERNEL * MAX_KERNEL];
+    for (t, tap_offset) in tap_offsets.iter_mut().enumerate().take(taps.values.len()) {
+        let (i, j) = (t / taps.cols, t % taps.cols);
+        *tap_offset = plane.offset(j % step, row0 + i) + col0 + j / step;
+    }
+    let tap_offsets = &tap_offsets[..taps.values.len()];
     for r0 in (0..rows).step_by(ROWS) {
         for c0 in (0..cols).step_by(LANES) {
-            let mut acc = [[bias; LANES]; ROWS];
-            for i in 0..taps.rows {
-                for j in 0..taps.cols {
-                    let w = taps.values[i * taps.cols + j];
-                    let base = plane.offset(j % step, row0 + r0 * step + i) + col0 + c0 + j / step;
-                    let block = &data[base..base + (ROWS - 1) * row_step + LANES];
-                    for (r, acc_row) in acc.iter_mut().enumerate() {
-                        let src: &[f32; LANES] = block[r * row_step..][..LANES].try_into().unwrap();
-                        for lane in 0..LANES {
-                            acc_row[lane] = M::mul_add(w, src[lane], acc_row[lane]);
-                        }
-                    }
+            let block_offset = r0 * row_step + c0;
+            let mut acc = [V::splat(bias); ROWS];
+            for (&tap, &tap_offset) in taps.values.iter().zip(tap_offsets) {
+                let w = V::splat(tap);
+                let base = tap_offset + block_offset;
+                let block = &data[base..base + (ROWS - 1) * row_step + LANES];
+                for (r, acc_row) in acc.iter_mut().enumerate() {
+                    *acc_row = w.mul_add(V::load(block[r * row_step..][..LANES].try_into().unwrap()), *acc_row);
                 }
             }
             let valid_cols = LANES.min(cols - c0);
+            let mut values = [0.0; LANES];
             for (r, acc_row) in acc.iter().enumerate().take(rows - r0) {
                 let at = offset + (r0 + r) * row_stride + c0 * col_stride;
-                if col_stride == 1 {
-                    dst[at..at + valid_cols].copy_from_slice(&acc_row[..valid_cols]);
-                } else {
-                    for (c, value) in acc_row[..valid_cols].iter().enumerate() {
-                        dst[at + c * col_stride] = *value;
-                    }
+                if col_stride == 1 && valid_cols == LANES {
+                    acc_row.store((&mut dst[at..at + LANES]).try_into().unwrap());
+                    continue;
+                }
+                acc_row.store(&mut values);
+                for (c, value) in values[..valid_cols].iter().enumerate() {
+                    dst[at + c * col_stride] = *value;
                 }
             }
         }
@@ -475,31 +541,47 @@ struct DyView<'a> {
 /// `weight_grad(kh, kw) = Σ_{r, c} dy(r, c) * input(r * s + kh, c + kw)`, with `input` the padded
 /// input, columns by phase as in [`correlate`]. Two output rows at a time, `K` accumulators each.
 #[inline(always)]
-fn weight_grad_plane<M: MulAdd, const K: usize>(input: &Padded, s: usize, dy: &DyView, weight_grad: &mut [f32]) {
+fn weight_grad_plane<V: Vector, const K: usize>(input: &Padded, s: usize, dy: &DyView, weight_grad: &mut [f32]) {
     let data = input.data.as_slice();
     let dy_data = dy.plane.data.as_slice();
     let row_step = s * input.len;
+    // Where kernel column kw reads in a row, computed once (no division in the inner loop).
+    let kw_offsets: [usize; K] = std::array::from_fn(|kw| input.offset(kw % s, 0) + kw / s);
     for kh in 0..K {
-        let mut acc = [[[0.0f32; LANES]; K]; 2];
+        let mut acc = [[V::splat(0.0); K]; 2];
         for r in (0..dy.rows).step_by(2) {
             let dy_base = dy.plane.offset(0, dy.top + r) + dy.left;
+            let row_base = (r * s + kh) * input.len;
             for c0 in (0..dy.cols).step_by(LANES) {
-                let d0: &[f32; LANES] = dy_data[dy_base + c0..][..LANES].try_into().unwrap();
-                let d1: &[f32; LANES] = dy_data[dy_base + dy.plane.len + c0..][..LANES].try_into().unwrap();
+                let d0 = V::load(dy_data[dy_base + c0..][..LANES].try_into().unwrap());
+                let d1 = V::load(dy_data[dy_base + dy.plane.len + c0..][..LANES].try_into().unwrap());
                 for kw in 0..K {
-                    let base = input.offset(kw % s, r * s + kh) + c0 + kw / s;
-                    let x0: &[f32; LANES] = data[base..][..LANES].try_into().unwrap();
-                    let x1: &[f32; LANES] = data[base + row_step..][..LANES].try_into().unwrap();
-                    for lane in 0..LANES {
-                        acc[0][kw][lane] = M::mul_add(d0[lane], x0[lane], acc[0][kw][lane]);
-                        acc[1][kw][lane] = M::mul_add(d1[lane], x1[lane], acc[1][kw][lane]);
-                    }
+                    let base = row_base + kw_offsets[kw] + c0;
+                    let x0 = V::load(data[base..][..LANES].try_into().unwrap());
+                    let x1 = V::load(data[base + row_step..][..LANES].try_into().unwrap());
+                    acc[0][kw] = d0.mul_add(x0, acc[0][kw]);
+                    acc[1][kw] = d1.mul_add(x1, acc[1][kw]);
                 }
             }
         }
         for kw in 0..K {
-            weight_grad[kh * K + kw] = acc[0][kw].iter().chain(&acc[1][kw]).sum();
+            let (mut first, mut second) = ([0.0; LANES], [0.0; LANES]);
+            acc[0][kw].store(&mut first);
+            acc[1][kw].store(&mut second);
+            weight_grad[kh * K + kw] = first.iter().chain(&second).sum();
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` inlined: rows are short, a call to memcpy costs more than the copy.
+#[inline(always)]
+fn copy<V: Vector>(src: &[f32], dst: &mut [f32]) {
+    let (mut src_chunks, mut dst_chunks) = (src.chunks_exact(LANES), dst.chunks_exact_mut(LANES));
+    for (s, d) in (&mut src_chunks).zip(&mut dst_chunks) {
+        V::load(s.try_into().unwrap()).store(d.try_into().unwrap());
+    }
+    for (s, d) in src_chunks.remainder().iter().zip(dst_chunks.into_remainder()) {
+        *d = *s;
     }
 }
 
@@ -615,12 +697,12 @@ mod tests {
         let (y, dx, dw, db) = reference(&x, &w, &[0.5], &dy, &g);
         let mut scratch = Scratch::default();
         let mut out = vec![0.0; y.len()];
-        forward_plane::<Unfused>(ForwardPlane { x: &x, weight: &w, bias: 0.5, geometry: &g, out: &mut out }, &mut scratch);
+        forward_plane::<Portable>(ForwardPlane { x: &x, weight: &w, bias: 0.5, geometry: &g, out: &mut out }, &mut scratch);
         assert_close("y", &out, &y, &g);
         let mut x_grad = vec![0.0; x.len()];
         let mut partial = vec![0.0; 26];
         let job = BackwardPlane { x: &x, weight: &w, out_grad: &dy, geometry: &g, x_grad: Some(&mut x_grad), partial: Some(&mut partial) };
-        backward_plane::<Unfused>(job, &mut scratch);
+        backward_plane::<Portable>(job, &mut scratch);
         assert_close("dx", &x_grad, &dx, &g);
         assert_close("dw", &partial[..25], &dw, &g);
         assert_close("db", &partial[25..], &db, &g);
