@@ -33,16 +33,13 @@ SHAPES = [
 def seconds_per_step(channels, size, kernel, stride, batch, steps, warmup):
     x = torch.randn(batch, channels, size, size, requires_grad=True)
     weight = (0.1 * torch.randn(channels, 1, kernel, kernel)).requires_grad_()
-    grad = None
     elapsed = 0.0
     for i in range(warmup + steps):
         start = time.perf_counter()
         y = F.conv2d(x, weight, None, stride, kernel // 2, 1, channels)
-        if grad is None:
-            # Like burn's `y.backward()`, which starts from an output gradient of ones.
-            grad = torch.ones_like(y)
         x.grad, weight.grad = None, None
-        y.backward(grad)
+        # Like burn's `y.backward()`, which starts from a new output gradient of ones.
+        y.backward(torch.ones_like(y))
         if i >= warmup:
             elapsed += time.perf_counter() - start
     return elapsed / steps

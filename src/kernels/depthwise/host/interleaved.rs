@@ -1,0 +1,372 @@
+//! The interleaved layout (see `host`): `LANES` channels of one image per task, so that a vector
+//! holds one pixel of `LANES` channels and a kernel tap is one vector of `LANES` weights.
+//!
+//! Narrow planes fill no vector along a row, but every pixel fills one across channels; per-task
+//! costs (copying in, the weight vectors, scattering out) are shared by `LANES` planes. Outputs
+//! are computed `PIXELS` at a time along a row.
+
+use rayon::prelude::*;
+
+use super::{BackwardPlan, Geometry, Gradients, LANES, Phase, ScratchShape, Target, Task, Vector, Wanted, run, weight_and_bias};
+
+/// Output pixels per register block: `PIXELS` vectors of accumulators, transposed back to
+/// planes as one `LANES` x `LANES` block.
+const PIXELS: usize = LANES;
+
+pub(super) fn forward(fma: bool, x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+    let (plane_in, plane_out, taps) = (g.height * g.width, g.out_height() * g.out_width(), g.taps());
+    let shape = input_scratch(g);
+    let mut out = vec![0.0; g.planes() * plane_out];
+    let groups = channel_groups(&mut out, g, plane_out);
+    groups.into_par_iter().for_each_init(Scratch::default, |scratch, (plane, out)| {
+        let (channel, channels) = (plane % g.channels, out.len() / plane_out);
+        let task = ForwardGroup {
+            x: &x[plane * plane_in..][..channels * plane_in],
+            weight: &weight[channel * taps..][..channels * taps],
+            bias: bias.map(|bias| &bias[channel..][..channels]),
+            geometry: g,
+            shape,
+            out,
+        };
+        run(fma, task, scratch);
+    });
+    out
+}
+
+pub(super) fn backward(fma: bool, x: &[f32], weight: &[f32], out_grad: &[f32], g: &Geometry, wanted: Wanted) -> Gradients {
+    let (plane_in, plane_out, taps) = (g.height * g.width, g.out_height() * g.out_width(), g.taps());
+    // The weight gradient reads the output gradient in pixel pairs.
+    let plan = BackwardPlan::new(g, [1, PIXELS], [1, 2]);
+    let input_shape = input_scratch(g);
+    let mut x_grad = wanted.x.then(|| vec![0.0; g.planes() * plane_in]);
+    // Per group: a vector per tap and one for the bias; summed over the batch below.
+    let partial_len = (taps + 1) * LANES;
+    let groups_per_image = g.channels.div_ceil(LANES);
+    let mut partials = (wanted.weight || wanted.bias).then(|| vec![0.0; g.batch * groups_per_image * partial_len]);
+    let x_grad_groups: Vec<Option<(usize, &mut [f32])>> = match &mut x_grad {
+        Some(x_grad) => channel_groups(x_grad, g, plane_in).into_iter().map(Some).collect(),
+        None => (0..g.batch * groups_per_image).map(|_| None).collect(),
+    };
+    let partial_groups: Vec<Option<&mut [f32]>> = match &mut partials {
+        Some(partials) => partials.chunks_mut(partial_len).map(Some).collect(),
+        None => (0..g.batch * groups_per_image).map(|_| None).collect(),
+    };
+    x_grad_groups.into_par_iter().zip(partial_groups).enumerate().for_each_init(
+        Scratch::default,
+        |scratch, (group, (x_grad, partial))| {
+            let (image, first) = (group / groups_per_image, group % groups_per_image * LANES);
+            let (plane, channels) = (image * g.channels + first, LANES.min(g.channels - first));
+            let task = BackwardGroup {
+                x: &x[plane * plane_in..][..channels * plane_in],
+                weight: &weight[first * taps..][..channels * taps],
+                out_grad: &out_grad[plane * plane_out..][..channels * plane_out],
+                geometry: g,
+                plan: &plan,
+                input_shape,
+                x_grad: x_grad.map(|(_, x_grad)| x_grad),
+                partial,
+            };
+            run(fma, task, scratch);
+        },
+    );
+    let mut gradients = Gradients { x: x_grad, ..Default::default() };
+    if let Some(partials) = partials {
+        let mut sums = vec![0.0; g.channels * (taps + 1)];
+        for (group, partial) in partials.chunks(partial_len).enumerate() {
+            let first = group % groups_per_image * LANES;
+            for (l, channel_sums) in sums[first * (taps + 1)..].chunks_mut(taps + 1).take(LANES).enumerate() {
+                for (t, sum) in channel_sums.iter_mut().enumerate() {
+                    *sum += partial[t * LANES + l];
+                }
+            }
+        }
+        weight_and_bias(&sums, taps, wanted, &mut gradients);
+    }
+    gradients
+}
+
+/// `buffer`, a `[batch, channels, plane]` tensor, split into groups of up to `LANES` channels of
+/// one image, each with the index of its first plane.
+fn channel_groups<'a>(buffer: &'a mut [f32], g: &Geometry, plane: usize) -> Vec<(usize, &'a mut [f32])> {
+    buffer
+        .chunks_mut(g.channels * plane)
+        .enumerate()
+        .flat_map(|(image, planes)| planes.chunks_mut(LANES * plane).enumerate().map(move |(group, planes)| (image * g.channels + group * LANES, planes)))
+        .collect()
+}
+
+/// The padded input: what the forward pass and the weight gradient read.
+fn input_scratch(g: &Geometry) -> ScratchShape {
+    let (k, s) = (g.kernel, g.stride);
+    ScratchShape {
+        top: g.padding,
+        left: g.padding,
+        rows: (g.out_height() - 1) * s + k,
+        cols: (g.out_width().next_multiple_of(PIXELS) - 1) * s + k,
+    }
+}
+
+/// Per-task scratch, reused across the groups a task runs.
+#[derive(Default)]
+struct Scratch {
+    input: Interleaved,
+    out_grad: Interleaved,
+    /// A vector of `LANES` channel weights per tap.
+    taps: Vec<f32>,
+}
+
+struct ForwardGroup<'a> {
+    /// `channels` consecutive planes, as the weight, bias and output.
+    x: &'a [f32],
+    weight: &'a [f32],
+    bias: Option<&'a [f32]>,
+    geometry: &'a Geometry,
+    shape: ScratchShape,
+    out: &'a mut [f32],
+}
+
+impl Task for ForwardGroup<'_> {
+    type Scratch = Scratch;
+
+    #[inline(always)]
+    fn run<V: Vector>(self, scratch: &mut Scratch) {
+        let g = self.geometry;
+        let (out_height, out_width) = (g.out_height(), g.out_width());
+        let channels = self.weight.len() / g.taps();
+        scratch.input.fill::<V>(self.x, channels, g.height, g.width, self.shape);
+        interleave_taps(&mut scratch.taps, self.weight, channels, 0..g.taps());
+        let mut bias = [0.0; LANES];
+        if let Some(values) = self.bias {
+            bias[..channels].copy_from_slice(values);
+        }
+        let plane = out_height * out_width;
+        let target = Target { dst: self.out, plane, offset: 0, row_stride: out_width, col_stride: 1, rows: out_height, cols: out_width };
+        correlate::<V>(&scratch.input, 0, 0, g.stride, &scratch.taps, g.kernel, V::load(&bias), target, channels);
+    }
+}
+
+struct BackwardGroup<'a> {
+    x: &'a [f32],
+    weight: &'a [f32],
+    out_grad: &'a [f32],
+    geometry: &'a Geometry,
+    plan: &'a BackwardPlan,
+    input_shape: ScratchShape,
+    x_grad: Option<&'a mut [f32]>,
+    partial: Option<&'a mut [f32]>,
+}
+
+impl Task for BackwardGroup<'_> {
+    type Scratch = Scratch;
+
+    #[inline(always)]
+    fn run<V: Vector>(self, scratch: &mut Scratch) {
+        let (g, plan) = (self.geometry, self.plan);
+        let (k, s) = (g.kernel, g.stride);
+        let (out_height, out_width) = (g.out_height(), g.out_width());
+        let channels = self.weight.len() / g.taps();
+        let ScratchShape { top, left, .. } = plan.out_grad_scratch;
+        scratch.out_grad.fill::<V>(self.out_grad, channels, out_height, out_width, plan.out_grad_scratch);
+
+        if let Some(x_grad) = self.x_grad {
+            for a in &plan.phases_h {
+                for b in &plan.phases_w {
+                    interleave_taps(&mut scratch.taps, self.weight, channels, Phase::flipped_taps(a, b, k, s));
+                    let target = Target {
+                        dst: &mut *x_grad,
+                        plane: g.height * g.width,
+                        offset: a.first_input * g.width + b.first_input,
+                        row_stride: s * g.width,
+                        col_stride: s,
+                        rows: a.count,
+                        cols: b.count,
+                    };
+                    correlate::<V>(&scratch.out_grad, a.first_read(top), b.first_read(left), 1, &scratch.taps, b.taps, V::splat(0.0), target, channels);
+                }
+            }
+        }
+
+        if let Some(partial) = self.partial {
+            scratch.input.fill::<V>(self.x, channels, g.height, g.width, self.input_shape);
+            let (weight_grad, bias_grad) = partial.split_at_mut(k * k * LANES);
+            let out_grad = DyView { plane: &scratch.out_grad, top, left, rows: out_height, cols: out_width };
+            match k {
+                1 => weight_grad_group::<V, 1>(&scratch.input, s, &out_grad, weight_grad),
+                2 => weight_grad_group::<V, 2>(&scratch.input, s, &out_grad, weight_grad),
+                3 => weight_grad_group::<V, 3>(&scratch.input, s, &out_grad, weight_grad),
+                4 => weight_grad_group::<V, 4>(&scratch.input, s, &out_grad, weight_grad),
+                5 => weight_grad_group::<V, 5>(&scratch.input, s, &out_grad, weight_grad),
+                6 => weight_grad_group::<V, 6>(&scratch.input, s, &out_grad, weight_grad),
+                7 => weight_grad_group::<V, 7>(&scratch.input, s, &out_grad, weight_grad),
+                _ => unreachable!("kernel sizes are checked against MAX_KERNEL"),
+            }
+            bias_sum::<V>(&out_grad).store(bias_grad.try_into().unwrap());
+        }
+    }
+}
+
+/// `taps[t * LANES + l]` = channel `l`'s weight at kernel index `order[t]` (0 for channels past
+/// `channels`).
+fn interleave_taps(taps: &mut Vec<f32>, weight: &[f32], channels: usize, order: impl Iterator<Item = usize>) {
+    let kernel_taps = weight.len() / channels;
+    taps.clear();
+    for index in order {
+        taps.extend((0..LANES).map(|l| if l < channels { weight[l * kernel_taps + index] } else { 0.0 }));
+    }
+}
+
+/// Zero-padded scratch holding `LANES` planes interleaved: channel `l` of pixel `(r, c)` at
+/// `(r * cols + c) * LANES + l` holds source element `(r - top, c - left)` of plane `l`, or 0.
+#[derive(Default)]
+struct Interleaved {
+    data: Vec<f32>,
+    cols: usize,
+    /// Layout, channels and source size of the last fill. While they stay the same, the zeros
+    /// stay in place and a fill only copies the source.
+    layout: Option<(ScratchShape, usize, usize, usize)>,
+}
+
+impl Interleaved {
+    #[inline(always)]
+    fn fill<V: Vector>(&mut self, planes: &[f32], channels: usize, src_rows: usize, src_cols: usize, shape: ScratchShape) {
+        let ScratchShape { top, left, rows, cols } = shape;
+        if self.layout != Some((shape, channels, src_rows, src_cols)) {
+            self.layout = Some((shape, channels, src_rows, src_cols));
+            self.cols = cols;
+            self.data.clear();
+            self.data.resize(rows * cols * LANES, 0.0);
+        }
+        let plane = src_rows * src_cols;
+        let (copied_rows, copied_cols) = (src_rows.min(rows - top), src_cols.min(cols - left));
+        // LANES pixels of LANES planes at a time: a row segment of each plane, transposed into
+        // one vector per pixel.
+        for r in 0..copied_rows {
+            for c0 in (0..copied_cols).step_by(LANES) {
+                let n = LANES.min(copied_cols - c0);
+                // A full vector wherever the plane data goes on (the lanes past the row end are
+                // the next row's, and are not stored); only at the very end a partial one.
+                let segments: [V; LANES] = std::array::from_fn(|l| match planes.get(l * plane + r * src_cols + c0..) {
+                    Some(src) if l < channels && src.len() >= LANES => V::load(src[..LANES].try_into().unwrap()),
+                    Some(src) if l < channels => {
+                        let mut lanes = [0.0; LANES];
+                        lanes[..n].copy_from_slice(&src[..n]);
+                        V::load(&lanes)
+                    }
+                    _ => V::splat(0.0),
+                });
+                let at = self.offset(top + r, left + c0);
+                for (q, pixel) in V::transpose(segments).into_iter().take(n).enumerate() {
+                    pixel.store((&mut self.data[at + q * LANES..][..LANES]).try_into().unwrap());
+                }
+            }
+        }
+    }
+
+    fn offset(&self, row: usize, col: usize) -> usize {
+        (row * self.cols + col) * LANES
+    }
+}
+
+/// `target(r, c) = bias + Σ_{i, j} taps(i, j) * plane(row0 + r * step + i, col0 + c * step + j)`
+/// for `channels` interleaved channels, `taps` holding a weight vector per tap.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn correlate<V: Vector>(plane: &Interleaved, row0: usize, col0: usize, step: usize, taps: &[f32], taps_cols: usize, bias: V, target: Target, channels: usize) {
+    let Target { dst, plane: plane_len, offset, row_stride, col_stride, rows, cols } = target;
+    let data = plane.data.as_slice();
+    let pixel_step = step * LANES;
+    // Where tap (i, j) reads, relative to the block's first output.
+    let mut tap_offsets = [0; super::MAX_KERNEL * super::MAX_KERNEL];
+    let tap_count = taps.len() / LANES;
+    for (i, row_offsets) in tap_offsets[..tap_count].chunks_exact_mut(taps_cols).enumerate() {
+        for (j, tap_offset) in row_offsets.iter_mut().enumerate() {
+            *tap_offset = plane.offset(i, j);
+        }
+    }
+    let tap_offsets = &tap_offsets[..tap_count];
+    let mut values = [0.0; LANES];
+    for r in 0..rows {
+        for c0 in (0..cols).step_by(PIXELS) {
+            let base = plane.offset(row0 + r * step, col0 + c0 * step);
+            let mut acc = [bias; PIXELS];
+            for (tap, &tap_offset) in taps.chunks_exact(LANES).zip(tap_offsets) {
+                let w = V::load(tap.try_into().unwrap());
+                let block = &data[base + tap_offset..][..(PIXELS - 1) * pixel_step + LANES];
+                for (q, acc) in acc.iter_mut().enumerate() {
+                    *acc = w.mul_add(V::load(block[q * pixel_step..][..LANES].try_into().unwrap()), *acc);
+                }
+            }
+            // Back to planar: lane l of pixel q is channel l's output (r, c0 + q).
+            let valid = PIXELS.min(cols - c0);
+            let at = offset + r * row_stride + c0 * col_stride;
+            // Where rows follow each other in `dst`, a full store may spill past the row's end
+            // into outputs that this loop writes later (not past the last row).
+            let spill_ok = col_stride == 1 && row_stride == cols && r * cols + c0 + LANES <= rows * cols;
+            if col_stride == 1 && (valid == PIXELS || spill_ok) {
+                for (l, outputs) in V::transpose(acc).into_iter().take(channels).enumerate() {
+                    outputs.store((&mut dst[l * plane_len + at..][..LANES]).try_into().unwrap());
+                }
+            } else {
+                for (q, pixel) in acc.iter().take(valid).enumerate() {
+                    pixel.store(&mut values);
+                    for (l, value) in values[..channels].iter().enumerate() {
+                        dst[l * plane_len + at + q * col_stride] = *value;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The output gradient inside its [`Interleaved`] scratch: pixel (r, c) at row `top + r`,
+/// column `left + c`; zeros right of it up to an even column.
+struct DyView<'a> {
+    plane: &'a Interleaved,
+    top: usize,
+    left: usize,
+    rows: usize,
+    cols: usize,
+}
+
+/// `weight_grad(kh, kw) = Σ_{r, c} dy(r, c) * input(r * s + kh, c * s + kw)`, a vector of
+/// `LANES` channels per tap, two pixels at a time with `K` accumulators each.
+#[inline(always)]
+fn weight_grad_group<V: Vector, const K: usize>(input: &Interleaved, s: usize, dy: &DyView, weight_grad: &mut [f32]) {
+    let (data, dy_data) = (input.data.as_slice(), dy.plane.data.as_slice());
+    let pixel_step = s * LANES;
+    for kh in 0..K {
+        let mut acc = [[V::splat(0.0); K]; 2];
+        for r in 0..dy.rows {
+            let dy_row = dy.plane.offset(dy.top + r, dy.left);
+            let input_row = input.offset(r * s + kh, 0);
+            for c in (0..dy.cols).step_by(2) {
+                let d0 = V::load(dy_data[dy_row + c * LANES..][..LANES].try_into().unwrap());
+                let d1 = V::load(dy_data[dy_row + (c + 1) * LANES..][..LANES].try_into().unwrap());
+                let base = input_row + c * pixel_step;
+                for kw in 0..K {
+                    let x0 = V::load(data[base + kw * LANES..][..LANES].try_into().unwrap());
+                    let x1 = V::load(data[base + pixel_step + kw * LANES..][..LANES].try_into().unwrap());
+                    acc[0][kw] = d0.mul_add(x0, acc[0][kw]);
+                    acc[1][kw] = d1.mul_add(x1, acc[1][kw]);
+                }
+            }
+        }
+        for kw in 0..K {
+            acc[0][kw].add(acc[1][kw]).store((&mut weight_grad[(kh * K + kw) * LANES..][..LANES]).try_into().unwrap());
+        }
+    }
+}
+
+/// Σ over the output gradient's pixels: the bias gradient of `LANES` channels.
+#[inline(always)]
+fn bias_sum<V: Vector>(dy: &DyView) -> V {
+    let data = dy.plane.data.as_slice();
+    let mut sum = V::splat(0.0);
+    for r in 0..dy.rows {
+        let row = dy.plane.offset(dy.top + r, dy.left);
+        for pixel in data[row..][..dy.cols * LANES].chunks_exact(LANES) {
+            sum = sum.add(V::load(pixel.try_into().unwrap()));
+        }
+    }
+    sum
+}
