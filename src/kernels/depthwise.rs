@@ -30,7 +30,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, TensorData};
 
-use host::{Geometry, Wanted};
+use host::{Geometry, OutGrad, Wanted};
 
 /// Depthwise convolution of `x` `[batch, channels, height, width]` with `weight`
 /// `[channels, 1, k, k]` and optional `bias` `[channels]`, zero padding `padding` on every side:
@@ -146,23 +146,35 @@ impl<const N: usize> Backward<Flex, N> for DepthwiseBackward {
     type State = (NodeId, NodeId, usize, usize);
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
-        let out_grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let mut out_grad = contiguous(grads.consume::<Flex>(&ops.node));
         let (x_id, weight_id, stride, padding) = ops.state;
         let x = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(x_id));
         let weight = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(weight_id));
         let geometry = geometry(&x, &weight, stride, padding);
         let [x_node, weight_node, bias_node] = [0, 1, 2].map(|i| ops.parents.get(i).cloned().flatten());
         let wanted = Wanted { x: x_node.is_some(), weight: weight_node.is_some(), bias: bias_node.is_some() };
-        let computed = host::backward(f32s(&x), f32s(&weight), f32s(&out_grad), &geometry, wanted);
         let Geometry { batch, channels, height, width, kernel, .. } = geometry;
+        let to_tensor = |values: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(values, shape));
+        // An output gradient that nothing else holds and that has the input's shape becomes the
+        // input gradient in place: no new buffer, no fresh pages to fault in.
+        let (computed, x_grad) = if wanted.x
+            && out_grad.shape() == x.shape()
+            && let Some(values) = exclusive_f32s(&mut out_grad)
+        {
+            (host::backward(f32s(&x), f32s(&weight), OutGrad::Overwrite(values), &geometry, wanted), Some(out_grad))
+        } else {
+            let mut computed = host::backward(f32s(&x), f32s(&weight), OutGrad::Read(f32s(&out_grad)), &geometry, wanted);
+            let x_grad = computed.x.take().map(|values| to_tensor(values, vec![batch, channels, height, width]));
+            (computed, x_grad)
+        };
         let gradients = [
-            (x_node, computed.x, vec![batch, channels, height, width]),
-            (weight_node, computed.weight, vec![channels, 1, kernel, kernel]),
-            (bias_node, computed.bias, vec![channels]),
+            (x_node, x_grad),
+            (weight_node, computed.weight.map(|values| to_tensor(values, vec![channels, 1, kernel, kernel]))),
+            (bias_node, computed.bias.map(|values| to_tensor(values, vec![channels]))),
         ];
-        for (node, gradient, shape) in gradients {
+        for (node, gradient) in gradients {
             if let (Some(node), Some(gradient)) = (node, gradient) {
-                grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(gradient, shape)));
+                grads.register::<Flex>(node.id, gradient);
             }
         }
     }
@@ -176,6 +188,12 @@ fn geometry(x: &FlexTensor, weight: &FlexTensor, stride: usize, padding: usize) 
 
 fn contiguous(tensor: FlexTensor) -> FlexTensor {
     if tensor.as_slice::<f32>().is_some() { tensor } else { tensor.to_contiguous() }
+}
+
+/// The values of a contiguous f32 tensor that owns its storage alone and uses all of it.
+fn exclusive_f32s(tensor: &mut FlexTensor) -> Option<&mut [f32]> {
+    let len = tensor.shape().num_elements();
+    tensor.try_storage_mut::<f32>().filter(|values| values.len() == len)
 }
 
 fn f32s(tensor: &FlexTensor) -> &[f32] {

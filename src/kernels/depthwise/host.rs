@@ -21,6 +21,8 @@
 mod interleaved;
 mod planar;
 
+use rayon::prelude::*;
+
 /// f32 lanes of a vector (one AVX register).
 const LANES: usize = 8;
 /// Largest kernel these kernels take: the weight-gradient loops keep one accumulator per kernel
@@ -77,6 +79,24 @@ pub struct Gradients {
     pub bias: Option<Vec<f32>>,
 }
 
+/// The gradient of the loss with respect to the output, as [`backward`] takes it.
+pub enum OutGrad<'a> {
+    /// Only read.
+    Read(&'a [f32]),
+    /// Read, then overwritten with the input gradient, which must have its size (stride 1,
+    /// output as large as the input): no new buffer for it.
+    Overwrite(&'a mut [f32]),
+}
+
+impl OutGrad<'_> {
+    fn len(&self) -> usize {
+        match self {
+            OutGrad::Read(values) => values.len(),
+            OutGrad::Overwrite(values) => values.len(),
+        }
+    }
+}
+
 /// `[batch, channels, out_height, out_width]` from `x` `[batch, channels, height, width]`,
 /// `weight` `[channels, kernel, kernel]` and `bias` `[channels]`.
 pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
@@ -84,8 +104,9 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
 }
 
 /// The gradients of the loss with respect to `x`, `weight` and `bias` of [`forward`], given
-/// `out_grad`, its gradient with respect to the output.
-pub fn backward(x: &[f32], weight: &[f32], out_grad: &[f32], g: &Geometry, wanted: Wanted) -> Gradients {
+/// `out_grad`, its gradient with respect to the output. With [`OutGrad::Overwrite`], the input
+/// gradient is left in `out_grad`'s buffer and `Gradients::x` is `None`.
+pub fn backward(x: &[f32], weight: &[f32], out_grad: OutGrad, g: &Geometry, wanted: Wanted) -> Gradients {
     Layout::for_geometry(g).backward(fma_available(), x, weight, out_grad, g, wanted)
 }
 
@@ -111,9 +132,12 @@ impl Layout {
         }
     }
 
-    fn backward(self, fma: bool, x: &[f32], weight: &[f32], out_grad: &[f32], g: &Geometry, wanted: Wanted) -> Gradients {
+    fn backward(self, fma: bool, x: &[f32], weight: &[f32], out_grad: OutGrad, g: &Geometry, wanted: Wanted) -> Gradients {
         check_sizes(g, x, weight);
         assert_eq!(out_grad.len(), g.planes() * g.out_height() * g.out_width(), "output gradient size");
+        if let OutGrad::Overwrite(_) = out_grad {
+            assert_eq!(out_grad.len(), x.len(), "an overwritten output gradient must have the input's size");
+        }
         match self {
             Layout::Planar => planar::backward(fma, x, weight, out_grad, g, wanted),
             Layout::Interleaved => interleaved::backward(fma, x, weight, out_grad, g, wanted),
@@ -128,12 +152,118 @@ fn check_sizes(g: &Geometry, x: &[f32], weight: &[f32]) {
     assert_eq!(weight.len(), g.channels * g.taps(), "weight size");
 }
 
-/// The weight and bias gradients from per-channel sums laid out `[channels][taps + 1]` (the
-/// kernel's taps, then the bias).
-fn weight_and_bias(sums: &[f32], taps: usize, wanted: Wanted, gradients: &mut Gradients) {
-    let per_channel = || sums.chunks(taps + 1);
-    gradients.weight = wanted.weight.then(|| per_channel().flat_map(|c| &c[..taps]).copied().collect());
-    gradients.bias = wanted.bias.then(|| per_channel().map(|c| c[taps]).collect());
+/// A task's share of a convolution: `channels` consecutive channels of one image, from plane
+/// `first_plane` (image * channels + channel) on.
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    first_plane: usize,
+    channels: usize,
+}
+
+impl Group {
+    /// All tasks: up to `size` channels of one image each.
+    fn all(g: &Geometry, size: usize) -> Vec<Group> {
+        (0..g.batch)
+            .flat_map(|image| (0..g.channels).step_by(size).map(move |c| Group { first_plane: image * g.channels + c, channels: size.min(g.channels - c) }))
+            .collect()
+    }
+
+    fn first_channel(&self, g: &Geometry) -> usize {
+        self.first_plane % g.channels
+    }
+
+    /// Its planes of a `[batch, channels, plane]` tensor.
+    fn planes<'a>(&self, values: &'a [f32], plane: usize) -> &'a [f32] {
+        &values[self.first_plane * plane..][..self.channels * plane]
+    }
+
+    /// Its channels' rows of a `[channels, row]` tensor.
+    fn rows<'a>(&self, values: &'a [f32], g: &Geometry, row: usize) -> &'a [f32] {
+        &values[self.first_channel(g) * row..][..self.channels * row]
+    }
+}
+
+/// `values` (`plane` elements per channel), split into the slices of consecutive `groups`.
+fn split_groups<'a>(mut values: &'a mut [f32], groups: &[Group], plane: usize) -> Vec<&'a mut [f32]> {
+    let mut slices = Vec::with_capacity(groups.len());
+    for group in groups {
+        let (slice, rest) = std::mem::take(&mut values).split_at_mut(group.channels * plane);
+        slices.push(slice);
+        values = rest;
+    }
+    slices
+}
+
+/// A new `[batch, channels, out_height, out_width]` output, `task` computing each group's
+/// planes of it in parallel.
+fn forward_groups<S: Default>(g: &Geometry, group_size: usize, task: impl Fn(&mut S, Group, &mut [f32]) + Sync) -> Vec<f32> {
+    let plane_out = g.out_height() * g.out_width();
+    let mut out = vec![0.0; g.planes() * plane_out];
+    let groups = Group::all(g, group_size);
+    let slices = split_groups(&mut out, &groups, plane_out);
+    groups.into_par_iter().zip(slices).for_each_init(S::default, |scratch, (group, out)| task(scratch, group, out));
+    out
+}
+
+/// A group's output gradient and, where wanted, its input gradient (see [`OutGrad`]).
+enum GradSlices<'a> {
+    Separate { out_grad: &'a [f32], x_grad: Option<&'a mut [f32]> },
+    Shared(&'a mut [f32]),
+}
+
+impl<'a> GradSlices<'a> {
+    fn out_grad(&self) -> &[f32] {
+        match self {
+            GradSlices::Separate { out_grad, .. } => out_grad,
+            GradSlices::Shared(values) => values,
+        }
+    }
+
+    /// Where the input gradient goes; after this, the output gradient may be gone.
+    fn into_x_grad(self) -> Option<&'a mut [f32]> {
+        match self {
+            GradSlices::Separate { x_grad, .. } => x_grad,
+            GradSlices::Shared(values) => Some(values),
+        }
+    }
+}
+
+/// What a backward task gets: its group, gradients, and where wanted `[channels][taps + 1]` to
+/// fill with its weight gradient (taps) and bias gradient per channel.
+struct BackwardSlices<'a> {
+    group: Group,
+    grads: GradSlices<'a>,
+    partial: Option<&'a mut [f32]>,
+}
+
+/// The gradients, `task` computing each group's share in parallel; the weight and bias
+/// gradients are then summed over the batch.
+fn backward_groups<S: Default>(g: &Geometry, out_grad: OutGrad, wanted: Wanted, group_size: usize, task: impl Fn(&mut S, BackwardSlices) + Sync) -> Gradients {
+    let (plane_in, plane_out, taps) = (g.height * g.width, g.out_height() * g.out_width(), g.taps());
+    let groups = Group::all(g, group_size);
+    let mut x_grad = (wanted.x && matches!(out_grad, OutGrad::Read(_))).then(|| vec![0.0; g.planes() * plane_in]);
+    let grads: Vec<GradSlices> = match out_grad {
+        OutGrad::Overwrite(values) => split_groups(values, &groups, plane_out).into_iter().map(GradSlices::Shared).collect(),
+        OutGrad::Read(out_grad) => {
+            let mut x_grads = x_grad.as_deref_mut().map(|x_grad| split_groups(x_grad, &groups, plane_in).into_iter());
+            groups.iter().map(|group| GradSlices::Separate { out_grad: group.planes(out_grad, plane_out), x_grad: x_grads.as_mut().and_then(Iterator::next) }).collect()
+        }
+    };
+    let mut partials = (wanted.weight || wanted.bias).then(|| vec![0.0; g.planes() * (taps + 1)]);
+    let mut partial_slices = partials.as_deref_mut().map(|partials| split_groups(partials, &groups, taps + 1).into_iter());
+    let tasks: Vec<BackwardSlices> = groups.iter().zip(grads).map(|(&group, grads)| BackwardSlices { group, grads, partial: partial_slices.as_mut().and_then(Iterator::next) }).collect();
+    tasks.into_par_iter().for_each_init(S::default, |scratch, slices| task(scratch, slices));
+    let mut gradients = Gradients { x: x_grad, ..Default::default() };
+    if let Some(partials) = partials {
+        let mut sums = vec![0.0; g.channels * (taps + 1)];
+        for image in partials.chunks(g.channels * (taps + 1)) {
+            sums.iter_mut().zip(image).for_each(|(sum, value)| *sum += value);
+        }
+        let per_channel = || sums.chunks(taps + 1);
+        gradients.weight = wanted.weight.then(|| per_channel().flat_map(|c| &c[..taps]).copied().collect());
+        gradients.bias = wanted.bias.then(|| per_channel().map(|c| c[taps]).collect());
+    }
+    gradients
 }
 
 /// `LANES` f32 lanes: AVX registers on x86 CPUs with AVX2 and FMA, plain arrays elsewhere.
@@ -447,10 +577,19 @@ mod tests {
             for fma in [false, true].into_iter().filter(|&fma| !fma || fma_available()) {
                 let context = format!("{g:?}, {layout:?}, fma {fma}");
                 assert_close("y", &layout.forward(fma, &x, &w, Some(&b), &g), &y, &context);
-                let all = layout.backward(fma, &x, &w, &dy, &g, Wanted { x: true, weight: true, bias: true });
-                assert_close("dx", &all.x.unwrap(), &dx, &context);
-                assert_close("dw", &all.weight.unwrap(), &dw, &context);
-                assert_close("db", &all.bias.unwrap(), &db, &context);
+                let all = Wanted { x: true, weight: true, bias: true };
+                let read = layout.backward(fma, &x, &w, OutGrad::Read(&dy), &g, all);
+                assert_close("dx", &read.x.unwrap(), &dx, &context);
+                assert_close("dw", &read.weight.unwrap(), &dw, &context);
+                assert_close("db", &read.bias.unwrap(), &db, &context);
+                if dy.len() == x.len() {
+                    let mut buffer = dy.clone();
+                    let overwritten = layout.backward(fma, &x, &w, OutGrad::Overwrite(&mut buffer), &g, all);
+                    assert!(overwritten.x.is_none());
+                    assert_close("dx in place", &buffer, &dx, &context);
+                    assert_close("dw in place", &overwritten.weight.unwrap(), &dw, &context);
+                    assert_close("db in place", &overwritten.bias.unwrap(), &db, &context);
+                }
             }
         }
     }
@@ -480,7 +619,7 @@ mod tests {
         let g = Geometry { batch: 1, channels: 2, height: 5, width: 5, kernel: 3, stride: 1, padding: 1 };
         let (x, w, dy) = (values(50, 8), values(18, 9), values(50, 10));
         for layout in [Layout::Planar, Layout::Interleaved] {
-            let only_weight = layout.backward(fma_available(), &x, &w, &dy, &g, Wanted { x: false, weight: true, bias: false });
+            let only_weight = layout.backward(fma_available(), &x, &w, OutGrad::Read(&dy), &g, Wanted { x: false, weight: true, bias: false });
             assert!(only_weight.x.is_none() && only_weight.bias.is_none(), "{layout:?}");
             assert_eq!(only_weight.weight.map(|w| w.len()), Some(18), "{layout:?}");
         }

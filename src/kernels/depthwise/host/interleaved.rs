@@ -5,94 +5,45 @@
 //! costs (copying in, the weight vectors, scattering out) are shared by `LANES` planes. Outputs
 //! are computed `PIXELS` at a time along a row.
 
-use rayon::prelude::*;
-
-use super::{BackwardPlan, Geometry, Gradients, LANES, Phase, ScratchShape, Target, Task, Vector, Wanted, run, weight_and_bias};
+use super::{BackwardPlan, BackwardSlices, Geometry, GradSlices, Gradients, LANES, OutGrad, Phase, ScratchShape, Target, Task, Vector, Wanted, backward_groups, forward_groups, run};
 
 /// Output pixels per register block: `PIXELS` vectors of accumulators, transposed back to
 /// planes as one `LANES` x `LANES` block.
 const PIXELS: usize = LANES;
 
 pub(super) fn forward(fma: bool, x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
-    let (plane_in, plane_out, taps) = (g.height * g.width, g.out_height() * g.out_width(), g.taps());
+    let (plane_in, taps) = (g.height * g.width, g.taps());
     let shape = input_scratch(g);
-    let mut out = vec![0.0; g.planes() * plane_out];
-    let groups = channel_groups(&mut out, g, plane_out);
-    groups.into_par_iter().for_each_init(Scratch::default, |scratch, (plane, out)| {
-        let (channel, channels) = (plane % g.channels, out.len() / plane_out);
+    forward_groups(g, LANES, |scratch: &mut Scratch, group, out| {
         let task = ForwardGroup {
-            x: &x[plane * plane_in..][..channels * plane_in],
-            weight: &weight[channel * taps..][..channels * taps],
-            bias: bias.map(|bias| &bias[channel..][..channels]),
+            x: group.planes(x, plane_in),
+            weight: group.rows(weight, g, taps),
+            bias: bias.map(|bias| group.rows(bias, g, 1)),
             geometry: g,
             shape,
             out,
         };
         run(fma, task, scratch);
-    });
-    out
+    })
 }
 
-pub(super) fn backward(fma: bool, x: &[f32], weight: &[f32], out_grad: &[f32], g: &Geometry, wanted: Wanted) -> Gradients {
-    let (plane_in, plane_out, taps) = (g.height * g.width, g.out_height() * g.out_width(), g.taps());
+pub(super) fn backward(fma: bool, x: &[f32], weight: &[f32], out_grad: OutGrad, g: &Geometry, wanted: Wanted) -> Gradients {
+    let (plane_in, taps) = (g.height * g.width, g.taps());
     // The weight gradient reads the output gradient in pixel pairs.
     let plan = BackwardPlan::new(g, [1, PIXELS], [1, 2]);
     let input_shape = input_scratch(g);
-    let mut x_grad = wanted.x.then(|| vec![0.0; g.planes() * plane_in]);
-    // Per group: a vector per tap and one for the bias; summed over the batch below.
-    let partial_len = (taps + 1) * LANES;
-    let groups_per_image = g.channels.div_ceil(LANES);
-    let mut partials = (wanted.weight || wanted.bias).then(|| vec![0.0; g.batch * groups_per_image * partial_len]);
-    let x_grad_groups: Vec<Option<(usize, &mut [f32])>> = match &mut x_grad {
-        Some(x_grad) => channel_groups(x_grad, g, plane_in).into_iter().map(Some).collect(),
-        None => (0..g.batch * groups_per_image).map(|_| None).collect(),
-    };
-    let partial_groups: Vec<Option<&mut [f32]>> = match &mut partials {
-        Some(partials) => partials.chunks_mut(partial_len).map(Some).collect(),
-        None => (0..g.batch * groups_per_image).map(|_| None).collect(),
-    };
-    x_grad_groups.into_par_iter().zip(partial_groups).enumerate().for_each_init(
-        Scratch::default,
-        |scratch, (group, (x_grad, partial))| {
-            let (image, first) = (group / groups_per_image, group % groups_per_image * LANES);
-            let (plane, channels) = (image * g.channels + first, LANES.min(g.channels - first));
-            let task = BackwardGroup {
-                x: &x[plane * plane_in..][..channels * plane_in],
-                weight: &weight[first * taps..][..channels * taps],
-                out_grad: &out_grad[plane * plane_out..][..channels * plane_out],
-                geometry: g,
-                plan: &plan,
-                input_shape,
-                x_grad: x_grad.map(|(_, x_grad)| x_grad),
-                partial,
-            };
-            run(fma, task, scratch);
-        },
-    );
-    let mut gradients = Gradients { x: x_grad, ..Default::default() };
-    if let Some(partials) = partials {
-        let mut sums = vec![0.0; g.channels * (taps + 1)];
-        for (group, partial) in partials.chunks(partial_len).enumerate() {
-            let first = group % groups_per_image * LANES;
-            for (l, channel_sums) in sums[first * (taps + 1)..].chunks_mut(taps + 1).take(LANES).enumerate() {
-                for (t, sum) in channel_sums.iter_mut().enumerate() {
-                    *sum += partial[t * LANES + l];
-                }
-            }
-        }
-        weight_and_bias(&sums, taps, wanted, &mut gradients);
-    }
-    gradients
-}
-
-/// `buffer`, a `[batch, channels, plane]` tensor, split into groups of up to `LANES` channels of
-/// one image, each with the index of its first plane.
-fn channel_groups<'a>(buffer: &'a mut [f32], g: &Geometry, plane: usize) -> Vec<(usize, &'a mut [f32])> {
-    buffer
-        .chunks_mut(g.channels * plane)
-        .enumerate()
-        .flat_map(|(image, planes)| planes.chunks_mut(LANES * plane).enumerate().map(move |(group, planes)| (image * g.channels + group * LANES, planes)))
-        .collect()
+    backward_groups(g, out_grad, wanted, LANES, |scratch: &mut Scratch, slices: BackwardSlices| {
+        let task = BackwardGroup {
+            x: slices.group.planes(x, plane_in),
+            weight: slices.group.rows(weight, g, taps),
+            geometry: g,
+            plan: &plan,
+            input_shape,
+            grads: slices.grads,
+            partial: slices.partial,
+        };
+        run(fma, task, scratch);
+    })
 }
 
 /// The padded input: what the forward pass and the weight gradient read.
@@ -148,11 +99,10 @@ impl Task for ForwardGroup<'_> {
 struct BackwardGroup<'a> {
     x: &'a [f32],
     weight: &'a [f32],
-    out_grad: &'a [f32],
     geometry: &'a Geometry,
     plan: &'a BackwardPlan,
     input_shape: ScratchShape,
-    x_grad: Option<&'a mut [f32]>,
+    grads: GradSlices<'a>,
     partial: Option<&'a mut [f32]>,
 }
 
@@ -166,9 +116,34 @@ impl Task for BackwardGroup<'_> {
         let (out_height, out_width) = (g.out_height(), g.out_width());
         let channels = self.weight.len() / g.taps();
         let ScratchShape { top, left, .. } = plan.out_grad_scratch;
-        scratch.out_grad.fill::<V>(self.out_grad, channels, out_height, out_width, plan.out_grad_scratch);
+        scratch.out_grad.fill::<V>(self.grads.out_grad(), channels, out_height, out_width, plan.out_grad_scratch);
 
-        if let Some(x_grad) = self.x_grad {
+        if let Some(partial) = self.partial {
+            scratch.input.fill::<V>(self.x, channels, g.height, g.width, self.input_shape);
+            let out_grad = DyView { plane: &scratch.out_grad, top, left, rows: out_height, cols: out_width };
+            // A vector of LANES channels per tap, then the bias.
+            let mut sums = [0.0; (super::MAX_KERNEL * super::MAX_KERNEL + 1) * LANES];
+            let (weight_grad, bias_grad) = sums[..(k * k + 1) * LANES].split_at_mut(k * k * LANES);
+            match k {
+                1 => weight_grad_group::<V, 1>(&scratch.input, s, &out_grad, weight_grad),
+                2 => weight_grad_group::<V, 2>(&scratch.input, s, &out_grad, weight_grad),
+                3 => weight_grad_group::<V, 3>(&scratch.input, s, &out_grad, weight_grad),
+                4 => weight_grad_group::<V, 4>(&scratch.input, s, &out_grad, weight_grad),
+                5 => weight_grad_group::<V, 5>(&scratch.input, s, &out_grad, weight_grad),
+                6 => weight_grad_group::<V, 6>(&scratch.input, s, &out_grad, weight_grad),
+                7 => weight_grad_group::<V, 7>(&scratch.input, s, &out_grad, weight_grad),
+                _ => unreachable!("kernel sizes are checked against MAX_KERNEL"),
+            }
+            bias_sum::<V>(&out_grad).store(bias_grad.try_into().unwrap());
+            for (l, channel) in partial.chunks_exact_mut(k * k + 1).enumerate() {
+                for (t, value) in channel.iter_mut().enumerate() {
+                    *value = sums[t * LANES + l];
+                }
+            }
+        }
+
+        // Last: the input gradient may overwrite the output gradient (now in scratch).
+        if let Some(x_grad) = self.grads.into_x_grad() {
             for a in &plan.phases_h {
                 for b in &plan.phases_w {
                     interleave_taps(&mut scratch.taps, self.weight, channels, Phase::flipped_taps(a, b, k, s));
@@ -184,23 +159,6 @@ impl Task for BackwardGroup<'_> {
                     correlate::<V>(&scratch.out_grad, a.first_read(top), b.first_read(left), 1, &scratch.taps, b.taps, V::splat(0.0), target, channels);
                 }
             }
-        }
-
-        if let Some(partial) = self.partial {
-            scratch.input.fill::<V>(self.x, channels, g.height, g.width, self.input_shape);
-            let (weight_grad, bias_grad) = partial.split_at_mut(k * k * LANES);
-            let out_grad = DyView { plane: &scratch.out_grad, top, left, rows: out_height, cols: out_width };
-            match k {
-                1 => weight_grad_group::<V, 1>(&scratch.input, s, &out_grad, weight_grad),
-                2 => weight_grad_group::<V, 2>(&scratch.input, s, &out_grad, weight_grad),
-                3 => weight_grad_group::<V, 3>(&scratch.input, s, &out_grad, weight_grad),
-                4 => weight_grad_group::<V, 4>(&scratch.input, s, &out_grad, weight_grad),
-                5 => weight_grad_group::<V, 5>(&scratch.input, s, &out_grad, weight_grad),
-                6 => weight_grad_group::<V, 6>(&scratch.input, s, &out_grad, weight_grad),
-                7 => weight_grad_group::<V, 7>(&scratch.input, s, &out_grad, weight_grad),
-                _ => unreachable!("kernel sizes are checked against MAX_KERNEL"),
-            }
-            bias_sum::<V>(&out_grad).store(bias_grad.try_into().unwrap());
         }
     }
 }

@@ -4,75 +4,44 @@
 //! of phase `f` holds padded column `j * s + f`), so that even strided taps read contiguous
 //! memory. Outputs are computed in blocks of `ROWS` rows x `LANES` columns.
 
-use rayon::prelude::*;
-
-use super::{BackwardPlan, Geometry, Gradients, LANES, ScratchShape, Target, Task, Vector, Wanted, run, weight_and_bias};
+use super::{BackwardPlan, BackwardSlices, Geometry, GradSlices, Gradients, LANES, OutGrad, ScratchShape, Target, Task, Vector, Wanted, backward_groups, forward_groups, run};
 
 /// Output rows per register block: `ROWS` vectors of accumulators.
 const ROWS: usize = 8;
 
 pub(super) fn forward(fma: bool, x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
-    let (plane_in, plane_out, taps) = (g.height * g.width, g.out_height() * g.out_width(), g.taps());
+    let (plane_in, taps) = (g.height * g.width, g.taps());
     let shape = input_scratch(g);
-    let mut out = vec![0.0; g.planes() * plane_out];
-    out.par_chunks_mut(plane_out).enumerate().for_each_init(Scratch::default, |scratch, (plane, out)| {
-        let channel = plane % g.channels;
+    forward_groups(g, 1, |scratch: &mut Scratch, group, out| {
         let task = ForwardPlane {
-            x: &x[plane * plane_in..][..plane_in],
-            weight: &weight[channel * taps..][..taps],
-            bias: bias.map_or(0.0, |bias| bias[channel]),
+            x: group.planes(x, plane_in),
+            weight: group.rows(weight, g, taps),
+            bias: bias.map_or(0.0, |bias| bias[group.first_channel(g)]),
             geometry: g,
             shape,
             out,
         };
         run(fma, task, scratch);
-    });
-    out
+    })
 }
 
-pub(super) fn backward(fma: bool, x: &[f32], weight: &[f32], out_grad: &[f32], g: &Geometry, wanted: Wanted) -> Gradients {
-    let (plane_in, plane_out, taps) = (g.height * g.width, g.out_height() * g.out_width(), g.taps());
+pub(super) fn backward(fma: bool, x: &[f32], weight: &[f32], out_grad: OutGrad, g: &Geometry, wanted: Wanted) -> Gradients {
+    let (plane_in, taps) = (g.height * g.width, g.taps());
     // The weight gradient reads the output gradient in row pairs and LANES-column blocks.
     let plan = BackwardPlan::new(g, [ROWS, LANES], [2, LANES]);
     let input_shape = input_scratch(g);
-    let mut x_grad = wanted.x.then(|| vec![0.0; g.planes() * plane_in]);
-    // Per plane: the weight gradient's taps, then the bias gradient; summed over the batch below.
-    let partial_len = taps + 1;
-    let mut partials = (wanted.weight || wanted.bias).then(|| vec![0.0; g.planes() * partial_len]);
-    let x_grad_planes: Vec<Option<&mut [f32]>> = match &mut x_grad {
-        Some(x_grad) => x_grad.chunks_mut(plane_in).map(Some).collect(),
-        None => (0..g.planes()).map(|_| None).collect(),
-    };
-    let partial_planes: Vec<Option<&mut [f32]>> = match &mut partials {
-        Some(partials) => partials.chunks_mut(partial_len).map(Some).collect(),
-        None => (0..g.planes()).map(|_| None).collect(),
-    };
-    x_grad_planes.into_par_iter().zip(partial_planes).enumerate().for_each_init(
-        Scratch::default,
-        |scratch, (plane, (x_grad, partial))| {
-            let channel = plane % g.channels;
-            let task = BackwardPlane {
-                x: &x[plane * plane_in..][..plane_in],
-                weight: &weight[channel * taps..][..taps],
-                out_grad: &out_grad[plane * plane_out..][..plane_out],
-                geometry: g,
-                plan: &plan,
-                input_shape,
-                x_grad,
-                partial,
-            };
-            run(fma, task, scratch);
-        },
-    );
-    let mut gradients = Gradients { x: x_grad, ..Default::default() };
-    if let Some(partials) = partials {
-        let mut sums = vec![0.0; g.channels * partial_len];
-        for image in partials.chunks(g.channels * partial_len) {
-            sums.iter_mut().zip(image).for_each(|(sum, value)| *sum += value);
-        }
-        weight_and_bias(&sums, taps, wanted, &mut gradients);
-    }
-    gradients
+    backward_groups(g, out_grad, wanted, 1, |scratch: &mut Scratch, slices: BackwardSlices| {
+        let task = BackwardPlane {
+            x: slices.group.planes(x, plane_in),
+            weight: slices.group.rows(weight, g, taps),
+            geometry: g,
+            plan: &plan,
+            input_shape,
+            grads: slices.grads,
+            partial: slices.partial,
+        };
+        run(fma, task, scratch);
+    })
 }
 
 /// The padded input with `stride` column phases: what the forward pass and the weight gradient
@@ -121,11 +90,10 @@ impl Task for ForwardPlane<'_> {
 struct BackwardPlane<'a> {
     x: &'a [f32],
     weight: &'a [f32],
-    out_grad: &'a [f32],
     geometry: &'a Geometry,
     plan: &'a BackwardPlan,
     input_shape: ScratchShape,
-    x_grad: Option<&'a mut [f32]>,
+    grads: GradSlices<'a>,
     partial: Option<&'a mut [f32]>,
 }
 
@@ -138,9 +106,27 @@ impl Task for BackwardPlane<'_> {
         let (k, s) = (g.kernel, g.stride);
         let (out_height, out_width) = (g.out_height(), g.out_width());
         let ScratchShape { top, left, .. } = plan.out_grad_scratch;
-        scratch.out_grad.fill::<V>(self.out_grad, out_height, out_width, plan.out_grad_scratch, 1);
+        scratch.out_grad.fill::<V>(self.grads.out_grad(), out_height, out_width, plan.out_grad_scratch, 1);
 
-        if let Some(x_grad) = self.x_grad {
+        if let Some(partial) = self.partial {
+            scratch.input.fill::<V>(self.x, g.height, g.width, self.input_shape, s);
+            let (weight_grad, bias_grad) = partial.split_at_mut(k * k);
+            let out_grad = DyView { plane: &scratch.out_grad, top, left, rows: out_height, cols: out_width };
+            match k {
+                1 => weight_grad_plane::<V, 1>(&scratch.input, s, &out_grad, weight_grad),
+                2 => weight_grad_plane::<V, 2>(&scratch.input, s, &out_grad, weight_grad),
+                3 => weight_grad_plane::<V, 3>(&scratch.input, s, &out_grad, weight_grad),
+                4 => weight_grad_plane::<V, 4>(&scratch.input, s, &out_grad, weight_grad),
+                5 => weight_grad_plane::<V, 5>(&scratch.input, s, &out_grad, weight_grad),
+                6 => weight_grad_plane::<V, 6>(&scratch.input, s, &out_grad, weight_grad),
+                7 => weight_grad_plane::<V, 7>(&scratch.input, s, &out_grad, weight_grad),
+                _ => unreachable!("kernel sizes are checked against MAX_KERNEL"),
+            }
+            bias_grad[0] = sum(self.grads.out_grad());
+        }
+
+        // Last: the input gradient may overwrite the output gradient (now in scratch).
+        if let Some(x_grad) = self.grads.into_x_grad() {
             for a in &plan.phases_h {
                 for b in &plan.phases_w {
                     scratch.taps.clear();
@@ -158,23 +144,6 @@ impl Task for BackwardPlane<'_> {
                     correlate::<V>(&scratch.out_grad, a.first_read(top), b.first_read(left), 1, taps, 0.0, target);
                 }
             }
-        }
-
-        if let Some(partial) = self.partial {
-            scratch.input.fill::<V>(self.x, g.height, g.width, self.input_shape, s);
-            let (weight_grad, bias_grad) = partial.split_at_mut(k * k);
-            let out_grad = DyView { plane: &scratch.out_grad, top, left, rows: out_height, cols: out_width };
-            match k {
-                1 => weight_grad_plane::<V, 1>(&scratch.input, s, &out_grad, weight_grad),
-                2 => weight_grad_plane::<V, 2>(&scratch.input, s, &out_grad, weight_grad),
-                3 => weight_grad_plane::<V, 3>(&scratch.input, s, &out_grad, weight_grad),
-                4 => weight_grad_plane::<V, 4>(&scratch.input, s, &out_grad, weight_grad),
-                5 => weight_grad_plane::<V, 5>(&scratch.input, s, &out_grad, weight_grad),
-                6 => weight_grad_plane::<V, 6>(&scratch.input, s, &out_grad, weight_grad),
-                7 => weight_grad_plane::<V, 7>(&scratch.input, s, &out_grad, weight_grad),
-                _ => unreachable!("kernel sizes are checked against MAX_KERNEL"),
-            }
-            bias_grad[0] = sum(self.out_grad);
         }
     }
 }
