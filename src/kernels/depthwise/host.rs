@@ -1,36 +1,21 @@
 //! Depthwise 2D convolution on host f32 NCHW data: one `k`x`k` filter per channel, stride `s`,
 //! symmetric zero padding `p`, no dilation. Forward, and backward for input, weight and bias.
 //!
-//! Two layouts of the same arithmetic, chosen by plane width:
-//! - [`planar`]: one (image, channel) plane per task, vectorized along a row. Right for wide
-//!   planes, where a row fills whole vectors and a plane fits in cache.
-//! - [`interleaved`]: `LANES` channels of one image per task, interleaved so that a vector holds
-//!   one pixel of `LANES` channels. Right for narrow planes (14x14, 7x7), where a row is less than
-//!   two vectors and per-plane overheads would dominate.
-//!
-//! Both first copy their input into zero-padded scratch, after which every tap reads an
-//! in-bounds run of memory with no edge logic in the inner loops, accumulate outputs in register
-//! blocks (enough independent accumulators to hide the FMA latency), and run on AVX2+FMA vectors
-//! where the CPU has them (chosen at run time) or on portable arrays.
-//!
-//! The input gradient of a strided convolution is split by input phase: input rows `≡ a (mod s)`
-//! only receive kernel rows `kh ≡ a + p (mod s)`, so each of the `s * s` phases is a small
-//! stride-1 convolution of the output gradient with a flipped sub-kernel, written back with
-//! stride `s` ([`Phase`]); no tap is spent on inserted zeros.
-
+//! The work is split into tasks of `LANES` channels of one image ([`Group`]), run in parallel
+//! with rayon; each task's arithmetic (in [`interleaved`]) holds one pixel of its `LANES`
+//! channels per vector, so that every vector is full whatever the plane's width, and the 7x7
+//! and 14x14 planes of late MobileNet / EfficientNet stages cost no more per pixel than wide
+//! ones. Vectors are AVX2+FMA registers where the CPU has them (chosen at run time) and plain
+//! arrays elsewhere ([`Vector`]).
 mod interleaved;
-mod planar;
 
 use rayon::prelude::*;
 
 /// f32 lanes of a vector (one AVX register).
 const LANES: usize = 8;
-/// Largest kernel these kernels take: the weight-gradient loops keep one accumulator per kernel
-/// column in registers, so they are compiled once per kernel size.
+/// Largest kernel these kernels take: the weight-gradient loop keeps one accumulator per kernel
+/// column in registers, so it is compiled once per kernel size.
 pub const MAX_KERNEL: usize = 7;
-/// Output width below which the interleaved layout is faster (measured on AVX2: at 7 it wins,
-/// at 14 the planar one does).
-const INTERLEAVE_BELOW: usize = 8;
 
 /// Sizes of one depthwise convolution; `height + 2 * padding >= kernel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,49 +85,31 @@ impl OutGrad<'_> {
 /// `[batch, channels, out_height, out_width]` from `x` `[batch, channels, height, width]`,
 /// `weight` `[channels, kernel, kernel]` and `bias` `[channels]`.
 pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
-    Layout::for_geometry(g).forward(fma_available(), x, weight, bias, g)
+    forward_with(fma_available(), x, weight, bias, g)
 }
 
 /// The gradients of the loss with respect to `x`, `weight` and `bias` of [`forward`], given
 /// `out_grad`, its gradient with respect to the output. With [`OutGrad::Overwrite`], the input
 /// gradient is left in `out_grad`'s buffer and `Gradients::x` is `None`.
 pub fn backward(x: &[f32], weight: &[f32], out_grad: OutGrad, g: &Geometry, wanted: Wanted) -> Gradients {
-    Layout::for_geometry(g).backward(fma_available(), x, weight, out_grad, g, wanted)
+    backward_with(fma_available(), x, weight, out_grad, g, wanted)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Layout {
-    Planar,
-    Interleaved,
+fn forward_with(fma: bool, x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+    check_sizes(g, x, weight);
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), g.channels, "bias size");
+    }
+    interleaved::forward(fma, x, weight, bias, g)
 }
 
-impl Layout {
-    fn for_geometry(g: &Geometry) -> Self {
-        if g.out_width() < INTERLEAVE_BELOW { Layout::Interleaved } else { Layout::Planar }
+fn backward_with(fma: bool, x: &[f32], weight: &[f32], out_grad: OutGrad, g: &Geometry, wanted: Wanted) -> Gradients {
+    check_sizes(g, x, weight);
+    assert_eq!(out_grad.len(), g.planes() * g.out_height() * g.out_width(), "output gradient size");
+    if let OutGrad::Overwrite(_) = out_grad {
+        assert_eq!(out_grad.len(), x.len(), "an overwritten output gradient must have the input's size");
     }
-
-    fn forward(self, fma: bool, x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
-        check_sizes(g, x, weight);
-        if let Some(bias) = bias {
-            assert_eq!(bias.len(), g.channels, "bias size");
-        }
-        match self {
-            Layout::Planar => planar::forward(fma, x, weight, bias, g),
-            Layout::Interleaved => interleaved::forward(fma, x, weight, bias, g),
-        }
-    }
-
-    fn backward(self, fma: bool, x: &[f32], weight: &[f32], out_grad: OutGrad, g: &Geometry, wanted: Wanted) -> Gradients {
-        check_sizes(g, x, weight);
-        assert_eq!(out_grad.len(), g.planes() * g.out_height() * g.out_width(), "output gradient size");
-        if let OutGrad::Overwrite(_) = out_grad {
-            assert_eq!(out_grad.len(), x.len(), "an overwritten output gradient must have the input's size");
-        }
-        match self {
-            Layout::Planar => planar::backward(fma, x, weight, out_grad, g, wanted),
-            Layout::Interleaved => interleaved::backward(fma, x, weight, out_grad, g, wanted),
-        }
-    }
+    interleaved::backward(fma, x, weight, out_grad, g, wanted)
 }
 
 fn check_sizes(g: &Geometry, x: &[f32], weight: &[f32]) {
@@ -152,8 +119,8 @@ fn check_sizes(g: &Geometry, x: &[f32], weight: &[f32]) {
     assert_eq!(weight.len(), g.channels * g.taps(), "weight size");
 }
 
-/// A task's share of a convolution: `channels` consecutive channels of one image, from plane
-/// `first_plane` (image * channels + channel) on.
+/// A task's share of a convolution: `channels` (up to `LANES`) consecutive channels of one image,
+/// from plane `first_plane` (image * channels + channel) on.
 #[derive(Debug, Clone, Copy)]
 struct Group {
     first_plane: usize,
@@ -161,10 +128,10 @@ struct Group {
 }
 
 impl Group {
-    /// All tasks: up to `size` channels of one image each.
-    fn all(g: &Geometry, size: usize) -> Vec<Group> {
+    /// All tasks: up to `LANES` channels of one image each.
+    fn all(g: &Geometry) -> Vec<Group> {
         (0..g.batch)
-            .flat_map(|image| (0..g.channels).step_by(size).map(move |c| Group { first_plane: image * g.channels + c, channels: size.min(g.channels - c) }))
+            .flat_map(|image| (0..g.channels).step_by(LANES).map(move |c| Group { first_plane: image * g.channels + c, channels: LANES.min(g.channels - c) }))
             .collect()
     }
 
@@ -196,10 +163,10 @@ fn split_groups<'a>(mut values: &'a mut [f32], groups: &[Group], plane: usize) -
 
 /// A new `[batch, channels, out_height, out_width]` output, `task` computing each group's
 /// planes of it in parallel.
-fn forward_groups<S: Default>(g: &Geometry, group_size: usize, task: impl Fn(&mut S, Group, &mut [f32]) + Sync) -> Vec<f32> {
+fn forward_groups<S: Default>(g: &Geometry, task: impl Fn(&mut S, Group, &mut [f32]) + Sync) -> Vec<f32> {
     let plane_out = g.out_height() * g.out_width();
     let mut out = vec![0.0; g.planes() * plane_out];
-    let groups = Group::all(g, group_size);
+    let groups = Group::all(g);
     let slices = split_groups(&mut out, &groups, plane_out);
     groups.into_par_iter().zip(slices).for_each_init(S::default, |scratch, (group, out)| task(scratch, group, out));
     out
@@ -238,9 +205,9 @@ struct BackwardSlices<'a> {
 
 /// The gradients, `task` computing each group's share in parallel; the weight and bias
 /// gradients are then summed over the batch.
-fn backward_groups<S: Default>(g: &Geometry, out_grad: OutGrad, wanted: Wanted, group_size: usize, task: impl Fn(&mut S, BackwardSlices) + Sync) -> Gradients {
+fn backward_groups<S: Default>(g: &Geometry, out_grad: OutGrad, wanted: Wanted, task: impl Fn(&mut S, BackwardSlices) + Sync) -> Gradients {
     let (plane_in, plane_out, taps) = (g.height * g.width, g.out_height() * g.out_width(), g.taps());
-    let groups = Group::all(g, group_size);
+    let groups = Group::all(g);
     let mut x_grad = (wanted.x && matches!(out_grad, OutGrad::Read(_))).then(|| vec![0.0; g.planes() * plane_in]);
     let grads: Vec<GradSlices> = match out_grad {
         OutGrad::Overwrite(values) => split_groups(values, &groups, plane_out).into_iter().map(GradSlices::Shared).collect(),
@@ -407,107 +374,6 @@ fn run_fma<T: Task>(task: T, scratch: &mut T::Scratch) {
     task.run::<Avx>(scratch)
 }
 
-/// How a plane (or a group of interleaved planes) is laid out in zero-padded scratch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ScratchShape {
-    /// Zero rows above and zero columns left of the source.
-    top: usize,
-    left: usize,
-    rows: usize,
-    cols: usize,
-}
-
-/// One residue class `a` (mod `s`) of input rows (or columns) in the input gradient: rows
-/// `first_input + s * n`, `n < count`, receive kernel rows `first_tap + s * m`, `m < taps`, from
-/// output-gradient rows `first_q + n - m`.
-#[derive(Debug, Clone, Copy)]
-struct Phase {
-    first_tap: usize,
-    taps: usize,
-    first_input: usize,
-    count: usize,
-    /// Rows of zeros its stride-1 convolution needs above the output gradient (may be < 0).
-    top: isize,
-}
-
-impl Phase {
-    fn new(a: usize, size: usize, k: usize, s: usize, p: usize) -> Self {
-        // Input row i = s * q + a - p receives kernel rows kh ≡ i + p ≡ a (mod s), from
-        // output-gradient row q - (kh - a) / s.
-        let taps = if a < k { (k - a).div_ceil(s) } else { 0 };
-        let first_q = if p > a { (p - a).div_ceil(s) } else { 0 };
-        let last_q = (size - 1 + p).checked_sub(a).map(|n| n / s);
-        let count = last_q.map_or(0, |last| (last + 1).saturating_sub(first_q));
-        let first_input = (s * first_q + a).saturating_sub(p);
-        Phase { first_tap: a, taps, first_input, count, top: taps as isize - 1 - first_q as isize }
-    }
-
-    fn is_used(&self) -> bool {
-        self.taps > 0 && self.count > 0
-    }
-
-    /// Where this phase's stride-1 convolution starts reading, `origin` being the scratch row of
-    /// output-gradient row 0.
-    fn first_read(&self, origin: usize) -> usize {
-        (origin as isize - self.top) as usize
-    }
-
-    /// Scratch rows (or columns) this phase reads, its outputs computed in blocks of `block`.
-    fn scratch_extent(&self, origin: usize, block: usize) -> usize {
-        self.first_read(origin) + self.count.next_multiple_of(block) - 1 + self.taps
-    }
-
-    /// Its taps as a stride-1 filter: tap (i, j) is kernel element
-    /// `(rows.first_tap + s * (rows.taps - 1 - i), cols.first_tap + s * (cols.taps - 1 - j))`.
-    fn flipped_taps(rows: &Phase, cols: &Phase, k: usize, s: usize) -> impl Iterator<Item = usize> {
-        let (rows, cols) = (*rows, *cols);
-        (0..rows.taps).rev().flat_map(move |i| (0..cols.taps).rev().map(move |j| (rows.first_tap + s * i) * k + cols.first_tap + s * j))
-    }
-}
-
-/// What the backward pass of every task shares: the input-gradient phases and where the output
-/// gradient sits in its scratch, computed once per call.
-struct BackwardPlan {
-    phases_h: Vec<Phase>,
-    phases_w: Vec<Phase>,
-    out_grad_scratch: ScratchShape,
-}
-
-impl BackwardPlan {
-    /// `blocks`: the output block (rows, columns) of the layout's correlation; `covered`: the
-    /// rows and columns, rounded up to these, that its weight gradient reads.
-    fn new(g: &Geometry, blocks: [usize; 2], covered: [usize; 2]) -> Self {
-        let (k, s, p) = (g.kernel, g.stride, g.padding);
-        let phases_h: Vec<Phase> = (0..s).map(|a| Phase::new(a, g.height, k, s, p)).filter(Phase::is_used).collect();
-        let phases_w: Vec<Phase> = (0..s).map(|b| Phase::new(b, g.width, k, s, p)).filter(Phase::is_used).collect();
-        // One padded copy of the output gradient serves every phase: `top` rows of zeros above
-        // it make room for the phase that starts furthest up. The weight gradient reads it too.
-        let top = phases_h.iter().map(|phase| phase.top).max().unwrap_or(0).max(0) as usize;
-        let left = phases_w.iter().map(|phase| phase.top).max().unwrap_or(0).max(0) as usize;
-        let rows = phases_h.iter().map(|phase| phase.scratch_extent(top, blocks[0])).max().unwrap_or(0);
-        let cols = phases_w.iter().map(|phase| phase.scratch_extent(left, blocks[1])).max().unwrap_or(0);
-        let out_grad_scratch = ScratchShape {
-            top,
-            left,
-            rows: rows.max(top + g.out_height().next_multiple_of(covered[0])),
-            cols: cols.max(left + g.out_width().next_multiple_of(covered[1])),
-        };
-        BackwardPlan { phases_h, phases_w, out_grad_scratch }
-    }
-}
-
-/// Where a correlation writes output (r, c) of channel `l`:
-/// `dst[l * plane + offset + r * row_stride + c * col_stride]`.
-struct Target<'a> {
-    dst: &'a mut [f32],
-    plane: usize,
-    offset: usize,
-    row_stride: usize,
-    col_stride: usize,
-    rows: usize,
-    cols: usize,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,30 +432,28 @@ mod tests {
         }
     }
 
-    /// Every layout, with and (where the CPU has it) without FMA, against the definition.
+    /// With and (where the CPU has it) without FMA, against the definition.
     fn check(g: Geometry) {
         let x = values(g.planes() * g.height * g.width, 1);
         let w = values(g.channels * g.taps(), 2);
         let b = values(g.channels, 3);
         let dy = values(g.planes() * g.out_height() * g.out_width(), 4);
         let [y, dx, dw, db] = reference(&x, &w, &b, &dy, &g);
-        for layout in [Layout::Planar, Layout::Interleaved] {
-            for fma in [false, true].into_iter().filter(|&fma| !fma || fma_available()) {
-                let context = format!("{g:?}, {layout:?}, fma {fma}");
-                assert_close("y", &layout.forward(fma, &x, &w, Some(&b), &g), &y, &context);
-                let all = Wanted { x: true, weight: true, bias: true };
-                let read = layout.backward(fma, &x, &w, OutGrad::Read(&dy), &g, all);
-                assert_close("dx", &read.x.unwrap(), &dx, &context);
-                assert_close("dw", &read.weight.unwrap(), &dw, &context);
-                assert_close("db", &read.bias.unwrap(), &db, &context);
-                if dy.len() == x.len() {
-                    let mut buffer = dy.clone();
-                    let overwritten = layout.backward(fma, &x, &w, OutGrad::Overwrite(&mut buffer), &g, all);
-                    assert!(overwritten.x.is_none());
-                    assert_close("dx in place", &buffer, &dx, &context);
-                    assert_close("dw in place", &overwritten.weight.unwrap(), &dw, &context);
-                    assert_close("db in place", &overwritten.bias.unwrap(), &db, &context);
-                }
+        for fma in [false, true].into_iter().filter(|&fma| !fma || fma_available()) {
+            let context = format!("{g:?}, fma {fma}");
+            assert_close("y", &forward_with(fma, &x, &w, Some(&b), &g), &y, &context);
+            let all = Wanted { x: true, weight: true, bias: true };
+            let read = backward_with(fma, &x, &w, OutGrad::Read(&dy), &g, all);
+            assert_close("dx", &read.x.unwrap(), &dx, &context);
+            assert_close("dw", &read.weight.unwrap(), &dw, &context);
+            assert_close("db", &read.bias.unwrap(), &db, &context);
+            if dy.len() == x.len() {
+                let mut buffer = dy.clone();
+                let overwritten = backward_with(fma, &x, &w, OutGrad::Overwrite(&mut buffer), &g, all);
+                assert!(overwritten.x.is_none());
+                assert_close("dx in place", &buffer, &dx, &context);
+                assert_close("dw in place", &overwritten.weight.unwrap(), &dw, &context);
+                assert_close("db in place", &overwritten.bias.unwrap(), &db, &context);
             }
         }
     }
@@ -618,10 +482,8 @@ mod tests {
     fn computes_only_the_wanted_gradients() {
         let g = Geometry { batch: 1, channels: 2, height: 5, width: 5, kernel: 3, stride: 1, padding: 1 };
         let (x, w, dy) = (values(50, 8), values(18, 9), values(50, 10));
-        for layout in [Layout::Planar, Layout::Interleaved] {
-            let only_weight = layout.backward(fma_available(), &x, &w, OutGrad::Read(&dy), &g, Wanted { x: false, weight: true, bias: false });
-            assert!(only_weight.x.is_none() && only_weight.bias.is_none(), "{layout:?}");
-            assert_eq!(only_weight.weight.map(|w| w.len()), Some(18), "{layout:?}");
-        }
+        let only_weight = backward(&x, &w, OutGrad::Read(&dy), &g, Wanted { x: false, weight: true, bias: false });
+        assert!(only_weight.x.is_none() && only_weight.bias.is_none());
+        assert_eq!(only_weight.weight.map(|w| w.len()), Some(18));
     }
 }

@@ -1,11 +1,17 @@
-//! The interleaved layout (see `host`): `LANES` channels of one image per task, so that a vector
-//! holds one pixel of `LANES` channels and a kernel tap is one vector of `LANES` weights.
+//! The arithmetic of one task: `LANES` channels of one image, interleaved so that a vector holds
+//! one pixel of `LANES` channels and a kernel tap is one vector of `LANES` weights.
 //!
-//! Narrow planes fill no vector along a row, but every pixel fills one across channels; per-task
-//! costs (copying in, the weight vectors, scattering out) are shared by `LANES` planes. Outputs
-//! are computed `PIXELS` at a time along a row.
+//! A task first copies its planes into zero-padded scratch, transposing `LANES` x `LANES` blocks
+//! (pixels x channels) into pixel vectors; after that every tap reads an in-bounds vector with
+//! no edge logic in the inner loops. Outputs are accumulated `PIXELS` at a time along a row
+//! (enough independent accumulators to hide the FMA latency) and transposed back to planes.
+//!
+//! The input gradient of a strided convolution is split by input phase: input rows `≡ a (mod s)`
+//! only receive kernel rows `kh ≡ a + p (mod s)`, so each of the `s * s` phases is a small
+//! stride-1 convolution of the output gradient with a flipped sub-kernel, written back with
+//! stride `s` ([`Phase`]); no tap is spent on inserted zeros.
 
-use super::{BackwardPlan, BackwardSlices, Geometry, GradSlices, Gradients, LANES, OutGrad, Phase, ScratchShape, Target, Task, Vector, Wanted, backward_groups, forward_groups, run};
+use super::{BackwardSlices, Geometry, GradSlices, Gradients, LANES, MAX_KERNEL, OutGrad, Task, Vector, Wanted, backward_groups, forward_groups, run};
 
 /// Output pixels per register block: `PIXELS` vectors of accumulators, transposed back to
 /// planes as one `LANES` x `LANES` block.
@@ -14,7 +20,7 @@ const PIXELS: usize = LANES;
 pub(super) fn forward(fma: bool, x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
     let (plane_in, taps) = (g.height * g.width, g.taps());
     let shape = input_scratch(g);
-    forward_groups(g, LANES, |scratch: &mut Scratch, group, out| {
+    forward_groups(g, |scratch: &mut Scratch, group, out| {
         let task = ForwardGroup {
             x: group.planes(x, plane_in),
             weight: group.rows(weight, g, taps),
@@ -32,7 +38,7 @@ pub(super) fn backward(fma: bool, x: &[f32], weight: &[f32], out_grad: OutGrad, 
     // The weight gradient reads the output gradient in pixel pairs.
     let plan = BackwardPlan::new(g, [1, PIXELS], [1, 2]);
     let input_shape = input_scratch(g);
-    backward_groups(g, out_grad, wanted, LANES, |scratch: &mut Scratch, slices: BackwardSlices| {
+    backward_groups(g, out_grad, wanted, |scratch: &mut Scratch, slices: BackwardSlices| {
         let task = BackwardGroup {
             x: slices.group.planes(x, plane_in),
             weight: slices.group.rows(weight, g, taps),
@@ -55,6 +61,107 @@ fn input_scratch(g: &Geometry) -> ScratchShape {
         rows: (g.out_height() - 1) * s + k,
         cols: (g.out_width().next_multiple_of(PIXELS) - 1) * s + k,
     }
+}
+
+/// How a plane (or a group of interleaved planes) is laid out in zero-padded scratch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ScratchShape {
+    /// Zero rows above and zero columns left of the source.
+    top: usize,
+    left: usize,
+    rows: usize,
+    cols: usize,
+}
+
+/// One residue class `a` (mod `s`) of input rows (or columns) in the input gradient: rows
+/// `first_input + s * n`, `n < count`, receive kernel rows `first_tap + s * m`, `m < taps`, from
+/// output-gradient rows `first_q + n - m`.
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    first_tap: usize,
+    taps: usize,
+    first_input: usize,
+    count: usize,
+    /// Rows of zeros its stride-1 convolution needs above the output gradient (may be < 0).
+    top: isize,
+}
+
+impl Phase {
+    fn new(a: usize, size: usize, k: usize, s: usize, p: usize) -> Self {
+        // Input row i = s * q + a - p receives kernel rows kh ≡ i + p ≡ a (mod s), from
+        // output-gradient row q - (kh - a) / s.
+        let taps = if a < k { (k - a).div_ceil(s) } else { 0 };
+        let first_q = if p > a { (p - a).div_ceil(s) } else { 0 };
+        let last_q = (size - 1 + p).checked_sub(a).map(|n| n / s);
+        let count = last_q.map_or(0, |last| (last + 1).saturating_sub(first_q));
+        let first_input = (s * first_q + a).saturating_sub(p);
+        Phase { first_tap: a, taps, first_input, count, top: taps as isize - 1 - first_q as isize }
+    }
+
+    fn is_used(&self) -> bool {
+        self.taps > 0 && self.count > 0
+    }
+
+    /// Where this phase's stride-1 convolution starts reading, `origin` being the scratch row of
+    /// output-gradient row 0.
+    fn first_read(&self, origin: usize) -> usize {
+        (origin as isize - self.top) as usize
+    }
+
+    /// Scratch rows (or columns) this phase reads, its outputs computed in blocks of `block`.
+    fn scratch_extent(&self, origin: usize, block: usize) -> usize {
+        self.first_read(origin) + self.count.next_multiple_of(block) - 1 + self.taps
+    }
+
+    /// Its taps as a stride-1 filter: tap (i, j) is kernel element
+    /// `(rows.first_tap + s * (rows.taps - 1 - i), cols.first_tap + s * (cols.taps - 1 - j))`.
+    fn flipped_taps(rows: &Phase, cols: &Phase, k: usize, s: usize) -> impl Iterator<Item = usize> {
+        let (rows, cols) = (*rows, *cols);
+        (0..rows.taps).rev().flat_map(move |i| (0..cols.taps).rev().map(move |j| (rows.first_tap + s * i) * k + cols.first_tap + s * j))
+    }
+}
+
+/// What the backward pass of every task shares: the input-gradient phases and where the output
+/// gradient sits in its scratch, computed once per call.
+struct BackwardPlan {
+    phases_h: Vec<Phase>,
+    phases_w: Vec<Phase>,
+    out_grad_scratch: ScratchShape,
+}
+
+impl BackwardPlan {
+    /// `blocks`: the output block (rows, columns) of the layout's correlation; `covered`: the
+    /// rows and columns, rounded up to these, that its weight gradient reads.
+    fn new(g: &Geometry, blocks: [usize; 2], covered: [usize; 2]) -> Self {
+        let (k, s, p) = (g.kernel, g.stride, g.padding);
+        let phases_h: Vec<Phase> = (0..s).map(|a| Phase::new(a, g.height, k, s, p)).filter(Phase::is_used).collect();
+        let phases_w: Vec<Phase> = (0..s).map(|b| Phase::new(b, g.width, k, s, p)).filter(Phase::is_used).collect();
+        // One padded copy of the output gradient serves every phase: `top` rows of zeros above
+        // it make room for the phase that starts furthest up. The weight gradient reads it too.
+        let top = phases_h.iter().map(|phase| phase.top).max().unwrap_or(0).max(0) as usize;
+        let left = phases_w.iter().map(|phase| phase.top).max().unwrap_or(0).max(0) as usize;
+        let rows = phases_h.iter().map(|phase| phase.scratch_extent(top, blocks[0])).max().unwrap_or(0);
+        let cols = phases_w.iter().map(|phase| phase.scratch_extent(left, blocks[1])).max().unwrap_or(0);
+        let out_grad_scratch = ScratchShape {
+            top,
+            left,
+            rows: rows.max(top + g.out_height().next_multiple_of(covered[0])),
+            cols: cols.max(left + g.out_width().next_multiple_of(covered[1])),
+        };
+        BackwardPlan { phases_h, phases_w, out_grad_scratch }
+    }
+}
+
+/// Where a correlation writes output (r, c) of channel `l`:
+/// `dst[l * plane + offset + r * row_stride + c * col_stride]`.
+struct Target<'a> {
+    dst: &'a mut [f32],
+    plane: usize,
+    offset: usize,
+    row_stride: usize,
+    col_stride: usize,
+    rows: usize,
+    cols: usize,
 }
 
 /// Per-task scratch, reused across the groups a task runs.
@@ -122,7 +229,7 @@ impl Task for BackwardGroup<'_> {
             scratch.input.fill::<V>(self.x, channels, g.height, g.width, self.input_shape);
             let out_grad = DyView { plane: &scratch.out_grad, top, left, rows: out_height, cols: out_width };
             // A vector of LANES channels per tap, then the bias.
-            let mut sums = [0.0; (super::MAX_KERNEL * super::MAX_KERNEL + 1) * LANES];
+            let mut sums = [0.0; (MAX_KERNEL * MAX_KERNEL + 1) * LANES];
             let (weight_grad, bias_grad) = sums[..(k * k + 1) * LANES].split_at_mut(k * k * LANES);
             match k {
                 1 => weight_grad_group::<V, 1>(&scratch.input, s, &out_grad, weight_grad),
@@ -234,7 +341,7 @@ fn correlate<V: Vector>(plane: &Interleaved, row0: usize, col0: usize, step: usi
     let data = plane.data.as_slice();
     let pixel_step = step * LANES;
     // Where tap (i, j) reads, relative to the block's first output.
-    let mut tap_offsets = [0; super::MAX_KERNEL * super::MAX_KERNEL];
+    let mut tap_offsets = [0; MAX_KERNEL * MAX_KERNEL];
     let tap_count = taps.len() / LANES;
     for (i, row_offsets) in tap_offsets[..tap_count].chunks_exact_mut(taps_cols).enumerate() {
         for (j, tap_offset) in row_offsets.iter_mut().enumerate() {
