@@ -35,8 +35,7 @@ pub(super) fn forward(fma: bool, x: &[f32], weight: &[f32], bias: Option<&[f32]>
 
 pub(super) fn backward(fma: bool, x: &[f32], weight: &[f32], out_grad: OutGrad, g: &Geometry, wanted: Wanted) -> Gradients {
     let (plane_in, taps) = (g.height * g.width, g.taps());
-    // The weight gradient reads the output gradient in pixel pairs.
-    let plan = BackwardPlan::new(g, [1, PIXELS], [1, 2]);
+    let plan = BackwardPlan::new(g);
     let input_shape = input_scratch(g);
     backward_groups(g, out_grad, wanted, |scratch: &mut Scratch, slices: BackwardSlices| {
         let task = BackwardGroup {
@@ -108,7 +107,7 @@ impl Phase {
         (origin as isize - self.top) as usize
     }
 
-    /// Scratch rows (or columns) this phase reads, its outputs computed in blocks of `block`.
+    /// Scratch rows (or columns) this phase reads, its outputs computed `block` at a time.
     fn scratch_extent(&self, origin: usize, block: usize) -> usize {
         self.first_read(origin) + self.count.next_multiple_of(block) - 1 + self.taps
     }
@@ -130,9 +129,7 @@ struct BackwardPlan {
 }
 
 impl BackwardPlan {
-    /// `blocks`: the output block (rows, columns) of the layout's correlation; `covered`: the
-    /// rows and columns, rounded up to these, that its weight gradient reads.
-    fn new(g: &Geometry, blocks: [usize; 2], covered: [usize; 2]) -> Self {
+    fn new(g: &Geometry) -> Self {
         let (k, s, p) = (g.kernel, g.stride, g.padding);
         let phases_h: Vec<Phase> = (0..s).map(|a| Phase::new(a, g.height, k, s, p)).filter(Phase::is_used).collect();
         let phases_w: Vec<Phase> = (0..s).map(|b| Phase::new(b, g.width, k, s, p)).filter(Phase::is_used).collect();
@@ -140,13 +137,14 @@ impl BackwardPlan {
         // it make room for the phase that starts furthest up. The weight gradient reads it too.
         let top = phases_h.iter().map(|phase| phase.top).max().unwrap_or(0).max(0) as usize;
         let left = phases_w.iter().map(|phase| phase.top).max().unwrap_or(0).max(0) as usize;
-        let rows = phases_h.iter().map(|phase| phase.scratch_extent(top, blocks[0])).max().unwrap_or(0);
-        let cols = phases_w.iter().map(|phase| phase.scratch_extent(left, blocks[1])).max().unwrap_or(0);
+        // Correlations compute whole rows of PIXELS blocks; the weight gradient reads pixel pairs.
+        let rows = phases_h.iter().map(|phase| phase.scratch_extent(top, 1)).max().unwrap_or(0);
+        let cols = phases_w.iter().map(|phase| phase.scratch_extent(left, PIXELS)).max().unwrap_or(0);
         let out_grad_scratch = ScratchShape {
             top,
             left,
-            rows: rows.max(top + g.out_height().next_multiple_of(covered[0])),
-            cols: cols.max(left + g.out_width().next_multiple_of(covered[1])),
+            rows: rows.max(top + g.out_height()),
+            cols: cols.max(left + g.out_width().next_multiple_of(2)),
         };
         BackwardPlan { phases_h, phases_w, out_grad_scratch }
     }
