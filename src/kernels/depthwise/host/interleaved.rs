@@ -150,16 +150,62 @@ impl BackwardPlan {
     }
 }
 
-/// Where a correlation writes output (r, c) of channel `l`:
-/// `dst[l * plane + offset + r * row_stride + c * col_stride]`.
-struct Target<'a> {
+/// Where a correlation's outputs go, a block of `PIXELS` pixel vectors at a time.
+trait Sink {
+    /// Pixels `(r, c0 + q)`, `q < valid`, are `block[q]`.
+    fn put<V: Vector>(&mut self, r: usize, c0: usize, block: [V; PIXELS], valid: usize);
+}
+
+/// `channels` planes of `rows` x `cols`, one after another in `dst`.
+struct Planes<'a> {
     dst: &'a mut [f32],
-    plane: usize,
-    offset: usize,
-    row_stride: usize,
-    col_stride: usize,
     rows: usize,
     cols: usize,
+    channels: usize,
+}
+
+impl Sink for Planes<'_> {
+    #[inline(always)]
+    fn put<V: Vector>(&mut self, r: usize, c0: usize, block: [V; PIXELS], valid: usize) {
+        let (plane, at) = (self.rows * self.cols, r * self.cols + c0);
+        // Lane l of pixel q is channel l's output (r, c0 + q): transposed, each channel's
+        // pixels are one vector. A full store may spill past the row's end into outputs that
+        // are written later (not past the plane's end).
+        if valid == PIXELS || at + LANES <= plane {
+            for (l, outputs) in V::transpose(block).into_iter().take(self.channels).enumerate() {
+                outputs.store((&mut self.dst[l * plane + at..][..LANES]).try_into().unwrap());
+            }
+        } else {
+            let mut values = [0.0; LANES];
+            for (q, pixel) in block.iter().take(valid).enumerate() {
+                pixel.store(&mut values);
+                for (l, value) in values[..self.channels].iter().enumerate() {
+                    self.dst[l * plane + at + q] = *value;
+                }
+            }
+        }
+    }
+}
+
+/// Pixel vectors, `cols` per row: output (r, c) goes to pixel `(first_row + r * step,
+/// first_col + c * step)`.
+struct Pixels<'a> {
+    data: &'a mut [f32],
+    cols: usize,
+    first_row: usize,
+    first_col: usize,
+    step: usize,
+}
+
+impl Sink for Pixels<'_> {
+    #[inline(always)]
+    fn put<V: Vector>(&mut self, r: usize, c0: usize, block: [V; PIXELS], valid: usize) {
+        let row = (self.first_row + r * self.step) * self.cols;
+        for (q, pixel) in block.iter().take(valid).enumerate() {
+            let at = (row + self.first_col + (c0 + q) * self.step) * LANES;
+            pixel.store((&mut self.data[at..][..LANES]).try_into().unwrap());
+        }
+    }
 }
 
 /// Per-task scratch, reused across the groups a task runs.
@@ -169,6 +215,8 @@ struct Scratch {
     out_grad: Interleaved,
     /// A vector of `LANES` channel weights per tap.
     taps: Vec<f32>,
+    /// Pixel vectors of a strided convolution's input gradient.
+    x_grad: Vec<f32>,
 }
 
 struct ForwardGroup<'a> {
@@ -195,9 +243,8 @@ impl Task for ForwardGroup<'_> {
         if let Some(values) = self.bias {
             bias[..channels].copy_from_slice(values);
         }
-        let plane = out_height * out_width;
-        let target = Target { dst: self.out, plane, offset: 0, row_stride: out_width, col_stride: 1, rows: out_height, cols: out_width };
-        correlate::<V>(&scratch.input, 0, 0, g.stride, &scratch.taps, g.kernel, V::load(&bias), target, channels);
+        let mut planes = Planes { dst: self.out, rows: out_height, cols: out_width, channels };
+        correlate::<V>(&scratch.input, 0, 0, g.stride, &scratch.taps, g.kernel, V::load(&bias), out_height, out_width, &mut planes);
     }
 }
 
@@ -249,19 +296,33 @@ impl Task for BackwardGroup<'_> {
 
         // Last: the input gradient may overwrite the output gradient (now in scratch).
         if let Some(x_grad) = self.grads.into_x_grad() {
-            for a in &plan.phases_h {
-                for b in &plan.phases_w {
-                    interleave_taps(&mut scratch.taps, self.weight, channels, Phase::flipped_taps(a, b, k, s));
-                    let target = Target {
-                        dst: &mut *x_grad,
-                        plane: g.height * g.width,
-                        offset: a.first_input * g.width + b.first_input,
-                        row_stride: s * g.width,
-                        col_stride: s,
-                        rows: a.count,
-                        cols: b.count,
-                    };
-                    correlate::<V>(&scratch.out_grad, a.first_read(top), b.first_read(left), 1, &scratch.taps, b.taps, V::splat(0.0), target, channels);
+            let mut planes = Planes { dst: x_grad, rows: g.height, cols: g.width, channels };
+            let out_grad = &scratch.out_grad;
+            let phase_taps = |taps: &mut Vec<f32>, a: &Phase, b: &Phase| interleave_taps(taps, self.weight, channels, Phase::flipped_taps(a, b, k, s));
+            if s == 1 {
+                // One phase, covering every input pixel in order: straight into the planes.
+                for (a, b) in plan.phases_h.iter().zip(&plan.phases_w) {
+                    phase_taps(&mut scratch.taps, a, b);
+                    correlate::<V>(out_grad, a.first_read(top), b.first_read(left), 1, &scratch.taps, b.taps, V::splat(0.0), a.count, b.count, &mut planes);
+                }
+            } else {
+                // Phases interleave: gather them as pixel vectors, then transpose whole rows
+                // into the planes. A block of slack lets the last row load whole blocks.
+                scratch.x_grad.clear();
+                scratch.x_grad.resize((g.height * g.width + PIXELS) * LANES, 0.0);
+                for a in &plan.phases_h {
+                    for b in &plan.phases_w {
+                        phase_taps(&mut scratch.taps, a, b);
+                        let mut pixels = Pixels { data: &mut scratch.x_grad, cols: g.width, first_row: a.first_input, first_col: b.first_input, step: s };
+                        correlate::<V>(out_grad, a.first_read(top), b.first_read(left), 1, &scratch.taps, b.taps, V::splat(0.0), a.count, b.count, &mut pixels);
+                    }
+                }
+                for r in 0..g.height {
+                    for c0 in (0..g.width).step_by(PIXELS) {
+                        let first = (r * g.width + c0) * LANES;
+                        let block = std::array::from_fn(|q| V::load(scratch.x_grad[first + q * LANES..][..LANES].try_into().unwrap()));
+                        planes.put(r, c0, block, PIXELS.min(g.width - c0));
+                    }
                 }
             }
         }
@@ -330,12 +391,11 @@ impl Interleaved {
     }
 }
 
-/// `target(r, c) = bias + Σ_{i, j} taps(i, j) * plane(row0 + r * step + i, col0 + c * step + j)`
-/// for `channels` interleaved channels, `taps` holding a weight vector per tap.
+/// Output `(r, c)`, `r < rows`, `c < cols`, is `bias + Σ_{i, j} taps(i, j) * plane(row0 + r * step
+/// + i, col0 + c * step + j)` for interleaved channels, `taps` holding a weight vector per tap.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn correlate<V: Vector>(plane: &Interleaved, row0: usize, col0: usize, step: usize, taps: &[f32], taps_cols: usize, bias: V, target: Target, channels: usize) {
-    let Target { dst, plane: plane_len, offset, row_stride, col_stride, rows, cols } = target;
+fn correlate<V: Vector>(plane: &Interleaved, row0: usize, col0: usize, step: usize, taps: &[f32], taps_cols: usize, bias: V, rows: usize, cols: usize, sink: &mut impl Sink) {
     let data = plane.data.as_slice();
     let pixel_step = step * LANES;
     // Where tap (i, j) reads, relative to the block's first output.
@@ -347,7 +407,6 @@ fn correlate<V: Vector>(plane: &Interleaved, row0: usize, col0: usize, step: usi
         }
     }
     let tap_offsets = &tap_offsets[..tap_count];
-    let mut values = [0.0; LANES];
     for r in 0..rows {
         for c0 in (0..cols).step_by(PIXELS) {
             let base = plane.offset(row0 + r * step, col0 + c0 * step);
@@ -359,24 +418,7 @@ fn correlate<V: Vector>(plane: &Interleaved, row0: usize, col0: usize, step: usi
                     *acc = w.mul_add(V::load(block[q * pixel_step..][..LANES].try_into().unwrap()), *acc);
                 }
             }
-            // Back to planar: lane l of pixel q is channel l's output (r, c0 + q).
-            let valid = PIXELS.min(cols - c0);
-            let at = offset + r * row_stride + c0 * col_stride;
-            // Where rows follow each other in `dst`, a full store may spill past the row's end
-            // into outputs that this loop writes later (not past the last row).
-            let spill_ok = col_stride == 1 && row_stride == cols && r * cols + c0 + LANES <= rows * cols;
-            if col_stride == 1 && (valid == PIXELS || spill_ok) {
-                for (l, outputs) in V::transpose(acc).into_iter().take(channels).enumerate() {
-                    outputs.store((&mut dst[l * plane_len + at..][..LANES]).try_into().unwrap());
-                }
-            } else {
-                for (q, pixel) in acc.iter().take(valid).enumerate() {
-                    pixel.store(&mut values);
-                    for (l, value) in values[..channels].iter().enumerate() {
-                        dst[l * plane_len + at + q * col_stride] = *value;
-                    }
-                }
-            }
+            sink.put(r, c0, acc, PIXELS.min(cols - c0));
         }
     }
 }
