@@ -126,13 +126,18 @@ struct BackwardPlan {
     phases_h: Vec<Phase>,
     phases_w: Vec<Phase>,
     out_grad_scratch: ScratchShape,
+    /// Whether some input pixels receive no tap (stride > kernel): their gradient is 0.
+    gaps: bool,
 }
 
 impl BackwardPlan {
     fn new(g: &Geometry) -> Self {
         let (k, s, p) = (g.kernel, g.stride, g.padding);
-        let phases_h: Vec<Phase> = (0..s).map(|a| Phase::new(a, g.height, k, s, p)).filter(Phase::is_used).collect();
-        let phases_w: Vec<Phase> = (0..s).map(|b| Phase::new(b, g.width, k, s, p)).filter(Phase::is_used).collect();
+        let all_h: Vec<Phase> = (0..s).map(|a| Phase::new(a, g.height, k, s, p)).collect();
+        let all_w: Vec<Phase> = (0..s).map(|b| Phase::new(b, g.width, k, s, p)).collect();
+        let gaps = all_h.iter().chain(&all_w).any(|phase| phase.taps == 0 && phase.count > 0);
+        let phases_h: Vec<Phase> = all_h.into_iter().filter(Phase::is_used).collect();
+        let phases_w: Vec<Phase> = all_w.into_iter().filter(Phase::is_used).collect();
         // One padded copy of the output gradient serves every phase: `top` rows of zeros above
         // it make room for the phase that starts furthest up. The weight gradient reads it too.
         let top = phases_h.iter().map(|phase| phase.top).max().unwrap_or(0).max(0) as usize;
@@ -146,7 +151,7 @@ impl BackwardPlan {
             rows: rows.max(top + g.out_height()),
             cols: cols.max(left + g.out_width().next_multiple_of(2)),
         };
-        BackwardPlan { phases_h, phases_w, out_grad_scratch }
+        BackwardPlan { phases_h, phases_w, out_grad_scratch, gaps }
     }
 }
 
@@ -307,9 +312,12 @@ impl Task for BackwardGroup<'_> {
                 }
             } else {
                 // Phases interleave: gather them as pixel vectors, then transpose whole rows
-                // into the planes. A block of slack lets the last row load whole blocks.
-                scratch.x_grad.clear();
+                // into the planes. A block of slack lets the last row load whole blocks. The
+                // phases write every pixel, unless there are gaps.
                 scratch.x_grad.resize((g.height * g.width + PIXELS) * LANES, 0.0);
+                if plan.gaps {
+                    scratch.x_grad.fill(0.0);
+                }
                 for a in &plan.phases_h {
                     for b in &plan.phases_w {
                         phase_taps(&mut scratch.taps, a, b);
