@@ -48,8 +48,8 @@ def seconds_per_step(channels, size, kernel, stride, batch, steps, warmup):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
 

@@ -109,9 +109,10 @@ enum BenchCommand {
     Depthwise {
         #[arg(long, default_value_t = 32)]
         batch: usize,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 10)]
         steps: usize,
-        #[arg(long, default_value_t = 1)]
+        /// Untimed steps first: the allocator settles over the first few.
+        #[arg(long, default_value_t = 3)]
         warmup: usize,
         #[arg(long, default_value = "flex")]
         device: String,
