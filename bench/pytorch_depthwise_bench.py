@@ -7,7 +7,7 @@ ferrovision targets), at the depthwise layers of MobileNetV2 / EfficientNet-B0 a
 Prints seconds per step for each layer, like ferrovision's bench. Not run in CI; needs torch.
 
     python3 bench/pytorch_depthwise_bench.py
-    python3 bench/pytorch_depthwise_bench.py --batch 8 --steps 10
+    python3 bench/pytorch_depthwise_bench.py --shape 576,14,3,2 --steps 20
 """
 import argparse
 import time
@@ -51,14 +51,17 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--shape", action="append", metavar="C,HW,K,S",
+                   help="only this layer, as CHANNELS,SIZE,KERNEL,STRIDE (repeatable)")
     args = p.parse_args()
+    shapes = [tuple(int(n) for n in shape.split(",")) for shape in args.shape] if args.shape else SHAPES
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"pytorch {torch.__version__} depthwise conv forward + backward, batch {args.batch}, "
           f"{args.steps} timed steps after {args.warmup} warm-up, {torch.get_num_threads()} threads")
     print(f"{'layer':<18} {'pytorch s':>10}")
-    for channels, size, kernel, stride in SHAPES:
+    for channels, size, kernel, stride in shapes:
         seconds = seconds_per_step(channels, size, kernel, stride, args.batch, args.steps, args.warmup)
         layer = f"{channels}@{size}x{size} k{kernel} s{stride}"
         print(f"{layer:<18} {seconds:>10.4f}")
