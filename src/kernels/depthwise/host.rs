@@ -7,6 +7,7 @@
 //! and 14x14 planes of late MobileNet / EfficientNet stages cost no more per pixel than wide
 //! ones. Vectors are AVX2+FMA registers where the CPU has them (chosen at run time) and plain
 //! arrays elsewhere ([`Vector`]).
+
 mod interleaved;
 
 use rayon::prelude::*;
@@ -68,8 +69,8 @@ pub struct Gradients {
 pub enum OutGrad<'a> {
     /// Only read.
     Read(&'a [f32]),
-    /// Read, then overwritten with the input gradient, which must have its size (stride 1,
-    /// output as large as the input): no new buffer for it.
+    /// Read, then overwritten with the input gradient, which must have its size (as at stride 1
+    /// with padding `kernel / 2`): no new buffer for it.
     Overwrite(&'a mut [f32]),
 }
 
