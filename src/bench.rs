@@ -1,17 +1,21 @@
 //! Throughput benchmarks: the training step of a model on random data, and the loader alone, so
-//! the two can be compared (the loader must never be the bottleneck).
+//! the two can be compared (the loader must never be the bottleneck); and single layers whose
+//! kernels we replace, against burn's own.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
 use burn::prelude::*;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, TensorData};
 
 use crate::augment::{InputTransform, NormalizePreset, PaddingMode, RandomCrop, RandomHorizontalFlip, TrainAugment};
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::ImageSet;
 use crate::data::loader::{EpochLoader, LoaderConfig};
+use crate::kernels::depthwise::depthwise_conv2d;
 use crate::models;
 use crate::train::{loss, optim, step_once};
 
@@ -69,4 +73,70 @@ pub fn inference(model_config: &ModelConfig, batch: usize, size: usize, steps: u
         let _ = model.forward(images.clone()).into_data();
     }
     Ok((batch * steps) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// One depthwise convolution layer: `channels` planes of `size`x`size`, a `kernel`x`kernel`
+/// filter per plane, padding `kernel / 2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DepthwiseShape {
+    pub channels: usize,
+    pub size: usize,
+    pub kernel: usize,
+    pub stride: usize,
+}
+
+impl std::fmt::Display for DepthwiseShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}x{} k{} s{}", self.channels, self.size, self.size, self.kernel, self.stride)
+    }
+}
+
+/// The depthwise layers of MobileNetV2 and EfficientNet-B0 at 224x224 input (one of each
+/// distinct shape the two share, plus the EfficientNet-only 5x5 ones).
+pub const DEPTHWISE_SHAPES: [DepthwiseShape; 10] = [
+    DepthwiseShape { channels: 32, size: 112, kernel: 3, stride: 1 },
+    DepthwiseShape { channels: 96, size: 112, kernel: 3, stride: 2 },
+    DepthwiseShape { channels: 144, size: 56, kernel: 3, stride: 1 },
+    DepthwiseShape { channels: 144, size: 56, kernel: 5, stride: 2 },
+    DepthwiseShape { channels: 240, size: 28, kernel: 5, stride: 1 },
+    DepthwiseShape { channels: 480, size: 14, kernel: 3, stride: 1 },
+    DepthwiseShape { channels: 672, size: 14, kernel: 5, stride: 1 },
+    DepthwiseShape { channels: 576, size: 14, kernel: 3, stride: 2 },
+    DepthwiseShape { channels: 960, size: 7, kernel: 3, stride: 1 },
+    DepthwiseShape { channels: 1152, size: 7, kernel: 5, stride: 1 },
+];
+
+/// Which depthwise convolution [`depthwise_step`] times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepthwiseKernel {
+    /// `kernels::depthwise::depthwise_conv2d`.
+    Ours,
+    /// burn's `conv2d` with `groups = channels`.
+    Burn,
+}
+
+/// Seconds per forward + backward (input and weight gradients) of a depthwise convolution (no
+/// bias) on `batch` random inputs, averaged over `steps` after `warmup`. The backward starts
+/// from `y.backward()`, i.e. an output gradient of ones, so that no extra operation is timed.
+pub fn depthwise_step(shape: DepthwiseShape, kernel_impl: DepthwiseKernel, batch: usize, steps: usize, warmup: usize, device: &Device) -> f64 {
+    let device = device.clone().autodiff();
+    device.seed(0);
+    let DepthwiseShape { channels, size, kernel, stride } = shape;
+    let x = Tensor::<4>::random([batch, channels, size, size], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let weight = Tensor::<4>::random([channels, 1, kernel, kernel], Distribution::Normal(0.0, 0.1), &device).require_grad();
+    let options = ConvOptions::new([stride, stride], [kernel / 2, kernel / 2], [1, 1], channels);
+    let mut timed = 0.0;
+    for i in 0..warmup + steps {
+        let start = Instant::now();
+        let y = match kernel_impl {
+            DepthwiseKernel::Ours => depthwise_conv2d(x.clone(), weight.clone(), None, stride, kernel / 2),
+            DepthwiseKernel::Burn => conv2d(x.clone(), weight.clone(), None, options.clone()),
+        };
+        let grads = y.backward();
+        let _ = weight.grad(&grads).expect("weight gradient").into_data();
+        if i >= warmup {
+            timed += start.elapsed().as_secs_f64();
+        }
+    }
+    timed / steps as f64
 }

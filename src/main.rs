@@ -167,6 +167,22 @@ enum BenchCommand {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Depthwise convolution layers (forward + backward) of MobileNetV2 / EfficientNet-B0 at 224
+    /// input: seconds per step with our kernels and with burn's grouped conv2d.
+    Depthwise {
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Untimed steps first: the allocator settles over the first few.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long, default_value = "flex")]
+        device: String,
+        /// Only this layer, as CHANNELS,SIZE,KERNEL,STRIDE (repeatable; default: the built-in list).
+        #[arg(long = "shape", value_name = "C,HW,K,S", value_parser = parse_depthwise_shape)]
+        shapes: Vec<bench::DepthwiseShape>,
+    },
     /// The data loader alone: crop + flip + normalize of 32x32 images on its background thread.
     Loader {
         #[arg(long, default_value_t = 512)]
@@ -326,6 +342,22 @@ fn run(cli: Cli) -> Result<()> {
                 println!("inference: {model}, batch {batch}, {size}x{size}, {steps} steps, device {name}");
                 println!("{:.1} img/s", bench::inference(&model_config, batch, size, steps, &device)?);
             }
+            BenchCommand::Depthwise { batch, steps, warmup, device: name, shapes } => {
+                let device = device::parse(&name)?;
+                println!("depthwise conv forward + backward, batch {batch}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads", rayon::current_num_threads());
+                println!("{:<18} {:>10} {:>10} {:>8}", "layer", "ours s", "burn s", "speedup");
+                let (mut ours_total, mut burn_total) = (0.0, 0.0);
+                let shapes = if shapes.is_empty() { bench::DEPTHWISE_SHAPES.to_vec() } else { shapes };
+                for shape in shapes {
+                    let ours = bench::depthwise_step(shape, bench::DepthwiseKernel::Ours, batch, steps, warmup, &device);
+                    let burn = bench::depthwise_step(shape, bench::DepthwiseKernel::Burn, batch, steps, warmup, &device);
+                    println!("{:<18} {ours:>10.4} {burn:>10.4} {:>7.2}x", shape.to_string(), burn / ours);
+                    (ours_total, burn_total) = (ours_total + ours, burn_total + burn);
+                }
+                println!("{:<18} {ours_total:>10.4} {burn_total:>10.4} {:>7.2}x", "all layers", burn_total / ours_total);
+                // Images per second through all the layers with our kernels.
+                println!("{:.1} img/s", batch as f64 / ours_total);
+            }
             BenchCommand::Loader { batch, images } => {
                 println!("loader: crop+flip+normalize, 32x32, batch {batch}, {images} images, one background thread");
                 println!("{:.1} img/s", bench::loader(batch, images));
@@ -340,6 +372,14 @@ fn bench_model(name: &str, overrides: &[String]) -> Result<ferrovision::config::
     let mut all = vec![format!("model.name={}", toml_string(name))];
     all.extend_from_slice(overrides);
     Ok(ExperimentConfig::from_toml("", "bench", &all)?.model)
+}
+
+fn parse_depthwise_shape(text: &str) -> Result<bench::DepthwiseShape, String> {
+    let numbers: Vec<usize> = text.split(',').map(|n| n.trim().parse().map_err(|_| format!("`{n}` is not a number"))).collect::<Result<_, _>>()?;
+    match numbers[..] {
+        [channels, size, kernel, stride] if channels > 0 && kernel > 0 && stride > 0 && size >= kernel => Ok(bench::DepthwiseShape { channels, size, kernel, stride }),
+        _ => Err("expected CHANNELS,SIZE,KERNEL,STRIDE with SIZE >= KERNEL, e.g. 144,56,3,1".into()),
+    }
 }
 
 fn toml_string(value: &str) -> String {

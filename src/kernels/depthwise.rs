@@ -1,0 +1,353 @@
+//! Depthwise 2D convolution (groups = input channels = output channels, one `k`x`k` filter per
+//! channel), the spatial convolution of MobileNet and EfficientNet blocks.
+//!
+//! [`depthwise_conv2d`] computes exactly what burn's `conv2d` with `groups = channels` computes,
+//! and [`DepthwiseConv2d`] has the parameters of burn's `Conv2d` with `groups = channels`, so
+//! weights load unchanged. On the flex device (f32, kernels up to 7x7) they run our own CPU
+//! kernels (`host`), forward and backward; elsewhere they call burn's grouped `conv2d`.
+//!
+//! The route into burn is a backend extension (`#[backend_extension(Flex, Autodiff)]`): the
+//! trait is implemented for `Flex` (the forward kernel on the tensor's host memory) and for
+//! `Autodiff<Flex, C>` (the forward, registered with a backward step that runs our backward
+//! kernels), and the generated `Dispatch` implementation picks one from the tensor's device at
+//! run time. Other backends are not listed, so the public function sends them to burn's conv2d
+//! before reaching the extension.
+
+mod host;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, ExtensionType, Flex, TensorMetadata, backend_extension};
+use burn::config::Config;
+use burn::module::{Initializer, Module, Param};
+use burn::prelude::*;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, TensorData};
+
+use host::{Geometry, OutGrad, Wanted};
+
+/// Depthwise convolution of `x` `[batch, channels, height, width]` with `weight`
+/// `[channels, 1, k, k]` and optional `bias` `[channels]`, zero padding `padding` on every side:
+/// `[batch, channels, (height + 2 * padding - k) / stride + 1, (width + ...) / stride + 1]`.
+///
+/// The same as `burn::tensor::module::conv2d` with `groups = channels`, faster on flex.
+///
+/// # Panics
+///
+/// If the shapes do not fit together as above, `stride` is 0, or `k` exceeds the padded input.
+pub fn depthwise_conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, stride: usize, padding: usize) -> Tensor<4> {
+    let [_, channels, height, width] = x.dims();
+    let [weight_channels, per_group, kernel, kernel_width] = weight.dims();
+    assert!(
+        weight_channels == channels && per_group == 1 && kernel == kernel_width,
+        "depthwise_conv2d: weight {:?} must be [channels = {channels}, 1, k, k]",
+        weight.dims()
+    );
+    if let Some(bias) = &bias {
+        assert_eq!(bias.dims(), [channels], "depthwise_conv2d: bias must be [channels]");
+    }
+    assert!(stride > 0, "depthwise_conv2d: stride must be positive");
+    assert!(
+        height + 2 * padding >= kernel && width + 2 * padding >= kernel,
+        "depthwise_conv2d: kernel {kernel} larger than the padded input {height}x{width} (padding {padding})"
+    );
+    let ours = kernel <= host::MAX_KERNEL
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && bias.as_ref().is_none_or(|bias| bias.dtype() == DType::F32)
+        && x.device().inner() == Device::flex();
+    if !ours {
+        return conv2d(x, weight, bias, ConvOptions::new([stride, stride], [padding, padding], [1, 1], channels));
+    }
+    let bias = bias.map_or(Bias::Zero, |bias| Bias::Add(bias.into_dispatch()));
+    let output = <Dispatch as DepthwiseConvBackend>::depthwise_conv2d(x.into_dispatch(), weight.into_dispatch(), bias, stride, padding);
+    Tensor::from_dispatch(output)
+}
+
+/// Our kernels as a burn backend operation. Callers guarantee what [`depthwise_conv2d`] checks:
+/// f32 tensors of matching shapes and a kernel of at most `host::MAX_KERNEL`.
+#[backend_extension(Flex, Autodiff)]
+trait DepthwiseConvBackend: Backend {
+    fn depthwise_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        #[extension_type] bias: Bias<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self>;
+}
+
+/// The optional bias of [`DepthwiseConvBackend`] (the extension macro maps tensors inside
+/// derived types, but not inside an `Option`).
+#[derive(ExtensionType)]
+enum Bias<B: Backend> {
+    Add(FloatTensor<B>),
+    Zero,
+}
+
+impl<B: Backend> Bias<B> {
+    fn into_option(self) -> Option<FloatTensor<B>> {
+        match self {
+            Bias::Add(bias) => Some(bias),
+            Bias::Zero => None,
+        }
+    }
+}
+
+impl DepthwiseConvBackend for Flex {
+    fn depthwise_conv2d(x: FlexTensor, weight: FlexTensor, bias: Bias<Self>, stride: usize, padding: usize) -> FlexTensor {
+        let geometry = geometry(&x, &weight, stride, padding);
+        let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.into_option().map(contiguous));
+        let output = host::forward(f32s(&x), f32s(&weight), bias.as_ref().map(f32s), &geometry);
+        let shape = [geometry.batch, geometry.channels, geometry.out_height(), geometry.out_width()];
+        FlexTensor::from_data(TensorData::new(output, shape))
+    }
+}
+
+impl<C: CheckpointStrategy> DepthwiseConvBackend for Autodiff<Flex, C> {
+    fn depthwise_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Bias<Self>, stride: usize, padding: usize) -> FloatTensor<Self> {
+        let forward = |x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>| {
+            let bias = bias.map_or(Bias::Zero, |bias| Bias::Add(bias.into_primitive()));
+            Flex::depthwise_conv2d(x.into_primitive(), weight.into_primitive(), bias, stride, padding)
+        };
+        // The backward step has a parent per input, so with and without bias are two arities.
+        match bias.into_option() {
+            Some(bias) => match DepthwiseBackward.prepare::<C>([x.node(), weight.node(), bias.node()]).compute_bound().stateful() {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight), stride, padding);
+                    prep.finish(state, forward(x, weight, Some(bias)))
+                }
+                OpsKind::UnTracked(prep) => prep.finish(forward(x, weight, Some(bias))),
+            },
+            None => match DepthwiseBackward.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight), stride, padding);
+                    prep.finish(state, forward(x, weight, None))
+                }
+                OpsKind::UnTracked(prep) => prep.finish(forward(x, weight, None)),
+            },
+        }
+    }
+}
+
+/// Backward step of [`DepthwiseConvBackend::depthwise_conv2d`] on flex; parents are
+/// `[x, weight]` or `[x, weight, bias]`.
+#[derive(Debug)]
+struct DepthwiseBackward;
+
+impl<const N: usize> Backward<Flex, N> for DepthwiseBackward {
+    /// The checkpointed `x` and `weight`, stride and padding.
+    type State = (NodeId, NodeId, usize, usize);
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let mut out_grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x_id, weight_id, stride, padding) = ops.state;
+        let x = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(x_id));
+        let weight = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(weight_id));
+        let geometry = geometry(&x, &weight, stride, padding);
+        let [x_node, weight_node, bias_node] = [0, 1, 2].map(|i| ops.parents.get(i).cloned().flatten());
+        let wanted = Wanted { x: x_node.is_some(), weight: weight_node.is_some(), bias: bias_node.is_some() };
+        let Geometry { batch, channels, height, width, kernel, .. } = geometry;
+        let to_tensor = |values: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(values, shape));
+        // An output gradient that nothing else holds and that has the input's shape becomes the
+        // input gradient in place: no new buffer, no fresh pages to fault in.
+        let (computed, x_grad) = if wanted.x
+            && out_grad.shape() == x.shape()
+            && let Some(values) = exclusive_f32s(&mut out_grad)
+        {
+            (host::backward(f32s(&x), f32s(&weight), OutGrad::Overwrite(values), &geometry, wanted), Some(out_grad))
+        } else {
+            let mut computed = host::backward(f32s(&x), f32s(&weight), OutGrad::Read(f32s(&out_grad)), &geometry, wanted);
+            let x_grad = computed.x.take().map(|values| to_tensor(values, vec![batch, channels, height, width]));
+            (computed, x_grad)
+        };
+        let gradients = [
+            (x_node, x_grad),
+            (weight_node, computed.weight.map(|values| to_tensor(values, vec![channels, 1, kernel, kernel]))),
+            (bias_node, computed.bias.map(|values| to_tensor(values, vec![channels]))),
+        ];
+        for (node, gradient) in gradients {
+            if let (Some(node), Some(gradient)) = (node, gradient) {
+                grads.register::<Flex>(node.id, gradient);
+            }
+        }
+    }
+}
+
+fn geometry(x: &FlexTensor, weight: &FlexTensor, stride: usize, padding: usize) -> Geometry {
+    let [batch, channels, height, width] = x.shape().dims();
+    let kernel = weight.shape().dims::<4>()[2];
+    Geometry { batch, channels, height, width, kernel, stride, padding }
+}
+
+fn contiguous(tensor: FlexTensor) -> FlexTensor {
+    if tensor.as_slice::<f32>().is_some() { tensor } else { tensor.to_contiguous() }
+}
+
+/// The values of a contiguous f32 tensor that owns its storage alone and uses all of it.
+fn exclusive_f32s(tensor: &mut FlexTensor) -> Option<&mut [f32]> {
+    let len = tensor.shape().num_elements();
+    tensor.try_storage_mut::<f32>().filter(|values| values.len() == len)
+}
+
+fn f32s(tensor: &FlexTensor) -> &[f32] {
+    tensor.as_slice::<f32>().expect("depthwise kernels take contiguous f32 tensors")
+}
+
+/// Configuration of a [`DepthwiseConv2d`] layer; the counterpart of burn's `Conv2dConfig` with
+/// `groups = channels` and symmetric padding.
+#[derive(Config, Debug)]
+pub struct DepthwiseConv2dConfig {
+    /// Input and output channels.
+    pub channels: usize,
+    /// Kernel height and width.
+    pub kernel_size: usize,
+    #[config(default = 1)]
+    pub stride: usize,
+    /// Zero padding on every side; `None`: `kernel_size / 2` (same size at stride 1).
+    #[config(default = "None")]
+    pub padding: Option<usize>,
+    #[config(default = true)]
+    pub bias: bool,
+    /// Burn's `Conv2dConfig` default, so that both layers start from the same distribution.
+    #[config(default = "Initializer::KaimingUniform { gain: 1.0 / f64::sqrt(3.0), fan_out_only: false }")]
+    pub initializer: Initializer,
+}
+
+impl DepthwiseConv2dConfig {
+    pub fn init(&self, device: &Device) -> DepthwiseConv2d {
+        let (channels, kernel) = (self.channels, self.kernel_size);
+        // Per output channel, one input channel: fan-in and fan-out are the kernel area.
+        let fan = Some(kernel * kernel);
+        DepthwiseConv2d {
+            weight: self.initializer.init_with([channels, 1, kernel, kernel], fan, fan, device),
+            bias: self.bias.then(|| self.initializer.init_with([channels], fan, fan, device)),
+            stride: self.stride,
+            padding: self.padding.unwrap_or(kernel / 2),
+        }
+    }
+}
+
+/// A depthwise convolution layer: `weight` `[channels, 1, k, k]` and `bias` `[channels]`, named
+/// and shaped as in burn's `Conv2d` with `groups = channels`.
+#[derive(Module, Debug)]
+pub struct DepthwiseConv2d {
+    pub weight: Param<Tensor<4>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl DepthwiseConv2d {
+    /// `[batch, channels, height, width]` to `[batch, channels, out_height, out_width]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        depthwise_conv2d(x, self.weight.val(), self.bias.as_ref().map(Param::val), self.stride, self.padding)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::store::ModuleSnapshot;
+    use burn::tensor::{Distribution, Tolerance};
+
+    use super::*;
+
+    struct Case {
+        batch: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    }
+
+    /// Ours and burn's grouped conv2d on the same inputs: output and all gradients agree.
+    fn check(case: &Case, device: &Device) {
+        let Case { batch, channels, height, width, kernel, stride, padding, bias } = *case;
+        let x = Tensor::<4>::random([batch, channels, height, width], Distribution::Normal(0.0, 1.0), device);
+        let weight = Tensor::<4>::random([channels, 1, kernel, kernel], Distribution::Normal(0.0, 1.0), device);
+        let bias = bias.then(|| Tensor::<1>::random([channels], Distribution::Normal(0.0, 1.0), device));
+        // A random output gradient, so that every tap's contribution counts differently.
+        let out_size = |size: usize| (size + 2 * padding - kernel) / stride + 1;
+        let out_grad = Tensor::<4>::random([batch, channels, out_size(height), out_size(width)], Distribution::Normal(0.0, 1.0), device);
+        let run = |ours: bool| {
+            let (x, weight) = (x.clone().require_grad(), weight.clone().require_grad());
+            let bias = bias.clone().map(Tensor::require_grad);
+            let y = if ours {
+                depthwise_conv2d(x.clone(), weight.clone(), bias.clone(), stride, padding)
+            } else {
+                conv2d(x.clone(), weight.clone(), bias.clone(), ConvOptions::new([stride, stride], [padding, padding], [1, 1], channels))
+            };
+            let grads = (y.clone() * out_grad.clone()).sum().backward();
+            let bias_grad = bias.map(|bias| bias.grad(&grads).unwrap().into_data());
+            (y.into_data(), x.grad(&grads).unwrap().into_data(), weight.grad(&grads).unwrap().into_data(), bias_grad)
+        };
+        let (ours, burn) = (run(true), run(false));
+        let tolerance = Tolerance::<f32>::rel_abs(1e-4, 1e-4);
+        ours.0.assert_approx_eq::<f32>(&burn.0, tolerance);
+        ours.1.assert_approx_eq::<f32>(&burn.1, tolerance);
+        ours.2.assert_approx_eq::<f32>(&burn.2, tolerance);
+        if let (Some(ours), Some(burn)) = (ours.3, burn.3) {
+            ours.assert_approx_eq::<f32>(&burn, tolerance);
+        }
+    }
+
+    #[test]
+    fn output_and_gradients_equal_burns_grouped_conv2d() {
+        let device = Device::flex().autodiff();
+        device.seed(7);
+        for kernel in [3, 5] {
+            for stride in [1, 2] {
+                for padding in 0..=kernel / 2 {
+                    for (batch, height, width) in [(1, 7, 9), (3, 12, 12), (3, 9, 16)] {
+                        let bias = (kernel + stride + padding + batch) % 2 == 0;
+                        check(&Case { batch, channels: 4, height, width, kernel, stride, padding, bias }, &device);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn untracked_inputs_get_no_gradient() {
+        // A frozen weight and bias (not require_grad): only the input gradient is computed.
+        let device = Device::flex().autodiff();
+        let x = Tensor::<4>::random([2, 3, 6, 6], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let weight = Tensor::<4>::random([3, 1, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+        let bias = Tensor::<1>::random([3], Distribution::Normal(0.0, 1.0), &device);
+        let grads = depthwise_conv2d(x.clone(), weight.clone(), Some(bias.clone()), 1, 1).sum().backward();
+        assert_eq!(x.grad(&grads).map(|g| g.dims()), Some([2, 3, 6, 6]));
+        assert!(weight.grad(&grads).is_none() && bias.grad(&grads).is_none());
+    }
+
+    #[test]
+    fn runs_burns_conv2d_where_our_kernels_do_not_apply() {
+        // A 9x9 kernel is beyond host::MAX_KERNEL; the result is still the grouped convolution.
+        check(&Case { batch: 2, channels: 3, height: 11, width: 10, kernel: 9, stride: 1, padding: 4, bias: true }, &Device::flex().autodiff());
+    }
+
+    #[test]
+    fn layer_loads_the_weights_of_burns_grouped_conv2d() {
+        let device = Device::flex();
+        let conv = Conv2dConfig::new([6, 6], [3, 3])
+            .with_groups(6)
+            .with_stride([2, 2])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(&device);
+        let mut layer = DepthwiseConv2dConfig::new(6, 3).with_stride(2).init(&device);
+        let result = layer.apply(conv.collect(None, None, false), None, None, false);
+        assert!(result.is_success() && result.applied.len() == 2, "{result:?}");
+        let x = Tensor::<4>::random([2, 6, 9, 9], Distribution::Normal(0.0, 1.0), &device);
+        layer.forward(x.clone()).into_data().assert_approx_eq::<f32>(&conv.forward(x).into_data(), Tolerance::default());
+    }
+}
