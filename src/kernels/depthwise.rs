@@ -1,10 +1,10 @@
 //! Depthwise 2D convolution (groups = input channels = output channels, one `k`x`k` filter per
 //! channel), the spatial convolution of MobileNet and EfficientNet blocks.
 //!
-//! [`depthwise_conv2d`] computes exactly what burn's `conv2d` with `groups = channels` computes,
-//! and [`DepthwiseConv2d`] has the parameters of burn's `Conv2d` with `groups = channels`, so
-//! weights load unchanged. On the flex device (f32, kernels up to 7x7) they run our own CPU
-//! kernels (`host`), forward and backward; elsewhere they call burn's grouped `conv2d`.
+//! [`depthwise_conv2d`] computes exactly what burn's `conv2d` with `groups = channels` computes;
+//! the models call it for their depthwise `Conv2d` layers (`models::layers::conv_forward`), so
+//! parameters and weight files are unchanged. On the flex device (f32, kernels up to 7x7) it runs
+//! our own CPU kernels (`host`), forward and backward; elsewhere it calls burn's grouped `conv2d`.
 //!
 //! The route into burn is a backend extension (`#[backend_extension(Flex, Autodiff)]`): the
 //! trait is implemented for `Flex` (the forward kernel on the tensor's host memory) and for
@@ -23,8 +23,6 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, ExtensionType, Flex, TensorMetadata, backend_extension};
-use burn::config::Config;
-use burn::module::{Initializer, Module, Param};
 use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
@@ -200,62 +198,8 @@ fn f32s(tensor: &FlexTensor) -> &[f32] {
     tensor.as_slice::<f32>().expect("depthwise kernels take contiguous f32 tensors")
 }
 
-/// Configuration of a [`DepthwiseConv2d`] layer; the counterpart of burn's `Conv2dConfig` with
-/// `groups = channels` and symmetric padding.
-#[derive(Config, Debug)]
-pub struct DepthwiseConv2dConfig {
-    /// Input and output channels.
-    pub channels: usize,
-    /// Kernel height and width.
-    pub kernel_size: usize,
-    #[config(default = 1)]
-    pub stride: usize,
-    /// Zero padding on every side; `None`: `kernel_size / 2` (same size at stride 1).
-    #[config(default = "None")]
-    pub padding: Option<usize>,
-    #[config(default = true)]
-    pub bias: bool,
-    /// Burn's `Conv2dConfig` default, so that both layers start from the same distribution.
-    #[config(default = "Initializer::KaimingUniform { gain: 1.0 / f64::sqrt(3.0), fan_out_only: false }")]
-    pub initializer: Initializer,
-}
-
-impl DepthwiseConv2dConfig {
-    pub fn init(&self, device: &Device) -> DepthwiseConv2d {
-        let (channels, kernel) = (self.channels, self.kernel_size);
-        // Per output channel, one input channel: fan-in and fan-out are the kernel area.
-        let fan = Some(kernel * kernel);
-        DepthwiseConv2d {
-            weight: self.initializer.init_with([channels, 1, kernel, kernel], fan, fan, device),
-            bias: self.bias.then(|| self.initializer.init_with([channels], fan, fan, device)),
-            stride: self.stride,
-            padding: self.padding.unwrap_or(kernel / 2),
-        }
-    }
-}
-
-/// A depthwise convolution layer: `weight` `[channels, 1, k, k]` and `bias` `[channels]`, named
-/// and shaped as in burn's `Conv2d` with `groups = channels`.
-#[derive(Module, Debug)]
-pub struct DepthwiseConv2d {
-    pub weight: Param<Tensor<4>>,
-    pub bias: Option<Param<Tensor<1>>>,
-    pub stride: usize,
-    pub padding: usize,
-}
-
-impl DepthwiseConv2d {
-    /// `[batch, channels, height, width]` to `[batch, channels, out_height, out_width]`.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        depthwise_conv2d(x, self.weight.val(), self.bias.as_ref().map(Param::val), self.stride, self.padding)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use burn::nn::PaddingConfig2d;
-    use burn::nn::conv::Conv2dConfig;
-    use burn::store::ModuleSnapshot;
     use burn::tensor::{Distribution, Tolerance};
 
     use super::*;
@@ -334,20 +278,5 @@ mod tests {
     fn runs_burns_conv2d_where_our_kernels_do_not_apply() {
         // A 9x9 kernel is beyond host::MAX_KERNEL; the result is still the grouped convolution.
         check(&Case { batch: 2, channels: 3, height: 11, width: 10, kernel: 9, stride: 1, padding: 4, bias: true }, &Device::flex().autodiff());
-    }
-
-    #[test]
-    fn layer_loads_the_weights_of_burns_grouped_conv2d() {
-        let device = Device::flex();
-        let conv = Conv2dConfig::new([6, 6], [3, 3])
-            .with_groups(6)
-            .with_stride([2, 2])
-            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-            .init(&device);
-        let mut layer = DepthwiseConv2dConfig::new(6, 3).with_stride(2).init(&device);
-        let result = layer.apply(conv.collect(None, None, false), None, None, false);
-        assert!(result.is_success() && result.applied.len() == 2, "{result:?}");
-        let x = Tensor::<4>::random([2, 6, 9, 9], Distribution::Normal(0.0, 1.0), &device);
-        layer.forward(x.clone()).into_data().assert_approx_eq::<f32>(&conv.forward(x).into_data(), Tolerance::default());
     }
 }
