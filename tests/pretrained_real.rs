@@ -4,15 +4,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn shared(relative: &str) -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared").join(relative);
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("skipping: {} is absent (the real data lives in ../shared beside the checkout)", path.display());
-        None
-    }
-}
+mod common;
+
+use common::shared;
 
 #[test]
 fn pretrained_lite0_labels_imagenet_photos_at_published_accuracy() {

@@ -5,19 +5,11 @@ use std::sync::atomic::AtomicBool;
 
 use ferrovision::config::ExperimentConfig;
 
-fn shared_cifar() -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10-jpeg.tar.gz");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("skipping: {} is absent (the real CIFAR-10 lives in ../shared beside the checkout)", path.display());
-        None
-    }
-}
+mod common;
 
 #[test]
 fn short_run_on_real_cifar10_beats_chance_by_far() {
-    let Some(data) = shared_cifar() else { return };
+    let Some(data) = common::shared("data/cifar10-jpeg.tar.gz") else { return };
     let runs = tempfile::tempdir().unwrap();
     // 3,000 training images (300 per class), 1,000 for validation, 2,000 real test images.
     let mut config = ExperimentConfig::from_toml(
