@@ -269,17 +269,17 @@ fn run(cli: Cli) -> Result<()> {
             let device = device::parse(&name)?;
             let table = classes.as_deref().map(ClassNames::read).transpose()?;
             let (predictor, classes) = predict::load_predictor(&source, table, &device)?;
-            let images = predict::read_inputs(&inputs)?;
-            let pixels: Vec<_> = images.iter().map(|i| i.image.clone()).collect();
-            let predictions = predictor.predict(&pixels, top_k, batch);
+            let (names, images): (Vec<String>, Vec<_>) =
+                predict::read_inputs(&inputs)?.into_iter().map(|input| (input.name, input.image)).unzip();
+            let predictions = predictor.predict(&images, top_k, batch);
             let label = |c: usize| classes.names.get(c).cloned().unwrap_or_else(|| c.to_string());
             let (mut top1, mut topk, mut scored) = (0, 0, 0);
-            for (input, prediction) in images.iter().zip(&predictions) {
+            for (name, prediction) in names.iter().zip(&predictions) {
                 let ranked: Vec<String> = prediction.top.iter().map(|&(c, p)| format!("{} {:.3}", label(c), p)).collect();
-                println!("{}\t{}", input.name, ranked.join("\t"));
+                println!("{name}\t{}", ranked.join("\t"));
                 if labels_from_file_names {
-                    let truth = classes.from_file_name(&input.name).ok_or_else(|| {
-                        anyhow::anyhow!("{}: the file name names no class of the class table", input.name)
+                    let truth = classes.from_file_name(name).ok_or_else(|| {
+                        anyhow::anyhow!("{name}: the file name names no class of the class table")
                     })?;
                     scored += 1;
                     top1 += usize::from(prediction.top.first().is_some_and(|&(c, _)| c == truth));

@@ -36,7 +36,7 @@ pub fn download_cifar10(dest_dir: &Path) -> Result<PathBuf> {
 }
 
 /// Streams `url` into the file `into`.
-fn fetch(url: &str, into: &Path) -> Result<()> {
+pub(crate) fn fetch(url: &str, into: &Path) -> Result<()> {
     let agent: ureq::Agent =
         ureq::Agent::config_builder().timeout_connect(Some(Duration::from_secs(30))).build().into();
     let mut response = agent.get(url).call().map_err(|e| DataError::Other(e.to_string()))?;

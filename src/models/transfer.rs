@@ -95,6 +95,7 @@ fn weight_file(config: &ExperimentConfig) -> Result<Option<std::path::PathBuf>> 
 /// `freeze = N` the first N reference children; `freeze = [..]` the named children or paths.
 fn frozen_prefixes(model: &Classifier, t: &TransferConfig, new_parts: &[String]) -> Result<Vec<String>> {
     let children = model.top_level_children();
+    let paths = weights::apply::parameter_shapes(model);
     let mut prefixes: Vec<String> = match &t.freeze {
         Freeze::Children(0) => Vec::new(),
         Freeze::Children(n) => {
@@ -109,7 +110,6 @@ fn frozen_prefixes(model: &Classifier, t: &TransferConfig, new_parts: &[String])
             children[..*n].iter().flat_map(|(_, p)| p.clone()).collect()
         }
         Freeze::Patterns(patterns) => {
-            let paths = weights::apply::parameter_shapes(model);
             let mut out = Vec::new();
             for pattern in patterns {
                 if let Some((_, owned)) = children.iter().find(|(name, _)| name == pattern) {
@@ -131,7 +131,6 @@ fn frozen_prefixes(model: &Classifier, t: &TransferConfig, new_parts: &[String])
         prefixes.push("net".to_string());
     }
     // New parts always train.
-    let paths = weights::apply::parameter_shapes(model);
     let frozen: Vec<String> = paths
         .keys()
         .filter(|p| prefixes.iter().any(|f| covers(f, p)) && !new_parts.iter().any(|n| covers(n, p)))

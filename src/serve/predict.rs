@@ -180,11 +180,11 @@ pub fn load_predictor(source: &ModelSource, classes: Option<ClassNames>, device:
             let (run, config) = crate::tracking::RunDir::open(dir)?;
             let summary = run.read_summary()?;
             let model = crate::train::load_run_model(&config, summary.classes.len(), &run.checkpoint(checkpoint), device)?;
-            (model, square(summary.image_size), config.augment.normalize, Some(ClassNames::from_names(&summary.classes)))
+            (model, square(summary.image_size), config.augment.normalize, ClassNames::from_names(&summary.classes))
         }
         ModelSource::Export(path) => {
             let (model, exported) = weights::export::import_safetensors(path, device)?;
-            (model, square(exported.image_size), exported.normalize, Some(ClassNames::from_names(&exported.classes)))
+            (model, square(exported.image_size), exported.normalize, ClassNames::from_names(&exported.classes))
         }
         ModelSource::Weights { model: name, weights: file, pretrained, allow_partial, cache_dir } => {
             let entry = match pretrained {
@@ -205,23 +205,13 @@ pub fn load_predictor(source: &ModelSource, classes: Option<ClassNames>, device:
                 eprintln!("{}: partial load: {report}", path.display());
             }
             let resize = entry.map_or(EvalResize { resize_size: 256, crop_size: 224, interpolation: Interpolation::Bilinear }, |e| e.eval_resize());
-            (model, resize, entry.map_or(NormalizePreset::Imagenet, |e| e.normalize), None)
+            // Without a class table, classes are named by their index.
+            let indices: Vec<String> = (0..num_classes).map(|i| i.to_string()).collect();
+            (model, resize, entry.map_or(NormalizePreset::Imagenet, |e| e.normalize), ClassNames::from_names(&indices))
         }
     };
-    let classes = match (classes, own_classes) {
-        (Some(table), _) => table,
-        (None, Some(own)) => own,
-        (None, None) => {
-            let indices: Vec<String> = (0..model_outputs(&model, device)).map(|i| i.to_string()).collect();
-            ClassNames::from_names(&indices)
-        }
-    };
+    let classes = classes.unwrap_or(own_classes);
     Ok((Predictor { model, resize, normalize, device: device.clone() }, classes))
-}
-
-/// Number of classes a model predicts (one forward pass of a tiny batch).
-fn model_outputs(model: &Classifier, device: &Device) -> usize {
-    model.forward(Tensor::zeros([1, 3, 32, 32], device)).dims()[1]
 }
 
 #[cfg(test)]

