@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, TensorData};
 
-use crate::augment::{InputTransform, NormalizePreset, PaddingMode, RandomCrop, RandomHorizontalFlip, TrainAugment};
+use crate::augment::transforms::{Context, Pipeline, Transform};
+use crate::augment::{Image, InputTransform, NormalizePreset, PaddingMode};
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::ImageSet;
 use crate::data::loader::{EpochLoader, LoaderConfig};
@@ -50,10 +53,14 @@ pub fn loader(batch: usize, images: usize) -> f64 {
         batch_size: batch,
         shuffle: true,
         drop_last: true,
-        augment: Some(TrainAugment {
-            crop: Some(RandomCrop { padding: 4, padding_mode: PaddingMode::Reflect }),
-            flip: Some(RandomHorizontalFlip { p: 0.5 }),
+        augment: Some(Pipeline {
+            transforms: vec![
+                Transform::RandomCrop { size: None, padding: 4, padding_mode: PaddingMode::Reflect },
+                Transform::RandomHorizontalFlip { p: 0.5 },
+            ],
+            context: Context { normalize: NormalizePreset::Cifar10 },
         }),
+        mix: None,
         input: InputTransform { size: None, normalize: NormalizePreset::Cifar10 },
         prefetch: 4,
         seed: 0,
@@ -61,6 +68,30 @@ pub fn loader(batch: usize, images: usize) -> f64 {
     let start = Instant::now();
     let delivered: usize = EpochLoader::start(set, config, 0, 0).map(|b| b.len()).sum();
     delivered as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Images per second of `pipeline` plus normalization on the calling thread, on `size` x `size`
+/// images (256 distinct synthetic ones: gradients with noise, so histogram ops see varied data).
+pub fn augment(pipeline: &Pipeline, size: usize, images: usize) -> Result<f64> {
+    pipeline.output_shape(size, size).map_err(|e| anyhow::anyhow!("config key {e}"))?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let sources: Vec<Image> = (0..256)
+        .map(|k| {
+            let pixels = (0..size * size * 3)
+                .map(|i| ((i / 3 % size) * 255 / size + (i / 3 / size) * k % 97 + rng.random_range(0..24)) as u8)
+                .collect();
+            Image::new(pixels, size, size)
+        })
+        .collect();
+    let input = InputTransform { size: None, normalize: pipeline.context.normalize };
+    let mut out = Vec::new();
+    let start = Instant::now();
+    for i in 0..images {
+        let image = pipeline.apply(sources[i % sources.len()].clone(), &mut rng);
+        out.resize(3 * image.height * image.width, 0.0);
+        input.apply(&image, &mut out);
+    }
+    Ok(images as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Images per second of evaluation-mode forward passes.

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::augment::mix::MixConfig;
+use crate::augment::transforms::Transform;
 use crate::augment::{InputTransform, NormalizePreset, PaddingMode};
 use crate::models::{BlockKind, WeightInit};
 use crate::train::optim::OptimizerKind;
@@ -79,6 +81,11 @@ pub struct AugmentConfig {
     /// Probability of a horizontal flip.
     pub hflip: f64,
     pub normalize: NormalizePreset,
+    /// The full training pipeline (`[[augment.transforms]]` entries tagged by `name`); when given,
+    /// it replaces `crop_padding`, `padding_mode` and `hflip`.
+    pub transforms: Vec<Transform>,
+    /// Batch-level MixUp / CutMix.
+    pub mix: MixConfig,
 }
 
 impl Default for AugmentConfig {
@@ -88,6 +95,8 @@ impl Default for AugmentConfig {
             padding_mode: PaddingMode::Reflect,
             hflip: 0.5,
             normalize: NormalizePreset::Cifar10,
+            transforms: Vec::new(),
+            mix: MixConfig::default(),
         }
     }
 }
@@ -294,10 +303,25 @@ impl ExperimentConfig {
         for item in overrides {
             apply_override(&mut table, item)?;
         }
-        let normalize_given = table.get("augment").and_then(|a| a.get("normalize")).is_some();
+        let augment_key = |key: &str| table.get("augment").and_then(|a| a.get(key)).cloned();
+        let normalize_given = augment_key("normalize").is_some();
+        let shorthand_given: Vec<(&str, toml::Value)> =
+            ["crop_padding", "padding_mode", "hflip"].into_iter().filter_map(|k| augment_key(k).map(|v| (k, v))).collect();
         let mut config: ExperimentConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.into(), message: one_line(&e) })?;
+        if !config.augment.transforms.is_empty() {
+            // The pipeline replaces the shorthand; a resolved config says so with crop 0 / flip 0.
+            let disabled = |v: &toml::Value| v.as_integer() == Some(0) || v.as_float() == Some(0.0) || v.is_str();
+            if let Some((key, _)) = shorthand_given.iter().find(|(_, v)| !disabled(v)) {
+                return Err(ConfigError::Invalid {
+                    key: format!("augment.{key}"),
+                    message: "augment.transforms replaces the crop/flip shorthand; put the crop and flip in the list".into(),
+                });
+            }
+            config.augment.crop_padding = 0;
+            config.augment.hflip = 0.0;
+        }
         config.validate()?;
         if !normalize_given {
             config.augment.normalize = config.default_normalize();
@@ -346,6 +370,9 @@ impl ExperimentConfig {
         }
         if !(0.0..=1.0).contains(&self.augment.hflip) {
             return invalid("augment.hflip", format!("expected a probability in [0, 1], found {}", self.augment.hflip));
+        }
+        if let Err((key, message)) = self.augment.mix.validate() {
+            return invalid(key, message);
         }
         if !(0.0..1.0).contains(&self.model.dropout) {
             return invalid("model.dropout", format!("expected a probability in [0, 1), found {}", self.model.dropout));

@@ -52,6 +52,15 @@ enum Command {
         /// Evaluate this checkpoint name instead of `best` (e.g. `last`).
         #[arg(long, default_value = "best")]
         checkpoint: String,
+        /// Robustness: also evaluate the images passed through this augmentation (seeded): a
+        /// transform name, an inline entry `{ name = "random_rotation", degrees = 30 }`, or a TOML
+        /// file with `transforms = [...]`.
+        #[arg(long)]
+        transform: Option<String>,
+        /// With --transform: one evaluation per value of a parameter of its last entry, e.g.
+        /// `degrees=0,10,20,30`; writes a CSV and an SVG plot into <run>/robustness/.
+        #[arg(long, requires = "transform", value_name = "KEY=V1,V2,...")]
+        sweep: Option<String>,
     },
     /// Label images (files, folders or .tar.gz archives) with a run, an export or pretrained weights.
     Predict {
@@ -100,6 +109,11 @@ enum Command {
         #[arg(long, default_value = "best")]
         checkpoint: String,
     },
+    /// Look at and apply augmentation pipelines.
+    Augment {
+        #[command(subcommand)]
+        command: AugmentCommand,
+    },
     /// Pretrained weights.
     Weights {
         #[command(subcommand)]
@@ -123,6 +137,43 @@ enum Command {
 enum WeightsCommand {
     /// The registry of known pretrained weights.
     List,
+}
+
+#[derive(Subcommand)]
+enum AugmentCommand {
+    /// A PNG grid: training images (one per class in turn) next to augmented copies.
+    Preview {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Augmented copies per image.
+        #[arg(long, default_value_t = 8)]
+        n: usize,
+        /// Images (rows).
+        #[arg(long, default_value_t = 6)]
+        rows: usize,
+        /// Scale factor of every cell (nearest neighbour).
+        #[arg(long, default_value_t = 3)]
+        zoom: usize,
+        #[arg(long, default_value = "augment-preview.png")]
+        out: PathBuf,
+    },
+    /// Write an offline-augmented copy of the config's data set (image-folder layout, PNG):
+    /// N augmented images per training image, the test split unchanged. Resumable.
+    Expand {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        #[arg(long)]
+        copies: usize,
+        /// Also keep each original training image.
+        #[arg(long)]
+        include_original: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -183,6 +234,15 @@ enum BenchCommand {
         #[arg(long = "shape", value_name = "C,HW,K,S", value_parser = parse_depthwise_shape)]
         shapes: Vec<bench::DepthwiseShape>,
     },
+    /// Augmentation throughput on one core: a config's pipeline (+ normalize) on SIZE x SIZE images.
+    Augment {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        #[arg(long, default_value_t = 5000)]
+        images: usize,
+    },
     /// The data loader alone: crop + flip + normalize of 32x32 images on its background thread.
     Loader {
         #[arg(long, default_value_t = 512)]
@@ -236,13 +296,28 @@ fn run(cli: Cli) -> Result<()> {
                 run.path.display()
             );
         }
-        Command::Eval { run, split, device, checkpoint } => {
+        Command::Eval { run, split, device, checkpoint, transform, sweep } => {
             let (run, mut config) = RunDir::open(&run)?;
             if let Some(device) = device {
                 config.run.device = device;
             }
-            let report = train::evaluate_run(&run, &config, &split, &checkpoint)?;
-            print!("{report}");
+            match transform {
+                None => print!("{}", train::evaluate_run(&run, &config, &split, &checkpoint)?),
+                Some(spec) => {
+                    use train::robustness;
+                    let settings = robustness::settings(&spec, sweep.as_deref(), config.augment.normalize)?;
+                    let evaluation = train::RunEvaluation::load(&run, &config, &split, &checkpoint)?;
+                    println!("run {} checkpoint {checkpoint}, {split} split ({} images)", run.id, evaluation.set.len());
+                    let outcomes = robustness::evaluate_settings(&evaluation, &settings)?;
+                    print!("{}", robustness::markdown(&outcomes));
+                    let key = sweep.as_deref().map(|s| s.split_once('=').map_or(s, |(k, _)| k));
+                    let last = settings[1].pipeline.as_ref().and_then(|p| p.transforms.last()).map_or("transform", |t| t.name());
+                    let name = key.map_or(last.to_string(), |k| format!("{last}-{k}"));
+                    for path in robustness::write_report(&outcomes, &run.path.join("robustness"), &name, key)? {
+                        println!("wrote {}", path.display());
+                    }
+                }
+            }
         }
         Command::Predict {
             inputs,
@@ -311,6 +386,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("(torchvision publishes the first 8 hex digits of SHA-256; those are checked)");
         }
+        Command::Augment { command } => augment_command(command)?,
         Command::Data { command: DataCommand::Info { path } } => {
             let dataset = data::load_dataset(&path, None)?;
             print!("{}", data::describe(&dataset));
@@ -358,11 +434,62 @@ fn run(cli: Cli) -> Result<()> {
                 // Images per second through all the layers with our kernels.
                 println!("{:.1} img/s", batch as f64 / ours_total);
             }
+            BenchCommand::Augment { config, size, images } => {
+                let config = ExperimentConfig::load(&config, &[])?;
+                let pipeline = ferrovision::augment::transforms::Pipeline::from_config(&config.augment);
+                let names: Vec<&str> = pipeline.transforms.iter().map(|t| t.name()).collect();
+                println!("augmentation: {} + normalize, {size}x{size}, {images} images, one thread", names.join(" + "));
+                println!("{:.1} img/s", bench::augment(&pipeline, size, images)?);
+            }
             BenchCommand::Loader { batch, images } => {
                 println!("loader: crop+flip+normalize, 32x32, batch {batch}, {images} images, one background thread");
                 println!("{:.1} img/s", bench::loader(batch, images));
             }
         },
+    }
+    Ok(())
+}
+
+fn augment_command(command: AugmentCommand) -> Result<()> {
+    use ferrovision::augment::{expand, preview, transforms::Pipeline};
+    match command {
+        AugmentCommand::Preview { config, overrides, n, rows, zoom, out } => {
+            let config = ExperimentConfig::load(&config, &overrides)?;
+            let data = train::prepare_data(&config)?;
+            let pipeline = Pipeline::from_config(&config.augment);
+            pipeline.output_shape(data.train.height, data.train.width).map_err(|e| anyhow::anyhow!("config key {e}"))?;
+            let picks = preview::pick_images(&data.train, rows);
+            let grid = preview::grid(&data.train, &data.classes, &pipeline, &picks, n, zoom.max(1), config.train.seed);
+            let png = image::RgbImage::from_raw(grid.width as u32, grid.height as u32, grid.pixels).expect("grid buffer");
+            let mut bytes = Vec::new();
+            png.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
+            ferrovision::tracking::write_atomic(&out, &bytes)?;
+            println!("wrote {} ({} images x {} augmented copies)", out.display(), picks.len(), n);
+        }
+        AugmentCommand::Expand { config, overrides, copies, include_original, out } => {
+            let config = ExperimentConfig::load(&config, &overrides)?;
+            let d = &config.data;
+            let dataset = data::load_dataset(&d.path, Some(&d.cache_dir))?;
+            let pipeline = Pipeline::from_config(&config.augment);
+            let options = expand::ExpandOptions { copies, include_original, seed: config.train.seed };
+            let bar = indicatif::ProgressBar::new(expand::total_files(&dataset.train, &dataset.test, &options) as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} images, {per_sec}, eta {eta}")
+                    .expect("valid progress template"),
+            );
+            let report = expand::expand(&dataset.train, &dataset.test, &dataset.classes, &pipeline, &out, &options, &bar)?;
+            bar.finish_and_clear();
+            println!(
+                "{}: {} images written, {} already there from an earlier run ({} train x {} copies{}, {} test)",
+                out.display(),
+                report.written,
+                report.skipped,
+                dataset.train.len(),
+                copies,
+                if include_original { " + originals" } else { "" },
+                dataset.test.len()
+            );
+        }
     }
     Ok(())
 }

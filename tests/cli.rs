@@ -612,3 +612,94 @@ fn weights_list_shows_the_registry() {
         assert!(listing.contains(needle), "{needle} missing from:\n{listing}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Augmentation: preview, offline expansion, training with a pipeline, robustness evaluation
+// ---------------------------------------------------------------------------------------------
+
+/// Appends an `[augment]` pipeline (replacing the workspace's crop/flip shorthand) to the config.
+fn with_pipeline(ws: &Workspace, transforms: &str, extra: &str) -> PathBuf {
+    let text = std::fs::read_to_string(ws.config()).unwrap().replace("crop_padding = 0\nhflip = 0.0\n", "");
+    let path = ws.root().join("augmented.toml");
+    std::fs::write(&path, text.replace("[augment]\n", &format!("[augment]\ntransforms = {transforms}\n{extra}"))).unwrap();
+    path
+}
+
+#[test]
+fn augment_preview_and_expand_write_what_they_say() {
+    let ws = Workspace::new();
+    let config = with_pipeline(&ws, r#"[{ name = "random_rotation", degrees = 20 }, { name = "color_jitter", brightness = 0.4 }]"#, "");
+
+    let grid = ws.root().join("grid.png");
+    let out = ferrovision(ws.root(), &["augment", "preview", "--config", s(&config), "--n", "4", "--rows", "3", "--zoom", "2", "--out", s(&grid)]);
+    assert!(out.success().contains("3 images x 4 augmented copies"), "{out:#?}");
+    let png = image::open(&grid).unwrap();
+    // 5 cells of 64 px with 4 px gaps across; 3 rows of 64 px + a 12 px label line.
+    assert_eq!((png.width(), png.height()), (4 + 5 * 68, 4 + 3 * (64 + 12 + 4)));
+
+    let expanded = ws.root().join("expanded");
+    let out = ferrovision(ws.root(), &["augment", "expand", "--config", s(&config), "--copies", "2", "--out", s(&expanded)]);
+    let train_images = CLASSES.len() * TRAIN_PER_CLASS;
+    let test_images = CLASSES.len() * TEST_PER_CLASS;
+    assert!(out.success().contains(&format!("{} images written, 0 already there", 2 * train_images + test_images)), "{out:#?}");
+    let info = ferrovision(ws.root(), &["data", "info", s(&expanded)]);
+    let info = info.success();
+    assert!(info.contains(&(2 * train_images).to_string()) && info.contains("blue"), "{info}");
+    // A second run into the finished folder refuses to touch it.
+    let before = snapshot(&expanded);
+    ferrovision(ws.root(), &["augment", "expand", "--config", s(&config), "--copies", "2", "--out", s(&expanded)])
+        .failure(&["expanded", "not an unfinished expansion"]);
+    assert_eq!(snapshot(&expanded), before);
+}
+
+#[test]
+fn training_with_a_pipeline_and_mixing_then_robustness_evaluation() {
+    let ws = Workspace::new();
+    let config = with_pipeline(
+        &ws,
+        r#"[{ name = "random_crop", padding = 2, padding_mode = "reflect" }, { name = "random_horizontal_flip" }, { name = "trivial_augment_wide" }]"#,
+        "[augment.mix]\nmixup_alpha = 0.2\ncutmix_alpha = 1.0\n",
+    );
+    let out = ferrovision(ws.root(), &["train", "--config", s(&config), "--id", "aug"]);
+    out.success();
+    let run = ws.runs().join("aug");
+    let summary = read_json(&run.join("summary.json"));
+    let test_acc = summary["test_acc"].as_f64().unwrap();
+    assert!(test_acc > 0.6, "colour classes under light augmentation: {summary}");
+    let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(resolved.contains("trivial_augment_wide") && resolved.contains("cutmix_alpha = 1.0"), "{resolved}");
+
+    // Hue shifts change the colour that names the class: accuracy falls with the hue range; a
+    // zero range is the identity and reproduces the clean accuracy.
+    let out = ferrovision(
+        ws.root(),
+        &["eval", "--run", s(&run), "--transform", r#"{ name = "color_jitter", hue = 0.0 }"#, "--sweep", "hue=0,0.5"],
+    );
+    let table = out.success();
+    let row = |label: &str| table.lines().find(|l| l.starts_with(&format!("| {label} |"))).unwrap_or_else(|| panic!("no {label} row:\n{table}"));
+    let accuracy = |label: &str| row(label).split('|').nth(2).unwrap().trim().trim_end_matches('%').parse::<f64>().unwrap();
+    assert_eq!(accuracy("clean"), accuracy("hue=0"), "{table}");
+    assert!(accuracy("hue=0.5") < accuracy("clean"), "{table}");
+    for file in ["color_jitter-hue.csv", "color_jitter-hue.svg"] {
+        assert!(run.join("robustness").join(file).is_file(), "{file} missing:\n{table}");
+    }
+}
+
+#[test]
+fn augmentation_errors_name_the_key() {
+    let ws = Workspace::new();
+    let unknown = with_pipeline(&ws, r#"[{ name = "random_flip" }]"#, "");
+    ws.train("x", &[]).success();
+    ferrovision(ws.root(), &["train", "--config", s(&unknown)]).failure(&["augmented.toml", "random_flip"]);
+    let too_big = with_pipeline(&ws, r#"[{ name = "random_crop", size = 40 }]"#, "");
+    ferrovision(ws.root(), &["train", "--config", s(&too_big)]).failure(&["augment.transforms[0] (random_crop).size", "40x40"]);
+    let both = with_pipeline(&ws, r#"[{ name = "grayscale" }]"#, "hflip = 0.5\n");
+    ferrovision(ws.root(), &["train", "--config", s(&both)]).failure(&["augment.hflip", "augment.transforms"]);
+    let bad_mix = with_pipeline(&ws, r#"[{ name = "grayscale" }]"#, "[augment.mix]\nprob = 2.0\n");
+    ferrovision(ws.root(), &["train", "--config", s(&bad_mix)]).failure(&["augment.mix.prob"]);
+    let run = ws.runs().join("x");
+    ferrovision(ws.root(), &["eval", "--run", s(&run), "--transform", "random_flip"]).failure(&["random_flip"]);
+    ferrovision(ws.root(), &["eval", "--run", s(&run), "--transform", "grayscale", "--sweep", "p"]).failure(&["KEY=V1"]);
+    // Only the run trained on purpose exists.
+    assert_eq!(ws.run_folders(), vec!["x".to_string()]);
+}

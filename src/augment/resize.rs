@@ -7,11 +7,15 @@ use serde::{Deserialize, Serialize};
 
 use super::Image;
 
-/// Resampling filter. Both antialias when shrinking (the filter support grows with the scale), as
-/// Pillow and torchvision's `antialias=True` do.
+/// Resampling filter. Bilinear and bicubic antialias when shrinking (the filter support grows with
+/// the scale), as Pillow and torchvision's `antialias=True` do. In the geometric ops of
+/// `functional` (affine, rotate) they follow Pillow's `Image.transform` instead, which samples
+/// without antialiasing.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Interpolation {
+    /// The closest source pixel; torchvision's default for AutoAugment and its relatives.
+    Nearest,
     #[default]
     Bilinear,
     /// Keys' cubic with a = -0.5, Pillow's bicubic.
@@ -21,6 +25,7 @@ pub enum Interpolation {
 impl Interpolation {
     fn filter(self) -> FilterType {
         match self {
+            Interpolation::Nearest => FilterType::Nearest,
             Interpolation::Bilinear => FilterType::Triangle,
             Interpolation::Bicubic => FilterType::CatmullRom,
         }

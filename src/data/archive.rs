@@ -1,8 +1,8 @@
-//! One way to walk the files of a data set whether it sits in a folder or in a `.tar.gz`/`.tgz`
-//! archive. Archives are streamed entry by entry, never extracted to disk.
+//! One way to walk the files of a data set whether it sits in a folder or in a `.tar.gz`/`.tgz` or
+//! `.zip` archive. Archives are read entry by entry, never extracted to disk.
 
 use std::fs::{self, File};
-use std::io::{BufReader, Read};
+use std::io::{self, BufReader, Read};
 use std::ops::ControlFlow;
 use std::path::{Component, Path, PathBuf};
 
@@ -10,19 +10,44 @@ use flate2::read::MultiGzDecoder;
 
 use super::{DataError, Result};
 
+/// The archive formats a [`Source`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchiveKind {
+    TarGz,
+    Zip,
+}
+
+impl ArchiveKind {
+    /// The kind a file name says (`.tar.gz`, `.tgz`, `.zip`, any case), if any.
+    pub fn of(path: &Path) -> Option<Self> {
+        if is_tar_gz(path) {
+            Some(ArchiveKind::TarGz)
+        } else if lowercase_name(path).ends_with(".zip") {
+            Some(ArchiveKind::Zip)
+        } else {
+            None
+        }
+    }
+}
+
 /// True for a path whose name ends in `.tar.gz` or `.tgz` (any case).
 pub fn is_tar_gz(path: &Path) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    let name = lowercase_name(path);
     name.ends_with(".tar.gz") || name.ends_with(".tgz")
 }
 
-/// Where a data set's files are: a folder, or a folder inside a `.tar.gz` archive (`prefix`,
-/// empty for the archive's top level).
+fn lowercase_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default()
+}
+
+/// Where a data set's files are: a folder, or a folder inside an archive (`prefix`, empty for
+/// the archive's top level).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Source {
     path: PathBuf,
     prefix: String,
-    archive: bool,
+    /// `None` for a folder on disk.
+    archive: Option<ArchiveKind>,
 }
 
 /// One file or folder met while walking a [`Source`].
@@ -59,7 +84,7 @@ impl Source {
     /// The whole folder or archive at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         let path = path.into();
-        let archive = is_tar_gz(&path) && path.is_file();
+        let archive = ArchiveKind::of(&path).filter(|_| path.is_file());
         Self { path, prefix: String::new(), archive }
     }
 
@@ -68,10 +93,10 @@ impl Source {
         if relative.is_empty() {
             return self.clone();
         }
-        if self.archive {
+        if self.archive.is_some() {
             let prefix =
                 if self.prefix.is_empty() { relative.to_string() } else { format!("{}/{relative}", self.prefix) };
-            Self { path: self.path.clone(), prefix, archive: true }
+            Self { path: self.path.clone(), prefix, archive: self.archive }
         } else {
             Self::new(self.path.join(relative))
         }
@@ -91,13 +116,15 @@ impl Source {
     /// level), until it returns `Break`. Folders are walked in sorted order; archives in their
     /// stored order.
     pub fn walk(&self, max_depth: usize, mut visit: impl FnMut(Entry) -> Result<ControlFlow<()>>) -> Result<()> {
-        if self.archive {
-            self.walk_archive(max_depth, &mut visit)
-        } else {
-            let mut visit_disk = |relative: &str, disk_path: &Path, is_dir: bool| {
-                visit(Entry { path: relative, is_dir, contents: Contents::Disk(disk_path) })
-            };
-            walk_folder(&self.path, max_depth, &mut visit_disk)
+        match self.archive {
+            Some(ArchiveKind::TarGz) => self.walk_tar_gz(max_depth, &mut visit),
+            Some(ArchiveKind::Zip) => self.walk_zip(max_depth, &mut visit),
+            None => {
+                let mut visit_disk = |relative: &str, disk_path: &Path, is_dir: bool| {
+                    visit(Entry { path: relative, is_dir, contents: Contents::Disk(disk_path) })
+                };
+                walk_folder(&self.path, max_depth, &mut visit_disk)
+            }
         }
     }
 
@@ -113,10 +140,9 @@ impl Source {
         Ok(files)
     }
 
-    fn walk_archive(&self, max_depth: usize, visit: &mut dyn FnMut(Entry) -> Result<ControlFlow<()>>) -> Result<()> {
-        let archive_path = self.path.as_path();
-        let io_error = |e| DataError::io(archive_path, e);
-        let file = File::open(archive_path).map_err(io_error)?;
+    fn walk_tar_gz(&self, max_depth: usize, visit: &mut Visitor) -> Result<()> {
+        let io_error = |e| DataError::io(&self.path, e);
+        let file = File::open(&self.path).map_err(io_error)?;
         let mut archive = tar::Archive::new(MultiGzDecoder::new(BufReader::with_capacity(1 << 20, file)));
         for entry in archive.entries().map_err(io_error)? {
             let mut entry = entry.map_err(io_error)?;
@@ -124,20 +150,52 @@ impl Source {
             if !(kind.is_file() || kind.is_dir()) {
                 continue;
             }
-            let full_path = normalized_archive_path(&entry.path().map_err(io_error)?);
-            let Some(relative) = strip_folder_prefix(&full_path, &self.prefix) else { continue };
-            if relative.is_empty() || relative.split('/').count() > max_depth {
-                continue;
-            }
-            let relative = relative.to_string();
-            let contents = Contents::Archive { archive: archive_path, reader: &mut entry };
-            if visit(Entry { path: &relative, is_dir: kind.is_dir(), contents })?.is_break() {
+            let member = entry.path().map_err(io_error)?.into_owned();
+            if self.visit_member(&member, kind.is_dir(), &mut entry, max_depth, visit)?.is_break() {
                 break;
             }
         }
         Ok(())
     }
+
+    fn walk_zip(&self, max_depth: usize, visit: &mut Visitor) -> Result<()> {
+        let zip_error = |e: zip::result::ZipError| DataError::io(&self.path, io::Error::from(e));
+        let file = File::open(&self.path).map_err(|e| DataError::io(&self.path, e))?;
+        let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(zip_error)?;
+        for index in 0..archive.len() {
+            let mut entry = archive.by_index(index).map_err(zip_error)?;
+            // `enclosed_name` is None for names that would leave the archive (`../x`, `/x`).
+            let (Some(member), false) = (entry.enclosed_name(), entry.is_symlink()) else { continue };
+            let is_dir = entry.is_dir();
+            if self.visit_member(&member, is_dir, &mut entry, max_depth, visit)?.is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the archive member `member` to `visit` when it lies inside `prefix` within `max_depth`.
+    fn visit_member(
+        &self,
+        member: &Path,
+        is_dir: bool,
+        reader: &mut dyn Read,
+        max_depth: usize,
+        visit: &mut Visitor,
+    ) -> Result<ControlFlow<()>> {
+        let full_path = normalized_archive_path(member);
+        let Some(relative) = strip_folder_prefix(&full_path, &self.prefix) else {
+            return Ok(ControlFlow::Continue(()));
+        };
+        if relative.is_empty() || relative.split('/').count() > max_depth {
+            return Ok(ControlFlow::Continue(()));
+        }
+        visit(Entry { path: relative, is_dir, contents: Contents::Archive { archive: &self.path, reader } })
+    }
 }
+
+/// What [`Source::walk`] calls for each entry.
+type Visitor<'a> = dyn FnMut(Entry) -> Result<ControlFlow<()>> + 'a;
 
 /// Called with (relative path, path on disk, is_dir) for each folder entry.
 pub type FolderVisitor<'a> = dyn FnMut(&str, &Path, bool) -> Result<ControlFlow<()>> + 'a;
@@ -227,6 +285,21 @@ pub(crate) mod tests {
         builder.into_inner().unwrap().finish().unwrap();
     }
 
+    /// Writes `files` (relative path, contents) as a deflated zip at `path`, with folder entries
+    /// for `folders`.
+    pub(crate) fn write_zip(path: &Path, folders: &[&str], files: &[(String, Vec<u8>)]) {
+        let mut writer = zip::ZipWriter::new(File::create(path).unwrap());
+        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        for folder in folders {
+            writer.add_directory(*folder, options).unwrap();
+        }
+        for (name, bytes) in files {
+            writer.start_file(name, options).unwrap();
+            std::io::Write::write_all(&mut writer, bytes).unwrap();
+        }
+        writer.finish().unwrap();
+    }
+
     /// Writes `files` (relative path, contents) under the folder `root`.
     pub(crate) fn write_folder(root: &Path, files: &[(String, Vec<u8>)]) {
         for (name, bytes) in files {
@@ -260,24 +333,29 @@ pub(crate) mod tests {
     fn folder_and_archive_walk_alike() {
         let dir = tempfile::tempdir().unwrap();
         write_folder(&dir.path().join("tree"), &sample_files());
-        let archive = dir.path().join("tree.tgz");
-        write_tar_gz(&archive, &["top", "top/sub", "top/sub/deeper"], &sample_files());
+        let folders = ["top", "top/sub", "top/sub/deeper"];
+        let tar_gz = dir.path().join("tree.tgz");
+        write_tar_gz(&tar_gz, &folders, &sample_files());
+        let zip = dir.path().join("tree.ZIP");
+        write_zip(&zip, &folders, &sample_files());
 
         let folder = Source::new(dir.path().join("tree"));
-        let packed = Source::new(&archive);
-        assert!(!folder.archive && packed.archive);
-        assert_eq!(listing(&folder, usize::MAX), listing(&packed, usize::MAX));
+        assert_eq!(folder.archive, None);
         assert_eq!(
             listing(&folder, 2),
             vec![("top".into(), true), ("top/a.txt".into(), false), ("top/sub".into(), true)]
         );
-        assert_eq!(listing(&folder.subfolder("top"), 1), listing(&packed.subfolder("top"), 1));
-
         let expected = vec![("b.txt".to_string(), b"beta".to_vec())];
         let wanted = |p: &str| p.ends_with("b.txt");
         assert_eq!(folder.subfolder("top/sub").read_files(wanted).unwrap(), expected);
-        assert_eq!(packed.subfolder("top").subfolder("sub").read_files(wanted).unwrap(), expected);
-        assert_eq!(packed.subfolder("top/sub").display_path("b.txt"), archive.join("top/sub/b.txt"));
+        for (archive, kind) in [(&tar_gz, ArchiveKind::TarGz), (&zip, ArchiveKind::Zip)] {
+            let packed = Source::new(archive);
+            assert_eq!(packed.archive, Some(kind));
+            assert_eq!(listing(&folder, usize::MAX), listing(&packed, usize::MAX));
+            assert_eq!(listing(&folder.subfolder("top"), 1), listing(&packed.subfolder("top"), 1));
+            assert_eq!(packed.subfolder("top").subfolder("sub").read_files(wanted).unwrap(), expected);
+            assert_eq!(packed.subfolder("top/sub").display_path("b.txt"), archive.join("top/sub/b.txt"));
+        }
     }
 
     #[test]
@@ -298,15 +376,28 @@ pub(crate) mod tests {
     #[test]
     fn truncated_archive_names_the_archive() {
         let dir = tempfile::tempdir().unwrap();
-        let archive = dir.path().join("tree.tar.gz");
-        write_tar_gz(
-            &archive,
-            &[],
-            &[("big.bin".to_string(), (0..200_000u32).map(|i| (i * 7919 % 251) as u8).collect())],
-        );
-        let bytes = fs::read(&archive).unwrap();
-        fs::write(&archive, &bytes[..bytes.len() / 2]).unwrap();
-        let err = Source::new(&archive).read_files(|_| true).unwrap_err().to_string();
-        assert!(err.contains("tree.tar.gz"), "{err}");
+        let files = [("big.bin".to_string(), (0..200_000u32).map(|i| (i * 7919 % 251) as u8).collect())];
+        for name in ["tree.tar.gz", "tree.zip"] {
+            let archive = dir.path().join(name);
+            if name.ends_with(".zip") {
+                write_zip(&archive, &[], &files);
+            } else {
+                write_tar_gz(&archive, &[], &files);
+            }
+            let bytes = fs::read(&archive).unwrap();
+            fs::write(&archive, &bytes[..bytes.len() / 2]).unwrap();
+            let err = Source::new(&archive).read_files(|_| true).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn archive_kind_follows_the_name() {
+        let kind = |name: &str| ArchiveKind::of(Path::new(name));
+        assert_eq!(kind("a/b.TAR.GZ"), Some(ArchiveKind::TarGz));
+        assert_eq!(kind("b.tgz"), Some(ArchiveKind::TarGz));
+        assert_eq!(kind("b.Zip"), Some(ArchiveKind::Zip));
+        assert_eq!(kind("b.tar"), None);
+        assert_eq!(kind("zip"), None);
     }
 }

@@ -2,8 +2,9 @@
 //! load skips decoding.
 //!
 //! File layout: the magic bytes, a little-endian u32 header length, a JSON header (version,
-//! source fingerprint, format, classes, shapes, payload checksum), then the payload: for train
-//! and then test, the labels as little-endian u16 followed by the HWC pixels.
+//! source fingerprint, format, classes and their descriptions, shapes, payload checksum), then
+//! the payload: for train and then test, the labels as little-endian u16 followed by the HWC
+//! pixels.
 //! A file that is unreadable, corrupt or made from an older state of the source is ignored and
 //! rewritten.
 
@@ -21,7 +22,7 @@ use super::{DataError, DataFormat, Dataset, ImageSet, Result};
 
 const MAGIC: &[u8; 8] = b"FVDATA\x00\x01";
 /// Bumped whenever the layout or the meaning of a cached data set changes.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Headers hold little more than class names; anything larger is corrupt.
 const MAX_HEADER_BYTES: usize = 16 << 20;
 
@@ -40,6 +41,7 @@ struct Header {
     source_fingerprint: String,
     format: DataFormat,
     classes: Vec<String>,
+    class_descriptions: Vec<String>,
     train: SetShape,
     test: SetShape,
     /// Hex SHA-256 of the payload.
@@ -152,6 +154,7 @@ fn write_cache(cache_file: &Path, fingerprint: &str, dataset: &Dataset) -> Resul
         source_fingerprint: fingerprint.to_string(),
         format: dataset.format,
         classes: dataset.classes.clone(),
+        class_descriptions: dataset.class_descriptions.clone(),
         train: SetShape::of(&dataset.train),
         test: SetShape::of(&dataset.test),
         payload_sha256: hex(&payload_hash.finalize()),
@@ -216,7 +219,13 @@ fn read_cache(cache_file: &Path, fingerprint: &str) -> Option<Dataset> {
     if hex(&payload_hash.finalize()) != header.payload_sha256 {
         return None;
     }
-    Some(Dataset { format: header.format, classes: header.classes, train, test })
+    Some(Dataset {
+        format: header.format,
+        classes: header.classes,
+        class_descriptions: header.class_descriptions,
+        train,
+        test,
+    })
 }
 
 #[cfg(test)]
@@ -235,6 +244,7 @@ mod tests {
         Dataset {
             format: DataFormat::CifarBinary,
             classes: (0..303).map(|i| format!("class {i}")).collect(),
+            class_descriptions: (0..303).map(|i| format!("the class number {i}")).collect(),
             train: set(7, 1),
             test: set(2, 5),
         }

@@ -100,7 +100,7 @@ pub fn load_release(source: &Source, layout: &ReleaseLayout) -> Result<Dataset> 
     let (train_names, test_names) = batch_names.split_at(TRAIN_BATCHES.len());
     let train = decode_batches(train_names)?;
     let test = decode_batches(test_names)?;
-    Ok(Dataset { format: layout.format, classes, train, test })
+    Ok(Dataset { format: layout.format, classes, class_descriptions: Vec::new(), train, test })
 }
 
 /// Appends one CIFAR image (`planar`: R, G, B planes) to `set` in HWC order, after checking

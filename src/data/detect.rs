@@ -7,10 +7,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::archive::{Source, is_tar_gz};
+use super::archive::{ArchiveKind, Source};
 use super::cifar_binary::{BINARY_SUFFIX, batch_names};
-use super::image_folder::{SPLIT_FOLDERS, is_image_name};
-use super::{DataError, Dataset, Result, cache, cifar_binary, cifar_python, image_folder};
+use super::image_folder::is_image_name;
+use super::tiny_imagenet::WNIDS;
+use super::{DataError, Dataset, Result, cache, cifar_binary, cifar_python, image_folder, tiny_imagenet};
 
 /// The storage formats a data set can be read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +23,8 @@ pub enum DataFormat {
     CifarPython,
     /// `train/<class>/*` and `test/<class>/*` image files.
     ImageFolder,
+    /// Tiny ImageNet-200 in its official layout (`wnids.txt`, `train/<wnid>/images/`, `val/`).
+    TinyImagenet,
 }
 
 impl DataFormat {
@@ -31,6 +34,7 @@ impl DataFormat {
             DataFormat::CifarBinary => "cifar-binary",
             DataFormat::CifarPython => "cifar-python",
             DataFormat::ImageFolder => "image-folder",
+            DataFormat::TinyImagenet => "tiny-imagenet",
         }
     }
 }
@@ -39,9 +43,10 @@ const EXPECTED_LAYOUTS: &str = "expected one of: the CIFAR-10 binary release (a 
     cifar-10-batches-bin/ with data_batch_1..5.bin and test_batch.bin, or cifar-10-binary.tar.gz); the CIFAR-10 \
     python release (a folder that is or contains cifar-10-batches-py/ with data_batch_1..5 and test_batch, or \
     cifar-10-python.tar.gz); an image folder train/<class>/*.png|jpg|jpeg plus test/<class>/*, possibly under one \
-    top folder, as a folder or a .tar.gz/.tgz";
+    top folder; Tiny ImageNet-200 (wnids.txt, words.txt, train/<wnid>/images/, val/images/ and \
+    val/val_annotations.txt, possibly under one top folder); each as a folder or a .tar.gz/.tgz/.zip";
 
-/// Which format `path` (a folder or a `.tar.gz`/`.tgz`) holds.
+/// Which format `path` (a folder or a `.tar.gz`/`.tgz`/`.zip`) holds.
 pub fn detect_format(path: &Path) -> Result<DataFormat> {
     locate(path).map(|(format, _)| format)
 }
@@ -49,6 +54,13 @@ pub fn detect_format(path: &Path) -> Result<DataFormat> {
 /// Reads the data set at `path`. With `cache_dir`, a decoded copy is kept there and reused while
 /// the source is unchanged.
 pub fn load_dataset(path: &Path, cache_dir: Option<&Path>) -> Result<Dataset> {
+    let marker = path.join(crate::augment::expand::INCOMPLETE_MARKER);
+    if marker.exists() {
+        return Err(DataError::invalid(
+            &marker,
+            "this folder is an unfinished `ferrovision augment expand`; run the same command again to complete it",
+        ));
+    }
     match cache_dir {
         Some(cache_dir) => cache::load_or_build(path, cache_dir, || load_uncached(path)).map(|(dataset, _)| dataset),
         None => load_uncached(path),
@@ -61,6 +73,7 @@ fn load_uncached(path: &Path) -> Result<Dataset> {
         DataFormat::CifarBinary => cifar_binary::load(&source),
         DataFormat::CifarPython => cifar_python::load(&source),
         DataFormat::ImageFolder => image_folder::load(&source),
+        DataFormat::TinyImagenet => tiny_imagenet::load(&source),
     }
 }
 
@@ -69,43 +82,86 @@ fn locate(path: &Path) -> Result<(DataFormat, Source)> {
     if !path.exists() {
         return Err(DataError::io(path, io::Error::new(io::ErrorKind::NotFound, "no such file or folder")));
     }
-    if path.is_file() && !is_tar_gz(path) {
-        return Err(DataError::invalid(path, format!("not a folder nor a .tar.gz/.tgz archive; {EXPECTED_LAYOUTS}")));
+    if path.is_file() && ArchiveKind::of(path).is_none() {
+        return Err(DataError::invalid(
+            path,
+            format!("not a folder nor a .tar.gz/.tgz/.zip archive; {EXPECTED_LAYOUTS}"),
+        ));
     }
     let source = Source::new(path);
     let mut found = None;
-    // The deepest marker is an image in top/train/<class>/.
-    source.walk(4, |entry| {
-        found = if entry.is_dir { None } else { classify(entry.path) };
-        Ok(if found.is_some() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+    let mut tiny_root = None;
+    // The deepest marker is an image in top/train/<wnid>/images/.
+    source.walk(5, |entry| {
+        if entry.is_dir {
+            return Ok(ControlFlow::Continue(()));
+        }
+        Ok(match classify(entry.path) {
+            Some(Marker::Found(format, root)) => {
+                found = Some((format, root));
+                ControlFlow::Break(())
+            }
+            Some(Marker::TinyWithoutWnids(root)) => {
+                tiny_root.get_or_insert(root);
+                ControlFlow::Continue(())
+            }
+            None => ControlFlow::Continue(()),
+        })
     })?;
-    let (format, root) =
-        found.ok_or_else(|| DataError::invalid(path, format!("no data set found; {EXPECTED_LAYOUTS}")))?;
-    Ok((format, source.subfolder(&root)))
+    if let Some((format, root)) = found {
+        return Ok((format, source.subfolder(&root)));
+    }
+    if let Some(root) = tiny_root {
+        return Err(DataError::invalid(
+            source.subfolder(&root).display_path(WNIDS),
+            "missing: train/<wnid>/images/ looks like Tiny ImageNet, which lists its class ids in wnids.txt",
+        ));
+    }
+    Err(DataError::invalid(path, format!("no data set found; {EXPECTED_LAYOUTS}")))
 }
 
-/// The format a file at `relative` marks, and the folder where that data set starts.
-fn classify(relative: &str) -> Option<(DataFormat, String)> {
+/// What one file says about the data set around it.
+enum Marker {
+    /// The format, and the folder where that data set starts.
+    Found(DataFormat, String),
+    /// An image in `<root>/train/<wnid>/images/`: Tiny ImageNet if its `wnids.txt` turns up later
+    /// in the walk (an archive may store it last), otherwise an error naming the missing file.
+    TinyWithoutWnids(String),
+}
+
+/// What the file at `relative` marks.
+fn classify(relative: &str) -> Option<Marker> {
     let parts: Vec<&str> = relative.split('/').collect();
     let (name, folders) = parts.split_last()?;
+    let found = |format, root: &[&str]| Some(Marker::Found(format, root.join("/")));
     let is_batch = |suffix: &str| batch_names(suffix).iter().any(|batch| batch == name);
-    // CIFAR batches sit at the top or in one folder (cifar-10-batches-bin/ or -py/).
+    // CIFAR batches and Tiny ImageNet's wnids.txt sit at the top or in one folder
+    // (cifar-10-batches-bin/, cifar-10-batches-py/, tiny-imagenet-200/).
     if folders.len() <= 1 {
         if is_batch(BINARY_SUFFIX) {
-            return Some((DataFormat::CifarBinary, folders.join("/")));
+            return found(DataFormat::CifarBinary, folders);
         }
         if is_batch("") {
-            return Some((DataFormat::CifarPython, folders.join("/")));
+            return found(DataFormat::CifarPython, folders);
+        }
+        if *name == WNIDS {
+            return found(DataFormat::TinyImagenet, folders);
         }
     }
-    // Images sit in [top/]train/<class>/ or [top/]test/<class>/.
-    if (2..=3).contains(&folders.len()) && SPLIT_FOLDERS.contains(&folders[folders.len() - 2]) && is_image_name(name) {
-        return Some((DataFormat::ImageFolder, folders[..folders.len() - 2].join("/")));
+    if !is_image_name(name) {
+        return None;
     }
-    None
+    // Image folders are known by [top/]train/<class>/<image>; test/<class>/ is no mark, as Tiny
+    // ImageNet's unlabelled test/images/ looks just like a class folder.
+    match folders {
+        [top @ .., "train", _] if top.len() <= 1 => found(DataFormat::ImageFolder, top),
+        [top @ .., "train", _, "images"] if top.len() <= 1 => Some(Marker::TinyWithoutWnids(top.join("/"))),
+        _ => None,
+    }
 }
 
-/// A summary for `ferrovision data info`: format, image size, and images per class and split.
+/// A summary for `ferrovision data info`: format, image size, and images per class and split,
+/// with each class's description where the data set has them.
 pub fn describe(dataset: &Dataset) -> String {
     let num_classes = dataset.classes.len();
     let train_counts = dataset.train.class_counts(num_classes);
@@ -116,9 +172,12 @@ pub fn describe(dataset: &Dataset) -> String {
     let _ = writeln!(out, "format: {}", dataset.format.name());
     let _ = writeln!(out, "image size: {}x{} RGB (height x width)", dataset.train.height, dataset.train.width);
     let _ = writeln!(out, "classes: {num_classes}");
-    let _ = writeln!(out, "{:<width$}  {:>8}  {:>8}", "class", "train", "test");
-    for (class, (train, test)) in dataset.classes.iter().zip(train_counts.iter().zip(&test_counts)) {
-        let _ = writeln!(out, "{class:<width$}  {train:>8}  {test:>8}");
+    let description_title = if dataset.class_descriptions.is_empty() { "" } else { "  description" };
+    let _ = writeln!(out, "{:<width$}  {:>8}  {:>8}{description_title}", "class", "train", "test");
+    for (index, class) in dataset.classes.iter().enumerate() {
+        let (train, test) = (train_counts[index], test_counts[index]);
+        let description = dataset.class_descriptions.get(index).map(|d| format!("  {d}")).unwrap_or_default();
+        let _ = writeln!(out, "{class:<width$}  {train:>8}  {test:>8}{description}");
     }
     let _ = writeln!(out, "{:<width$}  {:>8}  {:>8}", "total", dataset.train.len(), dataset.test.len());
     out
@@ -130,7 +189,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::data::archive::tests::{write_folder, write_tar_gz};
+    use crate::data::archive::tests::{write_folder, write_tar_gz, write_zip};
     use crate::data::cifar_binary::tests::binary_release;
     use crate::data::cifar_python::tests::python_release;
     use crate::data::image_folder::tests::image_tree;
@@ -157,9 +216,11 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let folder = dir.path().join("set");
             write_folder(&folder, &files);
-            let archive = dir.path().join(if index % 2 == 0 { "set.tar.gz" } else { "set.tgz" });
-            write_tar_gz(&archive, &[], &files);
-            for path in [&folder, &archive] {
+            let tar_gz = dir.path().join(if index % 2 == 0 { "set.tar.gz" } else { "set.tgz" });
+            write_tar_gz(&tar_gz, &[], &files);
+            let zip = dir.path().join("set.zip");
+            write_zip(&zip, &[], &files);
+            for path in [&folder, &tar_gz, &zip] {
                 assert_eq!(detect_format(path).unwrap(), format, "{}", path.display());
                 let dataset = load_dataset(path, None).unwrap();
                 // Every layout above holds 10 train images.
@@ -177,10 +238,15 @@ mod tests {
             "{err}"
         );
 
-        let plain = dir.path().join("batch.zip");
-        std::fs::write(&plain, b"zip").unwrap();
+        let plain = dir.path().join("batch.rar");
+        std::fs::write(&plain, b"rar").unwrap();
         let err = detect_format(&plain).unwrap_err().to_string();
-        assert!(err.contains("batch.zip") && err.contains("not a folder nor a .tar.gz"), "{err}");
+        assert!(err.contains("batch.rar") && err.contains("not a folder nor a .tar.gz/.tgz/.zip"), "{err}");
+
+        let not_zip = dir.path().join("batch.zip");
+        std::fs::write(&not_zip, b"zip").unwrap();
+        let err = detect_format(&not_zip).unwrap_err().to_string();
+        assert!(err.contains("batch.zip"), "{err}");
 
         let missing = dir.path().join("nowhere");
         let err = load_dataset(&missing, None).unwrap_err().to_string();
@@ -206,26 +272,38 @@ mod tests {
     #[test]
     fn describe_lists_counts_per_class() {
         let set = |labels: Vec<u16>| ImageSet { pixels: vec![0; labels.len() * 12], labels, height: 2, width: 2 };
-        let dataset = Dataset {
+        let mut dataset = Dataset {
             format: DataFormat::ImageFolder,
             classes: vec!["cat".into(), "hippopotamus".into()],
+            class_descriptions: Vec::new(),
             train: set(vec![0, 1, 1]),
             test: set(vec![1]),
         };
-        let text = describe(&dataset);
         assert_eq!(
-            text,
+            describe(&dataset),
             "format: image-folder\nimage size: 2x2 RGB (height x width)\nclasses: 2\n\
              class            train      test\n\
              cat                  1         0\n\
              hippopotamus         2         1\n\
              total                3         1\n"
         );
+        dataset.format = DataFormat::TinyImagenet;
+        dataset.class_descriptions = vec!["house cat".into(), "river horse".into()];
+        assert_eq!(
+            describe(&dataset),
+            "format: tiny-imagenet\nimage size: 2x2 RGB (height x width)\nclasses: 2\n\
+             class            train      test  description\n\
+             cat                  1         0  house cat\n\
+             hippopotamus         2         1  river horse\n\
+             total                3         1\n"
+        );
     }
 
     #[test]
     fn format_names_and_serde_agree() {
-        for format in [DataFormat::CifarBinary, DataFormat::CifarPython, DataFormat::ImageFolder] {
+        let formats =
+            [DataFormat::CifarBinary, DataFormat::CifarPython, DataFormat::ImageFolder, DataFormat::TinyImagenet];
+        for format in formats {
             assert_eq!(serde_json::to_string(&format).unwrap(), format!("\"{}\"", format.name()));
         }
     }

@@ -19,8 +19,13 @@ pub fn is_image_name(name: &str) -> bool {
     [".png", ".jpg", ".jpeg"].iter().any(|ext| lower.ends_with(ext))
 }
 
+/// True for a path with a hidden component (".DS_Store", ".ipynb_checkpoints", macOS "._x.jpg").
+pub(super) fn is_hidden(relative: &str) -> bool {
+    relative.split('/').any(|part| part.starts_with('.'))
+}
+
 /// One image file of a split, before decoding.
-struct ImageFile {
+pub(super) struct ImageFile {
     class: usize,
     /// Path relative to the source.
     path: String,
@@ -45,12 +50,7 @@ pub fn load(source: &Source) -> Result<Dataset> {
             "no class folders; expected train/<class>/*.png|jpg|jpeg and test/<class>/*",
         ));
     }
-    if classes.len() > usize::from(u16::MAX) {
-        return Err(DataError::invalid(
-            source.display_path("train"),
-            format!("{} classes; at most 65535 are supported", classes.len()),
-        ));
-    }
+    check_class_count(source, "train", classes.len())?;
     if let Some(missing) = classes.iter().find(|c| !test_files.class_folders.contains(*c)) {
         return Err(DataError::invalid(
             source.display_path(&format!("test/{missing}")),
@@ -77,11 +77,22 @@ pub fn load(source: &Source) -> Result<Dataset> {
     }
     // Every image must have the size of the first train image.
     let first = &train_images[0];
-    let first_size = decode(source, first)?.dimensions();
-    let reference = (first_size, first.path.as_str());
-    let train = decode_all(source, &train_images, reference)?;
-    let test = decode_all(source, &test_images, reference)?;
-    Ok(Dataset { format: DataFormat::ImageFolder, classes, train, test })
+    let (width, height) = decode(source, first)?.dimensions();
+    let expected = format!("{} is {width}x{height}; all images must have one size", first.path);
+    let train = decode_all(source, &train_images, (width, height), &expected)?;
+    let test = decode_all(source, &test_images, (width, height), &expected)?;
+    Ok(Dataset { format: DataFormat::ImageFolder, classes, class_descriptions: Vec::new(), train, test })
+}
+
+/// Labels are u16, so a data set has at most 65535 classes; `listed_in` is where they come from.
+pub(super) fn check_class_count(source: &Source, listed_in: &str, count: usize) -> Result<()> {
+    if count > usize::from(u16::MAX) {
+        return Err(DataError::invalid(
+            source.display_path(listed_in),
+            format!("{count} classes; at most 65535 are supported"),
+        ));
+    }
+    Ok(())
 }
 
 /// Walks `source` once, gathering the class folders and image files of `train/` and `test/`.
@@ -90,8 +101,7 @@ fn read_splits(source: &Source) -> Result<[SplitFiles; 2]> {
     source.walk(3, |mut entry| {
         let parts: Vec<&str> = entry.path.split('/').collect();
         let split = SPLIT_FOLDERS.iter().position(|s| *s == parts[0]);
-        // Skip hidden files and folders (".DS_Store", ".ipynb_checkpoints").
-        let hidden = parts.iter().any(|p| p.starts_with('.'));
+        let hidden = is_hidden(entry.path);
         match (split, parts.as_slice(), entry.is_dir) {
             (Some(split), [_, class], true) if !hidden => {
                 splits[split].class_folders.insert(class.to_string());
@@ -109,8 +119,9 @@ fn read_splits(source: &Source) -> Result<[SplitFiles; 2]> {
     Ok(splits)
 }
 
-/// Turns class folder names into labels and sorts by class, then path.
-fn label_and_sort(classes: &[String], images: Vec<(String, String, Vec<u8>)>) -> Vec<ImageFile> {
+/// Turns (class name, relative path, contents) into labelled files sorted by class, then path;
+/// files of classes not in `classes` (sorted) are dropped.
+pub(super) fn label_and_sort(classes: &[String], images: Vec<(String, String, Vec<u8>)>) -> Vec<ImageFile> {
     let mut labelled: Vec<ImageFile> = images
         .into_iter()
         .filter_map(|(class, path, bytes)| {
@@ -123,16 +134,34 @@ fn label_and_sort(classes: &[String], images: Vec<(String, String, Vec<u8>)>) ->
 }
 
 fn decode(source: &Source, file: &ImageFile) -> Result<RgbImage> {
-    let image = image::load_from_memory(&file.bytes)
-        .map_err(|e| DataError::invalid(source.display_path(&file.path), format!("cannot decode image: {e}")))?;
+    let invalid = |message: String| DataError::invalid(source.display_path(&file.path), message);
+    if is_truncated_jpeg(&file.bytes) {
+        return Err(invalid("cannot decode image: truncated JPEG (no end-of-image marker after the last scan)".into()));
+    }
+    let image = image::load_from_memory(&file.bytes).map_err(|e| invalid(format!("cannot decode image: {e}")))?;
     // Grayscale, gray+alpha and RGBA all become plain RGB.
     Ok(image.into_rgb8())
 }
 
-/// Decodes `files` in parallel into one set; each must be `reference.0` (width, height) like the
-/// file `reference.1`.
-fn decode_all(source: &Source, files: &[ImageFile], reference: ((u32, u32), &str)) -> Result<ImageSet> {
-    let ((width, height), reference_path) = reference;
+/// The JPEG decoder behind `image` fills a cut-off JPEG with grey instead of failing, so a cut is
+/// found here: the end-of-image marker (FF D9) must follow the last start-of-scan (FF DA). Scan
+/// data escapes every FF, so there these bytes can only be markers; bytes after the end are allowed.
+fn is_truncated_jpeg(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let last_scan = bytes.windows(2).rposition(|pair| pair == [0xFF, 0xDA]).unwrap_or(0);
+    !bytes[last_scan..].windows(2).any(|pair| pair == [0xFF, 0xD9])
+}
+
+/// Decodes `files` in parallel into one set; each must be `width x height`, which `expected`
+/// explains in the error for one that is not (e.g. "a.png is 4x3; all images must have one size").
+pub(super) fn decode_all(
+    source: &Source,
+    files: &[ImageFile],
+    (width, height): (u32, u32),
+    expected: &str,
+) -> Result<ImageSet> {
     let mut set = ImageSet::empty(height as usize, width as usize);
     let image_bytes = set.image_bytes();
     set.pixels = vec![0; files.len() * image_bytes];
@@ -141,11 +170,7 @@ fn decode_all(source: &Source, files: &[ImageFile], reference: ((u32, u32), &str
         if image.dimensions() != (width, height) {
             return Err(DataError::invalid(
                 source.display_path(&file.path),
-                format!(
-                    "image is {}x{} but {reference_path} is {width}x{height}; all images must have one size",
-                    image.width(),
-                    image.height()
-                ),
+                format!("image is {}x{} but {expected}", image.width(), image.height()),
             ));
         }
         pixels.copy_from_slice(image.as_raw());
@@ -250,6 +275,17 @@ pub(crate) mod tests {
         files.push(("test/dog/0001.jpg".into(), b"\xff\xd8\xff\xe0 not really a jpeg".to_vec()));
         files.remove(1);
         assert_error(&files, "test/dog/0001.jpg", "cannot decode image");
+
+        // Cut anywhere in its scan, a JPEG still decodes (grey-filled) unless the cut is caught.
+        let jpeg = encode(rgb_image(4, 3, 9).into(), ImageFormat::Jpeg);
+        assert!(image::load_from_memory(&jpeg[..jpeg.len() - 2]).is_ok());
+        let last = files.len() - 1;
+        files[last].1 = jpeg[..jpeg.len() - 2].to_vec();
+        assert_error(&files, "test/dog/0001.jpg", "truncated JPEG");
+        let mut padded = jpeg.clone();
+        padded.extend_from_slice(b"\0\0trailing bytes");
+        files[last].1 = padded;
+        assert!(load_tree(&files).is_ok(), "bytes after the end-of-image marker are allowed");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Batch loader: shuffles per epoch, augments and normalizes on a background thread, and keeps
-//! `prefetch` batches ready so the training step never waits on it.
+//! Batch loader: shuffles per epoch, augments and normalizes on a background thread (the images of
+//! a batch in parallel on rayon's pool), and keeps `prefetch` batches ready so the training step
+//! never waits on it.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
@@ -8,9 +9,12 @@ use std::thread::JoinHandle;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use super::ImageSet;
-use crate::augment::{Image, InputTransform, TrainAugment};
+use crate::augment::mix::MixConfig;
+use crate::augment::transforms::Pipeline;
+use crate::augment::{Image, InputTransform};
 
 /// Normalized images as NCHW f32 plus their labels.
 #[derive(Clone, Debug)]
@@ -19,6 +23,9 @@ pub struct Batch {
     pub labels: Vec<i64>,
     pub height: usize,
     pub width: usize,
+    /// Set when MixUp/CutMix mixed the batch: the weight of each image's own label; the rest
+    /// belongs to the label at the mirrored position (`labels[len - 1 - i]`).
+    pub mix_lambda: Option<f32>,
 }
 
 impl Batch {
@@ -38,7 +45,8 @@ pub struct LoaderConfig {
     pub shuffle: bool,
     /// Skip the last incomplete batch (training: a 1-image batch breaks BatchNorm statistics).
     pub drop_last: bool,
-    pub augment: Option<TrainAugment>,
+    pub augment: Option<Pipeline>,
+    pub mix: Option<MixConfig>,
     pub input: InputTransform,
     pub prefetch: usize,
     pub seed: u64,
@@ -65,23 +73,32 @@ pub fn num_batches(len: usize, config: &LoaderConfig) -> usize {
     if config.drop_last { len / config.batch_size } else { len.div_ceil(config.batch_size) }
 }
 
-/// Builds batch `index` of an epoch from `order`.
+/// Builds batch `index` of an epoch from `order`. Each image draws from its own seeded stream, so
+/// the result does not depend on how rayon schedules the images.
 pub fn make_batch(set: &ImageSet, order: &[usize], config: &LoaderConfig, epoch: usize, index: usize) -> Batch {
     let start = index * config.batch_size;
     let picks = &order[start..(start + config.batch_size).min(order.len())];
     let (h, w) = (set.height, set.width);
-    let (out_h, out_w) = config.input.output_shape(h, w);
+    let augmented = match &config.augment {
+        Some(pipeline) => pipeline.output_shape(h, w).expect("the pipeline was checked against the data set's image size"),
+        None => (h, w),
+    };
+    let (out_h, out_w) = config.input.output_shape(augmented.0, augmented.1);
     let plane = 3 * out_h * out_w;
-    let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(config.seed, epoch, index));
+    let batch_seed = stream_seed(config.seed, epoch, index);
     let mut images = vec![0f32; picks.len() * plane];
-    for (slot, &i) in images.chunks_exact_mut(plane).zip(picks) {
+    images.par_chunks_mut(plane).zip(picks.par_iter()).enumerate().for_each(|(slot, (out, &i))| {
         let mut image = Image::new(set.image(i).to_vec(), h, w);
-        if let Some(augment) = &config.augment {
-            image = augment.apply(image, &mut rng);
+        if let Some(pipeline) = &config.augment {
+            let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(batch_seed, slot, 0));
+            image = pipeline.apply(image, &mut rng);
         }
-        config.input.apply(&image, slot);
-    }
-    Batch { images, labels: picks.iter().map(|&i| set.labels[i] as i64).collect(), height: out_h, width: out_w }
+        config.input.apply(&image, out);
+    });
+    let mix_lambda = config.mix.as_ref().and_then(|mix| {
+        mix.apply(&mut images, picks.len(), out_h, out_w, &mut ChaCha8Rng::seed_from_u64(batch_seed))
+    });
+    Batch { images, labels: picks.iter().map(|&i| set.labels[i] as i64).collect(), height: out_h, width: out_w, mix_lambda }
 }
 
 /// Iterator over one epoch's batches, produced on a background thread.
@@ -144,7 +161,8 @@ impl Drop for EpochLoader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::augment::{NormalizePreset, PaddingMode, RandomCrop, RandomHorizontalFlip};
+    use crate::augment::transforms::{Context, Transform};
+    use crate::augment::{NormalizePreset, PaddingMode};
 
     fn set(n: usize) -> Arc<ImageSet> {
         let pixels = (0..n * 2 * 2 * 3).map(|i| (i % 251) as u8).collect();
@@ -156,10 +174,14 @@ mod tests {
             batch_size: 4,
             shuffle,
             drop_last,
-            augment: Some(TrainAugment {
-                crop: Some(RandomCrop { padding: 1, padding_mode: PaddingMode::Reflect }),
-                flip: Some(RandomHorizontalFlip { p: 0.5 }),
+            augment: Some(Pipeline {
+                transforms: vec![
+                    Transform::RandomCrop { size: None, padding: 1, padding_mode: PaddingMode::Reflect },
+                    Transform::RandomHorizontalFlip { p: 0.5 },
+                ],
+                context: Context { normalize: NormalizePreset::Cifar10 },
             }),
+            mix: None,
             input: InputTransform { size: None, normalize: NormalizePreset::Cifar10 },
             prefetch: 2,
             seed: 3,

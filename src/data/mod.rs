@@ -10,6 +10,7 @@ pub mod download;
 pub mod image_folder;
 pub mod loader;
 pub mod split;
+pub mod tiny_imagenet;
 
 use std::path::PathBuf;
 
@@ -83,7 +84,11 @@ impl ImageSet {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
     pub format: DataFormat,
+    /// Class names in label order, as the data set spells them (Tiny ImageNet: its WordNet ids).
     pub classes: Vec<String>,
+    /// Human-readable names parallel to `classes` where the format has them apart from the names
+    /// (Tiny ImageNet's `words.txt`, e.g. "goldfish, Carassius auratus"); empty otherwise.
+    pub class_descriptions: Vec<String>,
     pub train: ImageSet,
     pub test: ImageSet,
 }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::loss::{cross_entropy, smoothed_targets};
 use super::{argmax, batch_tensors};
 use crate::augment::InputTransform;
+use crate::augment::transforms::Pipeline;
 use crate::config::ExperimentConfig;
 use crate::tracking::RunDir;
 use crate::data::ImageSet;
@@ -22,20 +23,23 @@ pub struct EvalResult {
     pub predictions: Vec<usize>,
 }
 
-/// Evaluates `model` (in validation mode, on a plain device) in stored order, no augmentation.
+/// Evaluates `model` (in validation mode, on a plain device) in stored order. `perturb` passes every
+/// image through a seeded pipeline first (robustness evaluation); None evaluates the clean images.
 pub fn evaluate(
     model: &Classifier,
     set: &ImageSet,
     num_classes: usize,
     batch_size: usize,
     input: InputTransform,
+    perturb: Option<&Pipeline>,
     device: &Device,
 ) -> Result<EvalResult> {
     let config = LoaderConfig {
         batch_size,
         shuffle: false,
         drop_last: false,
-        augment: None,
+        augment: perturb.cloned(),
+        mix: None,
         input,
         prefetch: 1,
         seed: 0,
@@ -67,27 +71,55 @@ pub fn evaluate(
     })
 }
 
-/// Evaluates a run's checkpoint on its `test` or `val` split (as split at training time) and
-/// formats accuracy, loss and per-class accuracy.
+/// A run's model with one of its checkpoints, and the split it is evaluated on.
+pub struct RunEvaluation {
+    pub model: Classifier,
+    pub set: ImageSet,
+    pub classes: Vec<String>,
+    pub device: Device,
+    pub batch_size: usize,
+    pub input: InputTransform,
+}
+
+impl RunEvaluation {
+    /// Loads `checkpoint` of a run and its `test` or `val` split (as split at training time).
+    pub fn load(run: &RunDir, config: &ExperimentConfig, split: &str, checkpoint: &str) -> Result<Self> {
+        let device = crate::device::parse(&config.run.device)?;
+        let data = super::prepare_data(config)?;
+        let set = match split {
+            "test" => data.test,
+            "val" => data.val.context("this run has no validation split (data.val_size = 0)")?,
+            other => anyhow::bail!("unknown split `{other}`; expected test or val"),
+        };
+        let model = super::load_run_model(config, data.classes.len(), &run.checkpoint(checkpoint), &device)?;
+        Ok(Self {
+            model,
+            set,
+            classes: data.classes,
+            device,
+            batch_size: config.train.eval_batch_size,
+            input: config.input_transform(),
+        })
+    }
+
+    pub fn evaluate(&self, perturb: Option<&Pipeline>) -> Result<EvalResult> {
+        evaluate(&self.model, &self.set, self.classes.len(), self.batch_size, self.input, perturb, &self.device)
+    }
+}
+
+/// Evaluates a run's checkpoint on its `test` or `val` split and formats accuracy, loss and
+/// per-class accuracy.
 pub fn evaluate_run(run: &RunDir, config: &ExperimentConfig, split: &str, checkpoint: &str) -> Result<String> {
-    let device = crate::device::parse(&config.run.device)?;
-    let data = super::prepare_data(config)?;
-    let set = match split {
-        "test" => &data.test,
-        "val" => data.val.as_ref().context("this run has no validation split (data.val_size = 0)")?,
-        other => anyhow::bail!("unknown split `{other}`; expected test or val"),
-    };
-    let num_classes = data.classes.len();
-    let model = super::load_run_model(config, num_classes, &run.checkpoint(checkpoint), &device)?;
-    let result = evaluate(&model, set, num_classes, config.train.eval_batch_size, config.input_transform(), &device)?;
+    let evaluation = RunEvaluation::load(run, config, split, checkpoint)?;
+    let result = evaluation.evaluate(None)?;
     let mut report = format!(
         "run {} checkpoint {checkpoint}, {split} split ({} images)\naccuracy {:.2}%  loss {:.4}\n",
         run.id,
-        set.len(),
+        evaluation.set.len(),
         100.0 * result.accuracy,
         result.loss
     );
-    for (name, acc) in data.classes.iter().zip(&result.per_class_accuracy) {
+    for (name, acc) in evaluation.classes.iter().zip(&result.per_class_accuracy) {
         report.push_str(&format!("  {name:<12} {:>6.2}%\n", 100.0 * acc));
     }
     Ok(report)

@@ -16,6 +16,20 @@ pub fn smoothed_targets(labels: &[i64], num_classes: usize, smoothing: f64, devi
     Tensor::from_data(TensorData::new(values, [labels.len(), num_classes]), device)
 }
 
+/// Targets of a batch: smoothed one-hot labels, and when MixUp/CutMix mixed the images
+/// (`mix_lambda`), the same blend of each label with the mirrored position's label (timm's
+/// `mixup_target`).
+pub fn batch_targets(labels: &[i64], mix_lambda: Option<f32>, num_classes: usize, smoothing: f64, device: &Device) -> Tensor<2> {
+    let own = smoothed_targets(labels, num_classes, smoothing, device);
+    match mix_lambda {
+        Some(lambda) => {
+            let mirrored: Vec<i64> = labels.iter().rev().copied().collect();
+            own * lambda + smoothed_targets(&mirrored, num_classes, smoothing, device) * (1.0 - lambda)
+        }
+        None => own,
+    }
+}
+
 /// Mean over the batch of `-sum_k target_k * log_softmax(logits)_k`.
 pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
     (log_softmax(logits, 1) * targets).sum_dim(1).mean().neg()
@@ -24,6 +38,15 @@ pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mixed_targets_blend_with_the_mirrored_label() {
+        let device = Device::flex();
+        let targets: Vec<f32> = batch_targets(&[0, 2], Some(0.75), 3, 0.0, &device).into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(targets, vec![0.75, 0.0, 0.25, 0.25, 0.0, 0.75]);
+        let plain: Vec<f32> = batch_targets(&[1], None, 2, 0.0, &device).into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(plain, vec![0.0, 1.0]);
+    }
 
     #[test]
     fn matches_hand_computed_values() {

@@ -5,6 +5,7 @@ pub mod callbacks;
 pub mod evaluate;
 pub mod loss;
 pub mod optim;
+pub mod robustness;
 pub mod schedule;
 
 use std::sync::Arc;
@@ -22,10 +23,10 @@ use crate::config::ExperimentConfig;
 use crate::data::loader::{Batch, EpochLoader, LoaderConfig, num_batches};
 use crate::data::{self, ImageSet};
 use crate::models::{self, Classifier};
-use crate::augment::TrainAugment;
+use crate::augment::transforms::Pipeline;
 use crate::tracking::{EpochMetrics, RunDir, RunSummary};
 use callbacks::{Callback, Checkpointer, ConsoleLog, EpochContext, MetricsLog};
-pub use evaluate::{EvalResult, evaluate, evaluate_run};
+pub use evaluate::{EvalResult, RunEvaluation, evaluate, evaluate_run};
 use schedule::LrSchedule;
 
 /// The splits a run trains, validates and tests on.
@@ -126,6 +127,15 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
         );
     }
 
+    let pipeline = Pipeline::from_config(&config.augment);
+    let augmented = pipeline.output_shape(data.train.height, data.train.width).map_err(|message| anyhow::anyhow!("config key {message}"))?;
+    if augmented != (data.train.height, data.train.width) && config.data.input_size.is_none() {
+        bail!(
+            "config key augment.transforms: the pipeline turns {}x{} training images into {}x{}, but evaluation \
+             sees them unchanged; set data.input_size so both get the same size",
+            data.train.height, data.train.width, augmented.0, augmented.1
+        );
+    }
     let (mut model, new_parts) = models::transfer::build(config, num_classes, &device, true)?;
     let params = models::trainable_params(&model);
     let run = RunDir::create(&config.run.dir, run_id, config)?;
@@ -144,7 +154,8 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
         batch_size: config.train.batch_size,
         shuffle: true,
         drop_last: true,
-        augment: Some(TrainAugment::from_config(&config.augment)),
+        augment: Some(pipeline),
+        mix: config.augment.mix.enabled().then_some(config.augment.mix),
         input: config.input_transform(),
         prefetch: config.data.prefetch,
         seed: config.train.seed,
@@ -170,8 +181,9 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
                 break;
             }
             let lr = schedule.lr(step);
+            let mix_lambda = batch.mix_lambda;
             let (images, labels) = batch_tensors(batch, &device);
-            let targets = loss::smoothed_targets(&labels, num_classes, config.train.label_smoothing, &device);
+            let targets = loss::batch_targets(&labels, mix_lambda, num_classes, config.train.label_smoothing, &device);
             let (next, loss_value, logits) = step_once(model, &mut optimizer, images, targets, lr);
             model = next;
             if !loss_value.is_finite() {
@@ -214,7 +226,7 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
         let val = data
             .val
             .as_ref()
-            .map(|v| evaluate(&eval_model, v, num_classes, config.train.eval_batch_size, config.input_transform(), &base_device))
+            .map(|v| evaluate(&eval_model, v, num_classes, config.train.eval_batch_size, config.input_transform(), None, &base_device))
             .transpose()?;
         let metrics = EpochMetrics {
             epoch,
@@ -235,7 +247,7 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
 
     // Test the best checkpoint, as the journal reports it.
     let best = load_run_model(config, num_classes, &run.checkpoint(Checkpointer::BEST), &base_device)?;
-    let test = evaluate(&best, &data.test, num_classes, config.train.eval_batch_size, config.input_transform(), &base_device)?;
+    let test = evaluate(&best, &data.test, num_classes, config.train.eval_batch_size, config.input_transform(), None, &base_device)?;
     let best_metrics = Checkpointer::best_metrics(&run)?;
     let summary = RunSummary {
         run_id: run.id.clone(),

@@ -1,0 +1,86 @@
+//! Charts as SVG (plotters' SVG backend: text is written as SVG text, so no font file is needed).
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+/// One named line of `(x, y)` points.
+pub struct Series<'a> {
+    pub name: &'a str,
+    pub points: Vec<(f64, f64)>,
+}
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// A line chart with markers, axes labelled, a legend when there is more than one series; written
+/// atomically to `path`.
+pub fn line_chart_svg(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
+    let points = series.iter().flat_map(|s| s.points.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in points {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if x0 > x1 {
+        return Err(anyhow!("{}: nothing to plot", path.display()));
+    }
+    let pad = |lo: f64, hi: f64| {
+        let margin = if hi > lo { (hi - lo) * 0.05 } else { lo.abs().max(1.0) * 0.05 };
+        (lo - margin)..(hi + margin)
+    };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 440)).into_drawing_area();
+        let draw = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {}: {e:?}", path.display());
+        root.fill(&WHITE).map_err(draw)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(16)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(pad(x0, x1), pad(y0, y1))
+            .map_err(draw)?;
+        chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(draw)?;
+        for (s, color) in series.iter().zip(COLORS.iter().cycle()) {
+            let style = ShapeStyle::from(color).stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(s.points.iter().copied(), style))
+                .map_err(draw)?
+                .label(s.name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
+            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(draw)?;
+        }
+        if series.len() > 1 {
+            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(draw)?;
+        }
+        root.present().map_err(draw)?;
+    }
+    super::write_atomic(path, svg.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_an_svg_with_the_labels_and_one_path_per_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chart.svg");
+        let series = [
+            Series { name: "clean", points: vec![(0.0, 0.9), (10.0, 0.8), (20.0, 0.6)] },
+            Series { name: "other", points: vec![(0.0, 0.5), (20.0, 0.4)] },
+        ];
+        line_chart_svg(&path, "accuracy under rotation", "degrees", "accuracy", &series).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("accuracy under rotation") && svg.contains("degrees"));
+        assert!(svg.contains("clean") && svg.contains("other"));
+        assert!(line_chart_svg(&path, "t", "x", "y", &[]).is_err());
+    }
+}
