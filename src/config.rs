@@ -9,8 +9,10 @@ use crate::augment::mix::MixConfig;
 use crate::augment::transforms::Transform;
 use crate::augment::{InputTransform, NormalizePreset, PaddingMode};
 use crate::models::{BlockKind, WeightInit};
+use crate::train::Tta;
+use crate::train::callbacks::EarlyStopping;
 use crate::train::optim::OptimizerKind;
-use crate::train::schedule::ScheduleKind;
+use crate::train::schedule::{Monitor, PlateauConfig, ScheduleKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -179,9 +181,26 @@ pub struct TrainConfig {
     pub final_lr_fraction: f64,
     /// Period of the triangular schedule in epochs.
     pub cycle_epochs: f64,
+    /// Epochs between decays of the `step` schedule.
+    pub step_size: usize,
+    /// Epochs at which the `multi_step` schedule decays.
+    pub milestones: Vec<usize>,
+    /// Decay factor of the step, multi_step and exponential schedules.
+    pub gamma: f64,
+    /// ReduceLROnPlateau settings, for schedule = "plateau".
+    pub plateau: PlateauConfig,
+    /// Stop when the monitored metric has not improved for `patience` epochs (absent = never).
+    pub early_stopping: Option<EarlyStopping>,
+    /// Gradients of this many batches are summed (each loss divided by the count) before every
+    /// optimizer step: the effective batch is batch_size x accumulate_batches.
+    pub accumulate_batches: usize,
+    /// RMSprop's smoothing constant (PyTorch's `alpha`).
+    pub rmsprop_alpha: f64,
     pub label_smoothing: f64,
     /// Clip each parameter's gradient to this L2 norm (absent = no clipping).
     pub grad_clip_norm: Option<f64>,
+    /// Test-time augmentation of validation and test evaluation.
+    pub tta: Tta,
     /// Seeds weight initialization, the split, shuffling and augmentation.
     pub seed: u64,
 }
@@ -202,8 +221,16 @@ impl Default for TrainConfig {
             warmup_epochs: 0.0,
             final_lr_fraction: 0.0,
             cycle_epochs: 2.0,
+            step_size: 30,
+            milestones: Vec::new(),
+            gamma: 0.1,
+            plateau: PlateauConfig::default(),
+            early_stopping: None,
+            accumulate_batches: 1,
+            rmsprop_alpha: 0.99,
             label_smoothing: 0.0,
             grad_clip_norm: None,
+            tta: Tta::None,
             seed: 0,
         }
     }
@@ -364,6 +391,31 @@ impl ExperimentConfig {
         }
         if !(0.0..1.0).contains(&t.label_smoothing) {
             return invalid("train.label_smoothing", format!("expected a value in [0, 1), found {}", t.label_smoothing));
+        }
+        let needs_val = |monitor: Monitor| monitor != Monitor::TrainLoss && self.data.val_size == 0;
+        if t.schedule == ScheduleKind::Plateau && needs_val(t.plateau.monitor) {
+            return invalid("train.plateau.monitor", "a validation metric needs data.val_size > 0 (or monitor = \"train_loss\")".into());
+        }
+        if t.early_stopping.is_some_and(|e| needs_val(e.monitor)) {
+            return invalid("train.early_stopping.monitor", "a validation metric needs data.val_size > 0 (or monitor = \"train_loss\")".into());
+        }
+        if t.accumulate_batches == 0 {
+            return invalid("train.accumulate_batches", "expected at least 1".into());
+        }
+        if !(t.gamma.is_finite() && t.gamma > 0.0) {
+            return invalid("train.gamma", format!("expected a positive factor, found {}", t.gamma));
+        }
+        if t.step_size == 0 {
+            return invalid("train.step_size", "expected at least 1 epoch".into());
+        }
+        if !t.milestones.windows(2).all(|w| w[0] < w[1]) {
+            return invalid("train.milestones", format!("expected increasing epochs, found {:?}", t.milestones));
+        }
+        if !(t.plateau.factor > 0.0 && t.plateau.factor < 1.0) {
+            return invalid("train.plateau.factor", format!("expected a factor in (0, 1), found {}", t.plateau.factor));
+        }
+        if !(0.0..1.0).contains(&t.rmsprop_alpha) {
+            return invalid("train.rmsprop_alpha", format!("expected a value in [0, 1), found {}", t.rmsprop_alpha));
         }
         if !(0.0..1.0).contains(&t.momentum) {
             return invalid("train.momentum", format!("expected a value in [0, 1), found {}", t.momentum));

@@ -61,10 +61,13 @@ enum Command {
         /// `degrees=0,10,20,30`; writes a CSV and an SVG plot into <run>/robustness/.
         #[arg(long, requires = "transform", value_name = "KEY=V1,V2,...")]
         sweep: Option<String>,
+        /// Test-time augmentation (default: the run's train.tta).
+        #[arg(long, value_parser = ["none", "flip", "flip_translate"])]
+        tta: Option<String>,
     },
-    /// Label images (files, folders or .tar.gz archives) with a run, an export or pretrained weights.
+    /// Label images (files, folders or .tar.gz/.zip archives) with a run, an export or pretrained weights.
     Predict {
-        /// Images, folders or .tar.gz archives of images.
+        /// Images, folders or .tar.gz/.zip archives of images.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         /// A training run folder (uses its best checkpoint).
@@ -296,10 +299,13 @@ fn run(cli: Cli) -> Result<()> {
                 run.path.display()
             );
         }
-        Command::Eval { run, split, device, checkpoint, transform, sweep } => {
+        Command::Eval { run, split, device, checkpoint, transform, sweep, tta } => {
             let (run, mut config) = RunDir::open(&run)?;
             if let Some(device) = device {
                 config.run.device = device;
+            }
+            if let Some(tta) = tta {
+                config.train.tta = serde_json::from_value(serde_json::Value::String(tta))?;
             }
             match transform {
                 None => print!("{}", train::evaluate_run(&run, &config, &split, &checkpoint)?),

@@ -703,3 +703,36 @@ fn augmentation_errors_name_the_key() {
     // Only the run trained on purpose exists.
     assert_eq!(ws.run_folders(), vec!["x".to_string()]);
 }
+
+#[test]
+fn plateau_early_stopping_and_accumulation_shape_the_run() {
+    let ws = Workspace::new();
+    // Nothing counts as an improvement (thresholds of 10): the plateau schedule halves the rate
+    // after every epoch past the first, and early stopping ends the run after two bad epochs.
+    let out = ws.train(
+        "options",
+        &[
+            "--set", "train.epochs=6",
+            "--set", "train.optimizer=\"adamax\"",
+            "--set", "train.accumulate_batches=2",
+            "--set", "train.schedule=\"plateau\"",
+            "--set", "train.plateau.patience=0",
+            "--set", "train.plateau.factor=0.5",
+            "--set", "train.plateau.threshold_mode=\"abs\"",
+            "--set", "train.plateau.threshold=10.0",
+            "--set", "train.early_stopping.patience=2",
+            "--set", "train.early_stopping.min_delta=10.0",
+        ],
+    );
+    let stdout = out.success();
+    assert!(stdout.contains("early stopping") && stdout.contains("lr reduced to 5e-4"), "{stdout}");
+    let run = ws.runs().join("options");
+    let metrics: Vec<Value> = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lrs: Vec<f64> = metrics.iter().map(|m| m["lr"].as_f64().unwrap()).collect();
+    assert_eq!(lrs, vec![0.001, 0.001, 0.0005], "{metrics:?}");
+    assert_eq!(read_json(&run.join("summary.json"))["epochs_completed"], 3);
+
+    ws.train("bad", &["--set", "train.schedule=\"plateau\"", "--set", "data.val_size=0"]).failure(&["train.plateau.monitor", "data.val_size"]);
+    ws.train("bad", &["--set", "train.accumulate_batches=0"]).failure(&["train.accumulate_batches"]);
+    ws.train("bad", &["--set", "train.milestones=[5, 2]"]).failure(&["train.milestones"]);
+}

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::augment::resize::EvalResize;
 use crate::augment::{Image, NormalizePreset, normalize_to_chw};
-use crate::data::archive::{Source, is_tar_gz};
+use crate::data::archive::{ArchiveKind, Source};
 use crate::data::image_folder::is_image_name;
 use crate::models::Classifier;
 
@@ -87,12 +87,12 @@ pub struct InputImage {
     pub image: Image,
 }
 
-/// Reads images from files, folders and `.tar.gz` archives (every .png/.jpg/.jpeg inside, sorted by
+/// Reads images from files, folders and `.tar.gz`/`.zip` archives (every .png/.jpg/.jpeg inside, sorted by
 /// path), decoded to RGB (grayscale and alpha converted).
 pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<InputImage>> {
     let mut encoded: Vec<(String, Vec<u8>)> = Vec::new();
     for path in paths {
-        if path.is_dir() || is_tar_gz(path) {
+        if path.is_dir() || ArchiveKind::of(path).is_some() {
             let mut files = Source::new(path).read_files(is_image_name)?;
             files.sort_by(|a, b| a.0.cmp(&b.0));
             if files.is_empty() {

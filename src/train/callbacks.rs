@@ -4,6 +4,9 @@ use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::store::ModuleRecord;
 
+use serde::{Deserialize, Serialize};
+
+use super::schedule::Monitor;
 use crate::models::Classifier;
 use crate::tracking::{EpochMetrics, RunDir, write_atomic};
 
@@ -16,6 +19,11 @@ pub struct EpochContext<'a> {
 
 pub trait Callback {
     fn on_epoch_end(&mut self, context: &EpochContext) -> Result<()>;
+
+    /// Asked after every epoch: true ends training there.
+    fn should_stop(&self) -> bool {
+        false
+    }
 }
 
 /// Appends the epoch's metrics to `metrics.jsonl`.
@@ -90,6 +98,61 @@ impl Callback for Checkpointer {
     }
 }
 
+/// `[train.early_stopping]`, with Lightning's `EarlyStopping` semantics and defaults.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EarlyStopping {
+    pub monitor: Monitor,
+    /// Epochs without improvement before stopping.
+    pub patience: usize,
+    /// The least change that counts as an improvement.
+    pub min_delta: f64,
+}
+
+impl Default for EarlyStopping {
+    fn default() -> Self {
+        Self { monitor: Monitor::ValLoss, patience: 3, min_delta: 0.0 }
+    }
+}
+
+/// Counts the epochs since the monitored metric last improved by more than `min_delta`.
+pub struct EarlyStopper {
+    config: EarlyStopping,
+    best: Option<f64>,
+    waited: usize,
+}
+
+impl EarlyStopper {
+    pub fn new(config: EarlyStopping) -> Self {
+        Self { config, best: None, waited: 0 }
+    }
+}
+
+impl Callback for EarlyStopper {
+    fn on_epoch_end(&mut self, c: &EpochContext) -> Result<()> {
+        let monitor = self.config.monitor;
+        let value = monitor.read(c.metrics).with_context(|| {
+            format!("train.early_stopping.monitor = {monitor:?} needs a validation split (data.val_size > 0) or monitor = \"train_loss\"")
+        })?;
+        let sign = if monitor.higher_is_better() { 1.0 } else { -1.0 };
+        let improved = self.best.is_none_or(|best| sign * (value - best) > self.config.min_delta);
+        if improved {
+            self.best = Some(value);
+            self.waited = 0;
+        } else {
+            self.waited += 1;
+            if self.should_stop() {
+                println!("early stopping: {monitor:?} has not improved for {} epochs", self.waited);
+            }
+        }
+        Ok(())
+    }
+
+    fn should_stop(&self) -> bool {
+        self.waited >= self.config.patience
+    }
+}
+
 /// Writes a model's parameters (burnpack) through a temporary file and a rename.
 pub fn save_checkpoint(model: &Classifier, path: &std::path::Path) -> Result<()> {
     let bytes = model.clone().into_record().into_bytes().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -152,5 +215,24 @@ mod tests {
         assert!(err.contains("does not match"), "{err}");
         let err = load_checkpoint(other, &dir.path().join("missing.bpk")).unwrap_err().to_string();
         assert!(err.contains("missing.bpk"), "{err}");
+    }
+
+    #[test]
+    fn early_stopping_waits_patience_epochs_without_improvement() {
+        let config = EarlyStopping { monitor: Monitor::ValLoss, patience: 2, min_delta: 0.05 };
+        let mut stopper = EarlyStopper::new(config);
+        let run = RunDir { id: "t".into(), path: std::path::PathBuf::from("unused") };
+        let model = models::build(&ModelConfig::default(), 10, &Device::flex()).unwrap();
+        let mut stops = Vec::new();
+        for loss in [1.0, 0.8, 0.78, 0.77, 0.5, 0.49, 0.48] {
+            let metrics = EpochMetrics { epoch: 1, train_loss: 1.0, train_acc: 0.0, val_loss: Some(loss), val_acc: None, lr: 0.1, seconds: 1.0, img_per_s: 1.0 };
+            stopper.on_epoch_end(&EpochContext { run: &run, model: &model, metrics: &metrics, epochs: 9 }).unwrap();
+            stops.push(stopper.should_stop());
+        }
+        // 0.78 and 0.77 are within min_delta of 0.8: stop after the second of them.
+        assert_eq!(stops, vec![false, false, false, true, false, false, true]);
+        let missing = EpochMetrics { epoch: 1, train_loss: 1.0, train_acc: 0.0, val_loss: None, val_acc: None, lr: 0.1, seconds: 1.0, img_per_s: 1.0 };
+        let err = EarlyStopper::new(config).on_epoch_end(&EpochContext { run: &run, model: &model, metrics: &missing, epochs: 9 }).unwrap_err();
+        assert!(err.to_string().contains("train.early_stopping.monitor"), "{err}");
     }
 }

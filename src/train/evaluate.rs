@@ -2,10 +2,11 @@
 
 use anyhow::{Context, Result};
 use burn::prelude::*;
-use serde::Serialize;
+use burn::tensor::TensorData;
+use serde::{Deserialize, Serialize};
 
 use super::loss::{cross_entropy, smoothed_targets};
-use super::{argmax, batch_tensors};
+use super::argmax;
 use crate::augment::InputTransform;
 use crate::augment::transforms::Pipeline;
 use crate::config::ExperimentConfig;
@@ -23,36 +24,93 @@ pub struct EvalResult {
     pub predictions: Vec<usize>,
 }
 
-/// Evaluates `model` (in validation mode, on a plain device) in stored order. `perturb` passes every
-/// image through a seeded pipeline first (robustness evaluation); None evaluates the clean images.
-pub fn evaluate(
-    model: &Classifier,
-    set: &ImageSet,
-    num_classes: usize,
-    batch_size: usize,
-    input: InputTransform,
-    perturb: Option<&Pipeline>,
-    device: &Device,
-) -> Result<EvalResult> {
+/// Test-time augmentation: the logits of several views of each image, averaged.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Tta {
+    #[default]
+    None,
+    /// The image and its mirror image.
+    Flip,
+    /// Those two, each also shifted one pixel up-left and one down-right (airbench's views).
+    FlipTranslate,
+}
+
+impl Tta {
+    /// The views as (mirrored, shift in pixels along both axes).
+    fn views(self) -> &'static [(bool, isize)] {
+        match self {
+            Tta::None => &[(false, 0)],
+            Tta::Flip => &[(false, 0), (true, 0)],
+            Tta::FlipTranslate => &[(false, 0), (true, 0), (false, -1), (true, -1), (false, 1), (true, 1)],
+        }
+    }
+}
+
+/// `images` (NCHW planes of `height` x `width`) seen through one view: mirrored left-right and/or
+/// shifted by `shift` pixels down and right, the border pixels repeated into the gap.
+fn view(images: &[f32], height: usize, width: usize, (mirrored, shift): (bool, isize)) -> Vec<f32> {
+    let source = |i: usize, len: usize| (i as isize - shift).clamp(0, len as isize - 1) as usize;
+    let mut out = vec![0.0; images.len()];
+    for (plane_out, plane) in out.chunks_exact_mut(height * width).zip(images.chunks_exact(height * width)) {
+        for y in 0..height {
+            let row = &plane[source(y, height) * width..][..width];
+            for x in 0..width {
+                let sx = source(x, width);
+                plane_out[y * width + x] = row[if mirrored { width - 1 - sx } else { sx }];
+            }
+        }
+    }
+    out
+}
+
+/// How a set is evaluated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalSettings {
+    pub batch_size: usize,
+    pub input: InputTransform,
+    pub tta: Tta,
+    /// A seeded pipeline every image passes through first (robustness evaluation); None = clean.
+    pub perturb: Option<Pipeline>,
+}
+
+impl EvalSettings {
+    pub fn from_config(config: &ExperimentConfig) -> Self {
+        Self { batch_size: config.train.eval_batch_size, input: config.input_transform(), tta: config.train.tta, perturb: None }
+    }
+}
+
+/// Evaluates `model` (in validation mode, on a plain device) in stored order.
+pub fn evaluate(model: &Classifier, set: &ImageSet, num_classes: usize, settings: &EvalSettings, device: &Device) -> Result<EvalResult> {
     let config = LoaderConfig {
-        batch_size,
+        batch_size: settings.batch_size,
         shuffle: false,
         drop_last: false,
-        augment: perturb.cloned(),
+        augment: settings.perturb.clone(),
         mix: None,
-        input,
+        input: settings.input,
         prefetch: 1,
         seed: 0,
     };
     let order: Vec<usize> = (0..set.len()).collect();
     let mut predictions = Vec::with_capacity(set.len());
     let mut loss_sum = 0.0;
-    for index in 0..set.len().div_ceil(batch_size) {
-        let (images, labels) = batch_tensors(make_batch(set, &order, &config, 0, index), device);
-        let logits = model.forward(images);
-        let targets = smoothed_targets(&labels, num_classes, 0.0, device);
+    for index in 0..set.len().div_ceil(settings.batch_size) {
+        let batch = make_batch(set, &order, &config, 0, index);
+        let shape = [batch.len(), 3, batch.height, batch.width];
+        let views = settings.tta.views();
+        let logits = views
+            .iter()
+            .map(|&v| {
+                let pixels = if v == (false, 0) { batch.images.clone() } else { view(&batch.images, batch.height, batch.width, v) };
+                model.forward(Tensor::from_data(TensorData::new(pixels, shape), device))
+            })
+            .reduce(|a, b| a + b)
+            .expect("at least one view")
+            / views.len() as f32;
+        let targets = smoothed_targets(&batch.labels, num_classes, 0.0, device);
         let loss: f32 = cross_entropy(logits.clone(), targets).into_scalar();
-        loss_sum += loss as f64 * labels.len() as f64;
+        loss_sum += loss as f64 * batch.len() as f64;
         let values: Vec<f32> = logits.into_data().try_to_vec::<f32>().context("reading logits")?;
         predictions.extend(values.chunks_exact(num_classes).map(argmax));
     }
@@ -77,8 +135,7 @@ pub struct RunEvaluation {
     pub set: ImageSet,
     pub classes: Vec<String>,
     pub device: Device,
-    pub batch_size: usize,
-    pub input: InputTransform,
+    pub settings: EvalSettings,
 }
 
 impl RunEvaluation {
@@ -97,13 +154,14 @@ impl RunEvaluation {
             set,
             classes: data.classes,
             device,
-            batch_size: config.train.eval_batch_size,
-            input: config.input_transform(),
+            settings: EvalSettings::from_config(config),
         })
     }
 
+    /// The accuracy on the split, its images passed through `perturb` first when given.
     pub fn evaluate(&self, perturb: Option<&Pipeline>) -> Result<EvalResult> {
-        evaluate(&self.model, &self.set, self.classes.len(), self.batch_size, self.input, perturb, &self.device)
+        let settings = EvalSettings { perturb: perturb.cloned(), ..self.settings.clone() };
+        evaluate(&self.model, &self.set, self.classes.len(), &settings, &self.device)
     }
 }
 
@@ -123,4 +181,19 @@ pub fn evaluate_run(run: &RunDir, config: &ExperimentConfig, split: &str, checkp
         report.push_str(&format!("  {name:<12} {:>6.2}%\n", 100.0 * acc));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_mirror_and_shift_with_repeated_borders() {
+        // One 2x3 plane: rows [1 2 3] and [4 5 6].
+        let plane = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(view(&plane, 2, 3, (true, 0)), vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0]);
+        assert_eq!(view(&plane, 2, 3, (false, 1)), vec![1.0, 1.0, 2.0, 1.0, 1.0, 2.0]);
+        assert_eq!(view(&plane, 2, 3, (false, -1)), vec![5.0, 6.0, 6.0, 5.0, 6.0, 6.0]);
+        assert_eq!(Tta::FlipTranslate.views().len(), 6);
+    }
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -25,8 +25,8 @@ use crate::data::{self, ImageSet};
 use crate::models::{self, Classifier};
 use crate::augment::transforms::Pipeline;
 use crate::tracking::{EpochMetrics, RunDir, RunSummary};
-use callbacks::{Callback, Checkpointer, ConsoleLog, EpochContext, MetricsLog};
-pub use evaluate::{EvalResult, RunEvaluation, evaluate, evaluate_run};
+use callbacks::{Callback, Checkpointer, ConsoleLog, EarlyStopper, EpochContext, MetricsLog};
+pub use evaluate::{EvalResult, EvalSettings, RunEvaluation, Tta, evaluate, evaluate_run};
 use schedule::LrSchedule;
 
 /// The splits a run trains, validates and tests on.
@@ -94,8 +94,17 @@ pub fn argmax(row: &[f32]) -> usize {
     row.iter().enumerate().fold(0, |best, (i, v)| if *v > row[best] { i } else { best })
 }
 
-/// One optimizer step: forward, cross-entropy against `targets`, backward, update. Returns the
-/// updated model, the loss value and the logits (for accuracy).
+/// Forward, cross-entropy against `targets`, backward: the gradients of the loss times
+/// `loss_scale`, the (unscaled) loss value and the logits (for accuracy).
+pub fn forward_backward(model: &Classifier, images: Tensor<4>, targets: Tensor<2>, loss_scale: f32) -> (GradientsParams, f32, Tensor<2>) {
+    let logits = model.forward(images);
+    let loss = loss::cross_entropy(logits.clone(), targets);
+    let loss_value: f32 = loss.clone().into_scalar();
+    let scaled = if loss_scale == 1.0 { loss } else { loss * loss_scale };
+    (GradientsParams::from_grads(scaled.backward(), model), loss_value, logits.detach())
+}
+
+/// One optimizer step on one batch. Returns the updated model, the loss value and the logits.
 pub fn step_once(
     model: Classifier,
     optimizer: &mut ModuleOptimizer,
@@ -103,11 +112,8 @@ pub fn step_once(
     targets: Tensor<2>,
     lr: f64,
 ) -> (Classifier, f32, Tensor<2>) {
-    let logits = model.forward(images);
-    let loss = loss::cross_entropy(logits.clone(), targets);
-    let loss_value: f32 = loss.clone().into_scalar();
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    (optimizer.step(lr, model, grads), loss_value, logits.detach())
+    let (grads, loss_value, logits) = forward_backward(&model, images, targets, 1.0);
+    (optimizer.step(lr, model, grads), loss_value, logits)
 }
 
 /// Trains the model a config describes in a new run folder and evaluates its best checkpoint on
@@ -160,13 +166,20 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
         prefetch: config.data.prefetch,
         seed: config.train.seed,
     };
-    let steps_per_epoch = num_batches(data.train.len(), &loader_config);
-    let schedule = LrSchedule::from_config(&config.train, steps_per_epoch);
+    let eval_settings = EvalSettings::from_config(config);
+    let batches_per_epoch = num_batches(data.train.len(), &loader_config);
+    let accumulate = config.train.accumulate_batches;
+    // Optimizer steps: a last, partial group of accumulated batches also steps, as in Lightning.
+    let steps_per_epoch = batches_per_epoch.div_ceil(accumulate);
+    let mut schedule = LrSchedule::from_config(&config.train, steps_per_epoch);
     let backbone_lr = (config.model.weights.is_some() || config.model.pretrained.is_some())
         .then(|| (models::transfer::backbone_group(&model, &new_parts), config.transfer.backbone_lr_scale));
     let mut optimizer = optim::build(&config.train, backbone_lr);
     let mut callbacks: Vec<Box<dyn Callback>> =
         vec![Box::new(MetricsLog), Box::new(Checkpointer::default()), Box::new(ConsoleLog)];
+    if let Some(early) = config.train.early_stopping {
+        callbacks.push(Box::new(EarlyStopper::new(early)));
+    }
 
     let mut step = 0;
     let mut train_seconds = 0.0;
@@ -174,9 +187,11 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
     for epoch in 1..=config.train.epochs {
         let epoch_start = Instant::now();
         let loader = EpochLoader::start(data.train.clone(), loader_config.clone(), epoch, 0);
-        let bar = progress_bar(config, steps_per_epoch, epoch);
+        let bar = progress_bar(config, batches_per_epoch, epoch);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        for batch in loader {
+        let mut accumulated = GradientsAccumulator::<Classifier>::new();
+        let mut pending = 0;
+        for (index, batch) in loader.enumerate() {
             if interrupt.load(Ordering::SeqCst) {
                 break;
             }
@@ -184,8 +199,14 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
             let mix_lambda = batch.mix_lambda;
             let (images, labels) = batch_tensors(batch, &device);
             let targets = loss::batch_targets(&labels, mix_lambda, num_classes, config.train.label_smoothing, &device);
-            let (next, loss_value, logits) = step_once(model, &mut optimizer, images, targets, lr);
-            model = next;
+            let (grads, loss_value, logits) = forward_backward(&model, images, targets, 1.0 / accumulate as f32);
+            accumulated.accumulate(&model, grads);
+            pending += 1;
+            if pending == accumulate || index + 1 == batches_per_epoch {
+                model = optimizer.step(lr, model, accumulated.grads());
+                pending = 0;
+                step += 1;
+            }
             if !loss_value.is_finite() {
                 bar.abandon();
                 let kept = if epoch > 1 {
@@ -204,7 +225,6 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
             correct += count_correct(&logits, &labels);
             loss_sum += loss_value as f64 * labels.len() as f64;
             seen += labels.len();
-            step += 1;
             let elapsed = epoch_start.elapsed().as_secs_f64();
             bar.set_message(format!(
                 "loss {:.3} acc {:.1}% {:.0} img/s",
@@ -226,7 +246,7 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
         let val = data
             .val
             .as_ref()
-            .map(|v| evaluate(&eval_model, v, num_classes, config.train.eval_batch_size, config.input_transform(), None, &base_device))
+            .map(|v| evaluate(&eval_model, v, num_classes, &eval_settings, &base_device))
             .transpose()?;
         let metrics = EpochMetrics {
             epoch,
@@ -243,11 +263,17 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
             callback.on_epoch_end(&context)?;
         }
         epochs_completed = epoch;
+        if let Some(lr) = schedule.epoch_end(&metrics).map_err(|e| anyhow::anyhow!("config key {e}"))? {
+            println!("plateau: {:?} stopped improving, lr reduced to {lr:e}", config.train.plateau.monitor);
+        }
+        if callbacks.iter().any(|c| c.should_stop()) {
+            break;
+        }
     }
 
     // Test the best checkpoint, as the journal reports it.
     let best = load_run_model(config, num_classes, &run.checkpoint(Checkpointer::BEST), &base_device)?;
-    let test = evaluate(&best, &data.test, num_classes, config.train.eval_batch_size, config.input_transform(), None, &base_device)?;
+    let test = evaluate(&best, &data.test, num_classes, &eval_settings, &base_device)?;
     let best_metrics = Checkpointer::best_metrics(&run)?;
     let summary = RunSummary {
         run_id: run.id.clone(),
