@@ -247,11 +247,13 @@ pub struct RunConfig {
     pub device: String,
     /// Show a progress bar on a terminal.
     pub progress: bool,
+    /// Write TensorBoard event files into `<run>/tensorboard/`.
+    pub tensorboard: bool,
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("runs"), id: String::new(), device: "flex".into(), progress: true }
+        Self { dir: PathBuf::from("runs"), id: String::new(), device: "flex".into(), progress: true, tensorboard: true }
     }
 }
 

@@ -2,5 +2,6 @@
 
 pub mod plot;
 pub mod run;
+pub mod tensorboard;
 
 pub use run::{EpochMetrics, RunDir, RunSummary, write_atomic};

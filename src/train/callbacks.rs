@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::schedule::Monitor;
 use crate::models::Classifier;
+use crate::tracking::tensorboard::EventWriter;
 use crate::tracking::{EpochMetrics, RunDir, write_atomic};
 
 pub struct EpochContext<'a> {
@@ -20,9 +21,51 @@ pub struct EpochContext<'a> {
 pub trait Callback {
     fn on_epoch_end(&mut self, context: &EpochContext) -> Result<()>;
 
+    /// After every optimizer step (`step` counts from 1).
+    fn on_step(&mut self, _step: usize, _loss: f32, _lr: f64) -> Result<()> {
+        Ok(())
+    }
+
     /// Asked after every epoch: true ends training there.
     fn should_stop(&self) -> bool {
         false
+    }
+}
+
+/// TensorBoard scalars: the loss and learning rate of every step, and the epoch metrics
+/// (losses, accuracies, lr, img/s) at the epoch number.
+pub struct TensorBoardLog {
+    writer: EventWriter,
+}
+
+impl TensorBoardLog {
+    pub fn create(run: &RunDir) -> Result<Self> {
+        Ok(Self { writer: EventWriter::create(&run.path.join("tensorboard"))? })
+    }
+}
+
+impl Callback for TensorBoardLog {
+    fn on_step(&mut self, step: usize, loss: f32, lr: f64) -> Result<()> {
+        self.writer.scalar("step/train_loss", loss as f64, step)?;
+        self.writer.scalar("step/lr", lr, step)
+    }
+
+    fn on_epoch_end(&mut self, c: &EpochContext) -> Result<()> {
+        let m = c.metrics;
+        let scalars = [
+            ("loss/train", Some(m.train_loss)),
+            ("loss/val", m.val_loss),
+            ("accuracy/train", Some(m.train_acc)),
+            ("accuracy/val", m.val_acc),
+            ("epoch/lr", Some(m.lr)),
+            ("epoch/img_per_s", Some(m.img_per_s)),
+        ];
+        for (tag, value) in scalars {
+            if let Some(v) = value {
+                self.writer.scalar(tag, v, m.epoch)?;
+            }
+        }
+        Ok(())
     }
 }
 

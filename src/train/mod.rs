@@ -25,7 +25,7 @@ use crate::data::{self, ImageSet};
 use crate::models::{self, Classifier};
 use crate::augment::transforms::Pipeline;
 use crate::tracking::{EpochMetrics, RunDir, RunSummary};
-use callbacks::{Callback, Checkpointer, ConsoleLog, EarlyStopper, EpochContext, MetricsLog};
+use callbacks::{Callback, Checkpointer, ConsoleLog, EarlyStopper, EpochContext, MetricsLog, TensorBoardLog};
 pub use evaluate::{EvalResult, EvalSettings, RunEvaluation, Tta, evaluate, evaluate_run};
 use schedule::LrSchedule;
 
@@ -180,6 +180,9 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
     if let Some(early) = config.train.early_stopping {
         callbacks.push(Box::new(EarlyStopper::new(early)));
     }
+    if config.run.tensorboard {
+        callbacks.push(Box::new(TensorBoardLog::create(&run)?));
+    }
 
     let mut step = 0;
     let mut train_seconds = 0.0;
@@ -206,6 +209,9 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
                 model = optimizer.step(lr, model, accumulated.grads());
                 pending = 0;
                 step += 1;
+                for callback in &mut callbacks {
+                    callback.on_step(step, loss_value, lr)?;
+                }
             }
             if !loss_value.is_finite() {
                 bar.abandon();
