@@ -13,6 +13,7 @@ use crate::train::Tta;
 use crate::train::callbacks::EarlyStopping;
 use crate::train::optim::OptimizerKind;
 use crate::train::schedule::{Monitor, PlateauConfig, ScheduleKind};
+use crate::tracking::journal::ExperimentInfo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -29,6 +30,7 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExperimentConfig {
+    pub experiment: ExperimentInfo,
     pub data: DataConfig,
     pub augment: AugmentConfig,
     pub model: ModelConfig,
@@ -458,6 +460,26 @@ impl ExperimentConfig {
 /// toml's messages span several lines (with a source excerpt); errors here are one line.
 fn one_line(error: &toml::de::Error) -> String {
     error.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// Splits `v1,v2,[a,b],...` at the commas outside brackets (lists of values on the command line).
+pub fn split_values(values: &str) -> Vec<String> {
+    let (mut out, mut depth, mut current) = (Vec::new(), 0i32, String::new());
+    for ch in values.chars() {
+        match ch {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(std::mem::take(&mut current).trim().to_string());
+                continue;
+            }
+            _ => {}
+        }
+        current.push(ch);
+    }
+    out.push(current.trim().to_string());
+    out.retain(|v| !v.is_empty());
+    out
 }
 
 /// Sets `a.b.c = value` in a TOML table; the value is parsed as TOML, or taken as a string.

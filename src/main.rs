@@ -41,6 +41,21 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Train one run per point of a grid (the cross product of the --grid lists), sequentially,
+    /// tagged; then compare them (Markdown, CSV, HTML and a plot in the runs folder). Started
+    /// again, it skips the points that finished.
+    Sweep {
+        #[arg(long)]
+        config: PathBuf,
+        /// KEY=V1,V2,... (repeatable), e.g. --grid train.optimizer='"sgd","adam"'.
+        #[arg(long = "grid", value_name = "KEY=V1,V2,...", required = true)]
+        grids: Vec<String>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Tag of the sweep's runs (default: sweep-<config name>).
+        #[arg(long)]
+        tag: Option<String>,
+    },
     /// Evaluate a run's best checkpoint on its test or validation split.
     Eval {
         #[arg(long)]
@@ -112,6 +127,11 @@ enum Command {
         #[arg(long, default_value = "best")]
         checkpoint: String,
     },
+    /// The experiment journal: list runs, add conclusions, compare runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
     /// Look at and apply augmentation pipelines.
     Augment {
         #[command(subcommand)]
@@ -140,6 +160,40 @@ enum Command {
 enum WeightsCommand {
     /// The registry of known pretrained weights.
     List,
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// One line per run: id, name, parent, tags, model, epochs, best validation and test accuracy.
+    List {
+        #[arg(long, default_value = "runs")]
+        dir: PathBuf,
+    },
+    /// Append a dated conclusion to a run's notes.md.
+    Note {
+        id: String,
+        text: String,
+        #[arg(long, default_value = "runs")]
+        dir: PathBuf,
+    },
+    /// The settings that differ between runs and their results, as Markdown (and CSV/HTML files).
+    Compare {
+        /// Run ids.
+        ids: Vec<String>,
+        /// Every run with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// This run and every run whose parent it is.
+        #[arg(long)]
+        parent: Option<String>,
+        #[arg(long, default_value = "runs")]
+        dir: PathBuf,
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// A self-contained HTML report with the learning curves.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -286,7 +340,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             let name = config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
             let config = ExperimentConfig::load(&config, &overrides)?;
-            let run_id = if config.run.id.is_empty() { default_run_id(&name) } else { config.run.id.clone() };
+            let run_id = match (config.experiment.id.as_str(), config.run.id.as_str()) {
+                ("", "") => default_run_id(&name),
+                (id, "") | ("", id) => id.to_string(),
+                (a, b) if a == b => a.to_string(),
+                (a, b) => anyhow::bail!("config key `experiment.id`: `{a}` differs from run.id `{b}`; give one of them"),
+            };
             let (run, summary) = train::fit(&config, &run_id, &INTERRUPTED)?;
             println!(
                 "test accuracy {:.2}% (loss {:.4}) on {} images, best epoch {}, trained {:.0}s, total {:.0}s\nrun saved in {}",
@@ -393,6 +452,8 @@ fn run(cli: Cli) -> Result<()> {
             println!("(torchvision publishes the first 8 hex digits of SHA-256; those are checked)");
         }
         Command::Augment { command } => augment_command(command)?,
+        Command::Runs { command } => runs_command(command)?,
+        Command::Sweep { config, grids, overrides, tag } => sweep_command(&config, &grids, &overrides, tag)?,
         Command::Data { command: DataCommand::Info { path } } => {
             let dataset = data::load_dataset(&path, None)?;
             print!("{}", data::describe(&dataset));
@@ -452,6 +513,74 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{:.1} img/s", bench::loader(batch, images));
             }
         },
+    }
+    Ok(())
+}
+
+fn sweep_command(path: &std::path::Path, grids: &[String], overrides: &[String], tag: Option<String>) -> Result<()> {
+    use ferrovision::tracking::{journal, plot, write_atomic};
+    use train::sweep;
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into());
+    let tag = tag.unwrap_or_else(|| format!("sweep-{name}"));
+    let points = sweep::points(&name, grids)?;
+    let configs = sweep::configs(path, overrides, &points, &tag)?;
+    let runs = configs[0].run.dir.clone();
+    for (i, (point, config)) in points.iter().zip(&configs).enumerate() {
+        if !sweep::prepare_folder(&runs, &point.id)? {
+            println!("sweep {}/{}: {} finished earlier, skipped", i + 1, points.len(), point.id);
+            continue;
+        }
+        println!("sweep {}/{}: {} ({})", i + 1, points.len(), point.id, point.overrides.join(" "));
+        train::fit(config, &point.id, &INTERRUPTED)?;
+    }
+    let ids: Vec<String> = points.iter().map(|p| p.id.clone()).collect();
+    let mut entries = journal::select(journal::scan(&runs)?, &ids, None, None)?;
+    entries.sort_by_key(|e| ids.iter().position(|id| *id == e.run.id));
+    let table = journal::compare(&entries);
+    print!("{}", table.markdown());
+    let mut written = vec![runs.join(format!("{tag}.csv")), runs.join(format!("{tag}.html"))];
+    write_atomic(&written[0], table.csv().as_bytes())?;
+    write_atomic(&written[1], journal::html_report(&entries, &tag)?.as_bytes())?;
+    // One numeric axis: test accuracy against the swept value.
+    let numeric: Option<Vec<(f64, f64)>> = (grids.len() == 1)
+        .then(|| {
+            points.iter().zip(&entries).map(|(p, e)| Some((p.values[0].1.parse::<f64>().ok()?, 100.0 * e.summary.as_ref()?.test_acc))).collect()
+        })
+        .flatten();
+    if let Some(points) = numeric {
+        let key = grids[0].split('=').next().unwrap_or_default();
+        let svg = runs.join(format!("{tag}.svg"));
+        plot::line_chart_svg(&svg, &format!("test accuracy, {tag}"), key, "test accuracy (%)", &[plot::Series { name: key, points }])?;
+        written.push(svg);
+    }
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn runs_command(command: RunsCommand) -> Result<()> {
+    use ferrovision::tracking::{journal, utc_now, write_atomic};
+    match command {
+        RunsCommand::List { dir } => print!("{}", journal::list(&journal::scan(&dir)?).markdown()),
+        RunsCommand::Note { id, text, dir } => {
+            journal::add_note(&dir.join(&id), &text, &utc_now().0)?;
+            println!("noted in {}", dir.join(&id).join(journal::NOTES).display());
+        }
+        RunsCommand::Compare { ids, tag, parent, dir, csv, html } => {
+            let entries = journal::select(journal::scan(&dir)?, &ids, tag.as_deref(), parent.as_deref())?;
+            let table = journal::compare(&entries);
+            print!("{}", table.markdown());
+            if let Some(path) = csv {
+                write_atomic(&path, table.csv().as_bytes())?;
+                println!("wrote {}", path.display());
+            }
+            if let Some(path) = html {
+                let title = tag.or(parent).map_or("comparison".to_string(), |t| format!("comparison: {t}"));
+                write_atomic(&path, journal::html_report(&entries, &title)?.as_bytes())?;
+                println!("wrote {}", path.display());
+            }
+        }
     }
     Ok(())
 }
@@ -533,18 +662,6 @@ fn group_digits(n: usize) -> String {
 
 /// `<name>-YYYYMMDD-HHMMSS` in UTC.
 fn default_run_id(name: &str) -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + (month <= 2) as i64;
-    format!("{name}-{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+    let (date, time) = ferrovision::tracking::utc_now();
+    format!("{name}-{}-{time}", date.replace('-', ""))
 }
-

@@ -736,3 +736,39 @@ fn plateau_early_stopping_and_accumulation_shape_the_run() {
     ws.train("bad", &["--set", "train.accumulate_batches=0"]).failure(&["train.accumulate_batches"]);
     ws.train("bad", &["--set", "train.milestones=[5, 2]"]).failure(&["train.milestones"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sweeps and the journal
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn sweep_runs_a_grid_then_the_journal_lists_notes_and_compares() {
+    let ws = Workspace::new();
+    let config = ws.config();
+    let sweep = ["sweep", "--config", s(&config), "--grid", "train.lr=0.001,0.003", "--set", "train.epochs=1", "--set", "experiment.motivation=\"which learning rate\""];
+    let out = ferrovision(ws.root(), &sweep);
+    let report = out.success();
+    assert!(report.contains("| tiny-0.003 | 0.003 |"), "{report}");
+    for file in ["tiny-0.001", "tiny-0.003", "sweep-tiny.csv", "sweep-tiny.html", "sweep-tiny.svg"] {
+        assert!(ws.run_folders().contains(&file.to_string()), "{file} missing: {:?}", ws.run_folders());
+    }
+    // Started again, the finished points are skipped.
+    let again = ferrovision(ws.root(), &sweep);
+    assert_eq!(again.success().matches("finished earlier, skipped").count(), 2, "{again:#?}");
+
+    let runs = ws.runs();
+    let note = ferrovision(ws.root(), &["runs", "note", "tiny-0.003", "Faster start, same end.", "--dir", s(&runs)]);
+    note.success();
+    assert!(std::fs::read_to_string(runs.join("tiny-0.003/notes.md")).unwrap().contains("Faster start, same end."));
+    let list = ferrovision(ws.root(), &["runs", "list", "--dir", s(&runs)]);
+    let list = list.success();
+    assert!(list.contains("| tiny-0.001 |") && list.contains("sweep-tiny"), "{list}");
+    let html = ws.root().join("compare.html");
+    let compare = ferrovision(ws.root(), &["runs", "compare", "--tag", "sweep-tiny", "--dir", s(&runs), "--html", s(&html)]);
+    assert!(compare.success().contains("train.lr"), "{compare:#?}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains("which learning rate") && page.contains("Faster start"), "report lacks curves or notes");
+
+    ferrovision(ws.root(), &["sweep", "--config", s(&config), "--grid", "train.lrr=0.1"]).failure(&["lrr"]);
+    ferrovision(ws.root(), &["runs", "compare", "nope", "--dir", s(&runs)]).failure(&["nope"]);
+}

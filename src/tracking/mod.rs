@@ -1,7 +1,8 @@
 //! Run folders: the resolved config, per-epoch metrics, checkpoints and the final summary.
 
+pub mod journal;
 pub mod plot;
 pub mod run;
 pub mod tensorboard;
 
-pub use run::{EpochMetrics, RunDir, RunSummary, write_atomic};
+pub use run::{EpochMetrics, RunDir, RunSummary, utc_now, write_atomic};

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
 
 /// One named line of `(x, y)` points.
@@ -23,13 +23,19 @@ const COLORS: [RGBColor; 6] = [
 /// A line chart with markers, axes labelled, a legend when there is more than one series; written
 /// atomically to `path`.
 pub fn line_chart_svg(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
+    let svg = line_chart_svg_text(title, x_label, y_label, series).with_context(|| format!("plotting {}", path.display()))?;
+    super::write_atomic(path, svg.as_bytes())
+}
+
+/// The chart of `line_chart_svg` as SVG text (to embed in HTML).
+pub fn line_chart_svg_text(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<String> {
     let points = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in points {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
     if x0 > x1 {
-        return Err(anyhow!("{}: nothing to plot", path.display()));
+        return Err(anyhow!("nothing to plot"));
     }
     let pad = |lo: f64, hi: f64| {
         let margin = if hi > lo { (hi - lo) * 0.05 } else { lo.abs().max(1.0) * 0.05 };
@@ -38,7 +44,7 @@ pub fn line_chart_svg(path: &Path, title: &str, x_label: &str, y_label: &str, se
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (720, 440)).into_drawing_area();
-        let draw = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {}: {e:?}", path.display());
+        let draw = |e: DrawingAreaErrorKind<_>| anyhow!("drawing: {e:?}");
         root.fill(&WHITE).map_err(draw)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
@@ -62,7 +68,7 @@ pub fn line_chart_svg(path: &Path, title: &str, x_label: &str, y_label: &str, se
         }
         root.present().map_err(draw)?;
     }
-    super::write_atomic(path, svg.as_bytes())
+    Ok(svg)
 }
 
 #[cfg(test)]

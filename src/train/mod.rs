@@ -7,6 +7,7 @@ pub mod loss;
 pub mod optim;
 pub mod robustness;
 pub mod schedule;
+pub mod sweep;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 
 use super::evaluate::RunEvaluation;
 use crate::augment::NormalizePreset;
+use crate::config::split_values;
 use crate::augment::transforms::{Context as TransformContext, Pipeline, Transform};
 use crate::tracking::plot::{Series, line_chart_svg};
 use crate::tracking::write_atomic;
@@ -51,26 +52,6 @@ fn transforms_of(entries: &[toml::Table], origin: &str) -> Result<Vec<Transform>
                 .map_err(|err: toml::de::Error| anyhow::anyhow!("{origin}[{i}]: {}", err.message()))
         })
         .collect()
-}
-
-/// Splits `v1,v2,[a,b],...` at the commas outside brackets.
-fn split_values(values: &str) -> Vec<String> {
-    let (mut out, mut depth, mut current) = (Vec::new(), 0i32, String::new());
-    for ch in values.chars() {
-        match ch {
-            '[' | '{' => depth += 1,
-            ']' | '}' => depth -= 1,
-            ',' if depth == 0 => {
-                out.push(std::mem::take(&mut current).trim().to_string());
-                continue;
-            }
-            _ => {}
-        }
-        current.push(ch);
-    }
-    out.push(current.trim().to_string());
-    out.retain(|v| !v.is_empty());
-    out
 }
 
 /// The clean setting, then the transforms as given, or, with `sweep = "KEY=V1,V2,..."`, one

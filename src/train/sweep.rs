@@ -1,0 +1,127 @@
+//! `ferrovision sweep`: one run per point of the cross product of `--grid key=v1,v2,...` lists,
+//! sequentially, each tagged with the sweep's name so `runs compare --tag` finds them. A run that
+//! finished is skipped when the sweep is started again; an unfinished one is moved aside and redone.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use crate::config::{ExperimentConfig, split_values};
+
+/// One point of the grid: its run id, its `--set` overrides and the swept values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    pub id: String,
+    pub overrides: Vec<String>,
+    pub values: Vec<(String, String)>,
+}
+
+/// Parses `key=v1,v2,...` lists into their cross product (the first key varies slowest).
+pub fn points(name: &str, grids: &[String]) -> Result<Vec<Point>> {
+    let mut axes = Vec::new();
+    for grid in grids {
+        let (key, values) = grid.split_once('=').with_context(|| format!("--grid {grid}: expected KEY=V1,V2,..."))?;
+        let values = split_values(values);
+        if values.is_empty() {
+            bail!("--grid {grid}: no values after `=`");
+        }
+        axes.push((key.trim().to_string(), values));
+    }
+    if axes.is_empty() {
+        bail!("give at least one --grid KEY=V1,V2,...");
+    }
+    let mut out = vec![Point { id: name.to_string(), overrides: Vec::new(), values: Vec::new() }];
+    for (key, values) in &axes {
+        out = out
+            .into_iter()
+            .flat_map(|p| {
+                values.iter().map(move |v| Point {
+                    id: format!("{}-{}", p.id, slug(v)),
+                    overrides: [p.overrides.clone(), vec![format!("{key}={v}")]].concat(),
+                    values: [p.values.clone(), vec![(key.clone(), v.clone())]].concat(),
+                })
+            })
+            .collect();
+    }
+    Ok(out)
+}
+
+/// A value as a folder-name fragment: letters, digits, `.` and `_`.
+fn slug(value: &str) -> String {
+    let s: String = value.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' }).collect();
+    s.trim_matches('_').to_string()
+}
+
+/// The configs of every point, checked before anything runs (an unknown key fails here).
+pub fn configs(path: &Path, base_overrides: &[String], points: &[Point], tag: &str) -> Result<Vec<ExperimentConfig>> {
+    points
+        .iter()
+        .map(|p| {
+            let overrides = [base_overrides, &p.overrides[..], &[format!("run.id={}", toml::Value::String(p.id.clone()))]].concat();
+            let mut config = ExperimentConfig::load(path, &overrides).with_context(|| format!("sweep point {}", p.id))?;
+            if !config.experiment.tags.iter().any(|t| t == tag) {
+                config.experiment.tags.push(tag.to_string());
+            }
+            config.experiment.id.clear();
+            Ok(config)
+        })
+        .collect()
+}
+
+/// What to do with a point's run folder: it finished (skip), is absent (train), or was
+/// interrupted (moved to `<id>.interrupted-N` to keep its files, then trained again).
+pub fn prepare_folder(runs: &Path, id: &str) -> Result<bool> {
+    let folder = runs.join(id);
+    if folder.join(crate::tracking::RunDir::SUMMARY).is_file() {
+        return Ok(false);
+    }
+    if folder.exists() {
+        let aside = (1..).map(|n| runs.join(format!("{id}.interrupted-{n}"))).find(|p| !p.exists()).expect("a free name");
+        std::fs::rename(&folder, &aside).with_context(|| format!("moving the unfinished {} aside", folder.display()))?;
+        println!("{} was unfinished: kept as {}, training it again", folder.display(), aside.display());
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_expand_to_their_cross_product() {
+        let p = points("study", &["train.optimizer=\"sgd\",\"adam\"".into(), "train.lr=0.1,[0.01]".into()]).unwrap();
+        let ids: Vec<&str> = p.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["study-sgd-0.1", "study-sgd-0.01", "study-adam-0.1", "study-adam-0.01"]);
+        assert_eq!(p[3].overrides, vec!["train.optimizer=\"adam\"".to_string(), "train.lr=[0.01]".to_string()]);
+        assert!(points("s", &["train.lr".into()]).is_err());
+        assert!(points("s", &[]).is_err());
+    }
+
+    #[test]
+    fn configs_are_checked_and_tagged_before_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[train]\nepochs = 1\n").unwrap();
+        let p = points("c", &["train.lr=0.1,0.2".into()]).unwrap();
+        let checked = configs(&path, &[], &p, "sweep-c").unwrap();
+        assert_eq!(checked[1].train.lr, 0.2);
+        assert_eq!(checked[1].run.id, "c-0.2");
+        assert_eq!(checked[1].experiment.tags, vec!["sweep-c".to_string()]);
+        let bad = points("c", &["train.lrr=0.1".into()]).unwrap();
+        let err = format!("{:#}", configs(&path, &[], &bad, "t").unwrap_err());
+        assert!(err.contains("lrr"), "{err}");
+    }
+
+    #[test]
+    fn finished_points_are_skipped_and_unfinished_ones_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(prepare_folder(dir.path(), "a").unwrap());
+        std::fs::create_dir_all(dir.path().join("a")).unwrap();
+        std::fs::write(dir.path().join("a/metrics.jsonl"), "{}\n").unwrap();
+        assert!(prepare_folder(dir.path(), "a").unwrap());
+        assert!(dir.path().join("a.interrupted-1/metrics.jsonl").is_file());
+        std::fs::create_dir_all(dir.path().join("b")).unwrap();
+        std::fs::write(dir.path().join("b/summary.json"), "{}").unwrap();
+        assert!(!prepare_folder(dir.path(), "b").unwrap());
+    }
+}
