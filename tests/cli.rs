@@ -282,6 +282,15 @@ fn train_writes_a_complete_run_and_eval_reproduces_its_accuracy() {
         let path = run.join("checkpoints").join(format!("{checkpoint}.bpk"));
         assert!(std::fs::metadata(&path).is_ok_and(|m| m.len() > 0), "{} missing or empty", path.display());
     }
+    // Learning curves (SVG and PNG) and TensorBoard events.
+    for chart in ["loss", "accuracy", "lr"] {
+        for ext in ["svg", "png"] {
+            let path = run.join("curves").join(format!("{chart}.{ext}"));
+            assert!(std::fs::metadata(&path).is_ok_and(|m| m.len() > 1000), "{} missing or tiny", path.display());
+        }
+    }
+    let events: Vec<_> = std::fs::read_dir(run.join("tensorboard")).unwrap().collect();
+    assert_eq!(events.len(), 1, "one event file");
     let metrics_text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let metrics: Vec<Value> = metrics_text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(metrics.len(), 2, "one line per epoch:\n{metrics_text}");

@@ -27,6 +27,29 @@ pub fn line_chart_svg(path: &Path, title: &str, x_label: &str, y_label: &str, se
     super::write_atomic(path, svg.as_bytes())
 }
 
+/// `<stem>.svg` and `<stem>.png` of the same chart.
+pub fn line_chart_files(stem: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<Vec<u8>> {
+    let svg = line_chart_svg_text(title, x_label, y_label, series).with_context(|| format!("plotting {}", stem.display()))?;
+    let png = svg_to_png(&svg)?;
+    super::write_atomic(&stem.with_extension("svg"), svg.as_bytes())?;
+    super::write_atomic(&stem.with_extension("png"), &png)?;
+    Ok(png)
+}
+
+/// Rasterizes SVG text to PNG bytes; every font family is DejaVu Sans (shipped in the binary).
+pub fn svg_to_png(svg: &str) -> Result<Vec<u8>> {
+    use resvg::{tiny_skia, usvg};
+    let mut fonts = usvg::fontdb::Database::new();
+    fonts.load_font_data(dejavu::sans::regular().to_vec());
+    fonts.set_sans_serif_family("DejaVu Sans");
+    let options = usvg::Options { font_family: "DejaVu Sans".into(), fontdb: std::sync::Arc::new(fonts), ..Default::default() };
+    let tree = usvg::Tree::from_str(svg, &options).context("parsing the chart's SVG")?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = tiny_skia::Pixmap::new(size.width(), size.height()).context("empty chart")?;
+    resvg::render(&tree, tiny_skia::Transform::default(), &mut pixmap.as_mut());
+    pixmap.encode_png().context("encoding the chart as PNG")
+}
+
 /// The chart of `line_chart_svg` as SVG text (to embed in HTML).
 pub fn line_chart_svg_text(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<String> {
     let points = series.iter().flat_map(|s| s.points.iter());
@@ -53,7 +76,7 @@ pub fn line_chart_svg_text(title: &str, x_label: &str, y_label: &str, series: &[
             .y_label_area_size(60)
             .build_cartesian_2d(pad(x0, x1), pad(y0, y1))
             .map_err(draw)?;
-        chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(draw)?;
+        chart.configure_mesh().light_line_style(WHITE).x_desc(x_label).y_desc(y_label).draw().map_err(draw)?;
         for (s, color) in series.iter().zip(COLORS.iter().cycle()) {
             let style = ShapeStyle::from(color).stroke_width(2);
             chart
@@ -88,5 +111,18 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.contains("accuracy under rotation") && svg.contains("degrees"));
         assert!(svg.contains("clean") && svg.contains("other"));
         assert!(line_chart_svg(&path, "t", "x", "y", &[]).is_err());
+    }
+
+    #[test]
+    fn png_copies_render_the_chart_with_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let series = [Series { name: "val", points: vec![(1.0, 0.5), (2.0, 0.7)] }];
+        let png = line_chart_files(&dir.path().join("acc"), "accuracy", "epoch", "accuracy", &series).unwrap();
+        assert!(dir.path().join("acc.svg").is_file());
+        let image = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!((image.width(), image.height()), (720, 440));
+        // Dark pixels in the caption band: the title's glyphs were drawn.
+        let dark = (0..image.width()).flat_map(|x| (0..40).map(move |y| (x, y))).filter(|&(x, y)| image.get_pixel(x, y).0[0] < 100).count();
+        assert!(dark > 50, "{dark} dark pixels in the title band");
     }
 }

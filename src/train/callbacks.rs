@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::schedule::Monitor;
 use crate::models::Classifier;
+use crate::tracking::plot::{Series, line_chart_files};
 use crate::tracking::tensorboard::EventWriter;
 use crate::tracking::{EpochMetrics, RunDir, write_atomic};
 
@@ -32,8 +33,38 @@ pub trait Callback {
     }
 }
 
+/// Learning curves, redrawn after every epoch as `<run>/curves/{loss,accuracy,lr}.{svg,png}`.
+pub struct CurvesPlot;
+
+impl CurvesPlot {
+    pub const FOLDER: &'static str = "curves";
+    pub const CHARTS: [&'static str; 3] = ["loss", "accuracy", "lr"];
+}
+
+impl Callback for CurvesPlot {
+    fn on_epoch_end(&mut self, c: &EpochContext) -> Result<()> {
+        let metrics = c.run.read_metrics()?;
+        let folder = c.run.path.join(Self::FOLDER);
+        std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+        let series = |name, pick: fn(&EpochMetrics) -> Option<f64>| Series {
+            name,
+            points: metrics.iter().filter_map(|m| pick(m).map(|v| (m.epoch as f64, v))).collect(),
+        };
+        let charts = [
+            ("loss", vec![series("train", |m| Some(m.train_loss)), series("val", |m| m.val_loss)]),
+            ("accuracy", vec![series("train", |m| Some(m.train_acc)), series("val", |m| m.val_acc)]),
+            ("lr", vec![series("lr", |m| Some(m.lr))]),
+        ];
+        for (name, lines) in charts {
+            let lines: Vec<Series> = lines.into_iter().filter(|s| !s.points.is_empty()).collect();
+            line_chart_files(&folder.join(name), &format!("{} - {name}", c.run.id), "epoch", name, &lines)?;
+        }
+        Ok(())
+    }
+}
+
 /// TensorBoard scalars: the loss and learning rate of every step, and the epoch metrics
-/// (losses, accuracies, lr, img/s) at the epoch number.
+/// (losses, accuracies, lr, img/s) at the epoch number; the learning-curve images when drawn.
 pub struct TensorBoardLog {
     writer: EventWriter,
 }
@@ -63,6 +94,13 @@ impl Callback for TensorBoardLog {
         for (tag, value) in scalars {
             if let Some(v) = value {
                 self.writer.scalar(tag, v, m.epoch)?;
+            }
+        }
+        for chart in CurvesPlot::CHARTS {
+            let path = c.run.path.join(CurvesPlot::FOLDER).join(format!("{chart}.png"));
+            if let Ok(png) = std::fs::read(&path) {
+                let (width, height) = image::load_from_memory(&png).map(|i| (i.width(), i.height())).unwrap_or((0, 0));
+                self.writer.image(&format!("curves/{chart}"), png, height as usize, width as usize, m.epoch)?;
             }
         }
         Ok(())

@@ -26,7 +26,7 @@ use crate::data::{self, ImageSet};
 use crate::models::{self, Classifier};
 use crate::augment::transforms::Pipeline;
 use crate::tracking::{EpochMetrics, RunDir, RunSummary};
-use callbacks::{Callback, Checkpointer, ConsoleLog, EarlyStopper, EpochContext, MetricsLog, TensorBoardLog};
+use callbacks::{Callback, Checkpointer, ConsoleLog, CurvesPlot, EarlyStopper, EpochContext, MetricsLog, TensorBoardLog};
 pub use evaluate::{EvalResult, EvalSettings, RunEvaluation, Tta, evaluate, evaluate_run};
 use schedule::LrSchedule;
 
@@ -176,8 +176,9 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
     let backbone_lr = (config.model.weights.is_some() || config.model.pretrained.is_some())
         .then(|| (models::transfer::backbone_group(&model, &new_parts), config.transfer.backbone_lr_scale));
     let mut optimizer = optim::build(&config.train, backbone_lr);
+    // In order: the metrics line first (the curves read it), the curves before TensorBoard (which logs them).
     let mut callbacks: Vec<Box<dyn Callback>> =
-        vec![Box::new(MetricsLog), Box::new(Checkpointer::default()), Box::new(ConsoleLog)];
+        vec![Box::new(MetricsLog), Box::new(Checkpointer::default()), Box::new(ConsoleLog), Box::new(CurvesPlot)];
     if let Some(early) = config.train.early_stopping {
         callbacks.push(Box::new(EarlyStopper::new(early)));
     }
