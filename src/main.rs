@@ -23,8 +23,12 @@ struct Cli {
 enum Command {
     /// Train a model from a config file; writes runs/<id>/ and tests the best checkpoint.
     Train {
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, required_unless_present = "resume")]
+        config: Option<PathBuf>,
+        /// Continue an interrupted run (runs/<id>) from its last completed epoch; `--set
+        /// train.epochs=N` extends a finished one.
+        #[arg(long, conflicts_with_all = ["config", "data", "download", "id"])]
+        resume: Option<PathBuf>,
         /// Override a config key, e.g. --set train.epochs=3 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -325,7 +329,17 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train { config, mut overrides, data, download, device, id } => {
+        Command::Train { config: None, resume: Some(dir), mut overrides, device, .. } => {
+            if let Some(device) = device {
+                overrides.push(format!("run.device={}", toml_string(&device)));
+            }
+            let (run, _) = RunDir::open(&dir)?;
+            let config = ExperimentConfig::load(&dir.join(RunDir::CONFIG), &overrides)?;
+            let (run, summary) = train::resume(&run, &config, &INTERRUPTED)?;
+            print_summary(&run, &summary);
+        }
+        Command::Train { config, mut overrides, data, download, device, id, .. } => {
+            let config = config.expect("clap requires --config without --resume");
             if let Some(path) = data {
                 overrides.push(format!("data.path={}", toml_string(&path.display().to_string())));
             }
@@ -347,16 +361,7 @@ fn run(cli: Cli) -> Result<()> {
                 (a, b) => anyhow::bail!("config key `experiment.id`: `{a}` differs from run.id `{b}`; give one of them"),
             };
             let (run, summary) = train::fit(&config, &run_id, &INTERRUPTED)?;
-            println!(
-                "test accuracy {:.2}% (loss {:.4}) on {} images, best epoch {}, trained {:.0}s, total {:.0}s\nrun saved in {}",
-                100.0 * summary.test_acc,
-                summary.test_loss,
-                summary.test_images,
-                summary.best_epoch,
-                summary.train_seconds,
-                summary.total_seconds,
-                run.path.display()
-            );
+            print_summary(&run, &summary);
         }
         Command::Eval { run, split, device, checkpoint, transform, sweep, tta } => {
             let (run, mut config) = RunDir::open(&run)?;
@@ -517,6 +522,19 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+fn print_summary(run: &RunDir, summary: &ferrovision::tracking::RunSummary) {
+    println!(
+        "test accuracy {:.2}% (loss {:.4}) on {} images, best epoch {}, trained {:.0}s, total {:.0}s\nrun saved in {}",
+        100.0 * summary.test_acc,
+        summary.test_loss,
+        summary.test_images,
+        summary.best_epoch,
+        summary.train_seconds,
+        summary.total_seconds,
+        run.path.display()
+    );
+}
+
 fn sweep_command(path: &std::path::Path, grids: &[String], overrides: &[String], tag: Option<String>) -> Result<()> {
     use ferrovision::tracking::{journal, plot, write_atomic};
     use train::sweep;
@@ -526,12 +544,19 @@ fn sweep_command(path: &std::path::Path, grids: &[String], overrides: &[String],
     let configs = sweep::configs(path, overrides, &points, &tag)?;
     let runs = configs[0].run.dir.clone();
     for (i, (point, config)) in points.iter().zip(&configs).enumerate() {
-        if !sweep::prepare_folder(&runs, &point.id)? {
-            println!("sweep {}/{}: {} finished earlier, skipped", i + 1, points.len(), point.id);
-            continue;
+        let position = format!("sweep {}/{}: {}", i + 1, points.len(), point.id);
+        match sweep::prepare_folder(&runs, &point.id)? {
+            sweep::PointStatus::Finished => println!("{position} finished earlier, skipped"),
+            sweep::PointStatus::Resumable => {
+                println!("{position} was interrupted, resuming");
+                let (run, _) = RunDir::open(&runs.join(&point.id))?;
+                train::resume(&run, config, &INTERRUPTED)?;
+            }
+            sweep::PointStatus::Fresh => {
+                println!("{position} ({})", point.overrides.join(" "));
+                train::fit(config, &point.id, &INTERRUPTED)?;
+            }
         }
-        println!("sweep {}/{}: {} ({})", i + 1, points.len(), point.id, point.overrides.join(" "));
-        train::fit(config, &point.id, &INTERRUPTED)?;
     }
     let ids: Vec<String> = points.iter().map(|p| p.id.clone()).collect();
     let mut entries = journal::select(journal::scan(&runs)?, &ids, None, None)?;

@@ -328,6 +328,12 @@ fn train_writes_a_complete_run_and_eval_reproduces_its_accuracy() {
     for (class, _) in CLASSES {
         assert!(report.contains(class), "per-class line for {class}:\n{report}");
     }
+    for kind in ["counts", "normalized"] {
+        for ext in ["svg", "png"] {
+            let path = run.join("eval").join(format!("test-best-confusion-{kind}.{ext}"));
+            assert!(path.is_file(), "{} missing:\n{report}", path.display());
+        }
+    }
 
     // --split val: the same validation images as in training, so best_val_acc.
     let eval = ferrovision(ws.root(), &["eval", "--run", s(&run), "--split", "val"]);
@@ -780,4 +786,62 @@ fn sweep_runs_a_grid_then_the_journal_lists_notes_and_compares() {
 
     ferrovision(ws.root(), &["sweep", "--config", s(&config), "--grid", "train.lrr=0.1"]).failure(&["lrr"]);
     ferrovision(ws.root(), &["runs", "compare", "nope", "--dir", s(&runs)]).failure(&["nope"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resume
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_run_killed_mid_training_resumes_to_the_same_result() {
+    let ws = Workspace::new();
+    let config = ws.config();
+    // Dropout draws from the device RNG, the loader from the seed: both must line up after a resume.
+    let settings = ["--set", "train.epochs=8", "--set", "model.dropout=0.3", "--set", "train.schedule=\"cosine\""];
+    ws.train("whole", &settings).success();
+
+    let mut args = vec!["train", "--config", s(&config), "--id", "killed"];
+    args.extend_from_slice(&settings);
+    let mut child = command(ws.root(), &args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let run = ws.runs().join("killed");
+    let logged = || std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while logged() < 3 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to save anything.
+    child.wait().unwrap();
+    let killed_at = logged();
+    assert!(killed_at < 8 && !run.join("summary.json").exists(), "killed after {killed_at} epochs");
+
+    let out = ferrovision(ws.root(), &["train", "--resume", s(&run)]);
+    assert!(out.success().contains("resuming"), "{out:#?}");
+    let metrics = |id: &str| -> Vec<Value> {
+        let text = std::fs::read_to_string(ws.runs().join(id).join("metrics.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (whole, resumed) = (metrics("whole"), metrics("killed"));
+    assert_eq!(whole.len(), 8);
+    assert_eq!(resumed.len(), 8);
+    for (a, b) in whole.iter().zip(&resumed) {
+        for key in ["train_loss", "val_loss", "val_acc", "lr"] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "epoch {}: {key} {x} vs {y}", a["epoch"]);
+        }
+    }
+    let (a, b) = (read_json(&ws.runs().join("whole/summary.json")), read_json(&run.join("summary.json")));
+    assert_eq!(a["test_acc"], b["test_acc"]);
+    assert!((a["test_loss"].as_f64().unwrap() - b["test_loss"].as_f64().unwrap()).abs() < 1e-6);
+
+    // A finished run resumes only to train longer; an edited config is refused; a missing one too.
+    ferrovision(ws.root(), &["train", "--resume", s(&run)]).failure(&["all 8 epochs are done", "train.epochs"]);
+    let out = ferrovision(ws.root(), &["train", "--resume", s(&run), "--set", "train.epochs=9"]);
+    assert!(out.success().contains("resuming"), "{out:#?}");
+    assert_eq!(metrics("killed").len(), 9);
+    let edited = std::fs::read_to_string(run.join("config.toml")).unwrap().replace("lr = 0.001", "lr = 0.5");
+    std::fs::write(run.join("config.toml"), edited).unwrap();
+    ferrovision(ws.root(), &["train", "--resume", s(&run), "--set", "train.epochs=10"]).failure(&["train.lr", "0.001 -> 0.5"]);
+    ferrovision(ws.root(), &["train", "--resume", s(&ws.root().join("nothing"))]).failure(&["nothing"]);
 }

@@ -161,7 +161,7 @@ pub fn list(entries: &[RunEntry]) -> Table {
 }
 
 /// Every config key as `section.key = value` (values in TOML syntax).
-fn flat_settings(config: &ExperimentConfig) -> BTreeMap<String, String> {
+pub(crate) fn flat_settings(config: &ExperimentConfig) -> BTreeMap<String, String> {
     fn walk(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
         for (key, value) in table {
             let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };

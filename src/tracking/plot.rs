@@ -94,9 +94,64 @@ pub fn line_chart_svg_text(title: &str, x_label: &str, y_label: &str, series: &[
     Ok(svg)
 }
 
+/// A confusion matrix as SVG: rows are true classes, columns predictions; each cell shaded by
+/// its share of the row, labelled with the count (`normalized = false`) or that share. Class
+/// names and cell labels are drawn up to 30 classes.
+pub fn confusion_matrix_svg(classes: &[String], counts: &[Vec<usize>], normalized: bool, title: &str) -> Result<String> {
+    let k = classes.len();
+    let labelled = k <= 30;
+    let cell = (640 / k.max(1)).clamp(4, 48) as i32;
+    let margin_left = if labelled { 110 } else { 20 };
+    let (width, height) = (margin_left + cell * k as i32 + 20, 60 + cell * k as i32 + if labelled { 90 } else { 20 });
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width as u32, height as u32)).into_drawing_area();
+        let draw = |e: DrawingAreaErrorKind<_>| anyhow!("drawing: {e:?}");
+        root.fill(&WHITE).map_err(draw)?;
+        root.draw(&Text::new(title.to_string(), (margin_left, 16), ("sans-serif", 18))).map_err(draw)?;
+        let top = 50;
+        for (r, row) in counts.iter().enumerate() {
+            let total = row.iter().sum::<usize>().max(1) as f64;
+            for (c, &n) in row.iter().enumerate() {
+                let share = n as f64 / total;
+                let shade = (255.0 * (1.0 - share)) as u8;
+                let (x, y) = (margin_left + c as i32 * cell, top + r as i32 * cell);
+                root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(shade, shade, 255).filled())).map_err(draw)?;
+                if labelled && cell >= 20 {
+                    let text = if normalized { format!("{:.2}", share) } else { n.to_string() };
+                    let color = if share > 0.5 { &WHITE } else { &BLACK };
+                    let style = ("sans-serif", (cell / 3).max(8)).into_font().color(color);
+                    root.draw(&Text::new(text, (x + 3, y + cell / 3), style)).map_err(draw)?;
+                }
+            }
+        }
+        if labelled {
+            for (i, name) in classes.iter().enumerate() {
+                let y = top + i as i32 * cell + cell / 3;
+                root.draw(&Text::new(name.clone(), (6, y), ("sans-serif", 12))).map_err(draw)?;
+                let x = margin_left + i as i32 * cell + cell / 4;
+                let style = ("sans-serif", 12).into_font().transform(FontTransform::Rotate90);
+                root.draw(&Text::new(name.clone(), (x, top + k as i32 * cell + 6), style)).map_err(draw)?;
+            }
+        }
+        root.present().map_err(draw)?;
+    }
+    Ok(svg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn confusion_matrix_labels_cells_and_classes() {
+        let classes = vec!["cat".to_string(), "dog".to_string()];
+        let svg = confusion_matrix_svg(&classes, &[vec![8, 2], vec![1, 9]], false, "test split").unwrap();
+        assert!(svg.contains(">\n8\n<") && svg.contains(">\n9\n<") && svg.contains("dog") && svg.contains("test split"), "{svg}");
+        let shares = confusion_matrix_svg(&classes, &[vec![8, 2], vec![1, 9]], true, "t").unwrap();
+        assert!(shares.contains(">\n0.80\n<") && shares.contains(">\n0.10\n<"), "{shares}");
+        assert!(!svg_to_png(&svg).unwrap().is_empty());
+    }
 
     #[test]
     fn writes_an_svg_with_the_labels_and_one_path_per_series() {

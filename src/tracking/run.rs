@@ -96,8 +96,14 @@ impl RunDir {
         }
         std::fs::create_dir_all(path.join("checkpoints")).with_context(|| format!("creating {}", path.display()))?;
         let run = Self { path, id: id.to_string() };
-        write_atomic(&run.path.join(Self::CONFIG), run_config_text(config).as_bytes())?;
+        run.write_config(config)?;
         Ok(run)
+    }
+
+    /// Writes the fully resolved `config.toml` (at creation, and when a resumed run extends it).
+    pub fn write_config(&self, config: &ExperimentConfig) -> Result<()> {
+        let text = format!("# Fully resolved configuration of this run (defaults and --set overrides applied).\n{}", config.to_toml());
+        write_atomic(&self.path.join(Self::CONFIG), text.as_bytes())
     }
 
     /// Opens an existing run folder (for `eval`).
@@ -145,9 +151,6 @@ impl RunDir {
     }
 }
 
-fn run_config_text(config: &ExperimentConfig) -> String {
-    format!("# Fully resolved configuration of this run (defaults and --set overrides applied).\n{}", config.to_toml())
-}
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,12 @@ pub struct EpochContext<'a> {
 pub trait Callback {
     fn on_epoch_end(&mut self, context: &EpochContext) -> Result<()>;
 
+    /// Resuming: the metrics of an epoch completed before the interruption, in order, so the
+    /// callback's state is what it was then.
+    fn replay(&mut self, _metrics: &EpochMetrics) -> Result<()> {
+        Ok(())
+    }
+
     /// After every optimizer step (`step` counts from 1).
     fn on_step(&mut self, _step: usize, _loss: f32, _lr: f64) -> Result<()> {
         Ok(())
@@ -164,17 +170,31 @@ impl Checkpointer {
     }
 }
 
-impl Callback for Checkpointer {
-    fn on_epoch_end(&mut self, c: &EpochContext) -> Result<()> {
-        save_checkpoint(c.model, &c.run.checkpoint(Self::LAST))?;
-        let improved = match (c.metrics.val_loss, self.best_val_loss) {
+impl Checkpointer {
+    /// Whether `metrics` is the new best epoch (and remember it).
+    fn improves(&mut self, metrics: &EpochMetrics) -> bool {
+        let improved = match (metrics.val_loss, self.best_val_loss) {
             (Some(loss), Some(best)) => loss < best,
             _ => true,
         };
         if improved {
-            self.best_val_loss = c.metrics.val_loss;
+            self.best_val_loss = metrics.val_loss;
+        }
+        improved
+    }
+}
+
+impl Callback for Checkpointer {
+    fn on_epoch_end(&mut self, c: &EpochContext) -> Result<()> {
+        save_checkpoint(c.model, &c.run.checkpoint(Self::LAST))?;
+        if self.improves(c.metrics) {
             save_checkpoint(c.model, &c.run.checkpoint(Self::BEST))?;
         }
+        Ok(())
+    }
+
+    fn replay(&mut self, metrics: &EpochMetrics) -> Result<()> {
+        self.improves(metrics);
         Ok(())
     }
 }
@@ -211,8 +231,16 @@ impl EarlyStopper {
 
 impl Callback for EarlyStopper {
     fn on_epoch_end(&mut self, c: &EpochContext) -> Result<()> {
+        self.replay(c.metrics)?;
+        if self.should_stop() {
+            println!("early stopping: {:?} has not improved for {} epochs", self.config.monitor, self.waited);
+        }
+        Ok(())
+    }
+
+    fn replay(&mut self, metrics: &EpochMetrics) -> Result<()> {
         let monitor = self.config.monitor;
-        let value = monitor.read(c.metrics).with_context(|| {
+        let value = monitor.read(metrics).with_context(|| {
             format!("train.early_stopping.monitor = {monitor:?} needs a validation split (data.val_size > 0) or monitor = \"train_loss\"")
         })?;
         let sign = if monitor.higher_is_better() { 1.0 } else { -1.0 };
@@ -222,9 +250,6 @@ impl Callback for EarlyStopper {
             self.waited = 0;
         } else {
             self.waited += 1;
-            if self.should_stop() {
-                println!("early stopping: {monitor:?} has not improved for {} epochs", self.waited);
-            }
         }
         Ok(())
     }

@@ -10,7 +10,8 @@ use super::argmax;
 use crate::augment::InputTransform;
 use crate::augment::transforms::Pipeline;
 use crate::config::ExperimentConfig;
-use crate::tracking::RunDir;
+use crate::tracking::plot::{confusion_matrix_svg, svg_to_png};
+use crate::tracking::{RunDir, write_atomic};
 use crate::data::ImageSet;
 use crate::data::loader::{LoaderConfig, make_batch};
 use crate::models::Classifier;
@@ -165,8 +166,18 @@ impl RunEvaluation {
     }
 }
 
-/// Evaluates a run's checkpoint on its `test` or `val` split and formats accuracy, loss and
-/// per-class accuracy.
+/// Counts of (true class, predicted class).
+pub fn confusion(labels: &[u16], predictions: &[usize], num_classes: usize) -> Vec<Vec<usize>> {
+    let mut counts = vec![vec![0; num_classes]; num_classes];
+    for (&l, &p) in labels.iter().zip(predictions) {
+        counts[l as usize][p] += 1;
+    }
+    counts
+}
+
+/// Evaluates a run's checkpoint on its `test` or `val` split, formats accuracy, loss and
+/// per-class accuracy, and writes the confusion matrix (counts and row-normalized, SVG and PNG)
+/// into `<run>/eval/`.
 pub fn evaluate_run(run: &RunDir, config: &ExperimentConfig, split: &str, checkpoint: &str) -> Result<String> {
     let evaluation = RunEvaluation::load(run, config, split, checkpoint)?;
     let result = evaluation.evaluate(None)?;
@@ -179,6 +190,17 @@ pub fn evaluate_run(run: &RunDir, config: &ExperimentConfig, split: &str, checkp
     );
     for (name, acc) in evaluation.classes.iter().zip(&result.per_class_accuracy) {
         report.push_str(&format!("  {name:<12} {:>6.2}%\n", 100.0 * acc));
+    }
+    let counts = confusion(&evaluation.set.labels, &result.predictions, evaluation.classes.len());
+    let folder = run.path.join("eval");
+    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    for (normalized, kind) in [(false, "counts"), (true, "normalized")] {
+        let title = format!("{} {checkpoint}, {split}: confusion ({kind}; rows true, columns predicted)", run.id);
+        let svg = confusion_matrix_svg(&evaluation.classes, &counts, normalized, &title)?;
+        let stem = folder.join(format!("{split}-{checkpoint}-confusion-{kind}"));
+        write_atomic(&stem.with_extension("svg"), svg.as_bytes())?;
+        write_atomic(&stem.with_extension("png"), &svg_to_png(&svg)?)?;
+        report.push_str(&format!("wrote {}.{{svg,png}}\n", stem.display()));
     }
     Ok(report)
 }
@@ -195,5 +217,10 @@ mod tests {
         assert_eq!(view(&plane, 2, 3, (false, 1)), vec![1.0, 1.0, 2.0, 1.0, 1.0, 2.0]);
         assert_eq!(view(&plane, 2, 3, (false, -1)), vec![5.0, 6.0, 6.0, 5.0, 6.0, 6.0]);
         assert_eq!(Tta::FlipTranslate.views().len(), 6);
+    }
+
+    #[test]
+    fn confusion_counts_true_rows_and_predicted_columns() {
+        assert_eq!(confusion(&[0, 0, 1, 2], &[0, 1, 1, 0], 3), vec![vec![1, 1, 0], vec![0, 1, 0], vec![1, 0, 0]]);
     }
 }

@@ -5,6 +5,7 @@ pub mod callbacks;
 pub mod evaluate;
 pub mod loss;
 pub mod optim;
+pub mod resume;
 pub mod robustness;
 pub mod schedule;
 pub mod sweep;
@@ -117,10 +118,36 @@ pub fn step_once(
     (optimizer.step(lr, model, grads), loss_value, logits)
 }
 
+/// Where training starts: a new run folder, or an existing run's last completed epoch.
+pub enum Start<'a> {
+    New(&'a str),
+    Resume(&'a RunDir),
+}
+
+/// Seed of the device RNG (dropout, stochastic depth) in `epoch`: a function of the epoch alone,
+/// so a resumed run draws what the uninterrupted one drew.
+fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// Trains the model a config describes in a new run folder and evaluates its best checkpoint on
 /// the test split. `interrupt` (set by Ctrl-C) stops after the current step with a saved checkpoint.
 pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> Result<(RunDir, RunSummary)> {
+    train(config, Start::New(run_id), interrupt)
+}
+
+/// Continues an interrupted run from its last completed epoch (`config` is the run's own, possibly
+/// with more epochs).
+pub fn resume(run: &RunDir, config: &ExperimentConfig, interrupt: &AtomicBool) -> Result<(RunDir, RunSummary)> {
+    train(config, Start::Resume(run), interrupt)
+}
+
+fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Result<(RunDir, RunSummary)> {
     let started = Instant::now();
+    let resume_point = match start {
+        Start::Resume(run) => Some(resume::load_point(run, config)?),
+        Start::New(_) => None,
+    };
     let base_device = crate::device::parse(&config.run.device)?;
     base_device.seed(config.train.seed);
     let device = base_device.clone().autodiff();
@@ -143,9 +170,16 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
             data.train.height, data.train.width, augmented.0, augmented.1
         );
     }
-    let (mut model, new_parts) = models::transfer::build(config, num_classes, &device, true)?;
+    // A resumed run loads its own parameters; the pretrained file is not needed again.
+    let (mut model, new_parts) = models::transfer::build(config, num_classes, &device, resume_point.is_none())?;
     let params = models::trainable_params(&model);
-    let run = RunDir::create(&config.run.dir, run_id, config)?;
+    let run = match start {
+        Start::New(run_id) => RunDir::create(&config.run.dir, run_id, config)?,
+        Start::Resume(run) => {
+            run.write_config(config)?;
+            run.clone()
+        }
+    };
     println!(
         "run {}: {} ({} trainable parameters) on {} train / {} val / {} test images, device {}",
         run.path.display(),
@@ -189,7 +223,21 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
     let mut step = 0;
     let mut train_seconds = 0.0;
     let mut epochs_completed = 0;
-    for epoch in 1..=config.train.epochs {
+    if let Some(point) = &resume_point {
+        (model, optimizer) = resume::restore(&run, point, model, optimizer)?;
+        for metrics in resume::truncate_metrics(&run, point.epoch)? {
+            for callback in &mut callbacks {
+                callback.replay(&metrics)?;
+            }
+            schedule.epoch_end(&metrics).map_err(|e| anyhow::anyhow!("config key {e}"))?;
+            train_seconds += metrics.seconds;
+        }
+        step = point.epoch * steps_per_epoch;
+        epochs_completed = point.epoch;
+        println!("resuming {} after epoch {}", run.path.display(), point.epoch);
+    }
+    for epoch in epochs_completed + 1..=config.train.epochs {
+        base_device.seed(epoch_seed(config.train.seed, epoch));
         let epoch_start = Instant::now();
         let loader = EpochLoader::start(data.train.clone(), loader_config.clone(), epoch, 0);
         let bar = progress_bar(config, batches_per_epoch, epoch);
@@ -274,6 +322,7 @@ pub fn fit(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> R
         if let Some(lr) = schedule.epoch_end(&metrics).map_err(|e| anyhow::anyhow!("config key {e}"))? {
             println!("plateau: {:?} stopped improving, lr reduced to {lr:e}", config.train.plateau.monitor);
         }
+        resume::save(&run, epoch, &model, &optimizer, config)?;
         if callbacks.iter().any(|c| c.should_stop()) {
             break;
         }

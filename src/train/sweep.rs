@@ -1,6 +1,6 @@
 //! `ferrovision sweep`: one run per point of the cross product of `--grid key=v1,v2,...` lists,
-//! sequentially, each tagged with the sweep's name so `runs compare --tag` finds them. A run that
-//! finished is skipped when the sweep is started again; an unfinished one is moved aside and redone.
+//! sequentially, each tagged with the sweep's name so `runs compare --tag` finds them. Started
+//! again, a sweep skips the runs that finished and resumes the one that was interrupted.
 
 use std::path::Path;
 
@@ -68,19 +68,31 @@ pub fn configs(path: &Path, base_overrides: &[String], points: &[Point], tag: &s
         .collect()
 }
 
-/// What to do with a point's run folder: it finished (skip), is absent (train), or was
-/// interrupted (moved to `<id>.interrupted-N` to keep its files, then trained again).
-pub fn prepare_folder(runs: &Path, id: &str) -> Result<bool> {
+/// Where a point's run stands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PointStatus {
+    Finished,
+    /// Interrupted after a completed epoch: resume it.
+    Resumable,
+    /// Not started (an unfinished folder with nothing to resume from was moved to
+    /// `<id>.interrupted-N`, keeping its files).
+    Fresh,
+}
+
+pub fn prepare_folder(runs: &Path, id: &str) -> Result<PointStatus> {
     let folder = runs.join(id);
     if folder.join(crate::tracking::RunDir::SUMMARY).is_file() {
-        return Ok(false);
+        return Ok(PointStatus::Finished);
+    }
+    if super::resume::has_point(&folder) {
+        return Ok(PointStatus::Resumable);
     }
     if folder.exists() {
         let aside = (1..).map(|n| runs.join(format!("{id}.interrupted-{n}"))).find(|p| !p.exists()).expect("a free name");
         std::fs::rename(&folder, &aside).with_context(|| format!("moving the unfinished {} aside", folder.display()))?;
-        println!("{} was unfinished: kept as {}, training it again", folder.display(), aside.display());
+        println!("{} ended before its first epoch: kept as {}, starting it again", folder.display(), aside.display());
     }
-    Ok(true)
+    Ok(PointStatus::Fresh)
 }
 
 #[cfg(test)]
@@ -113,15 +125,17 @@ mod tests {
     }
 
     #[test]
-    fn finished_points_are_skipped_and_unfinished_ones_kept_aside() {
+    fn finished_points_are_skipped_interrupted_ones_resumed_and_empty_ones_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(prepare_folder(dir.path(), "a").unwrap());
+        assert_eq!(prepare_folder(dir.path(), "a").unwrap(), PointStatus::Fresh);
         std::fs::create_dir_all(dir.path().join("a")).unwrap();
-        std::fs::write(dir.path().join("a/metrics.jsonl"), "{}\n").unwrap();
-        assert!(prepare_folder(dir.path(), "a").unwrap());
-        assert!(dir.path().join("a.interrupted-1/metrics.jsonl").is_file());
-        std::fs::create_dir_all(dir.path().join("b")).unwrap();
+        std::fs::write(dir.path().join("a/config.toml"), "").unwrap();
+        assert_eq!(prepare_folder(dir.path(), "a").unwrap(), PointStatus::Fresh);
+        assert!(dir.path().join("a.interrupted-1/config.toml").is_file());
+        std::fs::create_dir_all(dir.path().join("b/resume")).unwrap();
+        std::fs::write(dir.path().join("b/resume/state.json"), "{}").unwrap();
+        assert_eq!(prepare_folder(dir.path(), "b").unwrap(), PointStatus::Resumable);
         std::fs::write(dir.path().join("b/summary.json"), "{}").unwrap();
-        assert!(!prepare_folder(dir.path(), "b").unwrap());
+        assert_eq!(prepare_folder(dir.path(), "b").unwrap(), PointStatus::Finished);
     }
 }

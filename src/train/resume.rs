@@ -1,0 +1,118 @@
+//! Resumable runs. After every epoch the model and optimizer state go to `<run>/resume/` and
+//! `state.json`, written last, names the epoch they belong to: a run killed at any moment resumes
+//! from the last completed epoch. Everything else is rebuilt deterministically (data order and
+//! augmentation from the seed and the epoch, the device RNG reseeded per epoch, callbacks and the
+//! plateau schedule replayed from `metrics.jsonl`), so the resumed run ends as the uninterrupted
+//! one would.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::optim::ModuleOptimizer;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ExperimentConfig;
+use crate::models::Classifier;
+use crate::tracking::journal::flat_settings;
+use crate::tracking::{RunDir, write_atomic};
+
+const FOLDER: &str = "resume";
+const STATE: &str = "state.json";
+
+/// Config keys a resumed run may change: how long it trains and where/how it reports.
+const MAY_CHANGE: [&str; 4] = ["train.epochs", "run.device", "run.progress", "run.tensorboard"];
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ResumePoint {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// The resolved config the run trained with (TOML).
+    pub config: String,
+}
+
+fn files(run: &RunDir, epoch: usize) -> (PathBuf, PathBuf) {
+    let folder = run.path.join(FOLDER);
+    (folder.join(format!("model-{epoch}.bpk")), folder.join(format!("optimizer-{epoch}.bpk")))
+}
+
+/// Whether the run folder has a resume point.
+pub fn has_point(run: &std::path::Path) -> bool {
+    run.join(FOLDER).join(STATE).is_file()
+}
+
+/// Saves the state after `epoch`, then drops the previous epoch's files.
+pub fn save(run: &RunDir, epoch: usize, model: &Classifier, optimizer: &ModuleOptimizer, config: &ExperimentConfig) -> Result<()> {
+    let folder = run.path.join(FOLDER);
+    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    let (model_path, optimizer_path) = files(run, epoch);
+    super::callbacks::save_checkpoint(model, &model_path)?;
+    let optimizer_bytes = optimizer.into_bytes().map_err(|e| anyhow::anyhow!("saving the optimizer state: {e}"))?;
+    write_atomic(&optimizer_path, &optimizer_bytes)?;
+    let point = ResumePoint { epoch, config: config.to_toml() };
+    write_atomic(&folder.join(STATE), serde_json::to_string_pretty(&point)?.as_bytes())?;
+    if epoch > 1 {
+        let (old_model, old_optimizer) = files(run, epoch - 1);
+        let _ = std::fs::remove_file(old_model);
+        let _ = std::fs::remove_file(old_optimizer);
+    }
+    Ok(())
+}
+
+/// The last resume point of a run, checked against the run's config as it is now.
+pub fn load_point(run: &RunDir, config: &ExperimentConfig) -> Result<ResumePoint> {
+    let path = run.path.join(FOLDER).join(STATE);
+    if !path.is_file() {
+        bail!("{}: no resume point ({} is missing): the run ended before its first epoch did", run.path.display(), path.display());
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let point: ResumePoint = serde_json::from_str(&text).with_context(|| format!("{}: not a resume state", path.display()))?;
+    let saved = ExperimentConfig::from_toml(&point.config, &path.display().to_string(), &[])?;
+    let (before, now) = (flat_settings(&saved), flat_settings(config));
+    let changed: Vec<&String> = before
+        .keys()
+        .chain(now.keys())
+        .filter(|k| !MAY_CHANGE.contains(&k.as_str()) && before.get(*k) != now.get(*k))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !changed.is_empty() {
+        let list: Vec<String> = changed.iter().map(|k| format!("{k} ({} -> {})", show(before.get(*k)), show(now.get(*k)))).collect();
+        bail!(
+            "{}: the config changed since the run started: {}; a resumed run may only change {}",
+            run.path.join(RunDir::CONFIG).display(),
+            list.join(", "),
+            MAY_CHANGE.join(", ")
+        );
+    }
+    if point.epoch >= config.train.epochs {
+        bail!("{}: all {} epochs are done; raise train.epochs to train further", run.path.display(), config.train.epochs);
+    }
+    Ok(point)
+}
+
+fn show(value: Option<&String>) -> &str {
+    value.map_or("absent", String::as_str)
+}
+
+/// Model and optimizer as they were after `point.epoch`.
+pub fn restore(run: &RunDir, point: &ResumePoint, model: Classifier, optimizer: ModuleOptimizer) -> Result<(Classifier, ModuleOptimizer)> {
+    let (model_path, optimizer_path) = files(run, point.epoch);
+    let model = super::callbacks::load_checkpoint(model, &model_path)?;
+    let optimizer = optimizer
+        .load(&optimizer_path)
+        .map_err(|e| anyhow::anyhow!("{}: not a readable optimizer state ({e})", optimizer_path.display()))?;
+    Ok((model, optimizer))
+}
+
+/// Keeps the first `epochs` lines of `metrics.jsonl` (a line may have been written after the last
+/// resume point).
+pub fn truncate_metrics(run: &RunDir, epochs: usize) -> Result<Vec<crate::tracking::EpochMetrics>> {
+    let mut metrics = run.read_metrics()?;
+    if metrics.len() < epochs {
+        bail!("{}: {} epochs logged, but the resume point is epoch {epochs}", run.path.display(), metrics.len());
+    }
+    metrics.truncate(epochs);
+    let text: String = metrics.iter().map(|m| serde_json::to_string(m).map(|l| l + "\n")).collect::<Result<_, _>>()?;
+    write_atomic(&run.path.join(RunDir::METRICS), text.as_bytes())?;
+    Ok(metrics)
+}
