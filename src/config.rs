@@ -198,6 +198,9 @@ pub struct TrainConfig {
     pub accumulate_batches: usize,
     /// RMSprop's smoothing constant (PyTorch's `alpha`).
     pub rmsprop_alpha: f64,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999) and
+    /// validate, checkpoint and test it (absent = off).
+    pub ema_decay: Option<f64>,
     pub label_smoothing: f64,
     /// Clip each parameter's gradient to this L2 norm (absent = no clipping).
     pub grad_clip_norm: Option<f64>,
@@ -230,6 +233,7 @@ impl Default for TrainConfig {
             early_stopping: None,
             accumulate_batches: 1,
             rmsprop_alpha: 0.99,
+            ema_decay: None,
             label_smoothing: 0.0,
             grad_clip_norm: None,
             tta: Tta::None,
@@ -402,6 +406,9 @@ impl ExperimentConfig {
         }
         if t.early_stopping.is_some_and(|e| needs_val(e.monitor)) {
             return invalid("train.early_stopping.monitor", "a validation metric needs data.val_size > 0 (or monitor = \"train_loss\")".into());
+        }
+        if t.ema_decay.is_some_and(|d| !(0.0..1.0).contains(&d)) {
+            return invalid("train.ema_decay", "expected a decay in [0, 1), e.g. 0.999".into());
         }
         if t.accumulate_batches == 0 {
             return invalid("train.accumulate_batches", "expected at least 1".into());

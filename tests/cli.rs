@@ -845,3 +845,20 @@ fn a_run_killed_mid_training_resumes_to_the_same_result() {
     ferrovision(ws.root(), &["train", "--resume", s(&run), "--set", "train.epochs=10"]).failure(&["train.lr", "0.001 -> 0.5"]);
     ferrovision(ws.root(), &["train", "--resume", s(&ws.root().join("nothing"))]).failure(&["nothing"]);
 }
+
+#[test]
+fn model_ema_trains_evaluates_and_resumes() {
+    let ws = Workspace::new();
+    let out = ws.train("ema", &["--set", "train.ema_decay=0.9", "--set", "train.epochs=3"]);
+    out.success();
+    let run = ws.runs().join("ema");
+    let summary = read_json(&run.join("summary.json"));
+    assert!(summary["test_acc"].as_f64().unwrap() > 0.6, "{summary}");
+    assert!(run.join("resume/ema-3.bpk").is_file());
+    // eval of the best checkpoint (the average) reproduces the test accuracy.
+    let report = ferrovision(ws.root(), &["eval", "--run", s(&run)]);
+    assert_eq!(percent_after(report.success(), "accuracy"), as_printed(summary["test_acc"].as_f64().unwrap()));
+    let more = ferrovision(ws.root(), &["train", "--resume", s(&run), "--set", "train.epochs=4"]);
+    assert!(more.success().contains("resuming"), "{more:#?}");
+    ws.train("bad", &["--set", "train.ema_decay=1.5"]).failure(&["train.ema_decay"]);
+}

@@ -2,6 +2,7 @@
 //! epoch (metrics log, checkpoints, console line) lives in callbacks, each in one place.
 
 pub mod callbacks;
+pub mod ema;
 pub mod evaluate;
 pub mod loss;
 pub mod optim;
@@ -223,8 +224,9 @@ fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Res
     let mut step = 0;
     let mut train_seconds = 0.0;
     let mut epochs_completed = 0;
+    let mut ema = config.train.ema_decay.map(|decay| ema::ModelEma::new(&model, decay));
     if let Some(point) = &resume_point {
-        (model, optimizer) = resume::restore(&run, point, model, optimizer)?;
+        (model, optimizer) = resume::restore(&run, point, model, optimizer, ema.as_mut())?;
         for metrics in resume::truncate_metrics(&run, point.epoch)? {
             for callback in &mut callbacks {
                 callback.replay(&metrics)?;
@@ -257,6 +259,9 @@ fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Res
             pending += 1;
             if pending == accumulate || index + 1 == batches_per_epoch {
                 model = optimizer.step(lr, model, accumulated.grads());
+                if let Some(ema) = &mut ema {
+                    ema.update(&model);
+                }
                 pending = 0;
                 step += 1;
                 for callback in &mut callbacks {
@@ -298,7 +303,8 @@ fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Res
             model.clone().into_record().save(run.checkpoint("last")).context("saving the last checkpoint")?;
             bail!("interrupted in epoch {epoch}: saved {}", run.checkpoint("last").display());
         }
-        let eval_model = model.valid();
+        // With model EMA the average is what is validated, checkpointed and tested.
+        let eval_model = ema.as_ref().map_or_else(|| model.valid(), |e| e.model.clone());
         let val = data
             .val
             .as_ref()
@@ -314,7 +320,7 @@ fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Res
             seconds: epoch_start.elapsed().as_secs_f64(),
             img_per_s: seen as f64 / epoch_train_seconds,
         };
-        let context = EpochContext { run: &run, model: &model, metrics: &metrics, epochs: config.train.epochs };
+        let context = EpochContext { run: &run, model: &eval_model, metrics: &metrics, epochs: config.train.epochs };
         for callback in &mut callbacks {
             callback.on_epoch_end(&context)?;
         }
@@ -322,7 +328,7 @@ fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Res
         if let Some(lr) = schedule.epoch_end(&metrics).map_err(|e| anyhow::anyhow!("config key {e}"))? {
             println!("plateau: {:?} stopped improving, lr reduced to {lr:e}", config.train.plateau.monitor);
         }
-        resume::save(&run, epoch, &model, &optimizer, config)?;
+        resume::save(&run, epoch, &model, &optimizer, ema.as_ref(), config)?;
         if callbacks.iter().any(|c| c.should_stop()) {
             break;
         }

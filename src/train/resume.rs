@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
 
+use super::ema::ModelEma;
 use crate::config::ExperimentConfig;
 use crate::models::Classifier;
 use crate::tracking::journal::flat_settings;
@@ -30,9 +31,10 @@ pub struct ResumePoint {
     pub config: String,
 }
 
-fn files(run: &RunDir, epoch: usize) -> (PathBuf, PathBuf) {
+/// The model, optimizer and (with model EMA) averaged-model files of an epoch.
+fn files(run: &RunDir, epoch: usize) -> [PathBuf; 3] {
     let folder = run.path.join(FOLDER);
-    (folder.join(format!("model-{epoch}.bpk")), folder.join(format!("optimizer-{epoch}.bpk")))
+    ["model", "optimizer", "ema"].map(|kind| folder.join(format!("{kind}-{epoch}.bpk")))
 }
 
 /// Whether the run folder has a resume point.
@@ -41,19 +43,29 @@ pub fn has_point(run: &std::path::Path) -> bool {
 }
 
 /// Saves the state after `epoch`, then drops the previous epoch's files.
-pub fn save(run: &RunDir, epoch: usize, model: &Classifier, optimizer: &ModuleOptimizer, config: &ExperimentConfig) -> Result<()> {
+pub fn save(
+    run: &RunDir,
+    epoch: usize,
+    model: &Classifier,
+    optimizer: &ModuleOptimizer,
+    ema: Option<&ModelEma>,
+    config: &ExperimentConfig,
+) -> Result<()> {
     let folder = run.path.join(FOLDER);
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
-    let (model_path, optimizer_path) = files(run, epoch);
+    let [model_path, optimizer_path, ema_path] = files(run, epoch);
     super::callbacks::save_checkpoint(model, &model_path)?;
+    if let Some(ema) = ema {
+        super::callbacks::save_checkpoint(&ema.model, &ema_path)?;
+    }
     let optimizer_bytes = optimizer.into_bytes().map_err(|e| anyhow::anyhow!("saving the optimizer state: {e}"))?;
     write_atomic(&optimizer_path, &optimizer_bytes)?;
     let point = ResumePoint { epoch, config: config.to_toml() };
     write_atomic(&folder.join(STATE), serde_json::to_string_pretty(&point)?.as_bytes())?;
     if epoch > 1 {
-        let (old_model, old_optimizer) = files(run, epoch - 1);
-        let _ = std::fs::remove_file(old_model);
-        let _ = std::fs::remove_file(old_optimizer);
+        for old in files(run, epoch - 1) {
+            let _ = std::fs::remove_file(old);
+        }
     }
     Ok(())
 }
@@ -94,10 +106,19 @@ fn show(value: Option<&String>) -> &str {
     value.map_or("absent", String::as_str)
 }
 
-/// Model and optimizer as they were after `point.epoch`.
-pub fn restore(run: &RunDir, point: &ResumePoint, model: Classifier, optimizer: ModuleOptimizer) -> Result<(Classifier, ModuleOptimizer)> {
-    let (model_path, optimizer_path) = files(run, point.epoch);
+/// Model, optimizer and averaged model as they were after `point.epoch`.
+pub fn restore(
+    run: &RunDir,
+    point: &ResumePoint,
+    model: Classifier,
+    optimizer: ModuleOptimizer,
+    ema: Option<&mut ModelEma>,
+) -> Result<(Classifier, ModuleOptimizer)> {
+    let [model_path, optimizer_path, ema_path] = files(run, point.epoch);
     let model = super::callbacks::load_checkpoint(model, &model_path)?;
+    if let Some(ema) = ema {
+        ema.model = super::callbacks::load_checkpoint(ema.model.clone(), &ema_path)?;
+    }
     let optimizer = optimizer
         .load(&optimizer_path)
         .map_err(|e| anyhow::anyhow!("{}: not a readable optimizer state ({e})", optimizer_path.display()))?;
