@@ -21,7 +21,8 @@ pub struct Setting {
     pub pipeline: Option<Pipeline>,
 }
 
-/// The transforms `--transform` names: a TOML file holding `transforms = [...]`, one inline entry
+/// The transforms `--transform` names: a TOML file holding `transforms = [...]` (or a config whose
+/// `[augment]` has them), one inline entry
 /// (`{ name = "random_rotation", degrees = 30 }`), or a bare transform name with its defaults.
 pub fn parse_spec(spec: &str) -> Result<Vec<toml::Table>> {
     let (text, origin) = if Path::new(spec).is_file() {
@@ -32,10 +33,11 @@ pub fn parse_spec(spec: &str) -> Result<Vec<toml::Table>> {
         (format!("transforms = [{{ name = {} }}]", toml::Value::String(spec.into())), "--transform".to_string())
     };
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("{origin}: {}", e.message()))?;
-    let entries = table
-        .get("transforms")
+    // A bare list, or the [augment] section of an experiment config.
+    let list = table.get("transforms").or_else(|| table.get("augment").and_then(|a| a.get("transforms")));
+    let entries = list
         .and_then(|t| t.as_array())
-        .with_context(|| format!("{origin}: expected `transforms = [...]`, a list of transform entries"))?;
+        .with_context(|| format!("{origin}: expected `transforms = [...]` (at the top or in [augment]), a list of transform entries"))?;
     entries
         .iter()
         .map(|e| e.as_table().cloned().with_context(|| format!("{origin}: every transforms entry must be a table")))
@@ -178,6 +180,9 @@ mod tests {
         std::fs::write(&file, "transforms = [{ name = \"grayscale\" }, { name = \"random_horizontal_flip\", p = 1.0 }]\n").unwrap();
         let from_file = settings(file.to_str().unwrap(), None, NormalizePreset::Cifar10).unwrap();
         assert_eq!(from_file[1].label, "grayscale+random_horizontal_flip");
+        let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/augment/heavy.toml");
+        let from_config = settings(config.to_str().unwrap(), None, NormalizePreset::Cifar10).unwrap();
+        assert!(from_config[1].label.starts_with("color_jitter+random_grayscale"), "{}", from_config[1].label);
     }
 
     #[test]
