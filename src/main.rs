@@ -232,6 +232,10 @@ enum AugmentCommand {
         /// Also keep each original training image.
         #[arg(long)]
         include_original: bool,
+        /// folder: train/<class>/*.png + test/ (streams, resumable); packed: one .fvpack file of
+        /// decoded images (built in memory, fastest to load).
+        #[arg(long, default_value = "folder", value_parser = ["folder", "packed"])]
+        format: String,
         #[arg(long)]
         out: PathBuf,
     },
@@ -626,7 +630,7 @@ fn augment_command(command: AugmentCommand) -> Result<()> {
             ferrovision::tracking::write_atomic(&out, &bytes)?;
             println!("wrote {} ({} images x {} augmented copies)", out.display(), picks.len(), n);
         }
-        AugmentCommand::Expand { config, overrides, copies, include_original, out } => {
+        AugmentCommand::Expand { config, overrides, copies, include_original, format, out } => {
             let config = ExperimentConfig::load(&config, &overrides)?;
             let d = &config.data;
             let dataset = data::load_dataset(&d.path, Some(&d.cache_dir))?;
@@ -637,6 +641,15 @@ fn augment_command(command: AugmentCommand) -> Result<()> {
                 indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} images, {per_sec}, eta {eta}")
                     .expect("valid progress template"),
             );
+            if format == "packed" {
+                if !ferrovision::data::cache::is_packed(&out) {
+                    anyhow::bail!("--out {}: a packed data set is one file named *.{}", out.display(), ferrovision::data::cache::PACKED_EXTENSION);
+                }
+                let images = expand::expand_packed(&dataset, &pipeline, &out, &options, &bar)?;
+                bar.finish_and_clear();
+                println!("{}: {images} images packed ({} train x {copies} copies, {} test)", out.display(), dataset.train.len(), dataset.test.len());
+                return Ok(());
+            }
             let report = expand::expand(&dataset.train, &dataset.test, &dataset.classes, &pipeline, &out, &options, &bar)?;
             bar.finish_and_clear();
             println!(

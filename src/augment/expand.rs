@@ -1,7 +1,8 @@
 //! `ferrovision augment expand`: an offline-augmented copy of a data set in the image-folder layout
-//! (`train/<class>/*.png`, `test/<class>/*.png`), N augmented images per training image.
+//! (`train/<class>/*.png`, `test/<class>/*.png`) or as one packed file of decoded images, N
+//! augmented images per training image.
 //!
-//! Streaming and resumable: each image is encoded and written on its own (temp file, then
+//! The folder layout streams and resumes: each image is encoded and written on its own (temp file, then
 //! rename), and a run that finds a file already there skips it. A marker file sits at the top of
 //! the output while it is incomplete; the data loaders refuse such a folder, so an interrupted
 //! expansion is never read as a finished data set.
@@ -16,7 +17,7 @@ use rayon::prelude::*;
 
 use super::Image;
 use super::transforms::Pipeline;
-use crate::data::{DataError, ImageSet, Result};
+use crate::data::{DataError, DataFormat, Dataset, ImageSet, Result};
 
 /// Present at the top of an output folder until the expansion finished.
 pub const INCOMPLETE_MARKER: &str = "EXPANSION_INCOMPLETE";
@@ -58,16 +59,7 @@ pub fn expand(
     options: &ExpandOptions,
     progress: &ProgressBar,
 ) -> Result<ExpandReport> {
-    let shape = pipeline
-        .output_shape(train.height, train.width)
-        .map_err(|message| DataError::Other(format!("config key {message}")))?;
-    if shape != (train.height, train.width) && shape != (test.height, test.width) {
-        return Err(DataError::Other(format!(
-            "config key augment.transforms: the pipeline turns {}x{} images into {}x{}; the expanded train and \
-             test images must share one size, so add a resize or crop back to {}x{}",
-            train.height, train.width, shape.0, shape.1, test.height, test.width
-        )));
-    }
+    check_shape(pipeline, train, test)?;
     if out.exists() && !out.join(INCOMPLETE_MARKER).exists() && std::fs::read_dir(out).map_err(|e| DataError::io(out, e))?.next().is_some() {
         return Err(DataError::invalid(out, "exists and is not an unfinished expansion; choose an empty or new folder"));
     }
@@ -94,13 +86,9 @@ pub fn expand(
     let copies = copies_of(options);
     (0..train.len()).into_par_iter().try_for_each(|i| {
         let folder = out.join("train").join(&classes[train.labels[i] as usize]);
-        let original = Image::new(train.image(i).to_vec(), train.height, train.width);
-        copies.iter().try_for_each(|copy| match copy {
-            None => write(folder.join(format!("{i:06}_orig.png")), &|| original.clone()),
-            Some(k) => write(folder.join(format!("{i:06}_{k:03}.png")), &|| {
-                let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ ((i as u64) << 16) ^ *k as u64);
-                pipeline.apply(original.clone(), &mut rng)
-            }),
+        copies.iter().try_for_each(|&copy| {
+            let name = copy.map_or(format!("{i:06}_orig.png"), |k| format!("{i:06}_{k:03}.png"));
+            write(folder.join(name), &|| make_copy(train, i, copy, pipeline, options.seed))
         })
     })?;
     (0..test.len()).into_par_iter().try_for_each(|i| {
@@ -109,6 +97,56 @@ pub fn expand(
     })?;
     std::fs::remove_file(&marker).map_err(|e| DataError::io(&marker, e))?;
     Ok(ExpandReport { written: written.into_inner(), skipped: skipped.into_inner() })
+}
+
+/// Copy `copy` of training image `i` (None = the original), from its own seeded stream: the same
+/// pixels in either output format and after a resume.
+fn make_copy(train: &ImageSet, i: usize, copy: Option<usize>, pipeline: &Pipeline, seed: u64) -> Image {
+    let original = Image::new(train.image(i).to_vec(), train.height, train.width);
+    match copy {
+        None => original,
+        Some(k) => pipeline.apply(original, &mut ChaCha8Rng::seed_from_u64(seed ^ ((i as u64) << 16) ^ k as u64)),
+    }
+}
+
+/// The expansion as one packed file (`.fvpack`): every image decoded, loaded in one read. Written
+/// to a temp file and renamed, so an interrupted run leaves nothing that reads as complete.
+pub fn expand_packed(dataset: &Dataset, pipeline: &Pipeline, out: &Path, options: &ExpandOptions, progress: &ProgressBar) -> Result<usize> {
+    let train = &dataset.train;
+    check_shape(pipeline, train, &dataset.test)?;
+    let copies = copies_of(options);
+    let images: Vec<Vec<(Image, u16)>> = (0..train.len())
+        .into_par_iter()
+        .map(|i| {
+            let made = copies.iter().map(|&copy| (make_copy(train, i, copy, pipeline, options.seed), train.labels[i])).collect();
+            progress.inc(copies.len() as u64);
+            made
+        })
+        .collect();
+    let mut expanded = ImageSet::empty(dataset.test.height, dataset.test.width);
+    for (image, label) in images.into_iter().flatten() {
+        expanded.pixels.extend_from_slice(&image.pixels);
+        expanded.labels.push(label);
+    }
+    progress.inc(dataset.test.len() as u64);
+    let packed = Dataset { format: DataFormat::Packed, train: expanded, ..dataset.clone() };
+    crate::data::cache::write_packed(out, &packed)?;
+    Ok(packed.train.len() + packed.test.len())
+}
+
+/// The expanded training images must keep one size, the test images'.
+fn check_shape(pipeline: &Pipeline, train: &ImageSet, test: &ImageSet) -> Result<()> {
+    let shape = pipeline
+        .output_shape(train.height, train.width)
+        .map_err(|message| DataError::Other(format!("config key {message}")))?;
+    if shape != (test.height, test.width) {
+        return Err(DataError::Other(format!(
+            "config key augment.transforms: the pipeline turns {}x{} images into {}x{}; the expanded train and \
+             test images must share one size, so add a resize or crop back to {}x{}",
+            train.height, train.width, shape.0, shape.1, test.height, test.width
+        )));
+    }
+    Ok(())
 }
 
 /// PNG through a temp file and a rename, so a file that exists is complete.
@@ -198,5 +236,25 @@ mod tests {
         // A folder that is not an unfinished expansion is never written into.
         let err = expand(&set(4), &set(2), &classes, &pipeline(), &out, &options, &ProgressBar::hidden()).unwrap_err();
         assert!(err.to_string().contains("not an unfinished expansion"), "{err}");
+    }
+
+    #[test]
+    fn the_packed_form_holds_the_same_images_as_the_folder_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let classes = vec!["a".to_string(), "b".to_string()];
+        let options = ExpandOptions { copies: 2, include_original: true, seed: 4 };
+        let dataset = Dataset { format: DataFormat::ImageFolder, classes: classes.clone(), class_descriptions: Vec::new(), train: set(3), test: set(2) };
+        let packed_path = dir.path().join("x.fvpack");
+        assert_eq!(expand_packed(&dataset, &pipeline(), &packed_path, &options, &ProgressBar::hidden()).unwrap(), 9 + 2);
+        let packed = crate::data::load_dataset(&packed_path, None).unwrap();
+        assert_eq!((packed.format, packed.train.len(), packed.test), (DataFormat::Packed, 9, set(2)));
+        // Copy 1 of image 2 is the folder form's train/a/000002_001.png.
+        let folder = dir.path().join("folder");
+        expand(&dataset.train, &dataset.test, &classes, &pipeline(), &folder, &options, &ProgressBar::hidden()).unwrap();
+        let png = image::open(folder.join("train/a/000002_001.png")).unwrap().to_rgb8().into_raw();
+        assert_eq!(packed.train.image(2 * 3 + 2), &png[..]);
+        std::fs::write(&packed_path, b"FVDATA truncated").unwrap();
+        let err = crate::data::load_dataset(&packed_path, None).unwrap_err().to_string();
+        assert!(err.contains("x.fvpack") && err.contains("packed"), "{err}");
     }
 }

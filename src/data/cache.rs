@@ -140,6 +140,31 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The fingerprint of a standalone packed data set (`augment expand --format packed`): the cache's
+/// layout, read as a data set in its own right.
+const PACKED: &str = "packed";
+
+/// The file extension of packed data sets.
+pub const PACKED_EXTENSION: &str = "fvpack";
+
+pub fn is_packed(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == PACKED_EXTENSION)
+}
+
+/// Writes `dataset` as one packed file (temp file, then rename).
+pub fn write_packed(path: &Path, dataset: &Dataset) -> Result<()> {
+    write_cache(path, PACKED, dataset)
+}
+
+pub fn read_packed(path: &Path) -> Result<Dataset> {
+    if !path.is_file() {
+        return Err(DataError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+    }
+    read_cache(path, PACKED).ok_or_else(|| {
+        DataError::invalid(path, "not a complete packed data set (expected a file written by `ferrovision augment expand --format packed`)")
+    })
+}
+
 fn label_bytes(labels: &[u16]) -> Vec<u8> {
     labels.iter().flat_map(|l| l.to_le_bytes()).collect()
 }

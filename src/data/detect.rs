@@ -25,6 +25,8 @@ pub enum DataFormat {
     ImageFolder,
     /// Tiny ImageNet-200 in its official layout (`wnids.txt`, `train/<wnid>/images/`, `val/`).
     TinyImagenet,
+    /// One `.fvpack` file of decoded images (written by `augment expand --format packed`).
+    Packed,
 }
 
 impl DataFormat {
@@ -35,6 +37,7 @@ impl DataFormat {
             DataFormat::CifarPython => "cifar-python",
             DataFormat::ImageFolder => "image-folder",
             DataFormat::TinyImagenet => "tiny-imagenet",
+            DataFormat::Packed => "packed",
         }
     }
 }
@@ -44,10 +47,14 @@ const EXPECTED_LAYOUTS: &str = "expected one of: the CIFAR-10 binary release (a 
     python release (a folder that is or contains cifar-10-batches-py/ with data_batch_1..5 and test_batch, or \
     cifar-10-python.tar.gz); an image folder train/<class>/*.png|jpg|jpeg plus test/<class>/*, possibly under one \
     top folder; Tiny ImageNet-200 (wnids.txt, words.txt, train/<wnid>/images/, val/images/ and \
-    val/val_annotations.txt, possibly under one top folder); each as a folder or a .tar.gz/.tgz/.zip";
+    val/val_annotations.txt, possibly under one top folder); each as a folder or a .tar.gz/.tgz/.zip; or a \
+    .fvpack file written by `ferrovision augment expand --format packed`";
 
 /// Which format `path` (a folder or a `.tar.gz`/`.tgz`/`.zip`) holds.
 pub fn detect_format(path: &Path) -> Result<DataFormat> {
+    if cache::is_packed(path) {
+        return Ok(DataFormat::Packed);
+    }
     locate(path).map(|(format, _)| format)
 }
 
@@ -60,6 +67,10 @@ pub fn load_dataset(path: &Path, cache_dir: Option<&Path>) -> Result<Dataset> {
             &marker,
             "this folder is an unfinished `ferrovision augment expand`; run the same command again to complete it",
         ));
+    }
+    if cache::is_packed(path) {
+        // Already decoded: no cache needed.
+        return cache::read_packed(path);
     }
     match cache_dir {
         Some(cache_dir) => cache::load_or_build(path, cache_dir, || load_uncached(path)).map(|(dataset, _)| dataset),
@@ -74,6 +85,7 @@ fn load_uncached(path: &Path) -> Result<Dataset> {
         DataFormat::CifarPython => cifar_python::load(&source),
         DataFormat::ImageFolder => image_folder::load(&source),
         DataFormat::TinyImagenet => tiny_imagenet::load(&source),
+        DataFormat::Packed => cache::read_packed(path),
     }
 }
 
