@@ -220,8 +220,8 @@ enum AugmentCommand {
         #[arg(long, default_value = "augment-preview.png")]
         out: PathBuf,
     },
-    /// Write an offline-augmented copy of the config's data set (image-folder layout, PNG):
-    /// N augmented images per training image, the test split unchanged. Resumable.
+    /// Write an offline-augmented copy of the config's data set: N augmented images per training
+    /// image, the test split unchanged; an image folder of PNGs (resumable) or one packed file.
     Expand {
         #[arg(long)]
         config: PathBuf,
@@ -385,8 +385,13 @@ fn run(cli: Cli) -> Result<()> {
                     let outcomes = robustness::evaluate_settings(&evaluation, &settings)?;
                     print!("{}", robustness::markdown(&outcomes));
                     let key = sweep.as_deref().map(|s| s.split_once('=').map_or(s, |(k, _)| k));
-                    let last = settings[1].pipeline.as_ref().and_then(|p| p.transforms.last()).map_or("transform", |t| t.name());
-                    let name = key.map_or(last.to_string(), |k| format!("{last}-{k}"));
+                    // Named after the spec's file, or after the (last) transform it names.
+                    let spec_path = std::path::Path::new(&spec);
+                    let base = match spec_path.is_file().then(|| spec_path.file_stem()).flatten() {
+                        Some(stem) => stem.to_string_lossy().into_owned(),
+                        None => settings[1].pipeline.as_ref().and_then(|p| p.transforms.last()).map_or("transform", |t| t.name()).to_string(),
+                    };
+                    let name = key.map_or(base.clone(), |k| format!("{base}-{k}"));
                     for path in robustness::write_report(&outcomes, &run.path.join("robustness"), &name, key)? {
                         println!("wrote {}", path.display());
                     }
