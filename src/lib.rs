@@ -11,4 +11,5 @@ pub mod models;
 pub mod serve;
 pub mod tracking;
 pub mod train;
+pub mod viz;
 pub mod weights;

@@ -89,24 +89,8 @@ enum Command {
         /// Images, folders or .tar.gz/.zip archives of images.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
-        /// A training run folder (uses its best checkpoint).
-        #[arg(long, conflicts_with_all = ["export", "model"])]
-        run: Option<PathBuf>,
-        /// A model file written by `ferrovision export`.
-        #[arg(long, conflicts_with = "model")]
-        export: Option<PathBuf>,
-        /// A registered architecture (`ferrovision models`), with --weights or --pretrained.
-        #[arg(long)]
-        model: Option<String>,
-        /// PyTorch checkpoint (.pth/.pt, zip or legacy format) or safetensors file for --model.
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// Registered pretrained weights (`ferrovision weights list`); downloaded into the cache.
-        #[arg(long)]
-        pretrained: Option<String>,
-        /// Load what matches when the weights do not fit the model exactly, and list the rest.
-        #[arg(long)]
-        allow_partial: bool,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Class table: TSV with index/wnid/name columns, or one class name per line.
         #[arg(long)]
         classes: Option<PathBuf>,
@@ -117,10 +101,25 @@ enum Command {
         top_k: usize,
         #[arg(long, default_value_t = 16)]
         batch: usize,
-        #[arg(long, default_value = "flex")]
-        device: String,
-        #[arg(long, default_value = ".cache/ferrovision")]
-        cache_dir: PathBuf,
+    },
+    /// Pictures of what a model computes.
+    Viz {
+        #[command(subcommand)]
+        command: VizCommand,
+    },
+    /// A model's layers in order: name, type, output shape, parameters and FLOPs for one image.
+    Summary {
+        /// A registered architecture (`ferrovision models`).
+        #[arg(long)]
+        model: String,
+        /// Side of the square input (default: the size the model was designed for).
+        #[arg(long)]
+        size: Option<usize>,
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+        /// Model config keys, e.g. --set model.widths=[32,128,128] (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// Export a run's best model to safetensors, with its config and classes.
     Export {
@@ -157,6 +156,67 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+}
+
+/// Where a trained or pretrained model comes from (predict, viz).
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// A training run folder (uses its best checkpoint).
+    #[arg(long, conflicts_with_all = ["export", "model"])]
+    run: Option<PathBuf>,
+    /// A model file written by `ferrovision export`.
+    #[arg(long, conflicts_with = "model")]
+    export: Option<PathBuf>,
+    /// A registered architecture (`ferrovision models`), with --weights or --pretrained.
+    #[arg(long)]
+    model: Option<String>,
+    /// PyTorch checkpoint (.pth/.pt, zip or legacy format) or safetensors file for --model.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Registered pretrained weights (`ferrovision weights list`); downloaded into the cache.
+    #[arg(long)]
+    pretrained: Option<String>,
+    /// Load what matches when the weights do not fit the model exactly, and list the rest.
+    #[arg(long)]
+    allow_partial: bool,
+    #[arg(long, default_value = "flex")]
+    device: String,
+    #[arg(long, default_value = ".cache/ferrovision")]
+    cache_dir: PathBuf,
+}
+
+impl ModelArgs {
+    fn source(self) -> Result<ferrovision::serve::predict::ModelSource> {
+        use ferrovision::serve::predict::ModelSource;
+        let ModelArgs { run, export, model, weights, pretrained, allow_partial, cache_dir, .. } = self;
+        Ok(match (run, export, model) {
+            (Some(dir), _, _) => ModelSource::Run { dir, checkpoint: "best".into() },
+            (_, Some(path), _) => ModelSource::Export(path),
+            (_, _, Some(model)) => ModelSource::Weights { model, weights, pretrained, allow_partial, cache_dir },
+            _ => anyhow::bail!("say which model: --run DIR, --export FILE, or --model NAME with --weights/--pretrained"),
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum VizCommand {
+    /// A PNG of the feature maps the chosen layers produce for one image, after the image and the
+    /// first convolution's filters. Layer names as `ferrovision summary` lists them; a module
+    /// name (`stages.1`) shows its last layer.
+    Activations {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        image: PathBuf,
+        /// Comma-separated layer or module names.
+        #[arg(long, value_delimiter = ',', required = true)]
+        layers: Vec<String>,
+        /// At most this many channels per layer.
+        #[arg(long, default_value_t = 32)]
+        channels: usize,
+        #[arg(long, default_value = "activations.png")]
+        out: PathBuf,
     },
 }
 
@@ -398,29 +458,10 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Predict {
-            inputs,
-            run,
-            export,
-            model,
-            weights,
-            pretrained,
-            allow_partial,
-            classes,
-            labels_from_file_names,
-            top_k,
-            batch,
-            device: name,
-            cache_dir,
-        } => {
-            use ferrovision::serve::predict::{self, ClassNames, ModelSource};
-            let source = match (run, export, model) {
-                (Some(dir), _, _) => ModelSource::Run { dir, checkpoint: "best".into() },
-                (_, Some(path), _) => ModelSource::Export(path),
-                (_, _, Some(model)) => ModelSource::Weights { model, weights, pretrained, allow_partial, cache_dir },
-                _ => anyhow::bail!("say which model: --run DIR, --export FILE, or --model NAME with --weights/--pretrained"),
-            };
-            let device = device::parse(&name)?;
+        Command::Predict { inputs, model, classes, labels_from_file_names, top_k, batch } => {
+            use ferrovision::serve::predict::{self, ClassNames};
+            let device = device::parse(&model.device)?;
+            let source = model.source()?;
             let table = classes.as_deref().map(ClassNames::read).transpose()?;
             let (predictor, classes) = predict::load_predictor(&source, table, &device)?;
             let (names, images): (Vec<String>, Vec<_>) =
@@ -444,6 +485,26 @@ fn run(cli: Cli) -> Result<()> {
                 let pct = |n: usize| 100.0 * n as f64 / scored.max(1) as f64;
                 println!("top-1 {:.2}% ({top1}/{scored}), top-{top_k} {:.2}% ({topk}/{scored})", pct(top1), pct(topk));
             }
+        }
+        Command::Viz { command: VizCommand::Activations { model, image, layers, channels, out } } => {
+            use ferrovision::serve::predict;
+            use ferrovision::viz::{activations, canvas};
+            let device = device::parse(&model.device)?;
+            let (predictor, _) = predict::load_predictor(&model.source()?, None, &device)?;
+            let input = predict::read_inputs(std::slice::from_ref(&image))?.remove(0);
+            let options = activations::SheetOptions { max_channels: channels, first_layer_filters: true };
+            let sections = activations::sheet(&predictor, &input.image, &layers, &options)?;
+            canvas::write_png(&canvas::render(&sections), &out)?;
+            println!("wrote {} ({} layers)", out.display(), layers.len());
+        }
+        Command::Summary { model, size, classes, overrides } => {
+            let config = bench_model(&model, &overrides)?;
+            let size = size.or_else(|| models::default_input_size(&model)).unwrap_or(32);
+            let device = burn::prelude::Device::flex();
+            let classifier = models::build(&config, classes, &device)?;
+            let images = burn::prelude::Tensor::<4>::zeros([1, 3, size, size], &device);
+            let (_, layers) = models::trace::summarize(&classifier, images, false);
+            print!("{}", models::trace::table(&layers, &format!("{model}, input 3x{size}x{size}, {classes} classes")));
         }
         Command::Export { run, out, checkpoint } => {
             let written = ferrovision::weights::export::export_run(&run, &checkpoint, &out)?;
@@ -478,7 +539,7 @@ fn run(cli: Cli) -> Result<()> {
             for entry in models::registry() {
                 let config = ferrovision::config::ModelConfig { name: entry.name.into(), ..Default::default() };
                 let params = models::trainable_params(&models::build(&config, 10, &device)?);
-                println!("{:<20} {:>12}  {}", entry.name, group_digits(params), entry.description);
+                println!("{:<20} {:>12}  {}", entry.name, models::trace::group_digits(params), entry.description);
             }
             println!("(parameters for 10 classes, counted as torchvision does: BatchNorm running statistics excluded)");
         }
@@ -575,17 +636,26 @@ fn sweep_command(path: &std::path::Path, grids: &[String], overrides: &[String],
     let mut written = vec![runs.join(format!("{tag}.csv")), runs.join(format!("{tag}.html"))];
     write_atomic(&written[0], table.csv().as_bytes())?;
     write_atomic(&written[1], journal::html_report(&entries, &tag)?.as_bytes())?;
-    // One numeric axis: test accuracy against the swept value.
-    let numeric: Option<Vec<(f64, f64)>> = (grids.len() == 1)
-        .then(|| {
-            points.iter().zip(&entries).map(|(p, e)| Some((p.values[0].1.parse::<f64>().ok()?, 100.0 * e.summary.as_ref()?.test_acc))).collect()
-        })
-        .flatten();
-    if let Some(points) = numeric {
-        let key = grids[0].split('=').next().unwrap_or_default();
-        let svg = runs.join(format!("{tag}.svg"));
-        plot::line_chart_svg(&svg, &format!("test accuracy, {tag}"), key, "test accuracy (%)", &[plot::Series { name: key, points }])?;
-        written.push(svg);
+    // One axis: test accuracy against the swept value (along a number line, or one point per value).
+    if let [grid] = grids {
+        let key = grid.split('=').next().unwrap_or_default();
+        let accuracy: Option<Vec<f64>> = entries.iter().map(|e| e.summary.as_ref().map(|s| 100.0 * s.test_acc)).collect();
+        let values: Vec<&str> = points.iter().map(|p| p.values[0].1.as_str()).collect();
+        let numbers: Option<Vec<f64>> = values.iter().map(|v| v.parse().ok()).collect();
+        let (svg, title) = (runs.join(format!("{tag}.svg")), format!("test accuracy, {tag}"));
+        if let Some(accuracy) = accuracy {
+            match numbers {
+                Some(numbers) => {
+                    let series = plot::Series { name: key, points: numbers.into_iter().zip(accuracy).collect() };
+                    plot::line_chart_svg(&svg, &title, key, "test accuracy (%)", &[series])?;
+                }
+                None => {
+                    let names: Vec<String> = values.iter().map(|v| v.trim_matches('"').to_string()).collect();
+                    plot::category_chart_svg(&svg, &title, key, "test accuracy (%)", &names, &accuracy)?;
+                }
+            }
+            written.push(svg);
+        }
     }
     for path in written {
         println!("wrote {}", path.display());
@@ -629,10 +699,7 @@ fn augment_command(command: AugmentCommand) -> Result<()> {
             pipeline.output_shape(data.train.height, data.train.width).map_err(|e| anyhow::anyhow!("config key {e}"))?;
             let picks = preview::pick_images(&data.train, rows);
             let grid = preview::grid(&data.train, &data.classes, &pipeline, &picks, n, zoom.max(1), config.train.seed);
-            let png = image::RgbImage::from_raw(grid.width as u32, grid.height as u32, grid.pixels).expect("grid buffer");
-            let mut bytes = Vec::new();
-            png.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
-            ferrovision::tracking::write_atomic(&out, &bytes)?;
+            ferrovision::viz::canvas::write_png(&grid, &out)?;
             println!("wrote {} ({} images x {} augmented copies)", out.display(), picks.len(), n);
         }
         AugmentCommand::Expand { config, overrides, copies, include_original, format, out } => {
@@ -691,17 +758,6 @@ fn toml_string(value: &str) -> String {
     toml::Value::String(value.to_string()).to_string()
 }
 
-fn group_digits(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
 
 /// `<name>-YYYYMMDD-HHMMSS` in UTC.
 fn default_run_id(name: &str) -> String {

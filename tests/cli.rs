@@ -619,6 +619,41 @@ fn export_and_predict_label_new_images_like_the_run() {
 }
 
 #[test]
+fn summary_lists_layers_and_viz_draws_their_activations() {
+    let ws = Workspace::new();
+    let out = ferrovision(ws.root(), &["summary", "--model", "tutorial_net"]);
+    let table = out.success();
+    for row in ["conv1  ", "Conv2d", "6x28x28", "456", "fc3 ", "62,006 trainable parameters"] {
+        assert!(table.contains(row), "{row:?} missing from:\n{table}");
+    }
+    let resnet = ferrovision(ws.root(), &["summary", "--model", "resnet18", "--classes", "1000"]);
+    assert!(resnet.success().contains("11,689,512 trainable parameters"), "{resnet:#?}");
+
+    ws.train("tiny", &[]).success();
+    let run = ws.runs().join("tiny");
+    let image = ws.data().join("test/red/0000.png");
+    let png = ws.root().join("maps.png");
+    let out = ferrovision(ws.root(), &["viz", "activations", "--run", s(&run), "--image", s(&image), "--layers", "conv1,conv2", "--out", s(&png)]);
+    assert!(out.success().contains("maps.png"), "{out:#?}");
+    let sheet = image::open(&png).unwrap().to_rgb8();
+    // Input, filters (6 of 3x5x5), conv1 (6 maps of 28x28) and conv2 (16 of 10x10): wider and
+    // taller than any one of them, and not blank.
+    assert!(sheet.width() > 6 * 28 && sheet.height() > 3 * 28, "{}x{}", sheet.width(), sheet.height());
+    assert!(sheet.pixels().filter(|p| p.0 != [255, 255, 255]).count() > 10_000);
+
+    // An unknown layer lists the names there are; an unreadable image is named; no file is left.
+    let missing = ws.root().join("none.png");
+    ferrovision(ws.root(), &["viz", "activations", "--run", s(&run), "--image", s(&image), "--layers", "conv9", "--out", s(&missing)])
+        .failure(&["conv9", "conv1, conv2, fc1, fc2, fc3"]);
+    let text = ws.root().join("notes.txt");
+    std::fs::write(&text, "not an image").unwrap();
+    ferrovision(ws.root(), &["viz", "activations", "--run", s(&run), "--image", s(&text), "--layers", "conv1", "--out", s(&missing)])
+        .failure(&["notes.txt", "not a decodable image"]);
+    assert!(!missing.exists());
+    ferrovision(ws.root(), &["summary", "--model", "resnet_unknown"]).failure(&["resnet_unknown"]);
+}
+
+#[test]
 fn weights_list_shows_the_registry() {
     let ws = Workspace::new();
     let out = ferrovision(ws.root(), &["weights", "list"]);

@@ -12,6 +12,7 @@ use burn::prelude::*;
 
 use super::layers::{Act, BnParams, ConvBn, ConvSpec, InvertedResidual, InvertedResidualSpec, Padding, linear, make_divisible};
 use crate::config::ModelConfig;
+use super::trace;
 
 /// The B0 baseline (the paper's table 1): expansion, kernel, first stride, input channels, output
 /// channels, repeats, per stage.
@@ -145,7 +146,7 @@ impl EfficientNet {
         }
         let x = self.head.forward(x);
         let x: Tensor<2> = x.mean_dim(2).mean_dim(3).flatten(1, 3);
-        self.fc.forward(self.dropout.forward(x))
+        trace::linear(&self.fc, self.dropout.forward(x))
     }
 
     /// Our module path for a module path of the reference: torchvision's for B, the package's for

@@ -10,6 +10,7 @@ use burn::tensor::activation::relu;
 
 use super::layers::{ConvBn, linear};
 use crate::config::ModelConfig;
+use super::trace;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct FastNetConfig {
@@ -75,13 +76,13 @@ impl FastNet {
         let mut x = relu(self.stem.forward(x));
         for stage in &self.stages {
             // Pooling before BatchNorm+ReLU computes them on a quarter of the pixels.
-            x = stage.first.conv.forward(x);
-            x = relu(stage.first.bn.forward(self.pool.forward(x)));
+            x = trace::conv2d(&stage.first.conv, x);
+            x = relu(trace::batch_norm(&stage.first.bn, self.pool.forward(x)));
             x = relu(stage.second.forward(x));
         }
         // Global max-pooling over the remaining 4x4 map.
         let x: Tensor<3> = x.flatten(2, 3);
         let x: Tensor<2> = x.max_dim(2).flatten(1, 2);
-        self.head.forward(self.dropout.forward(x)).mul_scalar(self.logit_scale)
+        trace::linear(&self.head, self.dropout.forward(x)).mul_scalar(self.logit_scale)
     }
 }

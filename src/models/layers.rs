@@ -8,6 +8,7 @@ use burn::tensor::Distribution;
 use burn::tensor::activation::{relu, relu6, sigmoid, silu};
 
 use crate::config::ModelConfig;
+use super::trace;
 use crate::kernels::depthwise::depthwise_conv2d;
 
 /// The activation that follows a conv+BN (or none).
@@ -174,7 +175,7 @@ impl ConvBn {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.act.apply(self.bn.forward(conv_forward(&self.conv, x)))
+        self.act.apply(trace::batch_norm(&self.bn, trace::conv2d(&self.conv, x)))
     }
 }
 
@@ -266,7 +267,7 @@ impl SqueezeExcite {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let scale = x.clone().mean_dim(2).mean_dim(3);
-        let scale = sigmoid(self.expand.forward(self.act.apply(self.reduce.forward(scale))));
+        let scale = sigmoid(trace::conv2d(&self.expand, self.act.apply(trace::conv2d(&self.reduce, scale))));
         x * scale
     }
 }

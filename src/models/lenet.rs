@@ -14,6 +14,7 @@ use burn::tensor::activation::tanh;
 
 use super::layers::{conv, linear};
 use crate::config::ModelConfig;
+use super::trace;
 
 #[derive(Module, Debug)]
 pub struct LeNet5 {
@@ -45,12 +46,12 @@ impl LeNet5 {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.pool.forward(tanh(self.conv1.forward(x)));
-        let x = self.pool.forward(tanh(self.conv2.forward(x)));
+        let x = self.pool.forward(tanh(trace::conv2d(&self.conv1, x)));
+        let x = self.pool.forward(tanh(trace::conv2d(&self.conv2, x)));
         let x: Tensor<2> = x.flatten(1, 3);
-        let x = tanh(self.fc1.forward(self.dropout.forward(x)));
-        let x = tanh(self.fc2.forward(self.dropout.forward(x)));
-        self.fc3.forward(self.dropout.forward(x))
+        let x = tanh(trace::linear(&self.fc1, self.dropout.forward(x)));
+        let x = tanh(trace::linear(&self.fc2, self.dropout.forward(x)));
+        trace::linear(&self.fc3, self.dropout.forward(x))
     }
 
     /// No reference state dict exists; a PyTorch LeNet-5 with the same layer names maps 1:1.

@@ -8,6 +8,7 @@ use burn::prelude::*;
 
 use super::layers::{Act, BnParams, ConvBn, ConvSpec, InvertedResidual, InvertedResidualSpec, Padding, linear};
 use crate::config::ModelConfig;
+use super::trace;
 
 /// The paper's table 2: (expansion t, output channels c, repeats n, first stride s) per stage.
 const STAGES: [(usize, usize, usize, usize); 7] =
@@ -63,7 +64,7 @@ impl MobileNetV2 {
         }
         let x = self.head.forward(x);
         let x: Tensor<2> = x.mean_dim(2).mean_dim(3).flatten(1, 3);
-        self.fc.forward(self.dropout.forward(x))
+        trace::linear(&self.fc, self.dropout.forward(x))
     }
 
     /// Our module path for a torchvision module path: `features.0` is the stem, `features.1..=17`

@@ -7,6 +7,7 @@ pub mod lenet;
 pub mod mobilenet_v2;
 pub mod resnet;
 pub mod resnet_cifar;
+pub mod trace;
 pub mod transfer;
 pub mod tutorial_net;
 pub mod vgg;

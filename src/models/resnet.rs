@@ -11,6 +11,7 @@ use burn::prelude::*;
 use super::layers::{Act, ConvBn, ConvSpec, linear};
 use super::resnet_cifar::{BlockKind, ResidualBlock};
 use crate::config::ModelConfig;
+use super::trace;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageNetResNetConfig {
@@ -83,7 +84,7 @@ impl ImageNetResNet {
             x = block.forward(x);
         }
         let x: Tensor<2> = self.avgpool.forward(x).flatten(1, 3);
-        self.fc.forward(self.dropout.forward(x))
+        trace::linear(&self.fc, self.dropout.forward(x))
     }
 
     /// Our module path for a torchvision module path: `conv1`/`bn1` are the stem's conv and BN;

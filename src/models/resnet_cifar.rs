@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layers::{ConvBn, linear};
 use crate::config::ModelConfig;
+use super::trace;
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -170,6 +171,6 @@ impl ResNet {
             x = block.forward(x);
         }
         let x: Tensor<2> = self.pool.forward(x).flatten(1, 3);
-        self.fc.forward(self.dropout.forward(x))
+        trace::linear(&self.fc, self.dropout.forward(x))
     }
 }

@@ -12,6 +12,7 @@ use burn::tensor::activation::relu;
 use super::Classifier;
 use crate::config::{ExperimentConfig, Finetune, Freeze, HeadMode, TransferConfig};
 use crate::weights::{self, LoadOptions, registry};
+use super::trace;
 
 /// Layers on top of a network's outputs: `dropout -> [linear -> relu -> dropout] -> linear`.
 /// With `head = "append"` it reads the pretrained classifier's logits; with `head = "replace"`
@@ -29,9 +30,9 @@ impl Head {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let mut x = if self.activate_input { relu(x) } else { x };
         if let Some(hidden) = &self.hidden {
-            x = relu(hidden.forward(self.dropout.forward(x)));
+            x = relu(trace::linear(hidden, self.dropout.forward(x)));
         }
-        self.fc.forward(self.dropout.forward(x))
+        trace::linear(&self.fc, self.dropout.forward(x))
     }
 }
 

@@ -10,6 +10,7 @@ use burn::tensor::activation::relu;
 
 use super::layers::{conv, linear};
 use crate::config::ModelConfig;
+use super::trace;
 
 #[derive(Module, Debug)]
 pub struct TutorialNet {
@@ -41,11 +42,11 @@ impl TutorialNet {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.pool.forward(relu(self.conv1.forward(x)));
-        let x = self.pool.forward(relu(self.conv2.forward(x)));
+        let x = self.pool.forward(relu(trace::conv2d(&self.conv1, x)));
+        let x = self.pool.forward(relu(trace::conv2d(&self.conv2, x)));
         let x: Tensor<2> = x.flatten(1, 3);
-        let x = relu(self.fc1.forward(x));
-        let x = relu(self.fc2.forward(x));
-        self.fc3.forward(self.dropout.forward(x))
+        let x = relu(trace::linear(&self.fc1, x));
+        let x = relu(trace::linear(&self.fc2, x));
+        trace::linear(&self.fc3, self.dropout.forward(x))
     }
 }

@@ -11,6 +11,7 @@ use burn::tensor::activation::relu;
 
 use super::layers::{BnParams, conv, linear};
 use crate::config::ModelConfig;
+use super::trace;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct VggConfig {
@@ -85,9 +86,9 @@ impl Vgg {
     pub fn forward(&self, mut x: Tensor<4>) -> Tensor<2> {
         for stage in &self.features {
             for layer in stage {
-                x = layer.conv.forward(x);
+                x = trace::conv2d(&layer.conv, x);
                 if let Some(bn) = &layer.bn {
-                    x = bn.forward(x);
+                    x = trace::batch_norm(bn, x);
                 }
                 x = relu(x);
             }
@@ -97,7 +98,7 @@ impl Vgg {
         let mut x: Tensor<2> = self.avgpool.forward(x).flatten(1, 3);
         let last = self.classifier.len() - 1;
         for (i, fc) in self.classifier.iter().enumerate() {
-            x = fc.forward(x);
+            x = trace::linear(fc, x);
             if i != last {
                 x = self.dropout.forward(relu(x));
             }

@@ -131,19 +131,23 @@ pub struct Predictor {
 }
 
 impl Predictor {
-    /// Top-`k` classes for each image, in batches of `batch_size`.
-    pub fn predict(&self, images: &[Image], k: usize, batch_size: usize) -> Vec<Prediction> {
+    /// Images resized and normalized as the model expects: `[n, 3, size, size]`.
+    pub fn input(&self, images: &[Image]) -> Tensor<4> {
         let size = self.resize.crop_size;
         let plane = 3 * size * size;
+        let mut input = vec![0f32; images.len() * plane];
+        input.par_chunks_mut(plane).zip(images).for_each(|(out, image)| {
+            let resized = self.resize.apply(image);
+            normalize_to_chw(&resized.pixels, size, size, self.normalize, out);
+        });
+        Tensor::from_data(TensorData::new(input, [images.len(), 3, size, size]), &self.device)
+    }
+
+    /// Top-`k` classes for each image, in batches of `batch_size`.
+    pub fn predict(&self, images: &[Image], k: usize, batch_size: usize) -> Vec<Prediction> {
         let mut predictions = Vec::with_capacity(images.len());
         for chunk in images.chunks(batch_size.max(1)) {
-            let mut input = vec![0f32; chunk.len() * plane];
-            input.par_chunks_mut(plane).zip(chunk).for_each(|(out, image)| {
-                let resized = self.resize.apply(image);
-                normalize_to_chw(&resized.pixels, size, size, self.normalize, out);
-            });
-            let x = Tensor::<4>::from_data(TensorData::new(input, [chunk.len(), 3, size, size]), &self.device);
-            let probs = softmax(self.model.forward(x), 1);
+            let probs = softmax(self.model.forward(self.input(chunk)), 1);
             let classes = probs.dims()[1];
             let values = probs.into_data().try_to_vec::<f32>().expect("f32 probabilities");
             for row in values.chunks(classes) {

@@ -52,6 +52,19 @@ pub fn svg_to_png(svg: &str) -> Result<Vec<u8>> {
 
 /// The chart of `line_chart_svg` as SVG text (to embed in HTML).
 pub fn line_chart_svg_text(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<String> {
+    chart_svg_text(title, x_label, y_label, series, None)
+}
+
+/// One value per category (e.g. test accuracy per optimizer of a sweep), categories along x in
+/// the given order; written atomically to `path`.
+pub fn category_chart_svg(path: &Path, title: &str, x_label: &str, y_label: &str, categories: &[String], values: &[f64]) -> Result<()> {
+    let series = [Series { name: y_label, points: values.iter().enumerate().map(|(i, &v)| (i as f64, v)).collect() }];
+    let svg = chart_svg_text(title, x_label, y_label, &series, Some(categories)).with_context(|| format!("plotting {}", path.display()))?;
+    super::write_atomic(path, svg.as_bytes())
+}
+
+/// A line chart; with `categories`, x = i is labelled `categories[i]` (and only those are labelled).
+fn chart_svg_text(title: &str, x_label: &str, y_label: &str, series: &[Series], categories: Option<&[String]>) -> Result<String> {
     let points = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in points {
@@ -76,7 +89,17 @@ pub fn line_chart_svg_text(title: &str, x_label: &str, y_label: &str, series: &[
             .y_label_area_size(60)
             .build_cartesian_2d(pad(x0, x1), pad(y0, y1))
             .map_err(draw)?;
-        chart.configure_mesh().light_line_style(WHITE).x_desc(x_label).y_desc(y_label).draw().map_err(draw)?;
+        let name_of = |x: &f64| {
+            let i = x.round();
+            let on_point = (x - i).abs() < 1e-6 && i >= 0.0;
+            categories.and_then(|c| c.get(i as usize).filter(|_| on_point)).cloned().unwrap_or_default()
+        };
+        let mut mesh = chart.configure_mesh();
+        mesh.light_line_style(WHITE).x_desc(x_label).y_desc(y_label);
+        if let Some(categories) = categories {
+            mesh.x_labels(categories.len()).x_label_formatter(&name_of);
+        }
+        mesh.draw().map_err(draw)?;
         for (s, color) in series.iter().zip(COLORS.iter().cycle()) {
             let style = ShapeStyle::from(color).stroke_width(2);
             chart
@@ -166,6 +189,19 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.contains("accuracy under rotation") && svg.contains("degrees"));
         assert!(svg.contains("clean") && svg.contains("other"));
         assert!(line_chart_svg(&path, "t", "x", "y", &[]).is_err());
+    }
+
+    #[test]
+    fn category_charts_label_each_point_with_its_category() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("optimizers.svg");
+        let names = ["sgd", "adam", "rmsprop"].map(String::from);
+        category_chart_svg(&path, "test accuracy", "train.optimizer", "accuracy (%)", &names, &[71.0, 64.5, 60.0]).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        for name in names {
+            assert_eq!(svg.lines().filter(|l| l.trim() == name).count(), 1, "{name} labelled once:\n{svg}");
+        }
+        assert!(svg.contains("train.optimizer"));
     }
 
     #[test]

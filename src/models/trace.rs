@@ -1,0 +1,291 @@
+//! What each layer of a forward pass produced: output shape, parameters, FLOPs and, on request,
+//! the activations themselves, for `ferrovision summary` and `ferrovision viz activations`
+//! (the role of PyTorch's forward hooks and torchinfo).
+//!
+//! The models run their convolutions, BatchNorms and linear layers through the functions here;
+//! while `trace` runs a forward pass they report to a recorder of the calling thread, otherwise
+//! they only forward. A layer is identified by its weight's `ParamId`, which `summarize` maps to
+//! the parameter path, so no model has to name its layers twice.
+
+use std::cell::RefCell;
+
+use burn::module::ParamId;
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, Linear};
+use burn::prelude::*;
+
+use super::{Classifier, named_params};
+
+/// The kind of a traced layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    Conv2d,
+    BatchNorm,
+    Linear,
+}
+
+impl LayerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerKind::Conv2d => "Conv2d",
+            LayerKind::BatchNorm => "BatchNorm2d",
+            LayerKind::Linear => "Linear",
+        }
+    }
+}
+
+/// One layer's call during a traced forward pass.
+#[derive(Clone, Debug)]
+pub struct LayerCall {
+    /// The id of the layer's weight (BatchNorm: gamma).
+    pub weight: ParamId,
+    pub kind: LayerKind,
+    /// Output shape without the batch dimension.
+    pub output: Vec<usize>,
+    /// Trainable parameters (weight and bias; BatchNorm's running statistics are buffers).
+    pub params: usize,
+    /// Floating-point operations per image, a multiply-add counted as two.
+    pub flops: u64,
+    /// The output, `[batch, channels, height, width]` (a linear layer's as `[batch, features, 1, 1]`),
+    /// when the trace keeps activations.
+    pub activation: Option<Tensor<4>>,
+    /// A convolution's weight `[out, in / groups, kh, kw]`, when the trace keeps activations.
+    pub kernel: Option<Tensor<4>>,
+}
+
+struct Recorder {
+    keep_activations: bool,
+    calls: Vec<LayerCall>,
+}
+
+thread_local! {
+    static RECORDER: RefCell<Option<Recorder>> = const { RefCell::new(None) };
+}
+
+/// Runs `forward` while recording every traced layer call it makes on this thread.
+pub fn trace<R>(keep_activations: bool, forward: impl FnOnce() -> R) -> (R, Vec<LayerCall>) {
+    RECORDER.with(|r| *r.borrow_mut() = Some(Recorder { keep_activations, calls: Vec::new() }));
+    // Taken back even if `forward` panics, so a later trace starts clean.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            RECORDER.with(|r| r.borrow_mut().take());
+        }
+    }
+    let reset = Reset;
+    let result = forward();
+    let calls = RECORDER.with(|r| r.borrow_mut().take()).map(|r| r.calls).unwrap_or_default();
+    drop(reset);
+    (result, calls)
+}
+
+fn record<const D: usize>(
+    weight: ParamId,
+    kind: LayerKind,
+    output: &Tensor<D>,
+    kernel: Option<&Tensor<4>>,
+    params: usize,
+    flops: impl FnOnce(&[usize]) -> u64,
+) {
+    RECORDER.with(|r| {
+        let mut recorder = r.borrow_mut();
+        let Some(recorder) = recorder.as_mut() else { return };
+        let dims = output.dims();
+        let activation = recorder.keep_activations.then(|| {
+            let [batch, rest @ ..] = dims.as_slice() else { unreachable!("a layer output has a batch dimension") };
+            let features: usize = rest.iter().product();
+            let shape = if D == 4 { [dims[0], dims[1], dims[2], dims[3]] } else { [*batch, features, 1, 1] };
+            output.clone().reshape(shape)
+        });
+        let kernel = kernel.filter(|_| recorder.keep_activations).cloned();
+        let output = dims[1..].to_vec();
+        let flops = flops(&output);
+        recorder.calls.push(LayerCall { weight, kind, output, params, flops, activation, kernel });
+    });
+}
+
+fn is_tracing() -> bool {
+    RECORDER.with(|r| r.borrow().is_some())
+}
+
+/// `conv.forward(x)` (depthwise convs through our kernel, see `layers::conv_forward`), traced.
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let y = super::layers::conv_forward(conv, x);
+    if is_tracing() {
+        let [out_channels, in_per_group, kh, kw] = conv.weight.dims();
+        let bias = conv.bias.as_ref().map_or(0, |b| b.dims()[0]);
+        let params = out_channels * in_per_group * kh * kw + bias;
+        record(conv.weight.id, LayerKind::Conv2d, &y, Some(&conv.weight.val()), params, |out| {
+            let pixels = (out[1] * out[2]) as u64;
+            pixels * (2 * (in_per_group * kh * kw) as u64 * out_channels as u64 + bias as u64)
+        });
+    }
+    y
+}
+
+/// `bn.forward(x)`, traced.
+pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let y = bn.forward(x);
+    if is_tracing() {
+        let channels = bn.gamma.dims()[0];
+        // Normalize and scale/shift folded into one multiply-add per element.
+        record(bn.gamma.id, LayerKind::BatchNorm, &y, None, 2 * channels, |out| 2 * out.iter().product::<usize>() as u64);
+    }
+    y
+}
+
+/// `fc.forward(x)`, traced.
+pub fn linear(fc: &Linear, x: Tensor<2>) -> Tensor<2> {
+    let y = fc.forward(x);
+    if is_tracing() {
+        let [inputs, outputs] = fc.weight.dims();
+        let bias = fc.bias.as_ref().map_or(0, |b| b.dims()[0]);
+        record(fc.weight.id, LayerKind::Linear, &y, None, inputs * outputs + bias, |_| (2 * inputs * outputs + bias) as u64);
+    }
+    y
+}
+
+/// One row of a model summary.
+#[derive(Clone, Debug)]
+pub struct LayerSummary {
+    /// The layer's parameter path without the leaf and without `net.<Variant>.`
+    /// (`stages.0.first.conv`, `head.fc`): the names `viz activations --layers` takes.
+    pub name: String,
+    pub kind: LayerKind,
+    pub output: Vec<usize>,
+    pub params: usize,
+    pub flops: u64,
+    pub activation: Option<Tensor<4>>,
+    pub kernel: Option<Tensor<4>>,
+}
+
+/// Runs `images` through `model`, recording each layer, and names the layers.
+pub fn summarize(model: &Classifier, images: Tensor<4>, keep_activations: bool) -> (Tensor<2>, Vec<LayerSummary>) {
+    let (logits, calls) = trace(keep_activations, || model.forward(images));
+    let variant = format!("net.{}.", model.net.name());
+    let paths = named_params(model);
+    let layers = calls
+        .into_iter()
+        .map(|call| {
+            let path = paths.iter().find(|p| p.id == call.weight).map_or("?", |p| p.path.as_str());
+            let module = path.rsplit_once('.').map_or(path, |(module, _)| module);
+            LayerSummary {
+                name: module.strip_prefix(&variant).unwrap_or(module).to_string(),
+                kind: call.kind,
+                output: call.output,
+                params: call.params,
+                flops: call.flops,
+                activation: call.activation,
+                kernel: call.kernel,
+            }
+        })
+        .collect();
+    (logits, layers)
+}
+
+/// The layers a user's name picks: the layer of that name, or, for a module holding several
+/// (`stages.1`, `blocks.3`), the last layer inside it: its output is the module's output up to
+/// any activation or residual addition after that layer. `None` if nothing matches.
+pub fn find_layer<'a>(layers: &'a [LayerSummary], name: &str, variant: &str) -> Option<&'a LayerSummary> {
+    let name = name.strip_prefix(&format!("net.{variant}.")).unwrap_or(name);
+    layers
+        .iter()
+        .find(|l| l.name == name)
+        .or_else(|| layers.iter().rev().find(|l| l.name.starts_with(name) && l.name[name.len()..].starts_with('.')))
+}
+
+/// The summary as a text table with totals, under `title`.
+pub fn table(layers: &[LayerSummary], title: &str) -> String {
+    let width = layers.iter().map(|l| l.name.len()).max().unwrap_or(0).max(5);
+    let mut out = format!("{title}\n{:<width$}  {:<11}  {:<16}  {:>12}  {:>15}\n", "layer", "type", "output", "parameters", "FLOPs");
+    for l in layers {
+        let shape = l.output.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
+        let (params, flops) = (group_digits(l.params), group_digits(l.flops as usize));
+        out += &format!("{:<width$}  {:<11}  {:<16}  {params:>12}  {flops:>15}\n", l.name, l.kind.name(), shape);
+    }
+    let params: usize = layers.iter().map(|l| l.params).sum();
+    let flops: u64 = layers.iter().map(|l| l.flops).sum();
+    let macs: u64 = layers.iter().filter(|l| l.kind != LayerKind::BatchNorm).map(|l| l.flops / 2).sum();
+    out += &format!(
+        "{} layers, {} trainable parameters, {:.3} GFLOPs per image ({:.3} G multiply-adds in convolutions and linear layers)\n",
+        layers.len(),
+        group_digits(params),
+        flops as f64 / 1e9,
+        macs as f64 / 1e9
+    );
+    out
+}
+
+/// `1234567` as `1,234,567`.
+pub fn group_digits(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+    use crate::models::{build, registry, trainable_params};
+
+    fn model(name: &str, classes: usize) -> Classifier {
+        build(&ModelConfig { name: name.into(), ..Default::default() }, classes, &Device::flex()).unwrap()
+    }
+
+    /// Every parameter is in exactly one traced layer: the summary's total is the model's count.
+    #[test]
+    fn every_layer_of_every_model_is_traced_once() {
+        for entry in registry() {
+            let model = model(entry.name, 10);
+            let (logits, layers) = summarize(&model, Tensor::zeros([1, 3, 32, 32], &Device::flex()), false);
+            assert_eq!(logits.dims(), [1, 10]);
+            assert_eq!(layers.iter().map(|l| l.params).sum::<usize>(), trainable_params(&model), "{}", entry.name);
+            let mut names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+            assert!(!names.contains(&"?"), "{}: a layer without a parameter path", entry.name);
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), layers.len(), "{}: a layer traced twice", entry.name);
+        }
+    }
+
+    /// Multiply-adds of the convolutions and linear layers at 224x224 against torchvision's
+    /// published "GFLOPS" (which count multiply-adds): resnet18 1.81, resnet50 4.09, vgg16 15.47,
+    /// mobilenet_v2 0.30, efficientnet_b0 0.39.
+    #[test]
+    fn flops_match_the_published_counts() {
+        for (name, published) in [("resnet18", 1.81), ("resnet50", 4.09), ("vgg16", 15.47), ("mobilenet_v2", 0.30), ("efficientnet_b0", 0.39)] {
+            let model = model(name, 1000);
+            let (_, layers) = summarize(&model, Tensor::zeros([1, 3, 224, 224], &Device::flex()), false);
+            let macs = layers.iter().filter(|l| l.kind != LayerKind::BatchNorm).map(|l| l.flops).sum::<u64>() as f64 / 2e9;
+            assert!((macs / published - 1.0).abs() < 0.03, "{name}: {macs:.3} GMACs, published {published}");
+        }
+    }
+
+    #[test]
+    fn shapes_activations_and_layer_lookup() {
+        let model = model("resnet18_cifar", 10);
+        let (_, layers) = summarize(&model, Tensor::ones([2, 3, 32, 32], &Device::flex()), true);
+        let stem = &layers[0];
+        assert_eq!((stem.name.as_str(), stem.kind, stem.output.as_slice()), ("stem.conv", LayerKind::Conv2d, &[64, 32, 32][..]));
+        assert_eq!(stem.params, 64 * 3 * 9);
+        assert_eq!(stem.flops, 32 * 32 * 2 * 27 * 64);
+        assert_eq!(stem.activation.as_ref().unwrap().dims(), [2, 64, 32, 32]);
+        let fc = layers.last().unwrap();
+        assert_eq!((fc.name.as_str(), fc.output.as_slice()), ("fc", &[10][..]));
+        assert_eq!(fc.activation.as_ref().unwrap().dims(), [2, 10, 1, 1]);
+        // A module name picks its last layer; the full path works too; a near miss does not.
+        assert_eq!(find_layer(&layers, "blocks.0", "ResNet").unwrap().name, "blocks.0.convs.1.bn");
+        assert_eq!(find_layer(&layers, "net.ResNet.stem.conv", "ResNet").unwrap().name, "stem.conv");
+        assert!(find_layer(&layers, "block", "ResNet").is_none());
+        // Outside a trace nothing is recorded (and nothing is left over from one).
+        let (_, calls) = trace(false, || ());
+        assert!(calls.is_empty());
+    }
+}
