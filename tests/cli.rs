@@ -291,6 +291,9 @@ fn train_writes_a_complete_run_and_eval_reproduces_its_accuracy() {
     }
     let events: Vec<_> = std::fs::read_dir(run.join("tensorboard")).unwrap().collect();
     assert_eq!(events.len(), 1, "one event file");
+    // The test of the best checkpoint at the end of training drew its confusion matrices.
+    let confusion = run.join("eval/test-best-confusion-normalized.png");
+    assert!(std::fs::metadata(&confusion).is_ok_and(|m| m.len() > 1000), "{} missing or tiny", confusion.display());
     let metrics_text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let metrics: Vec<Value> = metrics_text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(metrics.len(), 2, "one line per epoch:\n{metrics_text}");

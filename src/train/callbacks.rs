@@ -19,8 +19,23 @@ pub struct EpochContext<'a> {
     pub epochs: usize,
 }
 
+/// The test of the best checkpoint after training.
+pub struct TestContext<'a> {
+    /// The last completed epoch (the step the results are logged at).
+    pub epoch: usize,
+    pub accuracy: f64,
+    pub loss: f64,
+    /// The row-normalized confusion matrix as PNG.
+    pub confusion_png: &'a [u8],
+}
+
 pub trait Callback {
     fn on_epoch_end(&mut self, context: &EpochContext) -> Result<()>;
+
+    /// After the best checkpoint was tested (Lightning's `on_test_end`).
+    fn on_test_end(&mut self, _context: &TestContext) -> Result<()> {
+        Ok(())
+    }
 
     /// Resuming: the metrics of an epoch completed before the interruption, in order, so the
     /// callback's state is what it was then.
@@ -105,11 +120,23 @@ impl Callback for TensorBoardLog {
         for chart in CurvesPlot::CHARTS {
             let path = c.run.path.join(CurvesPlot::FOLDER).join(format!("{chart}.png"));
             if let Ok(png) = std::fs::read(&path) {
-                let (width, height) = image::load_from_memory(&png).map(|i| (i.width(), i.height())).unwrap_or((0, 0));
-                self.writer.image(&format!("curves/{chart}"), png, height as usize, width as usize, m.epoch)?;
+                self.png_image(&format!("curves/{chart}"), png, m.epoch)?;
             }
         }
         Ok(())
+    }
+
+    fn on_test_end(&mut self, c: &TestContext) -> Result<()> {
+        self.writer.scalar("accuracy/test", c.accuracy, c.epoch)?;
+        self.writer.scalar("loss/test", c.loss, c.epoch)?;
+        self.png_image("confusion/test", c.confusion_png.to_vec(), c.epoch)
+    }
+}
+
+impl TensorBoardLog {
+    fn png_image(&mut self, tag: &str, png: Vec<u8>, step: usize) -> Result<()> {
+        let (width, height) = image::load_from_memory(&png).map(|i| (i.width(), i.height())).unwrap_or((0, 0));
+        self.writer.image(tag, png, height as usize, width as usize, step)
     }
 }
 

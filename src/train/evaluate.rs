@@ -1,5 +1,7 @@
 //! Evaluation of a model on an image set: loss, accuracy, per-class accuracy and predictions.
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -192,17 +194,28 @@ pub fn evaluate_run(run: &RunDir, config: &ExperimentConfig, split: &str, checkp
         report.push_str(&format!("  {name:<12} {:>6.2}%\n", 100.0 * acc));
     }
     let counts = confusion(&evaluation.set.labels, &result.predictions, evaluation.classes.len());
-    let folder = run.path.join("eval");
-    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
-    for (normalized, kind) in [(false, "counts"), (true, "normalized")] {
-        let title = format!("{} {checkpoint}, {split}: confusion ({kind}; rows true, columns predicted)", run.id);
-        let svg = confusion_matrix_svg(&evaluation.classes, &counts, normalized, &title)?;
-        let stem = folder.join(format!("{split}-{checkpoint}-confusion-{kind}"));
-        write_atomic(&stem.with_extension("svg"), svg.as_bytes())?;
-        write_atomic(&stem.with_extension("png"), &svg_to_png(&svg)?)?;
+    for (stem, _) in write_confusion(run, &evaluation.classes, &counts, split, checkpoint)? {
         report.push_str(&format!("wrote {}.{{svg,png}}\n", stem.display()));
     }
     Ok(report)
+}
+
+/// Writes `<run>/eval/<split>-<checkpoint>-confusion-{counts,normalized}.{svg,png}`; returns each
+/// file stem with its PNG (counts first).
+pub fn write_confusion(run: &RunDir, classes: &[String], counts: &[Vec<usize>], split: &str, checkpoint: &str) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let folder = run.path.join("eval");
+    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    let mut written = Vec::new();
+    for (normalized, kind) in [(false, "counts"), (true, "normalized")] {
+        let title = format!("{} {checkpoint}, {split}: confusion ({kind}; rows true, columns predicted)", run.id);
+        let svg = confusion_matrix_svg(classes, counts, normalized, &title)?;
+        let stem = folder.join(format!("{split}-{checkpoint}-confusion-{kind}"));
+        let png = svg_to_png(&svg)?;
+        write_atomic(&stem.with_extension("svg"), svg.as_bytes())?;
+        write_atomic(&stem.with_extension("png"), &png)?;
+        written.push((stem, png));
+    }
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use crate::data::{self, ImageSet};
 use crate::models::{self, Classifier};
 use crate::augment::transforms::Pipeline;
 use crate::tracking::{EpochMetrics, RunDir, RunSummary};
-use callbacks::{Callback, Checkpointer, ConsoleLog, CurvesPlot, EarlyStopper, EpochContext, MetricsLog, TensorBoardLog};
+use callbacks::{Callback, Checkpointer, ConsoleLog, CurvesPlot, EarlyStopper, EpochContext, MetricsLog, TensorBoardLog, TestContext};
 pub use evaluate::{EvalResult, EvalSettings, RunEvaluation, Tta, evaluate, evaluate_run};
 use schedule::LrSchedule;
 
@@ -337,6 +337,12 @@ fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Res
     // Test the best checkpoint, as the journal reports it.
     let best = load_run_model(config, num_classes, &run.checkpoint(Checkpointer::BEST), &base_device)?;
     let test = evaluate(&best, &data.test, num_classes, &eval_settings, &base_device)?;
+    let counts = evaluate::confusion(&data.test.labels, &test.predictions, num_classes);
+    let confusion = evaluate::write_confusion(&run, &data.classes, &counts, "test", Checkpointer::BEST)?;
+    let tested = TestContext { epoch: epochs_completed, accuracy: test.accuracy, loss: test.loss, confusion_png: &confusion[1].1 };
+    for callback in &mut callbacks {
+        callback.on_test_end(&tested)?;
+    }
     let best_metrics = Checkpointer::best_metrics(&run)?;
     let summary = RunSummary {
         run_id: run.id.clone(),
