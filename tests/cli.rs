@@ -885,6 +885,25 @@ fn a_run_killed_mid_training_resumes_to_the_same_result() {
 }
 
 #[test]
+fn corrupt_checkpoints_are_named_and_the_run_is_left_as_it_was() {
+    let ws = Workspace::new();
+    ws.train("tiny", &[]).success();
+    let run = ws.runs().join("tiny");
+    let model = run.join("resume/model-2.bpk");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let before = snapshot(&run);
+    ferrovision(ws.root(), &["train", "--resume", s(&run), "--set", "train.epochs=3"]).failure(&["model-2.bpk"]);
+    let after = snapshot(&run);
+    let changed: std::collections::BTreeSet<_> = before.keys().chain(after.keys()).filter(|k| before.get(*k) != after.get(*k)).collect();
+    assert!(changed.is_empty(), "a failed resume changed {changed:?}");
+
+    let best = run.join("checkpoints/best.bpk");
+    std::fs::write(&best, b"not a checkpoint").unwrap();
+    ferrovision(ws.root(), &["eval", "--run", s(&run)]).failure(&["best.bpk"]);
+}
+
+#[test]
 fn model_ema_trains_evaluates_and_resumes() {
     let ws = Workspace::new();
     let out = ws.train("ema", &["--set", "train.ema_decay=0.9", "--set", "train.epochs=3"]);

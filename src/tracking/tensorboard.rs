@@ -83,8 +83,13 @@ impl EventWriter {
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let seconds = now().floor() as u64;
-        let path = dir.join(format!("events.out.tfevents.{seconds}.ferrovision"));
-        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        // A new file each time (a resumed run adds one; TensorBoard reads them all), never
+        // truncating an earlier one started in the same second.
+        let path = (0..)
+            .map(|n| dir.join(if n == 0 { format!("events.out.tfevents.{seconds}.ferrovision") } else { format!("events.out.tfevents.{seconds}.ferrovision.{n}") }))
+            .find(|p| !p.exists())
+            .expect("a free file name");
+        let file = File::options().write(true).create_new(true).open(&path).with_context(|| format!("creating {}", path.display()))?;
         let mut writer = Self { file: BufWriter::new(file), path };
         writer.write(0, EventKind::FileVersion("brain.Event:2".into()))?;
         Ok(writer)

@@ -298,10 +298,18 @@ pub fn load_checkpoint(model: Classifier, path: &std::path::Path) -> Result<Clas
         anyhow::bail!("checkpoint {} not found", path.display());
     }
     let record = ModuleRecord::load(path)
-        .map_err(|e| anyhow::anyhow!("{}: not a readable checkpoint ({e})", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: not a readable checkpoint ({})", path.display(), innermost(&e.to_string())))?;
     model
         .try_load_record(record)
-        .map_err(|e| anyhow::anyhow!("{}: does not match the run's model ({e})", path.display()))
+        .map_err(|e| anyhow::anyhow!("{}: does not match the run's model ({})", path.display(), innermost(&e.to_string())))
+}
+
+/// The innermost reason of burn's nested error text ("Record I/O error: Validation error: File
+/// truncated: ..." -> "file truncated: ..."), so the message carries one `error:`.
+fn innermost(message: &str) -> String {
+    let reason = message.rsplit_once("error: ").map_or(message, |(_, reason)| reason);
+    let mut chars = reason.chars();
+    chars.next().map_or_else(String::new, |first| first.to_lowercase().chain(chars).collect())
 }
 
 #[cfg(test)]
@@ -340,7 +348,8 @@ mod tests {
         std::fs::write(&path, b"not a checkpoint").unwrap();
         let model = models::build(&ModelConfig::default(), 10, &device).unwrap();
         let err = load_checkpoint(model.clone(), &path).unwrap_err().to_string();
-        assert!(err.contains("bad.bpk"), "{err}");
+        assert!(err.contains("bad.bpk") && !err.contains("error:"), "{err}");
+        assert_eq!(innermost("Record I/O error: Validation error: File truncated: 3 bytes"), "file truncated: 3 bytes");
         let other = models::build(&ModelConfig { name: "tutorial_net".into(), ..Default::default() }, 10, &device).unwrap();
         let saved = dir.path().join("tutorial.bpk");
         save_checkpoint(&other, &saved).unwrap();

@@ -176,10 +176,8 @@ fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Res
     let params = models::trainable_params(&model);
     let run = match start {
         Start::New(run_id) => RunDir::create(&config.run.dir, run_id, config)?,
-        Start::Resume(run) => {
-            run.write_config(config)?;
-            run.clone()
-        }
+        // Its config is rewritten once its state has loaded: a failed resume changes nothing.
+        Start::Resume(run) => run.clone(),
     };
     println!(
         "run {}: {} ({} trainable parameters) on {} train / {} val / {} test images, device {}",
@@ -211,6 +209,11 @@ fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Res
     let backbone_lr = (config.model.weights.is_some() || config.model.pretrained.is_some())
         .then(|| (models::transfer::backbone_group(&model, &new_parts), config.transfer.backbone_lr_scale));
     let mut optimizer = optim::build(&config.train, backbone_lr);
+    let mut ema = config.train.ema_decay.map(|decay| ema::ModelEma::new(&model, decay));
+    if let Some(point) = &resume_point {
+        (model, optimizer) = resume::restore(&run, point, model, optimizer, ema.as_mut())?;
+        run.write_config(config)?;
+    }
     // In order: the metrics line first (the curves read it), the curves before TensorBoard (which logs them).
     let mut callbacks: Vec<Box<dyn Callback>> =
         vec![Box::new(MetricsLog), Box::new(Checkpointer::default()), Box::new(ConsoleLog), Box::new(CurvesPlot)];
@@ -224,9 +227,7 @@ fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Res
     let mut step = 0;
     let mut train_seconds = 0.0;
     let mut epochs_completed = 0;
-    let mut ema = config.train.ema_decay.map(|decay| ema::ModelEma::new(&model, decay));
     if let Some(point) = &resume_point {
-        (model, optimizer) = resume::restore(&run, point, model, optimizer, ema.as_mut())?;
         for metrics in resume::truncate_metrics(&run, point.epoch)? {
             for callback in &mut callbacks {
                 callback.replay(&metrics)?;
