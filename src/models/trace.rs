@@ -36,7 +36,11 @@ impl LayerKind {
 
 /// One layer's call during a traced forward pass.
 #[derive(Clone, Debug)]
-pub struct LayerCall {
+pub struct Layer {
+    /// The layer's parameter path without the leaf and without `net.<Variant>.`
+    /// (`stages.0.first.conv`, `head.fc`): the names `viz activations --layers` takes. Set by
+    /// `summarize`; empty in a bare `trace`.
+    pub name: String,
     /// The id of the layer's weight (BatchNorm: gamma).
     pub weight: ParamId,
     pub kind: LayerKind,
@@ -55,7 +59,7 @@ pub struct LayerCall {
 
 struct Recorder {
     keep_activations: bool,
-    calls: Vec<LayerCall>,
+    calls: Vec<Layer>,
 }
 
 thread_local! {
@@ -63,7 +67,7 @@ thread_local! {
 }
 
 /// Runs `forward` while recording every traced layer call it makes on this thread.
-pub fn trace<R>(keep_activations: bool, forward: impl FnOnce() -> R) -> (R, Vec<LayerCall>) {
+pub fn trace<R>(keep_activations: bool, forward: impl FnOnce() -> R) -> (R, Vec<Layer>) {
     RECORDER.with(|r| *r.borrow_mut() = Some(Recorder { keep_activations, calls: Vec::new() }));
     // Taken back even if `forward` panics, so a later trace starts clean.
     struct Reset;
@@ -100,7 +104,7 @@ fn record<const D: usize>(
         let kernel = kernel.filter(|_| recorder.keep_activations).cloned();
         let output = dims[1..].to_vec();
         let flops = flops(&output);
-        recorder.calls.push(LayerCall { weight, kind, output, params, flops, activation, kernel });
+        recorder.calls.push(Layer { name: String::new(), weight, kind, output, params, flops, activation, kernel });
     });
 }
 
@@ -145,48 +149,23 @@ pub fn linear(fc: &Linear, x: Tensor<2>) -> Tensor<2> {
     y
 }
 
-/// One row of a model summary.
-#[derive(Clone, Debug)]
-pub struct LayerSummary {
-    /// The layer's parameter path without the leaf and without `net.<Variant>.`
-    /// (`stages.0.first.conv`, `head.fc`): the names `viz activations --layers` takes.
-    pub name: String,
-    pub kind: LayerKind,
-    pub output: Vec<usize>,
-    pub params: usize,
-    pub flops: u64,
-    pub activation: Option<Tensor<4>>,
-    pub kernel: Option<Tensor<4>>,
-}
-
 /// Runs `images` through `model`, recording each layer, and names the layers.
-pub fn summarize(model: &Classifier, images: Tensor<4>, keep_activations: bool) -> (Tensor<2>, Vec<LayerSummary>) {
-    let (logits, calls) = trace(keep_activations, || model.forward(images));
+pub fn summarize(model: &Classifier, images: Tensor<4>, keep_activations: bool) -> (Tensor<2>, Vec<Layer>) {
+    let (logits, mut layers) = trace(keep_activations, || model.forward(images));
     let variant = format!("net.{}.", model.net.name());
     let paths = named_params(model);
-    let layers = calls
-        .into_iter()
-        .map(|call| {
-            let path = paths.iter().find(|p| p.id == call.weight).map_or("?", |p| p.path.as_str());
-            let module = path.rsplit_once('.').map_or(path, |(module, _)| module);
-            LayerSummary {
-                name: module.strip_prefix(&variant).unwrap_or(module).to_string(),
-                kind: call.kind,
-                output: call.output,
-                params: call.params,
-                flops: call.flops,
-                activation: call.activation,
-                kernel: call.kernel,
-            }
-        })
-        .collect();
+    for layer in &mut layers {
+        let path = paths.iter().find(|p| p.id == layer.weight).map_or("?", |p| p.path.as_str());
+        let module = path.rsplit_once('.').map_or(path, |(module, _)| module);
+        layer.name = module.strip_prefix(&variant).unwrap_or(module).to_string();
+    }
     (logits, layers)
 }
 
 /// The layers a user's name picks: the layer of that name, or, for a module holding several
 /// (`stages.1`, `blocks.3`), the last layer inside it: its output is the module's output up to
 /// any activation or residual addition after that layer. `None` if nothing matches.
-pub fn find_layer<'a>(layers: &'a [LayerSummary], name: &str, variant: &str) -> Option<&'a LayerSummary> {
+pub fn find_layer<'a>(layers: &'a [Layer], name: &str, variant: &str) -> Option<&'a Layer> {
     let name = name.strip_prefix(&format!("net.{variant}.")).unwrap_or(name);
     layers
         .iter()
@@ -195,7 +174,7 @@ pub fn find_layer<'a>(layers: &'a [LayerSummary], name: &str, variant: &str) -> 
 }
 
 /// The summary as a text table with totals, under `title`.
-pub fn table(layers: &[LayerSummary], title: &str) -> String {
+pub fn table(layers: &[Layer], title: &str) -> String {
     let width = layers.iter().map(|l| l.name.len()).max().unwrap_or(0).max(5);
     let mut out = format!("{title}\n{:<width$}  {:<11}  {:<16}  {:>12}  {:>15}\n", "layer", "type", "output", "parameters", "FLOPs");
     for l in layers {

@@ -5,7 +5,7 @@ use anyhow::{Result, bail};
 
 use super::canvas::Section;
 use crate::augment::Image;
-use crate::models::trace::{self, LayerKind, LayerSummary};
+use crate::models::trace::{self, Layer, LayerKind};
 use crate::serve::predict::Predictor;
 
 /// Feature maps per row of a layer's grid.
@@ -51,7 +51,7 @@ pub fn sheet(predictor: &Predictor, image: &Image, layers: &[String], options: &
 
 /// A layer's output channels for the first image, each min-max scaled on its own and coloured
 /// with the viridis map.
-fn feature_maps(layer: &LayerSummary, asked: &str, max_channels: usize) -> Section {
+fn feature_maps(layer: &Layer, asked: &str, max_channels: usize) -> Section {
     let activation = layer.activation.clone().expect("traced with activations");
     let [_, channels, height, width] = activation.dims();
     let shown = channels.min(max_channels.max(1));
@@ -69,7 +69,7 @@ fn feature_maps(layer: &LayerSummary, asked: &str, max_channels: usize) -> Secti
 
 /// The first convolution's filters as RGB tiles (where it reads the 3 image channels), each
 /// scaled to its own min..max.
-fn filter_section(traced: &[LayerSummary]) -> Option<Section> {
+fn filter_section(traced: &[Layer]) -> Option<Section> {
     let first = traced.iter().find(|l| l.kind == LayerKind::Conv2d)?;
     let kernel = first.kernel.clone()?;
     let [filters, inputs, kh, kw] = kernel.dims();
