@@ -45,6 +45,65 @@ pub fn train_step(model_config: &ModelConfig, batch: usize, size: usize, steps: 
     Ok((batch * steps) as f64 / timed)
 }
 
+/// A matrix product `C[m, n] = A[m, k] B[k, n]`: the im2col form of a convolution's forward pass
+/// (m = batch x output pixels, k = input channels x kernel area, n = output channels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmShape {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+}
+
+impl GemmShape {
+    pub fn flops(self) -> f64 {
+        2.0 * (self.m * self.k * self.n) as f64
+    }
+}
+
+/// The forward GEMM of each dense convolution of a model (depthwise ones are no GEMM) at `batch`
+/// and a `size` x `size` input, named by layer, in the order they run.
+pub fn conv_gemm_shapes(model_config: &ModelConfig, batch: usize, size: usize) -> Result<Vec<(String, GemmShape)>> {
+    let device = Device::flex();
+    let model = models::build(model_config, 10, &device)?;
+    let (_, layers) = models::trace::summarize(&model, Tensor::zeros([1, 3, size, size], &device), true);
+    Ok(layers
+        .into_iter()
+        .filter_map(|layer| {
+            let [out_channels, in_per_group, kh, kw] = layer.kernel.as_ref()?.dims();
+            let depthwise = in_per_group == 1 && kh * kw > 1;
+            let pixels = layer.output[1] * layer.output[2];
+            (!depthwise).then(|| (layer.name, GemmShape { m: batch * pixels, k: in_per_group * kh * kw, n: out_channels }))
+        })
+        .collect())
+}
+
+/// Seconds per `shape` product with the `gemm` crate (the kernel burn-flex's convolutions and
+/// matmuls run on), row-major f32, on all of rayon's threads, after one untimed product.
+pub fn sgemm_seconds(shape: GemmShape, steps: usize) -> f64 {
+    let GemmShape { m, k, n } = shape;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut c = vec![0f32; m * n];
+    let parallelism = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    let mut run = || {
+        // SAFETY: a, b and c hold m*k, k*n and m*n elements, row-major (column stride 1, row
+        // stride the row length), as the strides passed say.
+        unsafe {
+            gemm::gemm(
+                m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), 1, n as isize,
+                0.0, 1.0, false, false, false, parallelism,
+            )
+        }
+    };
+    run();
+    let start = Instant::now();
+    for _ in 0..steps.max(1) {
+        run();
+    }
+    start.elapsed().as_secs_f64() / steps.max(1) as f64
+}
+
 /// Images per second the loader delivers (crop + flip + normalize on its thread) for 32x32 images.
 pub fn loader(batch: usize, images: usize) -> f64 {
     let pixels = (0..images * 32 * 32 * 3).map(|i| (i * 31 % 256) as u8).collect();
@@ -170,4 +229,26 @@ pub fn depthwise_step(shape: DepthwiseShape, kernel_impl: DepthwiseKernel, batch
         }
     }
     timed / steps as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shapes(name: &str, batch: usize, size: usize) -> Vec<(String, GemmShape)> {
+        conv_gemm_shapes(&ModelConfig { name: name.into(), ..Default::default() }, batch, size).unwrap()
+    }
+
+    #[test]
+    fn conv_gemms_are_the_im2col_products_of_the_dense_convolutions() {
+        let resnet = shapes("resnet18_cifar", 8, 32);
+        assert_eq!(resnet.len(), 20, "17 3x3 convs + 3 projection shortcuts");
+        assert_eq!(resnet[0], ("stem.conv".to_string(), GemmShape { m: 8 * 32 * 32, k: 27, n: 64 }));
+        assert_eq!(resnet.last().unwrap().1, GemmShape { m: 8 * 4 * 4, k: 512 * 9, n: 512 });
+        // MobileNetV2: the depthwise convs are left out, the 1x1 ones kept.
+        let mobilenet = shapes("mobilenet_v2", 1, 224);
+        assert!(mobilenet.iter().all(|(name, _)| !name.contains("depthwise")), "{mobilenet:?}");
+        assert!(mobilenet.iter().any(|(name, s)| name.ends_with("project.conv") && s.k == 32));
+        assert!(sgemm_seconds(GemmShape { m: 17, k: 5, n: 3 }, 1) > 0.0);
+    }
 }

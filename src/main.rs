@@ -359,6 +359,23 @@ enum BenchCommand {
         #[arg(long = "shape", value_name = "C,HW,K,S", value_parser = parse_depthwise_shape)]
         shapes: Vec<bench::DepthwiseShape>,
     },
+    /// This CPU's sgemm ceiling: GFLOP/s of the gemm crate (burn-flex's kernel) on the im2col
+    /// products of a model's dense convolutions, and on a square product.
+    Gemm {
+        #[arg(long, default_value = "resnet18_cifar")]
+        model: String,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Side of the square product reported last.
+        #[arg(long, default_value_t = 2048)]
+        square: usize,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// Augmentation throughput on one core: a config's pipeline (+ normalize) on SIZE x SIZE images.
     Augment {
         #[arg(long)]
@@ -575,6 +592,28 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{:<18} {ours_total:>10.4} {burn_total:>10.4} {:>7.2}x", "all layers", burn_total / ours_total);
                 // Images per second through all the layers with our kernels.
                 println!("{:.1} img/s", batch as f64 / ours_total);
+            }
+            BenchCommand::Gemm { model, batch, size, steps, square, overrides } => {
+                let config = bench_model(&model, &overrides)?;
+                let shapes = bench::conv_gemm_shapes(&config, batch, size)?;
+                println!(
+                    "sgemm (gemm crate, f32, row-major), {} threads: the forward im2col products of {model}'s dense convolutions, batch {batch}, {size}x{size}",
+                    rayon::current_num_threads()
+                );
+                println!("{:<28} {:>9} {:>6} {:>6} {:>10} {:>9}", "layer", "M", "K", "N", "ms", "GFLOP/s");
+                let (mut flops, mut seconds) = (0.0, 0.0);
+                for (name, shape) in &shapes {
+                    let t = bench::sgemm_seconds(*shape, steps);
+                    println!("{name:<28} {:>9} {:>6} {:>6} {:>10.2} {:>9.1}", shape.m, shape.k, shape.n, 1e3 * t, shape.flops() / t / 1e9);
+                    (flops, seconds) = (flops + shape.flops(), seconds + t);
+                }
+                println!("{:<28} {:>9} {:>6} {:>6} {:>10.2} {:>9.1}", "all convolutions", "", "", "", 1e3 * seconds, flops / seconds / 1e9);
+                let list: Vec<String> = shapes.iter().map(|(_, s)| format!("{},{},{}", s.m, s.k, s.n)).collect();
+                println!("shapes (for bench/pytorch_gemm_bench.py --shapes): {}", list.join(" "));
+                let cube = bench::GemmShape { m: square, k: square, n: square };
+                let t = bench::sgemm_seconds(cube, steps);
+                println!("square {square}x{square}x{square}: {:.1} GFLOP/s", cube.flops() / t / 1e9);
+                println!("{:.1} GFLOP/s", flops / seconds / 1e9);
             }
             BenchCommand::Augment { config, size, images } => {
                 let config = ExperimentConfig::load(&config, &[])?;

@@ -420,6 +420,10 @@ fn bench_train_and_loader_end_with_a_throughput() {
     assert_throughput_line(&train);
     let loader = ferrovision(dir.path(), &["bench", "loader", "--batch", "64", "--images", "256"]);
     assert_throughput_line(&loader);
+    let gemm = ferrovision(dir.path(), &["bench", "gemm", "--model", "tutorial_net", "--batch", "2", "--steps", "1", "--square", "64"]);
+    let out = gemm.success();
+    assert!(out.contains("conv1") && out.contains("shapes (for bench/pytorch_gemm_bench.py --shapes): 1568,75,6 200,150,16"), "{out}");
+    assert!(out.trim_end().ends_with("GFLOP/s"), "{out}");
 }
 
 // ---------------------------------------------------------------------------------------------
