@@ -131,7 +131,8 @@ pub fn confusion_matrix_svg(classes: &[String], counts: &[Vec<usize>], normalize
         let root = SVGBackend::with_string(&mut svg, (width as u32, height as u32)).into_drawing_area();
         let draw = |e: DrawingAreaErrorKind<_>| anyhow!("drawing: {e:?}");
         root.fill(&WHITE).map_err(draw)?;
-        root.draw(&Text::new(title.to_string(), (margin_left, 16), ("sans-serif", 18))).map_err(draw)?;
+        root.draw(&Text::new(title.to_string(), (6, 8), ("sans-serif", 15))).map_err(draw)?;
+        root.draw(&Text::new("rows: true class, columns: predicted class", (6, 30), ("sans-serif", 12))).map_err(draw)?;
         let top = 50;
         for (r, row) in counts.iter().enumerate() {
             let total = row.iter().sum::<usize>().max(1) as f64;

@@ -207,7 +207,7 @@ pub fn write_confusion(run: &RunDir, classes: &[String], counts: &[Vec<usize>], 
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
     let mut written = Vec::new();
     for (normalized, kind) in [(false, "counts"), (true, "normalized")] {
-        let title = format!("{} {checkpoint}, {split}: confusion ({kind}; rows true, columns predicted)", run.id);
+        let title = format!("{} {checkpoint}, {split}: confusion ({kind})", run.id);
         let svg = confusion_matrix_svg(classes, counts, normalized, &title)?;
         let stem = folder.join(format!("{split}-{checkpoint}-confusion-{kind}"));
         let png = svg_to_png(&svg)?;
