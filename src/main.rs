@@ -515,7 +515,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {} ({} layers)", out.display(), layers.len());
         }
         Command::Summary { model, size, classes, overrides } => {
-            let config = bench_model(&model, &overrides)?;
+            let config = named_model(&model, &overrides)?;
             let size = size.or_else(|| models::default_input_size(&model)).unwrap_or(32);
             let device = burn::prelude::Device::flex();
             let classifier = models::build(&config, classes, &device)?;
@@ -563,7 +563,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { command } => match command {
             BenchCommand::Train { model, batch, size, steps, warmup, device: name, overrides } => {
                 let device = device::parse(&name)?;
-                let model_config = bench_model(&model, &overrides)?;
+                let model_config = named_model(&model, &overrides)?;
                 println!(
                     "training step: {model}, batch {batch}, {size}x{size}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads",
                     rayon::current_num_threads()
@@ -573,7 +573,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             BenchCommand::Infer { model, batch, size, steps, device: name, overrides } => {
                 let device = device::parse(&name)?;
-                let model_config = bench_model(&model, &overrides)?;
+                let model_config = named_model(&model, &overrides)?;
                 println!("inference: {model}, batch {batch}, {size}x{size}, {steps} steps, device {name}");
                 println!("{:.1} img/s", bench::inference(&model_config, batch, size, steps, &device)?);
             }
@@ -594,7 +594,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{:.1} img/s", batch as f64 / ours_total);
             }
             BenchCommand::Gemm { model, batch, size, steps, square, overrides } => {
-                let config = bench_model(&model, &overrides)?;
+                let config = named_model(&model, &overrides)?;
                 let shapes = bench::conv_gemm_shapes(&config, batch, size)?;
                 println!(
                     "sgemm (gemm crate, f32, row-major), {} threads: the forward im2col products of {model}'s dense convolutions, batch {batch}, {size}x{size}",
@@ -778,8 +778,8 @@ fn augment_command(command: AugmentCommand) -> Result<()> {
     Ok(())
 }
 
-/// The model config of a benchmark: the named model with `--set model.KEY=VALUE` overrides.
-fn bench_model(name: &str, overrides: &[String]) -> Result<ferrovision::config::ModelConfig> {
+/// The model config of `summary` and the benchmarks: the named model with `--set model.KEY=VALUE` overrides.
+fn named_model(name: &str, overrides: &[String]) -> Result<ferrovision::config::ModelConfig> {
     let mut all = vec![format!("model.name={}", toml_string(name))];
     all.extend_from_slice(overrides);
     Ok(ExperimentConfig::from_toml("", "bench", &all)?.model)
