@@ -556,7 +556,7 @@ fn run(cli: Cli) -> Result<()> {
             for entry in models::registry() {
                 let config = ferrovision::config::ModelConfig { name: entry.name.into(), ..Default::default() };
                 let params = models::trainable_params(&models::build(&config, 10, &device)?);
-                println!("{:<20} {:>12}  {}", entry.name, models::trace::group_digits(params), entry.description);
+                println!("{:<20} {:>12}  {}", entry.name, models::group_digits(params), entry.description);
             }
             println!("(parameters for 10 classes, counted as torchvision does: BatchNorm running statistics excluded)");
         }
@@ -796,7 +796,6 @@ fn parse_depthwise_shape(text: &str) -> Result<bench::DepthwiseShape, String> {
 fn toml_string(value: &str) -> String {
     toml::Value::String(value.to_string()).to_string()
 }
-
 
 /// `<name>-YYYYMMDD-HHMMSS` in UTC.
 fn default_run_id(name: &str) -> String {

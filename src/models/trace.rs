@@ -14,7 +14,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, Linear};
 use burn::prelude::*;
 
-use super::{Classifier, named_params};
+use super::{Classifier, group_digits, named_params};
 
 /// The kind of a traced layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,19 +192,6 @@ pub fn table(layers: &[Layer], title: &str) -> String {
         flops as f64 / 1e9,
         macs as f64 / 1e9
     );
-    out
-}
-
-/// `1234567` as `1,234,567`.
-pub fn group_digits(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
     out
 }
 
