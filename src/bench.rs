@@ -19,6 +19,7 @@ use crate::config::{ModelConfig, TrainConfig};
 use crate::data::ImageSet;
 use crate::data::loader::{EpochLoader, LoaderConfig};
 use crate::kernels::depthwise::depthwise_conv2d;
+use crate::kernels::winograd::conv3x3;
 use crate::models;
 use crate::train::{loss, optim, step_once};
 
@@ -196,19 +197,19 @@ pub const DEPTHWISE_SHAPES: [DepthwiseShape; 10] = [
     DepthwiseShape { channels: 1152, size: 7, kernel: 5, stride: 1 },
 ];
 
-/// Which depthwise convolution [`depthwise_step`] times.
+/// Which implementation of a layer a benchmark times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DepthwiseKernel {
-    /// `kernels::depthwise::depthwise_conv2d`.
+pub enum Kernel {
+    /// Ours: `kernels::depthwise::depthwise_conv2d`, `kernels::winograd::conv3x3`.
     Ours,
-    /// burn's `conv2d` with `groups = channels`.
+    /// burn's `conv2d` (with `groups = channels` for depthwise layers).
     Burn,
 }
 
 /// Seconds per forward + backward (input and weight gradients) of a depthwise convolution (no
 /// bias) on `batch` random inputs, averaged over `steps` after `warmup`. The backward starts
 /// from `y.backward()`, i.e. an output gradient of ones, so that no extra operation is timed.
-pub fn depthwise_step(shape: DepthwiseShape, kernel_impl: DepthwiseKernel, batch: usize, steps: usize, warmup: usize, device: &Device) -> f64 {
+pub fn depthwise_step(shape: DepthwiseShape, kernel_impl: Kernel, batch: usize, steps: usize, warmup: usize, device: &Device) -> f64 {
     let device = device.clone().autodiff();
     device.seed(0);
     let DepthwiseShape { channels, size, kernel, stride } = shape;
@@ -219,11 +220,93 @@ pub fn depthwise_step(shape: DepthwiseShape, kernel_impl: DepthwiseKernel, batch
     for i in 0..warmup + steps {
         let start = Instant::now();
         let y = match kernel_impl {
-            DepthwiseKernel::Ours => depthwise_conv2d(x.clone(), weight.clone(), None, stride, kernel / 2),
-            DepthwiseKernel::Burn => conv2d(x.clone(), weight.clone(), None, options.clone()),
+            Kernel::Ours => depthwise_conv2d(x.clone(), weight.clone(), None, stride, kernel / 2),
+            Kernel::Burn => conv2d(x.clone(), weight.clone(), None, options.clone()),
         };
         let grads = y.backward();
         let _ = weight.grad(&grads).expect("weight gradient").into_data();
+        if i >= warmup {
+            timed += start.elapsed().as_secs_f64();
+        }
+    }
+    timed / steps as f64
+}
+
+/// A dense 3x3 stride-1 convolution layer: `in_channels` planes of `size`x`size` in,
+/// `out_channels` planes out, zero padding `padding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv3x3Shape {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub size: usize,
+    pub padding: usize,
+}
+
+impl Conv3x3Shape {
+    fn out_size(&self) -> usize {
+        self.size + 2 * self.padding - 2
+    }
+
+    /// Floating-point operations of the forward pass as a direct convolution computes it (a
+    /// multiply-add = 2), for `batch` images; backward for input and weights is twice this.
+    pub fn flops(&self, batch: usize) -> f64 {
+        2.0 * 9.0 * (batch * self.in_channels * self.out_channels * self.out_size() * self.out_size()) as f64
+    }
+}
+
+impl std::fmt::Display for Conv3x3Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}->{}@{}x{} p{}", self.in_channels, self.out_channels, self.size, self.size, self.padding)
+    }
+}
+
+/// The dense 3x3 stride-1 convolutions of a model at a `size` x `size` input, in the order they
+/// run, runs of equal shapes merged: `(shape, layers)`.
+pub fn conv3x3_shapes(model_config: &ModelConfig, size: usize) -> Result<Vec<(Conv3x3Shape, usize)>> {
+    let device = Device::flex();
+    let model = models::build(model_config, 10, &device)?;
+    let (_, layers) = models::trace::summarize(&model, Tensor::zeros([1, 3, size, size], &device), true);
+    let mut shapes: Vec<(Conv3x3Shape, usize)> = Vec::new();
+    for layer in layers {
+        let Some([out_channels, in_channels, 3, 3]) = layer.kernel.as_ref().map(|k| k.dims()) else { continue };
+        let (&[channels, height, width], &[_, out_height, _]) = (&layer.input[..], &layer.output[..]) else { continue };
+        if channels != in_channels || layer.stride != [1, 1] || height != width {
+            continue;
+        }
+        let shape = Conv3x3Shape { in_channels, out_channels, size: height, padding: (out_height + 2 - height) / 2 };
+        match shapes.last_mut() {
+            Some((last, count)) if *last == shape => *count += 1,
+            _ => shapes.push((shape, 1)),
+        }
+    }
+    Ok(shapes)
+}
+
+/// Seconds per pass of a dense 3x3 stride-1 convolution (no bias) on `batch` random inputs,
+/// averaged over `steps` after `warmup`: the forward alone (`training` false, no autodiff), or
+/// forward + backward for input and weights (the output gradient is ones, from `y.backward()`).
+pub fn conv3x3_seconds(shape: Conv3x3Shape, kernel: Kernel, training: bool, batch: usize, steps: usize, warmup: usize, device: &Device) -> f64 {
+    let device = if training { device.clone().autodiff() } else { device.clone() };
+    device.seed(0);
+    let Conv3x3Shape { in_channels, out_channels, size, padding } = shape;
+    let mut x = Tensor::<4>::random([batch, in_channels, size, size], Distribution::Normal(0.0, 1.0), &device);
+    let mut weight = Tensor::<4>::random([out_channels, in_channels, 3, 3], Distribution::Normal(0.0, 0.1), &device);
+    if training {
+        (x, weight) = (x.require_grad(), weight.require_grad());
+    }
+    let mut timed = 0.0;
+    for i in 0..warmup + steps {
+        let start = Instant::now();
+        let y = match kernel {
+            Kernel::Ours => conv3x3(x.clone(), weight.clone(), None, padding),
+            Kernel::Burn => conv2d(x.clone(), weight.clone(), None, ConvOptions::new([1, 1], [padding, padding], [1, 1], 1)),
+        };
+        if training {
+            let grads = y.backward();
+            let _ = (x.grad(&grads).expect("input gradient").into_data(), weight.grad(&grads).expect("weight gradient").into_data());
+        } else {
+            let _ = y.into_data();
+        }
         if i >= warmup {
             timed += start.elapsed().as_secs_f64();
         }

@@ -359,6 +359,24 @@ enum BenchCommand {
         #[arg(long = "shape", value_name = "C,HW,K,S", value_parser = parse_depthwise_shape)]
         shapes: Vec<bench::DepthwiseShape>,
     },
+    /// A model's dense 3x3 stride-1 convolutions (Winograd kernel) against burn's conv2d: seconds
+    /// per forward pass and per forward + backward, layer by layer.
+    Conv {
+        #[arg(long, default_value = "resnet18_cifar")]
+        model: String,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value = "flex")]
+        device: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// This CPU's sgemm ceiling: GFLOP/s of the gemm crate (burn-flex's kernel) on the im2col
     /// products of a model's dense convolutions, and on a square product.
     Gemm {
@@ -584,14 +602,45 @@ fn run(cli: Cli) -> Result<()> {
                 let (mut ours_total, mut burn_total) = (0.0, 0.0);
                 let shapes = if shapes.is_empty() { bench::DEPTHWISE_SHAPES.to_vec() } else { shapes };
                 for shape in shapes {
-                    let ours = bench::depthwise_step(shape, bench::DepthwiseKernel::Ours, batch, steps, warmup, &device);
-                    let burn = bench::depthwise_step(shape, bench::DepthwiseKernel::Burn, batch, steps, warmup, &device);
+                    let ours = bench::depthwise_step(shape, bench::Kernel::Ours, batch, steps, warmup, &device);
+                    let burn = bench::depthwise_step(shape, bench::Kernel::Burn, batch, steps, warmup, &device);
                     println!("{:<18} {ours:>10.4} {burn:>10.4} {:>7.2}x", shape.to_string(), burn / ours);
                     (ours_total, burn_total) = (ours_total + ours, burn_total + burn);
                 }
                 println!("{:<18} {ours_total:>10.4} {burn_total:>10.4} {:>7.2}x", "all layers", burn_total / ours_total);
                 // Images per second through all the layers with our kernels.
                 println!("{:.1} img/s", batch as f64 / ours_total);
+            }
+            BenchCommand::Conv { model, batch, size, steps, warmup, device: name, overrides } => {
+                let device = device::parse(&name)?;
+                let shapes = bench::conv3x3_shapes(&named_model(&model, &overrides)?, size)?;
+                println!(
+                    "{model}'s dense 3x3 stride-1 convolutions, batch {batch}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads",
+                    rayon::current_num_threads()
+                );
+                println!("seconds per layer; GFLOP/s as a direct convolution counts them (forward 2*9*in*out*pixels, training 3x that)");
+                println!("{:<22} {:>6} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8}", "layer", "layers", "fwd ours", "fwd burn", "GFLOP/s", "trn ours", "trn burn", "GFLOP/s");
+                let mut totals = [0.0; 4];
+                let mut flops = 0.0;
+                for (shape, count) in shapes {
+                    let time = |kernel, training| bench::conv3x3_seconds(shape, kernel, training, batch, steps, warmup, &device);
+                    let t = [time(bench::Kernel::Ours, false), time(bench::Kernel::Burn, false), time(bench::Kernel::Ours, true), time(bench::Kernel::Burn, true)];
+                    let f = shape.flops(batch);
+                    println!(
+                        "{:<22} {count:>6} {:>9.4} {:>9.4} {:>8.1} {:>9.4} {:>9.4} {:>8.1}",
+                        shape.to_string(), t[0], t[1], f / t[0] / 1e9, t[2], t[3], 3.0 * f / t[2] / 1e9
+                    );
+                    for (total, t) in totals.iter_mut().zip(t) {
+                        *total += count as f64 * t;
+                    }
+                    flops += count as f64 * f;
+                }
+                let [fo, fb, to, tb] = totals;
+                println!(
+                    "{:<22} {:>6} {fo:>9.4} {fb:>9.4} {:>8.1} {to:>9.4} {tb:>9.4} {:>8.1}",
+                    "all layers", "", flops / fo / 1e9, 3.0 * flops / to / 1e9
+                );
+                println!("speedup over burn: forward {:.2}x, forward + backward {:.2}x", fb / fo, tb / to);
             }
             BenchCommand::Gemm { model, batch, size, steps, square, overrides } => {
                 let config = named_model(&model, &overrides)?;

@@ -22,13 +22,15 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, ExtensionType, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, TensorData};
 
 use host::{Geometry, OutGrad, Wanted};
+
+use super::{Bias, contiguous, exclusive_f32s, f32s};
 
 /// Depthwise convolution of `x` `[batch, channels, height, width]` with `weight`
 /// `[channels, 1, k, k]` and optional `bias` `[channels]`, zero padding `padding` on every side:
@@ -79,23 +81,6 @@ trait DepthwiseConvBackend: Backend {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self>;
-}
-
-/// The optional bias of [`DepthwiseConvBackend`] (the extension macro maps tensors inside
-/// derived types, but not inside an `Option`).
-#[derive(ExtensionType)]
-enum Bias<B: Backend> {
-    Add(FloatTensor<B>),
-    Zero,
-}
-
-impl<B: Backend> Bias<B> {
-    fn into_option(self) -> Option<FloatTensor<B>> {
-        match self {
-            Bias::Add(bias) => Some(bias),
-            Bias::Zero => None,
-        }
-    }
 }
 
 impl DepthwiseConvBackend for Flex {
@@ -182,20 +167,6 @@ fn geometry(x: &FlexTensor, weight: &FlexTensor, stride: usize, padding: usize) 
     let [batch, channels, height, width] = x.shape().dims();
     let kernel = weight.shape().dims::<4>()[2];
     Geometry { batch, channels, height, width, kernel, stride, padding }
-}
-
-fn contiguous(tensor: FlexTensor) -> FlexTensor {
-    if tensor.as_slice::<f32>().is_some() { tensor } else { tensor.to_contiguous() }
-}
-
-/// The values of a contiguous f32 tensor that owns its storage alone and uses all of it.
-fn exclusive_f32s(tensor: &mut FlexTensor) -> Option<&mut [f32]> {
-    let len = tensor.shape().num_elements();
-    tensor.try_storage_mut::<f32>().filter(|values| values.len() == len)
-}
-
-fn f32s(tensor: &FlexTensor) -> &[f32] {
-    tensor.as_slice::<f32>().expect("depthwise kernels take contiguous f32 tensors")
 }
 
 #[cfg(test)]

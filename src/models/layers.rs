@@ -10,6 +10,7 @@ use burn::tensor::activation::{relu, relu6, sigmoid, silu};
 use crate::config::ModelConfig;
 use super::trace;
 use crate::kernels::depthwise::depthwise_conv2d;
+use crate::kernels::winograd::{self, conv3x3};
 
 /// The activation that follows a conv+BN (or none).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -184,16 +185,19 @@ impl ConvBn {
     }
 }
 
-/// `conv.forward(x)`, with depthwise convolutions (groups = channels, square kernel and stride, no
-/// dilation) computed by our own kernel (`kernels::depthwise`, about 4x burn's grouped conv on
-/// flex at the EfficientNet shapes). TensorFlow's asymmetric "SAME" padding is applied to the
-/// input first, as the kernel pads symmetrically.
+/// `conv.forward(x)`, with two kinds of convolution computed by our own kernels: depthwise ones
+/// (groups = channels, square kernel and stride, no dilation; `kernels::depthwise`, about 4x
+/// burn's grouped conv on flex at the EfficientNet shapes) and dense 3x3 stride-1 ones
+/// (`kernels::winograd`). TensorFlow's asymmetric "SAME" padding is applied to the input first,
+/// as the kernels pad symmetrically.
 pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let [_, channels, height, width] = x.dims();
     let [kernel, kernel_width] = conv.kernel_size;
     let [stride, stride_width] = conv.stride;
+    let square = kernel == kernel_width && stride == stride_width && conv.dilation == [1, 1];
     let depthwise = conv.groups > 1 && conv.groups == channels && conv.weight.shape()[0] == channels;
-    if !(depthwise && kernel == kernel_width && stride == stride_width && conv.dilation == [1, 1]) {
+    let dense_3x3 = conv.groups == 1 && kernel == 3 && stride == 1;
+    if !(square && (depthwise || dense_3x3)) {
         return conv.forward(x);
     }
     let [(top, bottom), (left, right)] = match conv.padding {
@@ -202,11 +206,14 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         PaddingConfig2d::Same => [tf_same_padding(kernel, stride, height), tf_same_padding(kernel, stride, width)],
     };
     let bias = conv.bias.as_ref().map(|b| b.val());
-    if top == bottom && left == right && top == left {
-        return depthwise_conv2d(x, conv.weight.val(), bias, stride, top);
+    let run = |x: Tensor<4>, padding: usize| match depthwise {
+        true => depthwise_conv2d(x, conv.weight.val(), bias, stride, padding),
+        false => conv3x3(x, conv.weight.val(), bias, padding),
+    };
+    if top == bottom && left == right && top == left && (depthwise || top <= winograd::MAX_PADDING) {
+        return run(x, top);
     }
-    let padded = x.pad((left, right, top, bottom), 0.0);
-    depthwise_conv2d(padded, conv.weight.val(), bias, stride, 0)
+    run(x.pad((left, right, top, bottom), 0.0), 0)
 }
 
 /// TensorFlow's "SAME" padding of one side length: `(before, after)` for an output of
@@ -360,8 +367,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn depthwise_convs_through_our_kernel_equal_burns_conv2d_for_every_padding() {
+    fn convs_through_our_kernels_equal_burns_conv2d_for_every_padding() {
         let device = Device::flex();
+        let check = |conv: Conv2d, side: usize| {
+            let x = Tensor::<4>::random([2, 4, side, side], Distribution::Normal(0.0, 1.0), &device);
+            let ours = conv_forward(&conv, x.clone()).into_data();
+            ours.assert_approx_eq::<f32>(&conv.forward(x).into_data(), burn::tensor::Tolerance::default());
+        };
         for (padding, stride, side) in [
             (PaddingConfig2d::Same, 2, 8),
             (PaddingConfig2d::Same, 2, 7),
@@ -370,15 +382,20 @@ mod tests {
             (PaddingConfig2d::Valid, 1, 6),
         ] {
             for kernel in [3, 5] {
-                let conv = Conv2dConfig::new([4, 4], [kernel, kernel])
-                    .with_groups(4)
-                    .with_stride([stride, stride])
-                    .with_padding(padding.clone())
-                    .init(&device);
-                let x = Tensor::<4>::random([2, 4, side, side], Distribution::Normal(0.0, 1.0), &device);
-                let ours = conv_forward(&conv, x.clone()).into_data();
-                ours.assert_approx_eq::<f32>(&conv.forward(x).into_data(), burn::tensor::Tolerance::default());
+                let config = Conv2dConfig::new([4, 4], [kernel, kernel]).with_stride([stride, stride]).with_padding(padding.clone());
+                check(config.clone().with_groups(4).init(&device), side);
             }
+        }
+        // Dense 3x3 stride 1 (Winograd): symmetric paddings up to its limit, beyond it, asymmetric.
+        for (padding, side) in [
+            (PaddingConfig2d::Same, 7),
+            (PaddingConfig2d::Valid, 6),
+            (PaddingConfig2d::Explicit(1, 1, 1, 1), 9),
+            (PaddingConfig2d::Explicit(2, 2, 2, 2), 5),
+            (PaddingConfig2d::Explicit(3, 3, 3, 3), 5),
+            (PaddingConfig2d::Explicit(0, 1, 2, 1), 8),
+        ] {
+            check(Conv2dConfig::new([4, 6], [3, 3]).with_padding(padding).init(&device), side);
         }
     }
 

@@ -44,8 +44,13 @@ pub struct Layer {
     /// The id of the layer's weight (BatchNorm: gamma).
     pub weight: ParamId,
     pub kind: LayerKind,
+    /// Input shape without the batch dimension.
+    pub input: Vec<usize>,
     /// Output shape without the batch dimension.
     pub output: Vec<usize>,
+    /// A convolution's stride (both directions' when they differ: `[vertical, horizontal]`);
+    /// `[1, 1]` for the other kinds.
+    pub stride: [usize; 2],
     /// Trainable parameters (weight and bias; BatchNorm's running statistics are buffers).
     pub params: usize,
     /// Floating-point operations per image, a multiply-add counted as two.
@@ -86,6 +91,8 @@ pub fn trace<R>(keep_activations: bool, forward: impl FnOnce() -> R) -> (R, Vec<
 fn record<const D: usize>(
     weight: ParamId,
     kind: LayerKind,
+    input: &[usize],
+    stride: [usize; 2],
     output: &Tensor<D>,
     kernel: Option<&Tensor<4>>,
     params: usize,
@@ -104,7 +111,7 @@ fn record<const D: usize>(
         let kernel = kernel.filter(|_| recorder.keep_activations).cloned();
         let output = dims[1..].to_vec();
         let flops = flops(&output);
-        recorder.calls.push(Layer { name: String::new(), weight, kind, output, params, flops, activation, kernel });
+        recorder.calls.push(Layer { name: String::new(), weight, kind, input: input[1..].to_vec(), output, stride, params, flops, activation, kernel });
     });
 }
 
@@ -114,12 +121,13 @@ fn is_tracing() -> bool {
 
 /// `conv.forward(x)` (depthwise convs through our kernel, see `layers::conv_forward`), traced.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let input = x.dims();
     let y = super::layers::conv_forward(conv, x);
     if is_tracing() {
         let [out_channels, in_per_group, kh, kw] = conv.weight.dims();
         let bias = conv.bias.as_ref().map_or(0, |b| b.dims()[0]);
         let params = out_channels * in_per_group * kh * kw + bias;
-        record(conv.weight.id, LayerKind::Conv2d, &y, Some(&conv.weight.val()), params, |out| {
+        record(conv.weight.id, LayerKind::Conv2d, &input, conv.stride, &y, Some(&conv.weight.val()), params, |out| {
             let pixels = (out[1] * out[2]) as u64;
             pixels * (2 * (in_per_group * kh * kw) as u64 * out_channels as u64 + bias as u64)
         });
@@ -129,22 +137,24 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 
 /// `bn.forward(x)`, traced.
 pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let input = x.dims();
     let y = bn.forward(x);
     if is_tracing() {
         let channels = bn.gamma.dims()[0];
         // Normalize and scale/shift folded into one multiply-add per element.
-        record(bn.gamma.id, LayerKind::BatchNorm, &y, None, 2 * channels, |out| 2 * out.iter().product::<usize>() as u64);
+        record(bn.gamma.id, LayerKind::BatchNorm, &input, [1, 1], &y, None, 2 * channels, |out| 2 * out.iter().product::<usize>() as u64);
     }
     y
 }
 
 /// `fc.forward(x)`, traced.
 pub fn linear(fc: &Linear, x: Tensor<2>) -> Tensor<2> {
+    let input = x.dims();
     let y = fc.forward(x);
     if is_tracing() {
         let [inputs, outputs] = fc.weight.dims();
         let bias = fc.bias.as_ref().map_or(0, |b| b.dims()[0]);
-        record(fc.weight.id, LayerKind::Linear, &y, None, inputs * outputs + bias, |_| (2 * inputs * outputs + bias) as u64);
+        record(fc.weight.id, LayerKind::Linear, &input, [1, 1], &y, None, inputs * outputs + bias, |_| (2 * inputs * outputs + bias) as u64);
     }
     y
 }

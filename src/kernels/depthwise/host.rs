@@ -12,6 +12,8 @@ mod interleaved;
 
 use rayon::prelude::*;
 
+use crate::kernels::fma_available;
+
 /// f32 lanes of a vector (one AVX register).
 const LANES: usize = 8;
 /// Largest kernel these kernels take: the weight-gradient loop keeps one accumulator per kernel
@@ -343,13 +345,6 @@ impl Vector for Avx {
             .map(Avx)
         }
     }
-}
-
-fn fma_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// One task of a parallel loop, compiled for both kinds of [`Vector`].
