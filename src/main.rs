@@ -307,6 +307,13 @@ enum DataCommand {
     Info { path: PathBuf },
 }
 
+/// Whose convolution kernels a benchmark runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Kernels {
+    Ours,
+    Burn,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Training step (forward, backward, SGD update) on random images.
@@ -324,6 +331,9 @@ enum BenchCommand {
         warmup: usize,
         #[arg(long, default_value = "flex")]
         device: String,
+        /// Whose convolution kernels the models use: ours or burn's (for comparison).
+        #[arg(long, value_enum, default_value_t = Kernels::Ours)]
+        kernels: Kernels,
         /// Model config keys, e.g. --set model.widths=[32,128,128] (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -340,6 +350,9 @@ enum BenchCommand {
         steps: usize,
         #[arg(long, default_value = "flex")]
         device: String,
+        /// Whose convolution kernels the models use: ours or burn's (for comparison).
+        #[arg(long, value_enum, default_value_t = Kernels::Ours)]
+        kernels: Kernels,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
@@ -579,8 +592,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("(parameters for 10 classes, counted as torchvision does: BatchNorm running statistics excluded)");
         }
         Command::Bench { command } => match command {
-            BenchCommand::Train { model, batch, size, steps, warmup, device: name, overrides } => {
+            BenchCommand::Train { model, batch, size, steps, warmup, device: name, kernels, overrides } => {
                 let device = device::parse(&name)?;
+                ferrovision::kernels::set_enabled(kernels == Kernels::Ours);
                 let model_config = named_model(&model, &overrides)?;
                 println!(
                     "training step: {model}, batch {batch}, {size}x{size}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads",
@@ -589,8 +603,9 @@ fn run(cli: Cli) -> Result<()> {
                 let ips = bench::train_step(&model_config, batch, size, steps, warmup, &device)?;
                 println!("{ips:.1} img/s");
             }
-            BenchCommand::Infer { model, batch, size, steps, device: name, overrides } => {
+            BenchCommand::Infer { model, batch, size, steps, device: name, kernels, overrides } => {
                 let device = device::parse(&name)?;
+                ferrovision::kernels::set_enabled(kernels == Kernels::Ours);
                 let model_config = named_model(&model, &overrides)?;
                 println!("inference: {model}, batch {batch}, {size}x{size}, {steps} steps, device {name}");
                 println!("{:.1} img/s", bench::inference(&model_config, batch, size, steps, &device)?);

@@ -7,9 +7,24 @@
 pub mod depthwise;
 pub mod winograd;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, ExtensionType, TensorMetadata};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Whether the models run their layers through our kernels (the default) or through burn's own
+/// ops everywhere: `bench train --kernels burn` measures the difference, and a suspected kernel
+/// bug can be ruled out without a rebuild.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// The optional bias of a convolution extension (the extension macro maps tensors inside
 /// derived types, but not inside an `Option`).

@@ -197,7 +197,7 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let square = kernel == kernel_width && stride == stride_width && conv.dilation == [1, 1];
     let depthwise = conv.groups > 1 && conv.groups == channels && conv.weight.shape()[0] == channels;
     let dense_3x3 = conv.groups == 1 && kernel == 3 && stride == 1;
-    if !(square && (depthwise || dense_3x3)) {
+    if !(square && (depthwise || dense_3x3) && crate::kernels::enabled()) {
         return conv.forward(x);
     }
     let [(top, bottom), (left, right)] = match conv.padding {

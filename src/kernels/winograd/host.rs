@@ -22,6 +22,34 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use crate::kernels::fma_available;
+
+/// Defines `fn name(fma: bool, args..)` that runs `body` compiled for AVX2 + FMA when `fma` is
+/// true (it must come from `fma_available`), and compiled for the baseline CPU otherwise: the
+/// transforms are plain loops the compiler vectorizes, 8 lanes wide with AVX2 instead of 4.
+macro_rules! with_avx2 {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name(fma: bool, $($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn body_avx2($($arg: $ty),*) {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if fma {
+                // SAFETY: `fma` comes from `fma_available`: the CPU has AVX2 and FMA.
+                return unsafe { body_avx2($($arg),*) };
+            }
+            let _ = fma;
+            body($($arg),*)
+        }
+    };
+}
+
 /// Points of the transform: a 4x4 patch per 2x2 output tile.
 const POINTS: usize = 16;
 /// Bytes of V and M one task's chunk may fill: half of this CPU family's 2 MiB L2 per core.
@@ -65,10 +93,7 @@ impl Geometry {
     }
 
     fn check(&self) {
-        assert!(
-            self.padding <= 2 && self.height + 2 * self.padding >= 3 && self.width + 2 * self.padding >= 3,
-            "winograd: bad geometry {self:?}"
-        );
+        assert!(self.padding <= 2 && self.height + 2 * self.padding >= 3 && self.width + 2 * self.padding >= 3, "winograd: bad geometry {self:?}");
     }
 }
 
@@ -278,19 +303,14 @@ fn transform_filters(weight: &[f32], g: &Geometry, filters: Filters) -> Transfor
     let target = SharedMut(values.as_mut_ptr());
     (0..major).into_par_iter().for_each(|a_major| {
         for a_minor in 0..minor {
-            let filter = &weight[(a_major * minor + a_minor) * 9..][..9];
-            let f = |a: usize, b: usize| match filters {
-                Filters::AsGiven => filter[a * 3 + b],
-                Filters::Transposed => filter[(2 - a) * 3 + 2 - b],
-            };
-            // G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1], applied down the columns, then along the rows.
-            let g_of = |f0: f32, f1: f32, f2: f32| [f0, 0.5 * (f0 + f1 + f2), 0.5 * (f0 - f1 + f2), f2];
-            let columns = [0, 1, 2].map(|b| g_of(f(0, b), f(1, b), f(2, b)));
-            for r in 0..4 {
-                for (s, value) in g_of(columns[0][r], columns[1][r], columns[2][r]).into_iter().enumerate() {
-                    // SAFETY: inside `values`, and task `a_major` alone writes its row of each matrix.
-                    unsafe { *target.get().add((r * 4 + s) * matrix + a_major * minor + a_minor) = value };
-                }
+            let filter: &[f32; 9] = weight[(a_major * minor + a_minor) * 9..][..9].try_into().unwrap();
+            let mut filter = *filter;
+            if filters == Filters::Transposed {
+                filter.reverse(); // rotated by 180°
+            }
+            for (point, value) in g_f_gt(&filter).into_iter().enumerate() {
+                // SAFETY: inside `values`, and task `a_major` alone writes its row of each matrix.
+                unsafe { *target.get().add(point * matrix + a_major * minor + a_minor) = value };
             }
         }
     });
@@ -305,113 +325,165 @@ fn untransform_filter_gradients(du: &[f32], g: &Geometry) -> Vec<f32> {
     let (ins, outs) = (g.in_channels, g.out_channels);
     let mut dg = vec![0f32; outs * ins * 9];
     dg.par_chunks_mut(ins * 9).enumerate().for_each(|(o, dg)| {
-        // Gᵀ = [1 ½ ½ 0; 0 ½ -½ 0; 0 ½ ½ 1] on a 4-vector.
-        let gt = |d: [f32; 4]| [d[0] + 0.5 * (d[1] + d[2]), 0.5 * (d[1] - d[2]), 0.5 * (d[1] + d[2]) + d[3]];
         for i in 0..ins {
-            let point = |r: usize, s: usize| du[((r * 4 + s) * outs + o) * ins + i];
-            let columns = [0, 1, 2, 3].map(|s| gt([0, 1, 2, 3].map(|r| point(r, s))));
-            for a in 0..3 {
-                let row = gt([0, 1, 2, 3].map(|s| columns[s][a]));
-                dg[i * 9 + a * 3..][..3].copy_from_slice(&row);
-            }
+            let du: [f32; 16] = std::array::from_fn(|point| du[(point * outs + o) * ins + i]);
+            dg[i * 9..][..9].copy_from_slice(&gt_d_g(&du));
         }
     });
     dg
 }
 
+/// `G f Gᵀ` of a 3x3 filter, both row-major, with G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1].
+#[inline(always)]
+fn g_f_gt(f: &[f32; 9]) -> [f32; 16] {
+    let g = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    let columns = [g(f[0], f[3], f[6]), g(f[1], f[4], f[7]), g(f[2], f[5], f[8])];
+    let mut u = [0f32; 16];
+    for r in 0..4 {
+        u[4 * r..][..4].copy_from_slice(&g(columns[0][r], columns[1][r], columns[2][r]));
+    }
+    u
+}
+
+/// `Gᵀ d G` of a 4x4 matrix, both row-major: the 3x3 filter gradient from its transform's.
+#[inline(always)]
+fn gt_d_g(d: &[f32; 16]) -> [f32; 9] {
+    // Gᵀ = [1 ½ ½ 0; 0 ½ -½ 0; 0 ½ ½ 1] on a 4-vector.
+    let gt = |a: f32, b: f32, c: f32, e: f32| [a + 0.5 * (b + c), 0.5 * (b - c), 0.5 * (b + c) + e];
+    let columns = [gt(d[0], d[4], d[8], d[12]), gt(d[1], d[5], d[9], d[13]), gt(d[2], d[6], d[10], d[14]), gt(d[3], d[7], d[11], d[15])];
+    let mut f = [0f32; 9];
+    for a in 0..3 {
+        f[3 * a..][..3].copy_from_slice(&gt(columns[0][a], columns[1][a], columns[2][a], columns[3][a]));
+    }
+    f
+}
+
 /// `V = Bᵀ d B` of the tiles of `rows` into `v` `[in][ξ][tile]`.
 fn transform_inputs(x: &[f32], g: &Geometry, plan: &Plan, rows: Range<usize>, v: &mut [f32], parallel: bool) {
+    let fma = fma_available();
     let tiles = rows.len() * plan.tiles_x;
-    let width = plan.tiles_x + 1;
-    each_block(parallel, v, POINTS * tiles, |c, v| {
-        // The four padded input rows under a tile row, even and odd columns apart so that the
-        // combinations below read contiguous memory, then their vertical combinations:
-        // `[row][parity][width]` each.
-        let mut patch = vec![0f32; 16 * width];
-        let (columns, combined) = patch.split_at_mut(8 * width);
-        for (local, row) in rows.clone().enumerate() {
-            let (image, tile_row) = plan.locate(row);
-            let plane = &x[(image * g.in_channels + c) * g.height * g.width..][..g.height * g.width];
-            columns.fill(0.0);
-            for i in 0..4 {
-                let y = (2 * tile_row + i) as isize - g.padding as isize;
-                if y < 0 || y >= g.height as isize {
-                    continue;
+    each_block(parallel, v, POINTS * tiles, |c, v| input_channel(fma, x, g, plan, rows.clone(), c, v));
+}
+
+with_avx2! {
+    /// [`transform_inputs`] of input channel `c` into its block `v` `[ξ][tile]`.
+    fn input_channel(x: &[f32], g: &Geometry, plan: &Plan, rows: Range<usize>, c: usize, v: &mut [f32]) {
+        let tiles = rows.len() * plan.tiles_x;
+        let width = plan.tiles_x + 1;
+            // The four padded input rows under a tile row, even and odd columns apart so that the
+            // combinations below read contiguous memory, then their vertical combinations:
+            // `[row][parity][width]` each.
+            let mut patch = vec![0f32; 16 * width];
+            let (columns, combined) = patch.split_at_mut(8 * width);
+            for (local, row) in rows.clone().enumerate() {
+                let (image, tile_row) = plan.locate(row);
+                let plane = &x[(image * g.in_channels + c) * g.height * g.width..][..g.height * g.width];
+                columns.fill(0.0);
+                for i in 0..4 {
+                    let y = (2 * tile_row + i) as isize - g.padding as isize;
+                    if y < 0 || y >= g.height as isize {
+                        continue;
+                    }
+                    let (even, odd) = columns[2 * i * width..][..2 * width].split_at_mut(width);
+                    split_columns(&plane[y as usize * g.width..][..g.width], g.padding, even, odd);
                 }
-                let (even, odd) = columns[2 * i * width..][..2 * width].split_at_mut(width);
-                for (j, &value) in plane[y as usize * g.width..][..g.width].iter().enumerate() {
-                    let column = j + g.padding;
-                    if column % 2 == 0 { even[column / 2] = value } else { odd[column / 2] = value }
+                // Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] down the columns ...
+                for parity in 0..2 {
+                    let d = |i: usize| &columns[(2 * i + parity) * width..][..width];
+                    let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
+                    let (t0, rest) = combined[parity * 4 * width..][..4 * width].split_at_mut(width);
+                    let (t1, rest) = rest.split_at_mut(width);
+                    let (t2, t3) = rest.split_at_mut(width);
+                    for t in 0..width {
+                        t0[t] = d0[t] - d2[t];
+                        t1[t] = d1[t] + d2[t];
+                        t2[t] = d2[t] - d1[t];
+                        t3[t] = d1[t] - d3[t];
+                    }
+                }
+                // ... then along each combined row: columns 2t..2t+3 are even[t], odd[t], even[t+1], odd[t+1].
+                let n = plan.tiles_x;
+                for k in 0..4 {
+                    let (even, odd) = (&combined[k * width..][..width], &combined[(4 + k) * width..][..width]);
+                    let (e0, e1, o0, o1) = (&even[..n], &even[1..], &odd[..n], &odd[1..]);
+                    let first = 4 * k * tiles + local * n;
+                    v[first..][..n].iter_mut().enumerate().for_each(|(t, v)| *v = e0[t] - e1[t]);
+                    v[first + tiles..][..n].iter_mut().enumerate().for_each(|(t, v)| *v = o0[t] + e1[t]);
+                    v[first + 2 * tiles..][..n].iter_mut().enumerate().for_each(|(t, v)| *v = e1[t] - o0[t]);
+                    v[first + 3 * tiles..][..n].iter_mut().enumerate().for_each(|(t, v)| *v = o0[t] - o1[t]);
                 }
             }
-            // Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] down the columns ...
-            for parity in 0..2 {
-                let d = |i: usize| &columns[(2 * i + parity) * width..][..width];
-                let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
-                let (t0, rest) = combined[parity * 4 * width..][..4 * width].split_at_mut(width);
-                let (t1, rest) = rest.split_at_mut(width);
-                let (t2, t3) = rest.split_at_mut(width);
-                for t in 0..width {
-                    t0[t] = d0[t] - d2[t];
-                    t1[t] = d1[t] + d2[t];
-                    t2[t] = d2[t] - d1[t];
-                    t3[t] = d1[t] - d3[t];
-                }
-            }
-            // ... then along each combined row: columns 2t..2t+3 are even[t], odd[t], even[t+1], odd[t+1].
-            let n = plan.tiles_x;
-            for k in 0..4 {
-                let (even, odd) = (&combined[k * width..][..width], &combined[(4 + k) * width..][..width]);
-                let (e0, e1, o0, o1) = (&even[..n], &even[1..], &odd[..n], &odd[1..]);
-                let first = 4 * k * tiles + local * n;
-                v[first..][..n].iter_mut().enumerate().for_each(|(t, v)| *v = e0[t] - e1[t]);
-                v[first + tiles..][..n].iter_mut().enumerate().for_each(|(t, v)| *v = o0[t] + e1[t]);
-                v[first + 2 * tiles..][..n].iter_mut().enumerate().for_each(|(t, v)| *v = e1[t] - o0[t]);
-                v[first + 3 * tiles..][..n].iter_mut().enumerate().for_each(|(t, v)| *v = o0[t] - o1[t]);
-            }
-        }
-    });
+    }
+}
+
+/// Writes the values of `source`, placed from column `offset` on, to `even` and `odd` by the
+/// parity of their column (column `c` goes to index `c / 2`).
+#[inline(always)]
+fn split_columns(source: &[f32], offset: usize, even: &mut [f32], odd: &mut [f32]) {
+    let (mut source, mut start) = (source, offset / 2);
+    if offset % 2 == 1 {
+        let Some((&first, rest)) = source.split_first() else {
+            return;
+        };
+        odd[start] = first;
+        (source, start) = (rest, start + 1);
+    }
+    let pairs = source.chunks_exact(2);
+    if let [last] = pairs.remainder() {
+        even[start + source.len() / 2] = *last;
+    }
+    let count = source.len() / 2;
+    let (even, odd) = (&mut even[start..][..count], &mut odd[start..][..count]);
+    for ((pair, even), odd) in pairs.zip(even).zip(odd) {
+        (*even, *odd) = (pair[0], pair[1]);
+    }
 }
 
 /// `dM = A dY Aᵀ` of the output-gradient tiles of `rows` (zero beyond the output's edge) into
 /// `dm` `[out][ξ][tile]`.
 fn transform_output_grads(out_grad: &[f32], g: &Geometry, plan: &Plan, rows: Range<usize>, dm: &mut [f32], parallel: bool) {
+    let fma = fma_available();
     let tiles = rows.len() * plan.tiles_x;
-    let (out_height, out_width, n) = (g.out_height(), g.out_width(), plan.tiles_x);
-    each_block(parallel, dm, POINTS * tiles, |o, dm| {
-        // The two output-gradient rows of a tile row, even and odd columns apart: `[row][parity][n]`.
-        let mut columns = vec![0f32; 4 * n];
-        let mut rows_of_a_dy = vec![0f32; 2 * n];
-        for (local, row) in rows.clone().enumerate() {
-            let (image, tile_row) = plan.locate(row);
-            let plane = &out_grad[(image * g.out_channels + o) * out_height * out_width..][..out_height * out_width];
-            columns.fill(0.0);
-            for r in 0..2 {
-                let y = 2 * tile_row + r;
-                if y >= out_height {
-                    continue;
+    each_block(parallel, dm, POINTS * tiles, |o, dm| output_grad_channel(fma, out_grad, g, plan, rows.clone(), o, dm));
+}
+
+with_avx2! {
+    /// [`transform_output_grads`] of output channel `o` into its block `dm` `[ξ][tile]`.
+    fn output_grad_channel(out_grad: &[f32], g: &Geometry, plan: &Plan, rows: Range<usize>, o: usize, dm: &mut [f32]) {
+        let tiles = rows.len() * plan.tiles_x;
+        let (out_height, out_width, n) = (g.out_height(), g.out_width(), plan.tiles_x);
+            // The two output-gradient rows of a tile row, even and odd columns apart: `[row][parity][n]`.
+            let mut columns = vec![0f32; 4 * n];
+            let mut rows_of_a_dy = vec![0f32; 2 * n];
+            for (local, row) in rows.clone().enumerate() {
+                let (image, tile_row) = plan.locate(row);
+                let plane = &out_grad[(image * g.out_channels + o) * out_height * out_width..][..out_height * out_width];
+                columns.fill(0.0);
+                for r in 0..2 {
+                    let y = 2 * tile_row + r;
+                    if y >= out_height {
+                        continue;
+                    }
+                    let (even, odd) = columns[2 * r * n..][..2 * n].split_at_mut(n);
+                    split_columns(&plane[y * out_width..][..out_width], 0, even, odd);
                 }
-                let (even, odd) = columns[2 * r * n..][..2 * n].split_at_mut(n);
-                for (j, &value) in plane[y * out_width..][..out_width].iter().enumerate() {
-                    if j % 2 == 0 { even[j / 2] = value } else { odd[j / 2] = value }
+                // A = [1 0; 1 1; 1 -1; 0 -1] on both sides: row i of A dY combines the two rows, and
+                // entry s of each of its tiles the tile's two columns, the same way.
+                let (top, bottom) = columns.split_at(2 * n);
+                for i in 0..4 {
+                    let (even, odd) = rows_of_a_dy.split_at_mut(n);
+                    a_combination(i, &top[..n], &bottom[..n], even);
+                    a_combination(i, &top[n..], &bottom[n..], odd);
+                    for s in 0..4 {
+                        a_combination(s, even, odd, &mut dm[(4 * i + s) * tiles + local * n..][..n]);
+                    }
                 }
             }
-            // A = [1 0; 1 1; 1 -1; 0 -1] on both sides: row i of A dY combines the two rows, and
-            // entry s of each of its tiles the tile's two columns, the same way.
-            let (top, bottom) = columns.split_at(2 * n);
-            for i in 0..4 {
-                let (even, odd) = rows_of_a_dy.split_at_mut(n);
-                a_combination(i, &top[..n], &bottom[..n], even);
-                a_combination(i, &top[n..], &bottom[n..], odd);
-                for s in 0..4 {
-                    a_combination(s, even, odd, &mut dm[(4 * i + s) * tiles + local * n..][..n]);
-                }
-            }
-        }
-    });
+    }
 }
 
 /// Row `i` of `A [a; b]` with `A = [1 0; 1 1; 1 -1; 0 -1]`, element by element.
+#[inline(always)]
 fn a_combination(i: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
     let pairs = out.iter_mut().zip(a.iter().zip(b));
     match i {
@@ -495,45 +567,55 @@ fn weight_products(v: &[f32], dm: &[f32], du: &mut [f32], tiles: usize, ins: usi
 /// `out` points to the output `[batch, out, out_height, out_width]`, and no other thread writes
 /// the output rows of `rows` meanwhile.
 unsafe fn transform_outputs(m: &[f32], bias: Option<&[f32]>, g: &Geometry, plan: &Plan, rows: Range<usize>, out: SharedMut, parallel: bool) {
+    let fma = fma_available();
     let tiles = rows.len() * plan.tiles_x;
-    let (out_height, out_width, n) = (g.out_height(), g.out_width(), plan.tiles_x);
+    let (out_height, out_width) = (g.out_height(), g.out_width());
     each_index(parallel, g.out_channels, |o| {
         let m = &m[o * POINTS * tiles..][..POINTS * tiles];
         let bias = bias.map_or(0.0, |b| b[o]);
-        let mut combined = vec![0f32; 8 * n];
+        let mut combined = vec![0f32; 8 * plan.tiles_x];
         for (local, row) in rows.clone().enumerate() {
-            let point = |p: usize| &m[p * tiles + local * n..][..n];
-            // Aᵀ = [1 1 1 0; 0 1 -1 -1] down the columns: s0j = m0j + m1j + m2j, s1j = m1j - m2j - m3j ...
-            let (top, bottom) = combined.split_at_mut(4 * n);
-            for j in 0..4 {
-                let (m0, m1, m2, m3) = (point(j), point(4 + j), point(8 + j), point(12 + j));
-                let (top, bottom) = (&mut top[j * n..][..n], &mut bottom[j * n..][..n]);
-                for t in 0..n {
-                    top[t] = m0[t] + m1[t] + m2[t];
-                    bottom[t] = m1[t] - m2[t] - m3[t];
-                }
-            }
-            // ... then along the rows, into output rows 2 * tile_row and 2 * tile_row + 1.
             let (image, tile_row) = plan.locate(row);
-            let plane = (image * g.out_channels + o) * out_height * out_width;
-            for (r, s) in [&*top, &*bottom].into_iter().enumerate() {
-                let y = 2 * tile_row + r;
-                if y >= out_height {
-                    break;
-                }
-                // SAFETY: row y of plane (image, o) is inside the output, and only this call
-                // writes it (the caller's guarantee, and one `o` per task).
-                let target = unsafe { std::slice::from_raw_parts_mut(out.get().add(plane + y * out_width), out_width) };
-                let (s0, s1, s2, s3) = (&s[..n], &s[n..2 * n], &s[2 * n..3 * n], &s[3 * n..]);
-                for (t, pair) in target.chunks_mut(2).enumerate() {
-                    pair[0] = s0[t] + s1[t] + s2[t] + bias;
-                    if let Some(second) = pair.get_mut(1) {
-                        *second = s1[t] - s2[t] - s3[t] + bias;
-                    }
+            let y = 2 * tile_row;
+            let rows_here = (out_height - y).min(2);
+            // SAFETY: rows y.. of plane (image, o) are inside the output, and only this call writes
+            // them (the caller's guarantee, and one `o` per task).
+            let target = unsafe {
+                let plane = (image * g.out_channels + o) * out_height * out_width;
+                std::slice::from_raw_parts_mut(out.get().add(plane + y * out_width), rows_here * out_width)
+            };
+            output_tile_row(fma, m, tiles, local * plan.tiles_x, bias, target, out_width, &mut combined);
+        }
+    });
+}
+
+with_avx2! {
+    /// `Aᵀ M A + bias` of the `combined.len() / 8` tiles from `m[ξ * tiles + first..]` into `target`
+    /// (one or two output rows of `out_width`).
+    fn output_tile_row(m: &[f32], tiles: usize, first: usize, bias: f32, target: &mut [f32], out_width: usize, combined: &mut [f32]) {
+        let n = combined.len() / 8;
+        let point = |p: usize| &m[p * tiles + first..][..n];
+        // Aᵀ = [1 1 1 0; 0 1 -1 -1] down the columns: s0j = m0j + m1j + m2j, s1j = m1j - m2j - m3j ...
+        let (top, bottom) = combined.split_at_mut(4 * n);
+        for j in 0..4 {
+            let (m0, m1, m2, m3) = (point(j), point(4 + j), point(8 + j), point(12 + j));
+            let (top, bottom) = (&mut top[j * n..][..n], &mut bottom[j * n..][..n]);
+            for t in 0..n {
+                top[t] = m0[t] + m1[t] + m2[t];
+                bottom[t] = m1[t] - m2[t] - m3[t];
+            }
+        }
+        // ... then along the rows, into the output rows.
+        for (s, target) in [&*top, &*bottom].into_iter().zip(target.chunks_mut(out_width)) {
+            let (s0, s1, s2, s3) = (&s[..n], &s[n..2 * n], &s[2 * n..3 * n], &s[3 * n..]);
+            for (t, pair) in target.chunks_mut(2).enumerate() {
+                pair[0] = s0[t] + s1[t] + s2[t] + bias;
+                if let Some(second) = pair.get_mut(1) {
+                    *second = s1[t] - s2[t] - s3[t] + bias;
                 }
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]
@@ -600,7 +682,9 @@ mod tests {
     fn forward_and_gradients_equal_the_direct_definition() {
         // Odd and even sizes (partial tiles at the right and bottom edges), every padding, more
         // tile rows than one chunk holds, and filters large enough for the threads to share chunks.
-        for (batch, cin, cout, height, width) in [(1, 1, 1, 3, 3), (2, 3, 5, 7, 9), (3, 4, 2, 8, 8), (1, 2, 3, 5, 12), (5, 3, 4, 33, 6), (2, 200, 180, 5, 4)] {
+        for (batch, cin, cout, height, width) in
+            [(1, 1, 1, 3, 3), (2, 3, 5, 7, 9), (3, 4, 2, 8, 8), (1, 2, 3, 5, 12), (5, 3, 4, 33, 6), (2, 200, 180, 5, 4)]
+        {
             for padding in 0..=2 {
                 let g = Geometry { batch, in_channels: cin, out_channels: cout, height, width, padding };
                 let x = values(batch * cin * height * width, 1);
