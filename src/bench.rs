@@ -2,6 +2,8 @@
 //! the two can be compared (the loader must never be the bottleneck); and single layers whose
 //! kernels we replace, against burn's own.
 
+pub mod profile;
+
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -334,6 +334,9 @@ enum BenchCommand {
         /// Whose convolution kernels the models use: ours or burn's (for comparison).
         #[arg(long, value_enum, default_value_t = Kernels::Ours)]
         kernels: Kernels,
+        /// Also print where the step's time goes, op by op.
+        #[arg(long)]
+        profile: bool,
         /// Model config keys, e.g. --set model.widths=[32,128,128] (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -592,7 +595,32 @@ fn run(cli: Cli) -> Result<()> {
             println!("(parameters for 10 classes, counted as torchvision does: BatchNorm running statistics excluded)");
         }
         Command::Bench { command } => match command {
-            BenchCommand::Train { model, batch, size, steps, warmup, device: name, kernels, overrides } => {
+            BenchCommand::Train { model, batch, size, steps, warmup, device: name, kernels, profile: true, overrides } => {
+                let device = device::parse(&name)?;
+                ferrovision::kernels::set_enabled(kernels == Kernels::Ours);
+                let model_config = named_model(&model, &overrides)?;
+                println!(
+                    "training step profile: {model}, batch {batch}, {size}x{size}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads, {kernels:?} kernels",
+                    rayon::current_num_threads()
+                );
+                let profile = bench::profile::train_step(&model_config, batch, size, steps, warmup, &device)?;
+                let square = bench::GemmShape { m: 2048, k: 2048, n: 2048 };
+                let peak = square.flops() / bench::sgemm_seconds(square, 3) / 1e9;
+                println!("(GFLOP/s: multiply-add = 2, direct-convolution count; peak = this CPU's sgemm on a 2048 square product, {peak:.1} GFLOP/s)");
+                println!("{:<58} {:>9} {:>6} {:>8} {:>6}", "op", "ms/step", "share", "GFLOP/s", "peak");
+                for row in &profile.rows {
+                    let share = 100.0 * row.seconds / profile.step;
+                    if row.flops > 0.0 && row.seconds > 0.0 {
+                        let rate = row.flops / row.seconds / 1e9;
+                        println!("{:<58} {:>9.1} {share:>5.1}% {rate:>8.1} {:>5.0}%", row.op, 1e3 * row.seconds, 100.0 * rate / peak);
+                    } else {
+                        println!("{:<58} {:>9.1} {share:>5.1}%", row.op, 1e3 * row.seconds);
+                    }
+                }
+                println!("{:<58} {:>9.1} 100.0%", "training step", 1e3 * profile.step);
+                println!("{:.1} img/s", profile.batch as f64 / profile.step);
+            }
+            BenchCommand::Train { model, batch, size, steps, warmup, device: name, kernels, profile: false, overrides } => {
                 let device = device::parse(&name)?;
                 ferrovision::kernels::set_enabled(kernels == Kernels::Ours);
                 let model_config = named_model(&model, &overrides)?;

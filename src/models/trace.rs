@@ -8,6 +8,7 @@
 //! the parameter path, so no model has to name its layers twice.
 
 use std::cell::RefCell;
+use std::time::Instant;
 
 use burn::module::ParamId;
 use burn::nn::conv::Conv2d;
@@ -58,8 +59,10 @@ pub struct Layer {
     /// The output, `[batch, channels, height, width]` (a linear layer's as `[batch, features, 1, 1]`),
     /// when the trace keeps activations.
     pub activation: Option<Tensor<4>>,
-    /// A convolution's weight `[out, in / groups, kh, kw]`, when the trace keeps activations.
+    /// A convolution's weight `[out, in / groups, kh, kw]`.
     pub kernel: Option<Tensor<4>>,
+    /// Wall-clock seconds of the call (the CPU backend runs each op when it is called).
+    pub seconds: f64,
 }
 
 struct Recorder {
@@ -93,6 +96,7 @@ fn record<const D: usize>(
     kind: LayerKind,
     input: &[usize],
     stride: [usize; 2],
+    start: Instant,
     output: &Tensor<D>,
     kernel: Option<&Tensor<4>>,
     params: usize,
@@ -101,6 +105,7 @@ fn record<const D: usize>(
     RECORDER.with(|r| {
         let mut recorder = r.borrow_mut();
         let Some(recorder) = recorder.as_mut() else { return };
+        let seconds = start.elapsed().as_secs_f64();
         let dims = output.dims();
         let activation = recorder.keep_activations.then(|| {
             let [batch, rest @ ..] = dims.as_slice() else { unreachable!("a layer output has a batch dimension") };
@@ -108,10 +113,10 @@ fn record<const D: usize>(
             let shape = if D == 4 { [dims[0], dims[1], dims[2], dims[3]] } else { [*batch, features, 1, 1] };
             output.clone().reshape(shape)
         });
-        let kernel = kernel.filter(|_| recorder.keep_activations).cloned();
+        let kernel = kernel.cloned();
         let output = dims[1..].to_vec();
         let flops = flops(&output);
-        recorder.calls.push(Layer { name: String::new(), weight, kind, input: input[1..].to_vec(), output, stride, params, flops, activation, kernel });
+        recorder.calls.push(Layer { name: String::new(), weight, kind, input: input[1..].to_vec(), output, stride, params, flops, activation, kernel, seconds });
     });
 }
 
@@ -121,13 +126,13 @@ fn is_tracing() -> bool {
 
 /// `conv.forward(x)` (depthwise convs through our kernel, see `layers::conv_forward`), traced.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let input = x.dims();
+    let (input, start) = (x.dims(), Instant::now());
     let y = super::layers::conv_forward(conv, x);
     if is_tracing() {
         let [out_channels, in_per_group, kh, kw] = conv.weight.dims();
         let bias = conv.bias.as_ref().map_or(0, |b| b.dims()[0]);
         let params = out_channels * in_per_group * kh * kw + bias;
-        record(conv.weight.id, LayerKind::Conv2d, &input, conv.stride, &y, Some(&conv.weight.val()), params, |out| {
+        record(conv.weight.id, LayerKind::Conv2d, &input, conv.stride, start, &y, Some(&conv.weight.val()), params, |out| {
             let pixels = (out[1] * out[2]) as u64;
             pixels * (2 * (in_per_group * kh * kw) as u64 * out_channels as u64 + bias as u64)
         });
@@ -137,24 +142,24 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 
 /// `bn.forward(x)`, traced.
 pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
-    let input = x.dims();
+    let (input, start) = (x.dims(), Instant::now());
     let y = bn.forward(x);
     if is_tracing() {
         let channels = bn.gamma.dims()[0];
         // Normalize and scale/shift folded into one multiply-add per element.
-        record(bn.gamma.id, LayerKind::BatchNorm, &input, [1, 1], &y, None, 2 * channels, |out| 2 * out.iter().product::<usize>() as u64);
+        record(bn.gamma.id, LayerKind::BatchNorm, &input, [1, 1], start, &y, None, 2 * channels, |out| 2 * out.iter().product::<usize>() as u64);
     }
     y
 }
 
 /// `fc.forward(x)`, traced.
 pub fn linear(fc: &Linear, x: Tensor<2>) -> Tensor<2> {
-    let input = x.dims();
+    let (input, start) = (x.dims(), Instant::now());
     let y = fc.forward(x);
     if is_tracing() {
         let [inputs, outputs] = fc.weight.dims();
         let bias = fc.bias.as_ref().map_or(0, |b| b.dims()[0]);
-        record(fc.weight.id, LayerKind::Linear, &input, [1, 1], &y, None, inputs * outputs + bias, |_| (2 * inputs * outputs + bias) as u64);
+        record(fc.weight.id, LayerKind::Linear, &input, [1, 1], start, &y, None, inputs * outputs + bias, |_| (2 * inputs * outputs + bias) as u64);
     }
     y
 }
