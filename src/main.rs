@@ -607,17 +607,17 @@ fn run(cli: Cli) -> Result<()> {
                 let square = bench::GemmShape { m: 2048, k: 2048, n: 2048 };
                 let peak = square.flops() / bench::sgemm_seconds(square, 3) / 1e9;
                 println!("(GFLOP/s: multiply-add = 2, direct-convolution count; peak = this CPU's sgemm on a 2048 square product, {peak:.1} GFLOP/s)");
-                println!("{:<58} {:>9} {:>6} {:>8} {:>6}", "op", "ms/step", "share", "GFLOP/s", "peak");
+                println!("{:<66} {:>9} {:>6} {:>8} {:>6}", "op", "ms/step", "share", "GFLOP/s", "peak");
                 for row in &profile.rows {
                     let share = 100.0 * row.seconds / profile.step;
                     if row.flops > 0.0 && row.seconds > 0.0 {
                         let rate = row.flops / row.seconds / 1e9;
-                        println!("{:<58} {:>9.1} {share:>5.1}% {rate:>8.1} {:>5.0}%", row.op, 1e3 * row.seconds, 100.0 * rate / peak);
+                        println!("{:<66} {:>9.1} {share:>5.1}% {rate:>8.1} {:>5.0}%", row.op, 1e3 * row.seconds, 100.0 * rate / peak);
                     } else {
-                        println!("{:<58} {:>9.1} {share:>5.1}%", row.op, 1e3 * row.seconds);
+                        println!("{:<66} {:>9.1} {share:>5.1}%", row.op, 1e3 * row.seconds);
                     }
                 }
-                println!("{:<58} {:>9.1} 100.0%", "training step", 1e3 * profile.step);
+                println!("{:<66} {:>9.1} 100.0%", "training step", 1e3 * profile.step);
                 println!("{:.1} img/s", profile.batch as f64 / profile.step);
             }
             BenchCommand::Train { model, batch, size, steps, warmup, device: name, kernels, profile: false, overrides } => {

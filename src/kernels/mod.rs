@@ -4,10 +4,13 @@
 //! Each kernel enters burn as a backend extension (`#[backend_extension(Flex, Autodiff)]`) whose
 //! flex implementation runs on the tensors' host memory; the helpers below are what they share.
 
+pub mod dense;
 pub mod depthwise;
 pub mod winograd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use rayon::prelude::*;
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
@@ -63,4 +66,10 @@ fn fma_available() -> bool {
     return std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+/// A convolution's bias gradient: `out_grad` `[batch, channels, plane]` summed over images and
+/// pixels, `[channels]`.
+fn bias_gradient(out_grad: &[f32], batch: usize, channels: usize, plane: usize) -> Vec<f32> {
+    (0..channels).into_par_iter().map(|c| (0..batch).map(|n| out_grad[(n * channels + c) * plane..][..plane].iter().sum::<f32>()).sum()).collect()
 }

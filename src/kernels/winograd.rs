@@ -24,7 +24,7 @@ use burn::tensor::{DType, TensorData};
 
 use host::{Filters, Geometry};
 
-use super::{Bias, contiguous, f32s};
+use super::{Bias, bias_gradient, contiguous, f32s};
 
 /// Largest padding [`conv3x3`] takes (the input gradient's convolution pads by `2 - padding`).
 pub const MAX_PADDING: usize = 2;
@@ -129,7 +129,7 @@ impl<const N: usize> Backward<Flex, N> for Conv3x3Backward {
         let x_grad = x_node.is_some().then(|| {
             to_tensor(host::input_gradient(f32s(&out_grad), f32s(&weight), &g), vec![g.batch, g.in_channels, g.height, g.width])
         });
-        let bias_grad = bias_node.is_some().then(|| to_tensor(host::bias_gradient(f32s(&out_grad), &g), vec![g.out_channels]));
+        let bias_grad = bias_node.is_some().then(|| to_tensor(bias_gradient(f32s(&out_grad), g.batch, g.out_channels, g.out_height() * g.out_width()), vec![g.out_channels]));
         let weight_grad = weight_node
             .is_some()
             .then(|| to_tensor(host::weight_gradient(f32s(&x), f32s(&out_grad), &g), vec![g.out_channels, g.in_channels, 3, 3]));

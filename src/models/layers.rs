@@ -10,6 +10,7 @@ use burn::tensor::activation::{relu, relu6, sigmoid, silu};
 use crate::config::ModelConfig;
 use super::trace;
 use crate::kernels::depthwise::depthwise_conv2d;
+use crate::kernels::dense::conv2d_dense;
 use crate::kernels::winograd::{self, conv3x3};
 
 /// The activation that follows a conv+BN (or none).
@@ -185,35 +186,40 @@ impl ConvBn {
     }
 }
 
-/// `conv.forward(x)`, with two kinds of convolution computed by our own kernels: depthwise ones
-/// (groups = channels, square kernel and stride, no dilation; `kernels::depthwise`, about 4x
-/// burn's grouped conv on flex at the EfficientNet shapes) and dense 3x3 stride-1 ones
-/// (`kernels::winograd`). TensorFlow's asymmetric "SAME" padding is applied to the input first,
-/// as the kernels pad symmetrically.
+/// `conv.forward(x)`, through our own kernels where they apply (`crate::kernels`): depthwise
+/// convolutions (groups = channels, square kernel and stride; about 4x burn's grouped conv on flex
+/// at the EfficientNet shapes), dense 3x3 stride-1 ones (Winograd) and the other dense ones (our
+/// weight gradient). TensorFlow's asymmetric "SAME" padding is applied to the input first, as the
+/// kernels pad symmetrically. Dilated convolutions, other groupings, or all of them while
+/// `kernels::enabled()` is false, run burn's.
 pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let [_, channels, height, width] = x.dims();
     let [kernel, kernel_width] = conv.kernel_size;
     let [stride, stride_width] = conv.stride;
-    let square = kernel == kernel_width && stride == stride_width && conv.dilation == [1, 1];
-    let depthwise = conv.groups > 1 && conv.groups == channels && conv.weight.shape()[0] == channels;
-    let dense_3x3 = conv.groups == 1 && kernel == 3 && stride == 1;
-    if !(square && (depthwise || dense_3x3) && crate::kernels::enabled()) {
+    let depthwise = conv.groups > 1 && conv.groups == channels && conv.weight.shape()[0] == channels && kernel == kernel_width && stride == stride_width;
+    let winograd = conv.groups == 1 && conv.kernel_size == [3, 3] && conv.stride == [1, 1];
+    if !((depthwise || conv.groups == 1) && conv.dilation == [1, 1] && crate::kernels::enabled()) {
         return conv.forward(x);
     }
     let [(top, bottom), (left, right)] = match conv.padding {
         PaddingConfig2d::Valid => [(0, 0); 2],
         PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
-        PaddingConfig2d::Same => [tf_same_padding(kernel, stride, height), tf_same_padding(kernel, stride, width)],
+        PaddingConfig2d::Same => [tf_same_padding(kernel, stride, height), tf_same_padding(kernel_width, stride_width, width)],
     };
     let bias = conv.bias.as_ref().map(|b| b.val());
-    let run = |x: Tensor<4>, padding: usize| match depthwise {
-        true => depthwise_conv2d(x, conv.weight.val(), bias, stride, padding),
-        false => conv3x3(x, conv.weight.val(), bias, padding),
+    let run = |x: Tensor<4>, [vertical, horizontal]: [usize; 2]| {
+        if depthwise && vertical == horizontal {
+            depthwise_conv2d(x, conv.weight.val(), bias, stride, vertical)
+        } else if winograd && vertical == horizontal && vertical <= winograd::MAX_PADDING {
+            conv3x3(x, conv.weight.val(), bias, vertical)
+        } else {
+            conv2d_dense(x, conv.weight.val(), bias, conv.stride, [vertical, horizontal])
+        }
     };
-    if top == bottom && left == right && top == left && (depthwise || top <= winograd::MAX_PADDING) {
-        return run(x, top);
+    if top == bottom && left == right && (!depthwise || top == left) {
+        return run(x, [top, left]);
     }
-    run(x.pad((left, right, top, bottom), 0.0), 0)
+    run(x.pad((left, right, top, bottom), 0.0), [0, 0])
 }
 
 /// TensorFlow's "SAME" padding of one side length: `(before, after)` for an output of
@@ -396,6 +402,10 @@ mod tests {
             (PaddingConfig2d::Explicit(0, 1, 2, 1), 8),
         ] {
             check(Conv2dConfig::new([4, 6], [3, 3]).with_padding(padding).init(&device), side);
+        }
+        // The other dense ones (our weight gradient): strided, 1x1, 5x5 with TensorFlow's "SAME".
+        for (kernel, stride, padding) in [(1, 2, PaddingConfig2d::Valid), (3, 2, PaddingConfig2d::Explicit(1, 1, 1, 1)), (5, 2, PaddingConfig2d::Same)] {
+            check(Conv2dConfig::new([4, 6], [kernel, kernel]).with_stride([stride, stride]).with_padding(padding).init(&device), 9);
         }
     }
 

@@ -184,15 +184,6 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
     untransform_filter_gradients(&du, g)
 }
 
-/// The bias gradient: `out_grad` summed over images and pixels, `[out]`.
-pub fn bias_gradient(out_grad: &[f32], g: &Geometry) -> Vec<f32> {
-    let plane = g.out_height() * g.out_width();
-    (0..g.out_channels)
-        .into_par_iter()
-        .map(|o| (0..g.batch).map(|n| out_grad[(n * g.out_channels + o) * plane..][..plane].iter().sum::<f32>()).sum())
-        .collect()
-}
-
 /// How the tile rows (one per image and pair of output rows) are cut into chunks.
 struct Plan {
     tiles_x: usize,

@@ -1,0 +1,191 @@
+//! Dense 2D convolution (one group, no dilation) whose weight gradient is ours: the convolutions
+//! that `kernels::winograd` does not take (strided ones, 1x1 projections, stems, larger kernels).
+//!
+//! [`conv2d_dense`] computes what burn's `conv2d` computes. On the flex device (f32) the forward
+//! pass and the input gradient are burn-flex's own; the weight gradient runs `host` (burn-flex's
+//! runs at about a fifth of the sgemm peak on the strided and 1x1 convolutions of ResNet-18, see
+//! `bench train --profile`) and the bias gradient is a sum. Elsewhere it calls burn's `conv2d`.
+//! The route into burn is the backend extension of `kernels::depthwise` (see there).
+
+mod host;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::ModuleOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::prelude::*;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, TensorData};
+
+use host::Geometry;
+
+use super::{Bias, bias_gradient, contiguous, f32s};
+
+/// Convolution of `x` `[batch, in, height, width]` with `weight` `[out, in, kh, kw]` and optional
+/// `bias` `[out]`, `stride` and symmetric zero `padding` (`[vertical, horizontal]` each), one
+/// group, no dilation. The same as `burn::tensor::module::conv2d` with these options.
+///
+/// # Panics
+///
+/// If the shapes do not fit together as above, a stride is 0, or the kernel exceeds the padded input.
+pub fn conv2d_dense(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, stride: [usize; 2], padding: [usize; 2]) -> Tensor<4> {
+    let [_, channels, height, width] = x.dims();
+    let [out_channels, in_channels, kh, kw] = weight.dims();
+    assert_eq!(in_channels, channels, "conv2d_dense: weight {:?} must be [out, in = {channels}, kh, kw]", weight.dims());
+    if let Some(bias) = &bias {
+        assert_eq!(bias.dims(), [out_channels], "conv2d_dense: bias must be [out]");
+    }
+    assert!(stride[0] > 0 && stride[1] > 0, "conv2d_dense: stride must be positive");
+    assert!(height + 2 * padding[0] >= kh && width + 2 * padding[1] >= kw, "conv2d_dense: kernel larger than the padded input");
+    let ours = x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && bias.as_ref().is_none_or(|bias| bias.dtype() == DType::F32)
+        && x.device().inner() == Device::flex();
+    if !ours {
+        return conv2d(x, weight, bias, options(stride, padding));
+    }
+    let bias = bias.map_or(Bias::Zero, |bias| Bias::Add(bias.into_dispatch()));
+    let [sy, sx] = stride;
+    let [py, px] = padding;
+    let output = <Dispatch as DenseConvBackend>::conv2d_dense(x.into_dispatch(), weight.into_dispatch(), bias, sy, sx, py, px);
+    Tensor::from_dispatch(output)
+}
+
+fn options(stride: [usize; 2], padding: [usize; 2]) -> ConvOptions<2> {
+    ConvOptions::new(stride, padding, [1, 1], 1)
+}
+
+/// burn-flex's convolution with our weight gradient, as a burn backend operation. Callers
+/// guarantee what [`conv2d_dense`] checks. (Arrays are not among the argument types the
+/// extension macro takes, hence the four sizes.)
+#[backend_extension(Flex, Autodiff)]
+trait DenseConvBackend: Backend {
+    fn conv2d_dense(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        #[extension_type] bias: Bias<Self>,
+        stride_y: usize,
+        stride_x: usize,
+        padding_y: usize,
+        padding_x: usize,
+    ) -> FloatTensor<Self>;
+}
+
+impl DenseConvBackend for Flex {
+    fn conv2d_dense(x: FlexTensor, weight: FlexTensor, bias: Bias<Self>, sy: usize, sx: usize, py: usize, px: usize) -> FlexTensor {
+        Flex::conv2d(x, weight, bias.into_option(), options([sy, sx], [py, px]))
+    }
+}
+
+impl<C: CheckpointStrategy> DenseConvBackend for Autodiff<Flex, C> {
+    fn conv2d_dense(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Bias<Self>, sy: usize, sx: usize, py: usize, px: usize) -> FloatTensor<Self> {
+        let forward = |x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>| {
+            let bias = bias.map_or(Bias::Zero, |bias| Bias::Add(bias.into_primitive()));
+            Flex::conv2d_dense(x.into_primitive(), weight.into_primitive(), bias, sy, sx, py, px)
+        };
+        let sizes = [sy, sx, py, px];
+        // The backward step has a parent per input, so with and without bias are two arities.
+        match bias.into_option() {
+            Some(bias) => match DenseConvBackward.prepare::<C>([x.node(), weight.node(), bias.node()]).compute_bound().stateful() {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight), sizes);
+                    prep.finish(state, forward(x, weight, Some(bias)))
+                }
+                OpsKind::UnTracked(prep) => prep.finish(forward(x, weight, Some(bias))),
+            },
+            None => match DenseConvBackward.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight), sizes);
+                    prep.finish(state, forward(x, weight, None))
+                }
+                OpsKind::UnTracked(prep) => prep.finish(forward(x, weight, None)),
+            },
+        }
+    }
+}
+
+/// Backward step of [`DenseConvBackend::conv2d_dense`] on flex; parents are `[x, weight]` or
+/// `[x, weight, bias]`.
+#[derive(Debug)]
+struct DenseConvBackward;
+
+impl<const N: usize> Backward<Flex, N> for DenseConvBackward {
+    /// The checkpointed `x` and `weight`, and stride and padding (vertical, horizontal each).
+    type State = (NodeId, NodeId, [usize; 4]);
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let out_grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x_id, weight_id, [sy, sx, py, px]) = ops.state;
+        let x = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(x_id));
+        let weight = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(weight_id));
+        let [batch, in_channels, height, width] = x.shape().dims();
+        let [out_channels, _, kh, kw] = weight.shape().dims();
+        let g = Geometry { batch, in_channels, out_channels, height, width, kernel: [kh, kw], stride: [sy, sx], padding: [py, px] };
+        let [x_node, weight_node, bias_node] = [0, 1, 2].map(|i| ops.parents.get(i).cloned().flatten());
+        let to_tensor = |values: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(values, shape));
+        let weight_grad = weight_node.is_some().then(|| to_tensor(host::weight_gradient(f32s(&x), f32s(&out_grad), &g), vec![out_channels, in_channels, kh, kw]));
+        let bias_grad = bias_node.is_some().then(|| to_tensor(bias_gradient(f32s(&out_grad), batch, out_channels, g.out_height() * g.out_width()), vec![out_channels]));
+        let x_grad = x_node.is_some().then(|| Flex::conv2d_x_backward(x, weight, out_grad, options([sy, sx], [py, px])));
+        for (node, gradient) in [(x_node, x_grad), (weight_node, weight_grad), (bias_node, bias_grad)] {
+            if let (Some(node), Some(gradient)) = (node, gradient) {
+                grads.register::<Flex>(node.id, gradient);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Distribution, Tolerance};
+
+    use super::*;
+
+    /// Ours and burn's conv2d on the same inputs: output and all gradients agree.
+    fn check(dims: [usize; 5], kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], bias: bool, device: &Device) {
+        let [batch, ins, outs, height, width] = dims;
+        let x = Tensor::<4>::random([batch, ins, height, width], Distribution::Normal(0.0, 1.0), device);
+        let weight = Tensor::<4>::random([outs, ins, kernel[0], kernel[1]], Distribution::Normal(0.0, 0.3), device);
+        let bias = bias.then(|| Tensor::<1>::random([outs], Distribution::Normal(0.0, 1.0), device));
+        let out_size = |i: usize, size: usize| (size + 2 * padding[i] - kernel[i]) / stride[i] + 1;
+        let out_grad = Tensor::<4>::random([batch, outs, out_size(0, height), out_size(1, width)], Distribution::Normal(0.0, 1.0), device);
+        let run = |ours: bool| {
+            let (x, weight) = (x.clone().require_grad(), weight.clone().require_grad());
+            let bias = bias.clone().map(Tensor::require_grad);
+            let y = if ours {
+                conv2d_dense(x.clone(), weight.clone(), bias.clone(), stride, padding)
+            } else {
+                conv2d(x.clone(), weight.clone(), bias.clone(), options(stride, padding))
+            };
+            let grads = (y.clone() * out_grad.clone()).sum().backward();
+            let bias_grad = bias.map(|bias| bias.grad(&grads).unwrap().into_data());
+            (y.into_data(), x.grad(&grads).unwrap().into_data(), weight.grad(&grads).unwrap().into_data(), bias_grad)
+        };
+        let (ours, burn) = (run(true), run(false));
+        let tolerance = Tolerance::<f32>::rel_abs(1e-4, 1e-4);
+        ours.0.assert_approx_eq::<f32>(&burn.0, tolerance);
+        ours.1.assert_approx_eq::<f32>(&burn.1, tolerance);
+        ours.2.assert_approx_eq::<f32>(&burn.2, tolerance);
+        if let (Some(ours), Some(burn)) = (ours.3, burn.3) {
+            ours.assert_approx_eq::<f32>(&burn, tolerance);
+        }
+    }
+
+    #[test]
+    fn output_and_gradients_equal_burns_conv2d() {
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        // Strided 3x3, 1x1 projections (strided or not), a 7x7 stem, a non-square kernel, odd
+        // sizes, many images (several chunks).
+        check([2, 3, 5, 9, 9], [3, 3], [2, 2], [1, 1], true, &device);
+        check([3, 8, 6, 8, 7], [1, 1], [2, 2], [0, 0], false, &device);
+        check([40, 4, 6, 5, 5], [1, 1], [1, 1], [0, 0], true, &device);
+        check([2, 3, 4, 15, 13], [7, 7], [2, 2], [3, 3], false, &device);
+        check([2, 5, 3, 9, 8], [3, 5], [1, 2], [1, 2], true, &device);
+    }
+}

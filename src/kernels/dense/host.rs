@@ -1,0 +1,133 @@
+//! The weight gradient of a dense 2D convolution (one group, any kernel, stride and symmetric
+//! zero padding, no dilation) on host f32 NCHW data, as matrix products on the `gemm` crate:
+//! `dW[out][in, ky, kx] += dY[out][pixels] · cols[in, ky, kx][pixels]ᵀ` over chunks of images,
+//! `cols` being the chunk's im2col matrix. A chunk holds enough images for the products' inner
+//! dimension (its output pixels) to be long, which burn-flex's per-image products are not at the
+//! 8x8 and 4x4 maps of late ResNet stages; each rayon task sums its chunks into its own gradient.
+
+use rayon::prelude::*;
+
+/// Output pixels (summed over the chunk's images) one product takes.
+const CHUNK_PIXELS: usize = 1024;
+
+/// Sizes of one dense convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+}
+
+impl Geometry {
+    pub fn out_height(&self) -> usize {
+        (self.height + 2 * self.padding[0] - self.kernel[0]) / self.stride[0] + 1
+    }
+
+    pub fn out_width(&self) -> usize {
+        (self.width + 2 * self.padding[1] - self.kernel[1]) / self.stride[1] + 1
+    }
+
+    /// Values per filter: `in_channels * kh * kw`.
+    fn filter_len(&self) -> usize {
+        self.in_channels * self.kernel[0] * self.kernel[1]
+    }
+}
+
+/// The weight gradient `[out, in, kh, kw]` of `y = conv2d(x, weight)` from `x` and `out_grad`
+/// (`y`'s shape).
+pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
+    let pixels = g.out_height() * g.out_width();
+    assert_eq!(x.len(), g.batch * g.in_channels * g.height * g.width, "conv weight gradient: input size");
+    assert_eq!(out_grad.len(), g.batch * g.out_channels * pixels, "conv weight gradient: output gradient size");
+    let (outs, filter) = (g.out_channels, g.filter_len());
+    let images_per_chunk = (CHUNK_PIXELS / pixels.max(1)).clamp(1, g.batch.div_ceil(2 * rayon::current_num_threads()).max(1));
+    let chunks: Vec<(usize, usize)> = (0..g.batch).step_by(images_per_chunk).map(|n| (n, (n + images_per_chunk).min(g.batch))).collect();
+    chunks
+        .into_par_iter()
+        .fold(
+            || (vec![0f32; outs * filter], Vec::new(), Vec::new()),
+            |(mut dw, mut dy, mut cols), (first, end)| {
+                let columns = (end - first) * pixels;
+                gather_out_grad(out_grad, g, first..end, &mut dy);
+                im2col(x, g, first..end, &mut cols);
+                // SAFETY: dy is [outs][columns], cols [filter][columns], dw [outs][filter], as the
+                // strides say.
+                unsafe {
+                    gemm::gemm(
+                        outs,
+                        filter,
+                        columns,
+                        dw.as_mut_ptr(),
+                        1,
+                        filter as isize,
+                        true,
+                        dy.as_ptr(),
+                        1,
+                        columns as isize,
+                        cols.as_ptr(),
+                        columns as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                };
+                (dw, dy, cols)
+            },
+        )
+        .map(|(dw, _, _)| dw)
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        })
+        .unwrap_or_else(|| vec![0f32; outs * filter])
+}
+
+/// `out_grad` of `images` as `[out][image, pixel]`.
+fn gather_out_grad(out_grad: &[f32], g: &Geometry, images: std::ops::Range<usize>, dy: &mut Vec<f32>) {
+    let pixels = g.out_height() * g.out_width();
+    let columns = images.len() * pixels;
+    dy.resize(g.out_channels * columns, 0.0);
+    for (o, row) in dy.chunks_mut(columns).enumerate() {
+        for (i, n) in images.clone().enumerate() {
+            row[i * pixels..][..pixels].copy_from_slice(&out_grad[(n * g.out_channels + o) * pixels..][..pixels]);
+        }
+    }
+}
+
+/// The im2col matrix of `images`: row `(c, ky, kx)`, column `(image, oy, ox)` holds
+/// `x[image][c][oy * sy + ky - py][ox * sx + kx - px]`, zero outside the input.
+fn im2col(x: &[f32], g: &Geometry, images: std::ops::Range<usize>, cols: &mut Vec<f32>) {
+    let (out_height, out_width) = (g.out_height(), g.out_width());
+    let pixels = out_height * out_width;
+    let columns = images.len() * pixels;
+    let ([kh, kw], [sy, sx], [py, px]) = (g.kernel, g.stride, g.padding);
+    cols.resize(g.filter_len() * columns, 0.0);
+    for (r, row) in cols.chunks_mut(columns).enumerate() {
+        let (c, ky, kx) = (r / (kh * kw), r / kw % kh, r % kw);
+        for (i, n) in images.clone().enumerate() {
+            let plane = &x[(n * g.in_channels + c) * g.height * g.width..][..g.height * g.width];
+            for oy in 0..out_height {
+                let target = &mut row[i * pixels + oy * out_width..][..out_width];
+                let y = (oy * sy + ky) as isize - py as isize;
+                if y < 0 || y >= g.height as isize {
+                    target.fill(0.0);
+                    continue;
+                }
+                let source = &plane[y as usize * g.width..][..g.width];
+                for (ox, value) in target.iter_mut().enumerate() {
+                    let x = (ox * sx + kx) as isize - px as isize;
+                    *value = if x < 0 || x >= g.width as isize { 0.0 } else { source[x as usize] };
+                }
+            }
+        }
+    }
+}
