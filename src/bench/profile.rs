@@ -198,16 +198,17 @@ fn conv_backward_seconds(layer: &Layer, batch: usize, wrt: Wrt, device: &Device)
     (both - forward).max(0.0)
 }
 
-/// Seconds of a traced BatchNorm's backward in training mode, run alone at `batch`.
+/// Seconds of a traced BatchNorm's backward in training mode, run alone at `batch` through the
+/// models' own BatchNorm path.
 fn batch_norm_backward_seconds(layer: &Layer, batch: usize, device: &Device) -> f64 {
     let &[channels, height, width] = &layer.input[..] else { return 0.0 };
     let bn = BatchNormConfig::new(channels).init(device);
     let x = Tensor::<4>::random([batch, channels, height, width], Distribution::Normal(0.0, 1.0), device).require_grad();
     let forward = time(|| {
-        let _ = bn.forward(x.clone()).into_data();
+        let _ = crate::kernels::batch_norm::forward(&bn, x.clone()).into_data();
     });
     let both = time(|| {
-        let _ = bn.forward(x.clone()).sum().backward();
+        let _ = crate::kernels::batch_norm::forward(&bn, x.clone()).sum().backward();
     });
     (both - forward).max(0.0)
 }

@@ -4,6 +4,7 @@
 //! Each kernel enters burn as a backend extension (`#[backend_extension(Flex, Autodiff)]`) whose
 //! flex implementation runs on the tensors' host memory; the helpers below are what they share.
 
+pub mod batch_norm;
 pub mod dense;
 pub mod depthwise;
 pub mod winograd;
