@@ -1,10 +1,11 @@
-//! Dense 2D convolution (one group, no dilation) whose weight gradient is ours: the convolutions
-//! that `kernels::winograd` does not take (strided ones, 1x1 projections, stems, larger kernels).
+//! Dense 2D convolution (one group, no dilation) on our kernels: the convolutions that
+//! `kernels::winograd` does not take (strided ones, 1x1 projections, stems, larger kernels).
 //!
 //! [`conv2d_dense`] computes what burn's `conv2d` computes. On the flex device (f32) the forward
-//! pass and the input gradient are burn-flex's own; the weight gradient runs `host` (burn-flex's
-//! runs at about a fifth of the sgemm peak on the strided and 1x1 convolutions of ResNet-18, see
-//! `bench train --profile`) and the bias gradient is a sum. Elsewhere it calls burn's `conv2d`.
+//! pass and the input and weight gradients run `host` (im2col products over chunks of images;
+//! burn-flex's weight gradient ran at about a fifth of the sgemm peak on the strided and 1x1
+//! convolutions of ResNet-18, see `bench train --profile`), the bias gradient is a sum. Elsewhere
+//! it calls burn's `conv2d`.
 //! The route into burn is the backend extension of `kernels::depthwise` (see there).
 
 mod host;
@@ -15,7 +16,6 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
@@ -61,7 +61,7 @@ fn options(stride: [usize; 2], padding: [usize; 2]) -> ConvOptions<2> {
     ConvOptions::new(stride, padding, [1, 1], 1)
 }
 
-/// burn-flex's convolution with our weight gradient, as a burn backend operation. Callers
+/// Our dense convolution as a burn backend operation. Callers
 /// guarantee what [`conv2d_dense`] checks. (Arrays are not among the argument types the
 /// extension macro takes, hence the four sizes.)
 #[backend_extension(Flex, Autodiff)]
@@ -79,7 +79,10 @@ trait DenseConvBackend: Backend {
 
 impl DenseConvBackend for Flex {
     fn conv2d_dense(x: FlexTensor, weight: FlexTensor, bias: Bias<Self>, sy: usize, sx: usize, py: usize, px: usize) -> FlexTensor {
-        Flex::conv2d(x, weight, bias.into_option(), options([sy, sx], [py, px]))
+        let g = geometry(&x, &weight, [sy, sx, py, px]);
+        let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.into_option().map(contiguous));
+        let y = host::forward(f32s(&x), f32s(&weight), bias.as_ref().map(f32s), &g);
+        FlexTensor::from_data(TensorData::new(y, [g.batch, g.out_channels, g.out_height(), g.out_width()]))
     }
 }
 
@@ -124,20 +127,25 @@ impl<const N: usize> Backward<Flex, N> for DenseConvBackward {
         let (x_id, weight_id, [sy, sx, py, px]) = ops.state;
         let x = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(x_id));
         let weight = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(weight_id));
-        let [batch, in_channels, height, width] = x.shape().dims();
-        let [out_channels, _, kh, kw] = weight.shape().dims();
-        let g = Geometry { batch, in_channels, out_channels, height, width, kernel: [kh, kw], stride: [sy, sx], padding: [py, px] };
+        let g = geometry(&x, &weight, [sy, sx, py, px]);
+        let Geometry { batch, in_channels, out_channels, height, width, kernel: [kh, kw], .. } = g;
         let [x_node, weight_node, bias_node] = [0, 1, 2].map(|i| ops.parents.get(i).cloned().flatten());
         let to_tensor = |values: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(values, shape));
         let weight_grad = weight_node.is_some().then(|| to_tensor(host::weight_gradient(f32s(&x), f32s(&out_grad), &g), vec![out_channels, in_channels, kh, kw]));
         let bias_grad = bias_node.is_some().then(|| to_tensor(bias_gradient(f32s(&out_grad), batch, out_channels, g.out_height() * g.out_width()), vec![out_channels]));
-        let x_grad = x_node.is_some().then(|| Flex::conv2d_x_backward(x, weight, out_grad, options([sy, sx], [py, px])));
+        let x_grad = x_node.is_some().then(|| to_tensor(host::input_gradient(f32s(&out_grad), f32s(&weight), &g), vec![batch, in_channels, height, width]));
         for (node, gradient) in [(x_node, x_grad), (weight_node, weight_grad), (bias_node, bias_grad)] {
             if let (Some(node), Some(gradient)) = (node, gradient) {
                 grads.register::<Flex>(node.id, gradient);
             }
         }
     }
+}
+
+fn geometry(x: &FlexTensor, weight: &FlexTensor, [sy, sx, py, px]: [usize; 4]) -> Geometry {
+    let [batch, in_channels, height, width] = x.shape().dims();
+    let [out_channels, _, kh, kw] = weight.shape().dims();
+    Geometry { batch, in_channels, out_channels, height, width, kernel: [kh, kw], stride: [sy, sx], padding: [py, px] }
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
-//! The weight gradient of a dense 2D convolution (one group, any kernel, stride and symmetric
-//! zero padding, no dilation) on host f32 NCHW data, as matrix products on the `gemm` crate:
-//! `dW[out][in, ky, kx] += dY[out][pixels] · cols[in, ky, kx][pixels]ᵀ` over chunks of images,
-//! `cols` being the chunk's im2col matrix. A chunk holds enough images for the products' inner
-//! dimension (its output pixels) to be long, which burn-flex's per-image products are not at the
-//! 8x8 and 4x4 maps of late ResNet stages; each rayon task sums its chunks into its own gradient.
+//! Dense 2D convolution (one group, any kernel, stride and symmetric zero padding, no dilation)
+//! on host f32 NCHW data, as matrix products on the `gemm` crate over chunks of images, `cols`
+//! being a chunk's im2col matrix `[in, ky, kx][image, pixel]`:
+//! - forward: `Y[out][image, pixel] = W[out][in, ky, kx] · cols`;
+//! - input gradient: `dcols = Wᵀ · dY`, added back onto the input's pixels (col2im);
+//! - weight gradient: `dW += dY · colsᵀ`.
+//! A chunk holds enough images for the products to be wide (burn-flex's per-image products are
+//! thin at the 8x8 and 4x4 maps of late ResNet stages); chunks run in parallel, each rayon task
+//! summing its weight gradient on its own.
 
 use rayon::prelude::*;
 
@@ -38,6 +41,74 @@ impl Geometry {
     }
 }
 
+/// `y = conv2d(x, weight) + bias` `[batch, out, out_height, out_width]`.
+pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+    let pixels = g.out_height() * g.out_width();
+    assert_eq!(x.len(), g.batch * g.in_channels * g.height * g.width, "conv: input size");
+    assert_eq!(weight.len(), g.out_channels * g.filter_len(), "conv: weight size");
+    let (outs, filter) = (g.out_channels, g.filter_len());
+    let mut y = vec![0f32; g.batch * outs * pixels];
+    let per_chunk = images_per_chunk(g);
+    y.par_chunks_mut(per_chunk * outs * pixels).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(cols, product), (chunk, y)| {
+            let images = chunk * per_chunk..(chunk * per_chunk + per_chunk).min(g.batch);
+            let columns = images.len() * pixels;
+            im2col(x, g, images.clone(), cols);
+            product.resize(outs * columns, 0.0);
+            // SAFETY: weight is [outs][filter], cols [filter][columns], product [outs][columns].
+            unsafe {
+                gemm::gemm(
+                    outs, columns, filter, product.as_mut_ptr(), 1, columns as isize, false, weight.as_ptr(), 1, filter as isize,
+                    cols.as_ptr(), 1, columns as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                )
+            };
+            // [out][image, pixel] -> [image][out][pixel], plus the bias.
+            for (o, row) in product.chunks(columns).enumerate() {
+                let b = bias.map_or(0.0, |b| b[o]);
+                for (i, values) in row.chunks(pixels).enumerate() {
+                    y[(i * outs + o) * pixels..][..pixels].iter_mut().zip(values).for_each(|(y, &v)| *y = v + b);
+                }
+            }
+        },
+    );
+    y
+}
+
+/// The input gradient `[batch, in, height, width]` of `y = conv2d(x, weight)` from `out_grad`.
+pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
+    let pixels = g.out_height() * g.out_width();
+    assert_eq!(out_grad.len(), g.batch * g.out_channels * pixels, "conv input gradient: output gradient size");
+    let (outs, filter, image_len) = (g.out_channels, g.filter_len(), g.in_channels * g.height * g.width);
+    let mut dx = vec![0f32; g.batch * image_len];
+    let per_chunk = images_per_chunk(g);
+    dx.par_chunks_mut(per_chunk * image_len).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(dy, dcols), (chunk, dx)| {
+            let images = chunk * per_chunk..(chunk * per_chunk + per_chunk).min(g.batch);
+            let columns = images.len() * pixels;
+            gather_out_grad(out_grad, g, images.clone(), dy);
+            dcols.resize(filter * columns, 0.0);
+            // SAFETY: weight is [outs][filter] (read transposed), dy [outs][columns], dcols [filter][columns].
+            unsafe {
+                gemm::gemm(
+                    filter, columns, outs, dcols.as_mut_ptr(), 1, columns as isize, false, weight.as_ptr(), filter as isize, 1,
+                    dy.as_ptr(), 1, columns as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                )
+            };
+            col2im(dcols, g, images.len(), dx);
+        },
+    );
+    dx
+}
+
+/// Images per chunk: about [`CHUNK_PIXELS`] output pixels, and at least two chunks per thread
+/// where the batch allows.
+fn images_per_chunk(g: &Geometry) -> usize {
+    let pixels = g.out_height() * g.out_width();
+    (CHUNK_PIXELS / pixels.max(1)).clamp(1, g.batch.div_ceil(2 * rayon::current_num_threads()).max(1))
+}
+
 /// The weight gradient `[out, in, kh, kw]` of `y = conv2d(x, weight)` from `x` and `out_grad`
 /// (`y`'s shape).
 pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
@@ -45,7 +116,7 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.in_channels * g.height * g.width, "conv weight gradient: input size");
     assert_eq!(out_grad.len(), g.batch * g.out_channels * pixels, "conv weight gradient: output gradient size");
     let (outs, filter) = (g.out_channels, g.filter_len());
-    let images_per_chunk = (CHUNK_PIXELS / pixels.max(1)).clamp(1, g.batch.div_ceil(2 * rayon::current_num_threads()).max(1));
+    let images_per_chunk = images_per_chunk(g);
     let chunks: Vec<(usize, usize)> = (0..g.batch).step_by(images_per_chunk).map(|n| (n, (n + images_per_chunk).min(g.batch))).collect();
     chunks
         .into_par_iter()
@@ -126,6 +197,33 @@ fn im2col(x: &[f32], g: &Geometry, images: std::ops::Range<usize>, cols: &mut Ve
                 for (ox, value) in target.iter_mut().enumerate() {
                     let x = (ox * sx + kx) as isize - px as isize;
                     *value = if x < 0 || x >= g.width as isize { 0.0 } else { source[x as usize] };
+                }
+            }
+        }
+    }
+}
+
+/// Adds `dcols` (`[in, ky, kx][image, pixel]` of `images` images) onto the pixels of `dx`
+/// (those images, `[image][in][height][width]`) they were read from: im2col's adjoint.
+fn col2im(dcols: &[f32], g: &Geometry, images: usize, dx: &mut [f32]) {
+    let (out_height, out_width) = (g.out_height(), g.out_width());
+    let pixels = out_height * out_width;
+    let ([kh, kw], [sy, sx], [py, px]) = (g.kernel, g.stride, g.padding);
+    for (r, row) in dcols.chunks(images * pixels).enumerate() {
+        let (c, ky, kx) = (r / (kh * kw), r / kw % kh, r % kw);
+        for i in 0..images {
+            let plane = &mut dx[(i * g.in_channels + c) * g.height * g.width..][..g.height * g.width];
+            for oy in 0..out_height {
+                let y = (oy * sy + ky) as isize - py as isize;
+                if y < 0 || y >= g.height as isize {
+                    continue;
+                }
+                let target = &mut plane[y as usize * g.width..][..g.width];
+                for (ox, &value) in row[i * pixels + oy * out_width..][..out_width].iter().enumerate() {
+                    let x = (ox * sx + kx) as isize - px as isize;
+                    if x >= 0 && x < g.width as isize {
+                        target[x as usize] += value;
+                    }
                 }
             }
         }
