@@ -87,7 +87,15 @@ impl DenseConvBackend for Flex {
 }
 
 impl<C: CheckpointStrategy> DenseConvBackend for Autodiff<Flex, C> {
-    fn conv2d_dense(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Bias<Self>, sy: usize, sx: usize, py: usize, px: usize) -> FloatTensor<Self> {
+    fn conv2d_dense(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Bias<Self>,
+        sy: usize,
+        sx: usize,
+        py: usize,
+        px: usize,
+    ) -> FloatTensor<Self> {
         let forward = |x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>| {
             let bias = bias.map_or(Bias::Zero, |bias| Bias::Add(bias.into_primitive()));
             Flex::conv2d_dense(x.into_primitive(), weight.into_primitive(), bias, sy, sx, py, px)
@@ -131,9 +139,13 @@ impl<const N: usize> Backward<Flex, N> for DenseConvBackward {
         let Geometry { batch, in_channels, out_channels, height, width, kernel: [kh, kw], .. } = g;
         let [x_node, weight_node, bias_node] = [0, 1, 2].map(|i| ops.parents.get(i).cloned().flatten());
         let to_tensor = |values: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(values, shape));
-        let weight_grad = weight_node.is_some().then(|| to_tensor(host::weight_gradient(f32s(&x), f32s(&out_grad), &g), vec![out_channels, in_channels, kh, kw]));
-        let bias_grad = bias_node.is_some().then(|| to_tensor(bias_gradient(f32s(&out_grad), batch, out_channels, g.out_height() * g.out_width()), vec![out_channels]));
-        let x_grad = x_node.is_some().then(|| to_tensor(host::input_gradient(f32s(&out_grad), f32s(&weight), &g), vec![batch, in_channels, height, width]));
+        let weight_grad =
+            weight_node.is_some().then(|| to_tensor(host::weight_gradient(f32s(&x), f32s(&out_grad), &g), vec![out_channels, in_channels, kh, kw]));
+        let bias_grad = bias_node
+            .is_some()
+            .then(|| to_tensor(bias_gradient(f32s(&out_grad), batch, out_channels, g.out_height() * g.out_width()), vec![out_channels]));
+        let x_grad =
+            x_node.is_some().then(|| to_tensor(host::input_gradient(f32s(&out_grad), f32s(&weight), &g), vec![batch, in_channels, height, width]));
         for (node, gradient) in [(x_node, x_grad), (weight_node, weight_grad), (bias_node, bias_grad)] {
             if let (Some(node), Some(gradient)) = (node, gradient) {
                 grads.register::<Flex>(node.id, gradient);

@@ -59,8 +59,25 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
             // SAFETY: weight is [outs][filter], cols [filter][columns], product [outs][columns].
             unsafe {
                 gemm::gemm(
-                    outs, columns, filter, product.as_mut_ptr(), 1, columns as isize, false, weight.as_ptr(), 1, filter as isize,
-                    cols.as_ptr(), 1, columns as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                    outs,
+                    columns,
+                    filter,
+                    product.as_mut_ptr(),
+                    1,
+                    columns as isize,
+                    false,
+                    weight.as_ptr(),
+                    1,
+                    filter as isize,
+                    cols.as_ptr(),
+                    1,
+                    columns as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
                 )
             };
             // [out][image, pixel] -> [image][out][pixel], plus the bias.
@@ -92,8 +109,25 @@ pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32
             // SAFETY: weight is [outs][filter] (read transposed), dy [outs][columns], dcols [filter][columns].
             unsafe {
                 gemm::gemm(
-                    filter, columns, outs, dcols.as_mut_ptr(), 1, columns as isize, false, weight.as_ptr(), filter as isize, 1,
-                    dy.as_ptr(), 1, columns as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                    filter,
+                    columns,
+                    outs,
+                    dcols.as_mut_ptr(),
+                    1,
+                    columns as isize,
+                    false,
+                    weight.as_ptr(),
+                    filter as isize,
+                    1,
+                    dy.as_ptr(),
+                    1,
+                    columns as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
                 )
             };
             col2im(dcols, g, images.len(), dx);
