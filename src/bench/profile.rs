@@ -144,7 +144,7 @@ impl ConvClass {
         match self {
             ConvClass::Winograd => "conv 3x3 s1 (ours, Winograd)",
             ConvClass::Depthwise => "conv depthwise (ours)",
-            ConvClass::Burn if crate::kernels::enabled() => "conv, other (burn-flex, weight grad ours)",
+            ConvClass::Burn if crate::kernels::enabled() => "conv, other (ours, im2col products)",
             ConvClass::Burn => "conv (burn-flex)",
         }
     }
