@@ -22,20 +22,37 @@ use crate::data::ImageSet;
 use crate::data::loader::{EpochLoader, LoaderConfig};
 use crate::kernels::depthwise::depthwise_conv2d;
 use crate::kernels::winograd::conv3x3;
-use crate::models;
+use crate::models::{self, Classifier};
 use crate::train::{loss, optim, step_once};
+use burn::optim::ModuleOptimizer;
+
+/// What a benchmarked training step works on: a 10-class model on the autodiff `device`, SGD with
+/// momentum 0.9, and one batch of random `size` x `size` RGB images with labels.
+struct StepBench {
+    model: Classifier,
+    optimizer: ModuleOptimizer,
+    images: Tensor<4>,
+    targets: Tensor<2>,
+}
+
+impl StepBench {
+    fn new(model_config: &ModelConfig, batch: usize, size: usize, device: &Device) -> Result<StepBench> {
+        let device = device.clone().autodiff();
+        device.seed(0);
+        let num_classes = 10;
+        let model = models::build(model_config, num_classes, &device)?;
+        let optimizer = optim::build(&TrainConfig { momentum: 0.9, ..Default::default() }, None);
+        let images = Tensor::<4>::random([batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
+        let labels: Vec<i64> = (0..batch as i64).map(|i| i % num_classes as i64).collect();
+        let targets = loss::smoothed_targets(&labels, num_classes, 0.0, &device);
+        Ok(StepBench { model, optimizer, images, targets })
+    }
+}
 
 /// Images per second of full training steps (forward, backward, SGD update) at `batch` on random
 /// `size` x `size` RGB inputs, after `warmup` untimed steps.
 pub fn train_step(model_config: &ModelConfig, batch: usize, size: usize, steps: usize, warmup: usize, device: &Device) -> Result<f64> {
-    let device = device.clone().autodiff();
-    device.seed(0);
-    let num_classes = 10;
-    let mut model = models::build(model_config, num_classes, &device)?;
-    let mut optimizer = optim::build(&TrainConfig { momentum: 0.9, ..Default::default() }, None);
-    let images = Tensor::<4>::random([batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
-    let labels: Vec<i64> = (0..batch as i64).map(|i| i % num_classes as i64).collect();
-    let targets = loss::smoothed_targets(&labels, num_classes, 0.0, &device);
+    let StepBench { mut model, mut optimizer, images, targets } = StepBench::new(model_config, batch, size, device)?;
     let mut timed = 0.0;
     for i in 0..warmup + steps {
         let start = Instant::now();

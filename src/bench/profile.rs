@@ -19,10 +19,11 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
-use crate::config::{ModelConfig, TrainConfig};
+use super::StepBench;
+use crate::config::ModelConfig;
 use crate::models::trace::{self, Layer, LayerKind};
-use crate::models::{self, layers};
-use crate::train::{loss, optim};
+use crate::models::layers;
+use crate::train::loss;
 
 /// One line of the profile: seconds per step and the floating-point operations done in them
 /// (0 where not counted).
@@ -44,14 +45,8 @@ pub struct Profile {
 /// Profiles training steps of `model_config` at `batch` on random `size` x `size` inputs,
 /// averaged over `steps` after `warmup`.
 pub fn train_step(model_config: &ModelConfig, batch: usize, size: usize, steps: usize, warmup: usize, device: &Device) -> Result<Profile> {
+    let StepBench { mut model, mut optimizer, images, targets } = StepBench::new(model_config, batch, size, device)?;
     let device = device.clone().autodiff();
-    device.seed(0);
-    let num_classes = 10;
-    let mut model = models::build(model_config, num_classes, &device)?;
-    let mut optimizer = optim::build(&TrainConfig { momentum: 0.9, ..Default::default() }, None);
-    let images = Tensor::<4>::random([batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
-    let labels: Vec<i64> = (0..batch as i64).map(|i| i % num_classes as i64).collect();
-    let targets = loss::smoothed_targets(&labels, num_classes, 0.0, &device);
     let (mut phases, mut layers) = ([0.0; 3], Vec::new());
     for i in 0..warmup + steps {
         let start = Instant::now();

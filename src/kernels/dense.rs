@@ -13,7 +13,7 @@ mod host;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
@@ -25,7 +25,7 @@ use burn::tensor::{DType, TensorData};
 
 use host::Geometry;
 
-use super::{Bias, bias_gradient, contiguous, f32s};
+use super::{Bias, bias_gradient, contiguous, conv_step, f32s};
 
 /// Convolution of `x` `[batch, in, height, width]` with `weight` `[out, in, kh, kw]` and optional
 /// `bias` `[out]`, `stride` and symmetric zero `padding` (`[vertical, horizontal]` each), one
@@ -87,37 +87,8 @@ impl DenseConvBackend for Flex {
 }
 
 impl<C: CheckpointStrategy> DenseConvBackend for Autodiff<Flex, C> {
-    fn conv2d_dense(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: Bias<Self>,
-        sy: usize,
-        sx: usize,
-        py: usize,
-        px: usize,
-    ) -> FloatTensor<Self> {
-        let forward = |x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>| {
-            let bias = bias.map_or(Bias::Zero, |bias| Bias::Add(bias.into_primitive()));
-            Flex::conv2d_dense(x.into_primitive(), weight.into_primitive(), bias, sy, sx, py, px)
-        };
-        let sizes = [sy, sx, py, px];
-        // The backward step has a parent per input, so with and without bias are two arities.
-        match bias.into_option() {
-            Some(bias) => match DenseConvBackward.prepare::<C>([x.node(), weight.node(), bias.node()]).compute_bound().stateful() {
-                OpsKind::Tracked(mut prep) => {
-                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight), sizes);
-                    prep.finish(state, forward(x, weight, Some(bias)))
-                }
-                OpsKind::UnTracked(prep) => prep.finish(forward(x, weight, Some(bias))),
-            },
-            None => match DenseConvBackward.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
-                OpsKind::Tracked(mut prep) => {
-                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight), sizes);
-                    prep.finish(state, forward(x, weight, None))
-                }
-                OpsKind::UnTracked(prep) => prep.finish(forward(x, weight, None)),
-            },
-        }
+    fn conv2d_dense(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Bias<Self>, sy: usize, sx: usize, py: usize, px: usize) -> FloatTensor<Self> {
+        conv_step(DenseConvBackward, x, weight, bias, [sy, sx, py, px], |x, weight, bias| Flex::conv2d_dense(x, weight, bias, sy, sx, py, px))
     }
 }
 
@@ -162,38 +133,15 @@ fn geometry(x: &FlexTensor, weight: &FlexTensor, [sy, sx, py, px]: [usize; 4]) -
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Distribution, Tolerance};
-
     use super::*;
+    use crate::kernels::assert_conv_matches_burn;
 
     /// Ours and burn's conv2d on the same inputs: output and all gradients agree.
-    fn check(dims: [usize; 5], kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], bias: bool, device: &Device) {
-        let [batch, ins, outs, height, width] = dims;
-        let x = Tensor::<4>::random([batch, ins, height, width], Distribution::Normal(0.0, 1.0), device);
-        let weight = Tensor::<4>::random([outs, ins, kernel[0], kernel[1]], Distribution::Normal(0.0, 0.3), device);
-        let bias = bias.then(|| Tensor::<1>::random([outs], Distribution::Normal(0.0, 1.0), device));
-        let out_size = |i: usize, size: usize| (size + 2 * padding[i] - kernel[i]) / stride[i] + 1;
-        let out_grad = Tensor::<4>::random([batch, outs, out_size(0, height), out_size(1, width)], Distribution::Normal(0.0, 1.0), device);
-        let run = |ours: bool| {
-            let (x, weight) = (x.clone().require_grad(), weight.clone().require_grad());
-            let bias = bias.clone().map(Tensor::require_grad);
-            let y = if ours {
-                conv2d_dense(x.clone(), weight.clone(), bias.clone(), stride, padding)
-            } else {
-                conv2d(x.clone(), weight.clone(), bias.clone(), options(stride, padding))
-            };
-            let grads = (y.clone() * out_grad.clone()).sum().backward();
-            let bias_grad = bias.map(|bias| bias.grad(&grads).unwrap().into_data());
-            (y.into_data(), x.grad(&grads).unwrap().into_data(), weight.grad(&grads).unwrap().into_data(), bias_grad)
-        };
-        let (ours, burn) = (run(true), run(false));
-        let tolerance = Tolerance::<f32>::rel_abs(1e-4, 1e-4);
-        ours.0.assert_approx_eq::<f32>(&burn.0, tolerance);
-        ours.1.assert_approx_eq::<f32>(&burn.1, tolerance);
-        ours.2.assert_approx_eq::<f32>(&burn.2, tolerance);
-        if let (Some(ours), Some(burn)) = (ours.3, burn.3) {
-            ours.assert_approx_eq::<f32>(&burn, tolerance);
-        }
+    fn check([batch, ins, outs, height, width]: [usize; 5], kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], bias: bool, device: &Device) {
+        let weight = [outs, ins, kernel[0], kernel[1]];
+        assert_conv_matches_burn([batch, ins, height, width], weight, bias, options(stride, padding), device, |x, w, b| {
+            conv2d_dense(x, w, b, stride, padding)
+        });
     }
 
     #[test]

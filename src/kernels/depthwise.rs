@@ -18,7 +18,7 @@ mod host;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
@@ -30,7 +30,7 @@ use burn::tensor::{DType, TensorData};
 
 use host::{Geometry, OutGrad, Wanted};
 
-use super::{Bias, contiguous, exclusive_f32s, f32s};
+use super::{Bias, contiguous, conv_step, exclusive_f32s, f32s};
 
 /// Depthwise convolution of `x` `[batch, channels, height, width]` with `weight`
 /// `[channels, 1, k, k]` and optional `bias` `[channels]`, zero padding `padding` on every side:
@@ -95,27 +95,7 @@ impl DepthwiseConvBackend for Flex {
 
 impl<C: CheckpointStrategy> DepthwiseConvBackend for Autodiff<Flex, C> {
     fn depthwise_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Bias<Self>, stride: usize, padding: usize) -> FloatTensor<Self> {
-        let forward = |x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>| {
-            let bias = bias.map_or(Bias::Zero, |bias| Bias::Add(bias.into_primitive()));
-            Flex::depthwise_conv2d(x.into_primitive(), weight.into_primitive(), bias, stride, padding)
-        };
-        // The backward step has a parent per input, so with and without bias are two arities.
-        match bias.into_option() {
-            Some(bias) => match DepthwiseBackward.prepare::<C>([x.node(), weight.node(), bias.node()]).compute_bound().stateful() {
-                OpsKind::Tracked(mut prep) => {
-                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight), stride, padding);
-                    prep.finish(state, forward(x, weight, Some(bias)))
-                }
-                OpsKind::UnTracked(prep) => prep.finish(forward(x, weight, Some(bias))),
-            },
-            None => match DepthwiseBackward.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
-                OpsKind::Tracked(mut prep) => {
-                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight), stride, padding);
-                    prep.finish(state, forward(x, weight, None))
-                }
-                OpsKind::UnTracked(prep) => prep.finish(forward(x, weight, None)),
-            },
-        }
+        conv_step(DepthwiseBackward, x, weight, bias, (stride, padding), |x, weight, bias| Flex::depthwise_conv2d(x, weight, bias, stride, padding))
     }
 }
 
@@ -125,12 +105,12 @@ impl<C: CheckpointStrategy> DepthwiseConvBackend for Autodiff<Flex, C> {
 struct DepthwiseBackward;
 
 impl<const N: usize> Backward<Flex, N> for DepthwiseBackward {
-    /// The checkpointed `x` and `weight`, stride and padding.
-    type State = (NodeId, NodeId, usize, usize);
+    /// The checkpointed `x` and `weight`, and (stride, padding).
+    type State = (NodeId, NodeId, (usize, usize));
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
         let mut out_grad = contiguous(grads.consume::<Flex>(&ops.node));
-        let (x_id, weight_id, stride, padding) = ops.state;
+        let (x_id, weight_id, (stride, padding)) = ops.state;
         let x = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(x_id));
         let weight = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(weight_id));
         let geometry = geometry(&x, &weight, stride, padding);
@@ -171,9 +151,10 @@ fn geometry(x: &FlexTensor, weight: &FlexTensor, stride: usize, padding: usize) 
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Distribution, Tolerance};
+    use burn::tensor::Distribution;
 
     use super::*;
+    use crate::kernels::assert_conv_matches_burn;
 
     struct Case {
         batch: usize,
@@ -189,32 +170,10 @@ mod tests {
     /// Ours and burn's grouped conv2d on the same inputs: output and all gradients agree.
     fn check(case: &Case, device: &Device) {
         let Case { batch, channels, height, width, kernel, stride, padding, bias } = *case;
-        let x = Tensor::<4>::random([batch, channels, height, width], Distribution::Normal(0.0, 1.0), device);
-        let weight = Tensor::<4>::random([channels, 1, kernel, kernel], Distribution::Normal(0.0, 1.0), device);
-        let bias = bias.then(|| Tensor::<1>::random([channels], Distribution::Normal(0.0, 1.0), device));
-        // A random output gradient, so that every tap's contribution counts differently.
-        let out_size = |size: usize| (size + 2 * padding - kernel) / stride + 1;
-        let out_grad = Tensor::<4>::random([batch, channels, out_size(height), out_size(width)], Distribution::Normal(0.0, 1.0), device);
-        let run = |ours: bool| {
-            let (x, weight) = (x.clone().require_grad(), weight.clone().require_grad());
-            let bias = bias.clone().map(Tensor::require_grad);
-            let y = if ours {
-                depthwise_conv2d(x.clone(), weight.clone(), bias.clone(), stride, padding)
-            } else {
-                conv2d(x.clone(), weight.clone(), bias.clone(), ConvOptions::new([stride, stride], [padding, padding], [1, 1], channels))
-            };
-            let grads = (y.clone() * out_grad.clone()).sum().backward();
-            let bias_grad = bias.map(|bias| bias.grad(&grads).unwrap().into_data());
-            (y.into_data(), x.grad(&grads).unwrap().into_data(), weight.grad(&grads).unwrap().into_data(), bias_grad)
-        };
-        let (ours, burn) = (run(true), run(false));
-        let tolerance = Tolerance::<f32>::rel_abs(1e-4, 1e-4);
-        ours.0.assert_approx_eq::<f32>(&burn.0, tolerance);
-        ours.1.assert_approx_eq::<f32>(&burn.1, tolerance);
-        ours.2.assert_approx_eq::<f32>(&burn.2, tolerance);
-        if let (Some(ours), Some(burn)) = (ours.3, burn.3) {
-            ours.assert_approx_eq::<f32>(&burn, tolerance);
-        }
+        let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], channels);
+        assert_conv_matches_burn([batch, channels, height, width], [channels, 1, kernel, kernel], bias, options, device, |x, w, b| {
+            depthwise_conv2d(x, w, b, stride, padding)
+        });
     }
 
     #[test]

@@ -13,9 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::ops::{Backward, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, ExtensionType, TensorMetadata};
+use burn::backend::{Backend, ExtensionType, Flex, TensorMetadata};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -47,6 +50,41 @@ impl<B: Backend> Bias<B> {
     }
 }
 
+/// A convolution extension's autodiff step: `forward` on the flex tensors, recorded with the
+/// backward step `step` whose parents are `[x, weight]` or `[x, weight, bias]` (two arities of
+/// one `Backward` implementation) and whose state is the checkpointed `x` and `weight` plus
+/// `sizes` (stride, padding, ...).
+fn conv_step<C, S, P>(
+    step: S,
+    x: FloatTensor<Autodiff<Flex, C>>,
+    weight: FloatTensor<Autodiff<Flex, C>>,
+    bias: Bias<Autodiff<Flex, C>>,
+    sizes: P,
+    forward: impl FnOnce(FlexTensor, FlexTensor, Bias<Flex>) -> FlexTensor,
+) -> FloatTensor<Autodiff<Flex, C>>
+where
+    C: CheckpointStrategy,
+    S: Backward<Flex, 2, State = (NodeId, NodeId, P)> + Backward<Flex, 3, State = (NodeId, NodeId, P)>,
+    P: Clone + Send + std::fmt::Debug + 'static,
+{
+    match bias.into_option() {
+        Some(bias) => match <S as Backward<Flex, 3>>::prepare::<C>(step, [x.node(), weight.node(), bias.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), sizes);
+                prep.finish(state, forward(x.into_primitive(), weight.into_primitive(), Bias::Add(bias.into_primitive())))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive(), weight.into_primitive(), Bias::Add(bias.into_primitive()))),
+        },
+        None => match <S as Backward<Flex, 2>>::prepare::<C>(step, [x.node(), weight.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), sizes);
+                prep.finish(state, forward(x.into_primitive(), weight.into_primitive(), Bias::Zero))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive(), weight.into_primitive(), Bias::Zero)),
+        },
+    }
+}
+
 fn contiguous(tensor: FlexTensor) -> FlexTensor {
     if tensor.as_slice::<f32>().is_some() { tensor } else { tensor.to_contiguous() }
 }
@@ -73,4 +111,57 @@ fn fma_available() -> bool {
 /// pixels, `[channels]`.
 fn bias_gradient(out_grad: &[f32], batch: usize, channels: usize, plane: usize) -> Vec<f32> {
     (0..channels).into_par_iter().map(|c| (0..batch).map(|n| out_grad[(n * channels + c) * plane..][..plane].iter().sum::<f32>()).sum()).collect()
+}
+
+/// Deterministic values in [-1, 1), for the kernels' tests.
+#[cfg(test)]
+fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Asserts that the convolution `ours` gives burn's `conv2d` result (`options`) and gradients for
+/// input, weight and bias, within fp32 tolerance, on random `x` `[batch, in, h, w]`, `weight`
+/// (of shape `weight`), an optional bias and a random output gradient.
+#[cfg(test)]
+fn assert_conv_matches_burn(
+    x: [usize; 4],
+    weight: [usize; 4],
+    bias: bool,
+    options: burn::tensor::ops::ConvOptions<2>,
+    device: &burn::prelude::Device,
+    ours: impl Fn(burn::prelude::Tensor<4>, burn::prelude::Tensor<4>, Option<burn::prelude::Tensor<1>>) -> burn::prelude::Tensor<4>,
+) {
+    use burn::prelude::Tensor;
+    use burn::tensor::{Distribution, Tolerance};
+    let x = Tensor::<4>::random(x, Distribution::Normal(0.0, 1.0), device);
+    let weight = Tensor::<4>::random(weight, Distribution::Normal(0.0, 0.3), device);
+    let bias = bias.then(|| Tensor::<1>::random([weight.dims()[0]], Distribution::Normal(0.0, 1.0), device));
+    // A random output gradient, so that every tap's contribution counts differently.
+    let out_dims = burn::tensor::module::conv2d(x.clone(), weight.clone(), None, options.clone()).dims();
+    let out_grad = Tensor::<4>::random(out_dims, Distribution::Normal(0.0, 1.0), device);
+    let run = |conv: &dyn Fn(Tensor<4>, Tensor<4>, Option<Tensor<1>>) -> Tensor<4>| {
+        let (x, weight) = (x.clone().require_grad(), weight.clone().require_grad());
+        let bias = bias.clone().map(Tensor::require_grad);
+        let y = conv(x.clone(), weight.clone(), bias.clone());
+        let grads = (y.clone() * out_grad.clone()).sum().backward();
+        let bias_grad = bias.map(|bias| bias.grad(&grads).unwrap().into_data());
+        (y.into_data(), x.grad(&grads).unwrap().into_data(), weight.grad(&grads).unwrap().into_data(), bias_grad)
+    };
+    let ours = run(&ours);
+    let burn = run(&|x, w, b| burn::tensor::module::conv2d(x, w, b, options.clone()));
+    let tolerance = Tolerance::<f32>::rel_abs(1e-4, 1e-4);
+    ours.0.assert_approx_eq::<f32>(&burn.0, tolerance);
+    ours.1.assert_approx_eq::<f32>(&burn.1, tolerance);
+    ours.2.assert_approx_eq::<f32>(&burn.2, tolerance);
+    if let (Some(ours), Some(burn)) = (ours.3, burn.3) {
+        ours.assert_approx_eq::<f32>(&burn, tolerance);
+    }
 }

@@ -12,7 +12,7 @@ mod host;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
@@ -24,7 +24,7 @@ use burn::tensor::{DType, TensorData};
 
 use host::{Filters, Geometry};
 
-use super::{Bias, bias_gradient, contiguous, f32s};
+use super::{Bias, bias_gradient, contiguous, conv_step, f32s};
 
 /// Largest padding [`conv3x3`] takes (the input gradient's convolution pads by `2 - padding`).
 pub const MAX_PADDING: usize = 2;
@@ -81,27 +81,7 @@ impl Conv3x3Backend for Flex {
 
 impl<C: CheckpointStrategy> Conv3x3Backend for Autodiff<Flex, C> {
     fn conv3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Bias<Self>, padding: usize) -> FloatTensor<Self> {
-        let forward = |x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>| {
-            let bias = bias.map_or(Bias::Zero, |bias| Bias::Add(bias.into_primitive()));
-            Flex::conv3x3(x.into_primitive(), weight.into_primitive(), bias, padding)
-        };
-        // The backward step has a parent per input, so with and without bias are two arities.
-        match bias.into_option() {
-            Some(bias) => match Conv3x3Backward.prepare::<C>([x.node(), weight.node(), bias.node()]).compute_bound().stateful() {
-                OpsKind::Tracked(mut prep) => {
-                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight), padding);
-                    prep.finish(state, forward(x, weight, Some(bias)))
-                }
-                OpsKind::UnTracked(prep) => prep.finish(forward(x, weight, Some(bias))),
-            },
-            None => match Conv3x3Backward.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
-                OpsKind::Tracked(mut prep) => {
-                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight), padding);
-                    prep.finish(state, forward(x, weight, None))
-                }
-                OpsKind::UnTracked(prep) => prep.finish(forward(x, weight, None)),
-            },
-        }
+        conv_step(Conv3x3Backward, x, weight, bias, padding, |x, weight, bias| Flex::conv3x3(x, weight, bias, padding))
     }
 }
 
@@ -146,38 +126,14 @@ fn geometry(x: &FlexTensor, weight: &FlexTensor, padding: usize) -> Geometry {
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Distribution, Tolerance};
+    use burn::tensor::Distribution;
 
     use super::*;
+    use crate::kernels::assert_conv_matches_burn;
 
     /// Ours and burn's conv2d on the same inputs: output and all gradients agree.
-    fn check(dims: [usize; 5], padding: usize, bias: bool, device: &Device) {
-        let [batch, ins, outs, height, width] = dims;
-        let x = Tensor::<4>::random([batch, ins, height, width], Distribution::Normal(0.0, 1.0), device);
-        let weight = Tensor::<4>::random([outs, ins, 3, 3], Distribution::Normal(0.0, 0.3), device);
-        let bias = bias.then(|| Tensor::<1>::random([outs], Distribution::Normal(0.0, 1.0), device));
-        // A random output gradient, so that every tap's contribution counts differently.
-        let out_grad = Tensor::<4>::random([batch, outs, height + 2 * padding - 2, width + 2 * padding - 2], Distribution::Normal(0.0, 1.0), device);
-        let run = |ours: bool| {
-            let (x, weight) = (x.clone().require_grad(), weight.clone().require_grad());
-            let bias = bias.clone().map(Tensor::require_grad);
-            let y = if ours {
-                conv3x3(x.clone(), weight.clone(), bias.clone(), padding)
-            } else {
-                conv2d(x.clone(), weight.clone(), bias.clone(), options(padding))
-            };
-            let grads = (y.clone() * out_grad.clone()).sum().backward();
-            let bias_grad = bias.map(|bias| bias.grad(&grads).unwrap().into_data());
-            (y.into_data(), x.grad(&grads).unwrap().into_data(), weight.grad(&grads).unwrap().into_data(), bias_grad)
-        };
-        let (ours, burn) = (run(true), run(false));
-        let tolerance = Tolerance::<f32>::rel_abs(1e-4, 1e-4);
-        ours.0.assert_approx_eq::<f32>(&burn.0, tolerance);
-        ours.1.assert_approx_eq::<f32>(&burn.1, tolerance);
-        ours.2.assert_approx_eq::<f32>(&burn.2, tolerance);
-        if let (Some(ours), Some(burn)) = (ours.3, burn.3) {
-            ours.assert_approx_eq::<f32>(&burn, tolerance);
-        }
+    fn check([batch, ins, outs, height, width]: [usize; 5], padding: usize, bias: bool, device: &Device) {
+        assert_conv_matches_burn([batch, ins, height, width], [outs, ins, 3, 3], bias, options(padding), device, |x, w, b| conv3x3(x, w, b, padding));
     }
 
     #[test]

@@ -373,19 +373,7 @@ fn run_fma<T: Task>(task: T, scratch: &mut T::Scratch) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic values in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::kernels::test_values as values;
 
     /// Direct definition: y[n,c,oh,ow] = b[c] + Σ w[c,kh,kw] x[n,c,oh*s+kh-p,ow*s+kw-p], and its
     /// gradients accumulated term by term in f64.

@@ -703,19 +703,7 @@ with_avx2! {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic values in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::kernels::test_values as values;
 
     /// Direct definition, accumulated in f64: y[n,o,i,j] = b[o] + Σ w[o,c,a,b] x[n,c,i+a-p,j+b-p],
     /// and the gradients dx[n,c,i+a-p,j+b-p] += w[o,c,a,b] dy[n,o,i,j], dw[o,c,a,b] += x[..] dy[..].
