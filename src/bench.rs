@@ -216,8 +216,9 @@ pub const DEPTHWISE_SHAPES: [DepthwiseShape; 10] = [
     DepthwiseShape { channels: 1152, size: 7, kernel: 5, stride: 1 },
 ];
 
-/// Which implementation of a layer a benchmark times.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which implementation of a layer a benchmark times, or whose kernels a model runs on
+/// (`bench train|infer --kernels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kernel {
     /// Ours: `kernels::depthwise::depthwise_conv2d`, `kernels::winograd::conv3x3`.
     Ours,

@@ -307,13 +307,6 @@ enum DataCommand {
     Info { path: PathBuf },
 }
 
-/// Whose convolution kernels a benchmark runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Kernels {
-    Ours,
-    Burn,
-}
-
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Training step (forward, backward, SGD update) on random images.
@@ -332,8 +325,8 @@ enum BenchCommand {
         #[arg(long, default_value = "flex")]
         device: String,
         /// Whose convolution kernels the models use: ours or burn's (for comparison).
-        #[arg(long, value_enum, default_value_t = Kernels::Ours)]
-        kernels: Kernels,
+        #[arg(long, value_enum, default_value_t = bench::Kernel::Ours)]
+        kernels: bench::Kernel,
         /// Also print where the step's time goes, op by op.
         #[arg(long)]
         profile: bool,
@@ -354,8 +347,8 @@ enum BenchCommand {
         #[arg(long, default_value = "flex")]
         device: String,
         /// Whose convolution kernels the models use: ours or burn's (for comparison).
-        #[arg(long, value_enum, default_value_t = Kernels::Ours)]
-        kernels: Kernels,
+        #[arg(long, value_enum, default_value_t = bench::Kernel::Ours)]
+        kernels: bench::Kernel,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
@@ -595,45 +588,30 @@ fn run(cli: Cli) -> Result<()> {
             println!("(parameters for 10 classes, counted as torchvision does: BatchNorm running statistics excluded)");
         }
         Command::Bench { command } => match command {
-            BenchCommand::Train { model, batch, size, steps, warmup, device: name, kernels, profile: true, overrides } => {
+            BenchCommand::Train { model, batch, size, steps, warmup, device: name, kernels, profile, overrides } => {
                 let device = device::parse(&name)?;
-                ferrovision::kernels::set_enabled(kernels == Kernels::Ours);
+                ferrovision::kernels::set_enabled(kernels == bench::Kernel::Ours);
                 let model_config = named_model(&model, &overrides)?;
                 println!(
-                    "training step profile: {model}, batch {batch}, {size}x{size}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads, {kernels:?} kernels",
+                    "training step{}: {model}, batch {batch}, {size}x{size}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads, {kernels:?} kernels",
+                    if profile { " profile" } else { "" },
                     rayon::current_num_threads()
                 );
-                let profile = bench::profile::train_step(&model_config, batch, size, steps, warmup, &device)?;
-                let square = bench::GemmShape { m: 2048, k: 2048, n: 2048 };
-                let peak = square.flops() / bench::sgemm_seconds(square, 3) / 1e9;
-                println!("(GFLOP/s: multiply-add = 2, direct-convolution count; peak = this CPU's sgemm on a 2048 square product, {peak:.1} GFLOP/s)");
-                println!("{:<66} {:>9} {:>6} {:>8} {:>6}", "op", "ms/step", "share", "GFLOP/s", "peak");
-                for row in &profile.rows {
-                    let share = 100.0 * row.seconds / profile.step;
-                    if row.flops > 0.0 && row.seconds > 0.0 {
-                        let rate = row.flops / row.seconds / 1e9;
-                        println!("{:<66} {:>9.1} {share:>5.1}% {rate:>8.1} {:>5.0}%", row.op, 1e3 * row.seconds, 100.0 * rate / peak);
-                    } else {
-                        println!("{:<66} {:>9.1} {share:>5.1}%", row.op, 1e3 * row.seconds);
-                    }
-                }
-                println!("{:<66} {:>9.1} 100.0%", "training step", 1e3 * profile.step);
-                println!("{:.1} img/s", profile.batch as f64 / profile.step);
-            }
-            BenchCommand::Train { model, batch, size, steps, warmup, device: name, kernels, profile: false, overrides } => {
-                let device = device::parse(&name)?;
-                ferrovision::kernels::set_enabled(kernels == Kernels::Ours);
-                let model_config = named_model(&model, &overrides)?;
-                println!(
-                    "training step: {model}, batch {batch}, {size}x{size}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads",
-                    rayon::current_num_threads()
-                );
-                let ips = bench::train_step(&model_config, batch, size, steps, warmup, &device)?;
+                let ips = if profile {
+                    let profile = bench::profile::train_step(&model_config, batch, size, steps, warmup, &device)?;
+                    let square = bench::GemmShape { m: 2048, k: 2048, n: 2048 };
+                    let peak = square.flops() / bench::sgemm_seconds(square, 3) / 1e9;
+                    println!("(GFLOP/s: multiply-add = 2, direct-convolution count; peak = this CPU's sgemm on a 2048 square product, {peak:.1} GFLOP/s)");
+                    println!("{}", profile.table(peak));
+                    profile.batch as f64 / profile.step
+                } else {
+                    bench::train_step(&model_config, batch, size, steps, warmup, &device)?
+                };
                 println!("{ips:.1} img/s");
             }
             BenchCommand::Infer { model, batch, size, steps, device: name, kernels, overrides } => {
                 let device = device::parse(&name)?;
-                ferrovision::kernels::set_enabled(kernels == Kernels::Ours);
+                ferrovision::kernels::set_enabled(kernels == bench::Kernel::Ours);
                 let model_config = named_model(&model, &overrides)?;
                 println!("inference: {model}, batch {batch}, {size}x{size}, {steps} steps, device {name}");
                 println!("{:.1} img/s", bench::inference(&model_config, batch, size, steps, &device)?);

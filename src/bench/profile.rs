@@ -22,7 +22,7 @@ use burn::tensor::Distribution;
 use super::StepBench;
 use crate::config::ModelConfig;
 use crate::models::trace::{self, Layer, LayerKind};
-use crate::models::layers;
+use crate::models::layers::{self, ConvKernel};
 use crate::train::loss;
 
 /// One line of the profile: seconds per step and the floating-point operations done in them
@@ -40,6 +40,24 @@ pub struct Profile {
     pub step: f64,
     pub batch: usize,
     pub rows: Vec<Row>,
+}
+
+impl Profile {
+    /// The profile as a table: per op milliseconds, share of the step and, for convolutions,
+    /// GFLOP/s and their fraction of `peak` (GFLOP/s).
+    pub fn table(&self, peak: f64) -> String {
+        let mut lines = vec![format!("{:<66} {:>9} {:>6} {:>8} {:>6}", "op", "ms/step", "share", "GFLOP/s", "peak")];
+        for row in &self.rows {
+            let mut line = format!("{:<66} {:>9.1} {:>5.1}%", row.op, 1e3 * row.seconds, 100.0 * row.seconds / self.step);
+            if row.flops > 0.0 && row.seconds > 0.0 {
+                let rate = row.flops / row.seconds / 1e9;
+                line += &format!(" {rate:>8.1} {:>5.0}%", 100.0 * rate / peak);
+            }
+            lines.push(line);
+        }
+        lines.push(format!("{:<66} {:>9.1} 100.0%", "training step", 1e3 * self.step));
+        lines.join("\n")
+    }
 }
 
 /// Profiles training steps of `model_config` at `batch` on random `size` x `size` inputs,
@@ -78,13 +96,13 @@ pub fn train_step(model_config: &ModelConfig, batch: usize, size: usize, steps: 
     let mut add = |op: String, seconds: f64, flops: f64| rows.push(Row { op, seconds, flops });
     let convs: Vec<&Layer> = layers.iter().filter(|l| l.kind == LayerKind::Conv2d).collect();
     let mut timed = [0.0; 2];
-    for class in ConvClass::ALL {
-        let members: Vec<&Layer> = convs.iter().copied().filter(|l| ConvClass::of(l) == class).collect();
+    for kernel in [ConvKernel::Winograd, ConvKernel::Depthwise, ConvKernel::Dense, ConvKernel::Burn] {
+        let members: Vec<&Layer> = convs.iter().copied().filter(|l| l.runs_on == Some(kernel)).collect();
         if members.is_empty() {
             continue;
         }
         let flops = |l: &Layer| batch as f64 * l.flops as f64;
-        let name = format!("{}, {} layers", class.name(), members.len());
+        let name = format!("{}, {} layers", kernel_name(kernel), members.len());
         let fwd: f64 = members.iter().map(|l| l.seconds).sum();
         add(format!("forward: {name}"), fwd, members.iter().map(|l| flops(l)).sum());
         // The network's first convolution reads the images, whose gradient nobody needs.
@@ -110,38 +128,13 @@ pub fn train_step(model_config: &ModelConfig, batch: usize, size: usize, steps: 
     Ok(Profile { step: forward + backward + update, batch, rows })
 }
 
-/// The kernels a convolution runs on (`models::layers::conv_forward` routes them).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum ConvClass {
-    Winograd,
-    Depthwise,
-    Burn,
-}
-
-impl ConvClass {
-    const ALL: [ConvClass; 3] = [ConvClass::Winograd, ConvClass::Depthwise, ConvClass::Burn];
-
-    fn of(layer: &Layer) -> ConvClass {
-        let Some([_, per_group, kh, kw]) = layer.kernel.as_ref().map(|k| k.dims()) else { return ConvClass::Burn };
-        let channels = layer.input[0];
-        if !crate::kernels::enabled() {
-            ConvClass::Burn
-        } else if per_group == 1 && channels > 1 && channels == layer.output[0] && kh == kw {
-            ConvClass::Depthwise
-        } else if [kh, kw] == [3, 3] && layer.stride == [1, 1] && per_group == channels {
-            ConvClass::Winograd
-        } else {
-            ConvClass::Burn
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            ConvClass::Winograd => "conv 3x3 s1 (ours, Winograd)",
-            ConvClass::Depthwise => "conv depthwise (ours)",
-            ConvClass::Burn if crate::kernels::enabled() => "conv, other (ours, im2col products)",
-            ConvClass::Burn => "conv (burn-flex)",
-        }
+/// How the profile names the convolutions of each kernel.
+fn kernel_name(kernel: ConvKernel) -> &'static str {
+    match kernel {
+        ConvKernel::Winograd => "conv 3x3 s1 (ours, Winograd)",
+        ConvKernel::Depthwise => "conv depthwise (ours)",
+        ConvKernel::Dense => "conv, other (ours, im2col products)",
+        ConvKernel::Burn => "conv (burn-flex)",
     }
 }
 

@@ -102,14 +102,15 @@ impl<C: CheckpointStrategy> BatchNormBackend for Autodiff<Flex, C> {
         epsilon: f64,
     ) -> FloatTensor<Self> {
         let stats = stats.into_primitive();
+        let forward = |x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, stats: FlexTensor| {
+            Flex::batch_norm_train(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), stats, epsilon)
+        };
         match BatchNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), stats.clone(), epsilon);
-                prep.finish(state, Flex::batch_norm_train(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), stats, epsilon))
+                prep.finish(state, forward(x, gamma, beta, stats))
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(Flex::batch_norm_train(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), stats, epsilon))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(x, gamma, beta, stats)),
         }
     }
 }

@@ -186,40 +186,75 @@ impl ConvBn {
     }
 }
 
-/// `conv.forward(x)`, through our own kernels where they apply (`crate::kernels`): depthwise
-/// convolutions (groups = channels, square kernel and stride; about 4x burn's grouped conv on flex
-/// at the EfficientNet shapes), dense 3x3 stride-1 ones (Winograd) and the other dense ones (our
-/// weight gradient). TensorFlow's asymmetric "SAME" padding is applied to the input first, as the
-/// kernels pad symmetrically. Dilated convolutions, other groupings, or all of them while
-/// `kernels::enabled()` is false, run burn's.
-pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let [_, channels, height, width] = x.dims();
+/// The kernel a convolution runs on (see [`conv_forward`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// `kernels::depthwise`: groups = channels, square kernel and stride.
+    Depthwise,
+    /// `kernels::winograd`: dense 3x3 stride 1.
+    Winograd,
+    /// `kernels::dense`: the other dense convolutions.
+    Dense,
+    /// burn's `Conv2d::forward`: dilated convolutions, other groupings, or any while
+    /// `kernels::enabled()` is false.
+    Burn,
+}
+
+/// How [`conv_forward`] runs `conv` on `channels` planes of `height` x `width`: the kernel, and
+/// the symmetric padding `[vertical, horizontal]` it is given, or `None` where the padding (e.g.
+/// TensorFlow's asymmetric "SAME") is applied to the input first and the kernel pads nothing.
+pub fn conv_plan(conv: &Conv2d, [channels, height, width]: [usize; 3]) -> (ConvKernel, Option<[usize; 2]>) {
     let [kernel, kernel_width] = conv.kernel_size;
     let [stride, stride_width] = conv.stride;
     let depthwise = conv.groups > 1 && conv.groups == channels && conv.weight.shape()[0] == channels && kernel == kernel_width && stride == stride_width;
-    let winograd = conv.groups == 1 && conv.kernel_size == [3, 3] && conv.stride == [1, 1];
     if !((depthwise || conv.groups == 1) && conv.dilation == [1, 1] && crate::kernels::enabled()) {
-        return conv.forward(x);
+        return (ConvKernel::Burn, None);
     }
-    let [(top, bottom), (left, right)] = match conv.padding {
+    let [(top, bottom), (left, right)] = padding_sides(conv, height, width);
+    let symmetric = (top == bottom && left == right).then_some([top, left]);
+    let winograd = conv.kernel_size == [3, 3] && conv.stride == [1, 1];
+    match symmetric {
+        Some([v, h]) if depthwise && v != h => (ConvKernel::Depthwise, None),
+        _ if depthwise => (ConvKernel::Depthwise, symmetric),
+        Some([v, h]) if winograd && (v != h || v > winograd::MAX_PADDING) => (ConvKernel::Dense, symmetric),
+        _ if winograd => (ConvKernel::Winograd, symmetric),
+        _ => (ConvKernel::Dense, symmetric),
+    }
+}
+
+/// `(before, after)` zero padding of `conv` vertically and horizontally for a `height` x `width` input.
+fn padding_sides(conv: &Conv2d, height: usize, width: usize) -> [(usize, usize); 2] {
+    match conv.padding {
         PaddingConfig2d::Valid => [(0, 0); 2],
         PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
-        PaddingConfig2d::Same => [tf_same_padding(kernel, stride, height), tf_same_padding(kernel_width, stride_width, width)],
-    };
-    let bias = conv.bias.as_ref().map(|b| b.val());
-    let run = |x: Tensor<4>, [vertical, horizontal]: [usize; 2]| {
-        if depthwise && vertical == horizontal {
-            depthwise_conv2d(x, conv.weight.val(), bias, stride, vertical)
-        } else if winograd && vertical == horizontal && vertical <= winograd::MAX_PADDING {
-            conv3x3(x, conv.weight.val(), bias, vertical)
-        } else {
-            conv2d_dense(x, conv.weight.val(), bias, conv.stride, [vertical, horizontal])
+        PaddingConfig2d::Same => [tf_same_padding(conv.kernel_size[0], conv.stride[0], height), tf_same_padding(conv.kernel_size[1], conv.stride[1], width)],
+    }
+}
+
+/// `conv.forward(x)`, through our own kernels where they apply (`crate::kernels`, chosen by
+/// [`conv_plan`]): depthwise convolutions (about 4x burn's grouped conv on flex at the EfficientNet
+/// shapes), dense 3x3 stride-1 ones (Winograd) and the other dense ones (im2col products). The
+/// kernels pad symmetrically; other padding is applied to the input first.
+pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [_, channels, height, width] = x.dims();
+    let (kernel, padding) = conv_plan(conv, [channels, height, width]);
+    if kernel == ConvKernel::Burn {
+        return conv.forward(x);
+    }
+    let (x, [vertical, horizontal]) = match padding {
+        Some(padding) => (x, padding),
+        None => {
+            let [(top, bottom), (left, right)] = padding_sides(conv, height, width);
+            (x.pad((left, right, top, bottom), 0.0), [0, 0])
         }
     };
-    if top == bottom && left == right && (!depthwise || top == left) {
-        return run(x, [top, left]);
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    match kernel {
+        ConvKernel::Depthwise => depthwise_conv2d(x, conv.weight.val(), bias, conv.stride[0], vertical),
+        ConvKernel::Winograd => conv3x3(x, conv.weight.val(), bias, vertical),
+        ConvKernel::Dense => conv2d_dense(x, conv.weight.val(), bias, conv.stride, [vertical, horizontal]),
+        ConvKernel::Burn => unreachable!("burn's convolutions returned above"),
     }
-    run(x.pad((left, right, top, bottom), 0.0), [0, 0])
 }
 
 /// TensorFlow's "SAME" padding of one side length: `(before, after)` for an output of

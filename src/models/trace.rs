@@ -15,6 +15,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, Linear};
 use burn::prelude::*;
 
+use super::layers::ConvKernel;
 use super::{Classifier, group_digits, named_params};
 
 /// The kind of a traced layer.
@@ -61,6 +62,8 @@ pub struct Layer {
     pub activation: Option<Tensor<4>>,
     /// A convolution's weight `[out, in / groups, kh, kw]`.
     pub kernel: Option<Tensor<4>>,
+    /// The kernel a convolution ran on.
+    pub runs_on: Option<ConvKernel>,
     /// Wall-clock seconds of the call (the CPU backend runs each op when it is called).
     pub seconds: f64,
 }
@@ -98,7 +101,7 @@ fn record<const D: usize>(
     stride: [usize; 2],
     start: Instant,
     output: &Tensor<D>,
-    kernel: Option<&Tensor<4>>,
+    kernel: Option<(&Tensor<4>, ConvKernel)>,
     params: usize,
     flops: impl FnOnce(&[usize]) -> u64,
 ) {
@@ -113,10 +116,10 @@ fn record<const D: usize>(
             let shape = if D == 4 { [dims[0], dims[1], dims[2], dims[3]] } else { [*batch, features, 1, 1] };
             output.clone().reshape(shape)
         });
-        let kernel = kernel.cloned();
+        let (kernel, runs_on) = kernel.map(|(weight, runs_on)| (weight.clone(), runs_on)).unzip();
         let output = dims[1..].to_vec();
         let flops = flops(&output);
-        recorder.calls.push(Layer { name: String::new(), weight, kind, input: input[1..].to_vec(), output, stride, params, flops, activation, kernel, seconds });
+        recorder.calls.push(Layer { name: String::new(), weight, kind, input: input[1..].to_vec(), output, stride, params, flops, activation, kernel, runs_on, seconds });
     });
 }
 
@@ -132,7 +135,8 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         let [out_channels, in_per_group, kh, kw] = conv.weight.dims();
         let bias = conv.bias.as_ref().map_or(0, |b| b.dims()[0]);
         let params = out_channels * in_per_group * kh * kw + bias;
-        record(conv.weight.id, LayerKind::Conv2d, &input, conv.stride, start, &y, Some(&conv.weight.val()), params, |out| {
+        let (runs_on, _) = super::layers::conv_plan(conv, [input[1], input[2], input[3]]);
+        record(conv.weight.id, LayerKind::Conv2d, &input, conv.stride, start, &y, Some((&conv.weight.val(), runs_on)), params, |out| {
             let pixels = (out[1] * out[2]) as u64;
             pixels * (2 * (in_per_group * kh * kw) as u64 * out_channels as u64 + bias as u64)
         });
