@@ -20,8 +20,10 @@ use crate::augment::{Image, InputTransform, NormalizePreset, PaddingMode};
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::ImageSet;
 use crate::data::loader::{EpochLoader, LoaderConfig};
+use crate::kernels::dense::conv2d_dense;
 use crate::kernels::depthwise::depthwise_conv2d;
 use crate::kernels::winograd::conv3x3;
+use crate::models::layers::ConvKernel;
 use crate::models::{self, Classifier};
 use crate::train::{loss, optim, step_once};
 use burn::optim::ModuleOptimizer;
@@ -303,9 +305,10 @@ pub fn conv3x3_shapes(model_config: &ModelConfig, size: usize) -> Result<Vec<(Co
 }
 
 /// Seconds per pass of a dense 3x3 stride-1 convolution (no bias) on `batch` random inputs,
-/// averaged over `steps` after `warmup`: the forward alone (`training` false, no autodiff), or
-/// forward + backward for input and weights (the output gradient is ones, from `y.backward()`).
-pub fn conv3x3_seconds(shape: Conv3x3Shape, kernel: Kernel, training: bool, batch: usize, steps: usize, warmup: usize, device: &Device) -> f64 {
+/// averaged over `steps` after `warmup`, run by `kernel` (Winograd, our im2col products or burn's
+/// conv2d): the forward alone (`training` false, no autodiff), or forward + backward for input and
+/// weights (the output gradient is ones, from `y.backward()`).
+pub fn conv3x3_seconds(shape: Conv3x3Shape, kernel: ConvKernel, training: bool, batch: usize, steps: usize, warmup: usize, device: &Device) -> f64 {
     let device = if training { device.clone().autodiff() } else { device.clone() };
     device.seed(0);
     let Conv3x3Shape { in_channels, out_channels, size, padding } = shape;
@@ -318,8 +321,10 @@ pub fn conv3x3_seconds(shape: Conv3x3Shape, kernel: Kernel, training: bool, batc
     for i in 0..warmup + steps {
         let start = Instant::now();
         let y = match kernel {
-            Kernel::Ours => conv3x3(x.clone(), weight.clone(), None, padding),
-            Kernel::Burn => conv2d(x.clone(), weight.clone(), None, ConvOptions::new([1, 1], [padding, padding], [1, 1], 1)),
+            ConvKernel::Winograd => conv3x3(x.clone(), weight.clone(), None, padding),
+            ConvKernel::Dense => conv2d_dense(x.clone(), weight.clone(), None, [1, 1], [padding, padding]),
+            ConvKernel::Burn => conv2d(x.clone(), weight.clone(), None, ConvOptions::new([1, 1], [padding, padding], [1, 1], 1)),
+            ConvKernel::Depthwise => panic!("conv3x3_seconds: dense convolutions only"),
         };
         if training {
             let grads = y.backward();

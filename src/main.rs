@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use ferrovision::config::ExperimentConfig;
+use ferrovision::models::layers::ConvKernel;
 use ferrovision::tracking::RunDir;
 use ferrovision::{bench, data, device, models, train};
 
@@ -368,8 +369,8 @@ enum BenchCommand {
         #[arg(long = "shape", value_name = "C,HW,K,S", value_parser = parse_depthwise_shape)]
         shapes: Vec<bench::DepthwiseShape>,
     },
-    /// A model's dense 3x3 stride-1 convolutions (Winograd kernel) against burn's conv2d: seconds
-    /// per forward pass and per forward + backward, layer by layer.
+    /// A model's dense 3x3 stride-1 convolutions by Winograd, by our im2col products and by burn's
+    /// conv2d: seconds per forward pass and per forward + backward, layer by layer.
     Conv {
         #[arg(long, default_value = "resnet18_cifar")]
         model: String,
@@ -639,29 +640,41 @@ fn run(cli: Cli) -> Result<()> {
                     "{model}'s dense 3x3 stride-1 convolutions, batch {batch}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads",
                     rayon::current_num_threads()
                 );
-                println!("seconds per layer; GFLOP/s as a direct convolution counts them (forward 2*9*in*out*pixels, training 3x that)");
-                println!("{:<22} {:>6} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8}", "layer", "layers", "fwd ours", "fwd burn", "GFLOP/s", "trn ours", "trn burn", "GFLOP/s");
-                let mut totals = [0.0; 4];
+                println!("seconds per layer by Winograd, our im2col products and burn; GFLOP/s of the fastest, as a direct convolution counts them");
+                println!("(forward 2*9*in*out*pixels, training 3x that)");
+                let kernels = [ConvKernel::Winograd, ConvKernel::Dense, ConvKernel::Burn];
+                println!(
+                    "{:<22} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9} {:>8}",
+                    "layer", "layers", "fwd wino", "fwd i2c", "fwd burn", "GFLOP/s", "trn wino", "trn i2c", "trn burn", "GFLOP/s"
+                );
+                // Seconds over all layers per kernel, forward then training, and of the fastest kernel per layer.
+                let mut totals = [[0.0; 3]; 2];
+                let mut best = [0.0; 2];
                 let mut flops = 0.0;
                 for (shape, count) in shapes {
-                    let time = |kernel, training| bench::conv3x3_seconds(shape, kernel, training, batch, steps, warmup, &device);
-                    let t = [time(bench::Kernel::Ours, false), time(bench::Kernel::Burn, false), time(bench::Kernel::Ours, true), time(bench::Kernel::Burn, true)];
+                    let times = [false, true].map(|training| kernels.map(|kernel| bench::conv3x3_seconds(shape, kernel, training, batch, steps, warmup, &device)));
                     let f = shape.flops(batch);
+                    let fastest = times.map(|t| t.into_iter().fold(f64::INFINITY, f64::min));
+                    let [[fw, fi, fb], [tw, ti, tb]] = times;
                     println!(
-                        "{:<22} {count:>6} {:>9.4} {:>9.4} {:>8.1} {:>9.4} {:>9.4} {:>8.1}",
-                        shape.to_string(), t[0], t[1], f / t[0] / 1e9, t[2], t[3], 3.0 * f / t[2] / 1e9
+                        "{:<22} {count:>6} {fw:>9.4} {fi:>9.4} {fb:>9.4} {:>8.1} {tw:>9.4} {ti:>9.4} {tb:>9.4} {:>8.1}",
+                        shape.to_string(), f / fastest[0] / 1e9, 3.0 * f / fastest[1] / 1e9
                     );
-                    for (total, t) in totals.iter_mut().zip(t) {
-                        *total += count as f64 * t;
+                    for pass in 0..2 {
+                        totals[pass].iter_mut().zip(times[pass]).for_each(|(total, t)| *total += count as f64 * t);
+                        best[pass] += count as f64 * fastest[pass];
                     }
                     flops += count as f64 * f;
                 }
-                let [fo, fb, to, tb] = totals;
+                let [[fw, fi, fb], [tw, ti, tb]] = totals;
                 println!(
-                    "{:<22} {:>6} {fo:>9.4} {fb:>9.4} {:>8.1} {to:>9.4} {tb:>9.4} {:>8.1}",
-                    "all layers", "", flops / fo / 1e9, 3.0 * flops / to / 1e9
+                    "{:<22} {:>6} {fw:>9.4} {fi:>9.4} {fb:>9.4} {:>8.1} {tw:>9.4} {ti:>9.4} {tb:>9.4} {:>8.1}",
+                    "all layers", "", flops / best[0] / 1e9, 3.0 * flops / best[1] / 1e9
                 );
-                println!("speedup over burn: forward {:.2}x, forward + backward {:.2}x", fb / fo, tb / to);
+                println!(
+                    "speedup over burn, Winograd: forward {:.2}x, forward + backward {:.2}x; fastest kernel per layer: {:.2}x, {:.2}x",
+                    fb / fw, tb / tw, fb / best[0], tb / best[1]
+                );
             }
             BenchCommand::Gemm { model, batch, size, steps, square, overrides } => {
                 let config = named_model(&model, &overrides)?;

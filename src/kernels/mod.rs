@@ -4,9 +4,59 @@
 //! Each kernel enters burn as a backend extension (`#[backend_extension(Flex, Autodiff)]`) whose
 //! flex implementation runs on the tensors' host memory; the helpers below are what they share.
 
+/// Defines `fn name(fma: bool, args..)` that runs `body` compiled for AVX2 + FMA when `fma` is
+/// true (it must come from `fma_available`), and compiled for the baseline CPU otherwise: for
+/// plain loops the compiler vectorizes, 8 lanes wide with AVX2 instead of 4.
+macro_rules! with_avx2 {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name(fma: bool, $($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn body_avx2($($arg: $ty),*) {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if fma {
+                // SAFETY: `fma` comes from `fma_available`: the CPU has AVX2 and FMA.
+                return unsafe { body_avx2($($arg),*) };
+            }
+            let _ = fma;
+            body($($arg),*)
+        }
+    };
+    ($(#[$meta:meta])* unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(fma: bool, $($arg: $ty),*) {
+            #[inline(always)]
+            unsafe fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn body_avx2($($arg: $ty),*) {
+                // SAFETY: the caller's guarantee.
+                unsafe { body($($arg),*) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if fma {
+                // SAFETY: `fma` comes from `fma_available`: the CPU has AVX2 and FMA; the caller
+                // guarantees the rest.
+                return unsafe { body_avx2($($arg),*) };
+            }
+            let _ = fma;
+            // SAFETY: the caller's guarantee.
+            unsafe { body($($arg),*) }
+        }
+    };
+}
+
 pub mod batch_norm;
 pub mod dense;
 pub mod depthwise;
+pub mod max_pool;
 pub mod winograd;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,7 +8,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::layers::{ConvBn, linear};
+use super::layers::{ConvBn, linear, max_pool_forward};
 use crate::config::ModelConfig;
 use super::trace;
 
@@ -77,7 +77,7 @@ impl FastNet {
         for stage in &self.stages {
             // Pooling before BatchNorm+ReLU computes them on a quarter of the pixels.
             x = trace::conv2d(&stage.first.conv, x);
-            x = relu(trace::batch_norm(&stage.first.bn, self.pool.forward(x)));
+            x = relu(trace::batch_norm(&stage.first.bn, max_pool_forward(&self.pool, x)));
             x = relu(stage.second.forward(x));
         }
         // Global max-pooling over the remaining 4x4 map.

@@ -2,6 +2,7 @@
 
 use burn::module::{Flag, Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::Distribution;
@@ -11,6 +12,7 @@ use crate::config::ModelConfig;
 use super::trace;
 use crate::kernels::depthwise::depthwise_conv2d;
 use crate::kernels::dense::conv2d_dense;
+use crate::kernels::max_pool;
 use crate::kernels::winograd::{self, conv3x3};
 
 /// The activation that follows a conv+BN (or none).
@@ -210,7 +212,7 @@ pub fn conv_plan(conv: &Conv2d, [channels, height, width]: [usize; 3]) -> (ConvK
     if !((depthwise || conv.groups == 1) && conv.dilation == [1, 1] && crate::kernels::enabled()) {
         return (ConvKernel::Burn, None);
     }
-    let [(top, bottom), (left, right)] = padding_sides(conv, height, width);
+    let [(top, bottom), (left, right)] = padding_sides(&conv.padding, conv.kernel_size, conv.stride, height, width);
     let symmetric = (top == bottom && left == right).then_some([top, left]);
     let winograd = conv.kernel_size == [3, 3] && conv.stride == [1, 1];
     match symmetric {
@@ -222,13 +224,26 @@ pub fn conv_plan(conv: &Conv2d, [channels, height, width]: [usize; 3]) -> (ConvK
     }
 }
 
-/// `(before, after)` zero padding of `conv` vertically and horizontally for a `height` x `width` input.
-fn padding_sides(conv: &Conv2d, height: usize, width: usize) -> [(usize, usize); 2] {
-    match conv.padding {
+/// `(before, after)` padding of a convolution or pooling (`padding`, `kernel`, `stride`) vertically
+/// and horizontally for a `height` x `width` input.
+fn padding_sides(padding: &PaddingConfig2d, kernel: [usize; 2], stride: [usize; 2], height: usize, width: usize) -> [(usize, usize); 2] {
+    match *padding {
         PaddingConfig2d::Valid => [(0, 0); 2],
         PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
-        PaddingConfig2d::Same => [tf_same_padding(conv.kernel_size[0], conv.stride[0], height), tf_same_padding(conv.kernel_size[1], conv.stride[1], width)],
+        PaddingConfig2d::Same => [tf_same_padding(kernel[0], stride[0], height), tf_same_padding(kernel[1], stride[1], width)],
     }
+}
+
+/// `pool.forward(x)`, through our max-pooling kernel (`crate::kernels::max_pool`) where it
+/// applies: no dilation, no ceil mode, padding at most half the window.
+pub fn max_pool_forward(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+    let [_, _, height, width] = x.dims();
+    let [(top, bottom), (left, right)] = padding_sides(&pool.padding, pool.kernel_size, pool.stride, height, width);
+    let window = max_pool::Window { kernel: pool.kernel_size, stride: pool.stride, padding: [[top, bottom], [left, right]] };
+    if !(crate::kernels::enabled() && window.fits([height, width]) && pool.dilation == [1, 1] && !pool.ceil_mode) {
+        return pool.forward(x);
+    }
+    max_pool::max_pool2d(x, window)
 }
 
 /// `conv.forward(x)`, through our own kernels where they apply (`crate::kernels`, chosen by
@@ -244,7 +259,7 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let (x, [vertical, horizontal]) = match padding {
         Some(padding) => (x, padding),
         None => {
-            let [(top, bottom), (left, right)] = padding_sides(conv, height, width);
+            let [(top, bottom), (left, right)] = padding_sides(&conv.padding, conv.kernel_size, conv.stride, height, width);
             (x.pad((left, right, top, bottom), 0.0), [0, 0])
         }
     };

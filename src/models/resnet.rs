@@ -8,7 +8,7 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxP
 use burn::nn::{Dropout, DropoutConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
 
-use super::layers::{Act, ConvBn, ConvSpec, linear};
+use super::layers::{Act, ConvBn, ConvSpec, linear, max_pool_forward};
 use super::resnet_cifar::{BlockKind, ResidualBlock};
 use crate::config::ModelConfig;
 use super::trace;
@@ -79,7 +79,7 @@ pub struct ImageNetResNet {
 
 impl ImageNetResNet {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self.maxpool.forward(self.stem.forward(x));
+        let mut x = max_pool_forward(&self.maxpool, self.stem.forward(x));
         for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4) {
             x = block.forward(x);
         }

@@ -8,7 +8,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::layers::{conv, linear};
+use super::layers::{conv, linear, max_pool_forward};
 use crate::config::ModelConfig;
 use super::trace;
 
@@ -42,8 +42,8 @@ impl TutorialNet {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.pool.forward(relu(trace::conv2d(&self.conv1, x)));
-        let x = self.pool.forward(relu(trace::conv2d(&self.conv2, x)));
+        let x = max_pool_forward(&self.pool, relu(trace::conv2d(&self.conv1, x)));
+        let x = max_pool_forward(&self.pool, relu(trace::conv2d(&self.conv2, x)));
         let x: Tensor<2> = x.flatten(1, 3);
         let x = relu(trace::linear(&self.fc1, x));
         let x = relu(trace::linear(&self.fc2, x));

@@ -9,7 +9,7 @@ use burn::nn::{BatchNorm, Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::layers::{BnParams, conv, linear};
+use super::layers::{BnParams, conv, linear, max_pool_forward};
 use crate::config::ModelConfig;
 use super::trace;
 
@@ -92,7 +92,7 @@ impl Vgg {
                 }
                 x = relu(x);
             }
-            x = self.pool.forward(x);
+            x = max_pool_forward(&self.pool, x);
         }
         // Replicates a smaller map (1x1 for 32x32 inputs) up to 7x7, as PyTorch does.
         let mut x: Tensor<2> = self.avgpool.forward(x).flatten(1, 3);
