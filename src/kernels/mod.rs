@@ -207,11 +207,16 @@ fn assert_conv_matches_burn(
     };
     let ours = run(&ours);
     let burn = run(&|x, w, b| burn::tensor::module::conv2d(x, w, b, options.clone()));
-    let tolerance = Tolerance::<f32>::rel_abs(1e-4, 1e-4);
-    ours.0.assert_approx_eq::<f32>(&burn.0, tolerance);
-    ours.1.assert_approx_eq::<f32>(&burn.1, tolerance);
-    ours.2.assert_approx_eq::<f32>(&burn.2, tolerance);
+    // fp32 rounding grows with the magnitude of what a sum accumulates: the absolute tolerance is
+    // relative to the largest value of each result (weight gradients sum batch x pixels products).
+    let assert_close = |ours: &burn::tensor::TensorData, burn: &burn::tensor::TensorData| {
+        let largest = burn.iter::<f32>().fold(1f32, |largest, v| largest.max(v.abs()));
+        ours.assert_approx_eq::<f32>(burn, Tolerance::rel_abs(1e-4, 1e-4 * largest));
+    };
+    assert_close(&ours.0, &burn.0);
+    assert_close(&ours.1, &burn.1);
+    assert_close(&ours.2, &burn.2);
     if let (Some(ours), Some(burn)) = (ours.3, burn.3) {
-        ours.assert_approx_eq::<f32>(&burn, tolerance);
+        assert_close(&ours, &burn);
     }
 }

@@ -29,16 +29,14 @@ use super::{Bias, bias_gradient, contiguous, conv_step, f32s};
 /// Largest padding [`conv3x3`] takes (the input gradient's convolution pads by `2 - padding`).
 pub const MAX_PADDING: usize = 2;
 
-/// Whether a 3x3 stride-1 convolution of `batch` images of `in_channels` channels to an output of
-/// `[height, width]` runs faster here than as im2col products (`kernels::dense`). Measured per
-/// layer with `ferrovision bench conv` (2 cores, forward + backward): the filters' transforms
-/// cost the same per call whatever the batch, so below ~256 tiles Winograd loses (512 channels at
-/// 4x4, batch 32, 128 tiles of F(2x2): im2col 1.34x faster; batch 64: even; 128: Winograd 1.04x;
-/// 256 channels at 4x4, batch 128: Winograd 1.3x), and with few input channels the per-pixel
-/// transforms outweigh the products (3-channel stems: im2col 1.5-1.9x faster).
-pub fn pays_off(batch: usize, in_channels: usize, [height, width]: [usize; 2]) -> bool {
-    let tile = host::tile_size([height, width]);
-    in_channels >= 16 && batch * height.div_ceil(tile) * width.div_ceil(tile) >= 256
+/// Whether a 3x3 stride-1 convolution with `in_channels` input channels runs faster here than as
+/// im2col products (`kernels::dense`): with few input channels the per-pixel transforms outweigh
+/// the products (3-channel stems: im2col 2x faster forward and backward in `ferrovision bench
+/// conv`). Smaller batches on small maps were measured too: there `bench conv` favours im2col per
+/// layer (512 channels at 4x4, batch 32: 1.6x), yet routing those layers to it made the whole
+/// `resnet18_cifar` step at batch 32 slower (35 against 45 img/s, back to back), so they stay here.
+pub fn pays_off(in_channels: usize) -> bool {
+    in_channels >= 16
 }
 
 /// Convolution of `x` `[batch, in, height, width]` with `weight` `[out, in, 3, 3]` and optional

@@ -202,10 +202,10 @@ pub enum ConvKernel {
     Burn,
 }
 
-/// How [`conv_forward`] runs `conv` on an input `[batch, channels, height, width]`: the kernel,
+/// How [`conv_forward`] runs `conv` on an input `[_, channels, height, width]`: the kernel,
 /// and the symmetric padding `[vertical, horizontal]` it is given, or `None` where the padding
 /// (e.g. TensorFlow's asymmetric "SAME") is applied to the input first and the kernel pads nothing.
-pub fn conv_plan(conv: &Conv2d, [batch, channels, height, width]: [usize; 4]) -> (ConvKernel, Option<[usize; 2]>) {
+pub fn conv_plan(conv: &Conv2d, [_, channels, height, width]: [usize; 4]) -> (ConvKernel, Option<[usize; 2]>) {
     let [kernel, kernel_width] = conv.kernel_size;
     let [stride, stride_width] = conv.stride;
     let depthwise = conv.groups > 1 && conv.groups == channels && conv.weight.shape()[0] == channels && kernel == kernel_width && stride == stride_width;
@@ -219,7 +219,7 @@ pub fn conv_plan(conv: &Conv2d, [batch, channels, height, width]: [usize; 4]) ->
         Some([v, h]) if depthwise && v != h => (ConvKernel::Depthwise, None),
         _ if depthwise => (ConvKernel::Depthwise, symmetric),
         Some([v, h]) if winograd && (v != h || v > winograd::MAX_PADDING) => (ConvKernel::Dense, symmetric),
-        _ if winograd && winograd::pays_off(batch, channels, [height + top + bottom - 2, width + left + right - 2]) => (ConvKernel::Winograd, symmetric),
+        _ if winograd && winograd::pays_off(channels) => (ConvKernel::Winograd, symmetric),
         _ => (ConvKernel::Dense, symmetric),
     }
 }

@@ -237,12 +237,6 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
     untransform_filter_gradients(&du, g, plan.transform)
 }
 
-/// Outputs per tile side for an output of `[height, width]`: F(4x4, 3x3) where the output is at
-/// least 8 pixels wide and high, F(2x2, 3x3) below.
-pub fn tile_size([height, width]: [usize; 2]) -> usize {
-    if height.min(width) >= 8 { 4 } else { 2 }
-}
-
 /// The transform a convolution uses and how its tile rows (one per image and m output rows) are
 /// cut into chunks.
 struct Plan {
@@ -258,7 +252,7 @@ struct Plan {
 
 impl Plan {
     fn new(g: &Geometry) -> Plan {
-        let transform = if tile_size([g.out_height(), g.out_width()]) == 4 { &F4 } else { &F2 };
+        let transform = if g.out_height().min(g.out_width()) >= 8 { &F4 } else { &F2 };
         let points = transform.points();
         let tiles_x = g.out_width().div_ceil(transform.m);
         let tiles_y = g.out_height().div_ceil(transform.m);
