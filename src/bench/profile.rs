@@ -109,7 +109,9 @@ pub fn train_step(model_config: &ModelConfig, batch: usize, size: usize, steps: 
         let needs_input_grad = |l: &&&Layer| convs.first().is_none_or(|first| first.weight != l.weight);
         let grad_layers: Vec<&Layer> = members.iter().filter(needs_input_grad).copied().collect();
         let input_grad: f64 = grad_layers.iter().map(|l| conv_backward_seconds(l, batch, Wrt::Input, &device)).sum();
-        add(format!("backward: {name}, input grad"), input_grad, grad_layers.iter().map(|l| flops(l)).sum());
+        if !grad_layers.is_empty() {
+            add(format!("backward: {name}, input grad"), input_grad, grad_layers.iter().map(|l| flops(l)).sum());
+        }
         let weight_grad: f64 = members.iter().map(|l| conv_backward_seconds(l, batch, Wrt::Weight, &device)).sum();
         add(format!("backward: {name}, weight grad"), weight_grad, members.iter().map(|l| flops(l)).sum());
         timed[0] += fwd;

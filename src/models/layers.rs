@@ -202,10 +202,10 @@ pub enum ConvKernel {
     Burn,
 }
 
-/// How [`conv_forward`] runs `conv` on an input `[_, channels, height, width]`: the kernel,
-/// and the symmetric padding `[vertical, horizontal]` it is given, or `None` where the padding
-/// (e.g. TensorFlow's asymmetric "SAME") is applied to the input first and the kernel pads nothing.
-pub fn conv_plan(conv: &Conv2d, [_, channels, height, width]: [usize; 4]) -> (ConvKernel, Option<[usize; 2]>) {
+/// How [`conv_forward`] runs `conv` on `channels` planes of `height` x `width`: the kernel, and
+/// the symmetric padding `[vertical, horizontal]` it is given, or `None` where the padding (e.g.
+/// TensorFlow's asymmetric "SAME") is applied to the input first and the kernel pads nothing.
+pub fn conv_plan(conv: &Conv2d, [channels, height, width]: [usize; 3]) -> (ConvKernel, Option<[usize; 2]>) {
     let [kernel, kernel_width] = conv.kernel_size;
     let [stride, stride_width] = conv.stride;
     let depthwise = conv.groups > 1 && conv.groups == channels && conv.weight.shape()[0] == channels && kernel == kernel_width && stride == stride_width;
@@ -251,8 +251,8 @@ pub fn max_pool_forward(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
 /// shapes), dense 3x3 stride-1 ones (Winograd) and the other dense ones (im2col products). The
 /// kernels pad symmetrically; other padding is applied to the input first.
 pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let (kernel, padding) = conv_plan(conv, x.dims());
-    let [_, _, height, width] = x.dims();
+    let [_, channels, height, width] = x.dims();
+    let (kernel, padding) = conv_plan(conv, [channels, height, width]);
     if kernel == ConvKernel::Burn {
         return conv.forward(x);
     }

@@ -135,7 +135,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         let [out_channels, in_per_group, kh, kw] = conv.weight.dims();
         let bias = conv.bias.as_ref().map_or(0, |b| b.dims()[0]);
         let params = out_channels * in_per_group * kh * kw + bias;
-        let (runs_on, _) = super::layers::conv_plan(conv, input);
+        let (runs_on, _) = super::layers::conv_plan(conv, [input[1], input[2], input[3]]);
         record(conv.weight.id, LayerKind::Conv2d, &input, conv.stride, start, &y, Some((&conv.weight.val(), runs_on)), params, |out| {
             let pixels = (out[1] * out[2]) as u64;
             pixels * (2 * (in_per_group * kh * kw) as u64 * out_channels as u64 + bias as u64)
