@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Reference peer for `ferrovision bench train`: the same training step in PyTorch on the CPU.
+"""Reference peer for `ferrovision bench train`: the same training step in PyTorch.
 
 Times forward + backward + SGD(momentum 0.9) steps on random 32x32 images with 2 threads (the
 machine ferrovision targets) and ends with a line `<number> img/s`, like ferrovision's bench.
+`--device cuda` times the step on the GPU instead (PyTorch's defaults: cuDNN may use TF32).
 Not run in CI; needs `pip install torch`.
 
     python3 bench/pytorch_train_bench.py --batch 128                 # resnet18_cifar
     python3 bench/pytorch_train_bench.py --model fast_net --batch 512
     python3 bench/pytorch_train_bench.py --batch 256 --infer         # eval-mode forward only
+    python3 bench/pytorch_train_bench.py --device cuda --batch 128   # next to `--device vulkan`
 """
 import argparse
 import time
@@ -107,39 +109,51 @@ def main():
     p.add_argument("--size", type=int, default=32, help="side of the random square input images")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--infer", action="store_true", help="time eval-mode forward passes instead")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
+    device = torch.device(args.device)
+
+    def wait():
+        """GPU work is asynchronous: wait for it before reading the clock."""
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = MODELS[args.model]()
-    x = torch.randn(args.batch, 3, args.size, args.size)
-    y = torch.arange(args.batch) % 10
+    model = MODELS[args.model]().to(device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    y = torch.arange(args.batch, device=device) % 10
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
     mode = "inference" if args.infer else "training step"
     print(f"pytorch {torch.__version__} {mode}: {args.model} ({params:,} parameters), batch {args.batch}, {args.size}x{args.size}, "
-          f"{args.steps} timed steps after {args.warmup} warm-up, {torch.get_num_threads()} threads")
+          f"{args.steps} timed steps after {args.warmup} warm-up, "
+          + (torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"))
 
     if args.infer:
         model.eval()
         with torch.no_grad():
             for _ in range(args.warmup):
                 model(x)
+            wait()
             start = time.perf_counter()
             for _ in range(args.steps):
                 model(x)
+            wait()
             elapsed = time.perf_counter() - start
     else:
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         elapsed = 0.0
         for i in range(args.warmup + args.steps):
+            wait()
             start = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
+            wait()
             if i >= args.warmup:
                 elapsed += time.perf_counter() - start
     print(f"{args.batch * args.steps / elapsed:.1f} img/s")

@@ -20,7 +20,10 @@
 //! the other, the work inside each split between the threads, so the filters are read (and
 //! packed by `gemm`) fewer times.
 
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::ops::Range;
+use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
@@ -169,7 +172,10 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry, fi
     assert!(bias.is_none_or(|b| b.len() == g.out_channels), "winograd: bias size");
     let plan = Plan::new(g);
     let u = transform_filters(weight, g, plan.transform, filters);
-    let mut y = vec![0f32; g.batch * g.out_channels * g.out_height() * g.out_width()];
+    let len = g.batch * g.out_channels * g.out_height() * g.out_width();
+    // Left uninitialized: the output transform writes every value (zero-filling it first cost a
+    // memset pass over the whole output).
+    let mut y = Vec::<f32>::with_capacity(len);
     let out = SharedMut(y.as_mut_ptr());
     let chunk = |rows: Range<usize>, scratch: &mut Scratch, parallel: bool| {
         let tiles = rows.len() * plan.tiles_x;
@@ -181,12 +187,12 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry, fi
         unsafe { transform_outputs(m, bias, g, &plan, rows, out, parallel) };
     };
     match plan.shared {
-        false => (0..plan.chunks).into_par_iter().for_each_init(Scratch::default, |scratch, c| chunk(plan.rows(c), scratch, false)),
-        true => {
-            let mut scratch = Scratch::default();
-            (0..plan.chunks).for_each(|c| chunk(plan.rows(c), &mut scratch, true));
-        }
+        false => (0..plan.chunks).into_par_iter().for_each(|c| with_buffer(&CHUNK_BUFFERS, |scratch| chunk(plan.rows(c), scratch, false))),
+        true => with_buffer(&CHUNK_BUFFERS, |scratch| (0..plan.chunks).for_each(|c| chunk(plan.rows(c), scratch, true))),
     }
+    // SAFETY: the chunks cover every tile row of every image, and the output transform of a tile
+    // row writes all `out_width` values of each of its output rows in every output channel.
+    unsafe { y.set_len(len) };
     y
 }
 
@@ -216,21 +222,20 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
         false => (0..plan.chunks)
             .into_par_iter()
             .fold(
-                || (Scratch::default(), vec![0f32; filter_len]),
-                |(mut scratch, mut du), c| {
-                    chunk(plan.rows(c), &mut scratch, &mut du, false);
-                    (scratch, du)
+                || vec![0f32; filter_len],
+                |mut du, c| {
+                    with_buffer(&CHUNK_BUFFERS, |scratch| chunk(plan.rows(c), scratch, &mut du, false));
+                    du
                 },
             )
-            .map(|(_, du)| du)
             .reduce_with(|mut a, b| {
                 a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
                 a
             })
             .unwrap_or_else(|| vec![0f32; filter_len]),
         true => {
-            let (mut scratch, mut du) = (Scratch::default(), vec![0f32; filter_len]);
-            (0..plan.chunks).for_each(|c| chunk(plan.rows(c), &mut scratch, &mut du, true));
+            let mut du = vec![0f32; filter_len];
+            with_buffer(&CHUNK_BUFFERS, |scratch| (0..plan.chunks).for_each(|c| chunk(plan.rows(c), scratch, &mut du, true)));
             du
         }
     };
@@ -293,10 +298,34 @@ struct Scratch {
 impl Scratch {
     fn buffers(&mut self, g: &Geometry, plan: &Plan, tiles: usize) -> (&mut [f32], &mut [f32]) {
         let points = plan.transform.points();
-        self.v.resize(points * g.in_channels * tiles, 0.0);
-        self.m.resize(points * g.out_channels * tiles, 0.0);
-        (&mut self.v[..points * g.in_channels * tiles], &mut self.m[..points * g.out_channels * tiles])
+        (sized(&mut self.v, points * g.in_channels * tiles), sized(&mut self.m, points * g.out_channels * tiles))
     }
+}
+
+/// The first `len` values of `buffer`, grown to hold them where it is shorter. Whatever an earlier
+/// use left there stays: every user writes its part before reading it.
+fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
+}
+
+thread_local! {
+    /// Each thread's chunk buffers and per-channel buffer, kept from call to call: growing them
+    /// once spares every task an allocation and a zero fill (memset and page faults were ~4% of a
+    /// fast_net step when each task started from empty ones).
+    static CHUNK_BUFFERS: RefCell<Scratch> = RefCell::default();
+    static CHANNEL_BUFFER: RefCell<Vec<f32>> = RefCell::default();
+}
+
+/// `f(this thread's buffer in key)`; a fresh buffer where this thread already holds it further up
+/// its stack (rayon may run another task inside a wait).
+fn with_buffer<T: Default + 'static, R>(key: &'static LocalKey<RefCell<T>>, f: impl FnOnce(&mut T) -> R) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => f(&mut buffer),
+        Err(_) => f(&mut T::default()),
+    })
 }
 
 /// A pointer that tasks write through at places no other task touches.
@@ -317,22 +346,16 @@ impl SharedMut {
 /// `scratch` is a buffer each task reuses.
 fn each_block(parallel: bool, data: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32], &mut Vec<f32>) + Sync + Send) {
     match parallel {
-        true => data.par_chunks_mut(len).enumerate().for_each_init(Vec::new, |scratch, (i, block)| f(i, block, scratch)),
-        false => {
-            let mut scratch = Vec::new();
-            data.chunks_mut(len).enumerate().for_each(|(i, block)| f(i, block, &mut scratch))
-        }
+        true => data.par_chunks_mut(len).enumerate().for_each(|(i, block)| with_buffer(&CHANNEL_BUFFER, |scratch| f(i, block, scratch))),
+        false => with_buffer(&CHANNEL_BUFFER, |scratch| data.chunks_mut(len).enumerate().for_each(|(i, block)| f(i, block, scratch))),
     }
 }
 
 /// `f(i, scratch)` for `i` in `0..n`, on all threads or on this one, as [`each_block`].
 fn each_index(parallel: bool, n: usize, f: impl Fn(usize, &mut Vec<f32>) + Sync + Send) {
     match parallel {
-        true => (0..n).into_par_iter().for_each_init(Vec::new, |scratch, i| f(i, scratch)),
-        false => {
-            let mut scratch = Vec::new();
-            (0..n).for_each(|i| f(i, &mut scratch))
-        }
+        true => (0..n).into_par_iter().for_each(|i| with_buffer(&CHANNEL_BUFFER, |scratch| f(i, scratch))),
+        false => with_buffer(&CHANNEL_BUFFER, |scratch| (0..n).for_each(|i| f(i, scratch))),
     }
 }
 
@@ -439,7 +462,7 @@ with_avx2! {
         let tiles = rows.len() * n;
         // The patches, their vertical combinations, and an input row with its zero padding
         // (columns -padding .. m * n + 2 - padding).
-        scratch.resize(2 * t.points() * tiles + m * n + 2, 0.0);
+        let scratch = sized(scratch, 2 * t.points() * tiles + m * n + 2);
         let (patches, rest) = scratch.split_at_mut(t.points() * tiles);
         let (combined, padded) = rest.split_at_mut(t.points() * tiles);
         for (local, row) in rows.clone().enumerate() {
@@ -490,7 +513,7 @@ with_avx2! {
         let (m, alpha, n) = (t.m, t.alpha, plan.tiles_x);
         let tiles = rows.len() * n;
         let (out_height, out_width) = (g.out_height(), g.out_width());
-        scratch.resize(m * m * tiles + alpha * m * tiles + m * n, 0.0);
+        let scratch = sized(scratch, m * m * tiles + alpha * m * tiles + m * n);
         let (gathered, rest) = scratch.split_at_mut(m * m * tiles);
         let (combined, padded) = rest.split_at_mut(alpha * m * tiles);
         for (local, row) in rows.clone().enumerate() {
@@ -621,7 +644,7 @@ with_avx2! {
         let (mm, alpha, n) = (t.m, t.alpha, plan.tiles_x);
         let tiles = rows.len() * n;
         let (out_height, out_width) = (g.out_height(), g.out_width());
-        scratch.resize(mm * alpha * tiles + mm * mm * tiles, 0.0);
+        let scratch = sized(scratch, mm * alpha * tiles + mm * mm * tiles);
         let (combined, outputs) = scratch.split_at_mut(mm * alpha * tiles);
         for r in 0..mm {
             for s in 0..alpha {
@@ -640,10 +663,11 @@ with_avx2! {
                 let y = mm * tile_row + r;
                 // SAFETY: row y of plane (image, o) is inside the output, and only this call
                 // writes it (the caller's guarantee).
-                let target = unsafe { std::slice::from_raw_parts_mut(out.get().add(plane + y * out_width), out_width) };
+                // The output may be uninitialized, hence `MaybeUninit`.
+                let target = unsafe { std::slice::from_raw_parts_mut(out.get().add(plane + y * out_width).cast::<MaybeUninit<f32>>(), out_width) };
                 for (tx, values) in target.chunks_mut(mm).enumerate() {
                     for (u, value) in values.iter_mut().enumerate() {
-                        *value = outputs[(r * mm + u) * tiles + local * n + tx] + bias;
+                        value.write(outputs[(r * mm + u) * tiles + local * n + tx] + bias);
                     }
                 }
             }
@@ -707,11 +731,12 @@ mod tests {
     fn forward_and_gradients_equal_the_direct_definition() {
         // Both transforms (F(4x4) from 8x8 outputs up), odd and even sizes (partial tiles at the
         // right and bottom edges), every padding, more tile rows than one chunk holds, filters
-        // large enough for the threads to share chunks, and long sums over channels.
+        // large enough for the threads to share chunks, and long sums over channels. Each shape
+        // runs after larger and after smaller ones: the threads' buffers outlive a call.
         let mut used = Vec::new();
-        for (batch, cin, cout, height, width) in
-            [(1, 1, 1, 3, 3), (2, 3, 5, 7, 9), (3, 4, 2, 8, 8), (1, 2, 3, 5, 12), (5, 3, 4, 33, 6), (2, 200, 180, 5, 4), (1, 150, 20, 12, 13)]
-        {
+        let shapes =
+            [(1, 1, 1, 3, 3), (2, 3, 5, 7, 9), (3, 4, 2, 8, 8), (1, 2, 3, 5, 12), (5, 3, 4, 33, 6), (2, 200, 180, 5, 4), (1, 150, 20, 12, 13)];
+        for &(batch, cin, cout, height, width) in shapes.iter().chain(shapes.iter().rev()) {
             for padding in 0..=2 {
                 let g = Geometry { batch, in_channels: cin, out_channels: cout, height, width, padding };
                 let x = values(batch * cin * height * width, 1);
