@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use crate::kernels::{sized, with_buffers};
+
 /// Output pixels (summed over the chunk's images) one product takes.
 const CHUNK_PIXELS: usize = 1024;
 
@@ -49,13 +51,12 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
     let (outs, filter) = (g.out_channels, g.filter_len());
     let mut y = vec![0f32; g.batch * outs * pixels];
     let per_chunk = images_per_chunk(g);
-    y.par_chunks_mut(per_chunk * outs * pixels).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(cols, product), (chunk, y)| {
+    y.par_chunks_mut(per_chunk * outs * pixels).enumerate().for_each(|(chunk, y)| {
+        with_buffers(|[cols, product]| {
             let images = chunk * per_chunk..(chunk * per_chunk + per_chunk).min(g.batch);
             let columns = images.len() * pixels;
-            im2col(x, g, images.clone(), cols);
-            product.resize(outs * columns, 0.0);
+            let cols = im2col(x, g, images.clone(), cols);
+            let product = sized(product, outs * columns);
             // SAFETY: weight is [outs][filter], cols [filter][columns], product [outs][columns].
             unsafe {
                 gemm::gemm(
@@ -87,8 +88,8 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
                     y[(i * outs + o) * pixels..][..pixels].iter_mut().zip(values).for_each(|(y, &v)| *y = v + b);
                 }
             }
-        },
-    );
+        })
+    });
     y
 }
 
@@ -99,13 +100,12 @@ pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32
     let (outs, filter, image_len) = (g.out_channels, g.filter_len(), g.in_channels * g.height * g.width);
     let mut dx = vec![0f32; g.batch * image_len];
     let per_chunk = images_per_chunk(g);
-    dx.par_chunks_mut(per_chunk * image_len).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(dy, dcols), (chunk, dx)| {
+    dx.par_chunks_mut(per_chunk * image_len).enumerate().for_each(|(chunk, dx)| {
+        with_buffers(|[dy, dcols]| {
             let images = chunk * per_chunk..(chunk * per_chunk + per_chunk).min(g.batch);
             let columns = images.len() * pixels;
-            gather_out_grad(out_grad, g, images.clone(), dy);
-            dcols.resize(filter * columns, 0.0);
+            let dy = gather_out_grad(out_grad, g, images.clone(), dy);
+            let dcols = sized(dcols, filter * columns);
             // SAFETY: weight is [outs][filter] (read transposed), dy [outs][columns], dcols [filter][columns].
             unsafe {
                 gemm::gemm(
@@ -131,8 +131,8 @@ pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32
                 )
             };
             col2im(dcols, g, images.len(), dx);
-        },
-    );
+        })
+    });
     dx
 }
 
@@ -155,40 +155,41 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
     chunks
         .into_par_iter()
         .fold(
-            || (vec![0f32; outs * filter], Vec::new(), Vec::new()),
-            |(mut dw, mut dy, mut cols), (first, end)| {
-                let columns = (end - first) * pixels;
-                gather_out_grad(out_grad, g, first..end, &mut dy);
-                im2col(x, g, first..end, &mut cols);
-                // SAFETY: dy is [outs][columns], cols [filter][columns], dw [outs][filter], as the
-                // strides say.
-                unsafe {
-                    gemm::gemm(
-                        outs,
-                        filter,
-                        columns,
-                        dw.as_mut_ptr(),
-                        1,
-                        filter as isize,
-                        true,
-                        dy.as_ptr(),
-                        1,
-                        columns as isize,
-                        cols.as_ptr(),
-                        columns as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    )
-                };
-                (dw, dy, cols)
+            || vec![0f32; outs * filter],
+            |mut dw, (first, end)| {
+                with_buffers(|[dy, cols]| {
+                    let columns = (end - first) * pixels;
+                    let dy = gather_out_grad(out_grad, g, first..end, dy);
+                    let cols = im2col(x, g, first..end, cols);
+                    // SAFETY: dy is [outs][columns], cols [filter][columns], dw [outs][filter], as the
+                    // strides say.
+                    unsafe {
+                        gemm::gemm(
+                            outs,
+                            filter,
+                            columns,
+                            dw.as_mut_ptr(),
+                            1,
+                            filter as isize,
+                            true,
+                            dy.as_ptr(),
+                            1,
+                            columns as isize,
+                            cols.as_ptr(),
+                            columns as isize,
+                            1,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        )
+                    };
+                });
+                dw
             },
         )
-        .map(|(dw, _, _)| dw)
         .reduce_with(|mut a, b| {
             a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
             a
@@ -196,26 +197,27 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
         .unwrap_or_else(|| vec![0f32; outs * filter])
 }
 
-/// `out_grad` of `images` as `[out][image, pixel]`.
-fn gather_out_grad(out_grad: &[f32], g: &Geometry, images: std::ops::Range<usize>, dy: &mut Vec<f32>) {
+/// `out_grad` of `images` as `[out][image, pixel]`, in `dy`.
+fn gather_out_grad<'a>(out_grad: &[f32], g: &Geometry, images: std::ops::Range<usize>, dy: &'a mut Vec<f32>) -> &'a [f32] {
     let pixels = g.out_height() * g.out_width();
     let columns = images.len() * pixels;
-    dy.resize(g.out_channels * columns, 0.0);
+    let dy = sized(dy, g.out_channels * columns);
     for (o, row) in dy.chunks_mut(columns).enumerate() {
         for (i, n) in images.clone().enumerate() {
             row[i * pixels..][..pixels].copy_from_slice(&out_grad[(n * g.out_channels + o) * pixels..][..pixels]);
         }
     }
+    dy
 }
 
 /// The im2col matrix of `images`: row `(c, ky, kx)`, column `(image, oy, ox)` holds
-/// `x[image][c][oy * sy + ky - py][ox * sx + kx - px]`, zero outside the input.
-fn im2col(x: &[f32], g: &Geometry, images: std::ops::Range<usize>, cols: &mut Vec<f32>) {
+/// `x[image][c][oy * sy + ky - py][ox * sx + kx - px]`, zero outside the input; in `cols`.
+fn im2col<'a>(x: &[f32], g: &Geometry, images: std::ops::Range<usize>, cols: &'a mut Vec<f32>) -> &'a [f32] {
     let (out_height, out_width) = (g.out_height(), g.out_width());
     let pixels = out_height * out_width;
     let columns = images.len() * pixels;
     let ([kh, kw], [sy, sx], [py, px]) = (g.kernel, g.stride, g.padding);
-    cols.resize(g.filter_len() * columns, 0.0);
+    let cols = sized(cols, g.filter_len() * columns);
     for (r, row) in cols.chunks_mut(columns).enumerate() {
         let (c, ky, kx) = (r / (kh * kw), r / kw % kh, r % kw);
         for (i, n) in images.clone().enumerate() {
@@ -235,6 +237,7 @@ fn im2col(x: &[f32], g: &Geometry, images: std::ops::Range<usize>, cols: &mut Ve
             }
         }
     }
+    cols
 }
 
 /// Adds `dcols` (`[in, ky, kx][image, pixel]` of `images` images) onto the pixels of `dx`

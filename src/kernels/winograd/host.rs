@@ -20,14 +20,12 @@
 //! the other, the work inside each split between the threads, so the filters are read (and
 //! packed by `gemm`) fewer times.
 
-use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::ops::Range;
-use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
-use crate::kernels::fma_available;
+use crate::kernels::{fma_available, sized, with_buffers};
 
 /// One F(m x m, 3x3) transform: its matrices as sparse rows, `(coefficient, column)` each.
 struct Transform {
@@ -177,9 +175,9 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry, fi
     // memset pass over the whole output).
     let mut y = Vec::<f32>::with_capacity(len);
     let out = SharedMut(y.as_mut_ptr());
-    let chunk = |rows: Range<usize>, scratch: &mut Scratch, parallel: bool| {
+    let chunk = |rows: Range<usize>, [v, m]: &mut [Vec<f32>; 2], parallel: bool| {
         let tiles = rows.len() * plan.tiles_x;
-        let (v, m) = scratch.buffers(g, &plan, tiles);
+        let (v, m) = plan.buffers(v, m, g, tiles);
         transform_inputs(x, g, &plan, rows.clone(), v, parallel);
         products(v, &u, m, &plan, tiles, g.in_channels, g.out_channels, parallel);
         // SAFETY: a tile row's outputs (m rows of each output plane of its image) belong to it
@@ -187,8 +185,8 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry, fi
         unsafe { transform_outputs(m, bias, g, &plan, rows, out, parallel) };
     };
     match plan.shared {
-        false => (0..plan.chunks).into_par_iter().for_each(|c| with_buffer(&CHUNK_BUFFERS, |scratch| chunk(plan.rows(c), scratch, false))),
-        true => with_buffer(&CHUNK_BUFFERS, |scratch| (0..plan.chunks).for_each(|c| chunk(plan.rows(c), scratch, true))),
+        false => (0..plan.chunks).into_par_iter().for_each(|c| with_buffers(|buffers| chunk(plan.rows(c), buffers, false))),
+        true => with_buffers(|buffers| (0..plan.chunks).for_each(|c| chunk(plan.rows(c), buffers, true))),
     }
     // SAFETY: the chunks cover every tile row of every image, and the output transform of a tile
     // row writes all `out_width` values of each of its output rows in every output channel.
@@ -211,9 +209,9 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
     let plan = Plan::new(g);
     let filter_len = g.in_channels * plan.transform.points() * g.out_channels;
     // dU accumulated chunk by chunk into `du` (one [out][in] matrix per point).
-    let chunk = |rows: Range<usize>, scratch: &mut Scratch, du: &mut [f32], parallel: bool| {
+    let chunk = |rows: Range<usize>, [v, dm]: &mut [Vec<f32>; 2], du: &mut [f32], parallel: bool| {
         let tiles = rows.len() * plan.tiles_x;
-        let (v, dm) = scratch.buffers(g, &plan, tiles);
+        let (v, dm) = plan.buffers(v, dm, g, tiles);
         transform_inputs(x, g, &plan, rows.clone(), v, parallel);
         transform_output_grads(out_grad, g, &plan, rows, dm, parallel);
         weight_products(v, dm, du, &plan, tiles, g.in_channels, g.out_channels, parallel);
@@ -224,7 +222,7 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
             .fold(
                 || vec![0f32; filter_len],
                 |mut du, c| {
-                    with_buffer(&CHUNK_BUFFERS, |scratch| chunk(plan.rows(c), scratch, &mut du, false));
+                    with_buffers(|buffers| chunk(plan.rows(c), buffers, &mut du, false));
                     du
                 },
             )
@@ -235,7 +233,7 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
             .unwrap_or_else(|| vec![0f32; filter_len]),
         true => {
             let mut du = vec![0f32; filter_len];
-            with_buffer(&CHUNK_BUFFERS, |scratch| (0..plan.chunks).for_each(|c| chunk(plan.rows(c), scratch, &mut du, true)));
+            with_buffers(|buffers| (0..plan.chunks).for_each(|c| chunk(plan.rows(c), buffers, &mut du, true)));
             du
         }
     };
@@ -281,51 +279,17 @@ impl Plan {
         start..(start + self.rows_per_chunk).min(self.rows)
     }
 
+    /// A chunk's transformed tiles `[channel][ξ][tile]` of the inputs (V) and of the products or
+    /// output gradients (M, dM), in `v` and `m`, for `tiles` tiles.
+    fn buffers<'a>(&self, v: &'a mut Vec<f32>, m: &'a mut Vec<f32>, g: &Geometry, tiles: usize) -> (&'a mut [f32], &'a mut [f32]) {
+        let points = self.transform.points();
+        (sized(v, points * g.in_channels * tiles), sized(m, points * g.out_channels * tiles))
+    }
+
     /// `(image, tile row)` of global tile row `row`.
     fn locate(&self, row: usize) -> (usize, usize) {
         (row / self.tiles_y, row % self.tiles_y)
     }
-}
-
-/// A task's transformed tiles `[channel][ξ][tile]` of the inputs (V) and of the products or output
-/// gradients (M, dM), reused across its chunks.
-#[derive(Default)]
-struct Scratch {
-    v: Vec<f32>,
-    m: Vec<f32>,
-}
-
-impl Scratch {
-    fn buffers(&mut self, g: &Geometry, plan: &Plan, tiles: usize) -> (&mut [f32], &mut [f32]) {
-        let points = plan.transform.points();
-        (sized(&mut self.v, points * g.in_channels * tiles), sized(&mut self.m, points * g.out_channels * tiles))
-    }
-}
-
-/// The first `len` values of `buffer`, grown to hold them where it is shorter. Whatever an earlier
-/// use left there stays: every user writes its part before reading it.
-fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-    &mut buffer[..len]
-}
-
-thread_local! {
-    /// Each thread's chunk buffers and per-channel buffer, kept from call to call: growing them
-    /// once spares every task an allocation and a zero fill (memset and page faults were ~4% of a
-    /// fast_net step when each task started from empty ones).
-    static CHUNK_BUFFERS: RefCell<Scratch> = RefCell::default();
-    static CHANNEL_BUFFER: RefCell<Vec<f32>> = RefCell::default();
-}
-
-/// `f(this thread's buffer in key)`; a fresh buffer where this thread already holds it further up
-/// its stack (rayon may run another task inside a wait).
-fn with_buffer<T: Default + 'static, R>(key: &'static LocalKey<RefCell<T>>, f: impl FnOnce(&mut T) -> R) -> R {
-    key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buffer) => f(&mut buffer),
-        Err(_) => f(&mut T::default()),
-    })
 }
 
 /// A pointer that tasks write through at places no other task touches.
@@ -346,16 +310,16 @@ impl SharedMut {
 /// `scratch` is a buffer each task reuses.
 fn each_block(parallel: bool, data: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32], &mut Vec<f32>) + Sync + Send) {
     match parallel {
-        true => data.par_chunks_mut(len).enumerate().for_each(|(i, block)| with_buffer(&CHANNEL_BUFFER, |scratch| f(i, block, scratch))),
-        false => with_buffer(&CHANNEL_BUFFER, |scratch| data.chunks_mut(len).enumerate().for_each(|(i, block)| f(i, block, scratch))),
+        true => data.par_chunks_mut(len).enumerate().for_each(|(i, block)| with_buffers(|[scratch]| f(i, block, scratch))),
+        false => with_buffers(|[scratch]| data.chunks_mut(len).enumerate().for_each(|(i, block)| f(i, block, scratch))),
     }
 }
 
 /// `f(i, scratch)` for `i` in `0..n`, on all threads or on this one, as [`each_block`].
 fn each_index(parallel: bool, n: usize, f: impl Fn(usize, &mut Vec<f32>) + Sync + Send) {
     match parallel {
-        true => (0..n).into_par_iter().for_each(|i| with_buffer(&CHANNEL_BUFFER, |scratch| f(i, scratch))),
-        false => with_buffer(&CHANNEL_BUFFER, |scratch| (0..n).for_each(|i| f(i, scratch))),
+        true => (0..n).into_par_iter().for_each(|i| with_buffers(|[scratch]| f(i, scratch))),
+        false => with_buffers(|[scratch]| (0..n).for_each(|i| f(i, scratch))),
     }
 }
 
