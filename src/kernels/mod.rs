@@ -109,6 +109,29 @@ fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buffer[..len]
 }
 
+/// `dst = lhs · rhs` (`m x k` times `k x n`), or `dst += lhs · rhs` where `accumulate`, on the
+/// `gemm` crate and this thread alone (the kernels split their work between threads themselves).
+/// Each matrix is given as (first value, column stride, row stride).
+///
+/// # Safety
+///
+/// The pointers and strides address matrices of those sizes, and `dst` overlaps neither operand.
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    (dst, dst_cs, dst_rs): (*mut f32, isize, isize),
+    accumulate: bool,
+    (lhs, lhs_cs, lhs_rs): (*const f32, isize, isize),
+    (rhs, rhs_cs, rhs_rs): (*const f32, isize, isize),
+) {
+    let alpha = if accumulate { 1.0 } else { 0.0 };
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        gemm::gemm(m, n, k, dst, dst_cs, dst_rs, accumulate, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, alpha, 1.0, false, false, false, gemm::Parallelism::None)
+    }
+}
+
 /// The optional bias of a convolution extension (the extension macro maps tensors inside
 /// derived types, but not inside an `Option`).
 #[derive(ExtensionType)]

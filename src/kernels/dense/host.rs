@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{sized, with_buffers};
+use crate::kernels::{matmul, sized, with_buffers};
 
 /// Output pixels (summed over the chunk's images) one product takes.
 const CHUNK_PIXELS: usize = 1024;
@@ -59,26 +59,14 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
             let product = sized(product, outs * columns);
             // SAFETY: weight is [outs][filter], cols [filter][columns], product [outs][columns].
             unsafe {
-                gemm::gemm(
+                matmul(
                     outs,
                     columns,
                     filter,
-                    product.as_mut_ptr(),
-                    1,
-                    columns as isize,
+                    (product.as_mut_ptr(), 1, columns as isize),
                     false,
-                    weight.as_ptr(),
-                    1,
-                    filter as isize,
-                    cols.as_ptr(),
-                    1,
-                    columns as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                    (weight.as_ptr(), 1, filter as isize),
+                    (cols.as_ptr(), 1, columns as isize),
                 )
             };
             // [out][image, pixel] -> [image][out][pixel], plus the bias.
@@ -108,26 +96,14 @@ pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32
             let dcols = sized(dcols, filter * columns);
             // SAFETY: weight is [outs][filter] (read transposed), dy [outs][columns], dcols [filter][columns].
             unsafe {
-                gemm::gemm(
+                matmul(
                     filter,
                     columns,
                     outs,
-                    dcols.as_mut_ptr(),
-                    1,
-                    columns as isize,
+                    (dcols.as_mut_ptr(), 1, columns as isize),
                     false,
-                    weight.as_ptr(),
-                    filter as isize,
-                    1,
-                    dy.as_ptr(),
-                    1,
-                    columns as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                    (weight.as_ptr(), filter as isize, 1),
+                    (dy.as_ptr(), 1, columns as isize),
                 )
             };
             col2im(dcols, g, images.len(), dx);
@@ -164,26 +140,14 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
                     // SAFETY: dy is [outs][columns], cols [filter][columns], dw [outs][filter], as the
                     // strides say.
                     unsafe {
-                        gemm::gemm(
+                        matmul(
                             outs,
                             filter,
                             columns,
-                            dw.as_mut_ptr(),
-                            1,
-                            filter as isize,
+                            (dw.as_mut_ptr(), 1, filter as isize),
                             true,
-                            dy.as_ptr(),
-                            1,
-                            columns as isize,
-                            cols.as_ptr(),
-                            columns as isize,
-                            1,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
+                            (dy.as_ptr(), 1, columns as isize),
+                            (cols.as_ptr(), columns as isize, 1),
                         )
                     };
                 });

@@ -25,7 +25,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::kernels::{fma_available, sized, with_buffers};
+use crate::kernels::{fma_available, matmul, sized, with_buffers};
 
 /// One F(m x m, 3x3) transform: its matrices as sparse rows, `(coefficient, column)` each.
 struct Transform {
@@ -518,26 +518,14 @@ fn products(v: &[f32], u: &TransformedFilters, m: &mut [f32], plan: &Plan, tiles
         // SAFETY: v is [ins][points][tiles], u one ins x outs matrix per point, m
         // [outs][points][tiles]: the strides stay inside them, and point ξ writes only m[..][ξ][..].
         unsafe {
-            gemm::gemm(
+            matmul(
                 tiles,
                 outs,
                 ins,
-                m_ptr.get().add(point * tiles),
-                stride,
-                1,
+                (m_ptr.get().add(point * tiles), stride, 1),
                 false,
-                v.as_ptr().add(point * tiles),
-                stride,
-                1,
-                u.values.as_ptr().add(point * ins * outs),
-                u.out_stride as isize,
-                u.in_stride as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                (v.as_ptr().add(point * tiles), stride, 1),
+                (u.values.as_ptr().add(point * ins * outs), u.out_stride as isize, u.in_stride as isize),
             )
         }
     });
@@ -553,26 +541,14 @@ fn weight_products(v: &[f32], dm: &[f32], du: &mut [f32], plan: &Plan, tiles: us
         // SAFETY: v is [ins][points][tiles], dm [outs][points][tiles], du [points][outs][ins]: the
         // strides stay inside them, and point ξ writes only du[ξ].
         unsafe {
-            gemm::gemm(
+            matmul(
                 ins,
                 outs,
                 tiles,
-                du_ptr.get().add(point * outs * ins),
-                ins as isize,
-                1,
+                (du_ptr.get().add(point * outs * ins), ins as isize, 1),
                 true,
-                v.as_ptr().add(point * tiles),
-                1,
-                stride,
-                dm.as_ptr().add(point * tiles),
-                stride,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                (v.as_ptr().add(point * tiles), 1, stride),
+                (dm.as_ptr().add(point * tiles), stride, 1),
             )
         }
     });
