@@ -109,6 +109,25 @@ fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buffer[..len]
 }
 
+/// `Σ add(item)` over `items` as a `len`-long vector: each rayon task adds its items into a partial
+/// sum of its own (`add(item, partial)`), and the partial sums are added up at the end.
+fn sum_in_parallel<T: Send>(items: impl IntoParallelIterator<Item = T>, len: usize, add: impl Fn(T, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    items
+        .into_par_iter()
+        .fold(
+            || vec![0f32; len],
+            |mut partial, item| {
+                add(item, &mut partial);
+                partial
+            },
+        )
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        })
+        .unwrap_or_else(|| vec![0f32; len])
+}
+
 /// `dst = lhs · rhs` (`m x k` times `k x n`), or `dst += lhs · rhs` where `accumulate`, on the
 /// `gemm` crate and this thread alone (the kernels split their work between threads themselves).
 /// Each matrix is given as (first value, column stride, row stride).

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{matmul, sized, with_buffers};
+use crate::kernels::{matmul, sized, sum_in_parallel, with_buffers};
 
 /// Output pixels (summed over the chunk's images) one product takes.
 const CHUNK_PIXELS: usize = 1024;
@@ -128,37 +128,26 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
     let (outs, filter) = (g.out_channels, g.filter_len());
     let images_per_chunk = images_per_chunk(g);
     let chunks: Vec<(usize, usize)> = (0..g.batch).step_by(images_per_chunk).map(|n| (n, (n + images_per_chunk).min(g.batch))).collect();
-    chunks
-        .into_par_iter()
-        .fold(
-            || vec![0f32; outs * filter],
-            |mut dw, (first, end)| {
-                with_buffers(|[dy, cols]| {
-                    let columns = (end - first) * pixels;
-                    let dy = gather_out_grad(out_grad, g, first..end, dy);
-                    let cols = im2col(x, g, first..end, cols);
-                    // SAFETY: dy is [outs][columns], cols [filter][columns], dw [outs][filter], as the
-                    // strides say.
-                    unsafe {
-                        matmul(
-                            outs,
-                            filter,
-                            columns,
-                            (dw.as_mut_ptr(), 1, filter as isize),
-                            true,
-                            (dy.as_ptr(), 1, columns as isize),
-                            (cols.as_ptr(), columns as isize, 1),
-                        )
-                    };
-                });
-                dw
-            },
-        )
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
+    sum_in_parallel(chunks, outs * filter, |(first, end), dw| {
+        with_buffers(|[dy, cols]| {
+            let columns = (end - first) * pixels;
+            let dy = gather_out_grad(out_grad, g, first..end, dy);
+            let cols = im2col(x, g, first..end, cols);
+            // SAFETY: dy is [outs][columns], cols [filter][columns], dw [outs][filter], as the
+            // strides say.
+            unsafe {
+                matmul(
+                    outs,
+                    filter,
+                    columns,
+                    (dw.as_mut_ptr(), 1, filter as isize),
+                    true,
+                    (dy.as_ptr(), 1, columns as isize),
+                    (cols.as_ptr(), columns as isize, 1),
+                )
+            };
         })
-        .unwrap_or_else(|| vec![0f32; outs * filter])
+    })
 }
 
 /// `out_grad` of `images` as `[out][image, pixel]`, in `dy`.

@@ -25,7 +25,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::kernels::{fma_available, matmul, sized, with_buffers};
+use crate::kernels::{fma_available, matmul, sized, sum_in_parallel, with_buffers};
 
 /// One F(m x m, 3x3) transform: its matrices as sparse rows, `(coefficient, column)` each.
 struct Transform {
@@ -217,20 +217,7 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
         weight_products(v, dm, du, &plan, tiles, g.in_channels, g.out_channels, parallel);
     };
     let du = match plan.shared {
-        false => (0..plan.chunks)
-            .into_par_iter()
-            .fold(
-                || vec![0f32; filter_len],
-                |mut du, c| {
-                    with_buffers(|buffers| chunk(plan.rows(c), buffers, &mut du, false));
-                    du
-                },
-            )
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            })
-            .unwrap_or_else(|| vec![0f32; filter_len]),
+        false => sum_in_parallel(0..plan.chunks, filter_len, |c, du| with_buffers(|buffers| chunk(plan.rows(c), buffers, du, false))),
         true => {
             let mut du = vec![0f32; filter_len];
             with_buffers(|buffers| (0..plan.chunks).for_each(|c| chunk(plan.rows(c), buffers, &mut du, true)));
