@@ -331,10 +331,10 @@ struct TransformedFilters {
 /// `U = G f Gᵀ` of every filter `f`.
 fn transform_filters(weight: &[f32], g: &Geometry, t: &Transform, filters: Filters) -> TransformedFilters {
     let (ins, outs) = (g.in_channels, g.out_channels);
-    // `weight`'s leading dimension, over which the work is split, and the other.
-    let (major, minor) = match filters {
-        Filters::AsGiven => (outs, ins),
-        Filters::Transposed => (ins, outs),
+    // `weight`'s second dimension (the work is split over the leading one).
+    let minor = match filters {
+        Filters::AsGiven => ins,
+        Filters::Transposed => outs,
     };
     let fma = fma_available();
     let len = t.points() * ins * outs;
@@ -345,8 +345,8 @@ fn transform_filters(weight: &[f32], g: &Geometry, t: &Transform, filters: Filte
         // its row of each matrix.
         with_buffers(|[scratch]| unsafe { filter_row(fma, row, t, filters, a_major * minor, ins * outs, target, scratch) })
     });
-    // SAFETY: the `major` rows of `minor` values of every matrix were written above.
-    unsafe { values.set_len(major * minor * t.points()) };
+    // SAFETY: every row of `minor` values of every matrix (`len` in all) was written above.
+    unsafe { values.set_len(len) };
     match filters {
         Filters::AsGiven => TransformedFilters { values, in_stride: 1, out_stride: ins },
         Filters::Transposed => TransformedFilters { values, in_stride: outs, out_stride: 1 },
