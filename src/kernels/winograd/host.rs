@@ -27,81 +27,9 @@ use rayon::prelude::*;
 
 use crate::kernels::{fma_available, matmul, sized, sum_in_parallel, with_buffers};
 
-/// One F(m x m, 3x3) transform: its matrices as sparse rows, `(coefficient, column)` each.
-struct Transform {
-    /// Outputs per tile side.
-    m: usize,
-    /// Inputs per tile side, m + 2.
-    alpha: usize,
-    /// `Bᵀ` (alpha x alpha): input patch to transform points.
-    bt: &'static [&'static [(f32, usize)]],
-    /// `Aᵀ` (m x alpha): transform points to output tile.
-    at: &'static [&'static [(f32, usize)]],
-    /// `A` (alpha x m): output-gradient tile to transform points.
-    a: &'static [&'static [(f32, usize)]],
-    /// `G` (alpha x 3): filter to transform points.
-    g: &'static [&'static [(f32, usize)]],
-    /// `Gᵀ` (3 x alpha): transform-point gradient to filter gradient.
-    gt: &'static [&'static [(f32, usize)]],
-}
+mod transform;
 
-impl Transform {
-    fn points(&self) -> usize {
-        self.alpha * self.alpha
-    }
-}
-
-/// F(2x2, 3x3), interpolation points 0, 1, -1 (and infinity).
-static F2: Transform = Transform {
-    m: 2,
-    alpha: 4,
-    bt: &[&[(1.0, 0), (-1.0, 2)], &[(1.0, 1), (1.0, 2)], &[(-1.0, 1), (1.0, 2)], &[(1.0, 1), (-1.0, 3)]],
-    at: &[&[(1.0, 0), (1.0, 1), (1.0, 2)], &[(1.0, 1), (-1.0, 2), (-1.0, 3)]],
-    a: &[&[(1.0, 0)], &[(1.0, 0), (1.0, 1)], &[(1.0, 0), (-1.0, 1)], &[(-1.0, 1)]],
-    g: &[&[(1.0, 0)], &[(0.5, 0), (0.5, 1), (0.5, 2)], &[(0.5, 0), (-0.5, 1), (0.5, 2)], &[(1.0, 2)]],
-    gt: &[&[(1.0, 0), (0.5, 1), (0.5, 2)], &[(0.5, 1), (-0.5, 2)], &[(0.5, 1), (0.5, 2), (1.0, 3)]],
-};
-
-/// F(4x4, 3x3), interpolation points 0, ±1, ±2 (and infinity).
-static F4: Transform = Transform {
-    m: 4,
-    alpha: 6,
-    bt: &[
-        &[(4.0, 0), (-5.0, 2), (1.0, 4)],
-        &[(-4.0, 1), (-4.0, 2), (1.0, 3), (1.0, 4)],
-        &[(4.0, 1), (-4.0, 2), (-1.0, 3), (1.0, 4)],
-        &[(-2.0, 1), (-1.0, 2), (2.0, 3), (1.0, 4)],
-        &[(2.0, 1), (-1.0, 2), (-2.0, 3), (1.0, 4)],
-        &[(4.0, 1), (-5.0, 3), (1.0, 5)],
-    ],
-    at: &[
-        &[(1.0, 0), (1.0, 1), (1.0, 2), (1.0, 3), (1.0, 4)],
-        &[(1.0, 1), (-1.0, 2), (2.0, 3), (-2.0, 4)],
-        &[(1.0, 1), (1.0, 2), (4.0, 3), (4.0, 4)],
-        &[(1.0, 1), (-1.0, 2), (8.0, 3), (-8.0, 4), (1.0, 5)],
-    ],
-    a: &[
-        &[(1.0, 0)],
-        &[(1.0, 0), (1.0, 1), (1.0, 2), (1.0, 3)],
-        &[(1.0, 0), (-1.0, 1), (1.0, 2), (-1.0, 3)],
-        &[(1.0, 0), (2.0, 1), (4.0, 2), (8.0, 3)],
-        &[(1.0, 0), (-2.0, 1), (4.0, 2), (-8.0, 3)],
-        &[(1.0, 3)],
-    ],
-    g: &[
-        &[(0.25, 0)],
-        &[(-1.0 / 6.0, 0), (-1.0 / 6.0, 1), (-1.0 / 6.0, 2)],
-        &[(-1.0 / 6.0, 0), (1.0 / 6.0, 1), (-1.0 / 6.0, 2)],
-        &[(1.0 / 24.0, 0), (1.0 / 12.0, 1), (1.0 / 6.0, 2)],
-        &[(1.0 / 24.0, 0), (-1.0 / 12.0, 1), (1.0 / 6.0, 2)],
-        &[(1.0, 2)],
-    ],
-    gt: &[
-        &[(0.25, 0), (-1.0 / 6.0, 1), (-1.0 / 6.0, 2), (1.0 / 24.0, 3), (1.0 / 24.0, 4)],
-        &[(-1.0 / 6.0, 1), (1.0 / 6.0, 2), (1.0 / 12.0, 3), (-1.0 / 12.0, 4)],
-        &[(-1.0 / 6.0, 1), (-1.0 / 6.0, 2), (1.0 / 6.0, 3), (1.0 / 6.0, 4), (1.0, 5)],
-    ],
-};
+use transform::{Matrix, Transform};
 
 /// Bytes of V and M one task's chunk may fill: half of this CPU family's 2 MiB L2 per core.
 const TASK_CHUNK_BYTES: usize = 1 << 20;
@@ -227,7 +155,7 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
 /// The transform a convolution uses and how its tile rows (one per image and m output rows) are
 /// cut into chunks.
 struct Plan {
-    transform: &'static Transform,
+    transform: Transform,
     tiles_x: usize,
     tiles_y: usize,
     rows: usize,
@@ -239,10 +167,10 @@ struct Plan {
 
 impl Plan {
     fn new(g: &Geometry) -> Plan {
-        let transform = if g.out_height().min(g.out_width()) >= 8 { &F4 } else { &F2 };
+        let transform = if g.out_height().min(g.out_width()) >= 8 { Transform::F4 } else { Transform::F2 };
         let points = transform.points();
-        let tiles_x = g.out_width().div_ceil(transform.m);
-        let tiles_y = g.out_height().div_ceil(transform.m);
+        let tiles_x = g.out_width().div_ceil(transform.m());
+        let tiles_y = g.out_height().div_ceil(transform.m());
         let rows = g.batch * tiles_y;
         let shared = points * 4 * g.in_channels * g.out_channels > SHARED_FILTER_BYTES;
         let rows_per_chunk = if shared {
@@ -307,17 +235,6 @@ fn each_index(parallel: bool, n: usize, f: impl Fn(usize, &mut Vec<f32>) + Sync 
     }
 }
 
-/// `out[t] = Σ c · input(k)[t]` over the sparse matrix row `terms` (`(c, k)` pairs): one row of a
-/// transform, applied to `out.len()` tiles at once.
-#[inline(always)]
-fn combine<'a>(out: &mut [f32], terms: &[(f32, usize)], input: impl Fn(usize) -> &'a [f32]) {
-    let (c, k) = terms[0];
-    out.iter_mut().zip(input(k)).for_each(|(o, &v)| *o = c * v);
-    for &(c, k) in &terms[1..] {
-        out.iter_mut().zip(input(k)).for_each(|(o, &v)| *o += c * v);
-    }
-}
-
 /// The (m + 2)² matrices `U[ξ]` (`in` x `out`) of the transformed filters, one after the other;
 /// each stored in the order its source `weight` is, so that both the transform and its reads are
 /// sequential.
@@ -329,7 +246,7 @@ struct TransformedFilters {
 }
 
 /// `U = G f Gᵀ` of every filter `f`.
-fn transform_filters(weight: &[f32], g: &Geometry, t: &Transform, filters: Filters) -> TransformedFilters {
+fn transform_filters(weight: &[f32], g: &Geometry, t: Transform, filters: Filters) -> TransformedFilters {
     let (ins, outs) = (g.in_channels, g.out_channels);
     // `weight`'s second dimension (the work is split over the leading one).
     let minor = match filters {
@@ -363,11 +280,11 @@ with_avx2! {
     /// # Safety
     ///
     /// `values` points to `points * matrix` values, and only this call writes the places above.
-    unsafe fn filter_row(weight: &[f32], t: &Transform, filters: Filters, offset: usize, matrix: usize, values: SharedMut, scratch: &mut Vec<f32>) {
-        let (minor, alpha) = (weight.len() / 9, t.alpha);
-        let scratch = sized(scratch, (9 + 3 * alpha + 1) * minor);
+    unsafe fn filter_row(weight: &[f32], t: Transform, filters: Filters, offset: usize, matrix: usize, values: SharedMut, scratch: &mut Vec<f32>) {
+        let (minor, alpha) = (weight.len() / 9, t.alpha());
+        let scratch = sized(scratch, (9 + 4 * alpha) * minor);
         let (taps, rest) = scratch.split_at_mut(9 * minor);
-        let (gf, row) = rest.split_at_mut(3 * alpha * minor);
+        let (gf, rows) = rest.split_at_mut(3 * alpha * minor);
         for (j, filter) in weight.chunks_exact(9).enumerate() {
             for (k, &tap) in filter.iter().enumerate() {
                 // The input-gradient convolution's filters are rotated by 180°.
@@ -375,16 +292,14 @@ with_avx2! {
                 taps[k * minor + j] = tap;
             }
         }
-        for r in 0..alpha {
-            for b in 0..3 {
-                // Row r of G f ...
-                combine(&mut gf[(r * 3 + b) * minor..][..minor], t.g[r], |a| &taps[(a * 3 + b) * minor..][..minor]);
-            }
+        for b in 0..3 {
+            // G f, column b ...
+            t.apply(Matrix::G, (&taps[b * minor..], 3 * minor), (&mut gf[b * minor..], 3 * minor), minor);
         }
         for r in 0..alpha {
-            for s in 0..alpha {
-                // ... times Gᵀ.
-                combine(row, t.g[s], |b| &gf[(r * 3 + b) * minor..][..minor]);
+            // ... times Gᵀ, row r.
+            t.apply(Matrix::G, (&gf[r * 3 * minor..], minor), (rows, minor), minor);
+            for (s, row) in rows.chunks_exact(minor).enumerate() {
                 // SAFETY: the caller's guarantee.
                 unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), values.get().add((r * alpha + s) * matrix + offset), minor) };
             }
@@ -393,7 +308,7 @@ with_avx2! {
 }
 
 /// `dg = Gᵀ dU G` of every filter from `du` (one matrix `[out][in]` per point): `[out][in][3][3]`.
-fn untransform_filter_gradients(du: &[f32], g: &Geometry, t: &Transform) -> Vec<f32> {
+fn untransform_filter_gradients(du: &[f32], g: &Geometry, t: Transform) -> Vec<f32> {
     let (ins, outs) = (g.in_channels, g.out_channels);
     let fma = fma_available();
     let mut dg = vec![0f32; outs * ins * 9];
@@ -405,22 +320,17 @@ with_avx2! {
     /// [`untransform_filter_gradients`] of output channel `o`'s filters, `dg` `[in][3][3]`, from
     /// its row of each point's matrix, computed for all inputs at once tap by tap as in
     /// [`filter_row`].
-    fn filter_gradient_row(du: &[f32], t: &Transform, o: usize, outs: usize, dg: &mut [f32], scratch: &mut Vec<f32>) {
-        let (ins, alpha) = (dg.len() / 9, t.alpha);
-        let point = |point: usize| &du[(point * outs + o) * ins..][..ins];
+    fn filter_gradient_row(du: &[f32], t: Transform, o: usize, outs: usize, dg: &mut [f32], scratch: &mut Vec<f32>) {
+        let (ins, alpha) = (dg.len() / 9, t.alpha());
         let scratch = sized(scratch, (3 * alpha + 9) * ins);
         let (rows, taps) = scratch.split_at_mut(3 * alpha * ins);
-        for a in 0..3 {
-            for s in 0..alpha {
-                // Row a of Gᵀ dU ...
-                combine(&mut rows[(a * alpha + s) * ins..][..ins], t.gt[a], |r| point(r * alpha + s));
-            }
+        for s in 0..alpha {
+            // Gᵀ dU, column s (point (r, s) of row r is matrix r * alpha + s) ...
+            t.apply(Matrix::Gt, (&du[(s * outs + o) * ins..], alpha * outs * ins), (&mut rows[s * ins..], alpha * ins), ins);
         }
         for a in 0..3 {
-            for b in 0..3 {
-                // ... times G.
-                combine(&mut taps[(a * 3 + b) * ins..][..ins], t.gt[b], |s| &rows[(a * alpha + s) * ins..][..ins]);
-            }
+            // ... times G, row a.
+            t.apply(Matrix::Gt, (&rows[a * alpha * ins..], ins), (&mut taps[a * 3 * ins..], ins), ins);
         }
         for (i, filter) in dg.chunks_exact_mut(9).enumerate() {
             filter.iter_mut().enumerate().for_each(|(k, value)| *value = taps[k * ins + i]);
@@ -441,7 +351,7 @@ with_avx2! {
     /// once, down the columns and then along the rows.
     fn input_channel(x: &[f32], g: &Geometry, plan: &Plan, rows: Range<usize>, c: usize, v: &mut [f32], scratch: &mut Vec<f32>) {
         let t = plan.transform;
-        let (m, alpha, n) = (t.m, t.alpha, plan.tiles_x);
+        let (m, alpha, n) = (t.m(), t.alpha(), plan.tiles_x);
         let tiles = rows.len() * n;
         // The patches, their vertical combinations, and an input row with its zero padding
         // (columns -padding .. m * n + 2 - padding).
@@ -465,15 +375,11 @@ with_avx2! {
                 }
             }
         }
-        for k in 0..alpha {
-            for j in 0..alpha {
-                combine(&mut combined[(k * alpha + j) * tiles..][..tiles], t.bt[k], |i| &patches[(i * alpha + j) * tiles..][..tiles]);
-            }
+        for j in 0..alpha {
+            t.apply(Matrix::Bt, (&patches[j * tiles..], alpha * tiles), (&mut combined[j * tiles..], alpha * tiles), tiles);
         }
         for k in 0..alpha {
-            for s in 0..alpha {
-                combine(&mut v[(k * alpha + s) * tiles..][..tiles], t.bt[s], |j| &combined[(k * alpha + j) * tiles..][..tiles]);
-            }
+            t.apply(Matrix::Bt, (&combined[k * alpha * tiles..], tiles), (&mut v[k * alpha * tiles..], tiles), tiles);
         }
     }
 }
@@ -493,7 +399,7 @@ with_avx2! {
     /// chunk's gradient tiles gathered point by point as in `input_channel`.
     fn output_grad_channel(out_grad: &[f32], g: &Geometry, plan: &Plan, rows: Range<usize>, o: usize, dm: &mut [f32], scratch: &mut Vec<f32>) {
         let t = plan.transform;
-        let (m, alpha, n) = (t.m, t.alpha, plan.tiles_x);
+        let (m, alpha, n) = (t.m(), t.alpha(), plan.tiles_x);
         let tiles = rows.len() * n;
         let (out_height, out_width) = (g.out_height(), g.out_width());
         let scratch = sized(scratch, m * m * tiles + alpha * m * tiles + m * n);
@@ -514,15 +420,11 @@ with_avx2! {
                 }
             }
         }
-        for i in 0..alpha {
-            for u in 0..m {
-                combine(&mut combined[(i * m + u) * tiles..][..tiles], t.a[i], |r| &gathered[(r * m + u) * tiles..][..tiles]);
-            }
+        for u in 0..m {
+            t.apply(Matrix::A, (&gathered[u * tiles..], m * tiles), (&mut combined[u * tiles..], m * tiles), tiles);
         }
         for i in 0..alpha {
-            for s in 0..alpha {
-                combine(&mut dm[(i * alpha + s) * tiles..][..tiles], t.a[s], |u| &combined[(i * m + u) * tiles..][..tiles]);
-            }
+            t.apply(Matrix::A, (&combined[i * m * tiles..], tiles), (&mut dm[i * alpha * tiles..], tiles), tiles);
         }
     }
 }
@@ -600,20 +502,16 @@ with_avx2! {
     /// As [`transform_outputs`], and only this call writes channel `o`'s rows of `rows`.
     unsafe fn output_channel(m: &[f32], bias: f32, g: &Geometry, plan: &Plan, rows: Range<usize>, o: usize, out: SharedMut, scratch: &mut Vec<f32>) {
         let t = plan.transform;
-        let (mm, alpha, n) = (t.m, t.alpha, plan.tiles_x);
+        let (mm, alpha, n) = (t.m(), t.alpha(), plan.tiles_x);
         let tiles = rows.len() * n;
         let (out_height, out_width) = (g.out_height(), g.out_width());
         let scratch = sized(scratch, mm * alpha * tiles + mm * mm * tiles);
         let (combined, outputs) = scratch.split_at_mut(mm * alpha * tiles);
-        for r in 0..mm {
-            for s in 0..alpha {
-                combine(&mut combined[(r * alpha + s) * tiles..][..tiles], t.at[r], |k| &m[(k * alpha + s) * tiles..][..tiles]);
-            }
+        for s in 0..alpha {
+            t.apply(Matrix::At, (&m[s * tiles..], alpha * tiles), (&mut combined[s * tiles..], alpha * tiles), tiles);
         }
         for r in 0..mm {
-            for u in 0..mm {
-                combine(&mut outputs[(r * mm + u) * tiles..][..tiles], t.at[u], |s| &combined[(r * alpha + s) * tiles..][..tiles]);
-            }
+            t.apply(Matrix::At, (&combined[r * alpha * tiles..], tiles), (&mut outputs[r * mm * tiles..], tiles), tiles);
         }
         for (local, row) in rows.clone().enumerate() {
             let (image, tile_row) = plan.locate(row);
@@ -704,7 +602,7 @@ mod tests {
                 let dy = values(batch * cout * g.out_height() * g.out_width(), 4);
                 let [y, dx, dw] = reference(&x, &w, &bias, &dy, &g);
                 let plan = Plan::new(&g);
-                used.push((plan.transform.m, plan.shared));
+                used.push((plan.transform.m(), plan.shared));
                 let pixels = batch * g.out_height() * g.out_width();
                 assert_close(&forward(&x, &w, Some(&bias), &g, Filters::AsGiven), &y, 9 * cin, &format!("y {g:?}"));
                 assert_close(&input_gradient(&dy, &w, &g), &dx, 9 * cout, &format!("dx {g:?}"));
