@@ -358,16 +358,18 @@ with_avx2! {
         let scratch = sized(scratch, 2 * t.points() * tiles + m * n + 2);
         let (patches, rest) = scratch.split_at_mut(t.points() * tiles);
         let (combined, padded) = rest.split_at_mut(t.points() * tiles);
+        // Zeroed once: the columns outside the image stay zero, each row overwrites the others.
+        padded.fill(0.0);
+        let len = g.width.min(padded.len() - g.padding);
         for (local, row) in rows.clone().enumerate() {
             let (image, tile_row) = plan.locate(row);
             let plane = &x[(image * g.in_channels + c) * g.height * g.width..][..g.height * g.width];
             for i in 0..alpha {
                 let y = (m * tile_row + i) as isize - g.padding as isize;
-                padded.fill(0.0);
-                if y >= 0 && y < g.height as isize {
-                    let source = &plane[y as usize * g.width..][..g.width];
-                    let len = g.width.min(padded.len() - g.padding);
-                    padded[g.padding..][..len].copy_from_slice(&source[..len]);
+                let inside = &mut padded[g.padding..][..len];
+                match y >= 0 && y < g.height as isize {
+                    true => inside.copy_from_slice(&plane[y as usize * g.width..][..len]),
+                    false => inside.fill(0.0),
                 }
                 for j in 0..alpha {
                     let target = &mut patches[(i * alpha + j) * tiles + local * n..][..n];
@@ -405,14 +407,16 @@ with_avx2! {
         let scratch = sized(scratch, m * m * tiles + alpha * m * tiles + m * n);
         let (gathered, rest) = scratch.split_at_mut(m * m * tiles);
         let (combined, padded) = rest.split_at_mut(alpha * m * tiles);
+        // Zeroed once, as in `input_channel`.
+        padded.fill(0.0);
         for (local, row) in rows.clone().enumerate() {
             let (image, tile_row) = plan.locate(row);
             let plane = &out_grad[(image * g.out_channels + o) * out_height * out_width..][..out_height * out_width];
             for r in 0..m {
                 let y = m * tile_row + r;
-                padded.fill(0.0);
-                if y < out_height {
-                    padded[..out_width].copy_from_slice(&plane[y * out_width..][..out_width]);
+                match y < out_height {
+                    true => padded[..out_width].copy_from_slice(&plane[y * out_width..][..out_width]),
+                    false => padded[..out_width].fill(0.0),
                 }
                 for u in 0..m {
                     let target = &mut gathered[(r * m + u) * tiles + local * n..][..n];
