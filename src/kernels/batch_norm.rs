@@ -154,24 +154,7 @@ mod host {
     use std::mem::MaybeUninit;
 
     use super::*;
-
-    /// `Σ f(a[i], b[i])` over two equally long runs, summed in 32 independent f32 lanes that the
-    /// compiler vectorizes (one running sum is a chain of dependent additions, a few cycles per
-    /// value; the statistics and gradient sums were most of BatchNorm's time), then in f64.
-    #[inline(always)]
-    fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
-        const LANES: usize = 32;
-        assert_eq!(a.len(), b.len(), "BatchNorm: runs of different lengths");
-        let mut lanes = [0f32; LANES];
-        for (a, b) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
-            for ((lane, &a), &b) in lanes.iter_mut().zip(a).zip(b) {
-                *lane += f(a, b);
-            }
-        }
-        let full = a.len() - a.len() % LANES;
-        let rest: f64 = a[full..].iter().zip(&b[full..]).map(|(&a, &b)| f(a, b) as f64).sum();
-        lanes.iter().map(|&lane| lane as f64).sum::<f64>() + rest
-    }
+    use crate::kernels::lane_sum;
 
     /// A new `len`-long buffer whose planes `fill(i, plane i)` writes, in parallel; left
     /// uninitialized before (zero-filling it first was one more pass over the activation).

@@ -228,7 +228,28 @@ fn fma_available() -> bool {
 /// A convolution's bias gradient: `out_grad` `[batch, channels, plane]` summed over images and
 /// pixels, `[channels]`.
 fn bias_gradient(out_grad: &[f32], batch: usize, channels: usize, plane: usize) -> Vec<f32> {
-    (0..channels).into_par_iter().map(|c| (0..batch).map(|n| out_grad[(n * channels + c) * plane..][..plane].iter().sum::<f32>()).sum()).collect()
+    (0..channels)
+        .into_par_iter()
+        .map(|c| (0..batch).map(|n| &out_grad[(n * channels + c) * plane..][..plane]).map(|p| lane_sum(p, p, |g, _| g)).sum::<f64>() as f32)
+        .collect()
+}
+
+/// `Σ f(a[i], b[i])` over two equally long runs, summed in 32 independent f32 lanes that the
+/// compiler vectorizes (one running sum is a chain of dependent additions, a few cycles per
+/// value; BatchNorm's statistics and gradient sums spent most of their time so), then in f64.
+#[inline(always)]
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    const LANES: usize = 32;
+    assert_eq!(a.len(), b.len(), "lane_sum: runs of different lengths");
+    let mut lanes = [0f32; LANES];
+    for (a, b) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        for ((lane, &a), &b) in lanes.iter_mut().zip(a).zip(b) {
+            *lane += f(a, b);
+        }
+    }
+    let full = a.len() - a.len() % LANES;
+    let rest: f64 = a[full..].iter().zip(&b[full..]).map(|(&a, &b)| f(a, b) as f64).sum();
+    lanes.iter().map(|&lane| lane as f64).sum::<f64>() + rest
 }
 
 /// Deterministic values in [-1, 1), for the kernels' tests.
