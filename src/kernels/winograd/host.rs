@@ -354,8 +354,8 @@ with_avx2! {
         let (m, alpha, n) = (t.m(), t.alpha(), plan.tiles_x);
         let tiles = rows.len() * n;
         // The patches, their vertical combinations, and an input row with its zero padding
-        // (columns -padding .. m * n + 2 - padding).
-        let scratch = sized(scratch, 2 * t.points() * tiles + m * n + 2);
+        // (columns -padding .. m * n + 2 - padding, and more zeros for `Transform::gather`).
+        let scratch = sized(scratch, 2 * t.points() * tiles + m * (n + 2));
         let (patches, rest) = scratch.split_at_mut(t.points() * tiles);
         let (combined, padded) = rest.split_at_mut(t.points() * tiles);
         // Zeroed once: the columns outside the image stay zero, each row overwrites the others.
@@ -371,10 +371,7 @@ with_avx2! {
                     true => inside.copy_from_slice(&plane[y as usize * g.width..][..len]),
                     false => inside.fill(0.0),
                 }
-                for j in 0..alpha {
-                    let target = &mut patches[(i * alpha + j) * tiles + local * n..][..n];
-                    target.iter_mut().enumerate().for_each(|(tx, value)| *value = padded[m * tx + j]);
-                }
+                t.gather(padded, (&mut patches[i * alpha * tiles + local * n..], tiles), alpha, n);
             }
         }
         for j in 0..alpha {
@@ -404,7 +401,7 @@ with_avx2! {
         let (m, alpha, n) = (t.m(), t.alpha(), plan.tiles_x);
         let tiles = rows.len() * n;
         let (out_height, out_width) = (g.out_height(), g.out_width());
-        let scratch = sized(scratch, m * m * tiles + alpha * m * tiles + m * n);
+        let scratch = sized(scratch, m * m * tiles + alpha * m * tiles + m * (n + 2));
         let (gathered, rest) = scratch.split_at_mut(m * m * tiles);
         let (combined, padded) = rest.split_at_mut(alpha * m * tiles);
         // Zeroed once, as in `input_channel`.
@@ -418,10 +415,7 @@ with_avx2! {
                     true => padded[..out_width].copy_from_slice(&plane[y * out_width..][..out_width]),
                     false => padded[..out_width].fill(0.0),
                 }
-                for u in 0..m {
-                    let target = &mut gathered[(r * m + u) * tiles + local * n..][..n];
-                    target.iter_mut().enumerate().for_each(|(tx, value)| *value = padded[m * tx + u]);
-                }
+                t.gather(padded, (&mut gathered[r * m * tiles + local * n..], tiles), m, n);
             }
         }
         for u in 0..m {
@@ -591,12 +585,20 @@ mod tests {
     #[test]
     fn forward_and_gradients_equal_the_direct_definition() {
         // Both transforms (F(4x4) from 8x8 outputs up), odd and even sizes (partial tiles at the
-        // right and bottom edges), every padding, more tile rows than one chunk holds, filters
+        // right and bottom edges), rows of more than four F(4x4) tiles (gathered four at a time), every padding, more tile rows than one chunk holds, filters
         // large enough for the threads to share chunks, and long sums over channels. Each shape
         // runs after larger and after smaller ones: the threads' buffers outlive a call.
         let mut used = Vec::new();
-        let shapes =
-            [(1, 1, 1, 3, 3), (2, 3, 5, 7, 9), (3, 4, 2, 8, 8), (1, 2, 3, 5, 12), (5, 3, 4, 33, 6), (2, 200, 180, 5, 4), (1, 150, 20, 12, 13)];
+        let shapes = [
+            (1, 1, 1, 3, 3),
+            (2, 3, 5, 7, 9),
+            (3, 4, 2, 8, 8),
+            (1, 2, 3, 5, 12),
+            (5, 3, 4, 33, 6),
+            (2, 200, 180, 5, 4),
+            (1, 150, 20, 12, 13),
+            (1, 2, 3, 8, 23),
+        ];
         for &(batch, cin, cout, height, width) in shapes.iter().chain(shapes.iter().rev()) {
             for padding in 0..=2 {
                 let g = Geometry { batch, in_channels: cin, out_channels: cout, height, width, padding };
