@@ -282,9 +282,9 @@ with_avx2! {
     /// `values` points to `points * matrix` values, and only this call writes the places above.
     unsafe fn filter_row(weight: &[f32], t: Transform, filters: Filters, offset: usize, matrix: usize, values: SharedMut, scratch: &mut Vec<f32>) {
         let (minor, alpha) = (weight.len() / 9, t.alpha());
-        let scratch = sized(scratch, (9 + 4 * alpha) * minor);
+        let scratch = sized(scratch, (9 + 3 * alpha + alpha * alpha) * minor);
         let (taps, rest) = scratch.split_at_mut(9 * minor);
-        let (gf, rows) = rest.split_at_mut(3 * alpha * minor);
+        let (gf, transformed) = rest.split_at_mut(3 * alpha * minor);
         for (j, filter) in weight.chunks_exact(9).enumerate() {
             for (k, &tap) in filter.iter().enumerate() {
                 // The input-gradient convolution's filters are rotated by 180°.
@@ -292,17 +292,10 @@ with_avx2! {
                 taps[k * minor + j] = tap;
             }
         }
-        for b in 0..3 {
-            // G f, column b ...
-            t.apply(Matrix::G, (&taps[b * minor..], 3 * minor), (&mut gf[b * minor..], 3 * minor), minor);
-        }
-        for r in 0..alpha {
-            // ... times Gᵀ, row r.
-            t.apply(Matrix::G, (&gf[r * 3 * minor..], minor), (rows, minor), minor);
-            for (s, row) in rows.chunks_exact(minor).enumerate() {
-                // SAFETY: the caller's guarantee.
-                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), values.get().add((r * alpha + s) * matrix + offset), minor) };
-            }
+        t.apply_2d(Matrix::G, taps, gf, transformed, minor);
+        for (point, row) in transformed.chunks_exact(minor).enumerate() {
+            // SAFETY: the caller's guarantee.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), values.get().add(point * matrix + offset), minor) };
         }
     }
 }
@@ -374,12 +367,7 @@ with_avx2! {
                 t.gather(padded, (&mut patches[i * alpha * tiles + local * n..], tiles), alpha, n);
             }
         }
-        for j in 0..alpha {
-            t.apply(Matrix::Bt, (&patches[j * tiles..], alpha * tiles), (&mut combined[j * tiles..], alpha * tiles), tiles);
-        }
-        for k in 0..alpha {
-            t.apply(Matrix::Bt, (&combined[k * alpha * tiles..], tiles), (&mut v[k * alpha * tiles..], tiles), tiles);
-        }
+        t.apply_2d(Matrix::Bt, patches, combined, v, tiles);
     }
 }
 
@@ -418,12 +406,7 @@ with_avx2! {
                 t.gather(padded, (&mut gathered[r * m * tiles + local * n..], tiles), m, n);
             }
         }
-        for u in 0..m {
-            t.apply(Matrix::A, (&gathered[u * tiles..], m * tiles), (&mut combined[u * tiles..], m * tiles), tiles);
-        }
-        for i in 0..alpha {
-            t.apply(Matrix::A, (&combined[i * m * tiles..], tiles), (&mut dm[i * alpha * tiles..], tiles), tiles);
-        }
+        t.apply_2d(Matrix::A, gathered, combined, dm, tiles);
     }
 }
 
@@ -505,12 +488,7 @@ with_avx2! {
         let (out_height, out_width) = (g.out_height(), g.out_width());
         let scratch = sized(scratch, mm * alpha * tiles + mm * mm * tiles);
         let (combined, outputs) = scratch.split_at_mut(mm * alpha * tiles);
-        for s in 0..alpha {
-            t.apply(Matrix::At, (&m[s * tiles..], alpha * tiles), (&mut combined[s * tiles..], alpha * tiles), tiles);
-        }
-        for r in 0..mm {
-            t.apply(Matrix::At, (&combined[r * alpha * tiles..], tiles), (&mut outputs[r * mm * tiles..], tiles), tiles);
-        }
+        t.apply_2d(Matrix::At, m, combined, outputs, tiles);
         for (local, row) in rows.clone().enumerate() {
             let (image, tile_row) = plan.locate(row);
             let plane = (image * g.out_channels + o) * out_height * out_width;

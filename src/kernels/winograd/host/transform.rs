@@ -78,6 +78,32 @@ impl Transform {
         }
     }
 
+    /// `(rows in, rows out)` of `matrix`.
+    const fn dims(self, matrix: Matrix) -> (usize, usize) {
+        let (m, alpha) = (self.m(), self.alpha());
+        match matrix {
+            Matrix::Bt => (alpha, alpha),
+            Matrix::At => (alpha, m),
+            Matrix::A => (m, alpha),
+            Matrix::G => (3, alpha),
+            Matrix::Gt => (alpha, 3),
+        }
+    }
+
+    /// `Y = M X Mᵀ` for `M` = `matrix` (`o x i`) of `n` lanes at once: `x` is `[i][i][n]`, `y`
+    /// `[o][o][n]`, and `between` (`[o][i][n]`) takes `M X`, down the columns; then each of its rows
+    /// times `Mᵀ`.
+    #[inline(always)]
+    pub fn apply_2d(self, matrix: Matrix, x: &[f32], between: &mut [f32], y: &mut [f32], n: usize) {
+        let (ins, outs) = self.dims(matrix);
+        for column in 0..ins {
+            self.apply(matrix, (&x[column * n..], ins * n), (&mut between[column * n..], ins * n), n);
+        }
+        for row in 0..outs {
+            self.apply(matrix, (&between[row * ins * n..], n), (&mut y[row * outs * n..], n), n);
+        }
+    }
+
     /// `output row r = Σ_i matrix[r][i] · input row i` for the `n` lanes of each row, where input
     /// row `i` is `input[i * in_stride..][..n]` and output row `r` is `output[r * out_stride..][..n]`.
     /// Inline, so that it compiles for the caller's target features (AVX2 in `with_avx2!` bodies).
