@@ -57,6 +57,7 @@ pub mod batch_norm;
 pub mod dense;
 pub mod depthwise;
 pub mod max_pool;
+pub mod sgd;
 pub mod winograd;
 
 use std::cell::RefCell;

@@ -1,17 +1,18 @@
 //! Optimizers, built from the config with PyTorch's semantics (burn's defaults differ in places).
 
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::grad_clipping::GradientClippingConfig;
 use burn::grad_clipping::GradientClipping;
+use burn::grad_clipping::GradientClippingConfig;
 use burn::module::ParamGroup;
+use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{
-    AdamConfig, AdamWConfig, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer, RmsPropConfig, SgdConfig,
+    AdamConfig, AdamWConfig, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer, RecordState, RmsPropConfig, StateSink, StateSource,
+    join_path,
 };
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
+use crate::kernels::sgd::{SgdStep, momentum_step};
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -95,6 +96,62 @@ impl Optimizer for Adamax {
     }
 }
 
+/// PyTorch's SGD (no dampening; burn's `Sgd` dampens by 0.1 unless told otherwise) with L2
+/// weight decay and optional Nesterov momentum, each step one pass over the parameter on flex
+/// (`kernels::sgd`).
+#[derive(Clone)]
+pub struct Sgd {
+    momentum: f32,
+    nesterov: bool,
+    weight_decay: f32,
+}
+
+/// The velocity of a parameter under momentum, recorded under the names burn's `SgdState` uses
+/// (`momentum.velocity`), so resume states written with burn's optimizer load here.
+#[derive(Clone)]
+pub struct SgdState<const D: usize> {
+    velocity: Option<Tensor<D>>,
+}
+
+impl<const D: usize> RecordState for SgdState<D> {
+    fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        if let Some(velocity) = &self.velocity {
+            out.push_tensor(&join_path(prefix, "momentum"), "velocity", velocity.clone().into_data());
+        }
+    }
+
+    fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
+        let velocity = src.take_tensor(&join_path(prefix, "momentum"), "velocity").map(|data| Tensor::from_data(data, device));
+        Some(SgdState { velocity })
+    }
+}
+
+impl Optimizer for Sgd {
+    type State<const D: usize> = SgdState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        if self.momentum == 0.0 {
+            let step = (tensor.clone() * self.weight_decay + grad) * lr;
+            return (tensor - step, Some(SgdState { velocity: None }));
+        }
+        // A first step starts from a zero velocity: `0 * momentum + d` is PyTorch's `v = d`.
+        let velocity = state.and_then(|s| s.velocity).unwrap_or_else(|| tensor.zeros_like());
+        let step = SgdStep { lr: lr as f32, momentum: self.momentum, weight_decay: self.weight_decay, nesterov: self.nesterov };
+        let (tensor, velocity) = momentum_step(tensor, grad, velocity, step);
+        (tensor, Some(SgdState { velocity: Some(velocity) }))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        SgdState { velocity: state.velocity.map(|v| v.to_device(device)) }
+    }
+}
+
 /// The optimizer a config describes. Parameters in `backbone` (when given with a scale other than
 /// 1) step at the learning rate times that scale.
 pub fn build(config: &TrainConfig, backbone: Option<(ParamGroup, f64)>) -> ModuleOptimizer {
@@ -102,11 +159,7 @@ pub fn build(config: &TrainConfig, backbone: Option<(ParamGroup, f64)>) -> Modul
     let decay = (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
     let optimizer = match config.optimizer {
         OptimizerKind::Sgd => {
-            // burn's momentum dampens by 0.1 by default; PyTorch does not dampen.
-            let momentum = (config.momentum > 0.0).then(|| {
-                MomentumConfig::new().with_momentum(config.momentum).with_dampening(0.0).with_nesterov(config.nesterov)
-            });
-            assemble(SgdConfig::new().with_momentum(momentum).with_weight_decay(decay).build(), config, backbone)
+            assemble(Sgd { momentum: config.momentum as f32, nesterov: config.nesterov, weight_decay: config.weight_decay as f32 }, config, backbone)
         }
         OptimizerKind::Adam => assemble(
             AdamConfig::new().with_beta_1(beta_1).with_beta_2(beta_2).with_epsilon(EPSILON).with_weight_decay(decay).build(),
@@ -114,12 +167,7 @@ pub fn build(config: &TrainConfig, backbone: Option<(ParamGroup, f64)>) -> Modul
             backbone,
         ),
         OptimizerKind::AdamW => assemble(
-            AdamWConfig::new()
-                .with_beta_1(beta_1)
-                .with_beta_2(beta_2)
-                .with_epsilon(EPSILON)
-                .with_weight_decay(config.weight_decay as f32)
-                .build(),
+            AdamWConfig::new().with_beta_1(beta_1).with_beta_2(beta_2).with_epsilon(EPSILON).with_weight_decay(config.weight_decay as f32).build(),
             config,
             backbone,
         ),
@@ -133,9 +181,7 @@ pub fn build(config: &TrainConfig, backbone: Option<(ParamGroup, f64)>) -> Modul
             config,
             backbone,
         ),
-        OptimizerKind::Adamax => {
-            assemble(Adamax { beta_1, beta_2, weight_decay: config.weight_decay as f32 }, config, backbone)
-        }
+        OptimizerKind::Adamax => assemble(Adamax { beta_1, beta_2, weight_decay: config.weight_decay as f32 }, config, backbone),
     };
     match config.grad_clip_norm {
         Some(norm) => optimizer.with_grad_clipping(GradientClippingConfig::Norm(norm as f32).init()),
@@ -154,7 +200,6 @@ fn assemble<O: Optimizer>(optimizer: O, config: &TrainConfig, backbone: Option<(
         _ => all,
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -193,13 +238,7 @@ mod tests {
 
     #[test]
     fn rmsprop_follows_pytorch_without_momentum() {
-        let config = TrainConfig {
-            optimizer: OptimizerKind::RmsProp,
-            lr: 0.01,
-            momentum: 0.0,
-            weight_decay: 0.0,
-            ..Default::default()
-        };
+        let config = TrainConfig { optimizer: OptimizerKind::RmsProp, lr: 0.01, momentum: 0.0, weight_decay: 0.0, ..Default::default() };
         // v = 0.01 g^2, so the step is lr * g / (0.1 |g| + eps) = 0.1 * sign(g).
         let w = steps(&config, [2.0, -0.5], 1);
         assert!(close(&w, &[1.0 - 0.1, -2.0 + 0.1]), "{w:?}");
@@ -211,5 +250,47 @@ mod tests {
         // PyTorch: buf1 = g, buf2 = 0.9 g + g = 1.9 g; total move = 0.1 * 2.9 g.
         let w = steps(&config, [1.0, 1.0], 2);
         assert!(close(&w, &[1.0 - 0.29, -2.0 - 0.29]), "{w:?}");
+    }
+
+    /// One step of `optimizer` on the Linear of `steps` (gradient of `sum(w * g)`).
+    fn step_layer(optimizer: &mut ModuleOptimizer, layer: Linear, g: [f32; 2]) -> Linear {
+        let device = layer.weight.device();
+        let loss = (layer.weight.val() * Tensor::<2>::from_data(TensorData::new(g.to_vec(), [2, 1]), &device)).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &layer);
+        optimizer.step(0.1, layer, grads)
+    }
+
+    #[test]
+    fn sgd_nesterov_with_weight_decay_follows_pytorch() {
+        let config = TrainConfig { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 0.1, ..Default::default() };
+        // torch.optim.SGD([w], lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1), w = [1, -2],
+        // two steps with grad [0.5, -3]: d1 = g + 0.1 w, v1 = d1, w1 = w - 0.1 (d1 + 0.9 v1), ...
+        let mut w = [1.0f64, -2.0];
+        let mut v = [0.0f64; 2];
+        for _ in 0..2 {
+            for (i, g) in [0.5, -3.0].into_iter().enumerate() {
+                let d = g + 0.1 * w[i];
+                v[i] = 0.9 * v[i] + d;
+                w[i] -= 0.1 * (d + 0.9 * v[i]);
+            }
+        }
+        assert!(close(&steps(&config, [0.5, -3.0], 2), &w), "{w:?}");
+    }
+
+    #[test]
+    fn sgd_resumes_from_a_state_burns_sgd_wrote() {
+        use burn::optim::SgdConfig;
+        use burn::optim::decay::WeightDecayConfig;
+        use burn::optim::momentum::MomentumConfig;
+        let device = Device::flex().autodiff();
+        let layer: Linear = LinearConfig::new(2, 1).with_bias(false).init(&device);
+        let momentum = MomentumConfig::new().with_momentum(0.9).with_dampening(0.0).with_nesterov(true);
+        let mut burns = SgdConfig::new().with_momentum(Some(momentum)).with_weight_decay(Some(WeightDecayConfig::new(0.01))).init();
+        let layer = step_layer(&mut burns, layer, [0.5, -3.0]);
+        let config = TrainConfig { momentum: 0.9, nesterov: true, weight_decay: 0.01, ..Default::default() };
+        let mut ours = build(&config, None).from_bytes(burns.into_bytes().unwrap()).unwrap();
+        let expected = step_layer(&mut burns, layer.clone(), [2.0, 1.0]).weight.val().into_data();
+        let resumed = step_layer(&mut ours, layer, [2.0, 1.0]).weight.val().into_data();
+        resumed.assert_approx_eq::<f32>(&expected, burn::tensor::Tolerance::absolute(1e-6));
     }
 }
