@@ -1,8 +1,9 @@
 //! Dense 3x3 stride-1 convolution on host f32 NCHW data by Winograd's minimal filtering
 //! F(m x m, 3x3) (Lavin & Gray, 2015): each m x m block of outputs (a "tile") comes from the
 //! (m + 2)² input patch under it through (m + 2)² products per input/output channel pair instead
-//! of 9m². F(4x4, 3x3) (36 products for 16 outputs, 4x fewer than direct) runs where the output is
-//! at least 8 pixels wide and high, F(2x2, 3x3) (16 for 4, 2.25x fewer) on smaller maps.
+//! of 9m². F(4x4, 3x3) (36 products for 16 outputs, 4x fewer than direct) runs where its tiles
+//! need fewer products than F(2x2, 3x3)'s (16 for 4, 2.25x fewer): on square maps of any size but
+//! 1, 2, 5 and 6.
 //!
 //! With `V = Bᵀ d B` the transformed input patch and `U = G g Gᵀ` the transformed filter, each of
 //! the (m + 2)² points `ξ` of the transform is one matrix product over channels,
@@ -167,7 +168,11 @@ struct Plan {
 
 impl Plan {
     fn new(g: &Geometry) -> Plan {
-        let transform = if g.out_height().min(g.out_width()) >= 8 { Transform::F4 } else { Transform::F2 };
+        // The transform with fewer products per image (tiles x points), F(2x2) where they tie
+        // (6x6 maps): F(4x4) on ResNet's 4x4 maps is one tile and 36 products per image against
+        // F(2x2)'s four tiles and 64.
+        let products = |t: Transform| g.out_height().div_ceil(t.m()) * g.out_width().div_ceil(t.m()) * t.points();
+        let transform = if products(Transform::F4) < products(Transform::F2) { Transform::F4 } else { Transform::F2 };
         let points = transform.points();
         let tiles_x = g.out_width().div_ceil(transform.m());
         let tiles_y = g.out_height().div_ceil(transform.m());
