@@ -208,9 +208,13 @@ fn contiguous(tensor: FlexTensor) -> FlexTensor {
     if tensor.as_slice::<f32>().is_some() { tensor } else { tensor.to_contiguous() }
 }
 
-/// The values of a contiguous f32 tensor that owns its storage alone and uses all of it.
+/// The values of a contiguous f32 tensor that owns its storage alone and uses all of it (not a
+/// permuted or sliced view: those values are not in the tensor's order).
 fn exclusive_f32s(tensor: &mut FlexTensor) -> Option<&mut [f32]> {
     let len = tensor.shape().num_elements();
+    if tensor.as_slice::<f32>().is_none_or(|values| values.len() != len) {
+        return None;
+    }
     tensor.try_storage_mut::<f32>().filter(|values| values.len() == len)
 }
 

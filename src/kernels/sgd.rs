@@ -80,7 +80,7 @@ impl SgdBackend for Flex {
     }
 }
 
-/// `tensor` itself where it is contiguous and holds its storage alone, else a copy that does.
+/// `tensor` itself where it holds its storage alone in its own order, else a copy that does.
 fn owned(mut tensor: FlexTensor) -> FlexTensor {
     if exclusive_f32s(&mut tensor).is_some() {
         return tensor;
@@ -133,5 +133,22 @@ mod tests {
                 start.into_data().assert_eq(&before, true);
             }
         }
+    }
+
+    /// A transposed parameter is a permuted view of storage nothing else holds: updated in its
+    /// logical order all the same.
+    #[test]
+    fn updates_views_in_their_own_order() {
+        let device = Device::flex();
+        device.seed(6);
+        let step = SgdStep { lr: 0.1, momentum: 0.9, weight_decay: 0.01, nesterov: true };
+        let param = Tensor::<2>::random([5, 3], Distribution::Normal(0.0, 1.0), &device).transpose();
+        let grad = Tensor::<2>::random([3, 5], Distribution::Normal(0.0, 1.0), &device);
+        let velocity = Tensor::<2>::random([3, 5], Distribution::Normal(0.0, 1.0), &device);
+        let copy = Tensor::<2>::from_data(param.to_data(), &device);
+        let expected = reference_step(copy, grad.clone(), velocity.clone(), step);
+        let ours = momentum_step(param, grad, velocity, step);
+        ours.0.into_data().assert_eq(&expected.0.into_data(), true);
+        ours.1.into_data().assert_eq(&expected.1.into_data(), true);
     }
 }
