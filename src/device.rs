@@ -30,6 +30,22 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Makes the calling thread one of rayon's workers: the global pool then holds one thread per core
+/// (or `RAYON_NUM_THREADS`) counting this one, not that many beside it. Otherwise each parallel op
+/// called from here put this thread to sleep and woke the workers, which then spun while this
+/// thread ran the step's sequential parts: three threads on two cores, 26,793 context switches in
+/// 22 `resnet18_cifar` batch-32 steps against 6,360 with this, and the step about 5% slower. Call
+/// once, first thing. With a single thread the pool keeps its own worker: this thread blocks on
+/// the data loader, whose parallel work would then wait for it.
+pub fn make_this_thread_a_worker() {
+    let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|n| n.parse().ok()).filter(|&n: &usize| n > 0);
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads >= 2 {
+        // Fails only where a global pool exists already; then that one stays.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build_global();
+    }
+}
+
 /// The device a name selects (without autodiff; training adds it).
 pub fn parse(name: &str) -> Result<Device> {
     match name {

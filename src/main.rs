@@ -425,6 +425,7 @@ enum BenchCommand {
 fn main() {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     ferrovision::device::keep_freed_memory();
+    ferrovision::device::make_this_thread_a_worker();
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
