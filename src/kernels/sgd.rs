@@ -37,11 +37,7 @@ pub struct SgdStep {
 /// If the three tensors differ in shape.
 pub fn momentum_step<const D: usize>(param: Tensor<D>, grad: Tensor<D>, velocity: Tensor<D>, step: SgdStep) -> (Tensor<D>, Tensor<D>) {
     assert!(param.dims() == grad.dims() && param.dims() == velocity.dims(), "sgd: parameter, gradient and velocity differ in shape");
-    let ours = super::enabled()
-        && [&param, &grad, &velocity].iter().all(|t| t.dtype() == DType::F32)
-        && param.device() == Device::flex()
-        && grad.device() == Device::flex()
-        && velocity.device() == Device::flex();
+    let ours = super::enabled() && [&param, &grad, &velocity].iter().all(|t| t.dtype() == DType::F32 && t.device() == Device::flex());
     if !ours {
         return reference_step(param, grad, velocity, step);
     }
@@ -80,14 +76,14 @@ impl SgdBackend for Flex {
     }
 }
 
-/// `tensor` itself where it holds its storage alone in its own order, else a copy that does.
-fn owned(mut tensor: FlexTensor) -> FlexTensor {
+/// `tensor` itself where it holds its storage alone in its own order, else a copy that does (the
+/// contiguous copy of a view already does).
+fn owned(tensor: FlexTensor) -> FlexTensor {
+    let mut tensor = contiguous(tensor);
     if exclusive_f32s(&mut tensor).is_some() {
         return tensor;
     }
-    let shape = tensor.shape();
-    let values = contiguous(tensor);
-    FlexTensor::from_data(TensorData::new(f32s(&values).to_vec(), shape))
+    FlexTensor::from_data(TensorData::new(f32s(&tensor).to_vec(), tensor.shape()))
 }
 
 /// The update on host values, in place.
