@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use crate::augment::transforms::{Context, Pipeline, Transform};
 use crate::augment::{Image, InputTransform, NormalizePreset, PaddingMode};
@@ -113,8 +113,25 @@ pub fn sgemm_seconds(shape: GemmShape, steps: usize) -> f64 {
         // stride the row length), as the strides passed say.
         unsafe {
             gemm::gemm(
-                m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), 1, n as isize,
-                0.0, 1.0, false, false, false, parallelism,
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
             )
         }
     };
@@ -308,7 +325,15 @@ pub fn conv3x3_shapes(model_config: &ModelConfig, size: usize) -> Result<Vec<(Co
 /// averaged over `steps` after `warmup`, run by `kernel` (Winograd, our im2col products or burn's
 /// conv2d): the forward alone (`training` false, no autodiff), or forward + backward for input and
 /// weights (the output gradient is ones, from `y.backward()`).
-pub fn conv3x3_seconds(shape: Conv3x3Shape, kernel: ConvKernel, training: bool, batch: usize, steps: usize, warmup: usize, device: &Device) -> f64 {
+pub fn conv3x3_seconds(
+    shape: Conv3x3Shape,
+    kernel: ConvKernel,
+    training: bool,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+    device: &Device,
+) -> f64 {
     let device = if training { device.clone().autodiff() } else { device.clone() };
     device.seed(0);
     let Conv3x3Shape { in_channels, out_channels, size, padding } = shape;

@@ -9,11 +9,11 @@ use crate::augment::mix::MixConfig;
 use crate::augment::transforms::Transform;
 use crate::augment::{InputTransform, NormalizePreset, PaddingMode};
 use crate::models::{BlockKind, WeightInit};
+use crate::tracking::journal::ExperimentInfo;
 use crate::train::Tta;
 use crate::train::callbacks::EarlyStopping;
 use crate::train::optim::OptimizerKind;
 use crate::train::schedule::{Monitor, PlateauConfig, ScheduleKind};
-use crate::tracking::journal::ExperimentInfo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -326,15 +326,13 @@ impl ExperimentConfig {
     /// Reads a config file and applies `key=value` overrides (values in TOML syntax; a bare word is
     /// taken as a string).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
         Self::from_toml(&text, &path.display().to_string(), overrides)
     }
 
     pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.into(), message: one_line(&e) })?;
+        let mut table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.into(), message: one_line(&e) })?;
         for item in overrides {
             apply_override(&mut table, item)?;
         }
@@ -405,7 +403,10 @@ impl ExperimentConfig {
             return invalid("train.plateau.monitor", "a validation metric needs data.val_size > 0 (or monitor = \"train_loss\")".into());
         }
         if t.early_stopping.is_some_and(|e| needs_val(e.monitor)) {
-            return invalid("train.early_stopping.monitor", "a validation metric needs data.val_size > 0 (or monitor = \"train_loss\")".into());
+            return invalid(
+                "train.early_stopping.monitor",
+                "a validation metric needs data.val_size > 0 (or monitor = \"train_loss\")".into(),
+            );
         }
         if t.ema_decay.is_some_and(|d| !(0.0..1.0).contains(&d)) {
             return invalid("train.ema_decay", "expected a decay in [0, 1), e.g. 0.999".into());

@@ -496,7 +496,9 @@ fn run(cli: Cli) -> Result<()> {
                     let spec_path = std::path::Path::new(&spec);
                     let base = match spec_path.is_file().then(|| spec_path.file_stem()).flatten() {
                         Some(stem) => stem.to_string_lossy().into_owned(),
-                        None => settings[1].pipeline.as_ref().and_then(|p| p.transforms.last()).map_or("transform", |t| t.name()).to_string(),
+                        None => {
+                            settings[1].pipeline.as_ref().and_then(|p| p.transforms.last()).map_or("transform", |t| t.name()).to_string()
+                        }
                     };
                     let name = key.map_or(base.clone(), |k| format!("{base}-{k}"));
                     for path in robustness::write_report(&outcomes, &run.path.join("robustness"), &name, key)? {
@@ -520,9 +522,9 @@ fn run(cli: Cli) -> Result<()> {
                 let ranked: Vec<String> = prediction.top.iter().map(|&(c, p)| format!("{} {:.3}", label(c), p)).collect();
                 println!("{name}\t{}", ranked.join("\t"));
                 if labels_from_file_names {
-                    let truth = classes.from_file_name(name).ok_or_else(|| {
-                        anyhow::anyhow!("{name}: the file name names no class of the class table")
-                    })?;
+                    let truth = classes
+                        .from_file_name(name)
+                        .ok_or_else(|| anyhow::anyhow!("{name}: the file name names no class of the class table"))?;
                     scored += 1;
                     top1 += usize::from(prediction.top.first().is_some_and(|&(c, _)| c == truth));
                     topk += usize::from(prediction.top.iter().any(|&(c, _)| c == truth));
@@ -604,7 +606,9 @@ fn run(cli: Cli) -> Result<()> {
                     let profile = bench::profile::train_step(&model_config, batch, size, steps, warmup, &device)?;
                     let square = bench::GemmShape { m: 2048, k: 2048, n: 2048 };
                     let peak = square.flops() / bench::sgemm_seconds(square, 3) / 1e9;
-                    println!("(GFLOP/s: multiply-add = 2, direct-convolution count; peak = this CPU's sgemm on a 2048 square product, {peak:.1} GFLOP/s)");
+                    println!(
+                        "(GFLOP/s: multiply-add = 2, direct-convolution count; peak = this CPU's sgemm on a 2048 square product, {peak:.1} GFLOP/s)"
+                    );
                     println!("{}", profile.table(peak));
                     profile.batch as f64 / profile.step
                 } else {
@@ -621,7 +625,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             BenchCommand::Depthwise { batch, steps, warmup, device: name, shapes } => {
                 let device = device::parse(&name)?;
-                println!("depthwise conv forward + backward, batch {batch}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads", rayon::current_num_threads());
+                println!(
+                    "depthwise conv forward + backward, batch {batch}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads",
+                    rayon::current_num_threads()
+                );
                 println!("{:<18} {:>10} {:>10} {:>8}", "layer", "ours s", "burn s", "speedup");
                 let (mut ours_total, mut burn_total) = (0.0, 0.0);
                 let shapes = if shapes.is_empty() { bench::DEPTHWISE_SHAPES.to_vec() } else { shapes };
@@ -642,7 +649,9 @@ fn run(cli: Cli) -> Result<()> {
                     "{model}'s dense 3x3 stride-1 convolutions, batch {batch}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads",
                     rayon::current_num_threads()
                 );
-                println!("seconds per layer by Winograd, our im2col products and burn; GFLOP/s of the fastest, as a direct convolution counts them");
+                println!(
+                    "seconds per layer by Winograd, our im2col products and burn; GFLOP/s of the fastest, as a direct convolution counts them"
+                );
                 println!("(forward 2*9*in*out*pixels, training 3x that)");
                 let kernels = [ConvKernel::Winograd, ConvKernel::Dense, ConvKernel::Burn];
                 println!(
@@ -654,13 +663,17 @@ fn run(cli: Cli) -> Result<()> {
                 let mut best = [0.0; 2];
                 let mut flops = 0.0;
                 for (shape, count) in shapes {
-                    let times = [false, true].map(|training| kernels.map(|kernel| bench::conv3x3_seconds(shape, kernel, training, batch, steps, warmup, &device)));
+                    let times = [false, true].map(|training| {
+                        kernels.map(|kernel| bench::conv3x3_seconds(shape, kernel, training, batch, steps, warmup, &device))
+                    });
                     let f = shape.flops(batch);
                     let fastest = times.map(|t| t.into_iter().fold(f64::INFINITY, f64::min));
                     let [[fw, fi, fb], [tw, ti, tb]] = times;
                     println!(
                         "{:<22} {count:>6} {fw:>9.4} {fi:>9.4} {fb:>9.4} {:>8.1} {tw:>9.4} {ti:>9.4} {tb:>9.4} {:>8.1}",
-                        shape.to_string(), f / fastest[0] / 1e9, 3.0 * f / fastest[1] / 1e9
+                        shape.to_string(),
+                        f / fastest[0] / 1e9,
+                        3.0 * f / fastest[1] / 1e9
                     );
                     for pass in 0..2 {
                         totals[pass].iter_mut().zip(times[pass]).for_each(|(total, t)| *total += count as f64 * t);
@@ -671,11 +684,17 @@ fn run(cli: Cli) -> Result<()> {
                 let [[fw, fi, fb], [tw, ti, tb]] = totals;
                 println!(
                     "{:<22} {:>6} {fw:>9.4} {fi:>9.4} {fb:>9.4} {:>8.1} {tw:>9.4} {ti:>9.4} {tb:>9.4} {:>8.1}",
-                    "all layers", "", flops / best[0] / 1e9, 3.0 * flops / best[1] / 1e9
+                    "all layers",
+                    "",
+                    flops / best[0] / 1e9,
+                    3.0 * flops / best[1] / 1e9
                 );
                 println!(
                     "speedup over burn, Winograd: forward {:.2}x, forward + backward {:.2}x; fastest kernel per layer: {:.2}x, {:.2}x",
-                    fb / fw, tb / tw, fb / best[0], tb / best[1]
+                    fb / fw,
+                    tb / tw,
+                    fb / best[0],
+                    tb / best[1]
                 );
             }
             BenchCommand::Gemm { model, batch, size, steps, square, overrides } => {
@@ -839,11 +858,20 @@ fn augment_command(command: AugmentCommand) -> Result<()> {
             );
             if format == "packed" {
                 if !ferrovision::data::cache::is_packed(&out) {
-                    anyhow::bail!("--out {}: a packed data set is one file named *.{}", out.display(), ferrovision::data::cache::PACKED_EXTENSION);
+                    anyhow::bail!(
+                        "--out {}: a packed data set is one file named *.{}",
+                        out.display(),
+                        ferrovision::data::cache::PACKED_EXTENSION
+                    );
                 }
                 let images = expand::expand_packed(&dataset, &pipeline, &out, &options, &bar)?;
                 bar.finish_and_clear();
-                println!("{}: {images} images packed ({} train x {copies} copies, {} test)", out.display(), dataset.train.len(), dataset.test.len());
+                println!(
+                    "{}: {images} images packed ({} train x {copies} copies, {} test)",
+                    out.display(),
+                    dataset.train.len(),
+                    dataset.test.len()
+                );
                 return Ok(());
             }
             let report = expand::expand(&dataset.train, &dataset.test, &dataset.classes, &pipeline, &out, &options, &bar)?;
@@ -871,9 +899,12 @@ fn named_model(name: &str, overrides: &[String]) -> Result<ferrovision::config::
 }
 
 fn parse_depthwise_shape(text: &str) -> Result<bench::DepthwiseShape, String> {
-    let numbers: Vec<usize> = text.split(',').map(|n| n.trim().parse().map_err(|_| format!("`{n}` is not a number"))).collect::<Result<_, _>>()?;
+    let numbers: Vec<usize> =
+        text.split(',').map(|n| n.trim().parse().map_err(|_| format!("`{n}` is not a number"))).collect::<Result<_, _>>()?;
     match numbers[..] {
-        [channels, size, kernel, stride] if channels > 0 && kernel > 0 && stride > 0 && size >= kernel => Ok(bench::DepthwiseShape { channels, size, kernel, stride }),
+        [channels, size, kernel, stride] if channels > 0 && kernel > 0 && stride > 0 && size >= kernel => {
+            Ok(bench::DepthwiseShape { channels, size, kernel, stride })
+        }
         _ => Err("expected CHANNELS,SIZE,KERNEL,STRIDE with SIZE >= KERNEL, e.g. 144,56,3,1".into()),
     }
 }

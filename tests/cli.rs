@@ -48,9 +48,7 @@ fn write_image_tree(root: &Path) -> Vec<String> {
             std::fs::create_dir_all(&folder).unwrap();
             for i in 0..count {
                 let mut noise = Noise(0x9E37_79B9_7F4A_7C15 ^ ((class_index * 1000 + split_index * 100 + i) as u64 + 1));
-                let image = RgbImage::from_fn(SIDE, SIDE, |_, _| {
-                    Rgb(colour.map(|c| (i32::from(c) + noise.next(30)).clamp(0, 255) as u8))
-                });
+                let image = RgbImage::from_fn(SIDE, SIDE, |_, _| Rgb(colour.map(|c| (i32::from(c) + noise.next(30)).clamp(0, 255) as u8)));
                 let relative = format!("{split}/{class}/{i:04}.png");
                 image.save(root.join(&relative)).unwrap();
                 written.push(relative);
@@ -197,12 +195,7 @@ impl Outcome {
 /// (the tests run in parallel on few cores).
 fn command(cwd: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ferrovision"));
-    command
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .env("RAYON_NUM_THREADS", "1")
-        .stdin(Stdio::null());
+    command.args(args).current_dir(cwd).env_remove("RUST_LOG").env("RAYON_NUM_THREADS", "1").stdin(Stdio::null());
     command
 }
 
@@ -413,10 +406,7 @@ fn assert_throughput_line(out: &Outcome) {
 #[test]
 fn bench_train_and_loader_end_with_a_throughput() {
     let dir = tempfile::tempdir().unwrap();
-    let train = ferrovision(
-        dir.path(),
-        &["bench", "train", "--model", "tutorial_net", "--batch", "4", "--steps", "1", "--warmup", "0"],
-    );
+    let train = ferrovision(dir.path(), &["bench", "train", "--model", "tutorial_net", "--batch", "4", "--steps", "1", "--warmup", "0"]);
     assert_throughput_line(&train);
     let loader = ferrovision(dir.path(), &["bench", "loader", "--batch", "64", "--images", "256"]);
     assert_throughput_line(&loader);
@@ -640,7 +630,10 @@ fn summary_lists_layers_and_viz_draws_their_activations() {
     let run = ws.runs().join("tiny");
     let image = ws.data().join("test/red/0000.png");
     let png = ws.root().join("maps.png");
-    let out = ferrovision(ws.root(), &["viz", "activations", "--run", s(&run), "--image", s(&image), "--layers", "conv1,conv2", "--out", s(&png)]);
+    let out = ferrovision(
+        ws.root(),
+        &["viz", "activations", "--run", s(&run), "--image", s(&image), "--layers", "conv1,conv2", "--out", s(&png)],
+    );
     assert!(out.success().contains("maps.png"), "{out:#?}");
     let sheet = image::open(&png).unwrap().to_rgb8();
     // Input, filters (6 of 3x5x5), conv1 (6 maps of 28x28) and conv2 (16 of 10x10): wider and
@@ -665,7 +658,9 @@ fn weights_list_shows_the_registry() {
     let ws = Workspace::new();
     let out = ferrovision(ws.root(), &["weights", "list"]);
     let listing = out.success();
-    for needle in ["efficientnet_lite0", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", "resnet18", "f37072fd", "69.8%"] {
+    for needle in
+        ["efficientnet_lite0", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", "resnet18", "f37072fd", "69.8%"]
+    {
         assert!(listing.contains(needle), "{needle} missing from:\n{listing}");
     }
 }
@@ -688,7 +683,10 @@ fn augment_preview_and_expand_write_what_they_say() {
     let config = with_pipeline(&ws, r#"[{ name = "random_rotation", degrees = 20 }, { name = "color_jitter", brightness = 0.4 }]"#, "");
 
     let grid = ws.root().join("grid.png");
-    let out = ferrovision(ws.root(), &["augment", "preview", "--config", s(&config), "--n", "4", "--rows", "3", "--zoom", "2", "--out", s(&grid)]);
+    let out = ferrovision(
+        ws.root(),
+        &["augment", "preview", "--config", s(&config), "--n", "4", "--rows", "3", "--zoom", "2", "--out", s(&grid)],
+    );
     assert!(out.success().contains("3 images x 4 augmented copies"), "{out:#?}");
     let png = image::open(&grid).unwrap();
     // 5 cells of 64 px with 4 px gaps across; 3 rows of 64 px + a 12 px label line.
@@ -733,7 +731,8 @@ fn training_with_a_pipeline_and_mixing_then_robustness_evaluation() {
         &["eval", "--run", s(&run), "--transform", r#"{ name = "color_jitter", hue = 0.0 }"#, "--sweep", "hue=0,0.5"],
     );
     let table = out.success();
-    let row = |label: &str| table.lines().find(|l| l.starts_with(&format!("| {label} |"))).unwrap_or_else(|| panic!("no {label} row:\n{table}"));
+    let row =
+        |label: &str| table.lines().find(|l| l.starts_with(&format!("| {label} |"))).unwrap_or_else(|| panic!("no {label} row:\n{table}"));
     let accuracy = |label: &str| row(label).split('|').nth(2).unwrap().trim().trim_end_matches('%').parse::<f64>().unwrap();
     assert_eq!(accuracy("clean"), accuracy("hue=0"), "{table}");
     assert!(accuracy("hue=0.5") < accuracy("clean"), "{table}");
@@ -769,27 +768,39 @@ fn plateau_early_stopping_and_accumulation_shape_the_run() {
     let out = ws.train(
         "options",
         &[
-            "--set", "train.epochs=6",
-            "--set", "train.optimizer=\"adamax\"",
-            "--set", "train.accumulate_batches=2",
-            "--set", "train.schedule=\"plateau\"",
-            "--set", "train.plateau.patience=0",
-            "--set", "train.plateau.factor=0.5",
-            "--set", "train.plateau.threshold_mode=\"abs\"",
-            "--set", "train.plateau.threshold=10.0",
-            "--set", "train.early_stopping.patience=2",
-            "--set", "train.early_stopping.min_delta=10.0",
+            "--set",
+            "train.epochs=6",
+            "--set",
+            "train.optimizer=\"adamax\"",
+            "--set",
+            "train.accumulate_batches=2",
+            "--set",
+            "train.schedule=\"plateau\"",
+            "--set",
+            "train.plateau.patience=0",
+            "--set",
+            "train.plateau.factor=0.5",
+            "--set",
+            "train.plateau.threshold_mode=\"abs\"",
+            "--set",
+            "train.plateau.threshold=10.0",
+            "--set",
+            "train.early_stopping.patience=2",
+            "--set",
+            "train.early_stopping.min_delta=10.0",
         ],
     );
     let stdout = out.success();
     assert!(stdout.contains("early stopping") && stdout.contains("lr reduced to 5e-4"), "{stdout}");
     let run = ws.runs().join("options");
-    let metrics: Vec<Value> = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let metrics: Vec<Value> =
+        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let lrs: Vec<f64> = metrics.iter().map(|m| m["lr"].as_f64().unwrap()).collect();
     assert_eq!(lrs, vec![0.001, 0.001, 0.0005], "{metrics:?}");
     assert_eq!(read_json(&run.join("summary.json"))["epochs_completed"], 3);
 
-    ws.train("bad", &["--set", "train.schedule=\"plateau\"", "--set", "data.val_size=0"]).failure(&["train.plateau.monitor", "data.val_size"]);
+    ws.train("bad", &["--set", "train.schedule=\"plateau\"", "--set", "data.val_size=0"])
+        .failure(&["train.plateau.monitor", "data.val_size"]);
     ws.train("bad", &["--set", "train.accumulate_batches=0"]).failure(&["train.accumulate_batches"]);
     ws.train("bad", &["--set", "train.milestones=[5, 2]"]).failure(&["train.milestones"]);
 }
@@ -802,7 +813,17 @@ fn plateau_early_stopping_and_accumulation_shape_the_run() {
 fn sweep_runs_a_grid_then_the_journal_lists_notes_and_compares() {
     let ws = Workspace::new();
     let config = ws.config();
-    let sweep = ["sweep", "--config", s(&config), "--grid", "train.lr=0.001,0.003", "--set", "train.epochs=1", "--set", "experiment.motivation=\"which learning rate\""];
+    let sweep = [
+        "sweep",
+        "--config",
+        s(&config),
+        "--grid",
+        "train.lr=0.001,0.003",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "experiment.motivation=\"which learning rate\"",
+    ];
     let out = ferrovision(ws.root(), &sweep);
     let report = out.success();
     assert!(report.contains("| tiny-0.003 | 0.003 |"), "{report}");

@@ -46,9 +46,8 @@ fn reads_real_tiny_imagenet_and_caches_it() {
     assert_eq!(dataset.test.image(first), val_0.as_raw().as_slice());
 
     // The grayscale JPEGs arrive as RGB with three equal channels.
-    let gray = (0..dataset.train.len())
-        .filter(|&i| dataset.train.image(i).chunks(3).all(|rgb| rgb[0] == rgb[1] && rgb[1] == rgb[2]))
-        .count();
+    let gray =
+        (0..dataset.train.len()).filter(|&i| dataset.train.image(i).chunks(3).all(|rgb| rgb[0] == rgb[1] && rgb[1] == rgb[2])).count();
     eprintln!("{gray} of the 20,000 train images are grayscale");
     assert!(gray > 0);
 

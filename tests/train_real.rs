@@ -38,7 +38,11 @@ fn short_run_on_real_cifar10_beats_chance_by_far() {
     config.data.cache_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/ferrovision");
     config.run.dir = runs.path().to_path_buf();
     let (run, summary) = ferrovision::train::fit(&config, "real", &AtomicBool::new(false)).unwrap();
-    eprintln!("real CIFAR-10, 3,000 train images, 4 epochs: test accuracy {:.2}% on {} images", 100.0 * summary.test_acc, summary.test_images);
+    eprintln!(
+        "real CIFAR-10, 3,000 train images, 4 epochs: test accuracy {:.2}% on {} images",
+        100.0 * summary.test_acc,
+        summary.test_images
+    );
     assert_eq!(summary.test_images, 2000);
     assert_eq!(summary.classes.len(), 10);
     assert_eq!(summary.classes[3], "cat");

@@ -60,7 +60,8 @@ pub fn expand(
     progress: &ProgressBar,
 ) -> Result<ExpandReport> {
     check_shape(pipeline, train, test)?;
-    if out.exists() && !out.join(INCOMPLETE_MARKER).exists() && std::fs::read_dir(out).map_err(|e| DataError::io(out, e))?.next().is_some() {
+    if out.exists() && !out.join(INCOMPLETE_MARKER).exists() && std::fs::read_dir(out).map_err(|e| DataError::io(out, e))?.next().is_some()
+    {
         return Err(DataError::invalid(out, "exists and is not an unfinished expansion; choose an empty or new folder"));
     }
     for split in ["train", "test"] {
@@ -136,9 +137,7 @@ pub fn expand_packed(dataset: &Dataset, pipeline: &Pipeline, out: &Path, options
 
 /// The expanded training images must keep one size, the test images'.
 fn check_shape(pipeline: &Pipeline, train: &ImageSet, test: &ImageSet) -> Result<()> {
-    let shape = pipeline
-        .output_shape(train.height, train.width)
-        .map_err(|message| DataError::Other(format!("config key {message}")))?;
+    let shape = pipeline.output_shape(train.height, train.width).map_err(|message| DataError::Other(format!("config key {message}")))?;
     if shape != (test.height, test.width) {
         return Err(DataError::Other(format!(
             "config key augment.transforms: the pipeline turns {}x{} images into {}x{}; the expanded train and \
@@ -152,8 +151,8 @@ fn check_shape(pipeline: &Pipeline, train: &ImageSet, test: &ImageSet) -> Result
 /// PNG through a temp file and a rename, so a file that exists is complete.
 fn write_png(path: &Path, image: &Image) -> Result<()> {
     let tmp = path.with_extension("png.tmp");
-    let buffer = image::RgbImage::from_raw(image.width as u32, image.height as u32, image.pixels.clone())
-        .expect("Image holds height*width*3 bytes");
+    let buffer =
+        image::RgbImage::from_raw(image.width as u32, image.height as u32, image.pixels.clone()).expect("Image holds height*width*3 bytes");
     buffer.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| DataError::invalid(&tmp, format!("writing PNG: {e}")))?;
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
 }
@@ -243,7 +242,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let classes = vec!["a".to_string(), "b".to_string()];
         let options = ExpandOptions { copies: 2, include_original: true, seed: 4 };
-        let dataset = Dataset { format: DataFormat::ImageFolder, classes: classes.clone(), class_descriptions: Vec::new(), train: set(3), test: set(2) };
+        let dataset = Dataset {
+            format: DataFormat::ImageFolder,
+            classes: classes.clone(),
+            class_descriptions: Vec::new(),
+            train: set(3),
+            test: set(2),
+        };
         let packed_path = dir.path().join("x.fvpack");
         assert_eq!(expand_packed(&dataset, &pipeline(), &packed_path, &options, &ProgressBar::hidden()).unwrap(), 9 + 2);
         let packed = crate::data::load_dataset(&packed_path, None).unwrap();

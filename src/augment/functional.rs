@@ -64,13 +64,7 @@ fn image_center(image: &Image) -> (f64, f64) {
 
 /// torchvision's `_get_inverse_affine_matrix`: output pixel -> source pixel, in f64 with
 /// torchvision's order of operations so that sampling decisions agree.
-pub(super) fn inverse_affine_matrix(
-    (cx, cy): (f64, f64),
-    angle: f64,
-    (tx, ty): (f64, f64),
-    scale: f64,
-    shear: (f64, f64),
-) -> [f64; 6] {
+pub(super) fn inverse_affine_matrix((cx, cy): (f64, f64), angle: f64, (tx, ty): (f64, f64), scale: f64, shear: (f64, f64)) -> [f64; 6] {
     let rot = angle.to_radians();
     let (sx, sy) = (shear.0.to_radians(), shear.1.to_radians());
     let a = (rot - sy).cos() / sy.cos();
@@ -105,9 +99,7 @@ fn nearest_affine(src: &Image, m: &[f64; 6], out: &mut Image) {
             out.pixels[(y * w + x) * C..][..C].copy_from_slice(&src.pixels[from..from + C]);
         }
     };
-    let fits = |x: f64, y: f64| {
-        (x * m[0] + y * m[1] + m[2]).abs() < 32768.0 && (x * m[3] + y * m[4] + m[5]).abs() < 32768.0
-    };
+    let fits = |x: f64, y: f64| (x * m[0] + y * m[1] + m[2]).abs() < 32768.0 && (x * m[3] + y * m[4] + m[5]).abs() < 32768.0;
     let (wf, hf) = (w as f64, h as f64);
     let scale_only = m[1] == 0.0 && m[3] == 0.0;
     if !scale_only && fits(0.0, 0.0) && fits(wf, hf) && fits(0.0, hf) && fits(wf, 0.0) {
@@ -209,11 +201,7 @@ fn bicubic(src: &Image, x: f64, y: f64, out: &mut [u8]) {
 /// Pillow's `Image.blend(degenerate, image, factor)`, the core of every `ImageEnhance` class:
 /// `d + factor * (p - d)` in f32, clamped and truncated.
 fn blend(degenerate: &[u8], image: &Image, factor: f32) -> Image {
-    let pixels = degenerate
-        .iter()
-        .zip(&image.pixels)
-        .map(|(&d, &p)| (d as f32 + factor * (p as i32 - d as i32) as f32) as u8)
-        .collect();
+    let pixels = degenerate.iter().zip(&image.pixels).map(|(&d, &p)| (d as f32 + factor * (p as i32 - d as i32) as f32) as u8).collect();
     Image::new(pixels, image.height, image.width)
 }
 
@@ -581,9 +569,24 @@ pub(crate) mod tests {
         let cases = cases(|op| op != "policy_op");
         assert!(cases.len() > 60, "only {} cases", cases.len());
         let exact = [
-            "affine nearest", "affine bilinear", "affine bicubic", "rotate nearest", "rotate bilinear",
-            "rotate bicubic", "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_sharpness",
-            "adjust_hue", "to_grayscale", "posterize", "solarize", "equalize", "autocontrast", "invert", "erase",
+            "affine nearest",
+            "affine bilinear",
+            "affine bicubic",
+            "rotate nearest",
+            "rotate bilinear",
+            "rotate bicubic",
+            "adjust_brightness",
+            "adjust_contrast",
+            "adjust_saturation",
+            "adjust_sharpness",
+            "adjust_hue",
+            "to_grayscale",
+            "posterize",
+            "solarize",
+            "equalize",
+            "autocontrast",
+            "invert",
+            "erase",
         ];
         check_against_pillow(&cases, &exact, |case| {
             let (a, img) = (&case.args, &case.input);

@@ -8,9 +8,9 @@
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::Image;
 use super::functional as f;
 use super::resize::Interpolation;
-use super::Image;
 
 /// One op at a concrete magnitude, with the meaning torchvision's `_apply_op` gives it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -135,7 +135,15 @@ impl Op {
     fn signed(self) -> bool {
         matches!(
             self,
-            Op::ShearX | Op::ShearY | Op::TranslateX | Op::TranslateY | Op::Rotate | Op::Brightness | Op::Color | Op::Contrast | Op::Sharpness
+            Op::ShearX
+                | Op::ShearY
+                | Op::TranslateX
+                | Op::TranslateY
+                | Op::Rotate
+                | Op::Brightness
+                | Op::Color
+                | Op::Contrast
+                | Op::Sharpness
         )
     }
 
@@ -467,11 +475,9 @@ mod tests {
     #[test]
     fn sub_policy_tables_are_torchvisions() {
         let manifest = manifest();
-        for (policy, key) in [
-            (AutoAugmentPolicy::Cifar10, "cifar10"),
-            (AutoAugmentPolicy::Imagenet, "imagenet"),
-            (AutoAugmentPolicy::Svhn, "svhn"),
-        ] {
+        for (policy, key) in
+            [(AutoAugmentPolicy::Cifar10, "cifar10"), (AutoAugmentPolicy::Imagenet, "imagenet"), (AutoAugmentPolicy::Svhn, "svhn")]
+        {
             let expected = manifest["policies"][key].as_array().expect("policy table");
             let table = policy.sub_policies();
             assert_eq!(table.len(), 25, "{key}");
@@ -588,7 +594,8 @@ mod tests {
     #[test]
     #[should_panic(expected = "must be below num_magnitude_bins")]
     fn sampling_an_invalid_rand_augment_panics_with_the_message() {
-        let invalid = RandAugment { num_ops: 2, magnitude: 40, num_magnitude_bins: 31, interpolation: Interpolation::Nearest, fill: [0; 3] };
+        let invalid =
+            RandAugment { num_ops: 2, magnitude: 40, num_magnitude_bins: 31, interpolation: Interpolation::Nearest, fill: [0; 3] };
         invalid.sample(32, 32, &mut ChaCha8Rng::seed_from_u64(0));
     }
 

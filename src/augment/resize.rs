@@ -1,8 +1,8 @@
 //! Resizing and centre cropping with torchvision's size rules, and the evaluation pipeline built
 //! from them (resize the shorter side, crop the centre), as pretrained ImageNet weights expect.
 
-use image::imageops::{self, FilterType};
 use image::RgbImage;
+use image::imageops::{self, FilterType};
 use serde::{Deserialize, Serialize};
 
 use super::Image;
@@ -37,8 +37,8 @@ pub fn resize(image: &Image, height: usize, width: usize, interpolation: Interpo
     if (image.height, image.width) == (height, width) {
         return image.clone();
     }
-    let source = RgbImage::from_raw(image.width as u32, image.height as u32, image.pixels.clone())
-        .expect("Image holds height*width*3 bytes");
+    let source =
+        RgbImage::from_raw(image.width as u32, image.height as u32, image.pixels.clone()).expect("Image holds height*width*3 bytes");
     let resized = imageops::resize(&source, width as u32, height as u32, interpolation.filter());
     Image::new(resized.into_raw(), height, width)
 }

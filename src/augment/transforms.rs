@@ -319,9 +319,9 @@ impl Transform {
         let key = format!("{key} ({})", self.name());
         let same = Ok((height, width));
         match self {
-            Transform::RandomHorizontalFlip { p }
-            | Transform::RandomVerticalFlip { p }
-            | Transform::RandomGrayscale { p } => check_probability(&format!("{key}.p"), *p).and(same),
+            Transform::RandomHorizontalFlip { p } | Transform::RandomVerticalFlip { p } | Transform::RandomGrayscale { p } => {
+                check_probability(&format!("{key}.p"), *p).and(same)
+            }
             Transform::RandomCrop { size, padding, .. } => {
                 let (h, w) = size.map_or((height, width), |s| (s, s));
                 if h == 0 || h > height + 2 * padding || w > width + 2 * padding {
@@ -348,9 +348,7 @@ impl Transform {
                 }
                 Ok((*size, *size))
             }
-            Transform::RandomRotation { degrees, .. } => {
-                degrees.check(&format!("{key}.degrees"), 0.0, [-360.0, 360.0], false).and(same)
-            }
+            Transform::RandomRotation { degrees, .. } => degrees.check(&format!("{key}.degrees"), 0.0, [-360.0, 360.0], false).and(same),
             Transform::RandomAffine { degrees, translate, scale, shear, shear_y, .. } => {
                 degrees.check(&format!("{key}.degrees"), 0.0, [-360.0, 360.0], false)?;
                 if let Some(t) = translate {
@@ -416,10 +414,8 @@ impl Transform {
                         ));
                     }
                 }
-                let mut shapes = transforms
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| t.output_shape(&format!("{key}.transforms[{i}]"), height, width));
+                let mut shapes =
+                    transforms.iter().enumerate().map(|(i, t)| t.output_shape(&format!("{key}.transforms[{i}]"), height, width));
                 let first = shapes.next().expect("non-empty")?;
                 for shape in shapes {
                     if shape? != first {
@@ -499,12 +495,8 @@ impl Transform {
                         lo + (hi - lo) * rng.random::<f64>()
                     })
                 };
-                let factors = [
-                    factor(brightness, 1.0, rng),
-                    factor(contrast, 1.0, rng),
-                    factor(saturation, 1.0, rng),
-                    factor(hue, 0.0, rng),
-                ];
+                let factors =
+                    [factor(brightness, 1.0, rng), factor(contrast, 1.0, rng), factor(saturation, 1.0, rng), factor(hue, 0.0, rng)];
                 let mut image = image;
                 for op in order {
                     let Some(v) = factors[op] else { continue };
@@ -564,7 +556,12 @@ impl Transform {
                 let index = match weights {
                     Some(w) => {
                         let mut u = rng.random::<f64>() * w.iter().sum::<f64>();
-                        w.iter().position(|&v| { u -= v; u < 0.0 }).unwrap_or(w.len() - 1)
+                        w.iter()
+                            .position(|&v| {
+                                u -= v;
+                                u < 0.0
+                            })
+                            .unwrap_or(w.len() - 1)
                     }
                     None => rng.random_range(0..transforms.len()),
                 };
@@ -584,8 +581,7 @@ impl Transform {
                     .apply(image, rng)
             }
             Transform::TrivialAugmentWide { num_magnitude_bins, interpolation, fill } => {
-                TrivialAugmentWide { num_magnitude_bins: *num_magnitude_bins, interpolation: *interpolation, fill: *fill }
-                    .apply(image, rng)
+                TrivialAugmentWide { num_magnitude_bins: *num_magnitude_bins, interpolation: *interpolation, fill: *fill }.apply(image, rng)
             }
         }
     }
@@ -596,10 +592,7 @@ fn uniform(rng: &mut impl Rng, lo: f64, hi: f64) -> f64 {
 }
 
 fn chain_shape(key: &str, transforms: &[Transform], height: usize, width: usize) -> Result<(usize, usize), String> {
-    transforms
-        .iter()
-        .enumerate()
-        .try_fold((height, width), |(h, w), (i, t)| t.output_shape(&format!("{key}[{i}]"), h, w))
+    transforms.iter().enumerate().try_fold((height, width), |(h, w), (i, t)| t.output_shape(&format!("{key}[{i}]"), h, w))
 }
 
 fn apply_chain(transforms: &[Transform], image: Image, rng: &mut impl Rng, context: &Context) -> Image {
@@ -654,7 +647,13 @@ fn resized_crop_window(height: usize, width: usize, scale: [f64; 2], ratio: [f64
 }
 
 /// torchvision's `RandomErasing.get_params` (None when ten tries find no window that fits).
-fn erasing_window(height: usize, width: usize, scale: [f64; 2], ratio: [f64; 2], rng: &mut impl Rng) -> Option<(usize, usize, usize, usize)> {
+fn erasing_window(
+    height: usize,
+    width: usize,
+    scale: [f64; 2],
+    ratio: [f64; 2],
+    rng: &mut impl Rng,
+) -> Option<(usize, usize, usize, usize)> {
     let area = (height * width) as f64;
     let log_ratio = [ratio[0].ln(), ratio[1].ln()];
     for _ in 0..10 {
@@ -674,9 +673,7 @@ fn erase(image: Image, window: (usize, usize, usize, usize), value: EraseValue, 
     let to_u8 = |v: f32| (v * 255.0).round().clamp(0.0, 255.0) as u8;
     match value {
         EraseValue::Rgb(rgb) => f::erase(&image, window.0, window.1, window.2, window.3, rgb),
-        EraseValue::Named(EraseNamed::Mean) => {
-            f::erase(&image, window.0, window.1, window.2, window.3, mean.map(to_u8))
-        }
+        EraseValue::Named(EraseNamed::Mean) => f::erase(&image, window.0, window.1, window.2, window.3, mean.map(to_u8)),
         EraseValue::Named(EraseNamed::Random) => {
             // Standard normal noise in normalized space, mapped back to pixels.
             let mut image = image;
@@ -864,14 +861,22 @@ mod tests {
         assert!(err.contains(".scale"), "{err}");
         let err = check(Transform::GaussianBlur { kernel_size: 4, sigma: blur_sigma() });
         assert!(err.contains(".kernel_size"), "{err}");
-        let err = check(Transform::RandAugment { num_ops: 2, magnitude: 40, num_magnitude_bins: 31, interpolation: Interpolation::Nearest, fill: [0; 3] });
+        let err = check(Transform::RandAugment {
+            num_ops: 2,
+            magnitude: 40,
+            num_magnitude_bins: 31,
+            interpolation: Interpolation::Nearest,
+            fill: [0; 3],
+        });
         assert!(err.contains("rand_augment"), "{err}");
         let err = check(Transform::RandomApply { p: 0.5, transforms: vec![Transform::CenterCrop { size: 24 }] });
         assert!(err.contains("size"), "{err}");
         // A brightness of 1.5 is the range [0, 2.5], as in torchvision.
-        assert!(Transform::ColorJitter { brightness: Some(Span::Around(1.5)), contrast: None, saturation: None, hue: None }
-            .output_shape("k", 32, 32)
-            .is_ok());
+        assert!(
+            Transform::ColorJitter { brightness: Some(Span::Around(1.5)), contrast: None, saturation: None, hue: None }
+                .output_shape("k", 32, 32)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -936,7 +941,8 @@ mod tests {
     #[test]
     fn erasing_fills_with_the_normalization_mean_by_default() {
         let image = Image::new(vec![7; 16 * 16 * 3], 16, 16);
-        let erased = run(&Transform::RandomErasing { p: 1.0, scale: [0.1, 0.1], ratio: [1.0, 1.0], value: EraseValue::default() }, &image, 1);
+        let erased =
+            run(&Transform::RandomErasing { p: 1.0, scale: [0.1, 0.1], ratio: [1.0, 1.0], value: EraseValue::default() }, &image, 1);
         let (mean, _) = NormalizePreset::Cifar10.mean_std();
         let mean_rgb = mean.map(|m| (m * 255.0).round() as u8);
         let filled = erased.pixels.chunks(3).filter(|p| *p == mean_rgb).count();
@@ -958,7 +964,9 @@ mod tests {
         assert!((8..=32).contains(&applied), "{applied} of 40");
         let choice = Transform::RandomChoice { transforms: vec![gray.clone(), flip.clone()], weights: Some(vec![0.0, 1.0]) };
         assert!((0..10).all(|s| run(&choice, &image, s) == run(&flip, &image, 0)));
-        let order = Transform::RandomOrder { transforms: vec![Transform::Cutout { size: 2, holes: 1, p: 1.0, value: EraseValue::Rgb([1, 2, 3]) }, flip] };
+        let order = Transform::RandomOrder {
+            transforms: vec![Transform::Cutout { size: 2, holes: 1, p: 1.0, value: EraseValue::Rgb([1, 2, 3]) }, flip],
+        };
         assert_eq!(run(&order, &image, 4), run(&order, &image, 4));
     }
 

@@ -21,8 +21,8 @@ use burn::tensor::Distribution;
 
 use super::StepBench;
 use crate::config::ModelConfig;
-use crate::models::trace::{self, Layer, LayerKind};
 use crate::models::layers::{self, ConvKernel};
+use crate::models::trace::{self, Layer, LayerKind};
 use crate::train::loss;
 
 /// One line of the profile: seconds per step and the floating-point operations done in them
@@ -217,7 +217,11 @@ mod tests {
         let ops: Vec<&str> = profile.rows.iter().map(|row| row.op.as_str()).collect();
         // 17 3x3 convs, 3 of them strided, and 3 1x1 projections; 20 BatchNorms. The 3-channel stem
         // goes to the im2col products (`winograd::pays_off`).
-        for op in ["forward: conv 3x3 s1 (ours, Winograd), 13 layers", "forward: conv, other (ours, im2col products), 7 layers", "forward: BatchNorm (20 layers)"] {
+        for op in [
+            "forward: conv 3x3 s1 (ours, Winograd), 13 layers",
+            "forward: conv, other (ours, im2col products), 7 layers",
+            "forward: BatchNorm (20 layers)",
+        ] {
             assert!(ops.contains(&op), "{op} missing from {ops:?}");
         }
         for row in profile.rows.iter().filter(|row| row.op.contains("conv")) {

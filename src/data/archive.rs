@@ -94,8 +94,7 @@ impl Source {
             return self.clone();
         }
         if self.archive.is_some() {
-            let prefix =
-                if self.prefix.is_empty() { relative.to_string() } else { format!("{}/{relative}", self.prefix) };
+            let prefix = if self.prefix.is_empty() { relative.to_string() } else { format!("{}/{relative}", self.prefix) };
             Self { path: self.path.clone(), prefix, archive: self.archive }
         } else {
             Self::new(self.path.join(relative))
@@ -206,12 +205,7 @@ pub fn walk_folder(root: &Path, max_depth: usize, visit: &mut FolderVisitor) -> 
     walk_folder_from(root, "", max_depth, visit).map(|_| ())
 }
 
-fn walk_folder_from(
-    folder: &Path,
-    relative: &str,
-    depth_left: usize,
-    visit: &mut FolderVisitor,
-) -> Result<ControlFlow<()>> {
+fn walk_folder_from(folder: &Path, relative: &str, depth_left: usize, visit: &mut FolderVisitor) -> Result<ControlFlow<()>> {
     if depth_left == 0 {
         return Ok(ControlFlow::Continue(()));
     }
@@ -341,10 +335,7 @@ pub(crate) mod tests {
 
         let folder = Source::new(dir.path().join("tree"));
         assert_eq!(folder.archive, None);
-        assert_eq!(
-            listing(&folder, 2),
-            vec![("top".into(), true), ("top/a.txt".into(), false), ("top/sub".into(), true)]
-        );
+        assert_eq!(listing(&folder, 2), vec![("top".into(), true), ("top/a.txt".into(), false), ("top/sub".into(), true)]);
         let expected = vec![("b.txt".to_string(), b"beta".to_vec())];
         let wanted = |p: &str| p.ends_with("b.txt");
         assert_eq!(folder.subfolder("top/sub").read_files(wanted).unwrap(), expected);

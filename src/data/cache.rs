@@ -71,11 +71,7 @@ impl SetShape {
 
 /// The data set of `source` from the cache in `cache_dir` when it is there and current,
 /// otherwise `build()`'s, which is then written to the cache.
-pub fn load_or_build(
-    source: &Path,
-    cache_dir: &Path,
-    build: impl FnOnce() -> Result<Dataset>,
-) -> Result<(Dataset, CacheStatus)> {
+pub fn load_or_build(source: &Path, cache_dir: &Path, build: impl FnOnce() -> Result<Dataset>) -> Result<(Dataset, CacheStatus)> {
     let canonical = fs::canonicalize(source).map_err(|e| DataError::io(source, e))?;
     let cache_file = cache_dir.join(cache_file_name(&canonical));
     // Taken before building, so that a source changed meanwhile is rebuilt next time.
@@ -244,13 +240,7 @@ fn read_cache(cache_file: &Path, fingerprint: &str) -> Option<Dataset> {
     if hex(&payload_hash.finalize()) != header.payload_sha256 {
         return None;
     }
-    Some(Dataset {
-        format: header.format,
-        classes: header.classes,
-        class_descriptions: header.class_descriptions,
-        train,
-        test,
-    })
+    Some(Dataset { format: header.format, classes: header.classes, class_descriptions: header.class_descriptions, train, test })
 }
 
 #[cfg(test)]
@@ -299,12 +289,7 @@ mod tests {
         assert_eq!(files, [cache_file_path(&source, &cache_dir).unwrap()], "no temporary file is left behind");
 
         // A touched source is decoded again and the cache file replaced in place.
-        File::options()
-            .write(true)
-            .open(&source)
-            .unwrap()
-            .set_modified(SystemTime::now() + Duration::from_secs(5))
-            .unwrap();
+        File::options().write(true).open(&source).unwrap().set_modified(SystemTime::now() + Duration::from_secs(5)).unwrap();
         assert_eq!(load(&source, &cache_dir, 4, &builds), (sample_dataset(4), CacheStatus::Miss));
         assert_eq!(load(&source, &cache_dir, 5, &builds), (sample_dataset(4), CacheStatus::Hit));
         assert_eq!(fs::read_dir(&cache_dir).unwrap().count(), 1);
@@ -323,8 +308,7 @@ mod tests {
 
         let mut flipped_pixel = good.clone();
         *flipped_pixel.last_mut().unwrap() ^= 1;
-        let corruptions =
-            [flipped_pixel, good[..good.len() - 1].to_vec(), good[..20].to_vec(), b"garbage".to_vec(), Vec::new()];
+        let corruptions = [flipped_pixel, good[..good.len() - 1].to_vec(), good[..20].to_vec(), b"garbage".to_vec(), Vec::new()];
         for (index, corrupt) in corruptions.into_iter().enumerate() {
             fs::write(&cache_file, corrupt).unwrap();
             assert_eq!(load(&source, &cache_dir, 3, &builds).1, CacheStatus::Miss, "corruption {index}");

@@ -76,8 +76,7 @@ pub fn load_release(source: &Source, layout: &ReleaseLayout) -> Result<Dataset> 
         Some(meta) => (layout.read_class_names)(&meta)?,
         None => Vec::new(),
     };
-    let classes =
-        if classes.is_empty() { CIFAR10_CLASSES.iter().map(|name| name.to_string()).collect() } else { classes };
+    let classes = if classes.is_empty() { CIFAR10_CLASSES.iter().map(|name| name.to_string()).collect() } else { classes };
 
     let mut decode_batches = |names: &[String]| {
         let mut set = ImageSet::empty(SIDE, SIDE);
@@ -85,9 +84,7 @@ pub fn load_release(source: &Source, layout: &ReleaseLayout) -> Result<Dataset> 
             let batch = take(name).ok_or_else(|| {
                 DataError::invalid(
                     source.display_path(name),
-                    format!(
-                        "missing batch file: a CIFAR-10 release has data_batch_1..5{suffix} and test_batch{suffix}"
-                    ),
+                    format!("missing batch file: a CIFAR-10 release has data_batch_1..5{suffix} and test_batch{suffix}"),
                 )
             })?;
             if batch.bytes.is_empty() {
@@ -105,17 +102,11 @@ pub fn load_release(source: &Source, layout: &ReleaseLayout) -> Result<Dataset> 
 
 /// Appends one CIFAR image (`planar`: R, G, B planes) to `set` in HWC order, after checking
 /// that `label` (of record `index` in `path`) names one of `num_classes` classes.
-pub fn push_planar_record(
-    set: &mut ImageSet,
-    path: &Path,
-    index: usize,
-    label: i64,
-    planar: &[u8],
-    num_classes: usize,
-) -> Result<()> {
-    let label = u16::try_from(label).ok().filter(|&l| usize::from(l) < num_classes).ok_or_else(|| {
-        DataError::invalid(path, format!("label {label} of record {index} is outside 0..={}", num_classes - 1))
-    })?;
+pub fn push_planar_record(set: &mut ImageSet, path: &Path, index: usize, label: i64, planar: &[u8], num_classes: usize) -> Result<()> {
+    let label = u16::try_from(label)
+        .ok()
+        .filter(|&l| usize::from(l) < num_classes)
+        .ok_or_else(|| DataError::invalid(path, format!("label {label} of record {index} is outside 0..={}", num_classes - 1)))?;
     let (red, rest) = planar.split_at(SIDE * SIDE);
     let (green, blue) = rest.split_at(SIDE * SIDE);
     set.pixels.extend(red.iter().zip(green).zip(blue).flat_map(|((&r, &g), &b)| [r, g, b]));
@@ -154,9 +145,7 @@ pub(crate) mod tests {
 
     /// A planar CIFAR image whose every byte is a function of (image seed, plane, position).
     pub(crate) fn planar_image(seed: u8) -> Vec<u8> {
-        (0..IMAGE_BYTES)
-            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed).wrapping_add((i / 1024) as u8 * 85))
-            .collect()
+        (0..IMAGE_BYTES).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed).wrapping_add((i / 1024) as u8 * 85)).collect()
     }
 
     /// The labels of the synthetic release: batch `b`, record `i`.
@@ -271,10 +260,7 @@ pub(crate) mod tests {
         let mut files = binary_release(2);
         files[5].1[RECORD_BYTES] = 10;
         let err = load_error(&files);
-        assert!(
-            err.contains("test_batch.bin") && err.contains("label 10 of record 1") && err.contains("0..=9"),
-            "{err}"
-        );
+        assert!(err.contains("test_batch.bin") && err.contains("label 10 of record 1") && err.contains("0..=9"), "{err}");
     }
 
     #[test]

@@ -70,9 +70,7 @@ fn read_label_names(meta: &NamedBytes) -> Result<Vec<String>> {
     };
     names
         .iter()
-        .map(|name| {
-            name.as_text().ok_or_else(|| invalid(format!("`label_names`: expected strings, found {}", name.kind())))
-        })
+        .map(|name| name.as_text().ok_or_else(|| invalid(format!("`label_names`: expected strings, found {}", name.kind()))))
         .collect()
 }
 
@@ -323,8 +321,7 @@ impl Unpickler<'_> {
                 }
                 b'b' => {
                     let state = self.pop()?;
-                    let target =
-                        self.stack.last_mut().ok_or_else(|| format!("BUILD at byte {at} on an empty stack"))?;
+                    let target = self.stack.last_mut().ok_or_else(|| format!("BUILD at byte {at} on an empty stack"))?;
                     build(target, state).map_err(|e| format!("{e} (BUILD at byte {at})"))?;
                 }
                 other => return Err(format!("unsupported pickle opcode 0x{other:02x} at byte {at}")),
@@ -333,9 +330,10 @@ impl Unpickler<'_> {
     }
 
     fn take(&mut self, n: usize) -> PickleResult<&[u8]> {
-        let end = self.position.checked_add(n).filter(|&end| end <= self.bytes.len()).ok_or_else(|| {
-            format!("truncated pickle: needs {n} bytes at byte {} but the file has {}", self.position, self.bytes.len())
-        })?;
+        let end =
+            self.position.checked_add(n).filter(|&end| end <= self.bytes.len()).ok_or_else(|| {
+                format!("truncated pickle: needs {n} bytes at byte {} but the file has {}", self.position, self.bytes.len())
+            })?;
         let slice = &self.bytes[self.position..end];
         self.position = end;
         Ok(slice)
@@ -361,8 +359,7 @@ impl Unpickler<'_> {
     }
 
     fn push_text(&mut self, n: usize, at: usize) -> PickleResult<()> {
-        let text =
-            std::str::from_utf8(self.take(n)?).map_err(|_| format!("invalid UTF-8 string at byte {at}"))?.to_string();
+        let text = std::str::from_utf8(self.take(n)?).map_err(|_| format!("invalid UTF-8 string at byte {at}"))?.to_string();
         self.stack.push(Value::Text(text));
         Ok(())
     }
@@ -387,8 +384,7 @@ impl Unpickler<'_> {
     }
 
     fn fetch_memo(&mut self, key: u32, at: usize) -> PickleResult<()> {
-        let value =
-            self.memo.get(&key).ok_or_else(|| format!("corrupt pickle: memo {key} at byte {at} was never stored"))?;
+        let value = self.memo.get(&key).ok_or_else(|| format!("corrupt pickle: memo {key} at byte {at} was never stored"))?;
         self.stack.push(value.clone());
         Ok(())
     }

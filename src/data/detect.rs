@@ -95,10 +95,7 @@ fn locate(path: &Path) -> Result<(DataFormat, Source)> {
         return Err(DataError::io(path, io::Error::new(io::ErrorKind::NotFound, "no such file or folder")));
     }
     if path.is_file() && ArchiveKind::of(path).is_none() {
-        return Err(DataError::invalid(
-            path,
-            format!("not a folder nor a .tar.gz/.tgz/.zip archive; {EXPECTED_LAYOUTS}"),
-        ));
+        return Err(DataError::invalid(path, format!("not a folder nor a .tar.gz/.tgz/.zip archive; {EXPECTED_LAYOUTS}")));
     }
     let source = Source::new(path);
     let mut found = None;
@@ -245,10 +242,7 @@ mod tests {
     fn unknown_layouts_say_what_was_expected() {
         let dir = tempfile::tempdir().unwrap();
         let err = detect_format(dir.path()).unwrap_err().to_string();
-        assert!(
-            err.contains("no data set found") && err.contains("cifar-10-batches-bin") && err.contains("train/<class>"),
-            "{err}"
-        );
+        assert!(err.contains("no data set found") && err.contains("cifar-10-batches-bin") && err.contains("train/<class>"), "{err}");
 
         let plain = dir.path().join("batch.rar");
         std::fs::write(&plain, b"rar").unwrap();
@@ -313,8 +307,7 @@ mod tests {
 
     #[test]
     fn format_names_and_serde_agree() {
-        let formats =
-            [DataFormat::CifarBinary, DataFormat::CifarPython, DataFormat::ImageFolder, DataFormat::TinyImagenet];
+        let formats = [DataFormat::CifarBinary, DataFormat::CifarPython, DataFormat::ImageFolder, DataFormat::TinyImagenet];
         for format in formats {
             assert_eq!(serde_json::to_string(&format).unwrap(), format!("\"{}\"", format.name()));
         }
@@ -340,9 +333,7 @@ mod tests {
         let started = Instant::now();
         let cached = load_dataset(&path, Some(cache_dir.path())).unwrap();
         let second_load = started.elapsed();
-        eprintln!(
-            "real CIFAR-10 JPEG: first load {first_load:.2?} (decode + cache write), second load {second_load:.2?} (cache)"
-        );
+        eprintln!("real CIFAR-10 JPEG: first load {first_load:.2?} (decode + cache write), second load {second_load:.2?} (cache)");
 
         assert_eq!(dataset.format, DataFormat::ImageFolder);
         assert_eq!(dataset.classes, CIFAR10_CLASSES);

@@ -37,8 +37,7 @@ pub fn download_cifar10(dest_dir: &Path) -> Result<PathBuf> {
 
 /// Streams `url` into the file `into`.
 pub(crate) fn fetch(url: &str, into: &Path) -> Result<()> {
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().timeout_connect(Some(Duration::from_secs(30))).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_connect(Some(Duration::from_secs(30))).build().into();
     let mut response = agent.get(url).call().map_err(|e| DataError::Other(e.to_string()))?;
     let mut file = File::create(into).map_err(|e| DataError::io(into, e))?;
     io::copy(&mut response.body_mut().as_reader(), &mut file).map_err(|e| DataError::io(into, e))?;
@@ -71,12 +70,7 @@ mod tests {
         verify_md5(&path, "5EB63BBBE01EEED093CB22BB8F5ACDC3").unwrap();
 
         let err = verify_md5(&path, CIFAR10_BINARY_MD5).unwrap_err().to_string();
-        assert!(
-            err.contains("hello.txt")
-                && err.contains(CIFAR10_BINARY_MD5)
-                && err.contains("5eb63bbbe01eeed093cb22bb8f5acdc3"),
-            "{err}"
-        );
+        assert!(err.contains("hello.txt") && err.contains(CIFAR10_BINARY_MD5) && err.contains("5eb63bbbe01eeed093cb22bb8f5acdc3"), "{err}");
 
         let err = verify_md5(&dir.path().join("absent"), CIFAR10_BINARY_MD5).unwrap_err().to_string();
         assert!(err.contains("absent"), "{err}");

@@ -87,10 +87,7 @@ pub fn load(source: &Source) -> Result<Dataset> {
 /// Labels are u16, so a data set has at most 65535 classes; `listed_in` is where they come from.
 pub(super) fn check_class_count(source: &Source, listed_in: &str, count: usize) -> Result<()> {
     if count > usize::from(u16::MAX) {
-        return Err(DataError::invalid(
-            source.display_path(listed_in),
-            format!("{count} classes; at most 65535 are supported"),
-        ));
+        return Err(DataError::invalid(source.display_path(listed_in), format!("{count} classes; at most 65535 are supported")));
     }
     Ok(())
 }
@@ -156,12 +153,7 @@ fn is_truncated_jpeg(bytes: &[u8]) -> bool {
 
 /// Decodes `files` in parallel into one set; each must be `width x height`, which `expected`
 /// explains in the error for one that is not (e.g. "a.png is 4x3; all images must have one size").
-pub(super) fn decode_all(
-    source: &Source,
-    files: &[ImageFile],
-    (width, height): (u32, u32),
-    expected: &str,
-) -> Result<ImageSet> {
+pub(super) fn decode_all(source: &Source, files: &[ImageFile], (width, height): (u32, u32), expected: &str) -> Result<ImageSet> {
     let mut set = ImageSet::empty(height as usize, width as usize);
     let image_bytes = set.image_bytes();
     set.pixels = vec![0; files.len() * image_bytes];
@@ -205,10 +197,7 @@ pub(crate) mod tests {
             for (split, count) in [("train", train_per_class), ("test", 1)] {
                 for i in 0..count {
                     let seed = (class_index * 100 + i) as u8;
-                    files.push((
-                        format!("{split}/{class}/{i:04}.png"),
-                        encode(rgb_image(4, 3, seed).into(), ImageFormat::Png),
-                    ));
+                    files.push((format!("{split}/{class}/{i:04}.png"), encode(rgb_image(4, 3, seed).into(), ImageFormat::Png)));
                 }
             }
         }
@@ -250,10 +239,7 @@ pub(crate) mod tests {
         files[0].1 = encode(gray.into(), ImageFormat::Png);
         let rgba = RgbaImage::from_pixel(4, 3, image::Rgba([1, 2, 3, 128]));
         files[1].1 = encode(rgba.into(), ImageFormat::Png);
-        files.push((
-            "train/dog/0001.jpg".into(),
-            encode(RgbImage::from_pixel(4, 3, Rgb([200, 100, 50])).into(), ImageFormat::Jpeg),
-        ));
+        files.push(("train/dog/0001.jpg".into(), encode(RgbImage::from_pixel(4, 3, Rgb([200, 100, 50])).into(), ImageFormat::Jpeg)));
         let dataset = load_tree(&files).unwrap();
         assert_eq!(dataset.train.image(0), [77; 36]);
         assert_eq!(dataset.test.image(0), [1, 2, 3].repeat(12));

@@ -95,9 +95,8 @@ pub fn make_batch(set: &ImageSet, order: &[usize], config: &LoaderConfig, epoch:
         }
         config.input.apply(&image, out);
     });
-    let mix_lambda = config.mix.as_ref().and_then(|mix| {
-        mix.apply(&mut images, picks.len(), out_h, out_w, &mut ChaCha8Rng::seed_from_u64(batch_seed))
-    });
+    let mix_lambda =
+        config.mix.as_ref().and_then(|mix| mix.apply(&mut images, picks.len(), out_h, out_w, &mut ChaCha8Rng::seed_from_u64(batch_seed)));
     Batch { images, labels: picks.iter().map(|&i| set.labels[i] as i64).collect(), height: out_h, width: out_w, mix_lambda }
 }
 

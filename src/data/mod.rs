@@ -17,9 +17,7 @@ use std::path::PathBuf;
 pub use detect::{DataFormat, describe, detect_format, load_dataset};
 
 /// The ten CIFAR-10 class names in label order.
-pub const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-];
+pub const CIFAR10_CLASSES: [&str; 10] = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 
 /// Decoded images of one split, all of the same size, stored as compact u8 HWC (RGB) arrays.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,12 +60,7 @@ impl ImageSet {
         for &i in indices {
             pixels.extend_from_slice(self.image(i));
         }
-        ImageSet {
-            pixels,
-            labels: indices.iter().map(|&i| self.labels[i]).collect(),
-            height: self.height,
-            width: self.width,
-        }
+        ImageSet { pixels, labels: indices.iter().map(|&i| self.labels[i]).collect(), height: self.height, width: self.width }
     }
 
     /// Number of images of each class, for `num_classes` classes.

@@ -48,9 +48,9 @@ struct TinyFiles {
 pub fn load(source: &Source) -> Result<Dataset> {
     let files = read_files(source)?;
     let text = |bytes: Option<Vec<u8>>, name: &str, holds: &str| {
-        bytes.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).ok_or_else(|| {
-            DataError::invalid(source.display_path(name), format!("missing: Tiny ImageNet keeps {holds} there"))
-        })
+        bytes
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .ok_or_else(|| DataError::invalid(source.display_path(name), format!("missing: Tiny ImageNet keeps {holds} there")))
     };
     let classes = parse_wnids(source, &text(files.wnids, WNIDS, "its class ids (one wnid per line)")?)?;
     check_train_folders(source, &classes, &files.train)?;
@@ -110,9 +110,9 @@ fn parse_wnids(source: &Source, text: &str) -> Result<Vec<String>> {
 fn check_train_folders(source: &Source, classes: &[String], train: &[ClassFile]) -> Result<()> {
     let mut counts = vec![0usize; classes.len()];
     for (wnid, ..) in train {
-        let index = classes.binary_search(wnid).map_err(|_| {
-            DataError::invalid(source.display_path(&format!("train/{wnid}")), "class folder not listed in wnids.txt")
-        })?;
+        let index = classes
+            .binary_search(wnid)
+            .map_err(|_| DataError::invalid(source.display_path(&format!("train/{wnid}")), "class folder not listed in wnids.txt"))?;
         counts[index] += 1;
     }
     match counts.iter().position(|&count| count == 0) {
@@ -126,15 +126,9 @@ fn check_train_folders(source: &Source, classes: &[String], train: &[ClassFile])
 
 /// Pairs each line of `val_annotations.txt` with its image in `val/images/`; every image there
 /// must be listed exactly once.
-fn label_val(
-    source: &Source,
-    annotations: &str,
-    mut images: BTreeMap<String, Vec<u8>>,
-    classes: &[String],
-) -> Result<Vec<ClassFile>> {
-    let at_line = |number: usize, message: String| {
-        DataError::invalid(source.display_path(ANNOTATIONS), format!("line {number}: {message}"))
-    };
+fn label_val(source: &Source, annotations: &str, mut images: BTreeMap<String, Vec<u8>>, classes: &[String]) -> Result<Vec<ClassFile>> {
+    let at_line =
+        |number: usize, message: String| DataError::invalid(source.display_path(ANNOTATIONS), format!("line {number}: {message}"));
     let mut first_listed: HashMap<&str, usize> = HashMap::new();
     let mut val = Vec::with_capacity(images.len());
     for (number, line) in (1..).zip(annotations.lines()) {
@@ -152,9 +146,9 @@ fn label_val(
             return Err(at_line(number, format!("{file} is listed again (first on line {first})")));
         }
         let path = format!("val/images/{file}");
-        let bytes = images.remove(file).ok_or_else(|| {
-            DataError::invalid(source.display_path(&path), format!("missing: {ANNOTATIONS} lists it on line {number}"))
-        })?;
+        let bytes = images
+            .remove(file)
+            .ok_or_else(|| DataError::invalid(source.display_path(&path), format!("missing: {ANNOTATIONS} lists it on line {number}")))?;
         val.push((wnid.to_string(), path, bytes));
     }
     match images.keys().next() {
@@ -343,31 +337,21 @@ mod tests {
     #[test]
     fn bad_class_lists_are_named() {
         assert_error(|f| set(f, "wnids.txt", "\n"), "wnids.txt", "no class ids");
-        assert_error(
-            |f| set(f, "wnids.txt", "n01443537\nn02123045\nn09999999\nn01443537\n"),
-            "wnids.txt",
-            "listed twice",
-        );
+        assert_error(|f| set(f, "wnids.txt", "n01443537\nn02123045\nn09999999\nn01443537\n"), "wnids.txt", "listed twice");
         assert_error(
             |f| set(f, "wnids.txt", "n01443537\nn02123045\nn09999999\nn05555555\n"),
             "train/n05555555/images",
             "missing or empty: wnids.txt lists n05555555",
         );
         assert_error(|f| set(f, "wnids.txt", "n01443537\nn02123045\n"), "train/n09999999", "not listed in wnids.txt");
-        assert_error(
-            |f| set(f, "words.txt", "n01443537\tgoldfish\nn02123045\ttabby\n"),
-            "words.txt",
-            "no line for n09999999",
-        );
+        assert_error(|f| set(f, "words.txt", "n01443537\tgoldfish\nn02123045\ttabby\n"), "words.txt", "no line for n09999999");
         assert_error(|f| remove(f, "words.txt"), "words.txt", "missing");
     }
 
     #[test]
     fn bad_val_annotations_are_named() {
         let annotations = "val/val_annotations.txt";
-        let lines = |second: &str| {
-            format!("val_0.JPEG\tn09999999\t0\t0\t63\t63\n{second}\nval_2.JPEG\tn01443537\t0\t0\t9\t9\n")
-        };
+        let lines = |second: &str| format!("val_0.JPEG\tn09999999\t0\t0\t63\t63\n{second}\nval_2.JPEG\tn01443537\t0\t0\t9\t9\n");
         assert_error(
             |f| set(f, annotations, lines("val_1.JPEG\tn07777777\t1\t2\t3\t4")),
             annotations,

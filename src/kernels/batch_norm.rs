@@ -28,8 +28,11 @@ use super::{contiguous, f32s};
 pub fn forward(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let device = x.device();
     let training = device.is_autodiff() && bn.training.is_enabled();
-    let ours =
-        super::enabled() && training && x.dtype() == DType::F32 && bn.gamma.val().dtype() == DType::F32 && device.clone().inner() == Device::flex();
+    let ours = super::enabled()
+        && training
+        && x.dtype() == DType::F32
+        && bn.gamma.val().dtype() == DType::F32
+        && device.clone().inner() == Device::flex();
     if !ours {
         return bn.forward(x);
     }
@@ -135,13 +138,24 @@ impl Backward<Flex, 3> for BatchNormBackward {
         let (sum_dy, sum_dy_xhat) = host::gradient_sums(f32s(&x), f32s(&out_grad), f32s(&stats), epsilon, batch, height * width);
         let to_tensor = |values: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(values, shape));
         let x_grad = x_node.is_some().then(|| {
-            let values =
-                host::input_gradient(f32s(&x), f32s(&out_grad), f32s(&gamma), f32s(&stats), epsilon, &sum_dy, &sum_dy_xhat, batch, height * width);
+            let values = host::input_gradient(
+                f32s(&x),
+                f32s(&out_grad),
+                f32s(&gamma),
+                f32s(&stats),
+                epsilon,
+                &sum_dy,
+                &sum_dy_xhat,
+                batch,
+                height * width,
+            );
             to_tensor(values, vec![batch, channels, height, width])
         });
-        for (node, gradient) in
-            [(x_node, x_grad), (gamma_node, Some(to_tensor(sum_dy_xhat, vec![channels]))), (beta_node, Some(to_tensor(sum_dy, vec![channels])))]
-        {
+        for (node, gradient) in [
+            (x_node, x_grad),
+            (gamma_node, Some(to_tensor(sum_dy_xhat, vec![channels]))),
+            (beta_node, Some(to_tensor(sum_dy, vec![channels]))),
+        ] {
             if let (Some(node), Some(gradient)) = (node, gradient) {
                 grads.register::<Flex>(node.id, gradient);
             }

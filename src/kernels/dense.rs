@@ -87,8 +87,18 @@ impl DenseConvBackend for Flex {
 }
 
 impl<C: CheckpointStrategy> DenseConvBackend for Autodiff<Flex, C> {
-    fn conv2d_dense(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Bias<Self>, sy: usize, sx: usize, py: usize, px: usize) -> FloatTensor<Self> {
-        conv_step(DenseConvBackward, x, weight, bias, [sy, sx, py, px], |x, weight, bias| Flex::conv2d_dense(x, weight, bias, sy, sx, py, px))
+    fn conv2d_dense(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Bias<Self>,
+        sy: usize,
+        sx: usize,
+        py: usize,
+        px: usize,
+    ) -> FloatTensor<Self> {
+        conv_step(DenseConvBackward, x, weight, bias, [sy, sx, py, px], |x, weight, bias| {
+            Flex::conv2d_dense(x, weight, bias, sy, sx, py, px)
+        })
     }
 }
 
@@ -110,13 +120,15 @@ impl<const N: usize> Backward<Flex, N> for DenseConvBackward {
         let Geometry { batch, in_channels, out_channels, height, width, kernel: [kh, kw], .. } = g;
         let [x_node, weight_node, bias_node] = [0, 1, 2].map(|i| ops.parents.get(i).cloned().flatten());
         let to_tensor = |values: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(values, shape));
-        let weight_grad =
-            weight_node.is_some().then(|| to_tensor(host::weight_gradient(f32s(&x), f32s(&out_grad), &g), vec![out_channels, in_channels, kh, kw]));
+        let weight_grad = weight_node
+            .is_some()
+            .then(|| to_tensor(host::weight_gradient(f32s(&x), f32s(&out_grad), &g), vec![out_channels, in_channels, kh, kw]));
         let bias_grad = bias_node
             .is_some()
             .then(|| to_tensor(bias_gradient(f32s(&out_grad), batch, out_channels, g.out_height() * g.out_width()), vec![out_channels]));
-        let x_grad =
-            x_node.is_some().then(|| to_tensor(host::input_gradient(f32s(&out_grad), f32s(&weight), &g), vec![batch, in_channels, height, width]));
+        let x_grad = x_node
+            .is_some()
+            .then(|| to_tensor(host::input_gradient(f32s(&out_grad), f32s(&weight), &g), vec![batch, in_channels, height, width]));
         for (node, gradient) in [(x_node, x_grad), (weight_node, weight_grad), (bias_node, bias_grad)] {
             if let (Some(node), Some(gradient)) = (node, gradient) {
                 grads.register::<Flex>(node.id, gradient);
@@ -137,7 +149,14 @@ mod tests {
     use crate::kernels::assert_conv_matches_burn;
 
     /// Ours and burn's conv2d on the same inputs: output and all gradients agree.
-    fn check([batch, ins, outs, height, width]: [usize; 5], kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2], bias: bool, device: &Device) {
+    fn check(
+        [batch, ins, outs, height, width]: [usize; 5],
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        bias: bool,
+        device: &Device,
+    ) {
         let weight = [outs, ins, kernel[0], kernel[1]];
         assert_conv_matches_burn([batch, ins, height, width], weight, bias, options(stride, padding), device, |x, w, b| {
             conv2d_dense(x, w, b, stride, padding)

@@ -94,8 +94,16 @@ impl DepthwiseConvBackend for Flex {
 }
 
 impl<C: CheckpointStrategy> DepthwiseConvBackend for Autodiff<Flex, C> {
-    fn depthwise_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Bias<Self>, stride: usize, padding: usize) -> FloatTensor<Self> {
-        conv_step(DepthwiseBackward, x, weight, bias, (stride, padding), |x, weight, bias| Flex::depthwise_conv2d(x, weight, bias, stride, padding))
+    fn depthwise_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Bias<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        conv_step(DepthwiseBackward, x, weight, bias, (stride, padding), |x, weight, bias| {
+            Flex::depthwise_conv2d(x, weight, bias, stride, padding)
+        })
     }
 }
 
@@ -207,6 +215,9 @@ mod tests {
     #[test]
     fn runs_burns_conv2d_where_our_kernels_do_not_apply() {
         // A 9x9 kernel is beyond host::MAX_KERNEL; the result is still the grouped convolution.
-        check(&Case { batch: 2, channels: 3, height: 11, width: 10, kernel: 9, stride: 1, padding: 4, bias: true }, &Device::flex().autodiff());
+        check(
+            &Case { batch: 2, channels: 3, height: 11, width: 10, kernel: 9, stride: 1, padding: 4, bias: true },
+            &Device::flex().autodiff(),
+        );
     }
 }

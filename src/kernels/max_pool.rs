@@ -65,7 +65,8 @@ impl Window {
 
     /// `[out_height, out_width]` for an input plane of `[height, width]`.
     fn output(&self, [height, width]: [usize; 2]) -> [usize; 2] {
-        let size = |axis: usize, len: usize| (len + self.padding[axis][0] + self.padding[axis][1] - self.kernel[axis]) / self.stride[axis] + 1;
+        let size =
+            |axis: usize, len: usize| (len + self.padding[axis][0] + self.padding[axis][1] - self.kernel[axis]) / self.stride[axis] + 1;
         [size(0, height), size(1, width)]
     }
 }
@@ -282,7 +283,9 @@ mod tests {
         let device = Device::flex();
         let x = Tensor::<4>::random([2, 3, 9, 9], Distribution::Normal(0.0, 1.0), &device);
         for pool in [MaxPool2dConfig::new([2, 2]).init(), MaxPool2dConfig::new([2, 2]).with_ceil_mode(true).init()] {
-            forward(&pool, x.clone()).into_data().assert_approx_eq::<f32>(&pool.forward(x.clone()).into_data(), Tolerance::rel_abs(0.0, 0.0));
+            forward(&pool, x.clone())
+                .into_data()
+                .assert_approx_eq::<f32>(&pool.forward(x.clone()).into_data(), Tolerance::rel_abs(0.0, 0.0));
         }
     }
 

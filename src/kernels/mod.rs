@@ -148,7 +148,27 @@ unsafe fn matmul(
     let alpha = if accumulate { 1.0 } else { 0.0 };
     // SAFETY: the caller's guarantee.
     unsafe {
-        gemm::gemm(m, n, k, dst, dst_cs, dst_rs, accumulate, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, alpha, 1.0, false, false, false, gemm::Parallelism::None)
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs,
+            dst_rs,
+            accumulate,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            alpha,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
     }
 }
 
@@ -187,7 +207,8 @@ where
     P: Clone + Send + std::fmt::Debug + 'static,
 {
     match bias.into_option() {
-        Some(bias) => match <S as Backward<Flex, 3>>::prepare::<C>(step, [x.node(), weight.node(), bias.node()]).compute_bound().stateful() {
+        Some(bias) => match <S as Backward<Flex, 3>>::prepare::<C>(step, [x.node(), weight.node(), bias.node()]).compute_bound().stateful()
+        {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&weight), sizes);
                 prep.finish(state, forward(x.into_primitive(), weight.into_primitive(), Bias::Add(bias.into_primitive())))

@@ -41,7 +41,8 @@ pub fn momentum_step<const D: usize>(param: Tensor<D>, grad: Tensor<D>, velocity
     if !ours {
         return reference_step(param, grad, velocity, step);
     }
-    let (param, velocity) = <Dispatch as SgdBackend>::sgd_momentum(param.into_dispatch(), grad.into_dispatch(), velocity.into_dispatch(), step);
+    let (param, velocity) =
+        <Dispatch as SgdBackend>::sgd_momentum(param.into_dispatch(), grad.into_dispatch(), velocity.into_dispatch(), step);
     (Tensor::from_dispatch(param), Tensor::from_dispatch(velocity))
 }
 

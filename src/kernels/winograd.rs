@@ -52,7 +52,11 @@ pub fn pays_off(in_channels: usize) -> bool {
 pub fn conv3x3(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, padding: usize) -> Tensor<4> {
     let [_, channels, height, width] = x.dims();
     let [out_channels, in_channels, kernel, kernel_width] = weight.dims();
-    assert!(in_channels == channels && kernel == 3 && kernel_width == 3, "conv3x3: weight {:?} must be [out, in = {channels}, 3, 3]", weight.dims());
+    assert!(
+        in_channels == channels && kernel == 3 && kernel_width == 3,
+        "conv3x3: weight {:?} must be [out, in = {channels}, 3, 3]",
+        weight.dims()
+    );
     if let Some(bias) = &bias {
         assert_eq!(bias.dims(), [out_channels], "conv3x3: bias must be [out]");
     }
@@ -115,11 +119,12 @@ impl<const N: usize> Backward<Flex, N> for Conv3x3Backward {
         let x_grad = x_node
             .is_some()
             .then(|| to_tensor(host::input_gradient(f32s(&out_grad), f32s(&weight), &g), vec![g.batch, g.in_channels, g.height, g.width]));
-        let bias_grad = bias_node
+        let bias_grad = bias_node.is_some().then(|| {
+            to_tensor(bias_gradient(f32s(&out_grad), g.batch, g.out_channels, g.out_height() * g.out_width()), vec![g.out_channels])
+        });
+        let weight_grad = weight_node
             .is_some()
-            .then(|| to_tensor(bias_gradient(f32s(&out_grad), g.batch, g.out_channels, g.out_height() * g.out_width()), vec![g.out_channels]));
-        let weight_grad =
-            weight_node.is_some().then(|| to_tensor(host::weight_gradient(f32s(&x), f32s(&out_grad), &g), vec![g.out_channels, g.in_channels, 3, 3]));
+            .then(|| to_tensor(host::weight_gradient(f32s(&x), f32s(&out_grad), &g), vec![g.out_channels, g.in_channels, 3, 3]));
         for (node, gradient) in [(x_node, x_grad), (weight_node, weight_grad), (bias_node, bias_grad)] {
             if let (Some(node), Some(gradient)) = (node, gradient) {
                 grads.register::<Flex>(node.id, gradient);
@@ -143,7 +148,9 @@ mod tests {
 
     /// Ours and burn's conv2d on the same inputs: output and all gradients agree.
     fn check([batch, ins, outs, height, width]: [usize; 5], padding: usize, bias: bool, device: &Device) {
-        assert_conv_matches_burn([batch, ins, height, width], [outs, ins, 3, 3], bias, options(padding), device, |x, w, b| conv3x3(x, w, b, padding));
+        assert_conv_matches_burn([batch, ins, height, width], [outs, ins, 3, 3], bias, options(padding), device, |x, w, b| {
+            conv3x3(x, w, b, padding)
+        });
     }
 
     #[test]

@@ -11,8 +11,8 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 
 use super::layers::{Act, BnParams, ConvBn, ConvSpec, InvertedResidual, InvertedResidualSpec, Padding, linear, make_divisible};
-use crate::config::ModelConfig;
 use super::trace;
+use crate::config::ModelConfig;
 
 /// The B0 baseline (the paper's table 1): expansion, kernel, first stride, input channels, output
 /// channels, repeats, per stage.

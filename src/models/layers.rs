@@ -8,10 +8,10 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::{relu, relu6, sigmoid, silu};
 
-use crate::config::ModelConfig;
 use super::trace;
-use crate::kernels::depthwise::depthwise_conv2d;
+use crate::config::ModelConfig;
 use crate::kernels::dense::conv2d_dense;
+use crate::kernels::depthwise::depthwise_conv2d;
 use crate::kernels::max_pool;
 use crate::kernels::winograd::{self, conv3x3};
 
@@ -176,11 +176,7 @@ impl ConvBn {
     }
 
     pub fn with(config: &ModelConfig, channels: [usize; 2], spec: ConvSpec, device: &Device) -> Self {
-        Self {
-            conv: conv_with(config, channels, &spec, false, device),
-            bn: spec.norm.init(channels[1], device),
-            act: spec.act,
-        }
+        Self { conv: conv_with(config, channels, &spec, false, device), bn: spec.norm.init(channels[1], device), act: spec.act }
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
@@ -208,7 +204,11 @@ pub enum ConvKernel {
 pub fn conv_plan(conv: &Conv2d, [channels, height, width]: [usize; 3]) -> (ConvKernel, Option<[usize; 2]>) {
     let [kernel, kernel_width] = conv.kernel_size;
     let [stride, stride_width] = conv.stride;
-    let depthwise = conv.groups > 1 && conv.groups == channels && conv.weight.shape()[0] == channels && kernel == kernel_width && stride == stride_width;
+    let depthwise = conv.groups > 1
+        && conv.groups == channels
+        && conv.weight.shape()[0] == channels
+        && kernel == kernel_width
+        && stride == stride_width;
     if !((depthwise || conv.groups == 1) && conv.dilation == [1, 1] && crate::kernels::enabled()) {
         return (ConvKernel::Burn, None);
     }
@@ -454,7 +454,9 @@ mod tests {
             check(Conv2dConfig::new([4, 6], [3, 3]).with_padding(padding).init(&device), side);
         }
         // The other dense ones (our weight gradient): strided, 1x1, 5x5 with TensorFlow's "SAME".
-        for (kernel, stride, padding) in [(1, 2, PaddingConfig2d::Valid), (3, 2, PaddingConfig2d::Explicit(1, 1, 1, 1)), (5, 2, PaddingConfig2d::Same)] {
+        for (kernel, stride, padding) in
+            [(1, 2, PaddingConfig2d::Valid), (3, 2, PaddingConfig2d::Explicit(1, 1, 1, 1)), (5, 2, PaddingConfig2d::Same)]
+        {
             check(Conv2dConfig::new([4, 6], [kernel, kernel]).with_stride([stride, stride]).with_padding(padding).init(&device), 9);
         }
     }
@@ -476,7 +478,8 @@ mod tests {
     #[test]
     fn make_divisible_matches_torchvision() {
         // Values computed with torchvision.models._utils._make_divisible(v, 8).
-        let cases = [(32.0 * 1.1, 32), (16.0 * 1.4, 24), (40.0 * 1.8, 72), (1280.0 * 2.0, 2560), (3.0, 8), (24.0 * 1.1, 24), (112.0 * 1.2, 136)];
+        let cases =
+            [(32.0 * 1.1, 32), (16.0 * 1.4, 24), (40.0 * 1.8, 72), (1280.0 * 2.0, 2560), (3.0, 8), (24.0 * 1.1, 24), (112.0 * 1.2, 136)];
         for (v, expected) in cases {
             assert_eq!(make_divisible(v, 8), expected, "{v}");
         }

@@ -13,8 +13,8 @@ use burn::prelude::*;
 use burn::tensor::activation::tanh;
 
 use super::layers::{conv, linear};
-use crate::config::ModelConfig;
 use super::trace;
+use crate::config::ModelConfig;
 
 #[derive(Module, Debug)]
 pub struct LeNet5 {

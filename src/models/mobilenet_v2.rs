@@ -7,8 +7,8 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 
 use super::layers::{Act, BnParams, ConvBn, ConvSpec, InvertedResidual, InvertedResidualSpec, Padding, linear};
-use crate::config::ModelConfig;
 use super::trace;
+use crate::config::ModelConfig;
 
 /// The paper's table 2: (expansion t, output channels c, repeats n, first stride s) per stage.
 const STAGES: [(usize, usize, usize, usize); 7] =

@@ -243,11 +243,7 @@ pub struct ModelEntry {
 
 macro_rules! efficientnet_b {
     ($n:literal, $name:literal, $description:literal) => {
-        ModelEntry {
-            name: $name,
-            description: $description,
-            build: |c, k, d| Net::EfficientNet(EfficientNetConfig::b($n).init(c, k, d)),
-        }
+        ModelEntry { name: $name, description: $description, build: |c, k, d| Net::EfficientNet(EfficientNetConfig::b($n).init(c, k, d)) }
     };
 }
 
@@ -516,8 +512,24 @@ mod tests {
         assert_eq!(count("budget_resnet"), 4_951_338);
         // torchvision's and efficientnet-lite-pytorch's counts for 1000 classes.
         let expected = [
-            11_689_512, 21_797_672, 25_557_032, 138_357_544, 138_365_992, 3_504_872, 5_288_548, 7_794_184, 9_109_994,
-            12_233_232, 19_341_616, 30_389_784, 43_040_704, 66_347_960, 4_652_008, 5_416_680, 6_092_072, 8_197_096,
+            11_689_512,
+            21_797_672,
+            25_557_032,
+            138_357_544,
+            138_365_992,
+            3_504_872,
+            5_288_548,
+            7_794_184,
+            9_109_994,
+            12_233_232,
+            19_341_616,
+            30_389_784,
+            43_040_704,
+            66_347_960,
+            4_652_008,
+            5_416_680,
+            6_092_072,
+            8_197_096,
             13_006_568,
         ];
         for (name, expected) in IMAGENET_MODELS.into_iter().zip(expected) {
@@ -647,11 +659,7 @@ mod tests {
                 let ours = &shapes[&path];
                 let torch_shape: Vec<usize> = if ours.len() == 2 { vec![ours[1], ours[0]] } else { ours.clone() };
                 let data = TensorData::new(reference_value(key, &torch_shape), torch_shape.clone());
-                let data = if ours.len() == 2 {
-                    Tensor::<2>::from_data(data, &device).transpose().into_data()
-                } else {
-                    data
-                };
+                let data = if ours.len() == 2 { Tensor::<2>::from_data(data, &device).transpose().into_data() } else { data };
                 values.insert(path, data);
             }
             let mut setter = SetParams(Vec::new(), values);

@@ -10,8 +10,8 @@ use burn::prelude::*;
 
 use super::layers::{Act, ConvBn, ConvSpec, linear, max_pool_forward};
 use super::resnet_cifar::{BlockKind, ResidualBlock};
-use crate::config::ModelConfig;
 use super::trace;
+use crate::config::ModelConfig;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageNetResNetConfig {

@@ -9,8 +9,8 @@ use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{ConvBn, linear};
-use crate::config::ModelConfig;
 use super::trace;
+use crate::config::ModelConfig;
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -124,10 +124,9 @@ impl ResidualBlock {
     ) -> Self {
         let out = width * kind.expansion();
         let convs = match kind {
-            BlockKind::Basic => vec![
-                ConvBn::new(config, [inputs, width], k, stride, device),
-                ConvBn::new(config, [width, width], k, 1, device),
-            ],
+            BlockKind::Basic => {
+                vec![ConvBn::new(config, [inputs, width], k, stride, device), ConvBn::new(config, [width, width], k, 1, device)]
+            }
             BlockKind::Bottleneck => vec![
                 ConvBn::new(config, [inputs, width], 1, 1, device),
                 ConvBn::new(config, [width, width], k, stride, device),

@@ -119,7 +119,20 @@ fn record<const D: usize>(
         let (kernel, runs_on) = kernel.map(|(weight, runs_on)| (weight.clone(), runs_on)).unzip();
         let output = dims[1..].to_vec();
         let flops = flops(&output);
-        recorder.calls.push(Layer { name: String::new(), weight, kind, input: input[1..].to_vec(), output, stride, params, flops, activation, kernel, runs_on, seconds });
+        recorder.calls.push(Layer {
+            name: String::new(),
+            weight,
+            kind,
+            input: input[1..].to_vec(),
+            output,
+            stride,
+            params,
+            flops,
+            activation,
+            kernel,
+            runs_on,
+            seconds,
+        });
     });
 }
 
@@ -151,7 +164,9 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     if is_tracing() {
         let channels = bn.gamma.dims()[0];
         // Normalize and scale/shift folded into one multiply-add per element.
-        record(bn.gamma.id, LayerKind::BatchNorm, &input, [1, 1], start, &y, None, 2 * channels, |out| 2 * out.iter().product::<usize>() as u64);
+        record(bn.gamma.id, LayerKind::BatchNorm, &input, [1, 1], start, &y, None, 2 * channels, |out| {
+            2 * out.iter().product::<usize>() as u64
+        });
     }
     y
 }
@@ -163,7 +178,9 @@ pub fn linear(fc: &Linear, x: Tensor<2>) -> Tensor<2> {
     if is_tracing() {
         let [inputs, outputs] = fc.weight.dims();
         let bias = fc.bias.as_ref().map_or(0, |b| b.dims()[0]);
-        record(fc.weight.id, LayerKind::Linear, &input, [1, 1], start, &y, None, inputs * outputs + bias, |_| (2 * inputs * outputs + bias) as u64);
+        record(fc.weight.id, LayerKind::Linear, &input, [1, 1], start, &y, None, inputs * outputs + bias, |_| {
+            (2 * inputs * outputs + bias) as u64
+        });
     }
     y
 }
@@ -245,7 +262,9 @@ mod tests {
     /// mobilenet_v2 0.30, efficientnet_b0 0.39.
     #[test]
     fn flops_match_the_published_counts() {
-        for (name, published) in [("resnet18", 1.81), ("resnet50", 4.09), ("vgg16", 15.47), ("mobilenet_v2", 0.30), ("efficientnet_b0", 0.39)] {
+        for (name, published) in
+            [("resnet18", 1.81), ("resnet50", 4.09), ("vgg16", 15.47), ("mobilenet_v2", 0.30), ("efficientnet_b0", 0.39)]
+        {
             let model = model(name, 1000);
             let (_, layers) = summarize(&model, Tensor::zeros([1, 3, 224, 224], &Device::flex()), false);
             let macs = layers.iter().filter(|l| l.kind != LayerKind::BatchNorm).map(|l| l.flops).sum::<u64>() as f64 / 2e9;

@@ -10,9 +10,9 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use super::Classifier;
+use super::trace;
 use crate::config::{ExperimentConfig, Finetune, Freeze, HeadMode, TransferConfig};
 use crate::weights::{self, LoadOptions, registry};
-use super::trace;
 
 /// Layers on top of a network's outputs: `dropout -> [linear -> relu -> dropout] -> linear`.
 /// With `head = "append"` it reads the pretrained classifier's logits; with `head = "replace"`
@@ -132,11 +132,8 @@ fn frozen_prefixes(model: &Classifier, t: &TransferConfig, new_parts: &[String])
         prefixes.push("net".to_string());
     }
     // New parts always train.
-    let frozen: Vec<String> = paths
-        .keys()
-        .filter(|p| prefixes.iter().any(|f| covers(f, p)) && !new_parts.iter().any(|n| covers(n, p)))
-        .cloned()
-        .collect();
+    let frozen: Vec<String> =
+        paths.keys().filter(|p| prefixes.iter().any(|f| covers(f, p)) && !new_parts.iter().any(|n| covers(n, p))).cloned().collect();
     Ok(frozen)
 }
 
@@ -175,10 +172,8 @@ pub fn freeze(model: Classifier, frozen_paths: &[String]) -> Classifier {
 /// Ids of every parameter outside the new parts (the pretrained backbone), for its own learning
 /// rate.
 pub fn backbone_group(model: &Classifier, new_parts: &[String]) -> ParamGroup {
-    let paths: Vec<String> = weights::apply::parameter_shapes(model)
-        .into_keys()
-        .filter(|p| !new_parts.iter().any(|n| covers(n, p)))
-        .collect();
+    let paths: Vec<String> =
+        weights::apply::parameter_shapes(model).into_keys().filter(|p| !new_parts.iter().any(|n| covers(n, p))).collect();
     ParamGroup::from_ids(frozen_ids(model, &paths))
 }
 
@@ -215,17 +210,26 @@ mod tests {
     }
 
     /// One SGD-momentum step on random data; returns the new model and the optimizer's record.
-    fn train_step(model: Classifier, optimizer: &mut burn::optim::ModuleOptimizer, classes: usize, side: usize) -> (Classifier, GradientsParams) {
+    fn train_step(
+        model: Classifier,
+        optimizer: &mut burn::optim::ModuleOptimizer,
+        classes: usize,
+        side: usize,
+    ) -> (Classifier, GradientsParams) {
         let device = Device::flex().autodiff();
         let images = Tensor::<4>::random([4, 3, side, side], Distribution::Normal(0.0, 1.0), &device);
         let labels: Vec<i64> = (0..4).map(|i| i % classes as i64).collect();
         let targets = loss::smoothed_targets(&labels, classes, 0.0, &device);
         let loss = loss::cross_entropy(model.forward(images), targets);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let kept = GradientsParams::from_grads(loss::cross_entropy(
-            model.forward(Tensor::random([4, 3, side, side], Distribution::Default, &device)),
-            loss::smoothed_targets(&labels, classes, 0.0, &device),
-        ).backward(), &model);
+        let kept = GradientsParams::from_grads(
+            loss::cross_entropy(
+                model.forward(Tensor::random([4, 3, side, side], Distribution::Default, &device)),
+                loss::smoothed_targets(&labels, classes, 0.0, &device),
+            )
+            .backward(),
+            &model,
+        );
         (optimizer.step(0.1, model, grads), kept)
     }
 
@@ -251,7 +255,8 @@ mod tests {
     #[test]
     fn frozen_batch_norm_keeps_its_running_statistics() {
         let device = Device::flex().autodiff();
-        let config = experiment("resnet18", TransferConfig { freeze: Freeze::Patterns(vec!["conv1".into(), "bn1".into()]), ..Default::default() });
+        let config =
+            experiment("resnet18", TransferConfig { freeze: Freeze::Patterns(vec!["conv1".into(), "bn1".into()]), ..Default::default() });
         let (model, _) = build(&config, 3, &device, true).unwrap();
         let before = values(&model);
         let mut optimizer = optim::build(&TrainConfig::default(), None);
@@ -338,9 +343,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("transfer.freeze = 9") && err.contains("conv1, conv2, fc1, fc2, fc3"), "{err}");
-        let err = build(&experiment("lenet5", TransferConfig { freeze: Freeze::Patterns(vec!["layer9".into()]), ..Default::default() }), 3, &device, true)
-            .unwrap_err()
-            .to_string();
+        let err = build(
+            &experiment("lenet5", TransferConfig { freeze: Freeze::Patterns(vec!["layer9".into()]), ..Default::default() }),
+            3,
+            &device,
+            true,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("`layer9`"), "{err}");
         let err = build(&experiment("lenet5", TransferConfig { head: HeadMode::Append, ..Default::default() }), 3, &device, true)
             .unwrap_err()

@@ -10,8 +10,8 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use super::layers::{BnParams, conv, linear, max_pool_forward};
-use crate::config::ModelConfig;
 use super::trace;
+use crate::config::ModelConfig;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct VggConfig {

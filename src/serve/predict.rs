@@ -46,12 +46,14 @@ impl ClassNames {
         for (row, line) in lines.enumerate() {
             let fields: Vec<&str> = line.split('\t').collect();
             let field = |col: usize| {
-                fields.get(col).map(|f| f.trim().to_string()).with_context(|| {
-                    format!("{}: line {}: expected {} tab-separated columns", path.display(), row + 2, header.len())
-                })
+                fields
+                    .get(col)
+                    .map(|f| f.trim().to_string())
+                    .with_context(|| format!("{}: line {}: expected {} tab-separated columns", path.display(), row + 2, header.len()))
             };
             if let Some(col) = index_col {
-                let index: usize = field(col)?.parse().with_context(|| format!("{}: line {}: index is not a number", path.display(), row + 2))?;
+                let index: usize =
+                    field(col)?.parse().with_context(|| format!("{}: line {}: index is not a number", path.display(), row + 2))?;
                 if index != row {
                     bail!("{}: line {}: expected index {row}, found {index} (rows must be in index order)", path.display(), row + 2);
                 }
@@ -107,9 +109,8 @@ pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<InputImage>> {
     encoded
         .into_par_iter()
         .map(|(name, bytes)| {
-            let decoded = image::load_from_memory(&bytes)
-                .with_context(|| format!("{name}: not a decodable image (expected PNG or JPEG)"))?
-                .to_rgb8();
+            let decoded =
+                image::load_from_memory(&bytes).with_context(|| format!("{name}: not a decodable image (expected PNG or JPEG)"))?.to_rgb8();
             let (width, height) = (decoded.width() as usize, decoded.height() as usize);
             Ok(InputImage { name, image: Image::new(decoded.into_raw(), height, width) })
         })
@@ -208,7 +209,8 @@ pub fn load_predictor(source: &ModelSource, classes: Option<ClassNames>, device:
             if !report.is_complete() {
                 eprintln!("{}: partial load: {report}", path.display());
             }
-            let resize = entry.map_or(EvalResize { resize_size: 256, crop_size: 224, interpolation: Interpolation::Bilinear }, |e| e.eval_resize());
+            let resize =
+                entry.map_or(EvalResize { resize_size: 256, crop_size: 224, interpolation: Interpolation::Bilinear }, |e| e.eval_resize());
             // Without a class table, classes are named by their index.
             let indices: Vec<String> = (0..num_classes).map(|i| i.to_string()).collect();
             (model, resize, entry.map_or(NormalizePreset::Imagenet, |e| e.normalize), ClassNames::from_names(&indices))
@@ -226,7 +228,8 @@ mod tests {
     fn tsv_class_tables_and_plain_lists_are_read() {
         let dir = tempfile::tempdir().unwrap();
         let tsv = dir.path().join("classes.tsv");
-        std::fs::write(&tsv, "index\twnid\tname\tsynonyms\n0\tn01440764\ttench\ttench, Tinca tinca\n1\tn01443537\tgoldfish\tgoldfish\n").unwrap();
+        std::fs::write(&tsv, "index\twnid\tname\tsynonyms\n0\tn01440764\ttench\ttench, Tinca tinca\n1\tn01443537\tgoldfish\tgoldfish\n")
+            .unwrap();
         let classes = ClassNames::read(&tsv).unwrap();
         assert_eq!(classes.ids, ["n01440764", "n01443537"]);
         assert_eq!(classes.names, ["tench", "goldfish"]);

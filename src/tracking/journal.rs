@@ -47,20 +47,14 @@ impl RunEntry {
     }
 
     fn best_val(&self) -> Option<(f64, Option<f64>)> {
-        self.metrics
-            .iter()
-            .filter_map(|m| m.val_loss.map(|l| (l, m.val_acc)))
-            .min_by(|a, b| a.0.total_cmp(&b.0))
+        self.metrics.iter().filter_map(|m| m.val_loss.map(|l| (l, m.val_acc))).min_by(|a, b| a.0.total_cmp(&b.0))
     }
 }
 
 /// Every run folder under `root` (those with a `config.toml`), sorted by id.
 pub fn scan(root: &Path) -> Result<Vec<RunEntry>> {
     let entries = std::fs::read_dir(root).with_context(|| format!("reading runs folder {}", root.display()))?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join(RunDir::CONFIG).is_file())
-        .collect();
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join(RunDir::CONFIG).is_file()).collect();
     paths.sort();
     paths.iter().map(|p| RunEntry::open(p)).collect()
 }
@@ -113,10 +107,7 @@ impl Table {
 
     pub fn csv(&self) -> String {
         let field = |c: &String| if c.contains([',', '"', '\n']) { format!("\"{}\"", c.replace('"', "\"\"")) } else { c.clone() };
-        std::iter::once(&self.header)
-            .chain(&self.rows)
-            .map(|r| r.iter().map(field).collect::<Vec<_>>().join(",") + "\n")
-            .collect()
+        std::iter::once(&self.header).chain(&self.rows).map(|r| r.iter().map(field).collect::<Vec<_>>().join(",") + "\n").collect()
     }
 
     fn html(&self) -> String {
@@ -254,7 +245,11 @@ pub fn html_report(entries: &[RunEntry], title: &str) -> Result<String> {
         if x.motivation.is_empty() && e.notes.is_empty() {
             continue;
         }
-        body.push_str(&format!("<h2>{}{}</h2>\n", escape(&e.run.id), if x.name.is_empty() { String::new() } else { format!(": {}", escape(&x.name)) }));
+        body.push_str(&format!(
+            "<h2>{}{}</h2>\n",
+            escape(&e.run.id),
+            if x.name.is_empty() { String::new() } else { format!(": {}", escape(&x.name)) }
+        ));
         if !x.motivation.is_empty() {
             body.push_str(&format!("<p><b>Motivation.</b> {}</p>\n", escape(&x.motivation)));
         }

@@ -123,11 +123,8 @@ impl RunDir {
 
     pub fn append_metrics(&self, metrics: &EpochMetrics) -> Result<()> {
         let path = self.path.join(Self::METRICS);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let mut file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
         writeln!(file, "{}", serde_json::to_string(metrics)?).with_context(|| format!("writing {}", path.display()))
     }
 
@@ -150,7 +147,6 @@ impl RunDir {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -86,7 +86,13 @@ impl EventWriter {
         // A new file each time (a resumed run adds one; TensorBoard reads them all), never
         // truncating an earlier one started in the same second.
         let path = (0..)
-            .map(|n| dir.join(if n == 0 { format!("events.out.tfevents.{seconds}.ferrovision") } else { format!("events.out.tfevents.{seconds}.ferrovision.{n}") }))
+            .map(|n| {
+                dir.join(if n == 0 {
+                    format!("events.out.tfevents.{seconds}.ferrovision")
+                } else {
+                    format!("events.out.tfevents.{seconds}.ferrovision.{n}")
+                })
+            })
             .find(|p| !p.exists())
             .expect("a free file name");
         let file = File::options().write(true).create_new(true).open(&path).with_context(|| format!("creating {}", path.display()))?;

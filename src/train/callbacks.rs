@@ -190,11 +190,7 @@ impl Checkpointer {
     pub fn best_metrics(run: &RunDir) -> Result<EpochMetrics> {
         let metrics = run.read_metrics()?;
         // The first epoch with the lowest validation loss, as the checkpointer chose it.
-        let best = metrics
-            .iter()
-            .filter_map(|m| m.val_loss.map(|loss| (loss, m)))
-            .min_by(|(a, _), (b, _)| a.total_cmp(b))
-            .map(|(_, m)| m);
+        let best = metrics.iter().filter_map(|m| m.val_loss.map(|loss| (loss, m))).min_by(|(a, _), (b, _)| a.total_cmp(b)).map(|(_, m)| m);
         best.or(metrics.last()).cloned().context("the run has no completed epoch")
     }
 }
@@ -369,14 +365,33 @@ mod tests {
         let model = models::build(&ModelConfig::default(), 10, &Device::flex()).unwrap();
         let mut stops = Vec::new();
         for loss in [1.0, 0.8, 0.78, 0.77, 0.5, 0.49, 0.48] {
-            let metrics = EpochMetrics { epoch: 1, train_loss: 1.0, train_acc: 0.0, val_loss: Some(loss), val_acc: None, lr: 0.1, seconds: 1.0, img_per_s: 1.0 };
+            let metrics = EpochMetrics {
+                epoch: 1,
+                train_loss: 1.0,
+                train_acc: 0.0,
+                val_loss: Some(loss),
+                val_acc: None,
+                lr: 0.1,
+                seconds: 1.0,
+                img_per_s: 1.0,
+            };
             stopper.on_epoch_end(&EpochContext { run: &run, model: &model, metrics: &metrics, epochs: 9 }).unwrap();
             stops.push(stopper.should_stop());
         }
         // 0.78 and 0.77 are within min_delta of 0.8: stop after the second of them.
         assert_eq!(stops, vec![false, false, false, true, false, false, true]);
-        let missing = EpochMetrics { epoch: 1, train_loss: 1.0, train_acc: 0.0, val_loss: None, val_acc: None, lr: 0.1, seconds: 1.0, img_per_s: 1.0 };
-        let err = EarlyStopper::new(config).on_epoch_end(&EpochContext { run: &run, model: &model, metrics: &missing, epochs: 9 }).unwrap_err();
+        let missing = EpochMetrics {
+            epoch: 1,
+            train_loss: 1.0,
+            train_acc: 0.0,
+            val_loss: None,
+            val_acc: None,
+            lr: 0.1,
+            seconds: 1.0,
+            img_per_s: 1.0,
+        };
+        let err =
+            EarlyStopper::new(config).on_epoch_end(&EpochContext { run: &run, model: &model, metrics: &missing, epochs: 9 }).unwrap_err();
         assert!(err.to_string().contains("train.early_stopping.monitor"), "{err}");
     }
 }

@@ -7,16 +7,16 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
-use super::loss::{cross_entropy, smoothed_targets};
 use super::argmax;
+use super::loss::{cross_entropy, smoothed_targets};
 use crate::augment::InputTransform;
 use crate::augment::transforms::Pipeline;
 use crate::config::ExperimentConfig;
-use crate::tracking::plot::{confusion_matrix_svg, svg_to_png};
-use crate::tracking::{RunDir, write_atomic};
 use crate::data::ImageSet;
 use crate::data::loader::{LoaderConfig, make_batch};
 use crate::models::Classifier;
+use crate::tracking::plot::{confusion_matrix_svg, svg_to_png};
+use crate::tracking::{RunDir, write_atomic};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalResult {
@@ -152,13 +152,7 @@ impl RunEvaluation {
             other => anyhow::bail!("unknown split `{other}`; expected test or val"),
         };
         let model = super::load_run_model(config, data.classes.len(), &run.checkpoint(checkpoint), &device)?;
-        Ok(Self {
-            model,
-            set,
-            classes: data.classes,
-            device,
-            settings: EvalSettings::from_config(config),
-        })
+        Ok(Self { model, set, classes: data.classes, device, settings: EvalSettings::from_config(config) })
     }
 
     /// The accuracy on the split, its images passed through `perturb` first when given.
@@ -202,7 +196,13 @@ pub fn evaluate_run(run: &RunDir, config: &ExperimentConfig, split: &str, checkp
 
 /// Writes `<run>/eval/<split>-<checkpoint>-confusion-{counts,normalized}.{svg,png}`; returns each
 /// file stem with its PNG (counts first).
-pub fn write_confusion(run: &RunDir, classes: &[String], counts: &[Vec<usize>], split: &str, checkpoint: &str) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+pub fn write_confusion(
+    run: &RunDir,
+    classes: &[String],
+    counts: &[Vec<usize>],
+    split: &str,
+    checkpoint: &str,
+) -> Result<Vec<(PathBuf, Vec<u8>)>> {
     let folder = run.path.join("eval");
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
     let mut written = Vec::new();

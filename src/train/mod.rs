@@ -22,11 +22,11 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::augment::transforms::Pipeline;
 use crate::config::ExperimentConfig;
 use crate::data::loader::{Batch, EpochLoader, LoaderConfig, num_batches};
 use crate::data::{self, ImageSet};
 use crate::models::{self, Classifier};
-use crate::augment::transforms::Pipeline;
 use crate::tracking::{EpochMetrics, RunDir, RunSummary};
 use callbacks::{Callback, Checkpointer, ConsoleLog, CurvesPlot, EarlyStopper, EpochContext, MetricsLog, TensorBoardLog, TestContext};
 pub use evaluate::{EvalResult, EvalSettings, RunEvaluation, Tta, evaluate, evaluate_run};
@@ -51,10 +51,7 @@ pub fn prepare_data(config: &ExperimentConfig) -> Result<TrainingData> {
         d.path.clone()
     };
     if !path.exists() {
-        bail!(
-            "data set not found at {} (set data.path or --data to a CIFAR-10 folder or archive, or add --download)",
-            path.display()
-        );
+        bail!("data set not found at {} (set data.path or --data to a CIFAR-10 folder or archive, or add --download)", path.display());
     }
     let dataset = data::load_dataset(&path, Some(&d.cache_dir))?;
     let num_classes = dataset.classes.len();
@@ -155,20 +152,20 @@ fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Res
     let data = prepare_data(config)?;
     let num_classes = data.classes.len();
     if data.train.len() < config.train.batch_size {
-        bail!(
-            "train split has {} images, fewer than train.batch_size = {}",
-            data.train.len(),
-            config.train.batch_size
-        );
+        bail!("train split has {} images, fewer than train.batch_size = {}", data.train.len(), config.train.batch_size);
     }
 
     let pipeline = Pipeline::from_config(&config.augment);
-    let augmented = pipeline.output_shape(data.train.height, data.train.width).map_err(|message| anyhow::anyhow!("config key {message}"))?;
+    let augmented =
+        pipeline.output_shape(data.train.height, data.train.width).map_err(|message| anyhow::anyhow!("config key {message}"))?;
     if augmented != (data.train.height, data.train.width) && config.data.input_size.is_none() {
         bail!(
             "config key augment.transforms: the pipeline turns {}x{} training images into {}x{}, but evaluation \
              sees them unchanged; set data.input_size so both get the same size",
-            data.train.height, data.train.width, augmented.0, augmented.1
+            data.train.height,
+            data.train.width,
+            augmented.0,
+            augmented.1
         );
     }
     // A resumed run loads its own parameters; the pretrained file is not needed again.
@@ -306,11 +303,7 @@ fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Res
         }
         // With model EMA the average is what is validated, checkpointed and tested.
         let eval_model = ema.as_ref().map_or_else(|| model.valid(), |e| e.model.clone());
-        let val = data
-            .val
-            .as_ref()
-            .map(|v| evaluate(&eval_model, v, num_classes, &eval_settings, &base_device))
-            .transpose()?;
+        let val = data.val.as_ref().map(|v| evaluate(&eval_model, v, num_classes, &eval_settings, &base_device)).transpose()?;
         let metrics = EpochMetrics {
             epoch,
             train_loss: loss_sum / seen.max(1) as f64,
@@ -391,11 +384,8 @@ mod tests {
         let device = Device::flex().autodiff();
         device.seed(1);
         let mut model = models::build(&ModelConfig::default(), 10, &device).unwrap();
-        let mut optimizer = optim::build(&TrainConfig {
-            optimizer: optim::OptimizerKind::Adam,
-            weight_decay: 0.0,
-            ..Default::default()
-        }, None);
+        let mut optimizer =
+            optim::build(&TrainConfig { optimizer: optim::OptimizerKind::Adam, weight_decay: 0.0, ..Default::default() }, None);
         let images = Tensor::<4>::random([16, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
         let labels: Vec<i64> = (0..16).map(|i| (i * 7 % 10) as i64).collect();
         let targets = loss::smoothed_targets(&labels, 10, 0.0, &device);

@@ -5,8 +5,8 @@ use burn::grad_clipping::GradientClippingConfig;
 use burn::module::ParamGroup;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{
-    AdamConfig, AdamWConfig, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer, RecordState, RmsPropConfig, StateSink, StateSource,
-    join_path,
+    AdamConfig, AdamWConfig, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer, RecordState, RmsPropConfig, StateSink,
+    StateSource, join_path,
 };
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -158,16 +158,23 @@ pub fn build(config: &TrainConfig, backbone: Option<(ParamGroup, f64)>) -> Modul
     let [beta_1, beta_2] = config.betas.map(|b| b as f32);
     let decay = (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
     let optimizer = match config.optimizer {
-        OptimizerKind::Sgd => {
-            assemble(Sgd { momentum: config.momentum as f32, nesterov: config.nesterov, weight_decay: config.weight_decay as f32 }, config, backbone)
-        }
+        OptimizerKind::Sgd => assemble(
+            Sgd { momentum: config.momentum as f32, nesterov: config.nesterov, weight_decay: config.weight_decay as f32 },
+            config,
+            backbone,
+        ),
         OptimizerKind::Adam => assemble(
             AdamConfig::new().with_beta_1(beta_1).with_beta_2(beta_2).with_epsilon(EPSILON).with_weight_decay(decay).build(),
             config,
             backbone,
         ),
         OptimizerKind::AdamW => assemble(
-            AdamWConfig::new().with_beta_1(beta_1).with_beta_2(beta_2).with_epsilon(EPSILON).with_weight_decay(config.weight_decay as f32).build(),
+            AdamWConfig::new()
+                .with_beta_1(beta_1)
+                .with_beta_2(beta_2)
+                .with_epsilon(EPSILON)
+                .with_weight_decay(config.weight_decay as f32)
+                .build(),
             config,
             backbone,
         ),

@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 
 use super::evaluate::RunEvaluation;
 use crate::augment::NormalizePreset;
-use crate::config::split_values;
 use crate::augment::transforms::{Context as TransformContext, Pipeline, Transform};
+use crate::config::split_values;
 use crate::tracking::plot::{Series, line_chart_svg};
 use crate::tracking::write_atomic;
 
@@ -38,10 +38,7 @@ pub fn parse_spec(spec: &str) -> Result<Vec<toml::Table>> {
     let entries = list
         .and_then(|t| t.as_array())
         .with_context(|| format!("{origin}: expected `transforms = [...]` (at the top or in [augment]), a list of transform entries"))?;
-    entries
-        .iter()
-        .map(|e| e.as_table().cloned().with_context(|| format!("{origin}: every transforms entry must be a table")))
-        .collect()
+    entries.iter().map(|e| e.as_table().cloned().with_context(|| format!("{origin}: every transforms entry must be a table"))).collect()
 }
 
 fn transforms_of(entries: &[toml::Table], origin: &str) -> Result<Vec<Transform>> {
@@ -49,9 +46,7 @@ fn transforms_of(entries: &[toml::Table], origin: &str) -> Result<Vec<Transform>
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            toml::Value::Table(e.clone())
-                .try_into()
-                .map_err(|err: toml::de::Error| anyhow::anyhow!("{origin}[{i}]: {}", err.message()))
+            toml::Value::Table(e.clone()).try_into().map_err(|err: toml::de::Error| anyhow::anyhow!("{origin}[{i}]: {}", err.message()))
         })
         .collect()
 }
@@ -80,8 +75,7 @@ pub fn settings(spec: &str, sweep: Option<&str>, normalize: NormalizePreset) -> 
                     .with_context(|| format!("--sweep: `{value}` is not a TOML value"))?;
                 let mut entries = entries.clone();
                 entries[last].insert(key.to_string(), parsed.clone());
-                let transforms = transforms_of(&entries, "--transform")
-                    .with_context(|| format!("--sweep {key}={value}"))?;
+                let transforms = transforms_of(&entries, "--transform").with_context(|| format!("--sweep {key}={value}"))?;
                 let numeric = parsed.as_float().or(parsed.as_integer().map(|v| v as f64));
                 all.push(Setting { label: format!("{key}={value}"), value: numeric, pipeline: pipeline(transforms) });
             }
@@ -118,13 +112,7 @@ pub fn markdown(outcomes: &[Outcome]) -> String {
     let clean = outcomes.first().map_or(0.0, |o| o.accuracy);
     let mut out = String::from("| setting | accuracy | loss | drop |\n|---|---:|---:|---:|\n");
     for o in outcomes {
-        out.push_str(&format!(
-            "| {} | {:.2}% | {:.4} | {:+.2} |\n",
-            o.label,
-            100.0 * o.accuracy,
-            o.loss,
-            100.0 * (o.accuracy - clean)
-        ));
+        out.push_str(&format!("| {} | {:.2}% | {:.4} | {:+.2} |\n", o.label, 100.0 * o.accuracy, o.loss, 100.0 * (o.accuracy - clean)));
     }
     out
 }
@@ -170,7 +158,8 @@ mod tests {
         let bare = settings("auto_augment", None, NormalizePreset::Cifar10).unwrap();
         assert_eq!(bare.len(), 2);
         assert_eq!(bare[1].label, "auto_augment");
-        let inline = settings(r#"{ name = "random_rotation", degrees = 10 }"#, Some("degrees=0,15,[20, 30]"), NormalizePreset::Cifar10).unwrap();
+        let inline =
+            settings(r#"{ name = "random_rotation", degrees = 10 }"#, Some("degrees=0,15,[20, 30]"), NormalizePreset::Cifar10).unwrap();
         let labels: Vec<&str> = inline.iter().map(|s| s.label.as_str()).collect();
         assert_eq!(labels, ["clean", "degrees=0", "degrees=15", "degrees=[20, 30]"]);
         assert_eq!(inline[2].value, Some(15.0));

@@ -82,7 +82,15 @@ pub struct PlateauConfig {
 
 impl Default for PlateauConfig {
     fn default() -> Self {
-        Self { monitor: Monitor::ValLoss, factor: 0.1, patience: 10, threshold: 1e-4, threshold_mode: ThresholdMode::Rel, cooldown: 0, min_lr: 0.0 }
+        Self {
+            monitor: Monitor::ValLoss,
+            factor: 0.1,
+            patience: 10,
+            threshold: 1e-4,
+            threshold_mode: ThresholdMode::Rel,
+            cooldown: 0,
+            min_lr: 0.0,
+        }
     }
 }
 
@@ -198,9 +206,7 @@ impl LrSchedule {
                 low + (self.base_lr - low) * up
             }
             ScheduleKind::Step => self.base_lr * self.gamma.powi((epoch / self.step_size) as i32),
-            ScheduleKind::MultiStep => {
-                self.base_lr * self.gamma.powi(self.milestones.iter().filter(|&&m| m <= epoch).count() as i32)
-            }
+            ScheduleKind::MultiStep => self.base_lr * self.gamma.powi(self.milestones.iter().filter(|&&m| m <= epoch).count() as i32),
             ScheduleKind::Exponential => self.base_lr * self.gamma.powi(epoch as i32),
             ScheduleKind::Plateau => self.plateau.as_ref().map_or(self.base_lr, |p| p.lr),
         };
@@ -279,7 +285,13 @@ mod tests {
         let config = PlateauConfig { factor: 0.5, patience: 1, cooldown: 1, min_lr: 0.1, ..PlateauConfig::default() };
         let mut p = Plateau::new(config, 1.0);
         let losses = [1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95];
-        let lrs: Vec<f64> = losses.iter().map(|&l| { p.observe(l); p.lr }).collect();
+        let lrs: Vec<f64> = losses
+            .iter()
+            .map(|&l| {
+                p.observe(l);
+                p.lr
+            })
+            .collect();
         // Bad epochs at 3 and 4 -> reduce after epoch 4; cooldown eats epoch 5; reduce again after 7; ...
         assert_eq!(lrs, vec![1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125]);
         // The floor holds.

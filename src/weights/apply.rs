@@ -253,12 +253,9 @@ mod tests {
     #[test]
     fn zip_legacy_nested_and_half_checkpoints_load_the_same_values() {
         let expected = expected_values();
-        for (file, tolerance, prefix) in [
-            ("tiny_zip.pth", 0.0, ""),
-            ("tiny_legacy.pth", 0.0, ""),
-            ("tiny_nested.pth", 0.0, "state_dict."),
-            ("tiny_half.pth", 2e-3, ""),
-        ] {
+        for (file, tolerance, prefix) in
+            [("tiny_zip.pth", 0.0, ""), ("tiny_legacy.pth", 0.0, ""), ("tiny_nested.pth", 0.0, "state_dict."), ("tiny_half.pth", 2e-3, "")]
+        {
             let (model, report) = load(file, tiny(2), &LoadOptions::default()).unwrap();
             assert!(report.is_complete(), "{file}: {report}");
             assert_eq!((report.loaded, report.prefix.as_str()), (8, prefix), "{file}");
@@ -279,10 +276,8 @@ mod tests {
     #[test]
     fn safetensors_files_load_like_checkpoints() {
         let expected = expected_values();
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = expected
-            .iter()
-            .map(|(k, t)| (k.clone(), t.shape.clone(), t.values.iter().flat_map(|v| v.to_le_bytes()).collect()))
-            .collect();
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+            expected.iter().map(|(k, t)| (k.clone(), t.shape.clone(), t.values.iter().flat_map(|v| v.to_le_bytes()).collect())).collect();
         let views = bytes
             .iter()
             .map(|(k, shape, data)| {

@@ -62,10 +62,8 @@ fn collect_tensors<M: Module>(model: &M) -> BTreeMap<String, (Vec<usize>, Vec<f3
 /// Writes `model` to `path` (temp file, then rename) with its config and class names.
 pub fn export_safetensors(model: &Classifier, about: &ExportedModel, path: &Path) -> anyhow::Result<()> {
     let tensors = collect_tensors(model);
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(name, (shape, values))| (name, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
-        .collect();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.into_iter().map(|(name, (shape, values))| (name, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())).collect();
     let views = bytes
         .iter()
         .map(|(name, shape, data)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), data)?)))

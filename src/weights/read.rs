@@ -24,11 +24,7 @@ pub struct StateDict {
 impl StateDict {
     /// The sub-dictionary under `prefix` (e.g. `state_dict.`), with the prefix removed.
     pub fn strip_prefix(&self, prefix: &str) -> StateDict {
-        let tensors = self
-            .tensors
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone())))
-            .collect();
+        let tensors = self.tensors.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone()))).collect();
         StateDict { tensors, metadata: self.metadata.clone() }
     }
 }
@@ -53,11 +49,7 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict, WeightsError> {
     if len < 9 {
         return Err(invalid(path, format!("file is {len} bytes long, too short for a weight file")));
     }
-    if head[8] == b'{' {
-        read_safetensors(path)
-    } else {
-        read_pytorch(path)
-    }
+    if head[8] == b'{' { read_safetensors(path) } else { read_pytorch(path) }
 }
 
 fn invalid(path: &Path, reason: String) -> WeightsError {
@@ -66,15 +58,13 @@ fn invalid(path: &Path, reason: String) -> WeightsError {
 
 fn read_safetensors(path: &Path) -> Result<StateDict, WeightsError> {
     let bytes = std::fs::read(path).map_err(|error| WeightsError::Io { path: path.to_path_buf(), error })?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| invalid(path, format!("not a valid safetensors file: {e}")))?;
-    let file = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| invalid(path, format!("not a valid safetensors file: {e}")))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(path, format!("not a valid safetensors file: {e}")))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| invalid(path, format!("not a valid safetensors file: {e}")))?;
     let mut tensors = BTreeMap::new();
     for (name, view) in file.tensors() {
-        let values = to_f32(&format!("{:?}", view.dtype()), view.data()).ok_or_else(|| {
-            invalid(path, format!("tensor `{name}` has dtype {:?}; expected a float or integer type", view.dtype()))
-        })?;
+        let values = to_f32(&format!("{:?}", view.dtype()), view.data())
+            .ok_or_else(|| invalid(path, format!("tensor `{name}` has dtype {:?}; expected a float or integer type", view.dtype())))?;
         tensors.insert(name, SourceTensor { shape: view.shape().to_vec(), values });
     }
     let metadata = header.metadata().clone().unwrap_or_default().into_iter().collect();
@@ -88,8 +78,7 @@ fn read_pytorch(path: &Path) -> Result<StateDict, WeightsError> {
     for (name, tensor) in reader.into_tensors() {
         let bytes = tensor.read().map_err(|e| invalid(path, format!("tensor `{name}`: {e}")))?;
         let dtype = format!("{:?}", tensor.dtype());
-        let values = to_f32(&dtype, &bytes)
-            .ok_or_else(|| invalid(path, format!("tensor `{name}` has unsupported dtype {dtype}")))?;
+        let values = to_f32(&dtype, &bytes).ok_or_else(|| invalid(path, format!("tensor `{name}` has unsupported dtype {dtype}")))?;
         if values.len() != tensor.num_elements() {
             return Err(invalid(path, format!("tensor `{name}` holds {} values for shape {:?}", values.len(), tensor.shape())));
         }

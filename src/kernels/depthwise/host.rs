@@ -117,7 +117,10 @@ fn backward_with(fma: bool, x: &[f32], weight: &[f32], out_grad: OutGrad, g: &Ge
 
 fn check_sizes(g: &Geometry, x: &[f32], weight: &[f32]) {
     assert!(g.stride > 0 && (1..=MAX_KERNEL).contains(&g.kernel), "depthwise: unsupported geometry {g:?}");
-    assert!(g.height + 2 * g.padding >= g.kernel && g.width + 2 * g.padding >= g.kernel, "depthwise: kernel larger than the padded input {g:?}");
+    assert!(
+        g.height + 2 * g.padding >= g.kernel && g.width + 2 * g.padding >= g.kernel,
+        "depthwise: kernel larger than the padded input {g:?}"
+    );
     assert_eq!(x.len(), g.planes() * g.height * g.width, "input size");
     assert_eq!(weight.len(), g.channels * g.taps(), "weight size");
 }
@@ -134,7 +137,11 @@ impl Group {
     /// All tasks: up to `LANES` channels of one image each.
     fn all(g: &Geometry) -> Vec<Group> {
         (0..g.batch)
-            .flat_map(|image| (0..g.channels).step_by(LANES).map(move |c| Group { first_plane: image * g.channels + c, channels: LANES.min(g.channels - c) }))
+            .flat_map(|image| {
+                (0..g.channels)
+                    .step_by(LANES)
+                    .map(move |c| Group { first_plane: image * g.channels + c, channels: LANES.min(g.channels - c) })
+            })
             .collect()
     }
 
@@ -216,12 +223,22 @@ fn backward_groups<S: Default>(g: &Geometry, out_grad: OutGrad, wanted: Wanted, 
         OutGrad::Overwrite(values) => split_groups(values, &groups, plane_out).into_iter().map(GradSlices::Shared).collect(),
         OutGrad::Read(out_grad) => {
             let mut x_grads = x_grad.as_deref_mut().map(|x_grad| split_groups(x_grad, &groups, plane_in).into_iter());
-            groups.iter().map(|group| GradSlices::Separate { out_grad: group.planes(out_grad, plane_out), x_grad: x_grads.as_mut().and_then(Iterator::next) }).collect()
+            groups
+                .iter()
+                .map(|group| GradSlices::Separate {
+                    out_grad: group.planes(out_grad, plane_out),
+                    x_grad: x_grads.as_mut().and_then(Iterator::next),
+                })
+                .collect()
         }
     };
     let mut partials = (wanted.weight || wanted.bias).then(|| vec![0.0; g.planes() * (taps + 1)]);
     let mut partial_slices = partials.as_deref_mut().map(|partials| split_groups(partials, &groups, taps + 1).into_iter());
-    let tasks: Vec<BackwardSlices> = groups.iter().zip(grads).map(|(&group, grads)| BackwardSlices { group, grads, partial: partial_slices.as_mut().and_then(Iterator::next) }).collect();
+    let tasks: Vec<BackwardSlices> = groups
+        .iter()
+        .zip(grads)
+        .map(|(&group, grads)| BackwardSlices { group, grads, partial: partial_slices.as_mut().and_then(Iterator::next) })
+        .collect();
     tasks.into_par_iter().for_each_init(S::default, |scratch, slices| task(scratch, slices));
     let mut gradients = Gradients { x: x_grad, ..Default::default() };
     if let Some(partials) = partials {
@@ -323,7 +340,9 @@ impl Vector for Avx {
 
     #[inline(always)]
     fn transpose(rows: [Self; LANES]) -> [Self; LANES] {
-        use std::arch::x86_64::{_mm256_permute2f128_ps as halves, _mm256_shuffle_ps as shuffle, _mm256_unpackhi_ps as high, _mm256_unpacklo_ps as low};
+        use std::arch::x86_64::{
+            _mm256_permute2f128_ps as halves, _mm256_shuffle_ps as shuffle, _mm256_unpackhi_ps as high, _mm256_unpacklo_ps as low,
+        };
         let [r0, r1, r2, r3, r4, r5, r6, r7] = rows.map(|row| row.0);
         // SAFETY: AVX is available. The usual three rounds: pairs of rows interleaved, pairs of
         // pairs, then 128-bit halves swapped.
@@ -392,7 +411,8 @@ mod tests {
                     db[c] += dy[o] as f64;
                     for kh in 0..k {
                         for kw in 0..k {
-                            let (i, j) = ((r * g.stride + kh) as isize - g.padding as isize, (col * g.stride + kw) as isize - g.padding as isize);
+                            let (i, j) =
+                                ((r * g.stride + kh) as isize - g.padding as isize, (col * g.stride + kw) as isize - g.padding as isize);
                             if i < 0 || j < 0 || i >= g.height as isize || j >= g.width as isize {
                                 continue;
                             }

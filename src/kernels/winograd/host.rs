@@ -73,7 +73,10 @@ impl Geometry {
     }
 
     fn check(&self) {
-        assert!(self.padding <= 2 && self.height + 2 * self.padding >= 3 && self.width + 2 * self.padding >= 3, "winograd: bad geometry {self:?}");
+        assert!(
+            self.padding <= 2 && self.height + 2 * self.padding >= 3 && self.width + 2 * self.padding >= 3,
+            "winograd: bad geometry {self:?}"
+        );
     }
 }
 
@@ -310,7 +313,9 @@ fn untransform_filter_gradients(du: &[f32], g: &Geometry, t: Transform) -> Vec<f
     let (ins, outs) = (g.in_channels, g.out_channels);
     let fma = fma_available();
     let mut dg = vec![0f32; outs * ins * 9];
-    dg.par_chunks_mut(ins * 9).enumerate().for_each(|(o, dg)| with_buffers(|[scratch]| filter_gradient_row(fma, du, t, o, outs, dg, scratch)));
+    dg.par_chunks_mut(ins * 9)
+        .enumerate()
+        .for_each(|(o, dg)| with_buffers(|[scratch]| filter_gradient_row(fma, du, t, o, outs, dg, scratch)));
     dg
 }
 
@@ -467,7 +472,15 @@ fn weight_products(v: &[f32], dm: &[f32], du: &mut [f32], plan: &Plan, tiles: us
 ///
 /// `out` points to the output `[batch, out, out_height, out_width]`, and no other thread writes
 /// the output rows of `rows` meanwhile.
-unsafe fn transform_outputs(m: &[f32], bias: Option<&[f32]>, g: &Geometry, plan: &Plan, rows: Range<usize>, out: SharedMut, parallel: bool) {
+unsafe fn transform_outputs(
+    m: &[f32],
+    bias: Option<&[f32]>,
+    g: &Geometry,
+    plan: &Plan,
+    rows: Range<usize>,
+    out: SharedMut,
+    parallel: bool,
+) {
     let fma = fma_available();
     let t = plan.transform;
     let tiles = rows.len() * plan.tiles_x;

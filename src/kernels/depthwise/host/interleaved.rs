@@ -11,7 +11,9 @@
 //! stride-1 convolution of the output gradient with a flipped sub-kernel, written back with
 //! stride `s` ([`Phase`]); no tap is spent on inserted zeros.
 
-use super::{BackwardSlices, Geometry, GradSlices, Gradients, LANES, MAX_KERNEL, OutGrad, Task, Vector, Wanted, backward_groups, forward_groups, run};
+use super::{
+    BackwardSlices, Geometry, GradSlices, Gradients, LANES, MAX_KERNEL, OutGrad, Task, Vector, Wanted, backward_groups, forward_groups, run,
+};
 
 /// Output pixels per register block: `PIXELS` vectors of accumulators, transposed back to
 /// planes as one `LANES` x `LANES` block.
@@ -145,12 +147,8 @@ impl BackwardPlan {
         // Correlations compute whole rows of PIXELS blocks; the weight gradient reads pixel pairs.
         let rows = phases_h.iter().map(|phase| phase.scratch_extent(top, 1)).max().unwrap_or(0);
         let cols = phases_w.iter().map(|phase| phase.scratch_extent(left, PIXELS)).max().unwrap_or(0);
-        let out_grad_scratch = ScratchShape {
-            top,
-            left,
-            rows: rows.max(top + g.out_height()),
-            cols: cols.max(left + g.out_width().next_multiple_of(2)),
-        };
+        let out_grad_scratch =
+            ScratchShape { top, left, rows: rows.max(top + g.out_height()), cols: cols.max(left + g.out_width().next_multiple_of(2)) };
         BackwardPlan { phases_h, phases_w, out_grad_scratch, gaps }
     }
 }
@@ -303,12 +301,24 @@ impl Task for BackwardGroup<'_> {
         if let Some(x_grad) = self.grads.into_x_grad() {
             let mut planes = Planes { dst: x_grad, rows: g.height, cols: g.width, channels };
             let out_grad = &scratch.out_grad;
-            let phase_taps = |taps: &mut Vec<f32>, a: &Phase, b: &Phase| interleave_taps(taps, self.weight, channels, Phase::flipped_taps(a, b, k, s));
+            let phase_taps =
+                |taps: &mut Vec<f32>, a: &Phase, b: &Phase| interleave_taps(taps, self.weight, channels, Phase::flipped_taps(a, b, k, s));
             if s == 1 {
                 // One phase, covering every input pixel in order: straight into the planes.
                 for (a, b) in plan.phases_h.iter().zip(&plan.phases_w) {
                     phase_taps(&mut scratch.taps, a, b);
-                    correlate::<V>(out_grad, a.first_read(top), b.first_read(left), 1, &scratch.taps, b.taps, V::splat(0.0), a.count, b.count, &mut planes);
+                    correlate::<V>(
+                        out_grad,
+                        a.first_read(top),
+                        b.first_read(left),
+                        1,
+                        &scratch.taps,
+                        b.taps,
+                        V::splat(0.0),
+                        a.count,
+                        b.count,
+                        &mut planes,
+                    );
                 }
             } else {
                 // Phases interleave: gather them as pixel vectors, then transpose whole rows
@@ -321,8 +331,25 @@ impl Task for BackwardGroup<'_> {
                 for a in &plan.phases_h {
                     for b in &plan.phases_w {
                         phase_taps(&mut scratch.taps, a, b);
-                        let mut pixels = Pixels { data: &mut scratch.x_grad, cols: g.width, first_row: a.first_input, first_col: b.first_input, step: s };
-                        correlate::<V>(out_grad, a.first_read(top), b.first_read(left), 1, &scratch.taps, b.taps, V::splat(0.0), a.count, b.count, &mut pixels);
+                        let mut pixels = Pixels {
+                            data: &mut scratch.x_grad,
+                            cols: g.width,
+                            first_row: a.first_input,
+                            first_col: b.first_input,
+                            step: s,
+                        };
+                        correlate::<V>(
+                            out_grad,
+                            a.first_read(top),
+                            b.first_read(left),
+                            1,
+                            &scratch.taps,
+                            b.taps,
+                            V::splat(0.0),
+                            a.count,
+                            b.count,
+                            &mut pixels,
+                        );
                     }
                 }
                 for r in 0..g.height {
@@ -403,7 +430,18 @@ impl Interleaved {
 /// + i, col0 + c * step + j)` for interleaved channels, `taps` holding a weight vector per tap.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn correlate<V: Vector>(plane: &Interleaved, row0: usize, col0: usize, step: usize, taps: &[f32], taps_cols: usize, bias: V, rows: usize, cols: usize, sink: &mut impl Sink) {
+fn correlate<V: Vector>(
+    plane: &Interleaved,
+    row0: usize,
+    col0: usize,
+    step: usize,
+    taps: &[f32],
+    taps_cols: usize,
+    bias: V,
+    rows: usize,
+    cols: usize,
+    sink: &mut impl Sink,
+) {
     let data = plane.data.as_slice();
     let pixel_step = step * LANES;
     // Where tap (i, j) reads, relative to the block's first output.

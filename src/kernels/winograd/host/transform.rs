@@ -399,10 +399,16 @@ mod tests {
                         for lane in 0..n {
                             let expected: f64 = row.iter().enumerate().map(|(i, &c)| c * input[i * in_stride + lane] as f64).sum();
                             let ours = output[r * out_stride + lane];
-                            assert!((ours as f64 - expected).abs() < 1e-5, "{t:?} {matrix:?} n {n}: row {r} lane {lane}: {ours} vs {expected}");
+                            assert!(
+                                (ours as f64 - expected).abs() < 1e-5,
+                                "{t:?} {matrix:?} n {n}: row {r} lane {lane}: {ours} vs {expected}"
+                            );
                         }
                         // The gaps between rows are left alone.
-                        assert!(output[r * out_stride + n..(r + 1) * out_stride].iter().all(|v| v.is_nan()), "{t:?} {matrix:?}: wrote past row {r}");
+                        assert!(
+                            output[r * out_stride + n..(r + 1) * out_stride].iter().all(|v| v.is_nan()),
+                            "{t:?} {matrix:?}: wrote past row {r}"
+                        );
                     }
                 }
             }
@@ -422,7 +428,10 @@ mod tests {
                     for j in 0..columns {
                         for tx in 0..stride {
                             let expected = if tx < n { row[t.m() * tx + j] } else { f32::NAN };
-                            assert!(out[j * stride + tx].total_cmp(&expected).is_eq(), "{t:?} n {n} columns {columns}: column {j} tile {tx}");
+                            assert!(
+                                out[j * stride + tx].total_cmp(&expected).is_eq(),
+                                "{t:?} n {n} columns {columns}: column {j} tile {tx}"
+                            );
                         }
                     }
                 }
