@@ -5,15 +5,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::augment::mix::MixConfig;
-use crate::augment::transforms::Transform;
-use crate::augment::{InputTransform, NormalizePreset, PaddingMode};
-use crate::models::{BlockKind, WeightInit};
+pub use crate::augment::config::AugmentConfig;
+use crate::augment::{InputTransform, NormalizePreset};
+pub use crate::data::config::DataConfig;
+use crate::error::{InvalidSetting, ensure};
+pub use crate::models::config::ModelConfig;
+pub use crate::models::transfer::TransferConfig;
+pub use crate::tracking::config::RunConfig;
 use crate::tracking::journal::ExperimentInfo;
-use crate::train::Tta;
-use crate::train::callbacks::EarlyStopping;
-use crate::train::optim::OptimizerKind;
-use crate::train::schedule::{Monitor, PlateauConfig, ScheduleKind};
+pub use crate::train::config::TrainConfig;
+use crate::train::schedule::{Monitor, ScheduleKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -23,8 +24,8 @@ pub enum ConfigError {
     Parse { origin: String, message: String },
     #[error("--set {0}: expected key=value (for example --set train.epochs=3)")]
     BadOverride(String),
-    #[error("config key `{key}`: {message}")]
-    Invalid { key: String, message: String },
+    #[error(transparent)]
+    Invalid(#[from] InvalidSetting),
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -37,289 +38,6 @@ pub struct ExperimentConfig {
     pub transfer: TransferConfig,
     pub train: TrainConfig,
     pub run: RunConfig,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DataConfig {
-    /// Data set location: a folder or archive in any supported CIFAR-10 form.
-    pub path: PathBuf,
-    /// Fetch the official archive into `path`'s folder when no local copy exists.
-    pub download: bool,
-    /// Where decoded images are cached (relative paths are relative to the working directory).
-    pub cache_dir: PathBuf,
-    /// Images held out of the train split for validation, stratified by class.
-    pub val_size: usize,
-    /// Keep only this many training images per class (0 = all), for quick experiments.
-    pub subset_per_class: usize,
-    /// Keep only this many test images per class (0 = all).
-    pub test_subset_per_class: usize,
-    /// Batches prepared ahead of the training step by the loader thread.
-    pub prefetch: usize,
-    /// Resize every image to this square size on its way into the model (bilinear, antialiased),
-    /// e.g. 32 -> 224 for ImageNet-pretrained weights. Absent = the data set's own size.
-    pub input_size: Option<usize>,
-}
-
-impl Default for DataConfig {
-    fn default() -> Self {
-        Self {
-            path: PathBuf::from("../shared/data/cifar10-jpeg.tar.gz"),
-            download: false,
-            cache_dir: PathBuf::from(".cache/ferrovision"),
-            val_size: 5000,
-            subset_per_class: 0,
-            test_subset_per_class: 0,
-            prefetch: 4,
-            input_size: None,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AugmentConfig {
-    /// Pixels of padding around each training image before a random crop back to its size (0 = no crop).
-    pub crop_padding: usize,
-    pub padding_mode: PaddingMode,
-    /// Probability of a horizontal flip.
-    pub hflip: f64,
-    pub normalize: NormalizePreset,
-    /// The full training pipeline (`[[augment.transforms]]` entries tagged by `name`); when given,
-    /// it replaces `crop_padding`, `padding_mode` and `hflip`.
-    pub transforms: Vec<Transform>,
-    /// Batch-level MixUp / CutMix.
-    pub mix: MixConfig,
-}
-
-impl Default for AugmentConfig {
-    fn default() -> Self {
-        Self {
-            crop_padding: 4,
-            padding_mode: PaddingMode::Reflect,
-            hflip: 0.5,
-            normalize: NormalizePreset::Cifar10,
-            transforms: Vec::new(),
-            mix: MixConfig::default(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    /// A name from `ferrovision models`.
-    pub name: String,
-    /// Dropout probability before the classifier (0 = none).
-    pub dropout: f64,
-    pub init: WeightInit,
-    /// The value used by `init = "constant"`.
-    pub init_constant: f64,
-    /// Architecture overrides of the named preset (absent = the preset's value). `fast_net` reads
-    /// `stem_channels` and `widths`; the ResNets read all of them.
-    pub stem_channels: Option<usize>,
-    /// Width of each stage.
-    pub widths: Option<Vec<usize>>,
-    /// Residual blocks per stage.
-    pub blocks: Option<Vec<usize>>,
-    /// Stride of the first block of each stage.
-    pub strides: Option<Vec<usize>>,
-    pub kernel_size: Option<usize>,
-    /// Kernel of the projection shortcuts (1 or 3).
-    pub shortcut_kernel: Option<usize>,
-    pub block: Option<BlockKind>,
-    /// BatchNorm momentum (PyTorch convention) of the EfficientNet family instead of
-    /// the reference's (EfficientNet-B5+/Lite: 0.01); e.g. 0.1 when fine-tuning for a few epochs.
-    pub bn_momentum: Option<f64>,
-    /// Initial weights: a PyTorch checkpoint (zip or legacy .pth), a safetensors file, or a
-    /// ferrovision export.
-    pub weights: Option<PathBuf>,
-    /// Registered pretrained weights (`ferrovision weights list`), fetched into `data.cache_dir`.
-    pub pretrained: Option<String>,
-    /// Load what matches when the weights do not fit exactly (and print what did not).
-    pub allow_partial: bool,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self {
-            name: "fast_net".into(),
-            dropout: 0.0,
-            init: WeightInit::Default,
-            init_constant: 0.01,
-            stem_channels: None,
-            widths: None,
-            blocks: None,
-            strides: None,
-            kernel_size: None,
-            shortcut_kernel: None,
-            block: None,
-            bn_momentum: None,
-            weights: None,
-            pretrained: None,
-            allow_partial: false,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrainConfig {
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub eval_batch_size: usize,
-    pub optimizer: OptimizerKind,
-    pub lr: f64,
-    /// SGD momentum (PyTorch semantics: no dampening).
-    pub momentum: f64,
-    pub nesterov: bool,
-    pub weight_decay: f64,
-    /// Adam/AdamW betas.
-    pub betas: [f64; 2],
-    pub schedule: ScheduleKind,
-    /// Linear warmup from 0 over this many epochs (fractions allowed), before the schedule.
-    pub warmup_epochs: f64,
-    /// Lowest learning rate of the cosine / one-cycle schedules, as a fraction of `lr`.
-    pub final_lr_fraction: f64,
-    /// Period of the triangular schedule in epochs.
-    pub cycle_epochs: f64,
-    /// Epochs between decays of the `step` schedule.
-    pub step_size: usize,
-    /// Epochs at which the `multi_step` schedule decays.
-    pub milestones: Vec<usize>,
-    /// Decay factor of the step, multi_step and exponential schedules.
-    pub gamma: f64,
-    /// ReduceLROnPlateau settings, for schedule = "plateau".
-    pub plateau: PlateauConfig,
-    /// Stop when the monitored metric has not improved for `patience` epochs (absent = never).
-    pub early_stopping: Option<EarlyStopping>,
-    /// Gradients of this many batches are summed (each loss divided by the count) before every
-    /// optimizer step: the effective batch is batch_size x accumulate_batches.
-    pub accumulate_batches: usize,
-    /// RMSprop's smoothing constant (PyTorch's `alpha`).
-    pub rmsprop_alpha: f64,
-    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999) and
-    /// validate, checkpoint and test it (absent = off).
-    pub ema_decay: Option<f64>,
-    pub label_smoothing: f64,
-    /// Clip each parameter's gradient to this L2 norm (absent = no clipping).
-    pub grad_clip_norm: Option<f64>,
-    /// Test-time augmentation of validation and test evaluation.
-    pub tta: Tta,
-    /// Seeds weight initialization, the split, shuffling and augmentation.
-    pub seed: u64,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            epochs: 10,
-            batch_size: 128,
-            eval_batch_size: 500,
-            optimizer: OptimizerKind::Sgd,
-            lr: 0.1,
-            momentum: 0.9,
-            nesterov: false,
-            weight_decay: 5e-4,
-            betas: [0.9, 0.999],
-            schedule: ScheduleKind::Cosine,
-            warmup_epochs: 0.0,
-            final_lr_fraction: 0.0,
-            cycle_epochs: 2.0,
-            step_size: 30,
-            milestones: Vec::new(),
-            gamma: 0.1,
-            plateau: PlateauConfig::default(),
-            early_stopping: None,
-            accumulate_batches: 1,
-            rmsprop_alpha: 0.99,
-            ema_decay: None,
-            label_smoothing: 0.0,
-            grad_clip_norm: None,
-            tta: Tta::None,
-            seed: 0,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RunConfig {
-    /// Folder under which each run gets its own `<id>/` folder.
-    pub dir: PathBuf,
-    /// Run id; empty = `<config name>-<timestamp>`.
-    pub id: String,
-    /// `flex` (pure-Rust CPU, default), `vulkan` or `cuda` (with the matching cargo feature).
-    pub device: String,
-    /// Show a progress bar on a terminal.
-    pub progress: bool,
-    /// Write TensorBoard event files into `<run>/tensorboard/`.
-    pub tensorboard: bool,
-}
-
-impl Default for RunConfig {
-    fn default() -> Self {
-        Self { dir: PathBuf::from("runs"), id: String::new(), device: "flex".into(), progress: true, tensorboard: true }
-    }
-}
-
-/// Which parameters train when starting from pretrained weights.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum Freeze {
-    /// The first N top-level children of the reference model (as `named_children()` lists them).
-    Children(usize),
-    /// Parameters whose path (or reference child name) starts with one of these.
-    Patterns(Vec<String>),
-}
-
-/// What happens to the pretrained classifier.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum HeadMode {
-    /// A new classifier for the data set's classes in place of the pretrained one.
-    #[default]
-    Replace,
-    /// Keep the pretrained classifier (e.g. 1000 ImageNet logits) and add a head on its outputs.
-    Append,
-}
-
-/// What trains when fine-tuning.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Finetune {
-    /// Every parameter not frozen by `freeze`.
-    #[default]
-    All,
-    /// Only the new head (the whole pretrained network frozen).
-    Head,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TransferConfig {
-    pub finetune: Finetune,
-    pub freeze: Freeze,
-    pub head: HeadMode,
-    /// Hidden units of a two-layer head (0 = a single linear layer).
-    pub head_hidden: usize,
-    /// Dropout before the head's layers.
-    pub head_dropout: f64,
-    /// The pretrained part trains at `train.lr` times this (the head at `train.lr`).
-    pub backbone_lr_scale: f64,
-}
-
-impl Default for TransferConfig {
-    fn default() -> Self {
-        Self {
-            finetune: Finetune::All,
-            freeze: Freeze::Children(0),
-            head: HeadMode::Replace,
-            head_hidden: 0,
-            head_dropout: 0.0,
-            backbone_lr_scale: 1.0,
-        }
-    }
 }
 
 impl ExperimentConfig {
@@ -339,7 +57,7 @@ impl ExperimentConfig {
         let augment_key = |key: &str| table.get("augment").and_then(|a| a.get(key)).cloned();
         let normalize_given = augment_key("normalize").is_some();
         let shorthand_given: Vec<(&str, toml::Value)> =
-            ["crop_padding", "padding_mode", "hflip"].into_iter().filter_map(|k| augment_key(k).map(|v| (k, v))).collect();
+            AugmentConfig::SHORTHAND.into_iter().filter_map(|k| augment_key(k).map(|v| (k, v))).collect();
         let mut config: ExperimentConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.into(), message: one_line(&e) })?;
@@ -347,10 +65,11 @@ impl ExperimentConfig {
             // The pipeline replaces the shorthand; a resolved config says so with crop 0 / flip 0.
             let disabled = |v: &toml::Value| v.as_integer() == Some(0) || v.as_float() == Some(0.0) || v.is_str();
             if let Some((key, _)) = shorthand_given.iter().find(|(_, v)| !disabled(v)) {
-                return Err(ConfigError::Invalid {
-                    key: format!("augment.{key}"),
-                    message: "augment.transforms replaces the crop/flip shorthand; put the crop and flip in the list".into(),
-                });
+                return Err(InvalidSetting::new(
+                    format!("augment.{key}"),
+                    "augment.transforms replaces the crop/flip shorthand; put the crop and flip in the list",
+                )
+                .into());
             }
             config.augment.crop_padding = 0;
             config.augment.hflip = 0.0;
@@ -383,85 +102,18 @@ impl ExperimentConfig {
         toml::to_string_pretty(self).expect("every config field is representable in TOML")
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| Err(ConfigError::Invalid { key: key.into(), message });
+    /// Each section checks itself; the rules that span sections are checked here.
+    fn validate(&self) -> Result<(), InvalidSetting> {
+        self.data.validate()?;
+        self.augment.validate()?;
+        self.model.validate()?;
+        self.transfer.validate()?;
+        self.train.validate()?;
         let t = &self.train;
-        if t.epochs == 0 {
-            return invalid("train.epochs", "expected at least 1".into());
-        }
-        if t.batch_size == 0 || t.eval_batch_size == 0 {
-            return invalid("train.batch_size", "expected at least 1".into());
-        }
-        if !(t.lr.is_finite() && t.lr > 0.0) {
-            return invalid("train.lr", format!("expected a positive number, found {}", t.lr));
-        }
-        if !(0.0..1.0).contains(&t.label_smoothing) {
-            return invalid("train.label_smoothing", format!("expected a value in [0, 1), found {}", t.label_smoothing));
-        }
-        let needs_val = |monitor: Monitor| monitor != Monitor::TrainLoss && self.data.val_size == 0;
-        if t.schedule == ScheduleKind::Plateau && needs_val(t.plateau.monitor) {
-            return invalid("train.plateau.monitor", "a validation metric needs data.val_size > 0 (or monitor = \"train_loss\")".into());
-        }
-        if t.early_stopping.is_some_and(|e| needs_val(e.monitor)) {
-            return invalid(
-                "train.early_stopping.monitor",
-                "a validation metric needs data.val_size > 0 (or monitor = \"train_loss\")".into(),
-            );
-        }
-        if t.ema_decay.is_some_and(|d| !(0.0..1.0).contains(&d)) {
-            return invalid("train.ema_decay", "expected a decay in [0, 1), e.g. 0.999".into());
-        }
-        if t.accumulate_batches == 0 {
-            return invalid("train.accumulate_batches", "expected at least 1".into());
-        }
-        if !(t.gamma.is_finite() && t.gamma > 0.0) {
-            return invalid("train.gamma", format!("expected a positive factor, found {}", t.gamma));
-        }
-        if t.step_size == 0 {
-            return invalid("train.step_size", "expected at least 1 epoch".into());
-        }
-        if !t.milestones.windows(2).all(|w| w[0] < w[1]) {
-            return invalid("train.milestones", format!("expected increasing epochs, found {:?}", t.milestones));
-        }
-        if !(t.plateau.factor > 0.0 && t.plateau.factor < 1.0) {
-            return invalid("train.plateau.factor", format!("expected a factor in (0, 1), found {}", t.plateau.factor));
-        }
-        if !(0.0..1.0).contains(&t.rmsprop_alpha) {
-            return invalid("train.rmsprop_alpha", format!("expected a value in [0, 1), found {}", t.rmsprop_alpha));
-        }
-        if !(0.0..1.0).contains(&t.momentum) {
-            return invalid("train.momentum", format!("expected a value in [0, 1), found {}", t.momentum));
-        }
-        if !(0.0..=1.0).contains(&self.augment.hflip) {
-            return invalid("augment.hflip", format!("expected a probability in [0, 1], found {}", self.augment.hflip));
-        }
-        if let Err((key, message)) = self.augment.mix.validate() {
-            return invalid(key, message);
-        }
-        if !(0.0..1.0).contains(&self.model.dropout) {
-            return invalid("model.dropout", format!("expected a probability in [0, 1), found {}", self.model.dropout));
-        }
-        if t.warmup_epochs < 0.0 || t.warmup_epochs > t.epochs as f64 {
-            return invalid("train.warmup_epochs", format!("expected 0..={} epochs, found {}", t.epochs, t.warmup_epochs));
-        }
-        let tr = &self.transfer;
-        if !(0.0..1.0).contains(&tr.head_dropout) {
-            return invalid("transfer.head_dropout", format!("expected a probability in [0, 1), found {}", tr.head_dropout));
-        }
-        if !(tr.backbone_lr_scale.is_finite() && tr.backbone_lr_scale >= 0.0) {
-            return invalid("transfer.backbone_lr_scale", format!("expected a number >= 0, found {}", tr.backbone_lr_scale));
-        }
-        if self.model.bn_momentum.is_some_and(|m| !(0.0..=1.0).contains(&m)) {
-            return invalid("model.bn_momentum", "expected a value in [0, 1]".into());
-        }
-        if self.data.input_size == Some(0) {
-            return invalid("data.input_size", "expected a positive size in pixels".into());
-        }
-        if self.model.weights.is_some() && self.model.pretrained.is_some() {
-            return invalid("model.weights", "give either model.weights or model.pretrained, not both".into());
-        }
-        crate::models::check(&self.model).map_err(|(key, message)| ConfigError::Invalid { key, message })?;
-        Ok(())
+        let without_val = |monitor: Monitor| monitor == Monitor::TrainLoss || self.data.val_size > 0;
+        let needs_val = || "a validation metric needs data.val_size > 0 (or monitor = \"train_loss\")".to_string();
+        ensure(t.schedule != ScheduleKind::Plateau || without_val(t.plateau.monitor), "train.plateau.monitor", needs_val)?;
+        ensure(t.early_stopping.is_none_or(|e| without_val(e.monitor)), "train.early_stopping.monitor", needs_val)
     }
 }
 
@@ -511,7 +163,7 @@ fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), ConfigError
             .entry(part)
             .or_insert_with(|| toml::Value::Table(toml::Table::new()))
             .as_table_mut()
-            .ok_or_else(|| ConfigError::Invalid { key: key.into(), message: format!("`{part}` is not a section") })?;
+            .ok_or_else(|| InvalidSetting::new(key, format!("`{part}` is not a section")))?;
     }
     node.insert(last.to_string(), value);
     Ok(())

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod error;
 pub mod kernels;
 pub mod models;
 pub mod serve;

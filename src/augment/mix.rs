@@ -6,6 +6,8 @@ use rand::Rng;
 use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{InvalidSetting, ensure};
+
 /// `[augment.mix]`: an alpha of 0 disables that kind of mixing.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -29,16 +31,12 @@ impl MixConfig {
         self.mixup_alpha > 0.0 || self.cutmix_alpha > 0.0
     }
 
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         for (key, alpha) in [("augment.mix.mixup_alpha", self.mixup_alpha), ("augment.mix.cutmix_alpha", self.cutmix_alpha)] {
-            if !(alpha.is_finite() && alpha >= 0.0) {
-                return Err((key, format!("expected a number >= 0 (0 = off), found {alpha}")));
-            }
+            ensure(alpha.is_finite() && alpha >= 0.0, key, || format!("expected a number >= 0 (0 = off), found {alpha}"))?;
         }
         for (key, p) in [("augment.mix.prob", self.prob), ("augment.mix.switch_prob", self.switch_prob)] {
-            if !(0.0..=1.0).contains(&p) {
-                return Err((key, format!("expected a probability in [0, 1], found {p}")));
-            }
+            ensure((0.0..=1.0).contains(&p), key, || format!("expected a probability in [0, 1], found {p}"))?;
         }
         Ok(())
     }
@@ -146,8 +144,8 @@ mod tests {
     #[test]
     fn bad_settings_name_their_key() {
         let bad = MixConfig { cutmix_alpha: -1.0, ..MixConfig::default() };
-        assert_eq!(bad.validate().unwrap_err().0, "augment.mix.cutmix_alpha");
+        assert_eq!(bad.validate().unwrap_err().key, "augment.mix.cutmix_alpha");
         let bad = MixConfig { switch_prob: 2.0, ..MixConfig::default() };
-        assert_eq!(bad.validate().unwrap_err().0, "augment.mix.switch_prob");
+        assert_eq!(bad.validate().unwrap_err().key, "augment.mix.switch_prob");
     }
 }

@@ -2,6 +2,7 @@
 //! parameters from applying them (a deterministic function of the image and the parameters), so
 //! every step is reproducible from a seed and testable on its own.
 
+pub mod config;
 pub mod expand;
 pub mod functional;
 pub mod mix;

@@ -747,7 +747,7 @@ impl Pipeline {
 
 impl Pipeline {
     /// `augment.transforms` when given, else the shorthand keys (`crop_padding`, `padding_mode`, `hflip`).
-    pub fn from_config(config: &crate::config::AugmentConfig) -> Self {
+    pub fn from_config(config: &super::config::AugmentConfig) -> Self {
         let transforms = if config.transforms.is_empty() {
             let crop = (config.crop_padding > 0).then_some(Transform::RandomCrop {
                 size: None,
@@ -972,7 +972,7 @@ mod tests {
 
     #[test]
     fn shorthand_keys_build_crop_and_flip() {
-        let config = crate::config::AugmentConfig::default();
+        let config = crate::augment::config::AugmentConfig::default();
         let pipeline = Pipeline::from_config(&config);
         assert_eq!(
             pipeline.transforms,

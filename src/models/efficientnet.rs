@@ -10,9 +10,10 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 
+use super::config::BuildOptions;
 use super::layers::{Act, BnParams, ConvBn, ConvSpec, InvertedResidual, InvertedResidualSpec, Padding, linear, make_divisible};
 use super::trace;
-use crate::config::ModelConfig;
+use super::{Architecture, Family, Net};
 
 /// The B0 baseline (the paper's table 1): expansion, kernel, first stride, input channels, output
 /// channels, repeats, per stage.
@@ -78,10 +79,11 @@ impl EfficientNetConfig {
         if fixed { base } else { (base as f64 * self.depth).ceil() as usize }
     }
 
-    pub fn init(&self, config: &ModelConfig, num_classes: usize, device: &Device) -> EfficientNet {
+    pub fn init(&self, options: &BuildOptions, num_classes: usize, device: &Device) -> EfficientNet {
+        let init = options.init;
         let act = if self.lite { Act::Relu6 } else { Act::Silu };
         let padding = if self.lite { Padding::TfSame } else { Padding::Symmetric };
-        let norm = self.norm.with_overrides(config);
+        let norm = self.norm.with_momentum(options.bn_momentum);
         let conv = |kernel, stride| ConvSpec::new(kernel, stride).padding(padding).norm(norm).act(act);
         // Lite keeps B0's stem (32) and head (1280) widths at every scale.
         let stem = if self.lite { 32 } else { self.channels(B0_STAGES[0].3) };
@@ -108,20 +110,20 @@ impl EfficientNetConfig {
                     norm,
                     drop_path: self.drop_path * index as f64 / total as f64,
                 };
-                blocks.push(InvertedResidual::new(config, &spec, device));
+                blocks.push(InvertedResidual::new(init, &spec, device));
                 channels = outputs;
                 index += 1;
             }
             stages.push(blocks);
         }
         let head = if self.lite { 1280 } else { 4 * channels };
-        let dropout = if config.dropout > 0.0 { config.dropout } else { self.dropout };
+        let dropout = if options.dropout > 0.0 { options.dropout } else { self.dropout };
         EfficientNet {
-            stem: ConvBn::with(config, [3, stem], conv(3, 2), device),
+            stem: ConvBn::with(init, [3, stem], conv(3, 2), device),
             stages,
-            head: ConvBn::with(config, [channels, head], conv(1, 1), device),
+            head: ConvBn::with(init, [channels, head], conv(1, 1), device),
             dropout: DropoutConfig::new(dropout).init(),
-            fc: linear(config, head, num_classes, device),
+            fc: linear(init, head, num_classes, device),
             lite: self.lite,
         }
     }
@@ -139,22 +141,6 @@ pub struct EfficientNet {
 }
 
 impl EfficientNet {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self.stem.forward(x);
-        for block in self.stages.iter().flatten() {
-            x = block.forward(x);
-        }
-        let x = self.head.forward(x);
-        let x: Tensor<2> = x.mean_dim(2).mean_dim(3).flatten(1, 3);
-        trace::linear(&self.fc, self.dropout.forward(x))
-    }
-
-    /// Our module path for a module path of the reference: torchvision's for B, the package's for
-    /// Lite.
-    pub fn import_module(&self, parts: &[&str]) -> Option<String> {
-        if self.lite { self.import_package_module(parts) } else { self.import_torchvision_module(parts) }
-    }
-
     /// torchvision: `features.0` is the stem, `features.{s}.{i}` (s = 1..=7) block `i` of stage
     /// `s`, the last `features` entry the head, `classifier.1` the linear layer. Inside a block,
     /// `block` numbers the sub-layers by position; squeeze-excite's `fc1`/`fc2` are our
@@ -226,8 +212,29 @@ impl EfficientNet {
         }
         None
     }
+}
 
-    pub fn top_level_children(&self) -> Vec<(&'static str, Vec<&'static str>)> {
+impl Family for EfficientNet {
+    const FIRST_CONV: &'static str = "stem.conv";
+    const CLASSIFIER: Option<&'static str> = Some("fc");
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = self.stem.forward(x);
+        for block in self.stages.iter().flatten() {
+            x = block.forward(x);
+        }
+        let x = self.head.forward(x);
+        let x: Tensor<2> = x.mean_dim(2).mean_dim(3).flatten(1, 3);
+        trace::linear(&self.fc, self.dropout.forward(x))
+    }
+
+    /// Our module path for a module path of the reference: torchvision's for B, the package's for
+    /// Lite.
+    fn import_module(&self, parts: &[&str]) -> Option<String> {
+        if self.lite { self.import_package_module(parts) } else { self.import_torchvision_module(parts) }
+    }
+
+    fn top_level_children(&self) -> Vec<(&'static str, Vec<&'static str>)> {
         if self.lite {
             vec![
                 ("_conv_stem", vec!["stem.conv"]),
@@ -244,4 +251,42 @@ impl EfficientNet {
             vec![("features", vec!["stem", "stages", "head"]), ("avgpool", vec![]), ("classifier", vec!["fc"])]
         }
     }
+}
+
+/// EfficientNet-B0..B7, then Lite0..4; each scale's constructor is its own function (`b::<N>`).
+pub fn architectures() -> Vec<Architecture> {
+    fn b<const N: usize>(o: &BuildOptions, k: usize, d: &Device) -> Net {
+        Net::EfficientNet(EfficientNetConfig::b(N).init(o, k, d))
+    }
+    fn lite<const N: usize>(o: &BuildOptions, k: usize, d: &Device) -> Net {
+        Net::EfficientNet(EfficientNetConfig::lite(N).init(o, k, d))
+    }
+    type Build = fn(&BuildOptions, usize, &Device) -> Net;
+    let entry = |name, description, config: EfficientNetConfig, build: Build| Architecture {
+        name,
+        description,
+        input_size: config.resolution,
+        build,
+    };
+    use EfficientNetConfig as C;
+    vec![
+        entry("efficientnet_b0", "torchvision EfficientNet-B0 (224 px; dropout 0.2, or model.dropout when set)", C::b(0), b::<0>),
+        entry("efficientnet_b1", "torchvision EfficientNet-B1 (240 px)", C::b(1), b::<1>),
+        entry("efficientnet_b2", "torchvision EfficientNet-B2 (260 px)", C::b(2), b::<2>),
+        entry("efficientnet_b3", "torchvision EfficientNet-B3 (300 px)", C::b(3), b::<3>),
+        entry("efficientnet_b4", "torchvision EfficientNet-B4 (380 px)", C::b(4), b::<4>),
+        entry("efficientnet_b5", "torchvision EfficientNet-B5 (456 px)", C::b(5), b::<5>),
+        entry("efficientnet_b6", "torchvision EfficientNet-B6 (528 px)", C::b(6), b::<6>),
+        entry("efficientnet_b7", "torchvision EfficientNet-B7 (600 px)", C::b(7), b::<7>),
+        entry(
+            "efficientnet_lite0",
+            "EfficientNet-Lite0 (efficientnet-lite-pytorch, 224 px): ReLU6, no SE, TF padding",
+            C::lite(0),
+            lite::<0>,
+        ),
+        entry("efficientnet_lite1", "EfficientNet-Lite1 (240 px)", C::lite(1), lite::<1>),
+        entry("efficientnet_lite2", "EfficientNet-Lite2 (260 px)", C::lite(2), lite::<2>),
+        entry("efficientnet_lite3", "EfficientNet-Lite3 (280 px)", C::lite(3), lite::<3>),
+        entry("efficientnet_lite4", "EfficientNet-Lite4 (300 px)", C::lite(4), lite::<4>),
+    ]
 }

@@ -8,9 +8,10 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use super::config::{BuildOptions, ShapeOverrides};
 use super::layers::{ConvBn, linear, max_pool_forward};
 use super::trace;
-use crate::config::ModelConfig;
+use super::{Architecture, Family, Net};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct FastNetConfig {
@@ -28,28 +29,29 @@ impl Default for FastNetConfig {
 }
 
 impl FastNetConfig {
-    pub fn with_overrides(mut self, config: &ModelConfig) -> Self {
-        self.stem_channels = config.stem_channels.unwrap_or(self.stem_channels);
-        self.widths = config.widths.clone().unwrap_or(self.widths);
+    pub fn with_overrides(mut self, shape: &ShapeOverrides) -> Self {
+        self.stem_channels = shape.stem_channels.unwrap_or(self.stem_channels);
+        self.widths = shape.widths.clone().unwrap_or(self.widths);
         self
     }
 
-    pub fn init(&self, config: &ModelConfig, num_classes: usize, device: &Device) -> FastNet {
+    pub fn init(&self, options: &BuildOptions, num_classes: usize, device: &Device) -> FastNet {
+        let init = options.init;
         let mut channels = self.stem_channels;
         let mut stages = Vec::new();
         for &width in &self.widths {
             stages.push(Stage {
-                first: ConvBn::new(config, [channels, width], 3, 1, device),
-                second: ConvBn::new(config, [width, width], 3, 1, device),
+                first: ConvBn::new(init, [channels, width], 3, 1, device),
+                second: ConvBn::new(init, [width, width], 3, 1, device),
             });
             channels = width;
         }
         FastNet {
-            stem: ConvBn::new(config, [3, self.stem_channels], 3, 1, device),
+            stem: ConvBn::new(init, [3, self.stem_channels], 3, 1, device),
             stages,
             pool: MaxPool2dConfig::new([2, 2]).init(),
-            dropout: DropoutConfig::new(config.dropout).init(),
-            head: linear(config, channels, num_classes, device),
+            dropout: DropoutConfig::new(options.dropout).init(),
+            head: linear(init, channels, num_classes, device),
             logit_scale: self.logit_scale,
         }
     }
@@ -71,8 +73,11 @@ pub struct FastNet {
     logit_scale: f64,
 }
 
-impl FastNet {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+impl Family for FastNet {
+    const FIRST_CONV: &'static str = "stem.conv";
+    const CLASSIFIER: Option<&'static str> = None;
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = relu(self.stem.forward(x));
         for stage in &self.stages {
             // Pooling before BatchNorm+ReLU computes them on a quarter of the pixels.
@@ -85,4 +90,13 @@ impl FastNet {
         let x: Tensor<2> = x.max_dim(2).flatten(1, 2);
         trace::linear(&self.head, self.dropout.forward(x)).mul_scalar(self.logit_scale)
     }
+}
+
+pub fn architectures() -> Vec<Architecture> {
+    vec![Architecture {
+        name: "fast_net",
+        description: "airbench-style 3-stage conv net (32-128-256), fast on CPU; the quick config",
+        input_size: 32,
+        build: |o, k, d| Net::FastNet(FastNetConfig::default().with_overrides(&o.shape).init(o, k, d)),
+    }]
 }

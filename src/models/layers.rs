@@ -3,17 +3,55 @@
 use burn::module::{Flag, Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::MaxPool2d;
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::{relu, relu6, sigmoid, silu};
+use serde::{Deserialize, Serialize};
 
 use super::trace;
-use crate::config::ModelConfig;
 use crate::kernels::dense::conv2d_dense;
 use crate::kernels::depthwise::depthwise_conv2d;
 use crate::kernels::max_pool;
 use crate::kernels::winograd::{self, conv3x3};
+
+/// How convolution and linear weights are initialized (PyTorch's `torch.nn.init` names).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightInit {
+    /// Each layer's own default (PyTorch's: uniform in ±1/sqrt(fan_in)); BatchNorm weight 1, bias 0.
+    #[default]
+    Default,
+    /// Every weight set to `model.init_constant`.
+    Constant,
+    XavierUniform,
+    XavierNormal,
+    /// He initialization for ReLU networks (gain sqrt(2), fan_in).
+    KaimingUniform,
+    KaimingNormal,
+}
+
+/// How conv and linear weights start: the scheme, and the value `constant` sets.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Init {
+    pub scheme: WeightInit,
+    pub constant: f64,
+}
+
+impl Init {
+    /// The burn initializer for conv/linear weights, or `None` for the layer's default.
+    fn initializer(self) -> Option<Initializer> {
+        let relu_gain = std::f64::consts::SQRT_2;
+        match self.scheme {
+            WeightInit::Default => None,
+            WeightInit::Constant => Some(Initializer::Constant { value: self.constant }),
+            WeightInit::XavierUniform => Some(Initializer::XavierUniform { gain: 1.0 }),
+            WeightInit::XavierNormal => Some(Initializer::XavierNormal { gain: 1.0 }),
+            WeightInit::KaimingUniform => Some(Initializer::KaimingUniform { gain: relu_gain, fan_out_only: false }),
+            WeightInit::KaimingNormal => Some(Initializer::KaimingNormal { gain: relu_gain, fan_out_only: false }),
+        }
+    }
+}
 
 /// The activation that follows a conv+BN (or none).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,9 +120,9 @@ impl BnParams {
     /// TensorFlow's EfficientNet settings (decay 0.99, i.e. PyTorch momentum 0.01, eps 1e-3).
     pub const TF: BnParams = BnParams { epsilon: 1e-3, momentum: 0.01 };
 
-    /// These settings with `model.bn_momentum` applied when the config sets it.
-    pub fn with_overrides(self, config: &ModelConfig) -> Self {
-        Self { momentum: config.bn_momentum.unwrap_or(self.momentum), ..self }
+    /// These settings with another momentum where one is given (`model.bn_momentum`).
+    pub fn with_momentum(self, momentum: Option<f64>) -> Self {
+        Self { momentum: momentum.unwrap_or(self.momentum), ..self }
     }
 
     pub fn init(self, channels: usize, device: &Device) -> BatchNorm {
@@ -133,28 +171,28 @@ impl ConvSpec {
     }
 }
 
-/// A conv layer with `config.init` applied (bias only where no BatchNorm follows).
-pub fn conv(config: &ModelConfig, channels: [usize; 2], kernel: usize, stride: usize, bias: bool, device: &Device) -> Conv2d {
-    conv_with(config, channels, &ConvSpec::new(kernel, stride), bias, device)
+/// A conv layer with `init` applied (bias only where no BatchNorm follows).
+pub fn conv(init: Init, channels: [usize; 2], kernel: usize, stride: usize, bias: bool, device: &Device) -> Conv2d {
+    conv_with(init, channels, &ConvSpec::new(kernel, stride), bias, device)
 }
 
 /// A conv layer shaped by `spec` (its norm and activation are the caller's business).
-pub fn conv_with(config: &ModelConfig, channels: [usize; 2], spec: &ConvSpec, bias: bool, device: &Device) -> Conv2d {
+pub fn conv_with(init: Init, channels: [usize; 2], spec: &ConvSpec, bias: bool, device: &Device) -> Conv2d {
     let mut c = Conv2dConfig::new(channels, [spec.kernel, spec.kernel])
         .with_stride([spec.stride, spec.stride])
         .with_groups(spec.groups)
         .with_padding(spec.padding.config(spec.kernel))
         .with_bias(bias);
-    if let Some(init) = config.init.initializer(config.init_constant) {
-        c = c.with_initializer(init);
+    if let Some(initializer) = init.initializer() {
+        c = c.with_initializer(initializer);
     }
     c.init(device)
 }
 
-pub fn linear(config: &ModelConfig, inputs: usize, outputs: usize, device: &Device) -> Linear {
+pub fn linear(init: Init, inputs: usize, outputs: usize, device: &Device) -> Linear {
     let mut c = LinearConfig::new(inputs, outputs);
-    if let Some(init) = config.init.initializer(config.init_constant) {
-        c = c.with_initializer(init);
+    if let Some(initializer) = init.initializer() {
+        c = c.with_initializer(initializer);
     }
     c.init(device)
 }
@@ -171,12 +209,12 @@ pub struct ConvBn {
 
 impl ConvBn {
     /// Conv + BN without activation (the caller applies one where it wants).
-    pub fn new(config: &ModelConfig, channels: [usize; 2], kernel: usize, stride: usize, device: &Device) -> Self {
-        Self::with(config, channels, ConvSpec::new(kernel, stride), device)
+    pub fn new(init: Init, channels: [usize; 2], kernel: usize, stride: usize, device: &Device) -> Self {
+        Self::with(init, channels, ConvSpec::new(kernel, stride), device)
     }
 
-    pub fn with(config: &ModelConfig, channels: [usize; 2], spec: ConvSpec, device: &Device) -> Self {
-        Self { conv: conv_with(config, channels, &spec, false, device), bn: spec.norm.init(channels[1], device), act: spec.act }
+    pub fn with(init: Init, channels: [usize; 2], spec: ConvSpec, device: &Device) -> Self {
+        Self { conv: conv_with(init, channels, &spec, false, device), bn: spec.norm.init(channels[1], device), act: spec.act }
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
@@ -325,10 +363,10 @@ pub struct SqueezeExcite {
 }
 
 impl SqueezeExcite {
-    pub fn new(config: &ModelConfig, channels: usize, squeezed: usize, act: Act, device: &Device) -> Self {
+    pub fn new(init: Init, channels: usize, squeezed: usize, act: Act, device: &Device) -> Self {
         Self {
-            reduce: conv(config, [channels, squeezed], 1, 1, true, device),
-            expand: conv(config, [squeezed, channels], 1, 1, true, device),
+            reduce: conv(init, [channels, squeezed], 1, 1, true, device),
+            expand: conv(init, [squeezed, channels], 1, 1, true, device),
             act,
         }
     }
@@ -371,19 +409,19 @@ pub struct InvertedResidual {
 }
 
 impl InvertedResidual {
-    pub fn new(config: &ModelConfig, s: &InvertedResidualSpec, device: &Device) -> Self {
+    pub fn new(init: Init, s: &InvertedResidualSpec, device: &Device) -> Self {
         let hidden = s.inputs * s.expand_ratio;
         let pointwise = ConvSpec::new(1, 1).padding(s.padding).norm(s.norm);
         Self {
-            expand: (s.expand_ratio != 1).then(|| ConvBn::with(config, [s.inputs, hidden], pointwise.act(s.act), device)),
+            expand: (s.expand_ratio != 1).then(|| ConvBn::with(init, [s.inputs, hidden], pointwise.act(s.act), device)),
             depthwise: ConvBn::with(
-                config,
+                init,
                 [hidden, hidden],
                 ConvSpec::new(s.kernel, s.stride).groups(hidden).padding(s.padding).norm(s.norm).act(s.act),
                 device,
             ),
-            se: s.se_channels.map(|squeezed| SqueezeExcite::new(config, hidden, squeezed, s.act, device)),
-            project: ConvBn::with(config, [hidden, s.outputs], pointwise, device),
+            se: s.se_channels.map(|squeezed| SqueezeExcite::new(init, hidden, squeezed, s.act, device)),
+            project: ConvBn::with(init, [hidden, s.outputs], pointwise, device),
             drop_path: StochasticDepth::new(s.drop_path),
             residual: s.stride == 1 && s.inputs == s.outputs,
         }
@@ -507,9 +545,8 @@ mod tests {
     #[test]
     fn tf_same_padding_is_asymmetric_where_tensorflow_pads_asymmetrically() {
         let device = Device::flex();
-        let config = ModelConfig::default();
         let spec = ConvSpec::new(3, 2).padding(Padding::TfSame);
-        let same = conv_with(&config, [2, 3], &spec, true, &device);
+        let same = conv_with(Init::default(), [2, 3], &spec, true, &device);
         let mut valid = same.clone();
         valid.padding = PaddingConfig2d::Valid;
         for (size, [top, bottom]) in [(8usize, [0, 1]), (7, [1, 1])] {

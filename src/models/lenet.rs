@@ -1,68 +1,127 @@
-//! LeNet-5 (LeCun et al., 1998) for 32x32 RGB inputs: conv 6@5x5, 2x2 average pooling, conv
-//! 16@5x5, 2x2 average pooling, fully connected 120, 84, classes, with tanh activations as in the
-//! paper. As in the usual modern rendering, C3 connects to all six input maps (not the paper's
-//! partial connection table), the subsampling layers have no trainable coefficients, and the
-//! output layer is linear (not RBF units). `model.dropout` (default 0) applies before each fully
-//! connected layer.
+//! The two LeNet-shaped networks for 32x32 RGB inputs: conv 6@5x5, 2x2 pooling, conv 16@5x5, 2x2
+//! pooling, fully connected 120, 84, classes (62,006 parameters for 10 classes).
+//! - `lenet5`: LeNet-5 (LeCun et al., 1998) with tanh and average pooling as in the paper. As in
+//!   the usual modern rendering, C3 connects to all six input maps (not the paper's partial
+//!   connection table), the subsampling layers have no trainable coefficients, and the output
+//!   layer is linear (not RBF units). `model.dropout` (default 0) applies before each fully
+//!   connected layer.
+//! - `tutorial_net`: the CNN of PyTorch's "Training a classifier" tutorial: ReLU and max-pooling;
+//!   `model.dropout` applies before the last layer.
+//!
+//! Both use the reference's module names (`conv1`, `conv2`, `fc1`..`fc3`).
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::nn::pool::{AvgPool2d, AvgPool2dConfig};
+use burn::nn::pool::{AvgPool2dConfig, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::tanh;
+use burn::tensor::activation::{relu, tanh};
 
-use super::layers::{conv, linear};
-use super::trace;
-use crate::config::ModelConfig;
+use super::config::BuildOptions;
+use super::layers::{conv, linear, max_pool_forward};
+use super::{Architecture, Family, Net, trace};
+
+/// Where the two renderings differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeNetStyle {
+    /// tanh, average pooling, dropout before every fully connected layer.
+    Paper,
+    /// ReLU, max-pooling, dropout before the last layer only.
+    Tutorial,
+}
 
 #[derive(Module, Debug)]
-pub struct LeNet5 {
+pub struct LeNet {
     conv1: Conv2d,
     conv2: Conv2d,
-    pool: AvgPool2d,
     dropout: Dropout,
     fc1: Linear,
     fc2: Linear,
-    pub(crate) fc3: Linear,
+    fc3: Linear,
+    #[module(skip)]
+    style: LeNetStyle,
 }
 
-impl LeNet5 {
-    pub fn new(config: &ModelConfig, num_classes: usize, device: &Device) -> Self {
-        // Unpadded ("valid") convs: 32 -> 28 -> 14 -> 10 -> 5.
+impl LeNet {
+    pub fn new(style: LeNetStyle, options: &BuildOptions, num_classes: usize, device: &Device) -> Self {
+        let init = options.init;
         let valid = |mut c: Conv2d| {
             c.padding = PaddingConfig2d::Valid;
             c
         };
         Self {
-            conv1: valid(conv(config, [3, 6], 5, 1, true, device)),
-            conv2: valid(conv(config, [6, 16], 5, 1, true, device)),
-            pool: AvgPool2dConfig::new([2, 2]).init(),
-            dropout: DropoutConfig::new(config.dropout).init(),
-            fc1: linear(config, 16 * 5 * 5, 120, device),
-            fc2: linear(config, 120, 84, device),
-            fc3: linear(config, 84, num_classes, device),
+            conv1: valid(conv(init, [3, 6], 5, 1, true, device)),
+            conv2: valid(conv(init, [6, 16], 5, 1, true, device)),
+            dropout: DropoutConfig::new(options.dropout).init(),
+            fc1: linear(init, 16 * 5 * 5, 120, device),
+            fc2: linear(init, 120, 84, device),
+            fc3: linear(init, 84, num_classes, device),
+            style,
         }
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.pool.forward(tanh(trace::conv2d(&self.conv1, x)));
-        let x = self.pool.forward(tanh(trace::conv2d(&self.conv2, x)));
+    fn activate<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self.style {
+            LeNetStyle::Paper => tanh(x),
+            LeNetStyle::Tutorial => relu(x),
+        }
+    }
+
+    fn pool(&self, x: Tensor<4>) -> Tensor<4> {
+        match self.style {
+            LeNetStyle::Paper => AvgPool2dConfig::new([2, 2]).init().forward(x),
+            LeNetStyle::Tutorial => max_pool_forward(&MaxPool2dConfig::new([2, 2]).init(), x),
+        }
+    }
+
+    /// Dropout before a hidden fully connected layer (the paper rendering only).
+    fn hidden_dropout(&self, x: Tensor<2>) -> Tensor<2> {
+        match self.style {
+            LeNetStyle::Paper => self.dropout.forward(x),
+            LeNetStyle::Tutorial => x,
+        }
+    }
+}
+
+impl Family for LeNet {
+    const FIRST_CONV: &'static str = "conv1";
+    const CLASSIFIER: Option<&'static str> = Some("fc3");
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let x = self.pool(self.activate(trace::conv2d(&self.conv1, x)));
+        let x = self.pool(self.activate(trace::conv2d(&self.conv2, x)));
         let x: Tensor<2> = x.flatten(1, 3);
-        let x = tanh(trace::linear(&self.fc1, self.dropout.forward(x)));
-        let x = tanh(trace::linear(&self.fc2, self.dropout.forward(x)));
+        let x = self.activate(trace::linear(&self.fc1, self.hidden_dropout(x)));
+        let x = self.activate(trace::linear(&self.fc2, self.hidden_dropout(x)));
         trace::linear(&self.fc3, self.dropout.forward(x))
     }
 
-    /// No reference state dict exists; a PyTorch LeNet-5 with the same layer names maps 1:1.
-    pub fn import_module(parts: &[&str]) -> Option<String> {
+    fn import_module(&self, parts: &[&str]) -> Option<String> {
         match parts {
             [name @ ("conv1" | "conv2" | "fc1" | "fc2" | "fc3")] => Some(name.to_string()),
             _ => None,
         }
     }
 
-    pub fn top_level_children() -> Vec<(&'static str, Vec<&'static str>)> {
+    fn top_level_children(&self) -> Vec<(&'static str, Vec<&'static str>)> {
         ["conv1", "conv2", "fc1", "fc2", "fc3"].into_iter().map(|name| (name, vec![name])).collect()
     }
+}
+
+pub fn lenet5_architectures() -> Vec<Architecture> {
+    vec![Architecture {
+        name: "lenet5",
+        description: "LeNet-5 for 32x32 RGB: tanh, average pooling; model.dropout before each FC layer",
+        input_size: 32,
+        build: |o, k, d| Net::LeNet5(LeNet::new(LeNetStyle::Paper, o, k, d)),
+    }]
+}
+
+pub fn tutorial_net_architectures() -> Vec<Architecture> {
+    vec![Architecture {
+        name: "tutorial_net",
+        description: "the PyTorch CIFAR-10 tutorial CNN (LeNet-style)",
+        input_size: 32,
+        build: |o, k, d| Net::TutorialNet(LeNet::new(LeNetStyle::Tutorial, o, k, d)),
+    }]
 }

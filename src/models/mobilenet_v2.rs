@@ -6,9 +6,10 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 
+use super::config::BuildOptions;
 use super::layers::{Act, BnParams, ConvBn, ConvSpec, InvertedResidual, InvertedResidualSpec, Padding, linear};
 use super::trace;
-use crate::config::ModelConfig;
+use super::{Architecture, Family, Net};
 
 /// The paper's table 2: (expansion t, output channels c, repeats n, first stride s) per stage.
 const STAGES: [(usize, usize, usize, usize); 7] =
@@ -16,7 +17,8 @@ const STAGES: [(usize, usize, usize, usize); 7] =
 const STEM: usize = 32;
 const LAST: usize = 1280;
 
-pub fn mobilenet_v2(config: &ModelConfig, num_classes: usize, device: &Device) -> MobileNetV2 {
+pub fn mobilenet_v2(options: &BuildOptions, num_classes: usize, device: &Device) -> MobileNetV2 {
+    let init = options.init;
     let mut channels = STEM;
     let mut blocks = Vec::new();
     for (expand_ratio, outputs, repeats, stride) in STAGES {
@@ -33,17 +35,17 @@ pub fn mobilenet_v2(config: &ModelConfig, num_classes: usize, device: &Device) -
                 norm: BnParams::TORCH,
                 drop_path: 0.0,
             };
-            blocks.push(InvertedResidual::new(config, &spec, device));
+            blocks.push(InvertedResidual::new(init, &spec, device));
             channels = outputs;
         }
     }
-    let dropout = if config.dropout > 0.0 { config.dropout } else { 0.2 };
+    let dropout = if options.dropout > 0.0 { options.dropout } else { 0.2 };
     MobileNetV2 {
-        stem: ConvBn::with(config, [3, STEM], ConvSpec::new(3, 2).act(Act::Relu6), device),
+        stem: ConvBn::with(init, [3, STEM], ConvSpec::new(3, 2).act(Act::Relu6), device),
         blocks,
-        head: ConvBn::with(config, [channels, LAST], ConvSpec::new(1, 1).act(Act::Relu6), device),
+        head: ConvBn::with(init, [channels, LAST], ConvSpec::new(1, 1).act(Act::Relu6), device),
         dropout: DropoutConfig::new(dropout).init(),
-        fc: linear(config, LAST, num_classes, device),
+        fc: linear(init, LAST, num_classes, device),
     }
 }
 
@@ -56,8 +58,11 @@ pub struct MobileNetV2 {
     pub(crate) fc: Linear,
 }
 
-impl MobileNetV2 {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+impl Family for MobileNetV2 {
+    const FIRST_CONV: &'static str = "stem.conv";
+    const CLASSIFIER: Option<&'static str> = Some("fc");
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = self.stem.forward(x);
         for block in &self.blocks {
             x = block.forward(x);
@@ -70,7 +75,7 @@ impl MobileNetV2 {
     /// Our module path for a torchvision module path: `features.0` is the stem, `features.1..=17`
     /// the blocks, `features.18` the head, `classifier.1` the head's linear layer. Inside a block,
     /// `conv` numbers the sub-layers by position, with the projection's conv and BN as two entries.
-    pub fn import_module(&self, parts: &[&str]) -> Option<String> {
+    fn import_module(&self, parts: &[&str]) -> Option<String> {
         match parts {
             ["features", index, rest @ ..] => {
                 let index: usize = index.parse().ok()?;
@@ -97,7 +102,16 @@ impl MobileNetV2 {
         }
     }
 
-    pub fn top_level_children() -> Vec<(&'static str, Vec<&'static str>)> {
+    fn top_level_children(&self) -> Vec<(&'static str, Vec<&'static str>)> {
         vec![("features", vec!["stem", "blocks", "head"]), ("classifier", vec!["fc"])]
     }
+}
+
+pub fn architectures() -> Vec<Architecture> {
+    vec![Architecture {
+        name: "mobilenet_v2",
+        description: "torchvision MobileNetV2, width 1.0 (classifier dropout 0.2, or model.dropout when set)",
+        input_size: 224,
+        build: |o, k, d| Net::MobileNetV2(mobilenet_v2(o, k, d)),
+    }]
 }

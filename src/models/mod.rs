@@ -1,169 +1,183 @@
-//! Image classifiers: a registry by name, the shared layers, and one file per family.
+//! Image classifiers. Each family is one file: its network type, the [`Family`] behaviour runs
+//! need of it, and its [`Architecture`] records; `families!` below registers each family with one
+//! line. `layers` holds what the families share, `params` the walk over a model's parameters.
 
+pub mod config;
 pub mod efficientnet;
 pub mod fast_net;
 pub mod layers;
 pub mod lenet;
 pub mod mobilenet_v2;
+pub mod params;
 pub mod resnet;
 pub mod resnet_cifar;
 pub mod trace;
 pub mod transfer;
-pub mod tutorial_net;
 pub mod vgg;
 
-use burn::module::{Flag, Module, ModuleVisitor, Param, ParamId};
-use burn::nn::{Initializer, Linear};
-use burn::prelude::*;
-use serde::{Deserialize, Serialize};
+use std::sync::LazyLock;
 
-use crate::config::ModelConfig;
+use burn::module::Module;
+use burn::prelude::*;
+
+pub use config::{BuildOptions, ModelConfig, ShapeOverrides};
 pub use efficientnet::{EfficientNet, EfficientNetConfig};
 pub use fast_net::{FastNet, FastNetConfig};
-pub use lenet::LeNet5;
+pub use layers::{Init, WeightInit};
+pub use lenet::LeNet;
 pub use mobilenet_v2::MobileNetV2;
+pub use params::{NamedParam, group_digits, named_params, trainable_params};
 pub use resnet::{ImageNetResNet, ImageNetResNetConfig};
 pub use resnet_cifar::{BlockKind, ResNet, ResNetConfig};
-pub use tutorial_net::TutorialNet;
 pub use vgg::{Vgg, VggConfig};
 
-/// How convolution and linear weights are initialized (PyTorch's `torch.nn.init` names).
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum WeightInit {
-    /// Each layer's own default (PyTorch's: uniform in ±1/sqrt(fan_in)); BatchNorm weight 1, bias 0.
-    #[default]
-    Default,
-    /// Every weight set to `model.init_constant`.
-    Constant,
-    XavierUniform,
-    XavierNormal,
-    /// He initialization for ReLU networks (gain sqrt(2), fan_in).
-    KaimingUniform,
-    KaimingNormal,
-}
+use crate::weights::registry::PretrainedWeights;
 
-impl WeightInit {
-    /// The burn initializer for conv/linear weights, or `None` for the layer's default.
-    pub fn initializer(self, constant: f64) -> Option<Initializer> {
-        let relu_gain = std::f64::consts::SQRT_2;
-        match self {
-            WeightInit::Default => None,
-            WeightInit::Constant => Some(Initializer::Constant { value: constant }),
-            WeightInit::XavierUniform => Some(Initializer::XavierUniform { gain: 1.0 }),
-            WeightInit::XavierNormal => Some(Initializer::XavierNormal { gain: 1.0 }),
-            WeightInit::KaimingUniform => Some(Initializer::KaimingUniform { gain: relu_gain, fan_out_only: false }),
-            WeightInit::KaimingNormal => Some(Initializer::KaimingNormal { gain: relu_gain, fan_out_only: false }),
-        }
+/// What runs, transfer learning and weight import need of a network family.
+pub trait Family: Module {
+    /// Our path (below the family) of the first convolution, the one that reads the image.
+    const FIRST_CONV: &'static str;
+    /// Our path of the final linear layer, the one a new classifier replaces; `None` for the
+    /// families without a reference model.
+    const CLASSIFIER: Option<&'static str>;
+
+    /// Logits `[batch, classes]` for normalized images `[batch, 3, height, width]`.
+    fn forward(&self, images: Tensor<4>) -> Tensor<2>;
+
+    /// Our module path for a module path (split at `.`) of the reference PyTorch model; `None`
+    /// where it has no counterpart or the family no reference.
+    fn import_module(&self, _parts: &[&str]) -> Option<String> {
+        None
+    }
+
+    /// The reference model's `named_children()` in order, each with the prefixes of our
+    /// parameter paths it owns (empty for parameterless children; no children without a reference).
+    fn top_level_children(&self) -> Vec<(&'static str, Vec<&'static str>)> {
+        Vec::new()
     }
 }
 
-/// Every architecture ferrovision can train, behind one type. The variant's name is the first
-/// segment of its parameter paths below `net.` (`net.ImageNetResNet.fc.weight`).
-#[derive(Module, Debug)]
-pub enum Net {
-    TutorialNet(TutorialNet),
-    ResNet(ResNet),
-    FastNet(FastNet),
-    ImageNetResNet(ImageNetResNet),
-    Vgg(Vgg),
-    MobileNetV2(MobileNetV2),
-    EfficientNet(EfficientNet),
-    LeNet5(LeNet5),
+/// One registered architecture (as timm's registered models with their pretrained configs).
+pub struct Architecture {
+    /// The `model.name` that selects it.
+    pub name: &'static str,
+    pub description: &'static str,
+    /// The input size it is designed for (and its reference weights were trained at).
+    pub input_size: usize,
+    pub build: fn(&BuildOptions, usize, &Device) -> Net,
+}
+
+impl Architecture {
+    /// The registered pretrained weights of this architecture, with their meta (source, input
+    /// size, normalization, published accuracy).
+    pub fn pretrained(&self) -> impl Iterator<Item = &'static PretrainedWeights> {
+        crate::weights::registry::all().iter().filter(|w| w.model == self.name)
+    }
+}
+
+/// Declares `Net`, one variant per family, and the registry of every family's architectures.
+/// The variant's name is the first segment of its parameter paths below `net.`
+/// (`net.ImageNetResNet.fc.weight`), so checkpoints depend on it.
+macro_rules! families {
+    ($($variant:ident($family:ty) => $architectures:path,)+) => {
+        /// Every architecture ferrovision can train, behind one type.
+        #[derive(Module, Debug)]
+        pub enum Net {
+            $($variant($family),)+
+        }
+
+        impl Net {
+            /// The variant's name: the first segment of its parameter paths.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Net::$variant(_) => stringify!($variant),)+
+                }
+            }
+
+            pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+                match self {
+                    $(Net::$variant(m) => m.forward(images),)+
+                }
+            }
+
+            fn import_module(&self, parts: &[&str]) -> Option<String> {
+                match self {
+                    $(Net::$variant(m) => m.import_module(parts),)+
+                }
+            }
+
+            fn family_children(&self) -> Vec<(&'static str, Vec<&'static str>)> {
+                match self {
+                    $(Net::$variant(m) => m.top_level_children(),)+
+                }
+            }
+
+            fn family_classifier(&self) -> Option<&'static str> {
+                match self {
+                    $(Net::$variant(_) => <$family as Family>::CLASSIFIER,)+
+                }
+            }
+
+            /// Our path of the first convolution (`FastNet.stem.conv`).
+            pub fn first_conv(&self) -> String {
+                let path = match self {
+                    $(Net::$variant(_) => <$family as Family>::FIRST_CONV,)+
+                };
+                format!("{}.{path}", self.name())
+            }
+        }
+
+        static REGISTRY: LazyLock<Vec<Architecture>> = LazyLock::new(|| [$($architectures(),)+].into_iter().flatten().collect());
+    };
+}
+
+families! {
+    TutorialNet(LeNet) => lenet::tutorial_net_architectures,
+    ResNet(ResNet) => resnet_cifar::architectures,
+    FastNet(FastNet) => fast_net::architectures,
+    ImageNetResNet(ImageNetResNet) => resnet::architectures,
+    Vgg(Vgg) => vgg::architectures,
+    MobileNetV2(MobileNetV2) => mobilenet_v2::architectures,
+    EfficientNet(EfficientNet) => efficientnet::architectures,
+    LeNet5(LeNet) => lenet::lenet5_architectures,
 }
 
 impl Net {
-    /// Logits `[batch, classes]` for normalized images `[batch, 3, height, width]`.
-    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        match self {
-            Net::TutorialNet(m) => m.forward(images),
-            Net::ResNet(m) => m.forward(images),
-            Net::FastNet(m) => m.forward(images),
-            Net::ImageNetResNet(m) => m.forward(images),
-            Net::Vgg(m) => m.forward(images),
-            Net::MobileNetV2(m) => m.forward(images),
-            Net::EfficientNet(m) => m.forward(images),
-            Net::LeNet5(m) => m.forward(images),
-        }
-    }
-
-    /// The variant's name: the first segment of its parameter paths, as burn's derived
-    /// `Module::visit` enters it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Net::TutorialNet(_) => "TutorialNet",
-            Net::ResNet(_) => "ResNet",
-            Net::FastNet(_) => "FastNet",
-            Net::ImageNetResNet(_) => "ImageNetResNet",
-            Net::Vgg(_) => "Vgg",
-            Net::MobileNetV2(_) => "MobileNetV2",
-            Net::EfficientNet(_) => "EfficientNet",
-            Net::LeNet5(_) => "LeNet5",
-        }
-    }
-
     /// The path of our parameter (as a `ModuleVisitor` sees it, variant first) that takes the
     /// tensor stored under `torch_key` in the reference PyTorch state dict (torchvision's for the
     /// ResNets, VGG, MobileNetV2 and EfficientNet-B; the `efficientnet-lite-pytorch` package's for
     /// EfficientNet-Lite). `None` for keys without a parameter here (`num_batches_tracked`) and for
-    /// the CIFAR families, which have no reference. Linear weights are stored transposed here
-    /// (`[in, out]`); BatchNorm's `weight`/`bias` are `gamma`/`beta`.
+    /// the families without a reference. Linear weights are stored transposed here (`[in, out]`);
+    /// BatchNorm's `weight`/`bias` are `gamma`/`beta`.
     pub fn import_key(&self, torch_key: &str) -> Option<String> {
         let (module, leaf) = torch_key.rsplit_once('.')?;
         let parts: Vec<&str> = module.split('.').collect();
-        let ours = match self {
-            Net::TutorialNet(_) | Net::ResNet(_) | Net::FastNet(_) => None,
-            Net::ImageNetResNet(m) => m.import_module(&parts),
-            Net::Vgg(m) => m.import_module(&parts),
-            Net::MobileNetV2(m) => m.import_module(&parts),
-            Net::EfficientNet(m) => m.import_module(&parts),
-            Net::LeNet5(_) => LeNet5::import_module(&parts),
-        }?;
+        let ours = self.import_module(&parts)?;
         let leaf = param_name(&ours, leaf)?;
         Some(format!("{}.{ours}.{leaf}", self.name()))
     }
 
     /// The reference model's `named_children()` in order, each with the prefixes of our parameter
     /// paths it owns (empty for parameterless children). A prefix owns the paths equal to it or
-    /// continuing it after a `.`. Empty for the CIFAR families.
+    /// continuing it after a `.`. Empty for the families without a reference.
     pub fn top_level_children(&self) -> Vec<(String, Vec<String>)> {
-        let children = match self {
-            Net::TutorialNet(_) | Net::ResNet(_) | Net::FastNet(_) => vec![],
-            Net::ImageNetResNet(_) => ImageNetResNet::top_level_children(),
-            Net::Vgg(_) => Vgg::top_level_children(),
-            Net::MobileNetV2(_) => MobileNetV2::top_level_children(),
-            Net::EfficientNet(m) => m.top_level_children(),
-            Net::LeNet5(_) => LeNet5::top_level_children(),
-        };
         let variant = self.name();
-        children
+        self.family_children()
             .into_iter()
             .map(|(name, prefixes)| (name.to_string(), prefixes.into_iter().map(|p| format!("{variant}.{p}")).collect()))
             .collect()
     }
 
-    /// The final linear layer: our path prefix (`ImageNetResNet.fc`) and the layer. `None` for
-    /// the CIFAR families.
-    fn final_linear(&self) -> Option<(&'static str, &Linear)> {
-        match self {
-            Net::TutorialNet(_) | Net::ResNet(_) | Net::FastNet(_) => None,
-            Net::ImageNetResNet(m) => Some(("fc", &m.fc)),
-            Net::Vgg(m) => m.classifier.last().map(|fc| ("classifier.2", fc)),
-            Net::MobileNetV2(m) => Some(("fc", &m.fc)),
-            Net::EfficientNet(m) => Some(("fc", &m.fc)),
-            Net::LeNet5(m) => Some(("fc3", &m.fc3)),
-        }
-    }
-
     /// Our path prefix of the final linear layer (`ImageNetResNet.fc`, `Vgg.classifier.2`).
     pub fn classifier_prefix(&self) -> Option<String> {
-        self.final_linear().map(|(path, _)| format!("{}.{path}", self.name()))
+        self.family_classifier().map(|path| format!("{}.{path}", self.name()))
     }
 
     /// The input features of the final linear layer.
     pub fn classifier_in_features(&self) -> Option<usize> {
-        // burn's Linear weight is `[in, out]`; `lazy_shape` does not initialize it.
-        self.final_linear().map(|(_, fc)| fc.weight.lazy_shape()[0])
+        let weight = format!("{}.weight", self.classifier_prefix()?);
+        // burn's Linear weight is `[in, out]`; its lazy shape does not initialize it.
+        named_params(self).into_iter().find(|p| p.path == weight)?.shape.map(|s| s[0])
     }
 }
 
@@ -234,153 +248,26 @@ pub(crate) fn conv_bn_child(rest: &[&str]) -> Option<&'static str> {
     }
 }
 
-/// A registered architecture.
-pub struct ModelEntry {
-    pub name: &'static str,
-    pub description: &'static str,
-    build: fn(&ModelConfig, usize, &Device) -> Net,
-}
-
-macro_rules! efficientnet_b {
-    ($n:literal, $name:literal, $description:literal) => {
-        ModelEntry { name: $name, description: $description, build: |c, k, d| Net::EfficientNet(EfficientNetConfig::b($n).init(c, k, d)) }
-    };
-}
-
-macro_rules! efficientnet_lite {
-    ($n:literal, $name:literal, $description:literal) => {
-        ModelEntry {
-            name: $name,
-            description: $description,
-            build: |c, k, d| Net::EfficientNet(EfficientNetConfig::lite($n).init(c, k, d)),
-        }
-    };
-}
-
-const REGISTRY: &[ModelEntry] = &[
-    ModelEntry {
-        name: "fast_net",
-        description: "airbench-style 3-stage conv net (32-128-256), fast on CPU; the quick config",
-        build: |c, k, d| Net::FastNet(FastNetConfig::default().with_overrides(c).init(c, k, d)),
-    },
-    ModelEntry {
-        name: "tutorial_net",
-        description: "the PyTorch CIFAR-10 tutorial CNN (LeNet-style)",
-        build: |c, k, d| Net::TutorialNet(TutorialNet::new(c, k, d)),
-    },
-    ModelEntry {
-        name: "resnet18_cifar",
-        description: "ResNet-18 for 32x32 inputs (3x3 stem, no max-pool)",
-        build: |c, k, d| Net::ResNet(ResNetConfig::resnet18_cifar().with_overrides(c).init(c, k, d)),
-    },
-    ModelEntry {
-        name: "resnet34_cifar",
-        description: "ResNet-34 for 32x32 inputs",
-        build: |c, k, d| Net::ResNet(ResNetConfig::resnet34_cifar().with_overrides(c).init(c, k, d)),
-    },
-    ModelEntry {
-        name: "budget_resnet",
-        description: "ResNet under 5M parameters: stem 32, widths 64-128-128-256, blocks 5-4-3-2, 3x3 shortcuts",
-        build: |c, k, d| Net::ResNet(ResNetConfig::budget_resnet().with_overrides(c).init(c, k, d)),
-    },
-    ModelEntry {
-        name: "lenet5",
-        description: "LeNet-5 for 32x32 RGB: tanh, average pooling; model.dropout before each FC layer",
-        build: |c, k, d| Net::LeNet5(LeNet5::new(c, k, d)),
-    },
-    ModelEntry {
-        name: "resnet18",
-        description: "torchvision ResNet-18 (ImageNet stem: 7x7/2 conv + max-pool)",
-        build: |c, k, d| Net::ImageNetResNet(ImageNetResNetConfig::resnet18().init(c, k, d)),
-    },
-    ModelEntry {
-        name: "resnet34",
-        description: "torchvision ResNet-34",
-        build: |c, k, d| Net::ImageNetResNet(ImageNetResNetConfig::resnet34().init(c, k, d)),
-    },
-    ModelEntry {
-        name: "resnet50",
-        description: "torchvision ResNet-50 (v1.5: stride on the 3x3 conv)",
-        build: |c, k, d| Net::ImageNetResNet(ImageNetResNetConfig::resnet50().init(c, k, d)),
-    },
-    ModelEntry {
-        name: "vgg16",
-        description: "torchvision VGG-16 (classifier dropout 0.5, or model.dropout when set)",
-        build: |c, k, d| Net::Vgg(VggConfig::vgg16(false).init(c, k, d)),
-    },
-    ModelEntry {
-        name: "vgg16_bn",
-        description: "torchvision VGG-16 with BatchNorm",
-        build: |c, k, d| Net::Vgg(VggConfig::vgg16(true).init(c, k, d)),
-    },
-    ModelEntry {
-        name: "mobilenet_v2",
-        description: "torchvision MobileNetV2, width 1.0 (classifier dropout 0.2, or model.dropout when set)",
-        build: |c, k, d| Net::MobileNetV2(mobilenet_v2::mobilenet_v2(c, k, d)),
-    },
-    efficientnet_b!(0, "efficientnet_b0", "torchvision EfficientNet-B0 (224 px; dropout 0.2, or model.dropout when set)"),
-    efficientnet_b!(1, "efficientnet_b1", "torchvision EfficientNet-B1 (240 px)"),
-    efficientnet_b!(2, "efficientnet_b2", "torchvision EfficientNet-B2 (260 px)"),
-    efficientnet_b!(3, "efficientnet_b3", "torchvision EfficientNet-B3 (300 px)"),
-    efficientnet_b!(4, "efficientnet_b4", "torchvision EfficientNet-B4 (380 px)"),
-    efficientnet_b!(5, "efficientnet_b5", "torchvision EfficientNet-B5 (456 px)"),
-    efficientnet_b!(6, "efficientnet_b6", "torchvision EfficientNet-B6 (528 px)"),
-    efficientnet_b!(7, "efficientnet_b7", "torchvision EfficientNet-B7 (600 px)"),
-    efficientnet_lite!(0, "efficientnet_lite0", "EfficientNet-Lite0 (efficientnet-lite-pytorch, 224 px): ReLU6, no SE, TF padding"),
-    efficientnet_lite!(1, "efficientnet_lite1", "EfficientNet-Lite1 (240 px)"),
-    efficientnet_lite!(2, "efficientnet_lite2", "EfficientNet-Lite2 (260 px)"),
-    efficientnet_lite!(3, "efficientnet_lite3", "EfficientNet-Lite3 (280 px)"),
-    efficientnet_lite!(4, "efficientnet_lite4", "EfficientNet-Lite4 (300 px)"),
-];
-
-/// The input size a registered model is designed for (and its reference weights trained at):
-/// 32 for the CIFAR networks and LeNet-5, 224 for the ImageNet ones, an EfficientNet's own
-/// resolution.
-pub fn default_input_size(name: &str) -> Option<usize> {
-    let efficientnet = |prefix: &str, config: fn(usize) -> EfficientNetConfig, count: usize| {
-        let n: usize = name.strip_prefix(prefix)?.parse().ok()?;
-        (n < count).then(|| config(n).resolution)
-    };
-    match name {
-        "fast_net" | "tutorial_net" | "resnet18_cifar" | "resnet34_cifar" | "budget_resnet" | "lenet5" => Some(32),
-        "resnet18" | "resnet34" | "resnet50" | "vgg16" | "vgg16_bn" | "mobilenet_v2" => Some(224),
-        _ => efficientnet("efficientnet_b", EfficientNetConfig::b, 8)
-            .or_else(|| efficientnet("efficientnet_lite", EfficientNetConfig::lite, 5)),
-    }
-}
-
-/// Checks a model config before anything is built; the error names the offending key.
-pub fn check(config: &ModelConfig) -> Result<(), (String, String)> {
-    let key = |k: &str| format!("model.{k}");
-    if !names().contains(&config.name.as_str()) {
-        return Err((key("name"), format!("unknown model `{}`; expected one of: {}", config.name, names().join(", "))));
-    }
-    let stages = config.widths.as_ref().map(Vec::len);
-    for (name, list) in [("blocks", &config.blocks), ("strides", &config.strides)] {
-        if let (Some(list), Some(n)) = (list, stages) {
-            if list.len() != n {
-                return Err((key(name), format!("expected one entry per stage ({n}, as model.widths), found {}", list.len())));
-            }
-        }
-    }
-    let zero = |v: &Option<Vec<usize>>| v.as_ref().is_some_and(|v| v.is_empty() || v.contains(&0));
-    for (name, list) in [("widths", &config.widths), ("blocks", &config.blocks), ("strides", &config.strides)] {
-        if zero(list) {
-            return Err((key(name), "expected a non-empty list of positive numbers".into()));
-        }
-    }
-    if config.kernel_size.is_some_and(|k| k % 2 == 0) || config.shortcut_kernel.is_some_and(|k| k % 2 == 0) {
-        return Err((key("kernel_size"), "expected an odd kernel size (1, 3, 5, ...)".into()));
-    }
-    Ok(())
-}
-
-pub fn registry() -> &'static [ModelEntry] {
-    REGISTRY
+/// Every registered architecture, in `ferrovision models` order.
+pub fn registry() -> &'static [Architecture] {
+    &REGISTRY
 }
 
 pub fn names() -> Vec<&'static str> {
-    REGISTRY.iter().map(|e| e.name).collect()
+    REGISTRY.iter().map(|a| a.name).collect()
+}
+
+/// The registered architecture called `name`.
+pub fn find(name: &str) -> anyhow::Result<&'static Architecture> {
+    REGISTRY
+        .iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| anyhow::anyhow!("unknown model `{name}`; expected one of: {}", names().join(", ")))
+}
+
+/// The input size a registered model is designed for (and its reference weights trained at).
+pub fn default_input_size(name: &str) -> Option<usize> {
+    find(name).ok().map(|a| a.input_size)
 }
 
 /// Builds the model a config names, for `num_classes` classes, on `device` (no appended head;
@@ -391,77 +278,15 @@ pub fn build(config: &ModelConfig, num_classes: usize, device: &Device) -> anyho
 
 /// The bare network a config names.
 pub fn build_net(config: &ModelConfig, num_classes: usize, device: &Device) -> anyhow::Result<Net> {
-    let entry = REGISTRY
-        .iter()
-        .find(|e| e.name == config.name)
-        .ok_or_else(|| anyhow::anyhow!("unknown model `{}`; expected one of: {}", config.name, names().join(", ")))?;
-    Ok((entry.build)(config, num_classes, device))
-}
-
-/// A parameter (or a module's training flag) with its path as burn's visitor names it: struct
-/// fields and Vec indices joined by `.`, e.g. `net.ImageNetResNet.stem.bn.running_mean`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NamedParam {
-    pub path: String,
-    pub id: ParamId,
-    /// The tensor shape; `None` for a training flag (BatchNorm's `training`).
-    pub shape: Option<Vec<usize>>,
-}
-
-/// Every float parameter (BatchNorm running statistics included) and training flag of a module,
-/// in visiting order, without initializing lazy parameters.
-pub fn named_params<M: Module>(model: &M) -> Vec<NamedParam> {
-    struct Collect {
-        path: Vec<String>,
-        params: Vec<NamedParam>,
-    }
-    impl ModuleVisitor for Collect {
-        fn enter_module(&mut self, name: &str, _container: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _name: &str, _container: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let shape = Some(param.lazy_shape().to_vec());
-            self.params.push(NamedParam { path: self.path.join("."), id: param.id, shape });
-        }
-        fn visit_flag(&mut self, flag: &Param<Flag>) {
-            self.params.push(NamedParam { path: self.path.join("."), id: flag.id, shape: None });
-        }
-    }
-    let mut collect = Collect { path: Vec::new(), params: Vec::new() };
-    model.visit(&mut collect);
-    collect.params
-}
-
-/// Trainable parameters counted the way torchvision counts them: BatchNorm running statistics are
-/// buffers, not parameters (burn visits them like parameters, so they are skipped by name).
-pub fn trainable_params<M: Module>(model: &M) -> usize {
-    named_params(model)
-        .into_iter()
-        .filter(|p| !p.path.rsplit('.').next().is_some_and(|leaf| leaf.starts_with("running_")))
-        .filter_map(|p| p.shape.map(|s| s.iter().product::<usize>()))
-        .sum()
-}
-
-/// `1234567` as `1,234,567`.
-pub fn group_digits(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
+    Ok((find(&config.name)?.build)(&config.build_options(), num_classes, device))
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
     use std::io::Read;
+
+    use burn::module::Param;
 
     use super::*;
     use crate::models::transfer::covers as owns;
@@ -622,17 +447,11 @@ mod tests {
     }
 
     /// Sets every parameter whose path is a key of `values`.
-    struct SetParams(Vec<String>, BTreeMap<String, TensorData>);
+    struct SetParams(BTreeMap<String, TensorData>);
 
-    impl burn::module::ModuleMapper for SetParams {
-        fn enter_module(&mut self, name: &str, _container: &str) {
-            self.0.push(name.to_string());
-        }
-        fn exit_module(&mut self, _name: &str, _container: &str) {
-            self.0.pop();
-        }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            match self.1.remove(&self.0.join(".")) {
+    impl params::PathMapper for SetParams {
+        fn map_float<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            match self.0.remove(path) {
                 Some(data) => param.map(|t| Tensor::from_data(data, &t.device())),
                 None => param,
             }
@@ -662,9 +481,8 @@ mod tests {
                 let data = if ours.len() == 2 { Tensor::<2>::from_data(data, &device).transpose().into_data() } else { data };
                 values.insert(path, data);
             }
-            let mut setter = SetParams(Vec::new(), values);
-            let model = model.map(&mut setter);
-            assert!(setter.1.is_empty(), "{name}: not set: {:?}", setter.1.keys());
+            let (model, setter) = params::map_with_paths(model, SetParams(values));
+            assert!(setter.0.is_empty(), "{name}: not set: {:?}", setter.0.keys());
             let input = uniform("input", 3 * size * size).into_iter().map(|u| (u - 0.5) * 2.0).collect::<Vec<_>>();
             let input = Tensor::<4>::from_data(TensorData::new(input, [1, 3, size, size]), &device);
             let got: Vec<f32> = model.forward(input).into_data().try_to_vec().unwrap();

@@ -8,10 +8,11 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxP
 use burn::nn::{Dropout, DropoutConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
 
+use super::config::BuildOptions;
 use super::layers::{Act, ConvBn, ConvSpec, linear, max_pool_forward};
 use super::resnet_cifar::{BlockKind, ResidualBlock};
 use super::trace;
-use crate::config::ModelConfig;
+use super::{Architecture, Family, Net};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageNetResNetConfig {
@@ -33,13 +34,14 @@ impl ImageNetResNetConfig {
         Self { block: BlockKind::Bottleneck, blocks: [3, 4, 6, 3] }
     }
 
-    pub fn init(&self, config: &ModelConfig, num_classes: usize, device: &Device) -> ImageNetResNet {
+    pub fn init(&self, options: &BuildOptions, num_classes: usize, device: &Device) -> ImageNetResNet {
+        let init = options.init;
         let mut channels = 64;
         let mut stage = |width: usize, count: usize, stride: usize| -> Vec<ResidualBlock> {
             (0..count)
                 .map(|i| {
                     let stride = if i == 0 { stride } else { 1 };
-                    let block = ResidualBlock::new(config, self.block, [channels, width], 3, stride, 1, device);
+                    let block = ResidualBlock::new(init, self.block, [channels, width], 3, stride, 1, device);
                     channels = width * self.block.expansion();
                     block
                 })
@@ -48,7 +50,7 @@ impl ImageNetResNetConfig {
         let [n1, n2, n3, n4] = self.blocks;
         let (layer1, layer2, layer3, layer4) = (stage(64, n1, 1), stage(128, n2, 2), stage(256, n3, 2), stage(512, n4, 2));
         ImageNetResNet {
-            stem: ConvBn::with(config, [3, 64], ConvSpec::new(7, 2).act(Act::Relu), device),
+            stem: ConvBn::with(init, [3, 64], ConvSpec::new(7, 2).act(Act::Relu), device),
             maxpool: MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(),
             layer1,
             layer2,
@@ -56,8 +58,8 @@ impl ImageNetResNetConfig {
             layer4,
             avgpool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
             // Not in torchvision's ResNet; `model.dropout` (default 0) as for the CIFAR ResNets.
-            dropout: DropoutConfig::new(config.dropout).init(),
-            fc: linear(config, channels, num_classes, device),
+            dropout: DropoutConfig::new(options.dropout).init(),
+            fc: linear(init, channels, num_classes, device),
         }
     }
 }
@@ -77,8 +79,11 @@ pub struct ImageNetResNet {
     pub(crate) fc: Linear,
 }
 
-impl ImageNetResNet {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+impl Family for ImageNetResNet {
+    const FIRST_CONV: &'static str = "stem.conv";
+    const CLASSIFIER: Option<&'static str> = Some("fc");
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = max_pool_forward(&self.maxpool, self.stem.forward(x));
         for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4) {
             x = block.forward(x);
@@ -90,7 +95,7 @@ impl ImageNetResNet {
     /// Our module path for a torchvision module path: `conv1`/`bn1` are the stem's conv and BN;
     /// inside a block `convK`/`bnK` are `convs.{K-1}.conv`/`.bn` and `downsample.0`/`.1` the
     /// shortcut's conv and BN; `layerN.i` and `fc` keep their names.
-    pub fn import_module(&self, parts: &[&str]) -> Option<String> {
+    fn import_module(&self, parts: &[&str]) -> Option<String> {
         match parts {
             ["conv1"] => Some("stem.conv".into()),
             ["bn1"] => Some("stem.bn".into()),
@@ -116,7 +121,7 @@ impl ImageNetResNet {
     }
 
     /// torchvision's `named_children()` with the parts of our model each one owns.
-    pub fn top_level_children() -> Vec<(&'static str, Vec<&'static str>)> {
+    fn top_level_children(&self) -> Vec<(&'static str, Vec<&'static str>)> {
         vec![
             ("conv1", vec!["stem.conv"]),
             ("bn1", vec!["stem.bn"]),
@@ -130,4 +135,27 @@ impl ImageNetResNet {
             ("fc", vec!["fc"]),
         ]
     }
+}
+
+pub fn architectures() -> Vec<Architecture> {
+    vec![
+        Architecture {
+            name: "resnet18",
+            description: "torchvision ResNet-18 (ImageNet stem: 7x7/2 conv + max-pool)",
+            input_size: 224,
+            build: |o, k, d| Net::ImageNetResNet(ImageNetResNetConfig::resnet18().init(o, k, d)),
+        },
+        Architecture {
+            name: "resnet34",
+            description: "torchvision ResNet-34",
+            input_size: 224,
+            build: |o, k, d| Net::ImageNetResNet(ImageNetResNetConfig::resnet34().init(o, k, d)),
+        },
+        Architecture {
+            name: "resnet50",
+            description: "torchvision ResNet-50 (v1.5: stride on the 3x3 conv)",
+            input_size: 224,
+            build: |o, k, d| Net::ImageNetResNet(ImageNetResNetConfig::resnet50().init(o, k, d)),
+        },
+    ]
 }

@@ -8,9 +8,10 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
-use super::layers::{ConvBn, linear};
+use super::config::{BuildOptions, ShapeOverrides};
+use super::layers::{ConvBn, Init, linear};
 use super::trace;
-use crate::config::ModelConfig;
+use super::{Architecture, Family, Net};
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -63,41 +64,42 @@ impl ResNetConfig {
 
     /// The preset with the architecture keys a config sets. Stages added by a longer `widths`
     /// get one block and stride 2 unless `blocks`/`strides` say otherwise.
-    pub fn with_overrides(mut self, config: &ModelConfig) -> Self {
-        if let Some(widths) = &config.widths {
+    pub fn with_overrides(mut self, shape: &ShapeOverrides) -> Self {
+        if let Some(widths) = &shape.widths {
             let n = widths.len();
             self.widths = widths.clone();
             self.blocks.resize(n, 1);
             let strides = (0..n).map(|i| self.strides.get(i).copied().unwrap_or(2));
             self.strides = strides.collect();
         }
-        self.stem_channels = config.stem_channels.unwrap_or(self.stem_channels);
-        self.blocks = config.blocks.clone().unwrap_or(self.blocks);
-        self.strides = config.strides.clone().unwrap_or(self.strides);
-        self.kernel_size = config.kernel_size.unwrap_or(self.kernel_size);
-        self.shortcut_kernel = config.shortcut_kernel.unwrap_or(self.shortcut_kernel);
-        self.block = config.block.unwrap_or(self.block);
+        self.stem_channels = shape.stem_channels.unwrap_or(self.stem_channels);
+        self.blocks = shape.blocks.clone().unwrap_or(self.blocks);
+        self.strides = shape.strides.clone().unwrap_or(self.strides);
+        self.kernel_size = shape.kernel_size.unwrap_or(self.kernel_size);
+        self.shortcut_kernel = shape.shortcut_kernel.unwrap_or(self.shortcut_kernel);
+        self.block = shape.block.unwrap_or(self.block);
         self
     }
 
-    pub fn init(&self, config: &ModelConfig, num_classes: usize, device: &Device) -> ResNet {
+    pub fn init(&self, options: &BuildOptions, num_classes: usize, device: &Device) -> ResNet {
+        let init = options.init;
         let k = self.kernel_size;
         let mut channels = self.stem_channels;
         let mut blocks = Vec::new();
         for ((&width, &count), &stride) in self.widths.iter().zip(&self.blocks).zip(&self.strides) {
             for i in 0..count {
                 let stride = if i == 0 { stride } else { 1 };
-                let block = ResidualBlock::new(config, self.block, [channels, width], k, stride, self.shortcut_kernel, device);
+                let block = ResidualBlock::new(init, self.block, [channels, width], k, stride, self.shortcut_kernel, device);
                 blocks.push(block);
                 channels = width * self.block.expansion();
             }
         }
         ResNet {
-            stem: ConvBn::new(config, [3, self.stem_channels], k, 1, device),
+            stem: ConvBn::new(init, [3, self.stem_channels], k, 1, device),
             blocks,
             pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
-            dropout: DropoutConfig::new(config.dropout).init(),
-            fc: linear(config, channels, num_classes, device),
+            dropout: DropoutConfig::new(options.dropout).init(),
+            fc: linear(init, channels, num_classes, device),
         }
     }
 }
@@ -114,7 +116,7 @@ impl ResidualBlock {
     /// A block from `channels[0]` inputs to `channels[1] * kind.expansion()` outputs, the stride on
     /// the kxk conv (ResNet v1.5), a projection shortcut (kernel `shortcut_kernel`) where the shape changes.
     pub fn new(
-        config: &ModelConfig,
+        init: Init,
         kind: BlockKind,
         [inputs, width]: [usize; 2],
         k: usize,
@@ -125,15 +127,15 @@ impl ResidualBlock {
         let out = width * kind.expansion();
         let convs = match kind {
             BlockKind::Basic => {
-                vec![ConvBn::new(config, [inputs, width], k, stride, device), ConvBn::new(config, [width, width], k, 1, device)]
+                vec![ConvBn::new(init, [inputs, width], k, stride, device), ConvBn::new(init, [width, width], k, 1, device)]
             }
             BlockKind::Bottleneck => vec![
-                ConvBn::new(config, [inputs, width], 1, 1, device),
-                ConvBn::new(config, [width, width], k, stride, device),
-                ConvBn::new(config, [width, out], 1, 1, device),
+                ConvBn::new(init, [inputs, width], 1, 1, device),
+                ConvBn::new(init, [width, width], k, stride, device),
+                ConvBn::new(init, [width, out], 1, 1, device),
             ],
         };
-        let shortcut = (stride != 1 || inputs != out).then(|| ConvBn::new(config, [inputs, out], shortcut_kernel, stride, device));
+        let shortcut = (stride != 1 || inputs != out).then(|| ConvBn::new(init, [inputs, out], shortcut_kernel, stride, device));
         Self { convs, shortcut }
     }
 
@@ -163,8 +165,11 @@ pub struct ResNet {
     fc: Linear,
 }
 
-impl ResNet {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+impl Family for ResNet {
+    const FIRST_CONV: &'static str = "stem.conv";
+    const CLASSIFIER: Option<&'static str> = None;
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = relu(self.stem.forward(x));
         for block in &self.blocks {
             x = block.forward(x);
@@ -172,4 +177,30 @@ impl ResNet {
         let x: Tensor<2> = self.pool.forward(x).flatten(1, 3);
         trace::linear(&self.fc, self.dropout.forward(x))
     }
+}
+
+pub fn architectures() -> Vec<Architecture> {
+    fn build(preset: ResNetConfig, o: &BuildOptions, k: usize, d: &Device) -> Net {
+        Net::ResNet(preset.with_overrides(&o.shape).init(o, k, d))
+    }
+    vec![
+        Architecture {
+            name: "resnet18_cifar",
+            description: "ResNet-18 for 32x32 inputs (3x3 stem, no max-pool)",
+            input_size: 32,
+            build: |o, k, d| build(ResNetConfig::resnet18_cifar(), o, k, d),
+        },
+        Architecture {
+            name: "resnet34_cifar",
+            description: "ResNet-34 for 32x32 inputs",
+            input_size: 32,
+            build: |o, k, d| build(ResNetConfig::resnet34_cifar(), o, k, d),
+        },
+        Architecture {
+            name: "budget_resnet",
+            description: "ResNet under 5M parameters: stem 32, widths 64-128-128-256, blocks 5-4-3-2, 3x3 shortcuts",
+            input_size: 32,
+            build: |o, k, d| build(ResNetConfig::budget_resnet(), o, k, d),
+        },
+    ]
 }

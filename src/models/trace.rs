@@ -234,7 +234,7 @@ pub fn table(layers: &[Layer], title: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelConfig;
+    use crate::models::ModelConfig;
     use crate::models::{build, registry, trainable_params};
 
     fn model(name: &str, classes: usize) -> Classifier {

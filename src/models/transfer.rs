@@ -2,17 +2,88 @@
 //! replace the classifier or append a head on its outputs, and freeze what should not train.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use burn::module::{Module, ParamGroup, ParamId};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
+use serde::{Deserialize, Serialize};
 
 use super::Classifier;
+use super::config::ModelConfig;
 use super::trace;
-use crate::config::{ExperimentConfig, Finetune, Freeze, HeadMode, TransferConfig};
+use crate::error::{InvalidSetting, ensure};
 use crate::weights::{self, LoadOptions, registry};
+
+/// Which parameters train when starting from pretrained weights.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Freeze {
+    /// The first N top-level children of the reference model (as `named_children()` lists them).
+    Children(usize),
+    /// Parameters whose path (or reference child name) starts with one of these.
+    Patterns(Vec<String>),
+}
+
+/// What happens to the pretrained classifier.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadMode {
+    /// A new classifier for the data set's classes in place of the pretrained one.
+    #[default]
+    Replace,
+    /// Keep the pretrained classifier (e.g. 1000 ImageNet logits) and add a head on its outputs.
+    Append,
+}
+
+/// What trains when fine-tuning.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Finetune {
+    /// Every parameter not frozen by `freeze`.
+    #[default]
+    All,
+    /// Only the new head (the whole pretrained network frozen).
+    Head,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    pub finetune: Finetune,
+    pub freeze: Freeze,
+    pub head: HeadMode,
+    /// Hidden units of a two-layer head (0 = a single linear layer).
+    pub head_hidden: usize,
+    /// Dropout before the head's layers.
+    pub head_dropout: f64,
+    /// The pretrained part trains at `train.lr` times this (the head at `train.lr`).
+    pub backbone_lr_scale: f64,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            finetune: Finetune::All,
+            freeze: Freeze::Children(0),
+            head: HeadMode::Replace,
+            head_hidden: 0,
+            head_dropout: 0.0,
+            backbone_lr_scale: 1.0,
+        }
+    }
+}
+
+impl TransferConfig {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let dropout = self.head_dropout;
+        ensure((0.0..1.0).contains(&dropout), "transfer.head_dropout", || format!("expected a probability in [0, 1), found {dropout}"))?;
+        let scale = self.backbone_lr_scale;
+        ensure(scale.is_finite() && scale >= 0.0, "transfer.backbone_lr_scale", || format!("expected a number >= 0, found {scale}"))
+    }
+}
 
 /// Layers on top of a network's outputs: `dropout -> [linear -> relu -> dropout] -> linear`.
 /// With `head = "append"` it reads the pretrained classifier's logits; with `head = "replace"`
@@ -36,17 +107,23 @@ impl Head {
     }
 }
 
-/// The model of an experiment, on `device`: the architecture, its pretrained weights (when the
-/// config names some and `load_weights`; a model about to receive a checkpoint skips them), its
-/// head, and its frozen parts. Returns the parameter paths of the new parts (head and replaced
-/// classifier), which train at the full learning rate.
-pub fn build(config: &ExperimentConfig, num_classes: usize, device: &Device, load_weights: bool) -> Result<(Classifier, Vec<String>)> {
-    let t = &config.transfer;
-    let pretrained = config.model.weights.is_some() || config.model.pretrained.is_some();
-    let weights = if load_weights { weight_file(config)? } else { None };
+/// The model of an experiment, on `device`: the architecture, its pretrained weights, its head,
+/// and its frozen parts. The weights load when `weights_cache` is given (registered weights are
+/// fetched into that folder); a model about to receive a checkpoint skips them. Returns the
+/// parameter paths of the new parts (head and replaced classifier), which train at the full
+/// learning rate.
+pub fn build(
+    model_config: &ModelConfig,
+    t: &TransferConfig,
+    num_classes: usize,
+    device: &Device,
+    weights_cache: Option<&Path>,
+) -> Result<(Classifier, Vec<String>)> {
+    let pretrained = model_config.weights.is_some() || model_config.pretrained.is_some();
+    let weights = weights_cache.map(|cache| weight_file(model_config, cache)).transpose()?.flatten();
     let hidden = (t.head_hidden > 0).then_some(t.head_hidden);
     let dropout = DropoutConfig::new(t.head_dropout).init();
-    let pretrained_classes = config.model.pretrained.as_deref().and_then(|n| registry::find(n).ok()).map_or(1000, |w| w.num_classes);
+    let pretrained_classes = model_config.pretrained.as_deref().and_then(|n| registry::find(n).ok()).map_or(1000, |w| w.num_classes);
     let (net_outputs, head) = match (t.head, pretrained, hidden) {
         (HeadMode::Append, true, _) => {
             let inputs = hidden.unwrap_or(pretrained_classes);
@@ -60,20 +137,20 @@ pub fn build(config: &ExperimentConfig, num_classes: usize, device: &Device, loa
         }
         (HeadMode::Replace, _, None) => (num_classes, None),
     };
-    let net = super::build_net(&config.model, net_outputs, device)?;
+    let net = super::build_net(model_config, net_outputs, device)?;
     let mut model = Classifier { net, head };
 
     let mut new_parts = vec!["head".to_string()];
     if pretrained && t.head == HeadMode::Replace {
         let replaced = model.classifier_prefix();
         if replaced.is_none() {
-            bail!("model `{}` has no classifier layer to replace (model.name)", config.model.name);
+            bail!("model `{}` has no classifier layer to replace (model.name)", model_config.name);
         }
         new_parts.extend(replaced);
     }
     if let Some(path) = &weights {
-        let options = LoadOptions { allow_partial: config.model.allow_partial, skip_prefixes: new_parts.clone() };
-        let (loaded, report) = weights::load_into(model, &config.model.name, path, &options)?;
+        let options = LoadOptions { allow_partial: model_config.allow_partial, skip_prefixes: new_parts.clone() };
+        let (loaded, report) = weights::load_into(model, &model_config.name, path, &options)?;
         if !report.is_complete() {
             eprintln!("{}: partial load: {report}", path.display());
         }
@@ -83,11 +160,11 @@ pub fn build(config: &ExperimentConfig, num_classes: usize, device: &Device, loa
     Ok((freeze(model, &frozen), new_parts))
 }
 
-/// The weight file a config names, fetched into the cache for registered pretrained weights.
-fn weight_file(config: &ExperimentConfig) -> Result<Option<std::path::PathBuf>> {
-    Ok(match (&config.model.weights, &config.model.pretrained) {
+/// The weight file a model config names, fetched into `cache` for registered pretrained weights.
+fn weight_file(config: &ModelConfig, cache: &Path) -> Result<Option<PathBuf>> {
+    Ok(match (&config.weights, &config.pretrained) {
         (Some(path), _) => Some(path.clone()),
-        (None, Some(name)) => Some(registry::fetch(registry::find(name)?, &config.data.cache_dir)?),
+        (None, Some(name)) => Some(registry::fetch(registry::find(name)?, cache)?),
         (None, None) => None,
     })
 }
@@ -184,7 +261,7 @@ mod tests {
 
     use super::*;
     use crate::augment::NormalizePreset;
-    use crate::config::{ModelConfig, TrainConfig};
+    use crate::train::config::TrainConfig;
     use crate::train::{loss, optim};
     use crate::weights::apply::parameter_shapes;
     use crate::weights::export::{ExportedModel, export_safetensors};
@@ -205,8 +282,18 @@ mod tests {
         dict.tensors.into_iter().map(|(k, v)| (k, v.values)).collect()
     }
 
-    fn experiment(model: &str, transfer: TransferConfig) -> ExperimentConfig {
-        ExperimentConfig { model: ModelConfig { name: model.into(), ..Default::default() }, transfer, ..Default::default() }
+    /// The two sections `build` reads.
+    struct Experiment {
+        model: ModelConfig,
+        transfer: TransferConfig,
+    }
+
+    fn experiment(model: &str, transfer: TransferConfig) -> Experiment {
+        Experiment { model: ModelConfig::named(model), transfer }
+    }
+
+    fn build_experiment(config: &Experiment, num_classes: usize, device: &Device) -> Result<(Classifier, Vec<String>)> {
+        build(&config.model, &config.transfer, num_classes, device, Some(Path::new(".cache/ferrovision")))
     }
 
     /// One SGD-momentum step on random data; returns the new model and the optimizer's record.
@@ -237,7 +324,7 @@ mod tests {
     fn frozen_children_get_no_gradient_no_state_and_do_not_change() {
         let device = Device::flex().autodiff();
         let config = experiment("lenet5", TransferConfig { freeze: Freeze::Children(2), ..Default::default() });
-        let (model, _) = build(&config, 3, &device, true).unwrap();
+        let (model, _) = build_experiment(&config, 3, &device).unwrap();
         let before = values(&model);
         let mut optimizer = optim::build(&TrainConfig { momentum: 0.9, ..Default::default() }, None);
         let (model, grads) = train_step(model, &mut optimizer, 3, 32);
@@ -257,7 +344,7 @@ mod tests {
         let device = Device::flex().autodiff();
         let config =
             experiment("resnet18", TransferConfig { freeze: Freeze::Patterns(vec!["conv1".into(), "bn1".into()]), ..Default::default() });
-        let (model, _) = build(&config, 3, &device, true).unwrap();
+        let (model, _) = build_experiment(&config, 3, &device).unwrap();
         let before = values(&model);
         let mut optimizer = optim::build(&TrainConfig::default(), None);
         let (model, _) = train_step(model, &mut optimizer, 3, 32);
@@ -295,7 +382,7 @@ mod tests {
         let mut config = experiment("lenet5", TransferConfig::default());
         config.model.weights = Some(weights);
 
-        let (replaced, new_parts) = build(&config, 3, &device, true).unwrap();
+        let (replaced, new_parts) = build_experiment(&config, 3, &device).unwrap();
         assert_eq!(new_parts, ["head", "net.LeNet5.fc3"]);
         let shapes = parameter_shapes(&replaced);
         assert_eq!(shapes["net.LeNet5.fc3.weight"], [84, 3]);
@@ -303,7 +390,7 @@ mod tests {
         assert!(replaced.head.is_none());
 
         config.transfer = TransferConfig { head: HeadMode::Append, head_hidden: 16, finetune: Finetune::Head, ..Default::default() };
-        let (appended, new_parts) = build(&config, 3, &device, true).unwrap();
+        let (appended, new_parts) = build_experiment(&config, 3, &device).unwrap();
         assert_eq!(new_parts, ["head"]);
         let shapes = parameter_shapes(&appended);
         assert_eq!(shapes["head.hidden.weight"], [1000, 16]);
@@ -313,7 +400,7 @@ mod tests {
         assert_eq!(logits.dims(), [2, 3]);
 
         // finetune = "head": only the head trains.
-        let (model, _) = build(&config, 3, &Device::flex().autodiff(), true).unwrap();
+        let (model, _) = build_experiment(&config, 3, &Device::flex().autodiff()).unwrap();
         let mut optimizer = optim::build(&TrainConfig::default(), None);
         let (_, grads) = train_step(model, &mut optimizer, 3, 32);
         assert_eq!(grads.len(), 4, "head.hidden and head.fc weights and biases");
@@ -326,7 +413,7 @@ mod tests {
         let device = Device::flex().autodiff();
         let mut config = experiment("lenet5", TransferConfig { backbone_lr_scale: 0.0, ..Default::default() });
         config.model.weights = Some(weights);
-        let (model, new_parts) = build(&config, 3, &device, true).unwrap();
+        let (model, new_parts) = build_experiment(&config, 3, &device).unwrap();
         let before = values(&model);
         let train = TrainConfig { momentum: 0.0, weight_decay: 0.0, ..Default::default() };
         let mut optimizer = optim::build(&train, Some((backbone_group(&model, &new_parts), 0.0)));
@@ -339,20 +426,19 @@ mod tests {
     #[test]
     fn bad_transfer_settings_are_clear_errors() {
         let device = Device::flex();
-        let err = build(&experiment("lenet5", TransferConfig { freeze: Freeze::Children(9), ..Default::default() }), 3, &device, true)
+        let err = build_experiment(&experiment("lenet5", TransferConfig { freeze: Freeze::Children(9), ..Default::default() }), 3, &device)
             .unwrap_err()
             .to_string();
         assert!(err.contains("transfer.freeze = 9") && err.contains("conv1, conv2, fc1, fc2, fc3"), "{err}");
-        let err = build(
+        let err = build_experiment(
             &experiment("lenet5", TransferConfig { freeze: Freeze::Patterns(vec!["layer9".into()]), ..Default::default() }),
             3,
             &device,
-            true,
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("`layer9`"), "{err}");
-        let err = build(&experiment("lenet5", TransferConfig { head: HeadMode::Append, ..Default::default() }), 3, &device, true)
+        let err = build_experiment(&experiment("lenet5", TransferConfig { head: HeadMode::Append, ..Default::default() }), 3, &device)
             .unwrap_err()
             .to_string();
         assert!(err.contains("needs pretrained weights"), "{err}");

@@ -9,9 +9,10 @@ use burn::nn::{BatchNorm, Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use super::config::BuildOptions;
 use super::layers::{BnParams, conv, linear, max_pool_forward};
 use super::trace;
-use crate::config::ModelConfig;
+use super::{Architecture, Family, Net};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct VggConfig {
@@ -29,7 +30,8 @@ impl VggConfig {
         Self { stages: vec![stage(64, 2), stage(128, 2), stage(256, 3), stage(512, 3), stage(512, 3)], batch_norm, dropout: 0.5 }
     }
 
-    pub fn init(&self, config: &ModelConfig, num_classes: usize, device: &Device) -> Vgg {
+    pub fn init(&self, options: &BuildOptions, num_classes: usize, device: &Device) -> Vgg {
+        let init = options.init;
         let mut channels = 3;
         let features = self
             .stages
@@ -39,7 +41,7 @@ impl VggConfig {
                     .iter()
                     .map(|&width| {
                         let layer = VggConv {
-                            conv: conv(config, [channels, width], 3, 1, true, device),
+                            conv: conv(init, [channels, width], 3, 1, true, device),
                             bn: self.batch_norm.then(|| BnParams::TORCH.init(width, device)),
                         };
                         channels = width;
@@ -49,16 +51,12 @@ impl VggConfig {
             })
             .collect();
         let flat = channels * 7 * 7;
-        let dropout = if config.dropout > 0.0 { config.dropout } else { self.dropout };
+        let dropout = if options.dropout > 0.0 { options.dropout } else { self.dropout };
         Vgg {
             features,
             pool: MaxPool2dConfig::new([2, 2]).init(),
             avgpool: AdaptiveAvgPool2dConfig::new([7, 7]).init(),
-            classifier: vec![
-                linear(config, flat, 4096, device),
-                linear(config, 4096, 4096, device),
-                linear(config, 4096, num_classes, device),
-            ],
+            classifier: vec![linear(init, flat, 4096, device), linear(init, 4096, 4096, device), linear(init, 4096, num_classes, device)],
             dropout: DropoutConfig::new(dropout).init(),
         }
     }
@@ -82,8 +80,11 @@ pub struct Vgg {
     dropout: Dropout,
 }
 
-impl Vgg {
-    pub fn forward(&self, mut x: Tensor<4>) -> Tensor<2> {
+impl Family for Vgg {
+    const FIRST_CONV: &'static str = "features.0.0.conv";
+    const CLASSIFIER: Option<&'static str> = Some("classifier.2");
+
+    fn forward(&self, mut x: Tensor<4>) -> Tensor<2> {
         for stage in &self.features {
             for layer in stage {
                 x = trace::conv2d(&layer.conv, x);
@@ -109,7 +110,7 @@ impl Vgg {
     /// Our module path for a torchvision module path. `features` is one flat `nn.Sequential`
     /// (conv, [bn,] relu per conv, a max-pool per stage), so its index is walked through our
     /// stages; `classifier.{0,3,6}` are our `classifier.{0,1,2}`.
-    pub fn import_module(&self, parts: &[&str]) -> Option<String> {
+    fn import_module(&self, parts: &[&str]) -> Option<String> {
         match parts {
             ["features", index] => {
                 let mut target: usize = index.parse().ok()?;
@@ -136,7 +137,24 @@ impl Vgg {
         }
     }
 
-    pub fn top_level_children() -> Vec<(&'static str, Vec<&'static str>)> {
+    fn top_level_children(&self) -> Vec<(&'static str, Vec<&'static str>)> {
         vec![("features", vec!["features"]), ("avgpool", vec![]), ("classifier", vec!["classifier"])]
     }
+}
+
+pub fn architectures() -> Vec<Architecture> {
+    vec![
+        Architecture {
+            name: "vgg16",
+            description: "torchvision VGG-16 (classifier dropout 0.5, or model.dropout when set)",
+            input_size: 224,
+            build: |o, k, d| Net::Vgg(VggConfig::vgg16(false).init(o, k, d)),
+        },
+        Architecture {
+            name: "vgg16_bn",
+            description: "torchvision VGG-16 with BatchNorm",
+            input_size: 224,
+            build: |o, k, d| Net::Vgg(VggConfig::vgg16(true).init(o, k, d)),
+        },
+    ]
 }

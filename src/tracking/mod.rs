@@ -1,5 +1,6 @@
 //! Run folders: the resolved config, per-epoch metrics, checkpoints and the final summary.
 
+pub mod config;
 pub mod journal;
 pub mod plot;
 pub mod run;

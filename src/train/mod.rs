@@ -2,6 +2,7 @@
 //! epoch (metrics log, checkpoints, console line) lives in callbacks, each in one place.
 
 pub mod callbacks;
+pub mod config;
 pub mod ema;
 pub mod evaluate;
 pub mod loss;
@@ -74,7 +75,7 @@ pub fn prepare_data(config: &ExperimentConfig) -> Result<TrainingData> {
 
 /// The model of a run with the parameters of one of its checkpoints.
 pub fn load_run_model(config: &ExperimentConfig, num_classes: usize, checkpoint: &std::path::Path, device: &Device) -> Result<Classifier> {
-    let (model, _) = models::transfer::build(config, num_classes, device, false)?;
+    let (model, _) = models::transfer::build(&config.model, &config.transfer, num_classes, device, None)?;
     callbacks::load_checkpoint(model, checkpoint)
 }
 
@@ -169,7 +170,13 @@ fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Res
         );
     }
     // A resumed run loads its own parameters; the pretrained file is not needed again.
-    let (mut model, new_parts) = models::transfer::build(config, num_classes, &device, resume_point.is_none())?;
+    let (mut model, new_parts) = models::transfer::build(
+        &config.model,
+        &config.transfer,
+        num_classes,
+        &device,
+        resume_point.is_none().then_some(config.data.cache_dir.as_path()),
+    )?;
     let params = models::trainable_params(&model);
     let run = match start {
         Start::New(run_id) => RunDir::create(&config.run.dir, run_id, config)?,

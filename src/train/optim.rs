@@ -11,7 +11,7 @@ use burn::optim::{
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::config::TrainConfig;
+use super::config::TrainConfig;
 use crate::kernels::sgd::{SgdStep, momentum_step};
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -164,7 +164,7 @@ pub struct LrSchedule {
 }
 
 impl LrSchedule {
-    pub fn from_config(config: &crate::config::TrainConfig, steps_per_epoch: usize) -> Self {
+    pub fn from_config(config: &super::config::TrainConfig, steps_per_epoch: usize) -> Self {
         let steps = |epochs: f64| (epochs * steps_per_epoch as f64).round() as usize;
         Self {
             kind: config.schedule,

@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use super::read::{SourceTensor, StateDict};
+use crate::models::params::{PathMapper, map_with_paths};
 
 /// The dotted path and shape of every float parameter (BatchNorm running statistics included).
 pub fn parameter_shapes<M: Module>(model: &M) -> BTreeMap<String, Vec<usize>> {
@@ -165,19 +166,10 @@ fn transpose(tensor: &SourceTensor) -> SourceTensor {
 /// Replaces the parameters named in `tensors` (by path), keeping each parameter's id, device and
 /// gradient setting.
 pub fn load_tensors<M: Module>(model: M, tensors: BTreeMap<String, SourceTensor>) -> M {
-    struct Loader {
-        path: Vec<String>,
-        tensors: BTreeMap<String, SourceTensor>,
-    }
-    impl ModuleMapper for Loader {
-        fn enter_module(&mut self, name: &str, _container: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _name: &str, _container: &str) {
-            self.path.pop();
-        }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            match self.tensors.remove(&self.path.join(".")) {
+    struct Loader(BTreeMap<String, SourceTensor>);
+    impl PathMapper for Loader {
+        fn map_float<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            match self.0.remove(path) {
                 Some(source) => {
                     let id = param.id;
                     let device = param.lazy_device();
@@ -188,7 +180,7 @@ pub fn load_tensors<M: Module>(model: M, tensors: BTreeMap<String, SourceTensor>
             }
         }
     }
-    model.map(&mut Loader { path: Vec::new(), tensors })
+    map_with_paths(model, Loader(tensors)).0
 }
 
 #[cfg(test)]

@@ -4,14 +4,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 
 use super::{LoadOptions, StateDict, WeightsError, read_state_dict};
 use crate::augment::NormalizePreset;
-use crate::config::{ModelConfig, TransferConfig};
-use crate::models::{self, Classifier};
+use crate::models::params::{PathVisitor, visit_with_paths};
+use crate::models::transfer::TransferConfig;
+use crate::models::{self, Classifier, ModelConfig};
 use crate::tracking::run::write_atomic;
 
 /// Metadata key marking a file written by `export_safetensors`.
@@ -36,27 +37,16 @@ pub struct ExportedModel {
 
 /// The float parameters of a module (running statistics included) by path, in burn's layout.
 fn collect_tensors<M: Module>(model: &M) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    struct Collect {
-        path: Vec<String>,
-        tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-    }
-    impl ModuleVisitor for Collect {
-        fn enter_module(&mut self, name: &str, _container: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _name: &str, _container: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+    struct Collect(BTreeMap<String, (Vec<usize>, Vec<f32>)>);
+    impl PathVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
             let tensor = param.val();
             let shape = tensor.dims().to_vec();
             let values = tensor.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data");
-            self.tensors.insert(self.path.join("."), (shape, values));
+            self.0.insert(path.to_string(), (shape, values));
         }
     }
-    let mut visitor = Collect { path: Vec::new(), tensors: BTreeMap::new() };
-    model.visit(&mut visitor);
-    visitor.tensors
+    visit_with_paths(model, Collect(BTreeMap::new())).0
 }
 
 /// Writes `model` to `path` (temp file, then rename) with its config and class names.
@@ -119,8 +109,7 @@ pub fn import_safetensors(path: &Path, device: &Device) -> Result<(Classifier, E
         image_size: field(&dict, "image_size", path)?,
         normalize: field(&dict, "normalize", path)?,
     };
-    let experiment = crate::config::ExperimentConfig { model: about.model.clone(), transfer: about.transfer.clone(), ..Default::default() };
-    let (built, _) = models::transfer::build(&experiment, about.classes.len(), device, false)
+    let (built, _) = models::transfer::build(&about.model, &about.transfer, about.classes.len(), device, None)
         .map_err(|e| WeightsError::Invalid { path: path.to_path_buf(), reason: e.to_string() })?;
     let (loaded, _) = super::load_into(built, &about.model.name, path, &LoadOptions::default())?;
     Ok((loaded, about))

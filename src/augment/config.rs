@@ -1,0 +1,49 @@
+//! `[augment]`: the training pipeline (the crop/flip shorthand or a list of transforms), the
+//! normalization every image gets, and batch-level mixing.
+
+use serde::{Deserialize, Serialize};
+
+use super::mix::MixConfig;
+use super::transforms::Transform;
+use super::{NormalizePreset, PaddingMode};
+use crate::error::{InvalidSetting, ensure};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// Pixels of padding around each training image before a random crop back to its size (0 = no crop).
+    pub crop_padding: usize,
+    pub padding_mode: PaddingMode,
+    /// Probability of a horizontal flip.
+    pub hflip: f64,
+    pub normalize: NormalizePreset,
+    /// The full training pipeline (`[[augment.transforms]]` entries tagged by `name`); when given,
+    /// it replaces `crop_padding`, `padding_mode` and `hflip`.
+    pub transforms: Vec<Transform>,
+    /// Batch-level MixUp / CutMix.
+    pub mix: MixConfig,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            crop_padding: 4,
+            padding_mode: PaddingMode::Reflect,
+            hflip: 0.5,
+            normalize: NormalizePreset::Cifar10,
+            transforms: Vec::new(),
+            mix: MixConfig::default(),
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// The shorthand keys that `transforms` replaces.
+    pub const SHORTHAND: [&str; 3] = ["crop_padding", "padding_mode", "hflip"];
+
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let hflip = self.hflip;
+        ensure((0.0..=1.0).contains(&hflip), "augment.hflip", || format!("expected a probability in [0, 1], found {hflip}"))?;
+        self.mix.validate()
+    }
+}

@@ -1,0 +1,118 @@
+//! A model's parameters by path, as burn's visitor names them: struct fields and Vec indices
+//! joined by `.` (`net.ImageNetResNet.stem.bn.running_mean`). Every walk over a model that needs
+//! the path goes through [`visit_with_paths`] or [`map_with_paths`].
+
+use burn::module::{Flag, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::prelude::*;
+
+/// Sees every float parameter (BatchNorm running statistics included) and training flag with its path.
+pub trait PathVisitor {
+    fn visit_float<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>);
+
+    fn visit_flag(&mut self, _path: &str, _flag: &Param<Flag>) {}
+}
+
+/// Replaces float parameters, knowing their paths.
+pub trait PathMapper {
+    fn map_float<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>>;
+}
+
+/// Tracks the path while burn walks the module tree.
+struct WithPath<T> {
+    path: Vec<String>,
+    inner: T,
+}
+
+impl<T> WithPath<T> {
+    fn new(inner: T) -> Self {
+        Self { path: Vec::new(), inner }
+    }
+}
+
+impl<V: PathVisitor> ModuleVisitor for WithPath<V> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.inner.visit_float(&self.path.join("."), param);
+    }
+    fn visit_flag(&mut self, flag: &Param<Flag>) {
+        self.inner.visit_flag(&self.path.join("."), flag);
+    }
+}
+
+impl<M: PathMapper> ModuleMapper for WithPath<M> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        self.inner.map_float(&self.path.join("."), param)
+    }
+}
+
+/// Walks `model` with `visitor` and gives the visitor back.
+pub fn visit_with_paths<M: Module, V: PathVisitor>(model: &M, visitor: V) -> V {
+    let mut walk = WithPath::new(visitor);
+    model.visit(&mut walk);
+    walk.inner
+}
+
+/// Maps `model` with `mapper`; returns the new model and the mapper.
+pub fn map_with_paths<M: Module, P: PathMapper>(model: M, mapper: P) -> (M, P) {
+    let mut walk = WithPath::new(mapper);
+    let model = model.map(&mut walk);
+    (model, walk.inner)
+}
+
+/// A parameter (or a module's training flag) with its path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedParam {
+    pub path: String,
+    pub id: ParamId,
+    /// The tensor shape; `None` for a training flag (BatchNorm's `training`).
+    pub shape: Option<Vec<usize>>,
+}
+
+/// Every float parameter and training flag of a module, in visiting order, without initializing
+/// lazy parameters.
+pub fn named_params<M: Module>(model: &M) -> Vec<NamedParam> {
+    struct Collect(Vec<NamedParam>);
+    impl PathVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
+            self.0.push(NamedParam { path: path.to_string(), id: param.id, shape: Some(param.lazy_shape().to_vec()) });
+        }
+        fn visit_flag(&mut self, path: &str, flag: &Param<Flag>) {
+            self.0.push(NamedParam { path: path.to_string(), id: flag.id, shape: None });
+        }
+    }
+    visit_with_paths(model, Collect(Vec::new())).0
+}
+
+/// Trainable parameters counted the way torchvision counts them: BatchNorm running statistics are
+/// buffers, not parameters (burn visits them like parameters, so they are skipped by name).
+pub fn trainable_params<M: Module>(model: &M) -> usize {
+    named_params(model)
+        .into_iter()
+        .filter(|p| !p.path.rsplit('.').next().is_some_and(|leaf| leaf.starts_with("running_")))
+        .filter_map(|p| p.shape.map(|s| s.iter().product::<usize>()))
+        .sum()
+}
+
+/// `1234567` as `1,234,567`.
+pub fn group_digits(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}

@@ -1,0 +1,120 @@
+//! `[train]`: how long and how the model trains (optimizer, schedule, regularization) and how it
+//! is evaluated.
+
+use serde::{Deserialize, Serialize};
+
+use super::Tta;
+use super::callbacks::EarlyStopping;
+use super::optim::OptimizerKind;
+use super::schedule::{PlateauConfig, ScheduleKind};
+use crate::error::{InvalidSetting, ensure};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    /// SGD momentum (PyTorch semantics: no dampening).
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    /// Adam/AdamW betas.
+    pub betas: [f64; 2],
+    pub schedule: ScheduleKind,
+    /// Linear warmup from 0 over this many epochs (fractions allowed), before the schedule.
+    pub warmup_epochs: f64,
+    /// Lowest learning rate of the cosine / one-cycle schedules, as a fraction of `lr`.
+    pub final_lr_fraction: f64,
+    /// Period of the triangular schedule in epochs.
+    pub cycle_epochs: f64,
+    /// Epochs between decays of the `step` schedule.
+    pub step_size: usize,
+    /// Epochs at which the `multi_step` schedule decays.
+    pub milestones: Vec<usize>,
+    /// Decay factor of the step, multi_step and exponential schedules.
+    pub gamma: f64,
+    /// ReduceLROnPlateau settings, for schedule = "plateau".
+    pub plateau: PlateauConfig,
+    /// Stop when the monitored metric has not improved for `patience` epochs (absent = never).
+    pub early_stopping: Option<EarlyStopping>,
+    /// Gradients of this many batches are summed (each loss divided by the count) before every
+    /// optimizer step: the effective batch is batch_size x accumulate_batches.
+    pub accumulate_batches: usize,
+    /// RMSprop's smoothing constant (PyTorch's `alpha`).
+    pub rmsprop_alpha: f64,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999) and
+    /// validate, checkpoint and test it (absent = off).
+    pub ema_decay: Option<f64>,
+    pub label_smoothing: f64,
+    /// Clip each parameter's gradient to this L2 norm (absent = no clipping).
+    pub grad_clip_norm: Option<f64>,
+    /// Test-time augmentation of validation and test evaluation.
+    pub tta: Tta,
+    /// Seeds weight initialization, the split, shuffling and augmentation.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 128,
+            eval_batch_size: 500,
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 5e-4,
+            betas: [0.9, 0.999],
+            schedule: ScheduleKind::Cosine,
+            warmup_epochs: 0.0,
+            final_lr_fraction: 0.0,
+            cycle_epochs: 2.0,
+            step_size: 30,
+            milestones: Vec::new(),
+            gamma: 0.1,
+            plateau: PlateauConfig::default(),
+            early_stopping: None,
+            accumulate_batches: 1,
+            rmsprop_alpha: 0.99,
+            ema_decay: None,
+            label_smoothing: 0.0,
+            grad_clip_norm: None,
+            tta: Tta::None,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let unit =
+            |key: &str, value: f64| ensure((0.0..1.0).contains(&value), key, || format!("expected a value in [0, 1), found {value}"));
+        ensure(self.epochs > 0, "train.epochs", || "expected at least 1".into())?;
+        ensure(self.batch_size > 0, "train.batch_size", || "expected at least 1".into())?;
+        ensure(self.eval_batch_size > 0, "train.eval_batch_size", || "expected at least 1".into())?;
+        let lr = self.lr;
+        ensure(lr.is_finite() && lr > 0.0, "train.lr", || format!("expected a positive number, found {lr}"))?;
+        unit("train.label_smoothing", self.label_smoothing)?;
+        ensure(self.ema_decay.is_none_or(|d| (0.0..1.0).contains(&d)), "train.ema_decay", || {
+            "expected a decay in [0, 1), e.g. 0.999".into()
+        })?;
+        ensure(self.accumulate_batches > 0, "train.accumulate_batches", || "expected at least 1".into())?;
+        let gamma = self.gamma;
+        ensure(gamma.is_finite() && gamma > 0.0, "train.gamma", || format!("expected a positive factor, found {gamma}"))?;
+        ensure(self.step_size > 0, "train.step_size", || "expected at least 1 epoch".into())?;
+        let milestones = &self.milestones;
+        ensure(milestones.windows(2).all(|w| w[0] < w[1]), "train.milestones", || {
+            format!("expected increasing epochs, found {milestones:?}")
+        })?;
+        let factor = self.plateau.factor;
+        ensure(factor > 0.0 && factor < 1.0, "train.plateau.factor", || format!("expected a factor in (0, 1), found {factor}"))?;
+        unit("train.rmsprop_alpha", self.rmsprop_alpha)?;
+        unit("train.momentum", self.momentum)?;
+        let (warmup, epochs) = (self.warmup_epochs, self.epochs);
+        ensure((0.0..=epochs as f64).contains(&warmup), "train.warmup_epochs", || format!("expected 0..={epochs} epochs, found {warmup}"))
+    }
+}
