@@ -1,5 +1,7 @@
-//! The error every module gives for a setting it cannot use: the key that names the setting
-//! (`train.lr`, `augment.transforms[2] (random_crop).size`) and what was expected.
+//! The errors modules share: a setting that cannot be used (named by its config key) and a file
+//! that cannot be read (named by its path).
+
+use std::path::PathBuf;
 
 /// An invalid setting, named by its config key.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -18,6 +20,29 @@ impl InvalidSetting {
 /// `Ok` when `valid`, else the error for `key`.
 pub fn ensure(valid: bool, key: &str, message: impl FnOnce() -> String) -> Result<(), InvalidSetting> {
     if valid { Ok(()) } else { Err(InvalidSetting::new(key, message())) }
+}
+
+/// A file or folder that cannot be used: reading data sets, weights and checkpoints. Each
+/// message names the path and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    // The io error is part of the message, not a `source`, so `{:#}` does not print it twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl FileError {
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        FileError::Io { path: path.into(), error }
+    }
+
+    pub fn invalid(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        FileError::Invalid { path: path.into(), message: message.into() }
+    }
 }
 
 #[cfg(test)]

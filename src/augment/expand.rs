@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use super::Image;
 use super::transforms::Pipeline;
-use crate::data::{DataError, DataFormat, Dataset, ImageSet, Result};
+use crate::data::{DataFormat, Dataset, FileError, ImageSet, Result};
 
 /// Present at the top of an output folder until the expansion finished.
 pub const INCOMPLETE_MARKER: &str = "EXPANSION_INCOMPLETE";
@@ -60,18 +60,18 @@ pub fn expand(
     progress: &ProgressBar,
 ) -> Result<ExpandReport> {
     check_shape(pipeline, train, test)?;
-    if out.exists() && !out.join(INCOMPLETE_MARKER).exists() && std::fs::read_dir(out).map_err(|e| DataError::io(out, e))?.next().is_some()
+    if out.exists() && !out.join(INCOMPLETE_MARKER).exists() && std::fs::read_dir(out).map_err(|e| FileError::io(out, e))?.next().is_some()
     {
-        return Err(DataError::invalid(out, "exists and is not an unfinished expansion; choose an empty or new folder"));
+        return Err(FileError::invalid(out, "exists and is not an unfinished expansion; choose an empty or new folder"));
     }
     for split in ["train", "test"] {
         for class in classes {
             let folder = out.join(split).join(class);
-            std::fs::create_dir_all(&folder).map_err(|e| DataError::io(&folder, e))?;
+            std::fs::create_dir_all(&folder).map_err(|e| FileError::io(&folder, e))?;
         }
     }
     let marker = out.join(INCOMPLETE_MARKER);
-    std::fs::write(&marker, "written by ferrovision augment expand; removed when it completes\n").map_err(|e| DataError::io(&marker, e))?;
+    std::fs::write(&marker, "written by ferrovision augment expand; removed when it completes\n").map_err(|e| FileError::io(&marker, e))?;
 
     let (written, skipped) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let write = |path: PathBuf, image: &dyn Fn() -> Image| -> Result<()> {
@@ -96,7 +96,7 @@ pub fn expand(
         let path = out.join("test").join(&classes[test.labels[i] as usize]).join(format!("{i:06}.png"));
         write(path, &|| Image::new(test.image(i).to_vec(), test.height, test.width))
     })?;
-    std::fs::remove_file(&marker).map_err(|e| DataError::io(&marker, e))?;
+    std::fs::remove_file(&marker).map_err(|e| FileError::io(&marker, e))?;
     Ok(ExpandReport { written: written.into_inner(), skipped: skipped.into_inner() })
 }
 
@@ -137,9 +137,9 @@ pub fn expand_packed(dataset: &Dataset, pipeline: &Pipeline, out: &Path, options
 
 /// The expanded training images must keep one size, the test images'.
 fn check_shape(pipeline: &Pipeline, train: &ImageSet, test: &ImageSet) -> Result<()> {
-    let shape = pipeline.output_shape(train.height, train.width).map_err(|message| DataError::Other(format!("config key {message}")))?;
+    let shape = pipeline.output_shape(train.height, train.width).map_err(|message| FileError::Other(format!("config key {message}")))?;
     if shape != (test.height, test.width) {
-        return Err(DataError::Other(format!(
+        return Err(FileError::Other(format!(
             "config key augment.transforms: the pipeline turns {}x{} images into {}x{}; the expanded train and \
              test images must share one size, so add a resize or crop back to {}x{}",
             train.height, train.width, shape.0, shape.1, test.height, test.width
@@ -153,8 +153,8 @@ fn write_png(path: &Path, image: &Image) -> Result<()> {
     let tmp = path.with_extension("png.tmp");
     let buffer =
         image::RgbImage::from_raw(image.width as u32, image.height as u32, image.pixels.clone()).expect("Image holds height*width*3 bytes");
-    buffer.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| DataError::invalid(&tmp, format!("writing PNG: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    buffer.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| FileError::invalid(&tmp, format!("writing PNG: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| FileError::io(path, e))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 
-use super::{DataError, Result};
+use super::{FileError, Result};
 
 /// The archive formats a [`Source`] reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,11 +69,11 @@ impl Entry<'_> {
         match &mut self.contents {
             Contents::Disk(path) => {
                 let path: &Path = path;
-                fs::read(path).map_err(|e| DataError::io(path, e))
+                fs::read(path).map_err(|e| FileError::io(path, e))
             }
             Contents::Archive { archive, reader } => {
                 let mut bytes = Vec::new();
-                reader.read_to_end(&mut bytes).map_err(|e| DataError::io(*archive, e))?;
+                reader.read_to_end(&mut bytes).map_err(|e| FileError::io(*archive, e))?;
                 Ok(bytes)
             }
         }
@@ -140,7 +140,7 @@ impl Source {
     }
 
     fn walk_tar_gz(&self, max_depth: usize, visit: &mut Visitor) -> Result<()> {
-        let io_error = |e| DataError::io(&self.path, e);
+        let io_error = |e| FileError::io(&self.path, e);
         let file = File::open(&self.path).map_err(io_error)?;
         let mut archive = tar::Archive::new(MultiGzDecoder::new(BufReader::with_capacity(1 << 20, file)));
         for entry in archive.entries().map_err(io_error)? {
@@ -158,8 +158,8 @@ impl Source {
     }
 
     fn walk_zip(&self, max_depth: usize, visit: &mut Visitor) -> Result<()> {
-        let zip_error = |e: zip::result::ZipError| DataError::io(&self.path, io::Error::from(e));
-        let file = File::open(&self.path).map_err(|e| DataError::io(&self.path, e))?;
+        let zip_error = |e: zip::result::ZipError| FileError::io(&self.path, io::Error::from(e));
+        let file = File::open(&self.path).map_err(|e| FileError::io(&self.path, e))?;
         let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(zip_error)?;
         for index in 0..archive.len() {
             let mut entry = archive.by_index(index).map_err(zip_error)?;
@@ -210,9 +210,9 @@ fn walk_folder_from(folder: &Path, relative: &str, depth_left: usize, visit: &mu
         return Ok(ControlFlow::Continue(()));
     }
     let mut children: Vec<(String, PathBuf)> = fs::read_dir(folder)
-        .map_err(|e| DataError::io(folder, e))?
+        .map_err(|e| FileError::io(folder, e))?
         .map(|child| {
-            let child = child.map_err(|e| DataError::io(folder, e))?;
+            let child = child.map_err(|e| FileError::io(folder, e))?;
             Ok((child.file_name().to_string_lossy().into_owned(), child.path()))
         })
         .collect::<Result<_>>()?;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::archive::walk_folder;
-use super::{DataError, DataFormat, Dataset, ImageSet, Result};
+use super::{DataFormat, Dataset, FileError, ImageSet, Result};
 
 const MAGIC: &[u8; 8] = b"FVDATA\x00\x01";
 /// Bumped whenever the layout or the meaning of a cached data set changes.
@@ -72,7 +72,7 @@ impl SetShape {
 /// The data set of `source` from the cache in `cache_dir` when it is there and current,
 /// otherwise `build()`'s, which is then written to the cache.
 pub fn load_or_build(source: &Path, cache_dir: &Path, build: impl FnOnce() -> Result<Dataset>) -> Result<(Dataset, CacheStatus)> {
-    let canonical = fs::canonicalize(source).map_err(|e| DataError::io(source, e))?;
+    let canonical = fs::canonicalize(source).map_err(|e| FileError::io(source, e))?;
     let cache_file = cache_dir.join(cache_file_name(&canonical));
     // Taken before building, so that a source changed meanwhile is rebuilt next time.
     let fingerprint = source_fingerprint(&canonical)?;
@@ -80,14 +80,14 @@ pub fn load_or_build(source: &Path, cache_dir: &Path, build: impl FnOnce() -> Re
         return Ok((dataset, CacheStatus::Hit));
     }
     let dataset = build()?;
-    fs::create_dir_all(cache_dir).map_err(|e| DataError::io(cache_dir, e))?;
+    fs::create_dir_all(cache_dir).map_err(|e| FileError::io(cache_dir, e))?;
     write_cache(&cache_file, &fingerprint, &dataset)?;
     Ok((dataset, CacheStatus::Miss))
 }
 
 /// The cache file that `load_or_build` uses for `source` in `cache_dir`.
 pub fn cache_file_path(source: &Path, cache_dir: &Path) -> Result<PathBuf> {
-    let canonical = fs::canonicalize(source).map_err(|e| DataError::io(source, e))?;
+    let canonical = fs::canonicalize(source).map_err(|e| FileError::io(source, e))?;
     Ok(cache_dir.join(cache_file_name(&canonical)))
 }
 
@@ -111,7 +111,7 @@ fn source_fingerprint(canonical_source: &Path) -> Result<String> {
     hasher.update(VERSION.to_le_bytes());
     hasher.update(canonical_source.as_os_str().as_encoded_bytes());
     let mut add_file = |relative: &str, path: &Path| -> Result<()> {
-        let metadata = fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+        let metadata = fs::metadata(path).map_err(|e| FileError::io(path, e))?;
         let modified = metadata.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default();
         hasher.update((relative.len() as u64).to_le_bytes());
         hasher.update(relative.as_bytes());
@@ -154,10 +154,10 @@ pub fn write_packed(path: &Path, dataset: &Dataset) -> Result<()> {
 
 pub fn read_packed(path: &Path) -> Result<Dataset> {
     if !path.is_file() {
-        return Err(DataError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+        return Err(FileError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
     }
     read_cache(path, PACKED).ok_or_else(|| {
-        DataError::invalid(path, "not a complete packed data set (expected a file written by `ferrovision augment expand --format packed`)")
+        FileError::invalid(path, "not a complete packed data set (expected a file written by `ferrovision augment expand --format packed`)")
     })
 }
 
@@ -180,7 +180,7 @@ fn write_cache(cache_file: &Path, fingerprint: &str, dataset: &Dataset) -> Resul
         test: SetShape::of(&dataset.test),
         payload_sha256: hex(&payload_hash.finalize()),
     };
-    let header_json = serde_json::to_vec(&header).map_err(|e| DataError::Other(format!("cache header: {e}")))?;
+    let header_json = serde_json::to_vec(&header).map_err(|e| FileError::Other(format!("cache header: {e}")))?;
 
     // Written beside the final file, then renamed: readers never see a half-written cache.
     let temporary = cache_file.with_extension(format!("tmp{}", std::process::id()));
@@ -197,7 +197,7 @@ fn write_cache(cache_file: &Path, fingerprint: &str, dataset: &Dataset) -> Resul
     };
     write().and_then(|()| fs::rename(&temporary, cache_file)).map_err(|e| {
         let _ = fs::remove_file(&temporary);
-        DataError::io(cache_file, e)
+        FileError::io(cache_file, e)
     })
 }
 

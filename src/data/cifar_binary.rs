@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::archive::Source;
-use super::{CIFAR10_CLASSES, DataError, DataFormat, Dataset, ImageSet, Result};
+use super::{CIFAR10_CLASSES, DataFormat, Dataset, FileError, ImageSet, Result};
 
 /// Height and width of a CIFAR image.
 pub const SIDE: usize = 32;
@@ -82,13 +82,13 @@ pub fn load_release(source: &Source, layout: &ReleaseLayout) -> Result<Dataset> 
         let mut set = ImageSet::empty(SIDE, SIDE);
         for name in names {
             let batch = take(name).ok_or_else(|| {
-                DataError::invalid(
+                FileError::invalid(
                     source.display_path(name),
                     format!("missing batch file: a CIFAR-10 release has data_batch_1..5{suffix} and test_batch{suffix}"),
                 )
             })?;
             if batch.bytes.is_empty() {
-                return Err(DataError::invalid(batch.path, "empty file; expected a CIFAR-10 batch"));
+                return Err(FileError::invalid(batch.path, "empty file; expected a CIFAR-10 batch"));
             }
             (layout.decode_batch)(&batch, &mut set, classes.len())?;
         }
@@ -106,7 +106,7 @@ pub fn push_planar_record(set: &mut ImageSet, path: &Path, index: usize, label: 
     let label = u16::try_from(label)
         .ok()
         .filter(|&l| usize::from(l) < num_classes)
-        .ok_or_else(|| DataError::invalid(path, format!("label {label} of record {index} is outside 0..={}", num_classes - 1)))?;
+        .ok_or_else(|| FileError::invalid(path, format!("label {label} of record {index} is outside 0..={}", num_classes - 1)))?;
     let (red, rest) = planar.split_at(SIDE * SIDE);
     let (green, blue) = rest.split_at(SIDE * SIDE);
     set.pixels.extend(red.iter().zip(green).zip(blue).flat_map(|((&r, &g), &b)| [r, g, b]));
@@ -123,7 +123,7 @@ fn read_text_class_names(meta: &NamedBytes) -> Result<Vec<String>> {
 fn decode_binary_batch(batch: &NamedBytes, set: &mut ImageSet, num_classes: usize) -> Result<()> {
     let size = batch.bytes.len();
     if !size.is_multiple_of(RECORD_BYTES) {
-        return Err(DataError::invalid(
+        return Err(FileError::invalid(
             &batch.path,
             format!(
                 "truncated or not a CIFAR-10 binary batch: size {size} bytes is not a multiple of the \

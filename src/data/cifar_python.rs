@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use super::archive::Source;
 use super::cifar_binary::{IMAGE_BYTES, NamedBytes, ReleaseLayout, load_release, push_planar_record};
-use super::{DataError, DataFormat, Dataset, ImageSet, Result};
+use super::{DataFormat, Dataset, FileError, ImageSet, Result};
 
 /// The class-name pickle of the python release.
 pub const PYTHON_META: &str = "batches.meta";
@@ -29,14 +29,14 @@ pub fn load(source: &Source) -> Result<Dataset> {
 
 /// The pickled dict of a batch or meta file.
 fn unpickle_dict(file: &NamedBytes) -> Result<Vec<(Value, Value)>> {
-    match unpickle(&file.bytes).map_err(|message| DataError::invalid(&file.path, message))? {
+    match unpickle(&file.bytes).map_err(|message| FileError::invalid(&file.path, message))? {
         Value::Dict(items) => Ok(items),
-        other => Err(DataError::invalid(&file.path, format!("expected a pickled dict, found {}", other.kind()))),
+        other => Err(FileError::invalid(&file.path, format!("expected a pickled dict, found {}", other.kind()))),
     }
 }
 
 fn decode_pickled_batch(batch: &NamedBytes, set: &mut ImageSet, num_classes: usize) -> Result<()> {
-    let invalid = |message: String| DataError::invalid(&batch.path, message);
+    let invalid = |message: String| FileError::invalid(&batch.path, message);
     let batch_dict = unpickle_dict(batch)?;
     let data = match dict_get(&batch_dict, "data") {
         Some(Value::Array(array)) => array,
@@ -64,7 +64,7 @@ fn decode_pickled_batch(batch: &NamedBytes, set: &mut ImageSet, num_classes: usi
 
 fn read_label_names(meta: &NamedBytes) -> Result<Vec<String>> {
     let meta_dict = unpickle_dict(meta)?;
-    let invalid = |message: String| DataError::invalid(&meta.path, message);
+    let invalid = |message: String| FileError::invalid(&meta.path, message);
     let Some(Value::List(names)) = dict_get(&meta_dict, "label_names") else {
         return Err(invalid("missing list `label_names`".into()));
     };

@@ -11,7 +11,7 @@ use super::archive::{ArchiveKind, Source};
 use super::cifar_binary::{BINARY_SUFFIX, batch_names};
 use super::image_folder::is_image_name;
 use super::tiny_imagenet::WNIDS;
-use super::{DataError, Dataset, Result, cache, cifar_binary, cifar_python, image_folder, tiny_imagenet};
+use super::{Dataset, FileError, Result, cache, cifar_binary, cifar_python, image_folder, tiny_imagenet};
 
 /// The storage formats a data set can be read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +63,7 @@ pub fn detect_format(path: &Path) -> Result<DataFormat> {
 pub fn load_dataset(path: &Path, cache_dir: Option<&Path>) -> Result<Dataset> {
     let marker = path.join(crate::augment::expand::INCOMPLETE_MARKER);
     if marker.exists() {
-        return Err(DataError::invalid(
+        return Err(FileError::invalid(
             &marker,
             "this folder is an unfinished `ferrovision augment expand`; run the same command again to complete it",
         ));
@@ -92,10 +92,10 @@ fn load_uncached(path: &Path) -> Result<Dataset> {
 /// The format at `path` and the folder (possibly inside the archive) where its files start.
 fn locate(path: &Path) -> Result<(DataFormat, Source)> {
     if !path.exists() {
-        return Err(DataError::io(path, io::Error::new(io::ErrorKind::NotFound, "no such file or folder")));
+        return Err(FileError::io(path, io::Error::new(io::ErrorKind::NotFound, "no such file or folder")));
     }
     if path.is_file() && ArchiveKind::of(path).is_none() {
-        return Err(DataError::invalid(path, format!("not a folder nor a .tar.gz/.tgz/.zip archive; {EXPECTED_LAYOUTS}")));
+        return Err(FileError::invalid(path, format!("not a folder nor a .tar.gz/.tgz/.zip archive; {EXPECTED_LAYOUTS}")));
     }
     let source = Source::new(path);
     let mut found = None;
@@ -121,12 +121,12 @@ fn locate(path: &Path) -> Result<(DataFormat, Source)> {
         return Ok((format, source.subfolder(&root)));
     }
     if let Some(root) = tiny_root {
-        return Err(DataError::invalid(
+        return Err(FileError::invalid(
             source.subfolder(&root).display_path(WNIDS),
             "missing: train/<wnid>/images/ looks like Tiny ImageNet, which lists its class ids in wnids.txt",
         ));
     }
-    Err(DataError::invalid(path, format!("no data set found; {EXPECTED_LAYOUTS}")))
+    Err(FileError::invalid(path, format!("no data set found; {EXPECTED_LAYOUTS}")))
 }
 
 /// What one file says about the data set around it.

@@ -8,7 +8,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 use super::archive::Source;
-use super::{DataError, DataFormat, Dataset, ImageSet, Result};
+use super::{DataFormat, Dataset, FileError, ImageSet, Result};
 
 /// The split folders, in the order of `Dataset`'s fields.
 pub const SPLIT_FOLDERS: [&str; 2] = ["train", "test"];
@@ -45,20 +45,20 @@ pub fn load(source: &Source) -> Result<Dataset> {
     let [train_files, test_files] = read_splits(source)?;
     let classes: Vec<String> = train_files.class_folders.iter().cloned().collect();
     if classes.is_empty() {
-        return Err(DataError::invalid(
+        return Err(FileError::invalid(
             source.display_path("train"),
             "no class folders; expected train/<class>/*.png|jpg|jpeg and test/<class>/*",
         ));
     }
     check_class_count(source, "train", classes.len())?;
     if let Some(missing) = classes.iter().find(|c| !test_files.class_folders.contains(*c)) {
-        return Err(DataError::invalid(
+        return Err(FileError::invalid(
             source.display_path(&format!("test/{missing}")),
             format!("missing class folder: train/{missing} exists and test/ must have the same class folders"),
         ));
     }
     if let Some(extra) = test_files.class_folders.iter().find(|c| !train_files.class_folders.contains(*c)) {
-        return Err(DataError::invalid(
+        return Err(FileError::invalid(
             source.display_path(&format!("test/{extra}")),
             format!("class folder has no train/{extra}; test/ must have the same class folders as train/"),
         ));
@@ -69,7 +69,7 @@ pub fn load(source: &Source) -> Result<Dataset> {
         let mut counts = vec![0usize; classes.len()];
         images.iter().for_each(|image| counts[image.class] += 1);
         if let Some(empty) = counts.iter().position(|&n| n == 0) {
-            return Err(DataError::invalid(
+            return Err(FileError::invalid(
                 source.display_path(&format!("{split}/{}", classes[empty])),
                 "empty class folder: no .png, .jpg or .jpeg images",
             ));
@@ -87,7 +87,7 @@ pub fn load(source: &Source) -> Result<Dataset> {
 /// Labels are u16, so a data set has at most 65535 classes; `listed_in` is where they come from.
 pub(super) fn check_class_count(source: &Source, listed_in: &str, count: usize) -> Result<()> {
     if count > usize::from(u16::MAX) {
-        return Err(DataError::invalid(source.display_path(listed_in), format!("{count} classes; at most 65535 are supported")));
+        return Err(FileError::invalid(source.display_path(listed_in), format!("{count} classes; at most 65535 are supported")));
     }
     Ok(())
 }
@@ -131,7 +131,7 @@ pub(super) fn label_and_sort(classes: &[String], images: Vec<(String, String, Ve
 }
 
 fn decode(source: &Source, file: &ImageFile) -> Result<RgbImage> {
-    let invalid = |message: String| DataError::invalid(source.display_path(&file.path), message);
+    let invalid = |message: String| FileError::invalid(source.display_path(&file.path), message);
     if is_truncated_jpeg(&file.bytes) {
         return Err(invalid("cannot decode image: truncated JPEG (no end-of-image marker after the last scan)".into()));
     }
@@ -160,7 +160,7 @@ pub(super) fn decode_all(source: &Source, files: &[ImageFile], (width, height): 
     set.pixels.par_chunks_mut(image_bytes).zip(files).try_for_each(|(pixels, file)| {
         let image = decode(source, file)?;
         if image.dimensions() != (width, height) {
-            return Err(DataError::invalid(
+            return Err(FileError::invalid(
                 source.display_path(&file.path),
                 format!("image is {}x{} but {expected}", image.width(), image.height()),
             ));

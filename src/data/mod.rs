@@ -13,8 +13,6 @@ pub mod loader;
 pub mod split;
 pub mod tiny_imagenet;
 
-use std::path::PathBuf;
-
 pub use detect::{DataFormat, describe, detect_format, load_dataset};
 
 /// The ten CIFAR-10 class names in label order.
@@ -87,26 +85,6 @@ pub struct Dataset {
     pub test: ImageSet,
 }
 
-/// Every way reading a data set can fail; each message names the file and what was expected.
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    // The io error is part of the message, not a `source`, so `{:#}` does not print it twice.
-    #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-    #[error("{0}")]
-    Other(String),
-}
+pub use crate::error::FileError;
 
-impl DataError {
-    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
-        DataError::Io { path: path.into(), error }
-    }
-
-    pub fn invalid(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        DataError::Invalid { path: path.into(), message: message.into() }
-    }
-}
-
-pub type Result<T> = std::result::Result<T, DataError>;
+pub type Result<T> = std::result::Result<T, FileError>;

@@ -5,14 +5,14 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::{DataError, ImageSet, Result};
+use super::{FileError, ImageSet, Result};
 
 /// Splits `set` into (train, validation) with `val_size` validation images, each class giving
 /// its share in proportion to its size (largest remainders get the leftover images). Both
 /// parts keep the set's order.
 pub fn stratified_split(set: &ImageSet, num_classes: usize, val_size: usize, seed: u64) -> Result<(ImageSet, ImageSet)> {
     if val_size > set.len() {
-        return Err(DataError::Other(format!("validation size {val_size} is larger than the set, which has {} images", set.len())));
+        return Err(FileError::Other(format!("validation size {val_size} is larger than the set, which has {} images", set.len())));
     }
     let by_class = shuffled_indices_by_class(set, num_classes, seed)?;
     let quotas = proportional_quotas(&by_class.iter().map(Vec::len).collect::<Vec<_>>(), val_size);
@@ -31,7 +31,7 @@ pub fn stratified_split(set: &ImageSet, num_classes: usize, val_size: usize, see
 pub fn subset_per_class(set: &ImageSet, num_classes: usize, n: usize, seed: u64) -> Result<ImageSet> {
     let by_class = shuffled_indices_by_class(set, num_classes, seed)?;
     if let Some((class, indices)) = by_class.iter().enumerate().find(|(_, indices)| indices.len() < n) {
-        return Err(DataError::Other(format!("class {class} has {} images, fewer than the {n} per class asked for", indices.len())));
+        return Err(FileError::Other(format!("class {class} has {} images, fewer than the {n} per class asked for", indices.len())));
     }
     let mut picked: Vec<usize> = by_class.iter().flat_map(|indices| indices[..n].iter().copied()).collect();
     picked.sort_unstable();
@@ -44,7 +44,7 @@ fn shuffled_indices_by_class(set: &ImageSet, num_classes: usize, seed: u64) -> R
     for (index, &label) in set.labels.iter().enumerate() {
         let class_indices = by_class
             .get_mut(usize::from(label))
-            .ok_or_else(|| DataError::Other(format!("image {index} has label {label}, but there are only {num_classes} classes")))?;
+            .ok_or_else(|| FileError::Other(format!("image {index} has label {label}, but there are only {num_classes} classes")))?;
         class_indices.push(index);
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -20,7 +20,7 @@ use std::ops::ControlFlow;
 
 use super::archive::Source;
 use super::image_folder::{check_class_count, decode_all, is_hidden, is_image_name, label_and_sort};
-use super::{DataError, DataFormat, Dataset, Result};
+use super::{DataFormat, Dataset, FileError, Result};
 
 /// The list of class ids; a data set is recognized as Tiny ImageNet by it.
 pub const WNIDS: &str = "wnids.txt";
@@ -50,7 +50,7 @@ pub fn load(source: &Source) -> Result<Dataset> {
     let text = |bytes: Option<Vec<u8>>, name: &str, holds: &str| {
         bytes
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .ok_or_else(|| DataError::invalid(source.display_path(name), format!("missing: Tiny ImageNet keeps {holds} there")))
+            .ok_or_else(|| FileError::invalid(source.display_path(name), format!("missing: Tiny ImageNet keeps {holds} there")))
     };
     let classes = parse_wnids(source, &text(files.wnids, WNIDS, "its class ids (one wnid per line)")?)?;
     check_train_folders(source, &classes, &files.train)?;
@@ -93,7 +93,7 @@ fn read_files(source: &Source) -> Result<TinyFiles> {
 
 /// The class ids of `wnids.txt`, sorted.
 fn parse_wnids(source: &Source, text: &str) -> Result<Vec<String>> {
-    let invalid = |message: String| DataError::invalid(source.display_path(WNIDS), message);
+    let invalid = |message: String| FileError::invalid(source.display_path(WNIDS), message);
     let mut classes: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
     classes.sort();
     if classes.is_empty() {
@@ -112,11 +112,11 @@ fn check_train_folders(source: &Source, classes: &[String], train: &[ClassFile])
     for (wnid, ..) in train {
         let index = classes
             .binary_search(wnid)
-            .map_err(|_| DataError::invalid(source.display_path(&format!("train/{wnid}")), "class folder not listed in wnids.txt"))?;
+            .map_err(|_| FileError::invalid(source.display_path(&format!("train/{wnid}")), "class folder not listed in wnids.txt"))?;
         counts[index] += 1;
     }
     match counts.iter().position(|&count| count == 0) {
-        Some(empty) => Err(DataError::invalid(
+        Some(empty) => Err(FileError::invalid(
             source.display_path(&format!("train/{}/images", classes[empty])),
             format!("missing or empty: wnids.txt lists {}, whose training images belong here", classes[empty]),
         )),
@@ -128,7 +128,7 @@ fn check_train_folders(source: &Source, classes: &[String], train: &[ClassFile])
 /// must be listed exactly once.
 fn label_val(source: &Source, annotations: &str, mut images: BTreeMap<String, Vec<u8>>, classes: &[String]) -> Result<Vec<ClassFile>> {
     let at_line =
-        |number: usize, message: String| DataError::invalid(source.display_path(ANNOTATIONS), format!("line {number}: {message}"));
+        |number: usize, message: String| FileError::invalid(source.display_path(ANNOTATIONS), format!("line {number}: {message}"));
     let mut first_listed: HashMap<&str, usize> = HashMap::new();
     let mut val = Vec::with_capacity(images.len());
     for (number, line) in (1..).zip(annotations.lines()) {
@@ -148,11 +148,11 @@ fn label_val(source: &Source, annotations: &str, mut images: BTreeMap<String, Ve
         let path = format!("val/images/{file}");
         let bytes = images
             .remove(file)
-            .ok_or_else(|| DataError::invalid(source.display_path(&path), format!("missing: {ANNOTATIONS} lists it on line {number}")))?;
+            .ok_or_else(|| FileError::invalid(source.display_path(&path), format!("missing: {ANNOTATIONS} lists it on line {number}")))?;
         val.push((wnid.to_string(), path, bytes));
     }
     match images.keys().next() {
-        Some(unlisted) => Err(DataError::invalid(
+        Some(unlisted) => Err(FileError::invalid(
             source.display_path(&format!("val/images/{unlisted}")),
             format!("not listed in {ANNOTATIONS}, so its class is unknown"),
         )),
@@ -175,7 +175,7 @@ fn parse_words(source: &Source, words: &str, classes: &[String]) -> Result<Vec<S
         .zip(classes)
         .map(|(description, wnid)| {
             description.ok_or_else(|| {
-                DataError::invalid(
+                FileError::invalid(
                     source.display_path(WORDS),
                     format!("no line for {wnid}, which wnids.txt lists; expected {wnid}<tab><names>"),
                 )

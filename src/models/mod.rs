@@ -540,6 +540,17 @@ mod tests {
     }
 
     #[test]
+    fn every_architecture_record_names_its_first_conv() {
+        for architecture in registry() {
+            let model = build_named(architecture.name, 10);
+            let weight = format!("net.{}.weight", model.net.first_conv());
+            let shape = param_shapes(&model).get(&weight).cloned();
+            assert!(shape.as_ref().is_some_and(|s| s.len() == 4 && s[1] == 3), "{}: {weight} is {shape:?}", architecture.name);
+        }
+        assert_eq!(build_named("vgg16_bn", 10).net.first_conv(), "Vgg.features.0.0.conv");
+    }
+
+    #[test]
     fn every_model_has_a_default_input_size() {
         for entry in registry() {
             assert!(default_input_size(entry.name).is_some(), "{}", entry.name);

