@@ -171,7 +171,7 @@ pub fn loader(batch: usize, images: usize) -> f64 {
 /// Images per second of `pipeline` plus normalization on the calling thread, on `size` x `size`
 /// images (256 distinct synthetic ones: gradients with noise, so histogram ops see varied data).
 pub fn augment(pipeline: &Pipeline, size: usize, images: usize) -> Result<f64> {
-    pipeline.output_shape(size, size).map_err(|e| anyhow::anyhow!("config key {e}"))?;
+    pipeline.output_shape(size, size)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let sources: Vec<Image> = (0..256)
         .map(|k| {

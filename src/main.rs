@@ -839,7 +839,7 @@ fn augment_command(command: AugmentCommand) -> Result<()> {
             let config = ExperimentConfig::load(&config, &overrides)?;
             let data = train::prepare_data(&config)?;
             let pipeline = Pipeline::from_config(&config.augment);
-            pipeline.output_shape(data.train.height, data.train.width).map_err(|e| anyhow::anyhow!("config key {e}"))?;
+            pipeline.output_shape(data.train.height, data.train.width)?;
             let picks = preview::pick_images(&data.train, rows);
             let grid = preview::grid(&data.train, &data.classes, &pipeline, &picks, n, zoom.max(1), config.train.seed);
             ferrovision::viz::canvas::write_png(&grid, &out)?;

@@ -137,7 +137,7 @@ pub fn expand_packed(dataset: &Dataset, pipeline: &Pipeline, out: &Path, options
 
 /// The expanded training images must keep one size, the test images'.
 fn check_shape(pipeline: &Pipeline, train: &ImageSet, test: &ImageSet) -> Result<()> {
-    let shape = pipeline.output_shape(train.height, train.width).map_err(|message| FileError::Other(format!("config key {message}")))?;
+    let shape = pipeline.output_shape(train.height, train.width).map_err(|e| FileError::Other(e.to_string()))?;
     if shape != (test.height, test.width) {
         return Err(FileError::Other(format!(
             "config key augment.transforms: the pipeline turns {}x{} images into {}x{}; the expanded train and \

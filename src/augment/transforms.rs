@@ -7,6 +7,8 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use crate::error::InvalidSetting;
+
 use super::functional::{self as f, AffineParams};
 use super::policies::{AutoAugment, AutoAugmentPolicy, RandAugment, TrivialAugmentWide};
 use super::resize::{self, Interpolation};
@@ -32,10 +34,10 @@ impl Span {
     /// Valid when the range lies within `[min, max]`; a bare number must be non-negative. With
     /// `clamp_low` a range from a number may start below `min` and is cut there (torchvision's
     /// `brightness=1.5` means `[0, 2.5]`).
-    fn check(self, key: &str, centre: f64, [min, max]: [f64; 2], clamp_low: bool) -> Result<(), String> {
+    fn check(self, key: &str, centre: f64, [min, max]: [f64; 2], clamp_low: bool) -> Result<(), InvalidSetting> {
         if let Span::Around(v) = self {
             if !(v >= 0.0) {
-                return Err(format!("{key}: expected a non-negative number, found {v}"));
+                return Err(InvalidSetting::new(key, format!("expected a non-negative number, found {v}")));
             }
         }
         let [mut lo, hi] = self.bounds(centre);
@@ -45,7 +47,7 @@ impl Span {
         if lo.is_finite() && hi.is_finite() && min <= lo && lo <= hi && hi <= max {
             Ok(())
         } else {
-            Err(format!("{key}: expected a range within [{min}, {max}], found [{lo}, {hi}]"))
+            Err(InvalidSetting::new(key, format!("expected a range within [{min}, {max}], found [{lo}, {hi}]")))
         }
     }
 }
@@ -275,15 +277,15 @@ pub struct Context {
     pub normalize: NormalizePreset,
 }
 
-fn check_probability(key: &str, p: f64) -> Result<(), String> {
-    if (0.0..=1.0).contains(&p) { Ok(()) } else { Err(format!("{key}: expected a probability in [0, 1], found {p}")) }
+fn check_probability(key: &str, p: f64) -> Result<(), InvalidSetting> {
+    if (0.0..=1.0).contains(&p) { Ok(()) } else { Err(InvalidSetting::new(key, format!("expected a probability in [0, 1], found {p}"))) }
 }
 
-fn check_range(key: &str, [lo, hi]: [f64; 2], min: f64, max: f64) -> Result<(), String> {
+fn check_range(key: &str, [lo, hi]: [f64; 2], min: f64, max: f64) -> Result<(), InvalidSetting> {
     if lo.is_finite() && hi.is_finite() && min <= lo && lo <= hi && hi <= max {
         Ok(())
     } else {
-        Err(format!("{key}: expected [low, high] with {min} <= low <= high <= {max}, found [{lo}, {hi}]"))
+        Err(InvalidSetting::new(key, format!("expected [low, high] with {min} <= low <= high <= {max}, found [{lo}, {hi}]")))
     }
 }
 
@@ -315,7 +317,7 @@ impl Transform {
 
     /// Checks the parameters and returns the output size for a `height` x `width` input; `key`
     /// names this entry in error messages (e.g. `augment.transforms[2]`).
-    pub fn output_shape(&self, key: &str, height: usize, width: usize) -> Result<(usize, usize), String> {
+    pub fn output_shape(&self, key: &str, height: usize, width: usize) -> Result<(usize, usize), InvalidSetting> {
         let key = format!("{key} ({})", self.name());
         let same = Ok((height, width));
         match self {
@@ -325,26 +327,29 @@ impl Transform {
             Transform::RandomCrop { size, padding, .. } => {
                 let (h, w) = size.map_or((height, width), |s| (s, s));
                 if h == 0 || h > height + 2 * padding || w > width + 2 * padding {
-                    return Err(format!(
-                        "{key}.size: a {h}x{w} crop does not fit a {height}x{width} image padded by {padding}; \
-                         lower size or raise padding"
+                    return Err(InvalidSetting::new(
+                        format!("{key}.size"),
+                        format!("a {h}x{w} crop does not fit a {height}x{width} image padded by {padding}; lower size or raise padding"),
                     ));
                 }
                 // Reflection needs a source pixel for every padded one.
                 if *padding >= height.min(width) {
-                    return Err(format!("{key}.padding: {padding} must be smaller than the image side {}", height.min(width)));
+                    return Err(InvalidSetting::new(
+                        format!("{key}.padding"),
+                        format!("{padding} must be smaller than the image side {}", height.min(width)),
+                    ));
                 }
                 Ok((h, w))
             }
             Transform::CenterCrop { size } | Transform::Resize { size, .. } if *size == 0 => {
-                Err(format!("{key}.size: expected a positive size"))
+                Err(InvalidSetting::new(format!("{key}.size"), "expected a positive size"))
             }
             Transform::CenterCrop { size } | Transform::Resize { size, .. } => Ok((*size, *size)),
             Transform::RandomResizedCrop { size, scale, ratio, .. } => {
                 check_range(&format!("{key}.scale"), *scale, f64::MIN_POSITIVE, 1.0)?;
                 check_range(&format!("{key}.ratio"), *ratio, f64::MIN_POSITIVE, f64::MAX)?;
                 if *size == 0 {
-                    return Err(format!("{key}.size: expected a positive size"));
+                    return Err(InvalidSetting::new(format!("{key}.size"), "expected a positive size"));
                 }
                 Ok((*size, *size))
             }
@@ -378,7 +383,10 @@ impl Transform {
             Transform::Grayscale {} => same,
             Transform::GaussianBlur { kernel_size, sigma } => {
                 if kernel_size % 2 == 0 {
-                    return Err(format!("{key}.kernel_size: expected an odd positive size, found {kernel_size}"));
+                    return Err(InvalidSetting::new(
+                        format!("{key}.kernel_size"),
+                        format!("expected an odd positive size, found {kernel_size}"),
+                    ));
                 }
                 check_range(&format!("{key}.sigma"), *sigma, f64::MIN_POSITIVE, f64::MAX).and(same)
             }
@@ -390,7 +398,7 @@ impl Transform {
             Transform::Cutout { size, holes, p, .. } => {
                 check_probability(&format!("{key}.p"), *p)?;
                 if *size == 0 || *holes == 0 {
-                    return Err(format!("{key}: size and holes must be positive"));
+                    return Err(InvalidSetting::new(key, "size and holes must be positive"));
                 }
                 same
             }
@@ -398,19 +406,19 @@ impl Transform {
                 check_probability(&format!("{key}.p"), *p)?;
                 let out = chain_shape(&format!("{key}.transforms"), transforms, height, width)?;
                 if out != (height, width) {
-                    return Err(format!("{key}: the applied transforms change the image size, so skipping them would not"));
+                    return Err(InvalidSetting::new(key, "the applied transforms change the image size, so skipping them would not"));
                 }
                 same
             }
             Transform::RandomChoice { transforms, weights } => {
                 if transforms.is_empty() {
-                    return Err(format!("{key}.transforms: expected at least one transform"));
+                    return Err(InvalidSetting::new(format!("{key}.transforms"), "expected at least one transform"));
                 }
                 if let Some(w) = weights {
                     if w.len() != transforms.len() || w.iter().any(|&v| !(v >= 0.0)) || w.iter().sum::<f64>() <= 0.0 {
-                        return Err(format!(
-                            "{key}.weights: expected {} non-negative weights with a positive sum, found {w:?}",
-                            transforms.len()
+                        return Err(InvalidSetting::new(
+                            format!("{key}.weights"),
+                            format!("expected {} non-negative weights with a positive sum, found {w:?}", transforms.len()),
                         ));
                     }
                 }
@@ -419,7 +427,7 @@ impl Transform {
                 let first = shapes.next().expect("non-empty")?;
                 for shape in shapes {
                     if shape? != first {
-                        return Err(format!("{key}: the choices must all produce the same image size"));
+                        return Err(InvalidSetting::new(key, "the choices must all produce the same image size"));
                     }
                 }
                 Ok(first)
@@ -427,7 +435,10 @@ impl Transform {
             Transform::RandomOrder { transforms } => {
                 for (i, t) in transforms.iter().enumerate() {
                     if t.output_shape(&format!("{key}.transforms[{i}]"), height, width)? != (height, width) {
-                        return Err(format!("{key}.transforms[{i}]: transforms in a random order must keep the size"));
+                        return Err(InvalidSetting::new(
+                            format!("{key}.transforms[{i}]"),
+                            "transforms in a random order must keep the size",
+                        ));
                     }
                 }
                 same
@@ -435,12 +446,12 @@ impl Transform {
             Transform::AutoAugment { .. } => same,
             Transform::RandAugment { num_ops, magnitude, num_magnitude_bins, interpolation, fill } => {
                 RandAugment::new(*num_ops, *magnitude, *num_magnitude_bins, *interpolation, *fill)
-                    .map_err(|e| format!("{key}: {e}"))
+                    .map_err(|e| InvalidSetting::new(&key, e))
                     .and(same)
             }
             Transform::TrivialAugmentWide { num_magnitude_bins, .. } => {
                 if *num_magnitude_bins < 2 {
-                    return Err(format!("{key}.num_magnitude_bins: expected at least 2"));
+                    return Err(InvalidSetting::new(format!("{key}.num_magnitude_bins"), "expected at least 2"));
                 }
                 same
             }
@@ -591,7 +602,7 @@ fn uniform(rng: &mut impl Rng, lo: f64, hi: f64) -> f64 {
     lo + (hi - lo) * rng.random::<f64>()
 }
 
-fn chain_shape(key: &str, transforms: &[Transform], height: usize, width: usize) -> Result<(usize, usize), String> {
+fn chain_shape(key: &str, transforms: &[Transform], height: usize, width: usize) -> Result<(usize, usize), InvalidSetting> {
     transforms.iter().enumerate().try_fold((height, width), |(h, w), (i, t)| t.output_shape(&format!("{key}[{i}]"), h, w))
 }
 
@@ -736,7 +747,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Checks every entry against the data set's image size and returns the output size.
-    pub fn output_shape(&self, height: usize, width: usize) -> Result<(usize, usize), String> {
+    pub fn output_shape(&self, height: usize, width: usize) -> Result<(usize, usize), InvalidSetting> {
         chain_shape("augment.transforms", &self.transforms, height, width)
     }
 
@@ -848,7 +859,10 @@ mod tests {
 
     #[test]
     fn out_of_range_settings_name_the_entry_and_key() {
-        let check = |t: Transform| t.output_shape("augment.transforms[3]", 32, 32).unwrap_err();
+        let check = |t: Transform| {
+            let err = t.output_shape("augment.transforms[3]", 32, 32).unwrap_err();
+            format!("{}: {}", err.key, err.message)
+        };
         let err = check(Transform::RandomHorizontalFlip { p: 1.5 });
         assert!(err.starts_with("augment.transforms[3] (random_horizontal_flip).p"), "{err}");
         let err = check(Transform::RandomCrop { size: Some(40), padding: 0, padding_mode: PaddingMode::Constant });

@@ -157,8 +157,7 @@ fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Res
     }
 
     let pipeline = Pipeline::from_config(&config.augment);
-    let augmented =
-        pipeline.output_shape(data.train.height, data.train.width).map_err(|message| anyhow::anyhow!("config key {message}"))?;
+    let augmented = pipeline.output_shape(data.train.height, data.train.width)?;
     if augmented != (data.train.height, data.train.width) && config.data.input_size.is_none() {
         bail!(
             "config key augment.transforms: the pipeline turns {}x{} training images into {}x{}, but evaluation \
@@ -236,7 +235,7 @@ fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Res
             for callback in &mut callbacks {
                 callback.replay(&metrics)?;
             }
-            schedule.epoch_end(&metrics).map_err(|e| anyhow::anyhow!("config key {e}"))?;
+            schedule.epoch_end(&metrics)?;
             train_seconds += metrics.seconds;
         }
         step = point.epoch * steps_per_epoch;
@@ -326,7 +325,7 @@ fn train(config: &ExperimentConfig, start: Start, interrupt: &AtomicBool) -> Res
             callback.on_epoch_end(&context)?;
         }
         epochs_completed = epoch;
-        if let Some(lr) = schedule.epoch_end(&metrics).map_err(|e| anyhow::anyhow!("config key {e}"))? {
+        if let Some(lr) = schedule.epoch_end(&metrics)? {
             println!("plateau: {:?} stopped improving, lr reduced to {lr:e}", config.train.plateau.monitor);
         }
         resume::save(&run, epoch, &model, &optimizer, ema.as_ref(), config)?;

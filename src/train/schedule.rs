@@ -3,6 +3,7 @@
 //! PyTorch's schedulers stepped once per epoch do; `plateau` follows ReduceLROnPlateau, fed the
 //! monitored metric at the end of each epoch.
 
+use crate::error::InvalidSetting;
 use serde::{Deserialize, Serialize};
 
 use crate::tracking::EpochMetrics;
@@ -216,11 +217,12 @@ impl LrSchedule {
 
     /// Feeds the end-of-epoch metrics to the plateau schedule. Returns the reduced rate when it
     /// was reduced; an error when its monitored metric is missing.
-    pub fn epoch_end(&mut self, metrics: &EpochMetrics) -> Result<Option<f64>, String> {
+    pub fn epoch_end(&mut self, metrics: &EpochMetrics) -> Result<Option<f64>, InvalidSetting> {
         let Some(plateau) = &mut self.plateau else { return Ok(None) };
         let monitor = plateau.config.monitor;
         let value = monitor.read(metrics).ok_or_else(|| {
-            format!("train.plateau.monitor = {monitor:?} needs a validation split (data.val_size > 0) or monitor = \"train_loss\"")
+            let message = format!("{monitor:?} needs a validation split (data.val_size > 0) or monitor = \"train_loss\"");
+            InvalidSetting::new("train.plateau.monitor", message)
         })?;
         Ok(plateau.observe(value).then_some(plateau.lr))
     }
