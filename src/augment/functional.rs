@@ -375,7 +375,7 @@ pub fn invert(image: &Image) -> Image {
 pub fn equalize(image: &Image) -> Image {
     let luts = histograms(image).map(|h| {
         let present = || h.iter().filter(|&&n| n > 0);
-        let step = match present().last() {
+        let step = match present().next_back() {
             Some(last) if present().count() > 1 => (h.iter().sum::<u64>() - last) / 255,
             _ => 0,
         };

@@ -39,10 +39,10 @@ pub fn pick_images(set: &ImageSet, count: usize) -> Vec<usize> {
     let mut picks = Vec::with_capacity(count);
     while picks.len() < count.min(set.len()) {
         for queue in &mut by_class {
-            if let Some(i) = queue.pop_front() {
-                if picks.len() < count {
-                    picks.push(i);
-                }
+            if let Some(i) = queue.pop_front()
+                && picks.len() < count
+            {
+                picks.push(i);
             }
         }
     }

@@ -35,10 +35,10 @@ impl Span {
     /// `clamp_low` a range from a number may start below `min` and is cut there (torchvision's
     /// `brightness=1.5` means `[0, 2.5]`).
     fn check(self, key: &str, centre: f64, [min, max]: [f64; 2], clamp_low: bool) -> Result<(), InvalidSetting> {
-        if let Span::Around(v) = self {
-            if !(v >= 0.0) {
-                return Err(InvalidSetting::new(key, format!("expected a non-negative number, found {v}")));
-            }
+        if let Span::Around(v) = self
+            && (v.is_nan() || v < 0.0)
+        {
+            return Err(InvalidSetting::new(key, format!("expected a non-negative number, found {v}")));
         }
         let [mut lo, hi] = self.bounds(centre);
         if clamp_low && matches!(self, Span::Around(_)) {
@@ -414,13 +414,13 @@ impl Transform {
                 if transforms.is_empty() {
                     return Err(InvalidSetting::new(format!("{key}.transforms"), "expected at least one transform"));
                 }
-                if let Some(w) = weights {
-                    if w.len() != transforms.len() || w.iter().any(|&v| !(v >= 0.0)) || w.iter().sum::<f64>() <= 0.0 {
-                        return Err(InvalidSetting::new(
-                            format!("{key}.weights"),
-                            format!("expected {} non-negative weights with a positive sum, found {w:?}", transforms.len()),
-                        ));
-                    }
+                if let Some(w) = weights
+                    && (w.len() != transforms.len() || w.iter().any(|&v| v.is_nan() || v < 0.0) || w.iter().sum::<f64>() <= 0.0)
+                {
+                    return Err(InvalidSetting::new(
+                        format!("{key}.weights"),
+                        format!("expected {} non-negative weights with a positive sum, found {w:?}", transforms.len()),
+                    ));
                 }
                 let mut shapes =
                     transforms.iter().enumerate().map(|(i, t)| t.output_shape(&format!("{key}.transforms[{i}]"), height, width));

@@ -131,7 +131,7 @@ impl Family for Vgg {
             }
             ["classifier", index] => {
                 let index: usize = index.parse().ok()?;
-                (index % 3 == 0 && index / 3 < self.classifier.len()).then(|| format!("classifier.{}", index / 3))
+                (index.is_multiple_of(3) && index / 3 < self.classifier.len()).then(|| format!("classifier.{}", index / 3))
             }
             _ => None,
         }

@@ -34,10 +34,10 @@ pub fn sheet(predictor: &Predictor, image: &Image, layers: &[String], options: &
         columns: 1,
         zoom: zoom_for(resized.height.max(resized.width), 128),
     }];
-    if options.first_layer_filters {
-        if let Some(section) = filter_section(&traced) {
-            sections.push(section);
-        }
+    if options.first_layer_filters
+        && let Some(section) = filter_section(&traced)
+    {
+        sections.push(section);
     }
     for name in layers {
         let Some(layer) = trace::find_layer(&traced, name, variant) else {

@@ -20,7 +20,7 @@ pub enum WeightsError {
     #[error(transparent)]
     File(#[from] FileError),
     #[error("{}: weights do not match model `{model}`: {report}\n(use --allow-partial to load what matches)", path.display())]
-    Mismatch { path: PathBuf, model: String, report: LoadReport },
+    Mismatch { path: PathBuf, model: String, report: Box<LoadReport> },
 }
 
 /// Loads a weight file into `model`. Files exported by ferrovision use our own parameter paths;
@@ -55,7 +55,7 @@ pub fn load_module<M: burn::module::Module>(
     let shapes = apply::parameter_shapes(&model);
     let (tensors, report) = apply::match_state_dict(dict, &shapes, keys, options);
     if report.loaded == 0 || (!report.is_complete() && !options.allow_partial) {
-        return Err(WeightsError::Mismatch { path: path.to_path_buf(), model: model_name.to_string(), report });
+        return Err(WeightsError::Mismatch { path: path.to_path_buf(), model: model_name.to_string(), report: Box::new(report) });
     }
     Ok((apply::load_tensors(model, tensors), report))
 }

@@ -4,6 +4,7 @@
 //! - forward: `Y[out][image, pixel] = W[out][in, ky, kx] · cols`;
 //! - input gradient: `dcols = Wᵀ · dY`, added back onto the input's pixels (col2im);
 //! - weight gradient: `dW += dY · colsᵀ`.
+//!
 //! A chunk holds enough images for the products to be wide (burn-flex's per-image products are
 //! thin at the 8x8 and 4x4 maps of late ResNet stages); chunks run in parallel, each rayon task
 //! summing its weight gradient on its own.

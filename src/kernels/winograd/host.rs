@@ -533,6 +533,8 @@ mod tests {
 
     /// Direct definition, accumulated in f64: y[n,o,i,j] = b[o] + Σ w[o,c,a,b] x[n,c,i+a-p,j+b-p],
     /// and the gradients dx[n,c,i+a-p,j+b-p] += w[o,c,a,b] dy[n,o,i,j], dw[o,c,a,b] += x[..] dy[..].
+    // Index loops written as the formula above reads.
+    #[allow(clippy::needless_range_loop)]
     fn reference(x: &[f32], w: &[f32], bias: &[f32], dy: &[f32], g: &Geometry) -> [Vec<f32>; 3] {
         let (oh, ow, p) = (g.out_height(), g.out_width(), g.padding as isize);
         let (cin, cout) = (g.in_channels, g.out_channels);
