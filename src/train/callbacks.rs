@@ -204,8 +204,9 @@ impl Callback for ConsoleLog {
 }
 
 /// Saves `last` every epoch and `best` whenever the validation loss improves (every epoch when
-/// there is no validation split, so `best` is then the last epoch); on Ctrl-C, `last` from the
-/// weights reached. Both go through one atomic writer, from the weights the context carries.
+/// there is no validation split, so `best` is then the last epoch), and `last` again on Ctrl-C.
+/// Every write goes through `save`, from the weights the context carries: the trainer passes the
+/// evaluated ones (`Weights::evaluated`) at an epoch end and on Ctrl-C alike.
 #[derive(Default)]
 pub struct Checkpointer {
     best_val_loss: Option<f64>,
@@ -225,6 +226,7 @@ impl Checkpointer {
 }
 
 impl Checkpointer {
+    /// The one writer of `best` and `last`: atomic (a temporary file, then a rename).
     fn save(run: &RunDir, name: &str, model: &Classifier) -> Result<()> {
         save_checkpoint(model, &run.checkpoint(name))
     }
