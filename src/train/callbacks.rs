@@ -1,4 +1,5 @@
-//! End-of-epoch callbacks: each does one thing and can be tested alone.
+//! Callbacks: what happens after a step, at the end of an epoch, on Ctrl-C and after the test.
+//! Each does one thing and can be tested alone.
 
 use anyhow::{Context, Result};
 use burn::module::Module;
@@ -7,6 +8,7 @@ use burn::store::ModuleRecord;
 use serde::{Deserialize, Serialize};
 
 use super::schedule::Monitor;
+use crate::config::ExperimentConfig;
 use crate::models::Classifier;
 use crate::tracking::plot::{Series, line_chart_files};
 use crate::tracking::tensorboard::EventWriter;
@@ -17,6 +19,13 @@ pub struct EpochContext<'a> {
     pub model: &'a Classifier,
     pub metrics: &'a EpochMetrics,
     pub epochs: usize,
+}
+
+/// Ctrl-C ended training mid-epoch.
+pub struct InterruptContext<'a> {
+    pub run: &'a RunDir,
+    /// The weights an epoch end would have validated and checkpointed.
+    pub model: &'a Classifier,
 }
 
 /// The test of the best checkpoint after training.
@@ -48,10 +57,29 @@ pub trait Callback {
         Ok(())
     }
 
+    /// Ctrl-C stopped training mid-epoch (Lightning's `on_exception`); no epoch end follows.
+    fn on_interrupt(&mut self, _context: &InterruptContext) -> Result<()> {
+        Ok(())
+    }
+
     /// Asked after every epoch: true ends training there.
     fn should_stop(&self) -> bool {
         false
     }
+}
+
+/// The callbacks of a run, in order: the metrics line first (the curves read it), the curves
+/// before TensorBoard (which logs them).
+pub fn for_run(config: &ExperimentConfig, run: &RunDir) -> Result<Vec<Box<dyn Callback>>> {
+    let mut callbacks: Vec<Box<dyn Callback>> =
+        vec![Box::new(MetricsLog), Box::new(Checkpointer::default()), Box::new(ConsoleLog), Box::new(CurvesPlot)];
+    if let Some(early) = config.train.early_stopping {
+        callbacks.push(Box::new(EarlyStopper::new(early)));
+    }
+    if config.run.tensorboard {
+        callbacks.push(Box::new(TensorBoardLog::create(run)?));
+    }
+    Ok(callbacks)
 }
 
 /// Learning curves, redrawn after every epoch as `<run>/curves/{loss,accuracy,lr}.{svg,png}`.
@@ -176,7 +204,9 @@ impl Callback for ConsoleLog {
 }
 
 /// Saves `last` every epoch and `best` whenever the validation loss improves (every epoch when
-/// there is no validation split, so `best` is then the last epoch).
+/// there is no validation split, so `best` is then the last epoch), and `last` again on Ctrl-C.
+/// Every write goes through `save`, from the weights the context carries: the trainer passes the
+/// evaluated ones (`Weights::evaluated`) at an epoch end and on Ctrl-C alike.
 #[derive(Default)]
 pub struct Checkpointer {
     best_val_loss: Option<f64>,
@@ -196,6 +226,11 @@ impl Checkpointer {
 }
 
 impl Checkpointer {
+    /// The one writer of `best` and `last`: atomic (a temporary file, then a rename).
+    fn save(run: &RunDir, name: &str, model: &Classifier) -> Result<()> {
+        save_checkpoint(model, &run.checkpoint(name))
+    }
+
     /// Whether `metrics` is the new best epoch (and remember it).
     fn improves(&mut self, metrics: &EpochMetrics) -> bool {
         let improved = match (metrics.val_loss, self.best_val_loss) {
@@ -211,11 +246,15 @@ impl Checkpointer {
 
 impl Callback for Checkpointer {
     fn on_epoch_end(&mut self, c: &EpochContext) -> Result<()> {
-        save_checkpoint(c.model, &c.run.checkpoint(Self::LAST))?;
+        Self::save(c.run, Self::LAST, c.model)?;
         if self.improves(c.metrics) {
-            save_checkpoint(c.model, &c.run.checkpoint(Self::BEST))?;
+            Self::save(c.run, Self::BEST, c.model)?;
         }
         Ok(())
+    }
+
+    fn on_interrupt(&mut self, c: &InterruptContext) -> Result<()> {
+        Self::save(c.run, Self::LAST, c.model)
     }
 
     fn replay(&mut self, metrics: &EpochMetrics) -> Result<()> {
@@ -313,8 +352,8 @@ fn innermost(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelConfig;
     use crate::models;
+    use crate::models::ModelConfig;
     use burn::prelude::*;
     use burn::tensor::Distribution;
 
@@ -357,6 +396,73 @@ mod tests {
         assert!(err.contains("missing.bpk"), "{err}");
     }
 
+    fn epoch_metrics(val_loss: Option<f64>) -> EpochMetrics {
+        EpochMetrics { epoch: 1, train_loss: 1.0, train_acc: 0.0, val_loss, val_acc: None, lr: 0.1, seconds: 1.0, img_per_s: 1.0 }
+    }
+
+    /// A run folder with its `checkpoints` folder, in a temporary directory.
+    fn temporary_run() -> (tempfile::TempDir, RunDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("checkpoints")).unwrap();
+        let run = RunDir { id: "t".into(), path: dir.path().to_path_buf() };
+        (dir, run)
+    }
+
+    /// Two differently initialized models and the bytes `save_checkpoint` writes for each.
+    fn two_models(dir: &std::path::Path) -> [(Classifier, Vec<u8>); 2] {
+        let device = Device::flex();
+        [1, 2].map(|seed| {
+            device.seed(seed);
+            let model = models::build(&ModelConfig::default(), 10, &device).unwrap();
+            let path = dir.join(format!("reference-{seed}.bpk"));
+            save_checkpoint(&model, &path).unwrap();
+            (model, std::fs::read(path).unwrap())
+        })
+    }
+
+    #[test]
+    fn the_checkpointer_writes_best_and_last_from_the_same_weights() {
+        let (dir, run) = temporary_run();
+        let [(first, first_bytes), (second, second_bytes)] = two_models(dir.path());
+        let read = |name| std::fs::read(run.checkpoint(name)).unwrap();
+        let mut checkpointer = Checkpointer::default();
+        checkpointer.on_epoch_end(&EpochContext { run: &run, model: &first, metrics: &epoch_metrics(Some(1.0)), epochs: 3 }).unwrap();
+        assert!(read(Checkpointer::BEST) == first_bytes && read(Checkpointer::LAST) == first_bytes);
+        // A worse epoch moves `last` only.
+        checkpointer.on_epoch_end(&EpochContext { run: &run, model: &second, metrics: &epoch_metrics(Some(2.0)), epochs: 3 }).unwrap();
+        assert!(read(Checkpointer::BEST) == first_bytes && read(Checkpointer::LAST) == second_bytes);
+        // Without a validation split every epoch is the best.
+        let mut without_val = Checkpointer::default();
+        without_val.on_epoch_end(&EpochContext { run: &run, model: &first, metrics: &epoch_metrics(None), epochs: 3 }).unwrap();
+        without_val.on_epoch_end(&EpochContext { run: &run, model: &second, metrics: &epoch_metrics(None), epochs: 3 }).unwrap();
+        assert!(read(Checkpointer::BEST) == second_bytes && read(Checkpointer::LAST) == second_bytes);
+    }
+
+    #[test]
+    fn an_interrupt_replaces_last_atomically_and_keeps_best() {
+        let (dir, run) = temporary_run();
+        let [(first, first_bytes), (second, second_bytes)] = two_models(dir.path());
+        let mut checkpointer = Checkpointer::default();
+        checkpointer.on_epoch_end(&EpochContext { run: &run, model: &first, metrics: &epoch_metrics(Some(1.0)), epochs: 3 }).unwrap();
+        #[cfg(unix)]
+        let inode = |name| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(run.checkpoint(name)).unwrap());
+        #[cfg(unix)]
+        let last_before = inode(Checkpointer::LAST);
+        checkpointer.on_interrupt(&InterruptContext { run: &run, model: &second }).unwrap();
+        // The bytes an epoch end writes for the same weights; `best` stays.
+        assert_eq!(std::fs::read(run.checkpoint(Checkpointer::LAST)).unwrap(), second_bytes);
+        assert_eq!(std::fs::read(run.checkpoint(Checkpointer::BEST)).unwrap(), first_bytes);
+        // Replaced by a rename (a new file), not rewritten in place; no temporary file is left.
+        #[cfg(unix)]
+        assert_ne!(inode(Checkpointer::LAST), last_before);
+        let mut files: Vec<String> = std::fs::read_dir(run.path.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files, vec!["best.bpk", "last.bpk"]);
+    }
+
     #[test]
     fn early_stopping_waits_patience_epochs_without_improvement() {
         let config = EarlyStopping { monitor: Monitor::ValLoss, patience: 2, min_delta: 0.05 };
@@ -365,31 +471,13 @@ mod tests {
         let model = models::build(&ModelConfig::default(), 10, &Device::flex()).unwrap();
         let mut stops = Vec::new();
         for loss in [1.0, 0.8, 0.78, 0.77, 0.5, 0.49, 0.48] {
-            let metrics = EpochMetrics {
-                epoch: 1,
-                train_loss: 1.0,
-                train_acc: 0.0,
-                val_loss: Some(loss),
-                val_acc: None,
-                lr: 0.1,
-                seconds: 1.0,
-                img_per_s: 1.0,
-            };
+            let metrics = epoch_metrics(Some(loss));
             stopper.on_epoch_end(&EpochContext { run: &run, model: &model, metrics: &metrics, epochs: 9 }).unwrap();
             stops.push(stopper.should_stop());
         }
         // 0.78 and 0.77 are within min_delta of 0.8: stop after the second of them.
         assert_eq!(stops, vec![false, false, false, true, false, false, true]);
-        let missing = EpochMetrics {
-            epoch: 1,
-            train_loss: 1.0,
-            train_acc: 0.0,
-            val_loss: None,
-            val_acc: None,
-            lr: 0.1,
-            seconds: 1.0,
-            img_per_s: 1.0,
-        };
+        let missing = epoch_metrics(None);
         let err =
             EarlyStopper::new(config).on_epoch_end(&EpochContext { run: &run, model: &model, metrics: &missing, epochs: 9 }).unwrap_err();
         assert!(err.to_string().contains("train.early_stopping.monitor"), "{err}");

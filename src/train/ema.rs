@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 
 use crate::models::Classifier;
@@ -58,12 +59,43 @@ impl ModelEma {
     }
 }
 
+/// The weights being trained and, with model EMA, their average. Which of them is validated,
+/// checkpointed and tested is decided here alone.
+pub struct Weights {
+    /// The model the optimizer steps (on the autodiff device).
+    pub live: Classifier,
+    pub ema: Option<ModelEma>,
+}
+
+impl Weights {
+    pub fn new(live: Classifier, ema_decay: Option<f64>) -> Self {
+        let ema = ema_decay.map(|decay| ModelEma::new(&live, decay));
+        Self { live, ema }
+    }
+
+    /// One optimizer step of the live weights, which the average then follows.
+    pub fn step(self, optimizer: &mut ModuleOptimizer, lr: f64, grads: GradientsParams) -> Self {
+        let live = optimizer.step(lr, self.live, grads);
+        let mut ema = self.ema;
+        if let Some(ema) = &mut ema {
+            ema.update(&live);
+        }
+        Self { live, ema }
+    }
+
+    /// What is validated, checkpointed and tested: the average with model EMA, else the live weights.
+    pub fn evaluated(&self) -> Classifier {
+        self.ema.as_ref().map_or_else(|| self.live.valid(), |ema| ema.model.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ModelConfig, TrainConfig};
     use crate::models;
-    use crate::train::{loss, optim, step_once};
+    use crate::models::ModelConfig;
+    use crate::train::config::TrainConfig;
+    use crate::train::{forward_backward, loss, optim, step_once};
     use burn::tensor::Distribution;
 
     fn outputs(model: &Classifier, images: &Tensor<4>) -> Vec<f32> {
@@ -93,5 +125,27 @@ mod tests {
         assert_eq!(outputs(&follower.model, &probe), outputs(&live, &probe));
         let (a, b, c) = (outputs(&start, &probe), outputs(&live, &probe), outputs(&half.model, &probe));
         assert!(c != a && c != b, "halfway is neither end");
+    }
+
+    #[test]
+    fn the_evaluated_weights_are_the_average_when_there_is_one() {
+        let device = Device::flex().autodiff();
+        device.seed(4);
+        let model = models::build(&ModelConfig::default(), 10, &device).unwrap();
+        let start = model.valid();
+        let images = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+        let targets = loss::smoothed_targets(&[0, 1, 2, 3], 10, 0.0, &device);
+        let step = |weights: Weights| {
+            let (grads, _, _) = forward_backward(&weights.live, images.clone(), targets.clone(), 1.0);
+            weights.step(&mut optim::build(&TrainConfig::default(), None), 0.1, grads)
+        };
+        // Both made before either steps: a step's forward pass moves the BatchNorm statistics the clones share.
+        let (plain, averaged) = (Weights::new(model.clone(), None), Weights::new(model, Some(1.0)));
+        let (plain, averaged) = (step(plain), step(averaged));
+        let probe = Tensor::<4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &Device::flex());
+        // Without EMA the live weights; with it (decay 1) the average, still at the start.
+        assert_eq!(outputs(&plain.evaluated(), &probe), outputs(&plain.live.valid(), &probe));
+        assert_eq!(outputs(&averaged.evaluated(), &probe), outputs(&start, &probe));
+        assert_ne!(outputs(&averaged.evaluated(), &probe), outputs(&averaged.live.valid(), &probe));
     }
 }

@@ -11,9 +11,8 @@ use anyhow::{Context, Result, bail};
 use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
 
-use super::ema::ModelEma;
+use super::ema::Weights;
 use crate::config::ExperimentConfig;
-use crate::models::Classifier;
 use crate::tracking::journal::flat_settings;
 use crate::tracking::{RunDir, write_atomic};
 
@@ -43,19 +42,12 @@ pub fn has_point(run: &std::path::Path) -> bool {
 }
 
 /// Saves the state after `epoch`, then drops the previous epoch's files.
-pub fn save(
-    run: &RunDir,
-    epoch: usize,
-    model: &Classifier,
-    optimizer: &ModuleOptimizer,
-    ema: Option<&ModelEma>,
-    config: &ExperimentConfig,
-) -> Result<()> {
+pub fn save(run: &RunDir, epoch: usize, weights: &Weights, optimizer: &ModuleOptimizer, config: &ExperimentConfig) -> Result<()> {
     let folder = run.path.join(FOLDER);
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
     let [model_path, optimizer_path, ema_path] = files(run, epoch);
-    super::callbacks::save_checkpoint(model, &model_path)?;
-    if let Some(ema) = ema {
+    super::callbacks::save_checkpoint(&weights.live, &model_path)?;
+    if let Some(ema) = &weights.ema {
         super::callbacks::save_checkpoint(&ema.model, &ema_path)?;
     }
     let optimizer_bytes = optimizer.into_bytes().map_err(|e| anyhow::anyhow!("saving the optimizer state: {e}"))?;
@@ -106,23 +98,18 @@ fn show(value: Option<&String>) -> &str {
     value.map_or("absent", String::as_str)
 }
 
-/// Model, optimizer and averaged model as they were after `point.epoch`.
-pub fn restore(
-    run: &RunDir,
-    point: &ResumePoint,
-    model: Classifier,
-    optimizer: ModuleOptimizer,
-    ema: Option<&mut ModelEma>,
-) -> Result<(Classifier, ModuleOptimizer)> {
+/// Weights (live and averaged) and optimizer as they were after `point.epoch`.
+pub fn restore(run: &RunDir, point: &ResumePoint, weights: Weights, optimizer: ModuleOptimizer) -> Result<(Weights, ModuleOptimizer)> {
     let [model_path, optimizer_path, ema_path] = files(run, point.epoch);
-    let model = super::callbacks::load_checkpoint(model, &model_path)?;
-    if let Some(ema) = ema {
+    let Weights { live, mut ema } = weights;
+    let live = super::callbacks::load_checkpoint(live, &model_path)?;
+    if let Some(ema) = &mut ema {
         ema.model = super::callbacks::load_checkpoint(ema.model.clone(), &ema_path)?;
     }
     let optimizer = optimizer
         .load(&optimizer_path)
         .map_err(|e| anyhow::anyhow!("{}: not a readable optimizer state ({e})", optimizer_path.display()))?;
-    Ok((model, optimizer))
+    Ok((Weights { live, ema }, optimizer))
 }
 
 /// Keeps the first `epochs` lines of `metrics.jsonl` (a line may have been written after the last

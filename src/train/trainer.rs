@@ -1,0 +1,354 @@
+//! The training loop. As with Lightning's `Trainer` and burn-train's learner, `Trainer::fit` is
+//! the loop and little else; each concern around it has one home, testable alone: the per-epoch
+//! bookkeeping (gradient accumulation, running totals, progress bar, divergence check) in `epoch`,
+//! the trained weights and their average in `ema`, what happens after a step, at the end of an
+//! epoch, on Ctrl-C and after the test (metrics log, checkpoints, console line, curves, early
+//! stopping, TensorBoard) in `callbacks`, the plateau announcement in `Schedule` below.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::optim::ModuleOptimizer;
+use burn::prelude::*;
+
+use super::callbacks::{self, Callback, Checkpointer, EpochContext, InterruptContext, TestContext};
+use super::ema::Weights;
+use super::epoch::{EpochProgress, EpochTotals, GradientAccumulation, check_divergence};
+use super::evaluate::{self, EvalResult, EvalSettings, evaluate};
+use super::resume::{self, ResumePoint};
+use super::schedule::{LrSchedule, Monitor};
+use super::{TrainingData, batch_tensors, forward_backward, load_run_model, loss, optim, prepare_data};
+use crate::augment::transforms::Pipeline;
+use crate::config::ExperimentConfig;
+use crate::data::ImageSet;
+use crate::data::loader::{EpochLoader, LoaderConfig, num_batches};
+use crate::models;
+use crate::tracking::{EpochMetrics, RunDir, RunSummary};
+
+/// Where training starts: a new run folder, or an existing run's last completed epoch.
+pub enum Start<'a> {
+    New(&'a str),
+    Resume(&'a RunDir),
+}
+
+/// A run set up for training: its data, weights, optimizer, schedule and callbacks, and how far
+/// it got.
+pub struct Trainer<'a> {
+    config: &'a ExperimentConfig,
+    /// When setup began: the summary's total time counts from here.
+    started: Instant,
+    run: RunDir,
+    data: TrainingData,
+    trainable_params: usize,
+    /// Validation and the test run here; training on its autodiff wrapper `device`.
+    base_device: Device,
+    device: Device,
+    loader_config: LoaderConfig,
+    eval_settings: EvalSettings,
+    batches_per_epoch: usize,
+    schedule: Schedule,
+    optimizer: ModuleOptimizer,
+    weights: Weights,
+    callbacks: Vec<Box<dyn Callback>>,
+    /// Optimizer steps taken.
+    step: usize,
+    epochs_completed: usize,
+    train_seconds: f64,
+}
+
+impl<'a> Trainer<'a> {
+    /// Sets a run up. A resumed run also gets its weights and optimizer state back and replays
+    /// its completed epochs into the callbacks and the schedule.
+    pub fn new(config: &'a ExperimentConfig, start: Start) -> Result<Self> {
+        let started = Instant::now();
+        let resume_point = match start {
+            Start::Resume(run) => Some(resume::load_point(run, config)?),
+            Start::New(_) => None,
+        };
+        let base_device = crate::device::parse(&config.run.device)?;
+        base_device.seed(config.train.seed);
+        let device = base_device.clone().autodiff();
+        let data = prepare_data(config)?;
+        let pipeline = checked_pipeline(config, &data)?;
+        // A resumed run loads its own parameters; the pretrained file is not needed again.
+        let (model, new_parts) = models::transfer::build(
+            &config.model,
+            &config.transfer,
+            data.classes.len(),
+            &device,
+            resume_point.is_none().then_some(config.data.cache_dir.as_path()),
+        )?;
+        let trainable_params = models::trainable_params(&model);
+        let run = match start {
+            Start::New(run_id) => RunDir::create(&config.run.dir, run_id, config)?,
+            // Its config is rewritten once its state has loaded: a failed resume changes nothing.
+            Start::Resume(run) => run.clone(),
+        };
+        println!(
+            "run {}: {} ({} trainable parameters) on {} train / {} val / {} test images, device {}",
+            run.path.display(),
+            config.model.name,
+            trainable_params,
+            data.train.len(),
+            data.val.as_ref().map_or(0, ImageSet::len),
+            data.test.len(),
+            config.run.device
+        );
+
+        let loader_config = LoaderConfig {
+            batch_size: config.train.batch_size,
+            shuffle: true,
+            drop_last: true,
+            augment: Some(pipeline),
+            mix: config.augment.mix.enabled().then_some(config.augment.mix),
+            input: config.input_transform(),
+            prefetch: config.data.prefetch,
+            seed: config.train.seed,
+        };
+        let batches_per_epoch = num_batches(data.train.len(), &loader_config);
+        let steps_per_epoch = GradientAccumulation::steps_per_epoch(config.train.accumulate_batches, batches_per_epoch);
+        let schedule = Schedule { rates: LrSchedule::from_config(&config.train, steps_per_epoch), monitor: config.train.plateau.monitor };
+        let backbone_lr = (config.model.weights.is_some() || config.model.pretrained.is_some())
+            .then(|| (models::transfer::backbone_group(&model, &new_parts), config.transfer.backbone_lr_scale));
+        let mut optimizer = optim::build(&config.train, backbone_lr);
+        let mut weights = Weights::new(model, config.train.ema_decay);
+        if let Some(point) = &resume_point {
+            (weights, optimizer) = resume::restore(&run, point, weights, optimizer)?;
+            run.write_config(config)?;
+        }
+        let callbacks = callbacks::for_run(config, &run)?;
+        let mut trainer = Self {
+            config,
+            started,
+            run,
+            data,
+            trainable_params,
+            base_device,
+            device,
+            loader_config,
+            eval_settings: EvalSettings::from_config(config),
+            batches_per_epoch,
+            schedule,
+            optimizer,
+            weights,
+            callbacks,
+            step: 0,
+            epochs_completed: 0,
+            train_seconds: 0.0,
+        };
+        if let Some(point) = &resume_point {
+            trainer.replay(point, steps_per_epoch)?;
+        }
+        Ok(trainer)
+    }
+
+    /// Resuming: the completed epochs' metrics go through the callbacks and the schedule again, so
+    /// they stand where they stood then, and the counters continue from there.
+    fn replay(&mut self, point: &ResumePoint, steps_per_epoch: usize) -> Result<()> {
+        for metrics in resume::truncate_metrics(&self.run, point.epoch)? {
+            for callback in &mut self.callbacks {
+                callback.replay(&metrics)?;
+            }
+            self.schedule.replay(&metrics)?;
+            self.train_seconds += metrics.seconds;
+        }
+        self.step = point.epoch * steps_per_epoch;
+        self.epochs_completed = point.epoch;
+        println!("resuming {} after epoch {}", self.run.path.display(), point.epoch);
+        Ok(())
+    }
+
+    /// Trains the epochs left, then tests the best checkpoint. `interrupt` (set by Ctrl-C) ends
+    /// training after the current step, with `last` saved.
+    pub fn fit(mut self, interrupt: &AtomicBool) -> Result<(RunDir, RunSummary)> {
+        let (config, num_classes) = (self.config, self.data.classes.len());
+        for epoch in self.epochs_completed + 1..=config.train.epochs {
+            self.base_device.seed(epoch_seed(config.train.seed, epoch));
+            let epoch_start = Instant::now();
+            let loader = EpochLoader::start(self.data.train.clone(), self.loader_config.clone(), epoch, 0);
+            let progress = EpochProgress::start(config.run.progress, self.batches_per_epoch, epoch, config.train.epochs);
+            let mut accumulation = GradientAccumulation::new(config.train.accumulate_batches, self.batches_per_epoch);
+            let mut totals = EpochTotals::default();
+            for (index, batch) in loader.enumerate() {
+                if interrupt.load(Ordering::SeqCst) {
+                    break;
+                }
+                let lr = self.schedule.rates.lr(self.step);
+                let mix_lambda = batch.mix_lambda;
+                let (images, labels) = batch_tensors(batch, &self.device);
+                let targets = loss::batch_targets(&labels, mix_lambda, num_classes, config.train.label_smoothing, &self.device);
+                let (grads, loss_value, logits) = forward_backward(&self.weights.live, images, targets, accumulation.loss_scale());
+                if let Some(grads) = accumulation.add(&self.weights.live, grads, index) {
+                    self.weights = self.weights.step(&mut self.optimizer, lr, grads);
+                    self.step += 1;
+                    for callback in &mut self.callbacks {
+                        callback.on_step(self.step, loss_value, lr)?;
+                    }
+                }
+                check_divergence(loss_value, epoch, self.step + 1, lr, &self.run).inspect_err(|_| progress.abandon())?;
+                let logits: Vec<f32> = logits.into_data().try_to_vec::<f32>().context("reading logits")?;
+                totals.add(loss_value, &logits, &labels);
+                progress.show(&totals, epoch_start.elapsed().as_secs_f64());
+            }
+            progress.finish();
+            let epoch_train_seconds = epoch_start.elapsed().as_secs_f64();
+            self.train_seconds += epoch_train_seconds;
+            if interrupt.load(Ordering::SeqCst) {
+                return self.interrupted(epoch);
+            }
+
+            let model = self.weights.evaluated();
+            let val =
+                self.data.val.as_ref().map(|v| evaluate(&model, v, num_classes, &self.eval_settings, &self.base_device)).transpose()?;
+            let metrics = EpochMetrics {
+                epoch,
+                train_loss: totals.loss(),
+                train_acc: totals.accuracy(),
+                val_loss: val.as_ref().map(|v| v.loss),
+                val_acc: val.as_ref().map(|v| v.accuracy),
+                lr: self.schedule.rates.lr(self.step.saturating_sub(1)),
+                seconds: epoch_start.elapsed().as_secs_f64(),
+                img_per_s: totals.images_per_second(epoch_train_seconds),
+            };
+            let context = EpochContext { run: &self.run, model: &model, metrics: &metrics, epochs: config.train.epochs };
+            for callback in &mut self.callbacks {
+                callback.on_epoch_end(&context)?;
+            }
+            self.epochs_completed = epoch;
+            self.schedule.epoch_end(&metrics)?;
+            resume::save(&self.run, epoch, &self.weights, &self.optimizer, config)?;
+            if self.callbacks.iter().any(|c| c.should_stop()) {
+                break;
+            }
+        }
+        let test = self.test_best()?;
+        self.summarize(&test)
+    }
+
+    /// Ctrl-C mid-epoch: the callbacks keep what an interrupted epoch leaves (the checkpointer
+    /// writes `last` from the weights an epoch end would), then training ends with an error.
+    fn interrupted<T>(&mut self, epoch: usize) -> Result<T> {
+        let model = self.weights.evaluated();
+        let context = InterruptContext { run: &self.run, model: &model };
+        for callback in &mut self.callbacks {
+            callback.on_interrupt(&context)?;
+        }
+        bail!("interrupted in epoch {epoch}: saved {}", self.run.checkpoint(Checkpointer::LAST).display())
+    }
+
+    /// Tests the best checkpoint, as the journal reports it.
+    fn test_best(&mut self) -> Result<EvalResult> {
+        let num_classes = self.data.classes.len();
+        let best = load_run_model(self.config, num_classes, &self.run.checkpoint(Checkpointer::BEST), &self.base_device)?;
+        let test = evaluate(&best, &self.data.test, num_classes, &self.eval_settings, &self.base_device)?;
+        let counts = evaluate::confusion(&self.data.test.labels, &test.predictions, num_classes);
+        let confusion = evaluate::write_confusion(&self.run, &self.data.classes, &counts, "test", Checkpointer::BEST)?;
+        let tested = TestContext { epoch: self.epochs_completed, accuracy: test.accuracy, loss: test.loss, confusion_png: &confusion[1].1 };
+        for callback in &mut self.callbacks {
+            callback.on_test_end(&tested)?;
+        }
+        Ok(test)
+    }
+
+    /// Writes `summary.json`: the best epoch's validation metrics and the test of its checkpoint.
+    fn summarize(self, test: &EvalResult) -> Result<(RunDir, RunSummary)> {
+        let best = Checkpointer::best_metrics(&self.run)?;
+        let summary = RunSummary {
+            run_id: self.run.id.clone(),
+            model: self.config.model.name.clone(),
+            trainable_params: self.trainable_params,
+            classes: self.data.classes.clone(),
+            image_size: self.config.input_transform().output_shape(self.data.test.height, self.data.test.width).0,
+            epochs_completed: self.epochs_completed,
+            best_epoch: best.epoch,
+            best_val_loss: best.val_loss,
+            best_val_acc: best.val_acc,
+            test_loss: test.loss,
+            test_acc: test.accuracy,
+            test_images: self.data.test.len(),
+            train_seconds: self.train_seconds,
+            total_seconds: self.started.elapsed().as_secs_f64(),
+        };
+        self.run.write_summary(&summary)?;
+        Ok((self.run, summary))
+    }
+}
+
+/// The augmentation pipeline of the config, once the training split is known to fill a batch and
+/// to come out of the pipeline at the size evaluation sees.
+fn checked_pipeline(config: &ExperimentConfig, data: &TrainingData) -> Result<Pipeline> {
+    if data.train.len() < config.train.batch_size {
+        bail!("train split has {} images, fewer than train.batch_size = {}", data.train.len(), config.train.batch_size);
+    }
+    let pipeline = Pipeline::from_config(&config.augment);
+    let augmented = pipeline.output_shape(data.train.height, data.train.width)?;
+    if augmented != (data.train.height, data.train.width) && config.data.input_size.is_none() {
+        bail!(
+            "config key augment.transforms: the pipeline turns {}x{} training images into {}x{}, but evaluation \
+             sees them unchanged; set data.input_size so both get the same size",
+            data.train.height,
+            data.train.width,
+            augmented.0,
+            augmented.1
+        );
+    }
+    Ok(pipeline)
+}
+
+/// Seed of the device RNG (dropout, stochastic depth) in `epoch`: a function of the epoch alone,
+/// so a resumed run draws what the uninterrupted one drew.
+fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The learning-rate schedule, fed each epoch's metrics (the plateau schedule reduces the rate on
+/// them). A reduction is announced when it happens; a resumed run replays earlier ones silently.
+struct Schedule {
+    rates: LrSchedule,
+    /// The plateau schedule's metric, named in the announcement.
+    monitor: Monitor,
+}
+
+impl Schedule {
+    /// Feeds a completed epoch; returns the reduced rate when the plateau schedule reduced it.
+    fn replay(&mut self, metrics: &EpochMetrics) -> Result<Option<f64>> {
+        Ok(self.rates.epoch_end(metrics)?)
+    }
+
+    fn epoch_end(&mut self, metrics: &EpochMetrics) -> Result<()> {
+        if let Some(lr) = self.replay(metrics)? {
+            println!("{}", plateau_message(self.monitor, lr));
+        }
+        Ok(())
+    }
+}
+
+fn plateau_message(monitor: Monitor, lr: f64) -> String {
+    format!("plateau: {monitor:?} stopped improving, lr reduced to {lr:e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::config::TrainConfig;
+    use crate::train::schedule::{PlateauConfig, ScheduleKind, ThresholdMode};
+
+    fn metrics(val_loss: Option<f64>) -> EpochMetrics {
+        EpochMetrics { epoch: 1, train_loss: 1.0, train_acc: 0.5, val_loss, val_acc: None, lr: 0.1, seconds: 1.0, img_per_s: 1.0 }
+    }
+
+    #[test]
+    fn the_schedule_reduces_on_a_plateau_and_names_a_missing_metric() {
+        // Nothing counts as an improvement: every epoch after the first halves the rate.
+        let plateau = PlateauConfig { factor: 0.5, patience: 0, threshold_mode: ThresholdMode::Abs, threshold: 10.0, ..Default::default() };
+        let train = TrainConfig { lr: 1e-3, schedule: ScheduleKind::Plateau, plateau, warmup_epochs: 0.0, ..Default::default() };
+        let mut schedule = Schedule { rates: LrSchedule::from_config(&train, 10), monitor: plateau.monitor };
+        assert_eq!(schedule.replay(&metrics(Some(1.0))).unwrap(), None);
+        assert_eq!(schedule.replay(&metrics(Some(0.5))).unwrap(), Some(5e-4));
+        assert_eq!(schedule.rates.lr(0), 5e-4);
+        assert_eq!(plateau_message(plateau.monitor, 5e-4), "plateau: ValLoss stopped improving, lr reduced to 5e-4");
+        let err = schedule.epoch_end(&metrics(None)).unwrap_err().to_string();
+        assert!(err.starts_with("config key `train.plateau.monitor`: ValLoss needs a validation split"), "{err}");
+    }
+}
