@@ -3,6 +3,7 @@
 //! kernels we replace, against burn's own.
 
 pub mod profile;
+pub mod report;
 
 use std::sync::Arc;
 use std::time::Instant;
