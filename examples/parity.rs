@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use ferrovision::config::ModelConfig;
+use ferrovision::models::ModelConfig;
 use ferrovision::models;
 use ferrovision::weights::{self, LoadOptions};
 

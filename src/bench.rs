@@ -3,6 +3,7 @@
 //! kernels we replace, against burn's own.
 
 pub mod profile;
+pub mod report;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +18,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::augment::transforms::{Context, Pipeline, Transform};
 use crate::augment::{Image, InputTransform, NormalizePreset, PaddingMode};
-use crate::config::{ModelConfig, TrainConfig};
+use crate::models::ModelConfig;
+use crate::train::config::TrainConfig;
 use crate::data::ImageSet;
 use crate::data::loader::{EpochLoader, LoaderConfig};
 use crate::kernels::dense::conv2d_dense;

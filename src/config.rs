@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::augment::config::AugmentConfig;
+use crate::augment::config::AugmentConfig;
 use crate::augment::{InputTransform, NormalizePreset};
-pub use crate::data::config::DataConfig;
+use crate::data::config::DataConfig;
 use crate::error::{InvalidSetting, ensure};
-pub use crate::models::config::ModelConfig;
-pub use crate::models::transfer::TransferConfig;
-pub use crate::tracking::config::RunConfig;
+use crate::models::config::ModelConfig;
+use crate::models::transfer::TransferConfig;
+use crate::tracking::config::RunConfig;
 use crate::tracking::journal::ExperimentInfo;
-pub use crate::train::config::TrainConfig;
+use crate::train::config::TrainConfig;
 use crate::train::schedule::{Monitor, ScheduleKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -120,26 +120,6 @@ impl ExperimentConfig {
 /// toml's messages span several lines (with a source excerpt); errors here are one line.
 fn one_line(error: &toml::de::Error) -> String {
     error.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
-}
-
-/// Splits `v1,v2,[a,b],...` at the commas outside brackets (lists of values on the command line).
-pub fn split_values(values: &str) -> Vec<String> {
-    let (mut out, mut depth, mut current) = (Vec::new(), 0i32, String::new());
-    for ch in values.chars() {
-        match ch {
-            '[' | '{' => depth += 1,
-            ']' | '}' => depth -= 1,
-            ',' if depth == 0 => {
-                out.push(std::mem::take(&mut current).trim().to_string());
-                continue;
-            }
-            _ => {}
-        }
-        current.push(ch);
-    }
-    out.push(current.trim().to_string());
-    out.retain(|v| !v.is_empty());
-    out
 }
 
 /// Sets `a.b.c = value` in a TOML table; the value is parsed as TOML, or taken as a string.

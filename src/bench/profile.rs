@@ -20,7 +20,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 
 use super::StepBench;
-use crate::config::ModelConfig;
+use crate::models::ModelConfig;
 use crate::models::layers::{self, ConvKernel};
 use crate::models::trace::{self, Layer, LayerKind};
 use crate::train::loss;

@@ -123,6 +123,40 @@ pub struct Prediction {
     pub top: Vec<(usize, f32)>,
 }
 
+/// Top-1 and top-`k` accuracy of predictions against the true classes of the images, which
+/// their file names say ([`ClassNames::from_file_name`]). Displays as
+/// `top-1 P% (hits/scored), top-k P% (hits/scored)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Score {
+    pub k: usize,
+    pub scored: usize,
+    pub top1: usize,
+    pub topk: usize,
+}
+
+impl Score {
+    pub fn new(k: usize) -> Self {
+        Self { k, scored: 0, top1: 0, topk: 0 }
+    }
+
+    /// Counts the prediction for the image named `file`; an error when the name names no class.
+    pub fn add(&mut self, file: &str, prediction: &Prediction, classes: &ClassNames) -> Result<()> {
+        let truth = classes.from_file_name(file).with_context(|| format!("{file}: the file name names no class of the class table"))?;
+        self.scored += 1;
+        self.top1 += usize::from(prediction.top.first().is_some_and(|&(c, _)| c == truth));
+        self.topk += usize::from(prediction.top.iter().any(|&(c, _)| c == truth));
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Score {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self { k, scored, top1, topk } = *self;
+        let pct = |n: usize| 100.0 * n as f64 / scored.max(1) as f64;
+        write!(f, "top-1 {:.2}% ({top1}/{scored}), top-{k} {:.2}% ({topk}/{scored})", pct(top1), pct(topk))
+    }
+}
+
 /// A model with the transform its inputs need.
 pub struct Predictor {
     pub model: Classifier,
@@ -202,7 +236,7 @@ pub fn load_predictor(source: &ModelSource, classes: Option<ClassNames>, device:
                 (None, None) => bail!("give the weights of `{name}`: --weights PATH or --pretrained NAME"),
             };
             let num_classes = entry.map_or(1000, |e| e.num_classes);
-            let config = crate::config::ModelConfig { name: name.clone(), ..Default::default() };
+            let config = crate::models::ModelConfig::named(name);
             let model = crate::models::build(&config, num_classes, device)?;
             let options = LoadOptions { allow_partial: *allow_partial, ..Default::default() };
             let (model, report) = weights::load_into(model, name, &path, &options)?;
@@ -246,6 +280,22 @@ mod tests {
         std::fs::write(&bad, "index\twnid\tname\n0\tn1\ta\n5\tn2\tb\n").unwrap();
         let err = ClassNames::read(&bad).unwrap_err().to_string();
         assert!(err.contains("bad.tsv") && err.contains("line 3") && err.contains("expected index 1"), "{err}");
+    }
+
+    #[test]
+    fn scores_count_top1_and_topk_hits_by_file_name() {
+        let classes = ClassNames::from_names(&["cat".into(), "dog".into(), "fox".into()]);
+        let ranked = |top: &[usize]| Prediction { top: top.iter().map(|&c| (c, 0.5)).collect() };
+        let mut score = Score::new(2);
+        assert_eq!(score.to_string(), "top-1 0.00% (0/0), top-2 0.00% (0/0)");
+        score.add("photos/cat_1.png", &ranked(&[0, 1]), &classes).unwrap();
+        score.add("dog_7.jpg", &ranked(&[0, 1]), &classes).unwrap();
+        score.add("fox.png", &ranked(&[0, 1]), &classes).unwrap();
+        assert_eq!(score, Score { k: 2, scored: 3, top1: 1, topk: 2 });
+        assert_eq!(score.to_string(), "top-1 33.33% (1/3), top-2 66.67% (2/3)");
+        let err = score.add("wolf_1.png", &ranked(&[0]), &classes).unwrap_err().to_string();
+        assert_eq!(err, "wolf_1.png: the file name names no class of the class table");
+        assert_eq!(score.scored, 3);
     }
 
     #[test]

@@ -56,6 +56,29 @@ pub fn utc_now() -> (String, String) {
     (format!("{year:04}-{month:02}-{day:02}"), format!("{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60))
 }
 
+/// What the runs of the config file at `path` are named after: its file name without the
+/// extension, `fallback` when it has none.
+pub fn config_name(path: &Path, fallback: &str) -> String {
+    path.file_stem().map_or_else(|| fallback.to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+/// `<name>-YYYYMMDD-HHMMSS` in UTC.
+pub fn default_run_id(name: &str) -> String {
+    let (date, time) = utc_now();
+    format!("{name}-{}-{time}", date.replace('-', ""))
+}
+
+/// The id of a new run of `config`: `experiment.id` or `run.id` (both may be given if they are
+/// equal), else [`default_run_id`] of the config's name.
+pub fn new_run_id(config: &ExperimentConfig, config_name: &str) -> Result<String> {
+    Ok(match (config.experiment.id.as_str(), config.run.id.as_str()) {
+        ("", "") => default_run_id(config_name),
+        (id, "") | ("", id) => id.to_string(),
+        (a, b) if a == b => a.to_string(),
+        (a, b) => bail!("config key `experiment.id`: `{a}` differs from run.id `{b}`; give one of them"),
+    })
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RunSummary {
     pub run_id: String,
@@ -174,6 +197,32 @@ mod tests {
         let (opened, read_back) = RunDir::open(&run.path).unwrap();
         assert_eq!(read_back, config);
         assert_eq!(opened.id, "r1");
+    }
+
+    #[test]
+    fn runs_are_named_after_the_config_file_and_a_utc_timestamp() {
+        assert_eq!(config_name(Path::new("configs/cifar10.toml"), "run"), "cifar10");
+        assert_eq!(config_name(Path::new(""), "run"), "run");
+        let id = default_run_id("cifar10");
+        let (date, time) = id.strip_prefix("cifar10-").unwrap().split_once('-').unwrap();
+        assert!(date.len() == 8 && time.len() == 6, "{id}");
+        assert!(date.chars().chain(time.chars()).all(|c| c.is_ascii_digit()), "{id}");
+    }
+
+    #[test]
+    fn a_new_run_takes_the_experiment_id_or_the_run_id_and_refuses_two_different_ones() {
+        let with_ids = |experiment: &str, run: &str| {
+            let mut config = ExperimentConfig::default();
+            config.experiment.id = experiment.into();
+            config.run.id = run.into();
+            new_run_id(&config, "c")
+        };
+        assert_eq!(with_ids("EXP007", "").unwrap(), "EXP007");
+        assert_eq!(with_ids("", "r1").unwrap(), "r1");
+        assert_eq!(with_ids("r1", "r1").unwrap(), "r1");
+        assert!(with_ids("", "").unwrap().starts_with("c-"));
+        let err = with_ids("EXP007", "r1").unwrap_err().to_string();
+        assert_eq!(err, "config key `experiment.id`: `EXP007` differs from run.id `r1`; give one of them");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use super::evaluate::RunEvaluation;
 use crate::augment::NormalizePreset;
 use crate::augment::transforms::{Context as TransformContext, Pipeline, Transform};
-use crate::config::split_values;
+use super::sweep::split_values;
 use crate::tracking::plot::{Series, line_chart_svg};
 use crate::tracking::write_atomic;
 

@@ -2,11 +2,79 @@
 //! sequentially, each tagged with the sweep's name so `runs compare --tag` finds them. Started
 //! again, a sweep skips the runs that finished and resumes the one that was interrupted.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
 
-use crate::config::{ExperimentConfig, split_values};
+use crate::config::ExperimentConfig;
+use crate::tracking::journal::{self, RunEntry};
+use crate::tracking::{RunDir, plot, write_atomic};
+
+/// Trains the run of every point of the grid in turn, printing where the sweep stands: a finished
+/// run is skipped, an interrupted one resumed. Then compares them: prints the Markdown table and
+/// writes it as `<tag>.csv` and `<tag>.html` into the runs folder, with `<tag>.svg`, a chart of
+/// test accuracy, when one value was swept. `tag` defaults to `sweep-<config name>`. Returns the
+/// files written.
+pub fn run(config: &Path, grids: &[String], overrides: &[String], tag: Option<&str>, interrupt: &AtomicBool) -> Result<Vec<PathBuf>> {
+    let name = crate::tracking::run::config_name(config, "sweep");
+    let tag = tag.map_or_else(|| format!("sweep-{name}"), str::to_string);
+    let points = points(&name, grids)?;
+    let configs = configs(config, overrides, &points, &tag)?;
+    let runs = configs[0].run.dir.clone();
+    for (i, (point, config)) in points.iter().zip(&configs).enumerate() {
+        let position = format!("sweep {}/{}: {}", i + 1, points.len(), point.id);
+        match prepare_folder(&runs, &point.id)? {
+            PointStatus::Finished => println!("{position} finished earlier, skipped"),
+            PointStatus::Resumable => {
+                println!("{position} was interrupted, resuming");
+                let (run, _) = RunDir::open(&runs.join(&point.id))?;
+                super::resume(&run, config, interrupt)?;
+            }
+            PointStatus::Fresh => {
+                println!("{position} ({})", point.overrides.join(" "));
+                super::fit(config, &point.id, interrupt)?;
+            }
+        }
+    }
+    let ids: Vec<String> = points.iter().map(|p| p.id.clone()).collect();
+    let mut entries = journal::select(journal::scan(&runs)?, &ids, None, None)?;
+    entries.sort_by_key(|e| ids.iter().position(|id| *id == e.run.id));
+    let table = journal::compare(&entries);
+    print!("{}", table.markdown());
+    let mut written = vec![runs.join(format!("{tag}.csv")), runs.join(format!("{tag}.html"))];
+    write_atomic(&written[0], table.csv().as_bytes())?;
+    write_atomic(&written[1], journal::html_report(&entries, &tag)?.as_bytes())?;
+    if let [grid] = grids {
+        let chart = runs.join(format!("{tag}.svg"));
+        if accuracy_chart(&chart, &tag, grid, &points, &entries)? {
+            written.push(chart);
+        }
+    }
+    Ok(written)
+}
+
+/// Test accuracy against the one swept value, along a number line when every value is a number,
+/// else one point per value; not drawn (false) when a run has no test accuracy.
+fn accuracy_chart(path: &Path, tag: &str, grid: &str, points: &[Point], entries: &[RunEntry]) -> Result<bool> {
+    let key = grid.split('=').next().unwrap_or_default();
+    let accuracy: Option<Vec<f64>> = entries.iter().map(|e| e.summary.as_ref().map(|s| 100.0 * s.test_acc)).collect();
+    let Some(accuracy) = accuracy else { return Ok(false) };
+    let values: Vec<&str> = points.iter().map(|p| p.values[0].1.as_str()).collect();
+    let numbers: Option<Vec<f64>> = values.iter().map(|v| v.parse().ok()).collect();
+    let title = format!("test accuracy, {tag}");
+    match numbers {
+        Some(numbers) => {
+            let series = plot::Series { name: key, points: numbers.into_iter().zip(accuracy).collect() };
+            plot::line_chart_svg(path, &title, key, "test accuracy (%)", &[series])?;
+        }
+        None => {
+            let names: Vec<String> = values.iter().map(|v| v.trim_matches('"').to_string()).collect();
+            plot::category_chart_svg(path, &title, key, "test accuracy (%)", &names, &accuracy)?;
+        }
+    }
+    Ok(true)
+}
 
 /// One point of the grid: its run id, its `--set` overrides and the swept values.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,7 +149,7 @@ pub enum PointStatus {
 
 pub fn prepare_folder(runs: &Path, id: &str) -> Result<PointStatus> {
     let folder = runs.join(id);
-    if folder.join(crate::tracking::RunDir::SUMMARY).is_file() {
+    if folder.join(RunDir::SUMMARY).is_file() {
         return Ok(PointStatus::Finished);
     }
     if super::resume::has_point(&folder) {
@@ -93,6 +161,26 @@ pub fn prepare_folder(runs: &Path, id: &str) -> Result<PointStatus> {
         println!("{} ended before its first epoch: kept as {}, starting it again", folder.display(), aside.display());
     }
     Ok(PointStatus::Fresh)
+}
+
+/// Splits `v1,v2,[a,b],...` at the commas outside brackets (lists of values on the command line).
+pub fn split_values(values: &str) -> Vec<String> {
+    let (mut out, mut depth, mut current) = (Vec::new(), 0i32, String::new());
+    for ch in values.chars() {
+        match ch {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(std::mem::take(&mut current).trim().to_string());
+                continue;
+            }
+            _ => {}
+        }
+        current.push(ch);
+    }
+    out.push(current.trim().to_string());
+    out.retain(|v| !v.is_empty());
+    out
 }
 
 #[cfg(test)]
@@ -122,6 +210,18 @@ mod tests {
         let bad = points("c", &["train.lrr=0.1".into()]).unwrap();
         let err = format!("{:#}", configs(&path, &[], &bad, "t").unwrap_err());
         assert!(err.contains("lrr"), "{err}");
+    }
+
+    #[test]
+    fn a_sweep_with_an_unknown_key_fails_before_any_run_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let runs = dir.path().join("runs");
+        std::fs::write(&path, format!("[run]\ndir = {:?}\n", runs.display().to_string())).unwrap();
+        let never = AtomicBool::new(false);
+        let err = format!("{:#}", run(&path, &["train.lrr=0.1,0.2".into()], &[], None, &never).unwrap_err());
+        assert!(err.contains("sweep point c-0.1") && err.contains("lrr"), "{err}");
+        assert!(!runs.exists());
     }
 
     #[test]

@@ -1,0 +1,86 @@
+//! Argument groups several verbs share (flattened where used).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use burn::prelude::Device;
+use ferrovision::config::ExperimentConfig;
+use ferrovision::models::ModelConfig;
+use ferrovision::serve::predict::ModelSource;
+
+/// `--set KEY=VALUE` config overrides (repeatable). Verbs that document it say so with
+/// `#[command(mut_arg("overrides", ...))]`: the keys they take differ.
+#[derive(clap::Args)]
+pub struct Overrides {
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+impl Overrides {
+    /// The help of `--set` where it takes model keys.
+    pub const MODEL_KEYS_HELP: &str = "Model config keys, e.g. --set model.widths=[32,128,128] (repeatable)";
+
+    /// The config of the registered model `name` with these `model.KEY=VALUE` overrides.
+    pub fn model_config(&self, name: &str) -> Result<ModelConfig> {
+        let mut all = vec![format!("model.name={}", toml_string(name))];
+        all.extend_from_slice(&self.overrides);
+        Ok(ExperimentConfig::from_toml("", "bench", &all)?.model)
+    }
+}
+
+/// `--device`, for the verbs that default to the CPU.
+#[derive(clap::Args)]
+pub struct DeviceName {
+    #[arg(long, default_value = "flex")]
+    pub device: String,
+}
+
+impl DeviceName {
+    pub fn parse(&self) -> Result<Device> {
+        ferrovision::device::parse(&self.device)
+    }
+}
+
+/// Where a trained or pretrained model comes from (predict, viz).
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// A training run folder (uses its best checkpoint).
+    #[arg(long, conflicts_with_all = ["export", "model"])]
+    run: Option<PathBuf>,
+    /// A model file written by `ferrovision export`.
+    #[arg(long, conflicts_with = "model")]
+    export: Option<PathBuf>,
+    /// A registered architecture (`ferrovision models`), with --weights or --pretrained.
+    #[arg(long)]
+    model: Option<String>,
+    /// PyTorch checkpoint (.pth/.pt, zip or legacy format) or safetensors file for --model.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Registered pretrained weights (`ferrovision weights list`); downloaded into the cache.
+    #[arg(long)]
+    pretrained: Option<String>,
+    /// Load what matches when the weights do not fit the model exactly, and list the rest.
+    #[arg(long)]
+    allow_partial: bool,
+    #[command(flatten)]
+    pub device: DeviceName,
+    #[arg(long, default_value = ".cache/ferrovision")]
+    cache_dir: PathBuf,
+}
+
+impl ModelArgs {
+    pub fn source(self) -> Result<ModelSource> {
+        let ModelArgs { run, export, model, weights, pretrained, allow_partial, cache_dir, .. } = self;
+        Ok(match (run, export, model) {
+            (Some(dir), _, _) => ModelSource::Run { dir, checkpoint: "best".into() },
+            (_, Some(path), _) => ModelSource::Export(path),
+            (_, _, Some(model)) => ModelSource::Weights { model, weights, pretrained, allow_partial, cache_dir },
+            _ => anyhow::bail!("say which model: --run DIR, --export FILE, or --model NAME with --weights/--pretrained"),
+        })
+    }
+}
+
+/// `value` as a TOML string, for `--set`-style overrides built from other options.
+pub fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_string()).to_string()
+}

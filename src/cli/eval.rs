@@ -1,0 +1,64 @@
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use ferrovision::tracking::RunDir;
+use ferrovision::train::{self, RunEvaluation, robustness};
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    #[arg(long)]
+    run: PathBuf,
+    #[arg(long, default_value = "test", value_parser = ["test", "val"])]
+    split: String,
+    #[arg(long)]
+    device: Option<String>,
+    /// Evaluate this checkpoint name instead of `best` (e.g. `last`).
+    #[arg(long, default_value = "best")]
+    checkpoint: String,
+    /// Robustness: also evaluate the images passed through this augmentation (seeded): a
+    /// transform name, an inline entry `{ name = "random_rotation", degrees = 30 }`, or a TOML
+    /// file with `transforms = [...]`.
+    #[arg(long)]
+    transform: Option<String>,
+    /// With --transform: one evaluation per value of a parameter of its last entry, e.g.
+    /// `degrees=0,10,20,30`; writes a CSV and an SVG plot into <run>/robustness/.
+    #[arg(long, requires = "transform", value_name = "KEY=V1,V2,...")]
+    sweep: Option<String>,
+    /// Test-time augmentation (default: the run's train.tta).
+    #[arg(long, value_parser = ["none", "flip", "flip_translate"])]
+    tta: Option<String>,
+}
+
+impl EvalArgs {
+    pub fn run(self) -> Result<()> {
+        let EvalArgs { run, split, device, checkpoint, transform, sweep, tta } = self;
+        let (run, mut config) = RunDir::open(&run)?;
+        if let Some(device) = device {
+            config.run.device = device;
+        }
+        if let Some(tta) = tta {
+            config.train.tta = serde_json::from_value(serde_json::Value::String(tta))?;
+        }
+        let Some(spec) = transform else {
+            print!("{}", train::evaluate_run(&run, &config, &split, &checkpoint)?);
+            return Ok(());
+        };
+        let settings = robustness::settings(&spec, sweep.as_deref(), config.augment.normalize)?;
+        let evaluation = RunEvaluation::load(&run, &config, &split, &checkpoint)?;
+        println!("run {} checkpoint {checkpoint}, {split} split ({} images)", run.id, evaluation.set.len());
+        let outcomes = robustness::evaluate_settings(&evaluation, &settings)?;
+        print!("{}", robustness::markdown(&outcomes));
+        let key = sweep.as_deref().map(|s| s.split_once('=').map_or(s, |(k, _)| k));
+        // Named after the spec's file, or after the (last) transform it names.
+        let spec_path = Path::new(&spec);
+        let base = match spec_path.is_file().then(|| spec_path.file_stem()).flatten() {
+            Some(stem) => stem.to_string_lossy().into_owned(),
+            None => settings[1].pipeline.as_ref().and_then(|p| p.transforms.last()).map_or("transform", |t| t.name()).to_string(),
+        };
+        let name = key.map_or(base.clone(), |k| format!("{base}-{k}"));
+        for path in robustness::write_report(&outcomes, &run.path.join("robustness"), &name, key)? {
+            println!("wrote {}", path.display());
+        }
+        Ok(())
+    }
+}

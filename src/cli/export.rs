@@ -1,0 +1,21 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    #[arg(long)]
+    run: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "best")]
+    checkpoint: String,
+}
+
+impl ExportArgs {
+    pub fn run(self) -> Result<()> {
+        let written = ferrovision::weights::export::export_run(&self.run, &self.checkpoint, &self.out)?;
+        println!("{} exported to {}", written, self.out.display());
+        Ok(())
+    }
+}
