@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use ferrovision::models::ModelConfig;
 use ferrovision::models;
+use ferrovision::models::ModelConfig;
 use ferrovision::weights::{self, LoadOptions};
 
 /// Tolerance of the issue: 1e-4 max absolute difference.

@@ -18,15 +18,15 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::augment::transforms::{Context, Pipeline, Transform};
 use crate::augment::{Image, InputTransform, NormalizePreset, PaddingMode};
-use crate::models::ModelConfig;
-use crate::train::config::TrainConfig;
 use crate::data::ImageSet;
 use crate::data::loader::{EpochLoader, LoaderConfig};
 use crate::kernels::dense::conv2d_dense;
 use crate::kernels::depthwise::depthwise_conv2d;
 use crate::kernels::winograd::conv3x3;
+use crate::models::ModelConfig;
 use crate::models::layers::ConvKernel;
 use crate::models::{self, Classifier};
+use crate::train::config::TrainConfig;
 use crate::train::{loss, optim, step_once};
 use burn::optim::ModuleOptimizer;
 

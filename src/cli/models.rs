@@ -1,7 +1,7 @@
 use anyhow::Result;
 use burn::prelude::Device;
-use ferrovision::models::ModelConfig;
 use ferrovision::models;
+use ferrovision::models::ModelConfig;
 
 /// The registry with each model's trainable parameters.
 pub fn run() -> Result<()> {

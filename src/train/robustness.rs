@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::evaluate::RunEvaluation;
+use super::sweep::split_values;
 use crate::augment::NormalizePreset;
 use crate::augment::transforms::{Context as TransformContext, Pipeline, Transform};
-use super::sweep::split_values;
 use crate::tracking::plot::{Series, line_chart_svg};
 use crate::tracking::write_atomic;
 
