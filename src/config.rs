@@ -11,8 +11,8 @@ use crate::data::config::DataConfig;
 use crate::error::{InvalidSetting, ensure};
 use crate::models::config::ModelConfig;
 use crate::models::transfer::TransferConfig;
+use crate::tracking::config::ExperimentInfo;
 use crate::tracking::config::RunConfig;
-use crate::tracking::journal::ExperimentInfo;
 use crate::train::config::TrainConfig;
 use crate::train::schedule::{Monitor, ScheduleKind};
 

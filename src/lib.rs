@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod files;
 pub mod kernels;
 pub mod models;
 pub mod serve;

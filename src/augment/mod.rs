@@ -3,11 +3,9 @@
 //! every step is reproducible from a seed and testable on its own.
 
 pub mod config;
-pub mod expand;
 pub mod functional;
 pub mod mix;
 pub mod policies;
-pub mod preview;
 pub mod resize;
 pub mod transforms;
 

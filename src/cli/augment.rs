@@ -1,9 +1,11 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use ferrovision::augment::{expand, preview, transforms::Pipeline};
+use ferrovision::augment::transforms::Pipeline;
 use ferrovision::config::ExperimentConfig;
+use ferrovision::data::expand;
 use ferrovision::data::{self, cache};
+use ferrovision::viz::augment_preview as preview;
 
 use super::args::Overrides;
 

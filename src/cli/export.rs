@@ -14,7 +14,7 @@ pub struct ExportArgs {
 
 impl ExportArgs {
     pub fn run(self) -> Result<()> {
-        let written = ferrovision::weights::export::export_run(&self.run, &self.checkpoint, &self.out)?;
+        let written = ferrovision::serve::export::export_run(&self.run, &self.checkpoint, &self.out)?;
         println!("{} exported to {}", written, self.out.display());
         Ok(())
     }

@@ -1,7 +1,8 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use ferrovision::tracking::{journal, utc_now, write_atomic};
+use ferrovision::files::write_atomic;
+use ferrovision::tracking::{journal, utc_now};
 
 #[derive(clap::Subcommand)]
 pub enum RunsCommand {

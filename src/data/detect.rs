@@ -61,7 +61,7 @@ pub fn detect_format(path: &Path) -> Result<DataFormat> {
 /// Reads the data set at `path`. With `cache_dir`, a decoded copy is kept there and reused while
 /// the source is unchanged.
 pub fn load_dataset(path: &Path, cache_dir: Option<&Path>) -> Result<Dataset> {
-    let marker = path.join(crate::augment::expand::INCOMPLETE_MARKER);
+    let marker = path.join(crate::data::expand::INCOMPLETE_MARKER);
     if marker.exists() {
         return Err(FileError::invalid(
             &marker,

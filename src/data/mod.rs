@@ -8,6 +8,7 @@ pub mod cifar_python;
 pub mod config;
 pub mod detect;
 pub mod download;
+pub mod expand;
 pub mod image_folder;
 pub mod loader;
 pub mod split;

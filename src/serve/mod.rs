@@ -1,3 +1,5 @@
-//! Using trained models on new images: the `predict` command (and later the web page).
+//! Using trained models: labelling new images (`predict`, later the web page) and exporting a
+//! run's model (`export`).
 
+pub mod export;
 pub mod predict;

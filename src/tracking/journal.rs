@@ -5,25 +5,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
 
 use super::plot::{Series, line_chart_svg_text};
-use super::{EpochMetrics, RunDir, RunSummary, write_atomic};
+use super::{EpochMetrics, RunDir, RunSummary};
 use crate::config::ExperimentConfig;
-
-/// `[experiment]`: the journal entry of a run.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ExperimentInfo {
-    /// The run id (e.g. "EXP007"); empty = `run.id` or `<config name>-<timestamp>`.
-    pub id: String,
-    pub name: String,
-    /// Id of the experiment this one varies.
-    pub parent: String,
-    pub tags: Vec<String>,
-    /// Why the experiment is run.
-    pub motivation: String,
-}
+use crate::files::write_atomic;
 
 /// One run as the journal sees it.
 pub struct RunEntry {

@@ -6,4 +6,4 @@ pub mod plot;
 pub mod run;
 pub mod tensorboard;
 
-pub use run::{EpochMetrics, RunDir, RunSummary, utc_now, write_atomic};
+pub use run::{EpochMetrics, RunDir, RunSummary, utc_now};

@@ -24,15 +24,15 @@ const COLORS: [RGBColor; 6] = [
 /// atomically to `path`.
 pub fn line_chart_svg(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
     let svg = line_chart_svg_text(title, x_label, y_label, series).with_context(|| format!("plotting {}", path.display()))?;
-    super::write_atomic(path, svg.as_bytes())
+    crate::files::write_atomic(path, svg.as_bytes())
 }
 
 /// `<stem>.svg` and `<stem>.png` of the same chart.
 pub fn line_chart_files(stem: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<Vec<u8>> {
     let svg = line_chart_svg_text(title, x_label, y_label, series).with_context(|| format!("plotting {}", stem.display()))?;
     let png = svg_to_png(&svg)?;
-    super::write_atomic(&stem.with_extension("svg"), svg.as_bytes())?;
-    super::write_atomic(&stem.with_extension("png"), &png)?;
+    crate::files::write_atomic(&stem.with_extension("svg"), svg.as_bytes())?;
+    crate::files::write_atomic(&stem.with_extension("png"), &png)?;
     Ok(png)
 }
 
@@ -60,7 +60,7 @@ pub fn line_chart_svg_text(title: &str, x_label: &str, y_label: &str, series: &[
 pub fn category_chart_svg(path: &Path, title: &str, x_label: &str, y_label: &str, categories: &[String], values: &[f64]) -> Result<()> {
     let series = [Series { name: y_label, points: values.iter().enumerate().map(|(i, &v)| (i as f64, v)).collect() }];
     let svg = chart_svg_text(title, x_label, y_label, &series, Some(categories)).with_context(|| format!("plotting {}", path.display()))?;
-    super::write_atomic(path, svg.as_bytes())
+    crate::files::write_atomic(path, svg.as_bytes())
 }
 
 /// A line chart; with `categories`, x = i is labelled `categories[i]` (and only those are labelled).

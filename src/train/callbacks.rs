@@ -7,12 +7,14 @@ use burn::store::ModuleRecord;
 
 use serde::{Deserialize, Serialize};
 
+use super::config::TrainConfig;
 use super::schedule::Monitor;
-use crate::config::ExperimentConfig;
+use crate::files::write_atomic;
 use crate::models::Classifier;
+use crate::tracking::config::RunConfig;
 use crate::tracking::plot::{Series, line_chart_files};
 use crate::tracking::tensorboard::EventWriter;
-use crate::tracking::{EpochMetrics, RunDir, write_atomic};
+use crate::tracking::{EpochMetrics, RunDir};
 
 pub struct EpochContext<'a> {
     pub run: &'a RunDir,
@@ -70,13 +72,13 @@ pub trait Callback {
 
 /// The callbacks of a run, in order: the metrics line first (the curves read it), the curves
 /// before TensorBoard (which logs them).
-pub fn for_run(config: &ExperimentConfig, run: &RunDir) -> Result<Vec<Box<dyn Callback>>> {
+pub fn for_run(train: &TrainConfig, reporting: &RunConfig, run: &RunDir) -> Result<Vec<Box<dyn Callback>>> {
     let mut callbacks: Vec<Box<dyn Callback>> =
         vec![Box::new(MetricsLog), Box::new(Checkpointer::default()), Box::new(ConsoleLog), Box::new(CurvesPlot)];
-    if let Some(early) = config.train.early_stopping {
+    if let Some(early) = train.early_stopping {
         callbacks.push(Box::new(EarlyStopper::new(early)));
     }
-    if config.run.tensorboard {
+    if reporting.tensorboard {
         callbacks.push(Box::new(TensorBoardLog::create(run)?));
     }
     Ok(callbacks)

@@ -14,9 +14,10 @@ use crate::augment::transforms::Pipeline;
 use crate::config::ExperimentConfig;
 use crate::data::ImageSet;
 use crate::data::loader::{LoaderConfig, make_batch};
+use crate::files::write_atomic;
 use crate::models::Classifier;
+use crate::tracking::RunDir;
 use crate::tracking::plot::{confusion_matrix_svg, svg_to_png};
-use crate::tracking::{RunDir, write_atomic};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalResult {

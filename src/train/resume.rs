@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::ema::Weights;
 use crate::config::ExperimentConfig;
+use crate::files::write_atomic;
+use crate::tracking::RunDir;
 use crate::tracking::journal::flat_settings;
-use crate::tracking::{RunDir, write_atomic};
 
 const FOLDER: &str = "resume";
 const STATE: &str = "state.json";

@@ -9,8 +9,8 @@ use super::evaluate::RunEvaluation;
 use super::sweep::split_values;
 use crate::augment::NormalizePreset;
 use crate::augment::transforms::{Context as TransformContext, Pipeline, Transform};
+use crate::files::write_atomic;
 use crate::tracking::plot::{Series, line_chart_svg};
-use crate::tracking::write_atomic;
 
 /// One evaluated setting: a label (`clean`, `degrees=30`, ...) and the pipeline (None = clean).
 #[derive(Debug)]

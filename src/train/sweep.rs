@@ -8,8 +8,9 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result, bail};
 
 use crate::config::ExperimentConfig;
+use crate::files::write_atomic;
 use crate::tracking::journal::{self, RunEntry};
-use crate::tracking::{RunDir, plot, write_atomic};
+use crate::tracking::{RunDir, plot};
 
 /// Trains the run of every point of the grid in turn, printing where the sweep stands: a finished
 /// run is skipped, an interrupted one resumed. Then compares them: prints the Markdown table and

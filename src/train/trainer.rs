@@ -117,7 +117,7 @@ impl<'a> Trainer<'a> {
             (weights, optimizer) = resume::restore(&run, point, weights, optimizer)?;
             run.write_config(config)?;
         }
-        let callbacks = callbacks::for_run(config, &run)?;
+        let callbacks = callbacks::for_run(&config.train, &config.run, &run)?;
         let mut trainer = Self {
             config,
             started,

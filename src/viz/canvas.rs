@@ -78,7 +78,7 @@ pub fn write_png(image: &Image, path: &Path) -> Result<()> {
     let png = image::RgbImage::from_raw(image.width as u32, image.height as u32, image.pixels.clone()).expect("RGB buffer of its size");
     let mut bytes = Vec::new();
     png.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
-    crate::tracking::write_atomic(path, &bytes)
+    crate::files::write_atomic(path, &bytes)
 }
 
 fn blit_zoomed(canvas: &mut Image, cell: &Image, top: usize, left: usize, zoom: usize) {

@@ -11,10 +11,10 @@ use safetensors::tensor::{Dtype, TensorView};
 use super::{LoadOptions, StateDict, WeightsError, read_state_dict};
 use crate::augment::NormalizePreset;
 use crate::error::FileError;
+use crate::files::write_atomic;
 use crate::models::params::{PathVisitor, visit_with_paths};
 use crate::models::transfer::TransferConfig;
 use crate::models::{self, Classifier, ModelConfig};
-use crate::tracking::run::write_atomic;
 
 /// Metadata key marking a file written by `export_safetensors`.
 const FORMAT_KEY: &str = "format";
@@ -69,23 +69,6 @@ pub fn export_safetensors(model: &Classifier, about: &ExportedModel, path: &Path
     ]);
     let serialized = safetensors::serialize(views, Some(metadata))?;
     write_atomic(path, &serialized)
-}
-
-/// Exports checkpoint `checkpoint` of a run folder; returns the model's name.
-pub fn export_run(dir: &Path, checkpoint: &str, out: &Path) -> anyhow::Result<String> {
-    let (run, config) = crate::tracking::RunDir::open(dir)?;
-    let summary = run.read_summary()?;
-    let device = Device::flex();
-    let model = crate::train::load_run_model(&config, summary.classes.len(), &run.checkpoint(checkpoint), &device)?;
-    let about = ExportedModel {
-        model: config.model.clone(),
-        transfer: config.transfer.clone(),
-        classes: summary.classes,
-        image_size: summary.image_size,
-        normalize: config.augment.normalize,
-    };
-    export_safetensors(&model, &about, out)?;
-    Ok(config.model.name)
 }
 
 /// Rebuilds the model stored by `export_safetensors`.

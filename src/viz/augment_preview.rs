@@ -4,10 +4,10 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::Image;
-use super::transforms::Pipeline;
+use super::canvas::{self, Section};
+use crate::augment::Image;
+use crate::augment::transforms::Pipeline;
 use crate::data::ImageSet;
-use crate::viz::canvas::{self, Section};
 
 /// A grid with one row per picked image: the original, then `copies` augmented versions (each
 /// from its own seeded stream), every cell scaled up `zoom` times (nearest neighbour, so pixels

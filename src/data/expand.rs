@@ -15,9 +15,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::Image;
-use super::transforms::Pipeline;
-use crate::data::{DataFormat, Dataset, FileError, ImageSet, Result};
+use super::{DataFormat, Dataset, FileError, ImageSet, Result};
+use crate::augment::Image;
+use crate::augment::transforms::Pipeline;
 
 /// Present at the top of an output folder until the expansion finished.
 pub const INCOMPLETE_MARKER: &str = "EXPANSION_INCOMPLETE";
