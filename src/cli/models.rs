@@ -3,14 +3,21 @@ use burn::prelude::Device;
 use ferrovision::models;
 use ferrovision::models::ModelConfig;
 
-/// The registry with each model's trainable parameters.
+/// The registry: each architecture's trainable parameters, input size and pretrained weights.
 pub fn run() -> Result<()> {
-    println!("{:<20} {:>12}  description", "name", "parameters");
+    println!("{:<20} {:>12} {:>5}  {:<18}  description", "name", "parameters", "input", "pretrained");
     let device = Device::flex();
-    for entry in models::registry() {
-        let config = ModelConfig { name: entry.name.into(), ..Default::default() };
-        let params = models::trainable_params(&models::build(&config, 10, &device)?);
-        println!("{:<20} {:>12}  {}", entry.name, models::group_digits(params), entry.description);
+    for architecture in models::registry() {
+        let params = models::trainable_params(&models::build(&ModelConfig::named(architecture.name), 10, &device)?);
+        let pretrained: Vec<&str> = architecture.pretrained().map(|w| w.name).collect();
+        let pretrained = if pretrained.is_empty() { "-".to_string() } else { pretrained.join(",") };
+        println!(
+            "{:<20} {:>12} {:>5}  {pretrained:<18}  {}",
+            architecture.name,
+            models::group_digits(params),
+            architecture.input_size,
+            architecture.description
+        );
     }
     println!("(parameters for 10 classes, counted as torchvision does: BatchNorm running statistics excluded)");
     Ok(())

@@ -132,9 +132,9 @@ macro_rules! families {
 }
 
 families! {
+    FastNet(FastNet) => fast_net::architectures,
     TutorialNet(LeNet) => lenet::tutorial_net_architectures,
     ResNet(ResNet) => resnet_cifar::architectures,
-    FastNet(FastNet) => fast_net::architectures,
     ImageNetResNet(ImageNetResNet) => resnet::architectures,
     Vgg(Vgg) => vgg::architectures,
     MobileNetV2(MobileNetV2) => mobilenet_v2::architectures,
