@@ -228,7 +228,7 @@ pub fn load_predictor(source: &ModelSource, classes: Option<ClassNames>, device:
         ModelSource::Weights { model: name, weights: file, pretrained, allow_partial, cache_dir } => {
             let entry = match pretrained {
                 Some(p) => Some(registry::find(p)?),
-                None => registry::all().iter().find(|w| &w.model == name),
+                None => crate::models::find(name).ok().and_then(|a| a.pretrained().next()),
             };
             let path = match (file, pretrained) {
                 (Some(path), _) => path.clone(),
@@ -305,7 +305,7 @@ mod tests {
         std::fs::create_dir(&folder).unwrap();
         image::GrayImage::from_pixel(5, 4, image::Luma([200])).save(folder.join("b.png")).unwrap();
         image::RgbImage::from_pixel(3, 2, image::Rgb([1, 2, 3])).save(folder.join("a.png")).unwrap();
-        let inputs = read_inputs(&[folder.clone()]).unwrap();
+        let inputs = read_inputs(std::slice::from_ref(&folder)).unwrap();
         let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names, ["a.png", "b.png"]);
         assert_eq!((inputs[1].image.height, inputs[1].image.width), (4, 5));

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ExperimentConfig;
+use crate::error::InvalidSetting;
 use crate::files::write_atomic;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -59,7 +60,7 @@ pub fn new_run_id(config: &ExperimentConfig, config_name: &str) -> Result<String
         ("", "") => default_run_id(config_name),
         (id, "") | ("", id) => id.to_string(),
         (a, b) if a == b => a.to_string(),
-        (a, b) => bail!("config key `experiment.id`: `{a}` differs from run.id `{b}`; give one of them"),
+        (a, b) => return Err(InvalidSetting::new("experiment.id", format!("`{a}` differs from run.id `{b}`; give one of them")).into()),
     })
 }
 
