@@ -75,5 +75,7 @@ fn finetuning_the_head_of_pretrained_lite0_on_real_cifar10_beats_chance_by_far()
     let (_, summary) = ferrovision::train::fit(&config, "lite0-head", &std::sync::atomic::AtomicBool::new(false)).unwrap();
     eprintln!("Lite0 head-only on 500 real CIFAR-10 images at 64x64: test accuracy {:.2}%", 100.0 * summary.test_acc);
     assert_eq!(summary.test_images, 500);
+    // Only the new classifier trains: 1280 x 10 + 10; the 3,371,008 others are frozen.
+    assert_eq!((summary.trainable_params, summary.frozen_params), (12_810, 3_371_008));
     assert!(summary.test_acc > 0.3, "test accuracy {} is not well above chance (0.10)", summary.test_acc);
 }

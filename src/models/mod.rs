@@ -26,7 +26,7 @@ pub use fast_net::{FastNet, FastNetConfig};
 pub use layers::{Init, WeightInit};
 pub use lenet::LeNet;
 pub use mobilenet_v2::MobileNetV2;
-pub use params::{NamedParam, group_digits, named_params, trainable_params};
+pub use params::{NamedParam, ParamCounts, group_digits, named_params, param_counts, trainable_params};
 pub use resnet::{ImageNetResNet, ImageNetResNetConfig};
 pub use resnet_cifar::{BlockKind, ResNet, ResNetConfig};
 pub use vgg::{Vgg, VggConfig};

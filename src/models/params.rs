@@ -99,9 +99,39 @@ pub fn named_params<M: Module>(model: &M) -> Vec<NamedParam> {
 pub fn trainable_params<M: Module>(model: &M) -> usize {
     named_params(model)
         .into_iter()
-        .filter(|p| !p.path.rsplit('.').next().is_some_and(|leaf| leaf.starts_with("running_")))
+        .filter(|p| !is_running_statistic(&p.path))
         .filter_map(|p| p.shape.map(|s| s.iter().product::<usize>()))
         .sum()
+}
+
+/// A model's parameters counted as torchvision counts them, split by whether they train.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParamCounts {
+    pub trainable: usize,
+    /// Frozen parameters (`requires_grad = False`): a fine-tune's fixed backbone.
+    pub frozen: usize,
+}
+
+/// Trainable and frozen parameters of a model on an autodiff device (where freezing is recorded
+/// on the tensors), BatchNorm running statistics excluded. Initializes lazy parameters.
+pub fn param_counts<M: Module>(model: &M) -> ParamCounts {
+    struct Count(ParamCounts);
+    impl PathVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
+            if is_running_statistic(path) {
+                return;
+            }
+            let tensor = param.val();
+            let n = tensor.shape().num_elements();
+            if tensor.is_require_grad() { self.0.trainable += n } else { self.0.frozen += n }
+        }
+    }
+    visit_with_paths(model, Count(ParamCounts::default())).0
+}
+
+/// BatchNorm's running mean and variance: buffers in PyTorch, parameters to burn's visitor.
+fn is_running_statistic(path: &str) -> bool {
+    path.rsplit('.').next().is_some_and(|leaf| leaf.starts_with("running_"))
 }
 
 /// `1234567` as `1,234,567`.

@@ -443,4 +443,14 @@ mod tests {
             .to_string();
         assert!(err.contains("needs pretrained weights"), "{err}");
     }
+
+    #[test]
+    fn frozen_parameters_are_counted_apart_from_trainable_ones() {
+        let config = experiment("lenet5", TransferConfig { freeze: Freeze::Children(2), ..Default::default() });
+        let (model, _) = build_experiment(&config, 3, &Device::flex().autodiff()).unwrap();
+        let counts = crate::models::param_counts(&model);
+        // conv1 (6 x 3 x 5 x 5 + 6) and conv2 (16 x 6 x 5 x 5 + 16).
+        assert_eq!(counts.frozen, 456 + 2416);
+        assert_eq!(counts.trainable + counts.frozen, crate::models::trainable_params(&model));
+    }
 }

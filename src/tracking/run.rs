@@ -69,6 +69,9 @@ pub struct RunSummary {
     pub run_id: String,
     pub model: String,
     pub trainable_params: usize,
+    /// Parameters of the model that did not train (a frozen backbone); absent in older summaries.
+    #[serde(default)]
+    pub frozen_params: usize,
     pub classes: Vec<String>,
     /// Side of the (square) images the model was trained on, after any resizing.
     pub image_size: usize,

@@ -40,7 +40,7 @@ pub struct Trainer<'a> {
     started: Instant,
     run: RunDir,
     data: TrainingData,
-    trainable_params: usize,
+    params: models::ParamCounts,
     /// Validation and the test run here; training on its autodiff wrapper `device`.
     base_device: Device,
     device: Device,
@@ -79,17 +79,18 @@ impl<'a> Trainer<'a> {
             &device,
             resume_point.is_none().then_some(config.data.cache_dir.as_path()),
         )?;
-        let trainable_params = models::trainable_params(&model);
+        let params = models::param_counts(&model);
         let run = match start {
             Start::New(run_id) => RunDir::create(&config.run.dir, run_id, config)?,
             // Its config is rewritten once its state has loaded: a failed resume changes nothing.
             Start::Resume(run) => run.clone(),
         };
         println!(
-            "run {}: {} ({} trainable parameters) on {} train / {} val / {} test images, device {}",
+            "run {}: {} ({} trainable parameters{}) on {} train / {} val / {} test images, device {}",
             run.path.display(),
             config.model.name,
-            trainable_params,
+            params.trainable,
+            if params.frozen > 0 { format!(", {} frozen", params.frozen) } else { String::new() },
             data.train.len(),
             data.val.as_ref().map_or(0, ImageSet::len),
             data.test.len(),
@@ -123,7 +124,7 @@ impl<'a> Trainer<'a> {
             started,
             run,
             data,
-            trainable_params,
+            params,
             base_device,
             device,
             loader_config,
@@ -257,7 +258,8 @@ impl<'a> Trainer<'a> {
         let summary = RunSummary {
             run_id: self.run.id.clone(),
             model: self.config.model.name.clone(),
-            trainable_params: self.trainable_params,
+            trainable_params: self.params.trainable,
+            frozen_params: self.params.frozen,
             classes: self.data.classes.clone(),
             image_size: self.config.input_transform().output_shape(self.data.test.height, self.data.test.width).0,
             epochs_completed: self.epochs_completed,
