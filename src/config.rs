@@ -44,6 +44,10 @@ impl ExperimentConfig {
     /// Reads a config file and applies `key=value` overrides (values in TOML syntax; a bare word is
     /// taken as a string).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        if path.is_dir() {
+            let message = "is a folder; expected a TOML config file (e.g. configs/cifar10/quick.toml)".into();
+            return Err(ConfigError::Parse { origin: path.display().to_string(), message });
+        }
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
         Self::from_toml(&text, &path.display().to_string(), overrides)
     }
@@ -51,6 +55,8 @@ impl ExperimentConfig {
     pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
         let mut table: toml::Table =
             text.parse().map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.into(), message: one_line(&e) })?;
+        // Kept to tell whether a key or value that does not fit came from the file or from --set.
+        let from_file = (!overrides.is_empty()).then(|| table.clone());
         for item in overrides {
             apply_override(&mut table, item)?;
         }
@@ -58,9 +64,11 @@ impl ExperimentConfig {
         let normalize_given = augment_key("normalize").is_some();
         let shorthand_given: Vec<(&str, toml::Value)> =
             AugmentConfig::SHORTHAND.into_iter().filter_map(|k| augment_key(k).map(|v| (k, v))).collect();
-        let mut config: ExperimentConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.into(), message: one_line(&e) })?;
+        let mut config: ExperimentConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            let file_fits = from_file.is_some_and(|t| toml::Value::Table(t).try_into::<ExperimentConfig>().is_ok());
+            let origin = if file_fits { format!("--set {}", overrides.join(" --set ")) } else { origin.into() };
+            ConfigError::Parse { origin, message: one_line(&e) }
+        })?;
         if !config.augment.transforms.is_empty() {
             // The pipeline replaces the shorthand; a resolved config says so with crop 0 / flip 0.
             let disabled = |v: &toml::Value| v.as_integer() == Some(0) || v.as_float() == Some(0.0) || v.is_str();
@@ -158,6 +166,22 @@ mod tests {
         let err = ExperimentConfig::from_toml("[train]\nepochz = 3\n", "x.toml", &[]).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("epochz") && msg.contains("x.toml"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_override_is_blamed_on_set_not_on_the_file() {
+        let err = ExperimentConfig::from_toml("[train]\nepochs = 3\n", "x.toml", &["train.epochz=3".into()]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("--set train.epochz=3: unknown field `epochz`"), "{msg}");
+        let err = ExperimentConfig::from_toml("[train]\nepochz = 3\n", "x.toml", &["train.epochs=3".into()]).unwrap_err();
+        assert!(err.to_string().starts_with("x.toml: unknown field `epochz`"), "{err}");
+    }
+
+    #[test]
+    fn a_folder_is_not_a_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ExperimentConfig::load(dir.path(), &[]).unwrap_err().to_string();
+        assert!(err.contains("is a folder; expected a TOML config file"), "{err}");
     }
 
     #[test]

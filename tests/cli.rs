@@ -586,6 +586,9 @@ fn export_and_predict_label_new_images_like_the_run() {
     let exported = ws.root().join("tiny.safetensors");
     let out = ferrovision(ws.root(), &["export", "--run", s(&run), "--out", s(&exported)]);
     assert!(out.success().contains("tutorial_net exported"), "{out:#?}");
+    let onnx = ws.root().join("tiny.onnx");
+    ferrovision(ws.root(), &["export", "--run", s(&run), "--out", s(&onnx)]).failure(&["tiny.onnx", "*.safetensors"]);
+    assert!(!onnx.exists(), "nothing is written under another format's name");
 
     // Red test images, copied under names that start with their class, for scoring.
     let photos = ws.root().join("photos");

@@ -11,6 +11,9 @@ use crate::weights::export::{ExportedModel, export_safetensors};
 
 /// Exports checkpoint `checkpoint` of a run folder; returns the model's name.
 pub fn export_run(dir: &Path, checkpoint: &str, out: &Path) -> anyhow::Result<String> {
+    if out.extension().is_none_or(|e| e != "safetensors") {
+        anyhow::bail!("--out {}: exports are safetensors files; name it *.safetensors", out.display());
+    }
     let (run, config) = RunDir::open(dir)?;
     let summary = run.read_summary()?;
     let device = Device::flex();

@@ -334,5 +334,6 @@ mod tests {
         let dict = read_state_dict(&path).unwrap().strip_prefix("conv.");
         let err = load_module(tiny(2), "tiny", &path, &dict, &KEYS, &options).unwrap_err().to_string();
         assert!(err.contains("0 tensors loaded") && err.contains("unexpected key: weight"), "{err}");
+        assert!(!err.contains("--allow-partial") && err.contains("another architecture"), "{err}");
     }
 }

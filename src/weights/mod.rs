@@ -19,8 +19,18 @@ use crate::models::Classifier;
 pub enum WeightsError {
     #[error(transparent)]
     File(#[from] FileError),
-    #[error("{}: weights do not match model `{model}`: {report}\n(use --allow-partial to load what matches)", path.display())]
-    Mismatch { path: PathBuf, model: String, report: Box<LoadReport> },
+    #[error("{}: weights do not match model `{model}`: {report}\n({})", path.display(), mismatch_hint(*allow_partial))]
+    Mismatch { path: PathBuf, model: String, report: Box<LoadReport>, allow_partial: bool },
+}
+
+/// What to try after a mismatch: loading what matches, unless that was asked for already (then
+/// nothing matched at all).
+fn mismatch_hint(allow_partial: bool) -> &'static str {
+    if allow_partial {
+        "no tensor of the file fits the model: is it a file for another architecture?"
+    } else {
+        "use --allow-partial to load what matches"
+    }
 }
 
 /// Loads a weight file into `model`. Files exported by ferrovision use our own parameter paths;
@@ -55,7 +65,8 @@ pub fn load_module<M: burn::module::Module>(
     let shapes = apply::parameter_shapes(&model);
     let (tensors, report) = apply::match_state_dict(dict, &shapes, keys, options);
     if report.loaded == 0 || (!report.is_complete() && !options.allow_partial) {
-        return Err(WeightsError::Mismatch { path: path.to_path_buf(), model: model_name.to_string(), report: Box::new(report) });
+        let (path, model, report) = (path.to_path_buf(), model_name.to_string(), Box::new(report));
+        return Err(WeightsError::Mismatch { path, model, report, allow_partial: options.allow_partial });
     }
     Ok((apply::load_tensors(model, tensors), report))
 }
