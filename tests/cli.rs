@@ -947,3 +947,19 @@ fn model_ema_trains_evaluates_and_resumes() {
     assert!(more.success().contains("resuming"), "{more:#?}");
     ws.train("bad", &["--set", "train.ema_decay=1.5"]).failure(&["train.ema_decay"]);
 }
+
+/// Output into a pipe its reader closed early (`ferrovision models | head -1`) is dropped rather
+/// than a panic, and a training run carries on to its test.
+#[test]
+fn a_closed_stdout_neither_panics_nor_stops_a_run() {
+    let ws = Workspace::new();
+    let config = ws.config();
+    for args in [vec!["models"], vec!["train", "--config", s(&config), "--id", "piped"]] {
+        let mut child = command(ws.root(), &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success() && !stderr.contains("panicked"), "{args:?}: {:?}\n{stderr}", output.status);
+    }
+    assert!(ws.runs().join("piped").join("summary.json").is_file(), "the piped run finished with its test");
+}

@@ -8,6 +8,7 @@ use ferrovision::data::{self, cache};
 use ferrovision::viz::augment_preview as preview;
 
 use super::args::Overrides;
+use ferrovision::outln;
 
 #[derive(clap::Subcommand)]
 pub enum AugmentCommand {
@@ -61,7 +62,7 @@ impl AugmentCommand {
                 let picks = preview::pick_images(&data.train, rows);
                 let grid = preview::grid(&data.train, &data.classes, &pipeline, &picks, n, zoom.max(1), config.train.seed);
                 ferrovision::viz::canvas::write_png(&grid, &out)?;
-                println!("wrote {} ({} images x {} augmented copies)", out.display(), picks.len(), n);
+                outln!("wrote {} ({} images x {} augmented copies)", out.display(), picks.len(), n);
             }
             AugmentCommand::Expand { config, overrides, copies, include_original, format, out } => {
                 let config = ExperimentConfig::load(&config, &overrides.overrides)?;
@@ -80,7 +81,7 @@ impl AugmentCommand {
                     }
                     let images = expand::expand_packed(&dataset, &pipeline, &out, &options, &bar)?;
                     bar.finish_and_clear();
-                    println!(
+                    outln!(
                         "{}: {images} images packed ({} train x {copies} copies, {} test)",
                         out.display(),
                         dataset.train.len(),
@@ -90,7 +91,7 @@ impl AugmentCommand {
                 }
                 let report = expand::expand(&dataset.train, &dataset.test, &dataset.classes, &pipeline, &out, &options, &bar)?;
                 bar.finish_and_clear();
-                println!(
+                outln!(
                     "{}: {} images written, {} already there from an earlier run ({} train x {} copies{}, {} test)",
                     out.display(),
                     report.written,

@@ -7,6 +7,7 @@ use ferrovision::bench::{self, GemmShape, Kernel};
 use ferrovision::config::ExperimentConfig;
 
 use super::args::{DeviceName, Overrides};
+use ferrovision::{out, outln};
 
 /// The model a benchmark builds (`--set` changes its config) and the random batches it times.
 #[derive(clap::Args)]
@@ -148,7 +149,7 @@ impl BenchCommand {
                 let device = device.parse()?;
                 ferrovision::kernels::set_enabled(kernels == Kernel::Ours);
                 let model_config = overrides.model_config(&model)?;
-                println!(
+                outln!(
                     "training step{}: {model}, batch {batch}, {size}x{size}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads, {kernels:?} kernels",
                     if profile { " profile" } else { "" },
                     rayon::current_num_threads()
@@ -157,15 +158,15 @@ impl BenchCommand {
                     let profile = bench::profile::train_step(&model_config, batch, size, steps, warmup, &device)?;
                     let square = GemmShape { m: 2048, k: 2048, n: 2048 };
                     let peak = square.flops() / bench::sgemm_seconds(square, 3) / 1e9;
-                    println!(
+                    outln!(
                         "(GFLOP/s: multiply-add = 2, direct-convolution count; peak = this CPU's sgemm on a 2048 square product, {peak:.1} GFLOP/s)"
                     );
-                    println!("{}", profile.table(peak));
+                    outln!("{}", profile.table(peak));
                     profile.batch as f64 / profile.step
                 } else {
                     bench::train_step(&model_config, batch, size, steps, warmup, &device)?
                 };
-                println!("{ips:.1} img/s");
+                outln!("{ips:.1} img/s");
             }
             BenchCommand::Infer { workload, device, kernels: KernelChoice { kernels }, overrides } => {
                 let ModelWorkload { model, batch, size, steps } = workload;
@@ -173,35 +174,35 @@ impl BenchCommand {
                 let device = device.parse()?;
                 ferrovision::kernels::set_enabled(kernels == Kernel::Ours);
                 let model_config = overrides.model_config(&model)?;
-                println!("inference: {model}, batch {batch}, {size}x{size}, {steps} steps, device {name}");
-                println!("{:.1} img/s", bench::inference(&model_config, batch, size, steps, &device)?);
+                outln!("inference: {model}, batch {batch}, {size}x{size}, {steps} steps, device {name}");
+                outln!("{:.1} img/s", bench::inference(&model_config, batch, size, steps, &device)?);
             }
             BenchCommand::Depthwise { batch, steps, warmup: Warmup { warmup }, device: name, shapes } => {
                 let device = name.parse()?;
                 let shapes = if shapes.is_empty() { bench::DEPTHWISE_SHAPES.to_vec() } else { shapes };
                 let timing = LayerTiming { batch, steps, warmup, device: name.device };
-                print!("{}", DepthwiseReport::measure(&shapes, timing, &device));
+                out!("{}", DepthwiseReport::measure(&shapes, timing, &device));
             }
             BenchCommand::Conv { workload, warmup: Warmup { warmup }, device: name, overrides } => {
                 let ModelWorkload { model, batch, size, steps } = workload;
                 let device = name.parse()?;
                 let timing = LayerTiming { batch, steps, warmup, device: name.device };
-                print!("{}", ConvReport::measure(&model, &overrides.model_config(&model)?, size, timing, &device)?);
+                out!("{}", ConvReport::measure(&model, &overrides.model_config(&model)?, size, timing, &device)?);
             }
             BenchCommand::Gemm { workload, square, overrides } => {
                 let ModelWorkload { model, batch, size, steps } = workload;
-                print!("{}", GemmReport::measure(&model, &overrides.model_config(&model)?, batch, size, steps, square)?);
+                out!("{}", GemmReport::measure(&model, &overrides.model_config(&model)?, batch, size, steps, square)?);
             }
             BenchCommand::Augment { config, size, images } => {
                 let config = ExperimentConfig::load(&config, &[])?;
                 let pipeline = ferrovision::augment::transforms::Pipeline::from_config(&config.augment);
                 let names: Vec<&str> = pipeline.transforms.iter().map(|t| t.name()).collect();
-                println!("augmentation: {} + normalize, {size}x{size}, {images} images, one thread", names.join(" + "));
-                println!("{:.1} img/s", bench::augment(&pipeline, size, images)?);
+                outln!("augmentation: {} + normalize, {size}x{size}, {images} images, one thread", names.join(" + "));
+                outln!("{:.1} img/s", bench::augment(&pipeline, size, images)?);
             }
             BenchCommand::Loader { batch, images } => {
-                println!("loader: crop+flip+normalize, 32x32, batch {batch}, {images} images, one background thread");
-                println!("{:.1} img/s", bench::loader(batch, images));
+                outln!("loader: crop+flip+normalize, 32x32, batch {batch}, {images} images, one background thread");
+                outln!("{:.1} img/s", bench::loader(batch, images));
             }
         }
         Ok(())

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use ferrovision::data;
+use ferrovision::out;
 
 #[derive(clap::Subcommand)]
 pub enum DataCommand {
@@ -12,7 +13,7 @@ pub enum DataCommand {
 impl DataCommand {
     pub fn run(self) -> Result<()> {
         let DataCommand::Info { path } = self;
-        print!("{}", data::describe(&data::load_dataset(&path, None)?));
+        out!("{}", data::describe(&data::load_dataset(&path, None)?));
         Ok(())
     }
 }

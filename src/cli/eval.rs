@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use ferrovision::tracking::RunDir;
 use ferrovision::train::{self, RunEvaluation, robustness};
+use ferrovision::{out, outln};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -40,14 +41,14 @@ impl EvalArgs {
             config.train.tta = serde_json::from_value(serde_json::Value::String(tta))?;
         }
         let Some(spec) = transform else {
-            print!("{}", train::evaluate_run(&run, &config, &split, &checkpoint)?);
+            out!("{}", train::evaluate_run(&run, &config, &split, &checkpoint)?);
             return Ok(());
         };
         let settings = robustness::settings(&spec, sweep.as_deref(), config.augment.normalize)?;
         let evaluation = RunEvaluation::load(&run, &config, &split, &checkpoint)?;
-        println!("run {} checkpoint {checkpoint}, {split} split ({} images)", run.id, evaluation.set.len());
+        outln!("run {} checkpoint {checkpoint}, {split} split ({} images)", run.id, evaluation.set.len());
         let outcomes = robustness::evaluate_settings(&evaluation, &settings)?;
-        print!("{}", robustness::markdown(&outcomes));
+        out!("{}", robustness::markdown(&outcomes));
         let key = sweep.as_deref().map(|s| s.split_once('=').map_or(s, |(k, _)| k));
         // Named after the spec's file, or after the (last) transform it names.
         let spec_path = Path::new(&spec);
@@ -57,7 +58,7 @@ impl EvalArgs {
         };
         let name = key.map_or(base.clone(), |k| format!("{base}-{k}"));
         for path in robustness::write_report(&outcomes, &run.path.join("robustness"), &name, key)? {
-            println!("wrote {}", path.display());
+            outln!("wrote {}", path.display());
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use ferrovision::outln;
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
@@ -15,7 +16,7 @@ pub struct ExportArgs {
 impl ExportArgs {
     pub fn run(self) -> Result<()> {
         let written = ferrovision::serve::export::export_run(&self.run, &self.checkpoint, &self.out)?;
-        println!("{} exported to {}", written, self.out.display());
+        outln!("{} exported to {}", written, self.out.display());
         Ok(())
     }
 }

@@ -2,16 +2,17 @@ use anyhow::Result;
 use burn::prelude::Device;
 use ferrovision::models;
 use ferrovision::models::ModelConfig;
+use ferrovision::outln;
 
 /// The registry: each architecture's trainable parameters, input size and pretrained weights.
 pub fn run() -> Result<()> {
-    println!("{:<20} {:>12} {:>5}  {:<18}  description", "name", "parameters", "input", "pretrained");
+    outln!("{:<20} {:>12} {:>5}  {:<18}  description", "name", "parameters", "input", "pretrained");
     let device = Device::flex();
     for architecture in models::registry() {
         let params = models::trainable_params(&models::build(&ModelConfig::named(architecture.name), 10, &device)?);
         let pretrained: Vec<&str> = architecture.pretrained().map(|w| w.name).collect();
         let pretrained = if pretrained.is_empty() { "-".to_string() } else { pretrained.join(",") };
-        println!(
+        outln!(
             "{:<20} {:>12} {:>5}  {pretrained:<18}  {}",
             architecture.name,
             models::group_digits(params),
@@ -19,6 +20,6 @@ pub fn run() -> Result<()> {
             architecture.description
         );
     }
-    println!("(parameters for 10 classes, counted as torchvision does: BatchNorm running statistics excluded)");
+    outln!("(parameters for 10 classes, counted as torchvision does: BatchNorm running statistics excluded)");
     Ok(())
 }

@@ -4,6 +4,7 @@ use anyhow::Result;
 use ferrovision::serve::predict::{self, ClassNames, Score};
 
 use super::args::ModelArgs;
+use ferrovision::outln;
 
 #[derive(clap::Args)]
 pub struct PredictArgs {
@@ -38,13 +39,13 @@ impl PredictArgs {
         let mut score = labels_from_file_names.then(|| Score::new(top_k));
         for (name, prediction) in names.iter().zip(&predictions) {
             let ranked: Vec<String> = prediction.top.iter().map(|&(c, p)| format!("{} {:.3}", label(c), p)).collect();
-            println!("{name}\t{}", ranked.join("\t"));
+            outln!("{name}\t{}", ranked.join("\t"));
             if let Some(score) = &mut score {
                 score.add(name, prediction, &classes)?;
             }
         }
         if let Some(score) = score {
-            println!("{score}");
+            outln!("{score}");
         }
         Ok(())
     }

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use ferrovision::files::write_atomic;
 use ferrovision::tracking::{journal, utc_now};
+use ferrovision::{out, outln};
 
 #[derive(clap::Subcommand)]
 pub enum RunsCommand {
@@ -41,23 +42,23 @@ pub enum RunsCommand {
 impl RunsCommand {
     pub fn run(self) -> Result<()> {
         match self {
-            RunsCommand::List { dir } => print!("{}", journal::list(&journal::scan(&dir)?).markdown()),
+            RunsCommand::List { dir } => out!("{}", journal::list(&journal::scan(&dir)?).markdown()),
             RunsCommand::Note { id, text, dir } => {
                 journal::add_note(&dir.join(&id), &text, &utc_now().0)?;
-                println!("noted in {}", dir.join(&id).join(journal::NOTES).display());
+                outln!("noted in {}", dir.join(&id).join(journal::NOTES).display());
             }
             RunsCommand::Compare { ids, tag, parent, dir, csv, html } => {
                 let entries = journal::select(journal::scan(&dir)?, &ids, tag.as_deref(), parent.as_deref())?;
                 let table = journal::compare(&entries);
-                print!("{}", table.markdown());
+                out!("{}", table.markdown());
                 if let Some(path) = csv {
                     write_atomic(&path, table.csv().as_bytes())?;
-                    println!("wrote {}", path.display());
+                    outln!("wrote {}", path.display());
                 }
                 if let Some(path) = html {
                     let title = tag.or(parent).map_or("comparison".to_string(), |t| format!("comparison: {t}"));
                     write_atomic(&path, journal::html_report(&entries, &title)?.as_bytes())?;
-                    println!("wrote {}", path.display());
+                    outln!("wrote {}", path.display());
                 }
             }
         }

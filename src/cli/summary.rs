@@ -3,6 +3,7 @@ use burn::prelude::{Device, Tensor};
 use ferrovision::models;
 
 use super::args::Overrides;
+use ferrovision::out;
 
 #[derive(clap::Args)]
 #[command(mut_arg("overrides", |arg| arg.help(Overrides::MODEL_KEYS_HELP)))]
@@ -28,7 +29,7 @@ impl SummaryArgs {
         let classifier = models::build(&config, classes, &device)?;
         let images = Tensor::<4>::zeros([1, 3, size, size], &device);
         let (_, layers) = models::trace::summarize(&classifier, images, false);
-        print!("{}", models::trace::table(&layers, &format!("{model}, input 3x{size}x{size}, {classes} classes")));
+        out!("{}", models::trace::table(&layers, &format!("{model}, input 3x{size}x{size}, {classes} classes")));
         Ok(())
     }
 }

@@ -4,6 +4,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Result;
 
 use super::args::Overrides;
+use ferrovision::outln;
 
 #[derive(clap::Args)]
 pub struct SweepArgs {
@@ -23,7 +24,7 @@ impl SweepArgs {
     pub fn run(self, interrupt: &AtomicBool) -> Result<()> {
         let written = ferrovision::train::sweep::run(&self.config, &self.grids, &self.overrides.overrides, self.tag.as_deref(), interrupt)?;
         for path in written {
-            println!("wrote {}", path.display());
+            outln!("wrote {}", path.display());
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use ferrovision::tracking::run::{config_name, new_run_id};
 use ferrovision::tracking::{RunDir, RunSummary};
 
 use super::args::{Overrides, toml_string};
+use ferrovision::outln;
 
 #[derive(clap::Args)]
 #[command(mut_arg("overrides", |arg| arg.help("Override a config key, e.g. --set train.epochs=3 (repeatable)")))]
@@ -63,7 +64,7 @@ impl TrainArgs {
 }
 
 fn print_summary(run: &RunDir, summary: &RunSummary) {
-    println!(
+    outln!(
         "test accuracy {:.2}% (loss {:.4}) on {} images, best epoch {}, trained {:.0}s, total {:.0}s\nrun saved in {}",
         100.0 * summary.test_acc,
         summary.test_loss,

@@ -5,6 +5,7 @@ use ferrovision::serve::predict;
 use ferrovision::viz::{activations, canvas};
 
 use super::args::ModelArgs;
+use ferrovision::outln;
 
 #[derive(clap::Subcommand)]
 pub enum VizCommand {
@@ -36,7 +37,7 @@ impl VizCommand {
         let options = activations::SheetOptions { max_channels: channels, first_layer_filters: true };
         let sections = activations::sheet(&predictor, &input.image, &layers, &options)?;
         canvas::write_png(&canvas::render(&sections), &out)?;
-        println!("wrote {} ({} layers)", out.display(), layers.len());
+        outln!("wrote {} ({} layers)", out.display(), layers.len());
         Ok(())
     }
 }

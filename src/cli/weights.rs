@@ -1,4 +1,5 @@
 use anyhow::Result;
+use ferrovision::outln;
 use ferrovision::weights::registry;
 
 #[derive(clap::Subcommand)]
@@ -10,9 +11,9 @@ pub enum WeightsCommand {
 impl WeightsCommand {
     pub fn run(self) -> Result<()> {
         let WeightsCommand::List = self;
-        println!("{:<20} {:>5} {:>6} {:>6}  {:<9} {:<64}  source", "name", "input", "resize", "top-1", "normalize", "sha256");
+        outln!("{:<20} {:>5} {:>6} {:>6}  {:<9} {:<64}  source", "name", "input", "resize", "top-1", "normalize", "sha256");
         for w in registry::all() {
-            println!(
+            outln!(
                 "{:<20} {:>5} {:>6} {:>5.1}%  {:<9} {:<64}  {}",
                 w.name,
                 w.input_size,
@@ -23,7 +24,7 @@ impl WeightsCommand {
                 w.url
             );
         }
-        println!("(torchvision publishes the first 8 hex digits of SHA-256; those are checked)");
+        outln!("(torchvision publishes the first 8 hex digits of SHA-256; those are checked)");
         Ok(())
     }
 }

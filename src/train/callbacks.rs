@@ -191,7 +191,7 @@ impl Callback for ConsoleLog {
             (Some(l), Some(a)) => format!(" | val loss {l:.4} acc {:.2}%", 100.0 * a),
             _ => String::new(),
         };
-        println!(
+        outln!(
             "epoch {}/{} | train loss {:.4} acc {:.2}%{val} | lr {:.4} | {:.1}s, {:.0} img/s",
             m.epoch,
             c.epochs,
@@ -299,7 +299,7 @@ impl Callback for EarlyStopper {
     fn on_epoch_end(&mut self, c: &EpochContext) -> Result<()> {
         self.replay(c.metrics)?;
         if self.should_stop() {
-            println!("early stopping: {:?} has not improved for {} epochs", self.config.monitor, self.waited);
+            outln!("early stopping: {:?} has not improved for {} epochs", self.config.monitor, self.waited);
         }
         Ok(())
     }

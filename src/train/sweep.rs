@@ -26,14 +26,14 @@ pub fn run(config: &Path, grids: &[String], overrides: &[String], tag: Option<&s
     for (i, (point, config)) in points.iter().zip(&configs).enumerate() {
         let position = format!("sweep {}/{}: {}", i + 1, points.len(), point.id);
         match prepare_folder(&runs, &point.id)? {
-            PointStatus::Finished => println!("{position} finished earlier, skipped"),
+            PointStatus::Finished => outln!("{position} finished earlier, skipped"),
             PointStatus::Resumable => {
-                println!("{position} was interrupted, resuming");
+                outln!("{position} was interrupted, resuming");
                 let (run, _) = RunDir::open(&runs.join(&point.id))?;
                 super::resume(&run, config, interrupt)?;
             }
             PointStatus::Fresh => {
-                println!("{position} ({})", point.overrides.join(" "));
+                outln!("{position} ({})", point.overrides.join(" "));
                 super::fit(config, &point.id, interrupt)?;
             }
         }
@@ -42,7 +42,7 @@ pub fn run(config: &Path, grids: &[String], overrides: &[String], tag: Option<&s
     let mut entries = journal::select(journal::scan(&runs)?, &ids, None, None)?;
     entries.sort_by_key(|e| ids.iter().position(|id| *id == e.run.id));
     let table = journal::compare(&entries);
-    print!("{}", table.markdown());
+    out!("{}", table.markdown());
     let mut written = vec![runs.join(format!("{tag}.csv")), runs.join(format!("{tag}.html"))];
     write_atomic(&written[0], table.csv().as_bytes())?;
     write_atomic(&written[1], journal::html_report(&entries, &tag)?.as_bytes())?;
@@ -159,7 +159,7 @@ pub fn prepare_folder(runs: &Path, id: &str) -> Result<PointStatus> {
     if folder.exists() {
         let aside = (1..).map(|n| runs.join(format!("{id}.interrupted-{n}"))).find(|p| !p.exists()).expect("a free name");
         std::fs::rename(&folder, &aside).with_context(|| format!("moving the unfinished {} aside", folder.display()))?;
-        println!("{} ended before its first epoch: kept as {}, starting it again", folder.display(), aside.display());
+        outln!("{} ended before its first epoch: kept as {}, starting it again", folder.display(), aside.display());
     }
     Ok(PointStatus::Fresh)
 }

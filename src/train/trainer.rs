@@ -85,7 +85,7 @@ impl<'a> Trainer<'a> {
             // Its config is rewritten once its state has loaded: a failed resume changes nothing.
             Start::Resume(run) => run.clone(),
         };
-        println!(
+        outln!(
             "run {}: {} ({} trainable parameters{}) on {} train / {} val / {} test images, device {}",
             run.path.display(),
             config.model.name,
@@ -156,7 +156,7 @@ impl<'a> Trainer<'a> {
         }
         self.step = point.epoch * steps_per_epoch;
         self.epochs_completed = point.epoch;
-        println!("resuming {} after epoch {}", self.run.path.display(), point.epoch);
+        outln!("resuming {} after epoch {}", self.run.path.display(), point.epoch);
         Ok(())
     }
 
@@ -320,7 +320,7 @@ impl Schedule {
 
     fn epoch_end(&mut self, metrics: &EpochMetrics) -> Result<()> {
         if let Some(lr) = self.replay(metrics)? {
-            println!("{}", plateau_message(self.monitor, lr));
+            outln!("{}", plateau_message(self.monitor, lr));
         }
         Ok(())
     }
