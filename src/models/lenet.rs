@@ -8,7 +8,8 @@
 //! - `tutorial_net`: the CNN of PyTorch's "Training a classifier" tutorial: ReLU and max-pooling;
 //!   `model.dropout` applies before the last layer.
 //!
-//! Both use the reference's module names (`conv1`, `conv2`, `fc1`..`fc3`).
+//! Both use the reference's module names (`conv1`, `conv2`, `fc1`..`fc3`). Inputs of other sizes
+//! (Tiny ImageNet's 64 px) have their last feature maps average-pooled to the 5x5 `fc1` reads.
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
@@ -16,6 +17,7 @@ use burn::nn::pool::{AvgPool2dConfig, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, tanh};
+use burn::tensor::module::adaptive_avg_pool2d;
 
 use super::config::BuildOptions;
 use super::layers::{conv, linear, max_pool_forward};
@@ -83,6 +85,13 @@ impl LeNet {
     }
 }
 
+/// The 5x5 maps `fc1` reads: a 32x32 input gives them as they are; other sizes are average-pooled
+/// to 5x5 (as torchvision's VGG pools to the 7x7 its classifier reads).
+fn fit_feature_map(x: Tensor<4>) -> Tensor<4> {
+    let [_, _, height, width] = x.dims();
+    if [height, width] == [5, 5] { x } else { adaptive_avg_pool2d(x, [5, 5]) }
+}
+
 impl Family for LeNet {
     const FIRST_CONV: &'static str = "conv1";
     const CLASSIFIER: Option<&'static str> = Some("fc3");
@@ -90,7 +99,7 @@ impl Family for LeNet {
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let x = self.pool(self.activate(trace::conv2d(&self.conv1, x)));
         let x = self.pool(self.activate(trace::conv2d(&self.conv2, x)));
-        let x: Tensor<2> = x.flatten(1, 3);
+        let x: Tensor<2> = fit_feature_map(x).flatten(1, 3);
         let x = self.activate(trace::linear(&self.fc1, self.hidden_dropout(x)));
         let x = self.activate(trace::linear(&self.fc2, self.hidden_dropout(x)));
         trace::linear(&self.fc3, self.dropout.forward(x))
@@ -124,4 +133,22 @@ pub fn tutorial_net_architectures() -> Vec<Architecture> {
         input_size: 32,
         build: |o, k, d| Net::TutorialNet(LeNet::new(LeNetStyle::Tutorial, o, k, d)),
     }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{ModelConfig, build};
+
+    #[test]
+    fn other_input_sizes_are_pooled_to_the_maps_fc1_reads() {
+        let device = Device::flex();
+        for name in ["lenet5", "tutorial_net"] {
+            let model = build(&ModelConfig::named(name), 10, &device).unwrap();
+            for size in [16, 32, 64, 97] {
+                let logits = model.forward(Tensor::ones([2, 3, size, size], &device));
+                assert_eq!(logits.dims(), [2, 10], "{name} at {size} px");
+            }
+        }
+    }
 }
