@@ -55,7 +55,13 @@ impl TrainArgs {
                 let path = config.expect("clap requires --config without --resume");
                 let config = ExperimentConfig::load(&path, &overrides)?;
                 let id = new_run_id(&config, &config_name(&path, "run"))?;
-                ferrovision::train::fit(&config, &id, interrupt)?
+                let trained = ferrovision::train::fit(&config, &id, interrupt);
+                if trained.is_err() {
+                    // A run that failed before writing anything leaves no folder behind (only an
+                    // empty one is removed: a reserved id).
+                    let _ = std::fs::remove_dir(config.run.dir.join(&id));
+                }
+                trained?
             }
         };
         print_summary(&run, &summary);

@@ -54,14 +54,30 @@ pub fn default_run_id(name: &str) -> String {
 }
 
 /// The id of a new run of `config`: `experiment.id` or `run.id` (both may be given if they are
-/// equal), else [`default_run_id`] of the config's name.
+/// equal), else a [`default_run_id`] of the config's name that no run in `run.dir` has.
 pub fn new_run_id(config: &ExperimentConfig, config_name: &str) -> Result<String> {
     Ok(match (config.experiment.id.as_str(), config.run.id.as_str()) {
-        ("", "") => default_run_id(config_name),
+        ("", "") => reserve_default_id(&config.run.dir, config_name)?,
         (id, "") | ("", id) => id.to_string(),
         (a, b) if a == b => a.to_string(),
         (a, b) => return Err(InvalidSetting::new("experiment.id", format!("`{a}` differs from run.id `{b}`; give one of them")).into()),
     })
+}
+
+/// `<name>-<timestamp>`, or with `-2`, `-3`, ... where that is taken. The folder is created here,
+/// empty, so two runs started in the same second cannot both take one id.
+fn reserve_default_id(root: &Path, name: &str) -> Result<String> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let base = default_run_id(name);
+    for n in 1.. {
+        let id = if n == 1 { base.clone() } else { format!("{base}-{n}") };
+        match std::fs::create_dir(root.join(&id)) {
+            Ok(()) => return Ok(id),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", root.join(&id).display())),
+        }
+    }
+    unreachable!("some numbered id is free")
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -99,10 +115,12 @@ impl RunDir {
     pub const METRICS: &'static str = "metrics.jsonl";
     pub const SUMMARY: &'static str = "summary.json";
 
-    /// Creates `root/<id>/`; refuses to reuse an existing run's folder.
+    /// Creates `root/<id>/`; refuses to reuse a folder that holds anything (an empty one is an id
+    /// reserved by [`new_run_id`]).
     pub fn create(root: &Path, id: &str, config: &ExperimentConfig) -> Result<Self> {
         let path = root.join(id);
-        if path.exists() {
+        let empty = std::fs::read_dir(&path).is_ok_and(|mut entries| entries.next().is_none());
+        if path.exists() && !empty {
             bail!("run folder {} already exists; choose another run.id", path.display());
         }
         std::fs::create_dir_all(path.join("checkpoints")).with_context(|| format!("creating {}", path.display()))?;
@@ -199,8 +217,10 @@ mod tests {
 
     #[test]
     fn a_new_run_takes_the_experiment_id_or_the_run_id_and_refuses_two_different_ones() {
+        let runs = tempfile::tempdir().unwrap();
         let with_ids = |experiment: &str, run: &str| {
             let mut config = ExperimentConfig::default();
+            config.run.dir = runs.path().to_path_buf();
             config.experiment.id = experiment.into();
             config.run.id = run.into();
             new_run_id(&config, "c")
@@ -208,7 +228,9 @@ mod tests {
         assert_eq!(with_ids("EXP007", "").unwrap(), "EXP007");
         assert_eq!(with_ids("", "r1").unwrap(), "r1");
         assert_eq!(with_ids("r1", "r1").unwrap(), "r1");
-        assert!(with_ids("", "").unwrap().starts_with("c-"));
+        // Two default ids taken in the same second differ.
+        let (first, second) = (with_ids("", "").unwrap(), with_ids("", "").unwrap());
+        assert!(first.starts_with("c-") && second.starts_with("c-") && first != second, "{first} {second}");
         let err = with_ids("EXP007", "r1").unwrap_err().to_string();
         assert_eq!(err, "config key `experiment.id`: `EXP007` differs from run.id `r1`; give one of them");
     }
