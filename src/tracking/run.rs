@@ -80,6 +80,58 @@ fn reserve_default_id(root: &Path, name: &str) -> Result<String> {
     unreachable!("some numbered id is free")
 }
 
+/// `<run>/lock`, holding the id of the process that trains in the folder, so that a second
+/// `train --resume` of the same run stops instead of interleaving its epochs. Removed when dropped;
+/// one left by a process that no longer runs (killed) is taken over.
+#[derive(Debug)]
+pub struct RunLock {
+    path: PathBuf,
+}
+
+impl RunLock {
+    pub const FILE: &'static str = "lock";
+
+    pub fn acquire(run: &Path) -> Result<Self> {
+        let path = run.join(Self::FILE);
+        // Twice: a stale lock is removed on the first pass.
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut file) => {
+                    write!(file, "{}", std::process::id()).with_context(|| format!("writing {}", path.display()))?;
+                    return Ok(Self { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path).ok().and_then(|text| text.trim().parse::<u32>().ok());
+                    if let Some(pid) = holder.filter(|&pid| process_exists(pid)) {
+                        bail!(
+                            "{}: process {pid} is training in this run folder (lock file {}); wait for it to end or stop it",
+                            run.display(),
+                            path.display()
+                        );
+                    }
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+            }
+        }
+        bail!("{}: could not take the lock file {}", run.display(), path.display())
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether a process with this id runs (signal 0 checks without sending anything).
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: kill with signal 0 sends nothing; it only reports whether `pid` can be signalled.
+    let result = unsafe { libc::kill(pid, 0) };
+    result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RunSummary {
     pub run_id: String,
@@ -254,5 +306,20 @@ mod tests {
         let back = run.read_metrics().unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back[0], m);
+    }
+
+    #[test]
+    fn a_run_folder_is_locked_while_it_trains_and_a_stale_lock_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = RunLock::acquire(dir.path()).unwrap();
+        let err = RunLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(&format!("process {} is training", std::process::id())), "{err}");
+        drop(lock);
+        assert!(!dir.path().join(RunLock::FILE).exists());
+        // A lock left by a process that is gone (pid beyond any real one).
+        std::fs::write(dir.path().join(RunLock::FILE), "2147483646").unwrap();
+        let taken = RunLock::acquire(dir.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join(RunLock::FILE)).unwrap(), std::process::id().to_string());
+        drop(taken);
     }
 }

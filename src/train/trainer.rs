@@ -24,6 +24,7 @@ use crate::config::ExperimentConfig;
 use crate::data::ImageSet;
 use crate::data::loader::{EpochLoader, LoaderConfig, num_batches};
 use crate::models;
+use crate::tracking::run::RunLock;
 use crate::tracking::{EpochMetrics, RunDir, RunSummary};
 
 /// Where training starts: a new run folder, or an existing run's last completed epoch.
@@ -39,6 +40,8 @@ pub struct Trainer<'a> {
     /// When setup began: the summary's total time counts from here.
     started: Instant,
     run: RunDir,
+    /// Held while training; released when the trainer is dropped, finished or not.
+    _lock: RunLock,
     data: TrainingData,
     params: models::ParamCounts,
     /// Validation and the test run here; training on its autodiff wrapper `device`.
@@ -62,6 +65,11 @@ impl<'a> Trainer<'a> {
     /// its completed epochs into the callbacks and the schedule.
     pub fn new(config: &'a ExperimentConfig, start: Start) -> Result<Self> {
         let started = Instant::now();
+        // A resumed run is locked before its state is read; a new one once its folder exists.
+        let mut lock = match start {
+            Start::Resume(run) => Some(RunLock::acquire(&run.path)?),
+            Start::New(_) => None,
+        };
         let resume_point = match start {
             Start::Resume(run) => Some(resume::load_point(run, config)?),
             Start::New(_) => None,
@@ -81,7 +89,11 @@ impl<'a> Trainer<'a> {
         )?;
         let params = models::param_counts(&model);
         let run = match start {
-            Start::New(run_id) => RunDir::create(&config.run.dir, run_id, config)?,
+            Start::New(run_id) => {
+                let run = RunDir::create(&config.run.dir, run_id, config)?;
+                lock = Some(RunLock::acquire(&run.path)?);
+                run
+            }
             // Its config is rewritten once its state has loaded: a failed resume changes nothing.
             Start::Resume(run) => run.clone(),
         };
@@ -122,6 +134,7 @@ impl<'a> Trainer<'a> {
         let mut trainer = Self {
             config,
             started,
+            _lock: lock.expect("taken for both starts"),
             run,
             data,
             params,
