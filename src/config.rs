@@ -178,6 +178,24 @@ mod tests {
     }
 
     #[test]
+    fn normalization_takes_a_preset_or_explicit_statistics() {
+        let c =
+            ExperimentConfig::from_toml("[augment]\nnormalize = { mean = [0.5, 0.5, 0.5], std = [0.25, 0.5, 0.5] }\n", "x", &[]).unwrap();
+        assert_eq!(c.augment.normalize, NormalizePreset::Custom { mean: [0.5; 3], std: [0.25, 0.5, 0.5] });
+        assert_eq!(ExperimentConfig::from_toml(&c.to_toml(), "resolved", &[]).unwrap(), c);
+        let preset = ExperimentConfig::from_toml("[augment]\nnormalize = \"imagenet\"\n", "x", &[]).unwrap();
+        assert_eq!(preset.augment.normalize, NormalizePreset::Imagenet);
+        for (text, mentions) in [
+            ("normalize = [0.5, 0.5, 0.5]", "{ mean = [r, g, b], std = [r, g, b] }"),
+            ("normalize = \"imagnet\"", "unknown preset `imagnet`"),
+            ("normalize = { mean = [0.5, 0.5, 0.5], std = [0.5, 0.0, 0.5] }", "augment.normalize"),
+        ] {
+            let err = ExperimentConfig::from_toml(&format!("[augment]\n{text}\n"), "x", &[]).unwrap_err().to_string();
+            assert!(err.contains(mentions), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn a_folder_is_not_a_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let err = ExperimentConfig::load(dir.path(), &[]).unwrap_err().to_string();

@@ -44,6 +44,10 @@ impl AugmentConfig {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let hflip = self.hflip;
         ensure((0.0..=1.0).contains(&hflip), "augment.hflip", || format!("expected a probability in [0, 1], found {hflip}"))?;
+        let (mean, std) = self.normalize.mean_std();
+        ensure(mean.iter().all(|m| m.is_finite()) && std.iter().all(|s| s.is_finite() && *s > 0.0), "augment.normalize", || {
+            format!("expected finite means and positive standard deviations, found mean {mean:?}, std {std:?}")
+        })?;
         self.mix.validate()
     }
 }

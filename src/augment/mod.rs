@@ -120,9 +120,9 @@ pub fn flip_vertical(image: &Image) -> Image {
     Image::new(pixels, image.height, image.width)
 }
 
-/// Per-channel mean/std presets for `Normalize`.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+/// Per-channel mean/std of `Normalize`: a preset's name in TOML (`normalize = "imagenet"`), or
+/// the statistics themselves (`normalize = { mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum NormalizePreset {
     /// Mean and std of the CIFAR-10 training set.
     #[default]
@@ -131,15 +131,72 @@ pub enum NormalizePreset {
     Imagenet,
     /// Only scale to [0, 1].
     None,
+    /// Given statistics, in [0, 1] units.
+    Custom { mean: [f32; 3], std: [f32; 3] },
 }
 
 impl NormalizePreset {
+    const NAMES: [(&str, NormalizePreset); 3] =
+        [("cifar10", NormalizePreset::Cifar10), ("imagenet", NormalizePreset::Imagenet), ("none", NormalizePreset::None)];
+    const EXPECTED: &str = "a preset name (\"cifar10\", \"imagenet\", \"none\") or { mean = [r, g, b], std = [r, g, b] }";
+
     pub fn mean_std(self) -> ([f32; 3], [f32; 3]) {
         match self {
             NormalizePreset::Cifar10 => ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
             NormalizePreset::Imagenet => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
             NormalizePreset::None => ([0.0; 3], [1.0; 3]),
+            NormalizePreset::Custom { mean, std } => (mean, std),
         }
+    }
+}
+
+impl Serialize for NormalizePreset {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if let Some((name, _)) = Self::NAMES.iter().find(|(_, preset)| preset == self) {
+            return serializer.serialize_str(name);
+        }
+        let (mean, std) = self.mean_std();
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("mean", &mean)?;
+        map.serialize_entry("std", &std)?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for NormalizePreset {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = NormalizePreset;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(NormalizePreset::EXPECTED)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Self::Value, E> {
+                let found = NormalizePreset::NAMES.iter().find(|(n, _)| *n == name);
+                found
+                    .map(|(_, preset)| *preset)
+                    .ok_or_else(|| E::custom(format!("unknown preset `{name}`; expected {}", NormalizePreset::EXPECTED)))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (mut mean, mut std) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "mean" => mean = Some(map.next_value::<[f32; 3]>()?),
+                        "std" => std = Some(map.next_value::<[f32; 3]>()?),
+                        other => return Err(serde::de::Error::unknown_field(other, &["mean", "std"])),
+                    }
+                }
+                match (mean, std) {
+                    (Some(mean), Some(std)) => Ok(NormalizePreset::Custom { mean, std }),
+                    _ => Err(serde::de::Error::custom(format!("expected both mean and std: {}", NormalizePreset::EXPECTED))),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
