@@ -926,7 +926,14 @@ fn corrupt_checkpoints_are_named_and_the_run_is_left_as_it_was() {
     let changed: std::collections::BTreeSet<_> = before.keys().chain(after.keys()).filter(|k| before.get(*k) != after.get(*k)).collect();
     assert!(changed.is_empty(), "a failed resume changed {changed:?}");
 
+    std::fs::write(&model, &bytes).unwrap();
     let best = run.join("checkpoints/best.bpk");
+    let best_bytes = std::fs::read(&best).unwrap();
+    std::fs::write(&best, &best_bytes[..best_bytes.len() / 2]).unwrap();
+    let before = snapshot(&run);
+    ferrovision(ws.root(), &["train", "--resume", s(&run), "--set", "train.epochs=3"]).failure(&["best.bpk"]);
+    assert!(before == snapshot(&run), "a resume with a truncated best checkpoint changed the run");
+
     std::fs::write(&best, b"not a checkpoint").unwrap();
     ferrovision(ws.root(), &["eval", "--run", s(&run)]).failure(&["best.bpk"]);
 }

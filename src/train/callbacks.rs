@@ -333,14 +333,18 @@ pub fn save_checkpoint(model: &Classifier, path: &std::path::Path) -> Result<()>
 
 /// Loads parameters saved by `save_checkpoint` into a freshly built model of the same config.
 pub fn load_checkpoint(model: Classifier, path: &std::path::Path) -> Result<Classifier> {
-    if !path.is_file() {
-        anyhow::bail!("checkpoint {} not found", path.display());
-    }
-    let record = ModuleRecord::load(path)
-        .map_err(|e| anyhow::anyhow!("{}: not a readable checkpoint ({})", path.display(), innermost(&e.to_string())))?;
+    let record = read_checkpoint(path)?;
     model
         .try_load_record(record)
         .map_err(|e| anyhow::anyhow!("{}: does not match the run's model ({})", path.display(), innermost(&e.to_string())))
+}
+
+/// Reads a checkpoint file (without applying it): whether it is there and whole.
+pub fn read_checkpoint(path: &std::path::Path) -> Result<ModuleRecord> {
+    if !path.is_file() {
+        anyhow::bail!("checkpoint {} not found", path.display());
+    }
+    ModuleRecord::load(path).map_err(|e| anyhow::anyhow!("{}: not a readable checkpoint ({})", path.display(), innermost(&e.to_string())))
 }
 
 /// The innermost reason of burn's nested error text ("Record I/O error: Validation error: File

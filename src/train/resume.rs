@@ -102,6 +102,9 @@ fn show(value: Option<&String>) -> &str {
 /// Weights (live and averaged) and optimizer as they were after `point.epoch`.
 pub fn restore(run: &RunDir, point: &ResumePoint, weights: Weights, optimizer: ModuleOptimizer) -> Result<(Weights, ModuleOptimizer)> {
     let [model_path, optimizer_path, ema_path] = files(run, point.epoch);
+    // The best checkpoint is tested at the end: a damaged one must stop the resume before
+    // anything in the run folder changes.
+    super::callbacks::read_checkpoint(&run.checkpoint(super::callbacks::Checkpointer::BEST))?;
     let Weights { live, mut ema } = weights;
     let live = super::callbacks::load_checkpoint(live, &model_path)?;
     if let Some(ema) = &mut ema {
