@@ -970,3 +970,26 @@ fn a_closed_stdout_neither_panics_nor_stops_a_run() {
     }
     assert!(ws.runs().join("piped").join("summary.json").is_file(), "the piped run finished with its test");
 }
+
+/// A folder with one corrupt image: the rest are labelled, the corrupt one is named by its full
+/// path in a warning; `--strict` makes that an error after labelling.
+#[test]
+fn predict_skips_an_unreadable_image_with_a_warning_unless_strict() {
+    let ws = Workspace::new();
+    ws.train("tiny", &[]).success();
+    let run = ws.runs().join("tiny");
+    let photos = ws.root().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    for i in 0..3 {
+        std::fs::copy(ws.data().join(format!("test/red/{i:04}.png")), photos.join(format!("red_{i}.png"))).unwrap();
+    }
+    std::fs::write(photos.join("broken.png"), b"\x89PNG not really").unwrap();
+    let out = ferrovision(ws.root(), &["predict", "--run", s(&run), s(&photos)]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(out.stdout.lines().count(), 3, "{out:#?}");
+    let broken = photos.join("broken.png");
+    assert!(out.stderr.contains(&format!("warning: {}: not a decodable image", broken.display())), "{out:#?}");
+    let strict = ferrovision(ws.root(), &["predict", "--run", s(&run), "--strict", s(&photos)]);
+    assert_eq!(strict.stdout.lines().count(), 3, "{strict:#?}");
+    assert!(strict.code.is_some_and(|c| c != 0) && strict.stderr.contains("1 of 4 images could not be read"), "{strict:#?}");
+}

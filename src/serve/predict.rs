@@ -90,9 +90,17 @@ pub struct InputImage {
 }
 
 /// Reads images from files, folders and `.tar.gz`/`.zip` archives (every .png/.jpg/.jpeg inside, sorted by
-/// path), decoded to RGB (grayscale and alpha converted).
+/// path), decoded to RGB (grayscale and alpha converted). One that cannot be decoded is an error.
 pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<InputImage>> {
-    let mut encoded: Vec<(String, Vec<u8>)> = Vec::new();
+    let (images, mut unreadable) = read_inputs_skipping(paths)?;
+    if unreadable.is_empty() { Ok(images) } else { Err(unreadable.remove(0)) }
+}
+
+/// [`read_inputs`], with the images that cannot be decoded returned apart (each error names the
+/// file by its full path, `folder/name` or `archive:member`) instead of failing the rest.
+pub fn read_inputs_skipping(paths: &[PathBuf]) -> Result<(Vec<InputImage>, Vec<anyhow::Error>)> {
+    // (name as printed, full path for messages, bytes)
+    let mut encoded: Vec<(String, String, Vec<u8>)> = Vec::new();
     for path in paths {
         if path.is_dir() || ArchiveKind::of(path).is_some() {
             let mut files = Source::new(path).read_files(is_image_name)?;
@@ -100,21 +108,27 @@ pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<InputImage>> {
             if files.is_empty() {
                 bail!("{}: no .png/.jpg/.jpeg images inside", path.display());
             }
-            encoded.extend(files);
+            let full = |name: &str| match path.is_dir() {
+                true => path.join(name).display().to_string(),
+                false => format!("{}:{name}", path.display()),
+            };
+            encoded.extend(files.into_iter().map(|(name, bytes)| (name.clone(), full(&name), bytes)));
         } else {
             let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read image", path.display()))?;
-            encoded.push((path.display().to_string(), bytes));
+            encoded.push((path.display().to_string(), path.display().to_string(), bytes));
         }
     }
-    encoded
+    let decoded: Vec<Result<InputImage>> = encoded
         .into_par_iter()
-        .map(|(name, bytes)| {
+        .map(|(name, full, bytes)| {
             let decoded =
-                image::load_from_memory(&bytes).with_context(|| format!("{name}: not a decodable image (expected PNG or JPEG)"))?.to_rgb8();
+                image::load_from_memory(&bytes).with_context(|| format!("{full}: not a decodable image (expected PNG or JPEG)"))?.to_rgb8();
             let (width, height) = (decoded.width() as usize, decoded.height() as usize);
             Ok(InputImage { name, image: Image::new(decoded.into_raw(), height, width) })
         })
-        .collect()
+        .collect();
+    let (images, unreadable): (Vec<_>, Vec<_>) = decoded.into_iter().partition(Result::is_ok);
+    Ok((images.into_iter().map(Result::unwrap).collect(), unreadable.into_iter().map(|e| e.unwrap_err()).collect()))
 }
 
 /// The top classes of one image, most probable first.
