@@ -993,3 +993,21 @@ fn predict_skips_an_unreadable_image_with_a_warning_unless_strict() {
     assert_eq!(strict.stdout.lines().count(), 3, "{strict:#?}");
     assert!(strict.code.is_some_and(|c| c != 0) && strict.stderr.contains("1 of 4 images could not be read"), "{strict:#?}");
 }
+
+/// `eval` of a run whose config.toml was edited after training says so and evaluates with the
+/// settings the run trained with (its resume state keeps them).
+#[test]
+fn eval_of_an_edited_run_config_warns_and_uses_the_trained_settings() {
+    let ws = Workspace::new();
+    ws.train("tiny", &[]).success();
+    let run = ws.runs().join("tiny");
+    let before = ferrovision(ws.root(), &["eval", "--run", s(&run)]);
+    let config = run.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let line = text.lines().find(|l| l.starts_with("normalize = ")).unwrap().to_string();
+    let other = if line.contains("\"none\"") { "normalize = \"imagenet\"" } else { "normalize = \"none\"" };
+    std::fs::write(&config, text.replace(&line, other)).unwrap();
+    let after = ferrovision(ws.root(), &["eval", "--run", s(&run)]);
+    assert!(after.stderr.contains("warning:") && after.stderr.contains("augment.normalize"), "{after:#?}");
+    assert_eq!(before.success(), after.success(), "evaluated with the trained normalization");
+}

@@ -34,6 +34,17 @@ impl EvalArgs {
     pub fn run(self) -> Result<()> {
         let EvalArgs { run, split, device, checkpoint, transform, sweep, tta } = self;
         let (run, mut config) = RunDir::open(&run)?;
+        if let Some(trained) = train::resume::trained_config(&run)? {
+            let changed = train::resume::changed_settings(&trained, &config);
+            if !changed.is_empty() {
+                eprintln!(
+                    "warning: {} was edited after training ({}); evaluating with the settings the run trained with",
+                    run.path.join(RunDir::CONFIG).display(),
+                    changed.join(", ")
+                );
+                config = trained;
+            }
+        }
         if let Some(device) = device {
             config.run.device = device;
         }

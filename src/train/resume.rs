@@ -72,20 +72,12 @@ pub fn load_point(run: &RunDir, config: &ExperimentConfig) -> Result<ResumePoint
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let point: ResumePoint = serde_json::from_str(&text).with_context(|| format!("{}: not a resume state", path.display()))?;
     let saved = ExperimentConfig::from_toml(&point.config, &path.display().to_string(), &[])?;
-    let (before, now) = (flat_settings(&saved), flat_settings(config));
-    let changed: Vec<&String> = before
-        .keys()
-        .chain(now.keys())
-        .filter(|k| !MAY_CHANGE.contains(&k.as_str()) && before.get(*k) != now.get(*k))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let changed = changed_settings(&saved, config);
     if !changed.is_empty() {
-        let list: Vec<String> = changed.iter().map(|k| format!("{k} ({} -> {})", show(before.get(*k)), show(now.get(*k)))).collect();
         bail!(
             "{}: the config changed since the run started: {}; a resumed run may only change {}",
             run.path.join(RunDir::CONFIG).display(),
-            list.join(", "),
+            changed.join(", "),
             MAY_CHANGE.join(", ")
         );
     }
@@ -93,6 +85,26 @@ pub fn load_point(run: &RunDir, config: &ExperimentConfig) -> Result<ResumePoint
         bail!("{}: all {} epochs are done; raise train.epochs to train further", run.path.display(), config.train.epochs);
     }
     Ok(point)
+}
+
+/// The settings the run trained with (its last resume state), when it has one.
+pub fn trained_config(run: &RunDir) -> Result<Option<ExperimentConfig>> {
+    let path = run.path.join(FOLDER).join(STATE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let point: ResumePoint = serde_json::from_str(&text).with_context(|| format!("{}: not a resume state", path.display()))?;
+    Ok(Some(ExperimentConfig::from_toml(&point.config, &path.display().to_string(), &[])?))
+}
+
+/// The settings that differ between two configs, apart from those a resumed run may change,
+/// as `key (before -> now)`.
+pub fn changed_settings(before: &ExperimentConfig, now: &ExperimentConfig) -> Vec<String> {
+    let (before, now) = (flat_settings(before), flat_settings(now));
+    let keys: std::collections::BTreeSet<&String> =
+        before.keys().chain(now.keys()).filter(|k| !MAY_CHANGE.contains(&k.as_str()) && before.get(*k) != now.get(*k)).collect();
+    keys.into_iter().map(|k| format!("{k} ({} -> {})", show(before.get(k)), show(now.get(k)))).collect()
 }
 
 fn show(value: Option<&String>) -> &str {
