@@ -65,13 +65,10 @@ pub fn save(run: &RunDir, epoch: usize, weights: &Weights, optimizer: &ModuleOpt
 
 /// The last resume point of a run, checked against the run's config as it is now.
 pub fn load_point(run: &RunDir, config: &ExperimentConfig) -> Result<ResumePoint> {
-    let path = run.path.join(FOLDER).join(STATE);
-    if !path.is_file() {
+    let Some((point, saved)) = read_state(run)? else {
+        let path = run.path.join(FOLDER).join(STATE);
         bail!("{}: no resume point ({} is missing): the run ended before its first epoch did", run.path.display(), path.display());
-    }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let point: ResumePoint = serde_json::from_str(&text).with_context(|| format!("{}: not a resume state", path.display()))?;
-    let saved = ExperimentConfig::from_toml(&point.config, &path.display().to_string(), &[])?;
+    };
     let changed = changed_settings(&saved, config);
     if !changed.is_empty() {
         bail!(
@@ -89,13 +86,19 @@ pub fn load_point(run: &RunDir, config: &ExperimentConfig) -> Result<ResumePoint
 
 /// The settings the run trained with (its last resume state), when it has one.
 pub fn trained_config(run: &RunDir) -> Result<Option<ExperimentConfig>> {
+    Ok(read_state(run)?.map(|(_, config)| config))
+}
+
+/// The run's last resume point and the config it holds; `None` before the first epoch ended.
+fn read_state(run: &RunDir) -> Result<Option<(ResumePoint, ExperimentConfig)>> {
     let path = run.path.join(FOLDER).join(STATE);
     if !path.is_file() {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let point: ResumePoint = serde_json::from_str(&text).with_context(|| format!("{}: not a resume state", path.display()))?;
-    Ok(Some(ExperimentConfig::from_toml(&point.config, &path.display().to_string(), &[])?))
+    let config = ExperimentConfig::from_toml(&point.config, &path.display().to_string(), &[])?;
+    Ok(Some((point, config)))
 }
 
 /// The settings that differ between two configs, apart from those a resumed run may change,
