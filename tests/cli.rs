@@ -858,17 +858,85 @@ fn sweep_runs_a_grid_then_the_journal_lists_notes_and_compares() {
 // Resume
 // ---------------------------------------------------------------------------------------------
 
+/// `command`, on 2 threads: the thread count of a 2-core laptop, where rayon splits every kernel.
+fn on_two_threads(cwd: &Path, args: &[&str]) -> Command {
+    let mut command = command(cwd, args);
+    command.env("RAYON_NUM_THREADS", "2");
+    command
+}
+
+/// The epochs of `metrics.jsonl` without their timings.
+fn logged_metrics(run: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let without_timings = |mut v: Value| {
+        let epoch = v.as_object_mut().unwrap();
+        epoch.remove("seconds");
+        epoch.remove("img_per_s");
+        v
+    };
+    text.lines().map(|l| without_timings(serde_json::from_str(l).unwrap())).collect()
+}
+
+/// Asserts that two runs wrote the same bytes to each of `files`.
+fn assert_same_files(a: &Path, b: &Path, files: &[&str]) {
+    for file in files {
+        let (x, y) = (std::fs::read(a.join(file)).unwrap(), std::fs::read(b.join(file)).unwrap());
+        assert!(x == y, "{file} differs between {} and {}", a.display(), b.display());
+    }
+}
+
+#[test]
+fn two_runs_of_one_seed_on_two_threads_are_identical() {
+    let ws = Workspace::new();
+    // BatchNorm, Winograd and im2col convolutions, SGD: every kernel that sums across threads.
+    let settings =
+        ["--set", "model.name=\"fast_net\"", "--set", "train.optimizer=\"sgd\"", "--set", "train.lr=0.05", "--set", "model.dropout=0.2"];
+    let config = ws.config();
+    for id in ["first", "second"] {
+        let mut args = vec!["train", "--config", s(&config), "--id", id];
+        args.extend_from_slice(&settings);
+        Outcome::from_output(on_two_threads(ws.root(), &args).output().unwrap()).success();
+    }
+    let (first, second) = (ws.runs().join("first"), ws.runs().join("second"));
+    assert_eq!(logged_metrics(&first), logged_metrics(&second));
+    let files = ["checkpoints/best.bpk", "checkpoints/last.bpk", "resume/model-2.bpk", "resume/optimizer-2.bpk"];
+    assert_same_files(&first, &second, &files);
+    let (a, b) = (read_json(&first.join("summary.json")), read_json(&second.join("summary.json")));
+    assert_eq!((&a["test_acc"], &a["test_loss"]), (&b["test_acc"], &b["test_loss"]));
+}
+
+/// The average only observes: with `ema_decay = 0` it is the live model after every step, so the
+/// run must be the run without model EMA, bit for bit.
+#[test]
+fn model_ema_with_decay_zero_reproduces_the_run_without_it() {
+    let ws = Workspace::new();
+    let config = ws.config();
+    let settings = ["--set", "model.name=\"fast_net\"", "--set", "train.epochs=2"];
+    for (id, ema) in [("plain", None), ("ema0", Some("train.ema_decay=0.0"))] {
+        let mut args = vec!["train", "--config", s(&config), "--id", id];
+        args.extend_from_slice(&settings);
+        args.extend(ema.iter().flat_map(|set| ["--set", *set]));
+        Outcome::from_output(on_two_threads(ws.root(), &args).output().unwrap()).success();
+    }
+    let (plain, ema) = (ws.runs().join("plain"), ws.runs().join("ema0"));
+    assert!(ema.join("resume/ema-2.bpk").is_file(), "the EMA run kept no average");
+    assert_eq!(logged_metrics(&plain), logged_metrics(&ema));
+    let (a, b) = (read_json(&plain.join("summary.json")), read_json(&ema.join("summary.json")));
+    assert_eq!((&a["test_acc"], &a["test_loss"]), (&b["test_acc"], &b["test_loss"]));
+}
+
 #[test]
 fn a_run_killed_mid_training_resumes_to_the_same_result() {
     let ws = Workspace::new();
     let config = ws.config();
     // Dropout draws from the device RNG, the loader from the seed: both must line up after a resume.
     let settings = ["--set", "train.epochs=8", "--set", "model.dropout=0.3", "--set", "train.schedule=\"cosine\""];
-    ws.train("whole", &settings).success();
-
-    let mut args = vec!["train", "--config", s(&config), "--id", "killed"];
+    let mut args = vec!["train", "--config", s(&config), "--id", "whole"];
     args.extend_from_slice(&settings);
-    let mut child = command(ws.root(), &args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    Outcome::from_output(on_two_threads(ws.root(), &args).output().unwrap()).success();
+
+    args[4] = "killed";
+    let mut child = on_two_threads(ws.root(), &args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let run = ws.runs().join("killed");
     let logged = || std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count());
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -882,24 +950,16 @@ fn a_run_killed_mid_training_resumes_to_the_same_result() {
     let killed_at = logged();
     assert!(killed_at < 8 && !run.join("summary.json").exists(), "killed after {killed_at} epochs");
 
-    let out = ferrovision(ws.root(), &["train", "--resume", s(&run)]);
+    let out = Outcome::from_output(on_two_threads(ws.root(), &["train", "--resume", s(&run)]).output().unwrap());
     assert!(out.success().contains("resuming"), "{out:#?}");
-    let metrics = |id: &str| -> Vec<Value> {
-        let text = std::fs::read_to_string(ws.runs().join(id).join("metrics.jsonl")).unwrap();
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    };
-    let (whole, resumed) = (metrics("whole"), metrics("killed"));
-    assert_eq!(whole.len(), 8);
-    assert_eq!(resumed.len(), 8);
-    for (a, b) in whole.iter().zip(&resumed) {
-        for key in ["train_loss", "val_loss", "val_acc", "lr"] {
-            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
-            assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "epoch {}: {key} {x} vs {y}", a["epoch"]);
-        }
-    }
-    let (a, b) = (read_json(&ws.runs().join("whole/summary.json")), read_json(&run.join("summary.json")));
-    assert_eq!(a["test_acc"], b["test_acc"]);
-    assert!((a["test_loss"].as_f64().unwrap() - b["test_loss"].as_f64().unwrap()).abs() < 1e-6);
+    // Bit for bit: every logged value, the checkpoints and the test result.
+    let whole = ws.runs().join("whole");
+    assert_eq!(logged_metrics(&whole).len(), 8);
+    assert_eq!(logged_metrics(&whole), logged_metrics(&run));
+    assert_same_files(&whole, &run, &["checkpoints/best.bpk", "checkpoints/last.bpk", "resume/optimizer-8.bpk"]);
+    let (a, b) = (read_json(&whole.join("summary.json")), read_json(&run.join("summary.json")));
+    assert_eq!((&a["test_acc"], &a["test_loss"]), (&b["test_acc"], &b["test_loss"]));
+    let metrics = |id: &str| logged_metrics(&ws.runs().join(id));
 
     // A finished run resumes only to train longer; an edited config is refused; a missing one too.
     ferrovision(ws.root(), &["train", "--resume", s(&run)]).failure(&["all 8 epochs are done", "train.epochs"]);

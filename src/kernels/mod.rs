@@ -110,19 +110,25 @@ fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buffer[..len]
 }
 
-/// `Σ add(item)` over `items` as a `len`-long vector: each rayon task adds its items into a partial
-/// sum of its own (`add(item, partial)`), and the partial sums are added up at the end.
-fn sum_in_parallel<T: Send>(items: impl IntoParallelIterator<Item = T>, len: usize, add: impl Fn(T, &mut [f32]) + Sync + Send) -> Vec<f32> {
-    items
+/// `Σ add(item)` over `items` as a `len`-long vector. The items are cut into one run per thread,
+/// each run adds its items in order into a partial sum of its own, and the partial sums are added
+/// in run order: the result depends on the thread count only, never on how rayon schedules the
+/// runs (a work-stealing fold groups the items differently from call to call, and float addition
+/// is not associative, so the same seed gave different weights).
+fn sum_in_parallel<T: Send>(items: Vec<T>, len: usize, add: impl Fn(T, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    let per_run = items.len().div_ceil(rayon::current_num_threads()).max(1);
+    let partials: Vec<Vec<f32>> = items
         .into_par_iter()
-        .fold(
-            || vec![0f32; len],
-            |mut partial, item| {
-                add(item, &mut partial);
-                partial
-            },
-        )
-        .reduce_with(|mut a, b| {
+        .chunks(per_run)
+        .map(|run| {
+            let mut partial = vec![0f32; len];
+            run.into_iter().for_each(|item| add(item, &mut partial));
+            partial
+        })
+        .collect();
+    partials
+        .into_iter()
+        .reduce(|mut a, b| {
             a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
             a
         })

@@ -1,6 +1,8 @@
 //! Layers shared by the model families.
 
-use burn::module::{Flag, Module, Param};
+use std::cell::Cell;
+
+use burn::module::{Flag, Module, Param, ParamId, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
@@ -9,7 +11,7 @@ use burn::tensor::Distribution;
 use burn::tensor::activation::{relu, relu6, sigmoid, silu};
 use serde::{Deserialize, Serialize};
 
-use super::trace;
+use super::{params, trace};
 use crate::kernels::dense::conv2d_dense;
 use crate::kernels::depthwise::depthwise_conv2d;
 use crate::kernels::max_pool;
@@ -107,6 +109,22 @@ impl Padding {
     }
 }
 
+thread_local! {
+    /// Running statistics numbered so far in the model being built (see [`numbered_states`]).
+    static STATE_IDS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// `build()`, the BatchNorm running statistics it creates numbered from 0 in creation order.
+pub fn numbered_states<R>(build: impl FnOnce() -> R) -> R {
+    STATE_IDS.set(0);
+    build()
+}
+
+fn next_state_id() -> ParamId {
+    let n = STATE_IDS.replace(STATE_IDS.get() + 1);
+    params::stable_id(&n.to_string(), "running state")
+}
+
 /// BatchNorm settings, in PyTorch's convention (`running = (1 - momentum) * running + momentum * batch`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BnParams {
@@ -126,7 +144,12 @@ impl BnParams {
     }
 
     pub fn init(self, channels: usize, device: &Device) -> BatchNorm {
-        BatchNormConfig::new(channels).with_epsilon(self.epsilon).with_momentum(self.momentum).init(device)
+        let mut bn = BatchNormConfig::new(channels).with_epsilon(self.epsilon).with_momentum(self.momentum).init(device);
+        // burn draws the running statistics' ids at random, and a mapper cannot change them (see
+        // `params::with_stable_ids`): number them in build order so a seed's checkpoints repeat.
+        bn.running_mean = RunningState::with_id(next_state_id(), bn.running_mean.value());
+        bn.running_var = RunningState::with_id(next_state_id(), bn.running_var.value());
+        bn
     }
 }
 

@@ -278,7 +278,8 @@ pub fn build(config: &ModelConfig, num_classes: usize, device: &Device) -> anyho
 
 /// The bare network a config names.
 pub fn build_net(config: &ModelConfig, num_classes: usize, device: &Device) -> anyhow::Result<Net> {
-    Ok((find(&config.name)?.build)(&config.build_options(), num_classes, device))
+    let build = find(&config.name)?.build;
+    Ok(layers::numbered_states(|| build(&config.build_options(), num_classes, device)))
 }
 
 #[cfg(test)]

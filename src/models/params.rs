@@ -12,9 +12,13 @@ pub trait PathVisitor {
     fn visit_flag(&mut self, _path: &str, _flag: &Param<Flag>) {}
 }
 
-/// Replaces float parameters, knowing their paths.
+/// Replaces float parameters (and training flags), knowing their paths.
 pub trait PathMapper {
     fn map_float<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>>;
+
+    fn map_flag(&mut self, _path: &str, flag: Param<Flag>) -> Param<Flag> {
+        flag
+    }
 }
 
 /// Tracks the path while burn walks the module tree.
@@ -54,6 +58,9 @@ impl<M: PathMapper> ModuleMapper for WithPath<M> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         self.inner.map_float(&self.path.join("."), param)
     }
+    fn map_flag(&mut self, flag: Param<Flag>) -> Param<Flag> {
+        self.inner.map_flag(&self.path.join("."), flag)
+    }
 }
 
 /// Walks `model` with `visitor` and gives the visitor back.
@@ -92,6 +99,30 @@ pub fn named_params<M: Module>(model: &M) -> Vec<NamedParam> {
         }
     }
     visit_with_paths(model, Collect(Vec::new())).0
+}
+
+/// `model` with every parameter id derived from the parameter's path instead of drawn at random:
+/// checkpoints of two runs with one seed are then identical byte for byte, ids included.
+pub fn with_stable_ids<M: Module>(model: M) -> M {
+    struct StableIds;
+    impl PathMapper for StableIds {
+        fn map_float<const D: usize>(&mut self, path: &str, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.id = stable_id(path, "float");
+            param
+        }
+        fn map_flag(&mut self, path: &str, mut flag: Param<Flag>) -> Param<Flag> {
+            flag.id = stable_id(path, "flag");
+            flag
+        }
+    }
+    map_with_paths(model, StableIds).0
+}
+
+/// FNV-1a of `kind` and `path`: fixed across runs, builds and platforms.
+pub(super) fn stable_id(path: &str, kind: &str) -> ParamId {
+    let hash =
+        kind.bytes().chain([0]).chain(path.bytes()).fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    ParamId::from(hash)
 }
 
 /// Trainable parameters counted the way torchvision counts them: BatchNorm running statistics are

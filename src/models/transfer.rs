@@ -157,7 +157,7 @@ pub fn build(
         model = loaded;
     }
     let frozen = frozen_prefixes(&model, t, &new_parts)?;
-    Ok((freeze(model, &frozen), new_parts))
+    Ok((super::params::with_stable_ids(freeze(model, &frozen)), new_parts))
 }
 
 /// The weight file a model config names, fetched into `cache` for registered pretrained weights.

@@ -51,8 +51,7 @@ pub fn save(run: &RunDir, epoch: usize, weights: &Weights, optimizer: &ModuleOpt
     if let Some(ema) = &weights.ema {
         super::callbacks::save_checkpoint(&ema.model, &ema_path)?;
     }
-    let optimizer_bytes = optimizer.into_bytes().map_err(|e| anyhow::anyhow!("saving the optimizer state: {e}"))?;
-    write_atomic(&optimizer_path, &optimizer_bytes)?;
+    write_atomic(&optimizer_path, &optimizer_bytes(optimizer).context("saving the optimizer state")?)?;
     let point = ResumePoint { epoch, config: config.to_toml() };
     write_atomic(&folder.join(STATE), serde_json::to_string_pretty(&point)?.as_bytes())?;
     if epoch > 1 {
@@ -61,6 +60,17 @@ pub fn save(run: &RunDir, epoch: usize, weights: &Weights, optimizer: &ModuleOpt
         }
     }
     Ok(())
+}
+
+/// The optimizer state as burnpack bytes, its tensors in name order: burn lists them in hash-map
+/// order, which changes from process to process, and two runs of one seed must write equal files.
+fn optimizer_bytes(optimizer: &ModuleOptimizer) -> Result<burn_pack::Bytes> {
+    let pack = burn_pack::Reader::from_bytes(optimizer.into_bytes()?)?;
+    let (scalars, metadata) = (pack.scalars().clone(), pack.metadata().clone());
+    let mut tensors = pack.into_tensors()?;
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let writer = scalars.iter().fold(burn_pack::Writer::new(tensors), |w, (key, value)| w.with_scalar(key, *value));
+    Ok(metadata.iter().fold(writer, |w, (key, value)| w.with_metadata(key, value)).into_bytes()?)
 }
 
 /// The last resume point of a run, checked against the run's config as it is now.

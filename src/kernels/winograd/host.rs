@@ -146,7 +146,9 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
         weight_products(v, dm, du, &plan, tiles, g.in_channels, g.out_channels, parallel);
     };
     let du = match plan.shared {
-        false => sum_in_parallel(0..plan.chunks, filter_len, |c, du| with_buffers(|buffers| chunk(plan.rows(c), buffers, du, false))),
+        false => {
+            sum_in_parallel((0..plan.chunks).collect(), filter_len, |c, du| with_buffers(|buffers| chunk(plan.rows(c), buffers, du, false)))
+        }
         true => {
             let mut du = vec![0f32; filter_len];
             with_buffers(|buffers| (0..plan.chunks).for_each(|c| chunk(plan.rows(c), buffers, &mut du, true)));
