@@ -196,21 +196,13 @@ impl RunEvaluation {
     /// classes in the same order and images of the size its model trained on.
     pub fn load(run: &RunDir, config: &ExperimentConfig, target: &EvalTarget) -> Result<Self> {
         let device = crate::device::parse(&config.run.device)?;
-        let (data, trained) = match target.data {
-            None => (super::prepare_data(config)?, None),
+        let data = match target.data {
+            None => super::prepare_data(config)?,
             Some(path) => {
-                let summary = run.read_summary().with_context(|| {
-                    format!(
-                        "--data checks the copy against the classes and image size in run {}'s summary.json, written when training ends",
-                        run.id
-                    )
-                })?;
                 let mut copy = config.clone();
                 copy.data.path = path.to_path_buf();
                 copy.data.download = false;
-                let data = super::prepare_data(&copy)?;
-                check_same_classes(path, &data.classes.ids, &run.id, &summary.classes)?;
-                (data, Some(summary))
+                super::prepare_data(&copy)?
             }
         };
         let set = match target.split {
@@ -218,24 +210,9 @@ impl RunEvaluation {
             "val" => data.val.context("this run has no validation split (data.val_size = 0)")?,
             other => bail!("unknown split `{other}`; expected test or val"),
         };
-        // The run's own names: a copy may lack the descriptions they come from.
-        let classes = match trained {
-            Some(summary) => {
-                let shape = config.input_transform().output_shape(set.height, set.width);
-                if shape != (summary.image_size, summary.image_size) {
-                    bail!(
-                        "{}: its images come to the model as {}x{}, but run {} trained it on {}x{} images (image_size in its summary.json)",
-                        target.data.expect("a copy").display(),
-                        shape.0,
-                        shape.1,
-                        run.id,
-                        summary.image_size,
-                        summary.image_size
-                    );
-                }
-                summary.class_names()
-            }
+        let classes = match target.data {
             None => data.classes,
+            Some(path) => check_copy(run, config, path, &data.classes, &set)?,
         };
         let model = super::load_run_model(config, classes.len(), &run.checkpoint(target.checkpoint), &device)?;
         Ok(Self { model, set, classes, device, settings: EvalSettings::from_config(config) })
@@ -246,6 +223,27 @@ impl RunEvaluation {
         let settings = EvalSettings { perturb: perturb.cloned(), ..self.settings.clone() };
         evaluate(&self.model, &self.set, self.classes.len(), &settings, &self.device)
     }
+}
+
+/// Checks a copy of a run's data set (its `classes` and the split `set`) against the run's
+/// `summary.json`; returns the run's classes, named as it names them (a copy may lack the
+/// descriptions its names come from).
+fn check_copy(run: &RunDir, config: &ExperimentConfig, copy: &Path, classes: &ClassNames, set: &ImageSet) -> Result<ClassNames> {
+    let summary = run.read_summary().with_context(|| {
+        format!("--data checks the copy against the classes and image size in run {}'s summary.json, written when training ends", run.id)
+    })?;
+    check_same_classes(copy, &classes.ids, &run.id, &summary.classes)?;
+    let (height, width) = config.input_transform().output_shape(set.height, set.width);
+    let side = summary.image_size;
+    if (height, width) != (side, side) {
+        bail!(
+            "{}: its images come to the model as {height}x{width}, but run {} trained it on {side}x{side} images \
+             (image_size in its summary.json)",
+            copy.display(),
+            run.id
+        );
+    }
+    Ok(summary.class_names())
 }
 
 /// A copy of a run's data set must list the run's classes in the same order; otherwise the error
