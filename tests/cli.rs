@@ -37,18 +37,23 @@ impl Noise {
     }
 }
 
-/// Writes `root/{train,test}/<class>/NNNN.png`: 32x32 images whose colour is their class, with
-/// per-pixel noise, `TRAIN_PER_CLASS` and `TEST_PER_CLASS` images per class. Returns the relative
-/// paths written.
-fn write_image_tree(root: &Path) -> Vec<String> {
+/// A `side` x `side` image of `colour` with per-pixel noise drawn from `seed`.
+fn noisy_image(colour: [u8; 3], seed: u64, side: u32) -> RgbImage {
+    let mut noise = Noise(0x9E37_79B9_7F4A_7C15 ^ (seed + 1));
+    RgbImage::from_fn(side, side, |_, _| Rgb(colour.map(|c| (i32::from(c) + noise.next(30)).clamp(0, 255) as u8)))
+}
+
+/// Writes `root/{train,test}/<class>/NNNN.png`: `side` x `side` images whose colour is their
+/// class, with per-pixel noise, `TRAIN_PER_CLASS` and `TEST_PER_CLASS` images per class. Returns
+/// the relative paths written.
+fn write_image_tree(root: &Path, side: u32) -> Vec<String> {
     let mut written = Vec::new();
     for (class_index, (class, colour)) in CLASSES.iter().enumerate() {
         for (split_index, (split, count)) in [("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)].into_iter().enumerate() {
             let folder = root.join(split).join(class);
             std::fs::create_dir_all(&folder).unwrap();
             for i in 0..count {
-                let mut noise = Noise(0x9E37_79B9_7F4A_7C15 ^ ((class_index * 1000 + split_index * 100 + i) as u64 + 1));
-                let image = RgbImage::from_fn(SIDE, SIDE, |_, _| Rgb(colour.map(|c| (i32::from(c) + noise.next(30)).clamp(0, 255) as u8)));
+                let image = noisy_image(*colour, (class_index * 1000 + split_index * 100 + i) as u64, side);
                 let relative = format!("{split}/{class}/{i:04}.png");
                 image.save(root.join(&relative)).unwrap();
                 written.push(relative);
@@ -56,6 +61,109 @@ fn write_image_tree(root: &Path) -> Vec<String> {
         }
     }
     written
+}
+
+/// The Tiny ImageNet-like classes of [`write_tiny_imagenet`]: more than 10, so top-5 is reported.
+/// (wnid, `words.txt` names, colour); the wnids are in sorted (label) order.
+fn tiny_classes() -> Vec<(String, String, [u8; 3])> {
+    let names = [
+        "goldfish",
+        "tabby",
+        "bullfrog",
+        "lemon",
+        "reel",
+        "volleyball",
+        "cliff",
+        "espresso",
+        "plunger",
+        "rocking chair",
+        "pretzel",
+        "basketball",
+    ];
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            // Twelve hues around the colour wheel, 30 degrees apart.
+            let hue = |offset: usize| {
+                let d = ((i * 30 + offset) % 360) as i32;
+                let level = match d {
+                    0..60 => 255,
+                    60..120 => 255 - (d - 60) * 255 / 60,
+                    120..240 => 0,
+                    240..300 => (d - 240) * 255 / 60,
+                    _ => 255,
+                };
+                (40 + level * 170 / 255) as u8
+            };
+            (format!("n0100{i:04}"), format!("{name}, synonym of {name}"), [hue(0), hue(240), hue(120)])
+        })
+        .collect()
+}
+
+/// Writes Tiny ImageNet's layout at `root` for [`tiny_classes`]: `wnids.txt`, `words.txt` (with
+/// a synset of no class too), `train/<wnid>/images/<wnid>_<n>.JPEG` and `val/images/val_<n>.JPEG`
+/// with `val/val_annotations.txt`; 64x64 JPEGs of the class colour, `train` and `val` per class.
+fn write_tiny_imagenet(root: &Path, train: usize, val: usize) {
+    let classes = tiny_classes();
+    std::fs::create_dir_all(root.join("val/images")).unwrap();
+    let wnids: String = classes.iter().rev().map(|(wnid, ..)| format!("{wnid}\n")).collect();
+    std::fs::write(root.join("wnids.txt"), wnids).unwrap();
+    let mut words = "n00001740\tentity\n".to_string();
+    words.extend(classes.iter().map(|(wnid, names, _)| format!("{wnid}\t{names}\n")));
+    std::fs::write(root.join("words.txt"), words).unwrap();
+    let mut annotations = String::new();
+    for (index, (wnid, _, colour)) in classes.iter().enumerate() {
+        let folder = root.join("train").join(wnid).join("images");
+        std::fs::create_dir_all(&folder).unwrap();
+        for i in 0..train {
+            noisy_image(*colour, (index * 1000 + i) as u64, 64).save(folder.join(format!("{wnid}_{i}.JPEG"))).unwrap();
+        }
+        for i in 0..val {
+            let file = format!("val_{}.JPEG", index * val + i);
+            noisy_image(*colour, (index * 1000 + 500 + i) as u64, 64).save(root.join("val/images").join(&file)).unwrap();
+            annotations.push_str(&format!("{file}\t{wnid}\t0\t0\t63\t63\n"));
+        }
+    }
+    std::fs::write(root.join("val/val_annotations.txt"), annotations).unwrap();
+}
+
+/// Writes the images of an image tree (`root/{train,test}/<class>/*.png`, classes in `classes`
+/// order) as a CIFAR-10 binary release in `folder`: the train images spread over
+/// `data_batch_1..5.bin`, the test images in `test_batch.bin`, each split interleaved (one image
+/// of each class in turn, not the tree's order), and `batches.meta.txt` listing `meta` when given.
+fn write_cifar_binary(root: &Path, classes: &[&str], folder: &Path, meta: Option<&[&str]>) {
+    std::fs::create_dir_all(folder).unwrap();
+    let records = |split: &str| {
+        let mut per_class: Vec<Vec<Vec<u8>>> = classes
+            .iter()
+            .enumerate()
+            .map(|(label, class)| {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(split).join(class)).unwrap().map(|e| e.unwrap().path()).collect();
+                files.sort();
+                let record = |path: &PathBuf| {
+                    let image = image::open(path).unwrap().to_rgb8();
+                    assert_eq!(image.dimensions(), (32, 32), "CIFAR images are 32x32");
+                    let planes = (0..3).flat_map(|channel| image.pixels().map(move |p| p[channel]));
+                    std::iter::once(label as u8).chain(planes).collect::<Vec<u8>>()
+                };
+                files.iter().rev().map(record).collect()
+            })
+            .collect();
+        let mut interleaved = Vec::new();
+        while per_class.iter().any(|c| !c.is_empty()) {
+            interleaved.extend(per_class.iter_mut().filter_map(Vec::pop));
+        }
+        interleaved
+    };
+    let train = records("train");
+    for (batch, chunk) in train.chunks(train.len().div_ceil(5)).enumerate() {
+        std::fs::write(folder.join(format!("data_batch_{}.bin", batch + 1)), chunk.concat()).unwrap();
+    }
+    std::fs::write(folder.join("test_batch.bin"), records("test").concat()).unwrap();
+    if let Some(names) = meta {
+        std::fs::write(folder.join("batches.meta.txt"), names.join("\n") + "\n").unwrap();
+    }
 }
 
 /// Packs the tree at `root` as a gzipped tar at `archive` (files only, paths relative to `root`).
@@ -77,8 +185,15 @@ struct Workspace {
 impl Workspace {
     /// A workspace with the synthetic tree and a config training `tutorial_net` for 2 epochs.
     fn new() -> Self {
+        Self::with_data(|data| {
+            write_image_tree(data, SIDE);
+        })
+    }
+
+    /// A workspace whose `data/` folder `write` fills, with the same config.
+    fn with_data(write: impl FnOnce(&Path)) -> Self {
         let ws = Self { dir: tempfile::tempdir().unwrap() };
-        write_image_tree(&ws.data());
+        write(&ws.data());
         ws.write_config();
         ws
     }
@@ -299,8 +414,12 @@ fn train_writes_a_complete_run_and_eval_reproduces_its_accuracy() {
             assert!(value.is_finite() && (value > 0.0 || !positive && value == 0.0), "{key} = {value} in {line}");
         }
     }
+    // Top-5 is for more than 10 classes: not in the metrics of 3.
+    assert!(metrics.iter().all(|line| line.get("train_acc5").is_none() && line.get("val_acc5").is_none()), "{metrics_text}");
     let summary = read_json(&run.join("summary.json"));
     assert_eq!(summary["classes"], serde_json::json!(["blue", "green", "red"]), "{summary}");
+    assert_eq!(summary["class_names"], summary["classes"], "folder names are their own readable names: {summary}");
+    assert!(summary.get("test_acc5").is_none(), "{summary}");
     assert_eq!(summary["test_images"], 3 * TEST_PER_CLASS, "{summary}");
     assert_eq!(summary["epochs_completed"], 2, "{summary}");
     let number = |key: &str| summary[key].as_f64().unwrap_or_else(|| panic!("no number {key} in {summary}"));
@@ -324,6 +443,7 @@ fn train_writes_a_complete_run_and_eval_reproduces_its_accuracy() {
     for (class, _) in CLASSES {
         assert!(report.contains(class), "per-class line for {class}:\n{report}");
     }
+    assert!(!report.contains("top-5"), "{report}");
     for kind in ["counts", "normalized"] {
         for ext in ["svg", "png"] {
             let path = run.join("eval").join(format!("test-best-confusion-{kind}.{ext}"));
@@ -351,6 +471,123 @@ fn train_writes_a_complete_run_and_eval_reproduces_its_accuracy() {
     assert!(eval.success().contains("checkpoint last, test split (27 images)"), "{eval:#?}");
 }
 
+/// Tiny ImageNet (here 12 classes in its layout): the readable `words.txt` names, with the wnids
+/// kept, in summary.json, eval, the confusion matrices and predict; top-5 accuracy (more than 10
+/// classes) in metrics.jsonl, the console, summary.json, eval and TensorBoard.
+#[test]
+fn tiny_imagenet_runs_show_readable_class_names_and_top5() {
+    let ws = Workspace::with_data(|data| write_tiny_imagenet(data, 10, 3));
+    let classes = tiny_classes();
+    let wnids: Vec<&str> = classes.iter().map(|(wnid, ..)| wnid.as_str()).collect();
+    let names: Vec<&str> = classes.iter().map(|(_, words, _)| words.split(',').next().unwrap()).collect();
+    let out = ws.train("tiny", &["--set", "data.input_size=32", "--set", "data.val_size=24"]);
+    let stdout = out.success();
+    assert!(stdout.contains("top-5"), "{stdout}");
+    let run = ws.runs().join("tiny");
+
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    for line in text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()) {
+        for split in ["train", "val"] {
+            let (acc, acc5) = (line[format!("{split}_acc")].as_f64().unwrap(), line[format!("{split}_acc5")].as_f64());
+            let acc5 = acc5.unwrap_or_else(|| panic!("no {split}_acc5 in {line}"));
+            assert!((acc..=1.0).contains(&acc5), "{split}: top-5 {acc5} below top-1 {acc}: {line}");
+        }
+    }
+    let summary = read_json(&run.join("summary.json"));
+    assert_eq!(summary["classes"], serde_json::json!(wnids), "{summary}");
+    assert_eq!(summary["class_names"], serde_json::json!(names), "{summary}");
+    let (test_acc, test_acc5) = (summary["test_acc"].as_f64().unwrap(), summary["test_acc5"].as_f64().unwrap());
+    assert!(test_acc5 >= test_acc && summary["best_val_acc5"].as_f64().is_some(), "{summary}");
+    let test_line = stdout.lines().find(|l| l.starts_with("test accuracy")).unwrap_or_else(|| panic!("no test line:\n{stdout}"));
+    assert_eq!(percent_after(test_line, "top-5"), as_printed(test_acc5), "{stdout}");
+
+    // eval: the same top-5, each class by name and wnid, the confusion matrices labelled by name.
+    let eval = ferrovision(ws.root(), &["eval", "--run", s(&run)]);
+    let report = eval.success();
+    assert_eq!(percent_after(report, "accuracy"), as_printed(test_acc), "{report}");
+    assert_eq!(percent_after(report, "top-5"), as_printed(test_acc5), "{report}");
+    for (wnid, name) in wnids.iter().zip(&names) {
+        let line = report.lines().find(|l| l.contains(&format!("{name} ({wnid})")));
+        assert!(line.is_some_and(|l| l.trim_end().ends_with('%')), "no per-class line for {name} ({wnid}):\n{report}");
+    }
+    let svg = std::fs::read_to_string(run.join("eval/test-best-confusion-counts.svg")).unwrap();
+    assert!(names.iter().all(|name| svg.contains(name)) && !svg.contains(wnids[0]), "labels by name:\n{svg}");
+
+    // TensorBoard has the top-5 scalars (tags are plain strings in the event records).
+    let folder = run.join("tensorboard");
+    let events = std::fs::read(std::fs::read_dir(&folder).unwrap().next().unwrap().unwrap().path()).unwrap();
+    for tag in ["accuracy_top5/train", "accuracy_top5/val", "accuracy_top5/test"] {
+        assert!(events.windows(tag.len()).any(|w| w == tag.as_bytes()), "no {tag} in {}", folder.display());
+    }
+
+    // predict prints the readable names; file names with wnids still score.
+    let photos = ws.root().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    for wnid in &wnids[..3] {
+        let name = format!("{wnid}_0.JPEG");
+        std::fs::copy(ws.data().join("train").join(wnid).join("images").join(&name), photos.join(&name)).unwrap();
+    }
+    let predicted = ferrovision(ws.root(), &["predict", "--run", s(&run), "--labels-from-file-names", s(&photos)]);
+    let lines = predicted.success();
+    let score = lines.lines().last().unwrap_or_default();
+    assert!(score.starts_with("top-1 ") && score.contains("/3), top-5 "), "scored by the wnids of the file names:\n{lines}");
+    for line in lines.lines().filter(|l| l.contains(".JPEG")) {
+        let labels: Vec<&str> = line.split('\t').skip(1).map(|p| p.rsplit_once(' ').unwrap().0).collect();
+        assert_eq!(labels.len(), 5, "{line}");
+        assert!(labels.iter().all(|label| names.contains(label)), "labels by name: {line}");
+    }
+}
+
+/// `eval --data` evaluates a finished run on another copy of its data set: the image folders it
+/// trained on written as a CIFAR-10 binary release (lossless, stored in another order) give the
+/// same accuracy; a copy with other classes or another image size is refused, naming why.
+#[test]
+fn eval_data_evaluates_a_run_on_another_copy_of_its_data_set() {
+    let ws = Workspace::new();
+    ws.train("tiny", &["--set", "train.epochs=1"]).success();
+    let run = ws.runs().join("tiny");
+    let class_names: Vec<&str> = CLASSES.iter().map(|(class, _)| *class).collect();
+    let copies = ws.root().join("copies");
+    let binary = copies.join("cifar-10-batches-bin");
+    write_cifar_binary(&ws.data(), &class_names, &binary, Some(&class_names));
+
+    let own = ferrovision(ws.root(), &["eval", "--run", s(&run)]);
+    let own = own.success();
+    let copy = ferrovision(ws.root(), &["eval", "--run", s(&run), "--data", s(&binary)]);
+    let copy = copy.success();
+    assert!(copy.contains(&format!("checkpoint best, test split of {} (27 images)", binary.display())), "{copy}");
+    assert_eq!(percent_after(copy, "accuracy"), percent_after(own, "accuracy"), "{own}\n{copy}");
+    let loss = |report: &str| number_after(report, "loss").parse::<f64>().unwrap();
+    assert!((loss(own) - loss(copy)).abs() < 1e-3, "{own}\n{copy}");
+    let per_class = |report: &str| report.lines().filter(|l| l.starts_with("  ")).map(String::from).collect::<Vec<_>>();
+    assert_eq!(per_class(own), per_class(copy));
+    // Its confusion matrices are filed apart from those of the run's own data.
+    for stem in ["test-best", "test-best-cifar-10-batches-bin"] {
+        assert!(run.join("eval").join(format!("{stem}-confusion-counts.png")).is_file(), "{stem}:\n{copy}");
+    }
+
+    // Other classes: the first difference is named, with both lists' lengths.
+    let reordered = copies.join("reordered");
+    write_cifar_binary(&ws.data(), &class_names, &reordered, Some(&["green", "blue", "red"]));
+    ferrovision(ws.root(), &["eval", "--run", s(&run), "--data", s(&reordered)]).failure(&[
+        s(&reordered),
+        "class 0 is `green` there and `blue` in the run",
+        "3 classes there, 3 in the run",
+    ]);
+    let cifar10 = copies.join("no-meta");
+    write_cifar_binary(&ws.data(), &class_names, &cifar10, None);
+    ferrovision(ws.root(), &["eval", "--run", s(&run), "--data", s(&cifar10)])
+        .failure(&["class 0 is `airplane` there and `blue` in the run", "10 classes there, 3 in the run"]);
+    // Another image size.
+    let small = copies.join("small");
+    write_image_tree(&small, 16);
+    ferrovision(ws.root(), &["eval", "--run", s(&run), "--data", s(&small)]).failure(&[s(&small), "16x16", "32x32"]);
+    ferrovision(ws.root(), &["eval", "--run", s(&run), "--data", s(&copies.join("nowhere"))]).failure(&["nowhere"]);
+    // A run that did not finish has no summary.json to check a copy against.
+    std::fs::rename(run.join("summary.json"), ws.root().join("summary.json")).unwrap();
+    ferrovision(ws.root(), &["eval", "--run", s(&run), "--data", s(&binary)]).failure(&["summary.json"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // data info, models, bench
 // ---------------------------------------------------------------------------------------------
@@ -359,7 +596,7 @@ fn train_writes_a_complete_run_and_eval_reproduces_its_accuracy() {
 fn data_info_describes_a_folder_and_its_archive() {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("colours");
-    let files = write_image_tree(&tree);
+    let files = write_image_tree(&tree, SIDE);
     let archive = dir.path().join("colours.tar.gz");
     write_tar_gz(&tree, &files, &archive);
 

@@ -7,6 +7,7 @@ mod common;
 use std::time::Instant;
 
 use ferrovision::data::archive::Source;
+use ferrovision::data::classes::ClassNames;
 use ferrovision::data::{DataFormat, describe, load_dataset};
 
 #[test]
@@ -37,6 +38,9 @@ fn reads_real_tiny_imagenet_and_caches_it() {
     let goldfish = dataset.classes.iter().position(|wnid| wnid == "n01443537").unwrap();
     assert_eq!(dataset.class_descriptions.len(), 200);
     assert_eq!(dataset.class_descriptions[goldfish], "goldfish, Carassius auratus");
+    // What reports print: the first synonym, the wnid beside it.
+    let classes = ClassNames::of(&dataset);
+    assert_eq!((classes.names[goldfish].as_str(), classes.label(goldfish).as_str()), ("goldfish", "goldfish (n01443537)"));
 
     // val_0.JPEG is n03444034, and the first of that class's test images (they are sorted by file name).
     let class = dataset.classes.iter().position(|wnid| wnid == "n03444034").unwrap();

@@ -60,7 +60,7 @@ impl AugmentCommand {
                 let pipeline = Pipeline::from_config(&config.augment);
                 pipeline.output_shape(data.train.height, data.train.width)?;
                 let picks = preview::pick_images(&data.train, rows);
-                let grid = preview::grid(&data.train, &data.classes, &pipeline, &picks, n, zoom.max(1), config.train.seed);
+                let grid = preview::grid(&data.train, &data.classes.names, &pipeline, &picks, n, zoom.max(1), config.train.seed);
                 ferrovision::viz::canvas::write_png(&grid, &out)?;
                 outln!("wrote {} ({} images x {} augmented copies)", out.display(), picks.len(), n);
             }

@@ -2,6 +2,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use ferrovision::tracking::RunDir;
+use ferrovision::train::evaluate::EvalTarget;
 use ferrovision::train::{self, RunEvaluation, robustness};
 use ferrovision::{out, outln};
 
@@ -16,6 +17,11 @@ pub struct EvalArgs {
     /// Evaluate this checkpoint name instead of `best` (e.g. `last`).
     #[arg(long, default_value = "best")]
     checkpoint: String,
+    /// Evaluate on another copy of the run's data set (e.g. CIFAR-10's binary release for a run
+    /// trained on the JPEG folders): a folder or archive with the same classes in the same order
+    /// and images of the size the model trained on; the run's data.* split settings apply to it.
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Robustness: also evaluate the images passed through this augmentation (seeded): a
     /// transform name, an inline entry `{ name = "random_rotation", degrees = 30 }`, or a TOML
     /// file with `transforms = [...]`.
@@ -32,7 +38,7 @@ pub struct EvalArgs {
 
 impl EvalArgs {
     pub fn run(self) -> Result<()> {
-        let EvalArgs { run, split, device, checkpoint, transform, sweep, tta } = self;
+        let EvalArgs { run, split, device, checkpoint, data, transform, sweep, tta } = self;
         let (run, mut config) = RunDir::open(&run)?;
         if let Some(trained) = train::resume::trained_config(&run)? {
             let changed = train::resume::changed_settings(&trained, &config);
@@ -51,13 +57,14 @@ impl EvalArgs {
         if let Some(tta) = tta {
             config.train.tta = serde_json::from_value(serde_json::Value::String(tta))?;
         }
+        let target = EvalTarget { split: &split, checkpoint: &checkpoint, data: data.as_deref() };
         let Some(spec) = transform else {
-            out!("{}", train::evaluate_run(&run, &config, &split, &checkpoint)?);
+            out!("{}", train::evaluate_run(&run, &config, &target)?);
             return Ok(());
         };
         let settings = robustness::settings(&spec, sweep.as_deref(), config.augment.normalize)?;
-        let evaluation = RunEvaluation::load(&run, &config, &split, &checkpoint)?;
-        outln!("run {} checkpoint {checkpoint}, {split} split ({} images)", run.id, evaluation.set.len());
+        let evaluation = RunEvaluation::load(&run, &config, &target)?;
+        outln!("run {} checkpoint {checkpoint}, {} ({} images)", run.id, target.describe(), evaluation.set.len());
         let outcomes = robustness::evaluate_settings(&evaluation, &settings)?;
         out!("{}", robustness::markdown(&outcomes));
         let key = sweep.as_deref().map(|s| s.split_once('=').map_or(s, |(k, _)| k));
@@ -68,6 +75,10 @@ impl EvalArgs {
             None => settings[1].pipeline.as_ref().and_then(|p| p.transforms.last()).map_or("transform", |t| t.name()).to_string(),
         };
         let name = key.map_or(base.clone(), |k| format!("{base}-{k}"));
+        let name = match target.copy_name() {
+            Some(copy) => format!("{name}-{copy}"),
+            None => name,
+        };
         for path in robustness::write_report(&outcomes, &run.path.join("robustness"), &name, key)? {
             outln!("wrote {}", path.display());
         }

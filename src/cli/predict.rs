@@ -1,7 +1,8 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use ferrovision::serve::predict::{self, ClassNames, Score};
+use ferrovision::data::classes::ClassNames;
+use ferrovision::serve::predict::{self, Score};
 
 use super::args::ModelArgs;
 use ferrovision::outln;

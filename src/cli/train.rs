@@ -71,8 +71,9 @@ impl TrainArgs {
 
 fn print_summary(run: &RunDir, summary: &RunSummary) {
     outln!(
-        "test accuracy {:.2}% (loss {:.4}) on {} images, best epoch {}, trained {:.0}s, total {:.0}s\nrun saved in {}",
+        "test accuracy {:.2}%{} (loss {:.4}) on {} images, best epoch {}, trained {:.0}s, total {:.0}s\nrun saved in {}",
         100.0 * summary.test_acc,
+        summary.test_acc5.map(|a| format!(" top-5 {:.2}%", 100.0 * a)).unwrap_or_default(),
         summary.test_loss,
         summary.test_images,
         summary.best_epoch,

@@ -5,6 +5,7 @@ pub mod archive;
 pub mod cache;
 pub mod cifar_binary;
 pub mod cifar_python;
+pub mod classes;
 pub mod config;
 pub mod detect;
 pub mod download;

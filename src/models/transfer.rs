@@ -261,6 +261,7 @@ mod tests {
 
     use super::*;
     use crate::augment::NormalizePreset;
+    use crate::data::classes::ClassNames;
     use crate::train::config::TrainConfig;
     use crate::train::{loss, optim};
     use crate::weights::apply::parameter_shapes;
@@ -273,7 +274,7 @@ mod tests {
         let about = ExportedModel {
             model: ModelConfig::default(),
             transfer: TransferConfig::default(),
-            classes: vec![],
+            classes: ClassNames::from_names(&[]),
             image_size: 32,
             normalize: NormalizePreset::None,
         };
@@ -365,7 +366,7 @@ mod tests {
         let about = ExportedModel {
             model: config,
             transfer: TransferConfig::default(),
-            classes: (0..1000).map(|i| i.to_string()).collect(),
+            classes: ClassNames::from_names(&(0..1000).map(|i| i.to_string()).collect::<Vec<_>>()),
             image_size: 32,
             normalize: NormalizePreset::Imagenet,
         };

@@ -21,7 +21,7 @@ pub fn export_run(dir: &Path, checkpoint: &str, out: &Path) -> anyhow::Result<St
     let about = ExportedModel {
         model: config.model.clone(),
         transfer: config.transfer.clone(),
-        classes: summary.classes,
+        classes: summary.class_names(),
         image_size: summary.image_size,
         normalize: config.augment.normalize,
     };

@@ -1,7 +1,7 @@
 //! Labelling new images with a trained or pretrained model: read image files, folders or archives,
 //! apply the weights' evaluation transform, and return the top classes with their probabilities.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
@@ -12,75 +12,9 @@ use rayon::prelude::*;
 use crate::augment::resize::EvalResize;
 use crate::augment::{Image, NormalizePreset, normalize_to_chw};
 use crate::data::archive::{ArchiveKind, Source};
+use crate::data::classes::ClassNames;
 use crate::data::image_folder::is_image_name;
 use crate::models::Classifier;
-
-/// Class identifiers (e.g. WordNet ids) and readable names, by class index.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ClassNames {
-    pub ids: Vec<String>,
-    pub names: Vec<String>,
-}
-
-impl ClassNames {
-    /// Names that are their own ids (a data set's class folders).
-    pub fn from_names(names: &[String]) -> Self {
-        Self { ids: names.to_vec(), names: names.to_vec() }
-    }
-
-    /// Reads a class table: a TSV with a header naming `index`, `wnid` (or `id`) and `name`
-    /// columns (as `imagenet-1k-classes.tsv`), or a text file with one class name per line.
-    pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read class table", path.display()))?;
-        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-        let Some(first) = lines.next() else { bail!("{}: class table is empty", path.display()) };
-        let header: Vec<&str> = first.split('\t').map(str::trim).collect();
-        let column = |names: &[&str]| header.iter().position(|h| names.contains(&h.to_ascii_lowercase().as_str()));
-        let (Some(id_col), Some(name_col)) = (column(&["wnid", "id"]), column(&["name"])) else {
-            let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
-            return Ok(Self::from_names(&names));
-        };
-        let index_col = column(&["index"]);
-        let mut ids = Vec::new();
-        let mut names = Vec::new();
-        for (row, line) in lines.enumerate() {
-            let fields: Vec<&str> = line.split('\t').collect();
-            let field = |col: usize| {
-                fields
-                    .get(col)
-                    .map(|f| f.trim().to_string())
-                    .with_context(|| format!("{}: line {}: expected {} tab-separated columns", path.display(), row + 2, header.len()))
-            };
-            if let Some(col) = index_col {
-                let index: usize =
-                    field(col)?.parse().with_context(|| format!("{}: line {}: index is not a number", path.display(), row + 2))?;
-                if index != row {
-                    bail!("{}: line {}: expected index {row}, found {index} (rows must be in index order)", path.display(), row + 2);
-                }
-            }
-            ids.push(field(id_col)?);
-            names.push(field(name_col)?);
-        }
-        Ok(Self { ids, names })
-    }
-
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    /// The class a file is named after: the part of its name before the first `_` (or the stem),
-    /// matched against ids, then names.
-    pub fn from_file_name(&self, file: &str) -> Option<usize> {
-        let base = file.rsplit('/').next().unwrap_or(file);
-        let stem = base.split('.').next().unwrap_or(base);
-        let key = stem.split('_').next().unwrap_or(stem);
-        self.ids.iter().position(|id| id == key).or_else(|| self.names.iter().position(|n| n == key))
-    }
-}
 
 /// A decoded input image and where it came from.
 #[derive(Debug)]
@@ -233,11 +167,11 @@ pub fn load_predictor(source: &ModelSource, classes: Option<ClassNames>, device:
             let (run, config) = crate::tracking::RunDir::open(dir)?;
             let summary = run.read_summary()?;
             let model = crate::train::load_run_model(&config, summary.classes.len(), &run.checkpoint(checkpoint), device)?;
-            (model, square(summary.image_size), config.augment.normalize, ClassNames::from_names(&summary.classes))
+            (model, square(summary.image_size), config.augment.normalize, summary.class_names())
         }
         ModelSource::Export(path) => {
             let (model, exported) = weights::export::import_safetensors(path, device)?;
-            (model, square(exported.image_size), exported.normalize, ClassNames::from_names(&exported.classes))
+            (model, square(exported.image_size), exported.normalize, exported.classes)
         }
         ModelSource::Weights { model: name, weights: file, pretrained, allow_partial, cache_dir } => {
             let entry = match pretrained {
@@ -271,30 +205,6 @@ pub fn load_predictor(source: &ModelSource, classes: Option<ClassNames>, device:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tsv_class_tables_and_plain_lists_are_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let tsv = dir.path().join("classes.tsv");
-        std::fs::write(&tsv, "index\twnid\tname\tsynonyms\n0\tn01440764\ttench\ttench, Tinca tinca\n1\tn01443537\tgoldfish\tgoldfish\n")
-            .unwrap();
-        let classes = ClassNames::read(&tsv).unwrap();
-        assert_eq!(classes.ids, ["n01440764", "n01443537"]);
-        assert_eq!(classes.names, ["tench", "goldfish"]);
-        assert_eq!(classes.from_file_name("imagenet-samples/n01443537_goldfish.JPEG"), Some(1));
-        assert_eq!(classes.from_file_name("n99999999_x.JPEG"), None);
-
-        let list = dir.path().join("classes.txt");
-        std::fs::write(&list, "cat\ndog\n").unwrap();
-        let classes = ClassNames::read(&list).unwrap();
-        assert_eq!(classes.names, ["cat", "dog"]);
-        assert_eq!(classes.from_file_name("dog_0001.png"), Some(1));
-
-        let bad = dir.path().join("bad.tsv");
-        std::fs::write(&bad, "index\twnid\tname\n0\tn1\ta\n5\tn2\tb\n").unwrap();
-        let err = ClassNames::read(&bad).unwrap_err().to_string();
-        assert!(err.contains("bad.tsv") && err.contains("line 3") && err.contains("expected index 1"), "{err}");
-    }
 
     #[test]
     fn scores_count_top1_and_topk_hits_by_file_name() {

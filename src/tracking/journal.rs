@@ -265,6 +265,8 @@ mod tests {
                 train_acc: acc,
                 val_loss: Some(1.0 - acc),
                 val_acc: Some(acc),
+                train_acc5: None,
+                val_acc5: None,
                 lr: 0.1,
                 seconds: 1.0,
                 img_per_s: 10.0,

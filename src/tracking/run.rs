@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ExperimentConfig;
+use crate::data::classes::ClassNames;
 use crate::error::InvalidSetting;
 use crate::files::write_atomic;
 
@@ -19,6 +20,11 @@ pub struct EpochMetrics {
     pub train_acc: f64,
     pub val_loss: Option<f64>,
     pub val_acc: Option<f64>,
+    /// Top-5 accuracies, for data sets of more than 10 classes (see `train::reports_top5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_acc5: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_acc5: Option<f64>,
     pub lr: f64,
     pub seconds: f64,
     pub img_per_s: f64,
@@ -140,7 +146,11 @@ pub struct RunSummary {
     /// Parameters of the model that did not train (a frozen backbone); absent in older summaries.
     #[serde(default)]
     pub frozen_params: usize,
+    /// Class ids in label order, as the data set spells them (Tiny ImageNet: WordNet ids).
     pub classes: Vec<String>,
+    /// Readable names parallel to `classes` ("goldfish" for n01443537); absent in older summaries.
+    #[serde(default)]
+    pub class_names: Vec<String>,
     /// Side of the (square) images the model was trained on, after any resizing.
     pub image_size: usize,
     pub epochs_completed: usize,
@@ -149,11 +159,26 @@ pub struct RunSummary {
     pub best_epoch: usize,
     pub best_val_loss: Option<f64>,
     pub best_val_acc: Option<f64>,
+    /// Top-5 accuracies, for more than 10 classes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_val_acc5: Option<f64>,
     pub test_loss: f64,
     pub test_acc: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_acc5: Option<f64>,
     pub test_images: usize,
     pub train_seconds: f64,
     pub total_seconds: f64,
+}
+
+impl RunSummary {
+    /// The run's classes with their readable names (an older summary's names are its ids).
+    pub fn class_names(&self) -> ClassNames {
+        match self.class_names.len() == self.classes.len() {
+            true => ClassNames { ids: self.classes.clone(), names: self.class_names.clone() },
+            false => ClassNames::from_names(&self.classes),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -297,6 +322,8 @@ mod tests {
             train_acc: 0.4,
             val_loss: Some(1.2),
             val_acc: None,
+            train_acc5: Some(0.9),
+            val_acc5: None,
             lr: 0.1,
             seconds: 2.0,
             img_per_s: 100.0,
@@ -306,6 +333,31 @@ mod tests {
         let back = run.read_metrics().unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back[0], m);
+        // Top-5 is written only where it is measured; older lines without it read back as None.
+        let line = std::fs::read_to_string(run.path.join(RunDir::METRICS)).unwrap();
+        assert!(line.contains("\"train_acc5\":0.9") && !line.contains("val_acc5"), "{line}");
+        let older: EpochMetrics = serde_json::from_str(
+            r#"{"epoch":1,"train_loss":1.0,"train_acc":0.5,"val_loss":null,"val_acc":null,"lr":0.1,"seconds":1.0,"img_per_s":9.0}"#,
+        )
+        .unwrap();
+        assert_eq!((older.train_acc5, older.val_acc5), (None, None));
+    }
+
+    #[test]
+    fn summaries_carry_readable_class_names_and_older_ones_fall_back_to_the_ids() {
+        let text = r#"{"run_id":"r","model":"m","trainable_params":1,"classes":["n01443537","n02123045"],"image_size":64,
+            "epochs_completed":1,"best_epoch":1,"best_val_loss":null,"best_val_acc":null,"test_loss":1.0,"test_acc":0.5,
+            "test_images":2,"train_seconds":1.0,"total_seconds":1.0}"#;
+        let mut summary: RunSummary = serde_json::from_str(text).unwrap();
+        assert_eq!(summary.class_names(), ClassNames::from_names(&summary.classes));
+        assert_eq!(summary.test_acc5, None);
+        summary.class_names = vec!["goldfish".into(), "tabby".into()];
+        summary.test_acc5 = Some(0.75);
+        let classes = summary.class_names();
+        assert_eq!((classes.ids[0].as_str(), classes.names[0].as_str()), ("n01443537", "goldfish"));
+        let written = serde_json::to_string(&summary).unwrap();
+        assert!(written.contains(r#""class_names":["goldfish","tabby"]"#) && written.contains(r#""test_acc5":0.75"#), "{written}");
+        assert!(!written.contains("best_val_acc5"), "{written}");
     }
 
     #[test]

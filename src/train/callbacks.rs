@@ -35,6 +35,8 @@ pub struct TestContext<'a> {
     /// The last completed epoch (the step the results are logged at).
     pub epoch: usize,
     pub accuracy: f64,
+    /// Top-5 accuracy, for more than 10 classes.
+    pub accuracy5: Option<f64>,
     pub loss: f64,
     /// The row-normalized confusion matrix as PNG.
     pub confusion_png: &'a [u8],
@@ -103,7 +105,15 @@ impl Callback for CurvesPlot {
         };
         let charts = [
             ("loss", vec![series("train", |m| Some(m.train_loss)), series("val", |m| m.val_loss)]),
-            ("accuracy", vec![series("train", |m| Some(m.train_acc)), series("val", |m| m.val_acc)]),
+            (
+                "accuracy",
+                vec![
+                    series("train", |m| Some(m.train_acc)),
+                    series("val", |m| m.val_acc),
+                    series("train top-5", |m| m.train_acc5),
+                    series("val top-5", |m| m.val_acc5),
+                ],
+            ),
             ("lr", vec![series("lr", |m| Some(m.lr))]),
         ];
         for (name, lines) in charts {
@@ -115,7 +125,8 @@ impl Callback for CurvesPlot {
 }
 
 /// TensorBoard scalars: the loss and learning rate of every step, and the epoch metrics
-/// (losses, accuracies, lr, img/s) at the epoch number; the learning-curve images when drawn.
+/// (losses, accuracies and top-5 accuracies, lr, img/s) at the epoch number; the learning-curve
+/// images when drawn.
 pub struct TensorBoardLog {
     writer: EventWriter,
 }
@@ -139,6 +150,8 @@ impl Callback for TensorBoardLog {
             ("loss/val", m.val_loss),
             ("accuracy/train", Some(m.train_acc)),
             ("accuracy/val", m.val_acc),
+            ("accuracy_top5/train", m.train_acc5),
+            ("accuracy_top5/val", m.val_acc5),
             ("epoch/lr", Some(m.lr)),
             ("epoch/img_per_s", Some(m.img_per_s)),
         ];
@@ -158,6 +171,9 @@ impl Callback for TensorBoardLog {
 
     fn on_test_end(&mut self, c: &TestContext) -> Result<()> {
         self.writer.scalar("accuracy/test", c.accuracy, c.epoch)?;
+        if let Some(top5) = c.accuracy5 {
+            self.writer.scalar("accuracy_top5/test", top5, c.epoch)?;
+        }
         self.writer.scalar("loss/test", c.loss, c.epoch)?;
         self.png_image("confusion/test", c.confusion_png.to_vec(), c.epoch)
     }
@@ -184,23 +200,29 @@ impl Callback for MetricsLog {
 /// Prints one line per epoch.
 pub struct ConsoleLog;
 
-impl Callback for ConsoleLog {
-    fn on_epoch_end(&mut self, c: &EpochContext) -> Result<()> {
-        let m = c.metrics;
+impl ConsoleLog {
+    fn line(m: &EpochMetrics, epochs: usize) -> String {
+        let top5 = |acc5: Option<f64>| acc5.map(|a| format!(" top-5 {:.2}%", 100.0 * a)).unwrap_or_default();
         let val = match (m.val_loss, m.val_acc) {
-            (Some(l), Some(a)) => format!(" | val loss {l:.4} acc {:.2}%", 100.0 * a),
+            (Some(l), Some(a)) => format!(" | val loss {l:.4} acc {:.2}%{}", 100.0 * a, top5(m.val_acc5)),
             _ => String::new(),
         };
-        outln!(
-            "epoch {}/{} | train loss {:.4} acc {:.2}%{val} | lr {:.4} | {:.1}s, {:.0} img/s",
+        format!(
+            "epoch {}/{epochs} | train loss {:.4} acc {:.2}%{}{val} | lr {:.4} | {:.1}s, {:.0} img/s",
             m.epoch,
-            c.epochs,
             m.train_loss,
             100.0 * m.train_acc,
+            top5(m.train_acc5),
             m.lr,
             m.seconds,
             m.img_per_s
-        );
+        )
+    }
+}
+
+impl Callback for ConsoleLog {
+    fn on_epoch_end(&mut self, c: &EpochContext) -> Result<()> {
+        outln!("{}", Self::line(c.metrics, c.epochs));
         Ok(())
     }
 }
@@ -403,7 +425,32 @@ mod tests {
     }
 
     fn epoch_metrics(val_loss: Option<f64>) -> EpochMetrics {
-        EpochMetrics { epoch: 1, train_loss: 1.0, train_acc: 0.0, val_loss, val_acc: None, lr: 0.1, seconds: 1.0, img_per_s: 1.0 }
+        EpochMetrics {
+            epoch: 1,
+            train_loss: 1.0,
+            train_acc: 0.0,
+            val_loss,
+            val_acc: None,
+            train_acc5: None,
+            val_acc5: None,
+            lr: 0.1,
+            seconds: 1.0,
+            img_per_s: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_console_line_shows_top5_where_it_is_measured() {
+        let plain = EpochMetrics { val_acc: Some(0.5), ..epoch_metrics(Some(1.5)) };
+        assert_eq!(
+            ConsoleLog::line(&plain, 3),
+            "epoch 1/3 | train loss 1.0000 acc 0.00% | val loss 1.5000 acc 50.00% | lr 0.1000 | 1.0s, 1 img/s"
+        );
+        let many = EpochMetrics { train_acc5: Some(0.25), val_acc5: Some(0.875), ..plain };
+        assert_eq!(
+            ConsoleLog::line(&many, 3),
+            "epoch 1/3 | train loss 1.0000 acc 0.00% top-5 25.00% | val loss 1.5000 acc 50.00% top-5 87.50% | lr 0.1000 | 1.0s, 1 img/s"
+        );
     }
 
     /// A run folder with its `checkpoints` folder, in a temporary directory.

@@ -5,7 +5,7 @@ use anyhow::{Result, bail};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::count_correct;
+use super::{Hits, count_hits, reports_top5};
 use crate::models::Classifier;
 use crate::tracking::RunDir;
 
@@ -46,19 +46,24 @@ impl GradientAccumulation {
     }
 }
 
-/// The running loss and accuracy of an epoch's training batches.
-#[derive(Default)]
+/// The running loss and accuracies of an epoch's training batches.
 pub struct EpochTotals {
     /// Sum over images of the batch loss (a batch's mean loss times its size).
     loss_sum: f64,
-    correct: usize,
+    hits: Hits,
     seen: usize,
+    /// Whether top-5 accuracy is reported ([`reports_top5`]).
+    top5: bool,
 }
 
 impl EpochTotals {
+    pub fn new(num_classes: usize) -> Self {
+        Self { loss_sum: 0.0, hits: Hits::default(), seen: 0, top5: reports_top5(num_classes) }
+    }
+
     /// Adds a batch: its mean loss, its logits (row-major, one row per label) and its labels.
     pub fn add(&mut self, loss: f32, logits: &[f32], labels: &[i64]) {
-        self.correct += count_correct(logits, labels);
+        self.hits += count_hits(logits, labels);
         self.loss_sum += loss as f64 * labels.len() as f64;
         self.seen += labels.len();
     }
@@ -70,7 +75,12 @@ impl EpochTotals {
 
     /// Fraction of images whose arg-max is the label (0 before the first batch).
     pub fn accuracy(&self) -> f64 {
-        self.correct as f64 / self.seen.max(1) as f64
+        self.hits.top1 as f64 / self.seen.max(1) as f64
+    }
+
+    /// Fraction of images whose label is among the five highest logits, where reported.
+    pub fn accuracy5(&self) -> Option<f64> {
+        self.top5.then(|| self.hits.top5 as f64 / self.seen.max(1) as f64)
     }
 
     pub fn images_per_second(&self, seconds: f64) -> f64 {
@@ -113,10 +123,10 @@ impl EpochProgress {
     }
 }
 
-/// The running loss, accuracy and throughput, after at least one batch.
+/// The running loss, accuracies and throughput, after at least one batch.
 fn progress_message(totals: &EpochTotals, elapsed_seconds: f64) -> String {
-    let seen = totals.seen as f64;
-    format!("loss {:.3} acc {:.1}% {:.0} img/s", totals.loss_sum / seen, 100.0 * totals.correct as f64 / seen, seen / elapsed_seconds)
+    let top5 = totals.accuracy5().map(|a| format!(" top-5 {:.1}%", 100.0 * a)).unwrap_or_default();
+    format!("loss {:.3} acc {:.1}%{top5} {:.0} img/s", totals.loss(), 100.0 * totals.accuracy(), totals.images_per_second(elapsed_seconds))
 }
 
 /// The divergence check, after every batch: a loss that is not finite ends training, saying
@@ -158,15 +168,33 @@ mod tests {
 
     #[test]
     fn totals_weigh_each_batch_by_its_images() {
-        let mut totals = EpochTotals::default();
+        let mut totals = EpochTotals::new(2);
         assert_eq!((totals.loss(), totals.accuracy()), (0.0, 0.0));
         // Two rows, both right; then one row, wrong.
         totals.add(1.0, &[0.0, 1.0, 1.0, 0.0], &[1, 0]);
         totals.add(4.0, &[0.0, 1.0], &[0]);
         assert_eq!(totals.loss(), 2.0);
         assert_eq!(totals.accuracy(), 2.0 / 3.0);
+        assert_eq!(totals.accuracy5(), None, "no top-5 for 2 classes");
         assert_eq!(totals.images_per_second(0.5), 6.0);
         assert_eq!(progress_message(&totals, 0.5), "loss 2.000 acc 66.7% 6 img/s");
+    }
+
+    #[test]
+    fn totals_count_top5_in_the_same_pass_for_more_than_ten_classes() {
+        let mut totals = EpochTotals::new(11);
+        // Label 10 is highest in the first row; in the second, label 0 is sixth (top-5 miss),
+        // in the third, label 0 is fifth (top-5 hit).
+        let ramp: Vec<f32> = (0..11).map(|i| i as f32).collect();
+        let mut sixth = vec![0.0; 11];
+        (6..11).for_each(|i| sixth[i] = 1.0);
+        let mut fifth = vec![0.0; 11];
+        (7..11).for_each(|i| fifth[i] = 1.0);
+        fifth[0] = 0.5;
+        totals.add(1.0, &[ramp, sixth, fifth].concat(), &[10, 0, 0]);
+        assert_eq!(totals.accuracy(), 1.0 / 3.0);
+        assert_eq!(totals.accuracy5(), Some(2.0 / 3.0));
+        assert_eq!(progress_message(&totals, 1.0), "loss 1.000 acc 33.3% top-5 66.7% 3 img/s");
     }
 
     #[test]

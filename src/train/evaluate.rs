@@ -1,18 +1,20 @@
-//! Evaluation of a model on an image set: loss, accuracy, per-class accuracy and predictions.
+//! Evaluation of a model on an image set: loss, accuracy (top-5 too for more than 10 classes),
+//! per-class accuracy and predictions; and `eval` of a run, on its own data set or another copy.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
-use super::argmax;
 use super::loss::{cross_entropy, smoothed_targets};
+use super::{Hits, argmax, count_hits, reports_top5};
 use crate::augment::InputTransform;
 use crate::augment::transforms::Pipeline;
 use crate::config::ExperimentConfig;
 use crate::data::ImageSet;
+use crate::data::classes::ClassNames;
 use crate::data::loader::{LoaderConfig, make_batch};
 use crate::files::write_atomic;
 use crate::models::Classifier;
@@ -23,6 +25,8 @@ use crate::tracking::plot::{confusion_matrix_svg, svg_to_png};
 pub struct EvalResult {
     pub loss: f64,
     pub accuracy: f64,
+    /// Fraction whose label is among the five highest logits, for more than 10 classes.
+    pub accuracy5: Option<f64>,
     /// Fraction correct for each class (NaN-free: a class without images gets 0).
     pub per_class_accuracy: Vec<f64>,
     pub predictions: Vec<usize>,
@@ -82,22 +86,28 @@ impl EvalSettings {
     pub fn from_config(config: &ExperimentConfig) -> Self {
         Self { batch_size: config.train.eval_batch_size, input: config.input_transform(), tta: config.train.tta, perturb: None }
     }
+
+    /// Batches in stored order, every image once.
+    fn loader_config(&self) -> LoaderConfig {
+        LoaderConfig {
+            batch_size: self.batch_size,
+            shuffle: false,
+            drop_last: false,
+            augment: self.perturb.clone(),
+            mix: None,
+            input: self.input,
+            prefetch: 1,
+            seed: 0,
+        }
+    }
 }
 
 /// Evaluates `model` (in validation mode, on a plain device) in stored order.
 pub fn evaluate(model: &Classifier, set: &ImageSet, num_classes: usize, settings: &EvalSettings, device: &Device) -> Result<EvalResult> {
-    let config = LoaderConfig {
-        batch_size: settings.batch_size,
-        shuffle: false,
-        drop_last: false,
-        augment: settings.perturb.clone(),
-        mix: None,
-        input: settings.input,
-        prefetch: 1,
-        seed: 0,
-    };
+    let config = settings.loader_config();
     let order: Vec<usize> = (0..set.len()).collect();
     let mut predictions = Vec::with_capacity(set.len());
+    let mut hits = Hits::default();
     let mut loss_sum = 0.0;
     for index in 0..set.len().div_ceil(settings.batch_size) {
         let batch = make_batch(set, &order, &config, 0, index);
@@ -117,43 +127,95 @@ pub fn evaluate(model: &Classifier, set: &ImageSet, num_classes: usize, settings
         loss_sum += loss as f64 * batch.len() as f64;
         let values: Vec<f32> = logits.into_data().try_to_vec::<f32>().context("reading logits")?;
         predictions.extend(values.chunks_exact(num_classes).map(argmax));
+        hits += count_hits(&values, &batch.labels);
     }
-    let mut hits = vec![0usize; num_classes];
+    let mut class_hits = vec![0usize; num_classes];
     let mut totals = vec![0usize; num_classes];
     for (&p, &l) in predictions.iter().zip(&set.labels) {
         totals[l as usize] += 1;
-        hits[l as usize] += (p == l as usize) as usize;
+        class_hits[l as usize] += (p == l as usize) as usize;
     }
-    let correct: usize = hits.iter().sum();
+    let images = set.len().max(1) as f64;
     Ok(EvalResult {
-        loss: loss_sum / set.len().max(1) as f64,
-        accuracy: correct as f64 / set.len().max(1) as f64,
-        per_class_accuracy: hits.iter().zip(&totals).map(|(&h, &t)| if t == 0 { 0.0 } else { h as f64 / t as f64 }).collect(),
+        loss: loss_sum / images,
+        accuracy: hits.top1 as f64 / images,
+        accuracy5: reports_top5(num_classes).then(|| hits.top5 as f64 / images),
+        per_class_accuracy: class_hits.iter().zip(&totals).map(|(&h, &t)| if t == 0 { 0.0 } else { h as f64 / t as f64 }).collect(),
         predictions,
     })
+}
+
+/// What `eval` evaluates: a checkpoint of a run on one split of its data set, or of another copy
+/// of that data set (`--data`, e.g. CIFAR-10's binary release for a run trained on JPEG folders).
+#[derive(Clone, Copy, Debug)]
+pub struct EvalTarget<'a> {
+    /// `test` or `val`.
+    pub split: &'a str,
+    pub checkpoint: &'a str,
+    pub data: Option<&'a Path>,
+}
+
+impl EvalTarget<'_> {
+    /// "test split", or "test split of PATH" for another copy.
+    pub fn describe(&self) -> String {
+        match self.data {
+            None => format!("{} split", self.split),
+            Some(path) => format!("{} split of {}", self.split, path.display()),
+        }
+    }
+
+    /// The copy's file name up to its first dot (`cifar-10-batches-bin`, `cifar-10-binary` for
+    /// `cifar-10-binary.tar.gz`): what files written about it add to their names, so they do not
+    /// replace those of the run's own data set.
+    pub fn copy_name(&self) -> Option<String> {
+        let name = self.data?.file_name()?.to_string_lossy().split('.').next()?.to_string();
+        (!name.is_empty()).then_some(name)
+    }
+
+    /// How files written about this evaluation begin: `test-best`, `test-best-<copy name>`.
+    pub fn file_stem(&self) -> String {
+        match self.copy_name() {
+            None => format!("{}-{}", self.split, self.checkpoint),
+            Some(copy) => format!("{}-{}-{copy}", self.split, self.checkpoint),
+        }
+    }
 }
 
 /// A run's model with one of its checkpoints, and the split it is evaluated on.
 pub struct RunEvaluation {
     pub model: Classifier,
     pub set: ImageSet,
-    pub classes: Vec<String>,
+    pub classes: ClassNames,
     pub device: Device,
     pub settings: EvalSettings,
 }
 
 impl RunEvaluation {
-    /// Loads `checkpoint` of a run and its `test` or `val` split (as split at training time).
-    pub fn load(run: &RunDir, config: &ExperimentConfig, split: &str, checkpoint: &str) -> Result<Self> {
+    /// Loads a run's checkpoint and the split `target` names, as split at training time (the
+    /// run's `data.*` settings apply to another copy too). Another copy must have the run's
+    /// classes in the same order and images of the size its model trained on.
+    pub fn load(run: &RunDir, config: &ExperimentConfig, target: &EvalTarget) -> Result<Self> {
         let device = crate::device::parse(&config.run.device)?;
-        let data = super::prepare_data(config)?;
-        let set = match split {
+        let data = match target.data {
+            None => super::prepare_data(config)?,
+            Some(path) => {
+                let mut copy = config.clone();
+                copy.data.path = path.to_path_buf();
+                copy.data.download = false;
+                super::prepare_data(&copy)?
+            }
+        };
+        let set = match target.split {
             "test" => data.test,
             "val" => data.val.context("this run has no validation split (data.val_size = 0)")?,
-            other => anyhow::bail!("unknown split `{other}`; expected test or val"),
+            other => bail!("unknown split `{other}`; expected test or val"),
         };
-        let model = super::load_run_model(config, data.classes.len(), &run.checkpoint(checkpoint), &device)?;
-        Ok(Self { model, set, classes: data.classes, device, settings: EvalSettings::from_config(config) })
+        let classes = match target.data {
+            None => data.classes,
+            Some(path) => check_copy(run, config, path, &data.classes, &set)?,
+        };
+        let model = super::load_run_model(config, classes.len(), &run.checkpoint(target.checkpoint), &device)?;
+        Ok(Self { model, set, classes, device, settings: EvalSettings::from_config(config) })
     }
 
     /// The accuracy on the split, its images passed through `perturb` first when given.
@@ -161,6 +223,44 @@ impl RunEvaluation {
         let settings = EvalSettings { perturb: perturb.cloned(), ..self.settings.clone() };
         evaluate(&self.model, &self.set, self.classes.len(), &settings, &self.device)
     }
+}
+
+/// Checks a copy of a run's data set (its `classes` and the split `set`) against the run's
+/// `summary.json`; returns the run's classes, named as it names them (a copy may lack the
+/// descriptions its names come from).
+fn check_copy(run: &RunDir, config: &ExperimentConfig, copy: &Path, classes: &ClassNames, set: &ImageSet) -> Result<ClassNames> {
+    let summary = run.read_summary().with_context(|| {
+        format!("--data checks the copy against the classes and image size in run {}'s summary.json, written when training ends", run.id)
+    })?;
+    check_same_classes(copy, &classes.ids, &run.id, &summary.classes)?;
+    let (height, width) = config.input_transform().output_shape(set.height, set.width);
+    let side = summary.image_size;
+    if (height, width) != (side, side) {
+        bail!(
+            "{}: its images come to the model as {height}x{width}, but run {} trained it on {side}x{side} images \
+             (image_size in its summary.json)",
+            copy.display(),
+            run.id
+        );
+    }
+    Ok(summary.class_names())
+}
+
+/// A copy of a run's data set must list the run's classes in the same order; otherwise the error
+/// names the first place where the two lists differ.
+fn check_same_classes(data: &Path, data_classes: &[String], run_id: &str, run_classes: &[String]) -> Result<()> {
+    let count = data_classes.len().max(run_classes.len());
+    let Some(index) = (0..count).find(|&i| data_classes.get(i) != run_classes.get(i)) else { return Ok(()) };
+    let class = |list: &[String]| list.get(index).map_or_else(|| "missing".to_string(), |c| format!("`{c}`"));
+    bail!(
+        "{}: its classes differ from those run {run_id} trained on: class {index} is {} there and {} in the run \
+         ({} classes there, {} in the run; both must list the same names in the same order)",
+        data.display(),
+        class(data_classes),
+        class(run_classes),
+        data_classes.len(),
+        run_classes.len()
+    )
 }
 
 /// Counts of (true class, predicted class).
@@ -172,49 +272,49 @@ pub fn confusion(labels: &[u16], predictions: &[usize], num_classes: usize) -> V
     counts
 }
 
-/// Evaluates a run's checkpoint on its `test` or `val` split, formats accuracy, loss and
-/// per-class accuracy, and writes the confusion matrix (counts and row-normalized, SVG and PNG)
-/// into `<run>/eval/`.
-pub fn evaluate_run(run: &RunDir, config: &ExperimentConfig, split: &str, checkpoint: &str) -> Result<String> {
-    let evaluation = RunEvaluation::load(run, config, split, checkpoint)?;
+/// Evaluates a run's checkpoint as `target` says, formats accuracy (and top-5), loss and
+/// per-class accuracy (classes by readable name and id), and writes the confusion matrix (counts
+/// and row-normalized, SVG and PNG) into `<run>/eval/`.
+pub fn evaluate_run(run: &RunDir, config: &ExperimentConfig, target: &EvalTarget) -> Result<String> {
+    let evaluation = RunEvaluation::load(run, config, target)?;
     let result = evaluation.evaluate(None)?;
+    let top5 = result.accuracy5.map(|a| format!("  top-5 {:.2}%", 100.0 * a)).unwrap_or_default();
     let mut report = format!(
-        "run {} checkpoint {checkpoint}, {split} split ({} images)\naccuracy {:.2}%  loss {:.4}\n",
+        "run {} checkpoint {}, {} ({} images)\naccuracy {:.2}%{top5}  loss {:.4}\n",
         run.id,
+        target.checkpoint,
+        target.describe(),
         evaluation.set.len(),
         100.0 * result.accuracy,
         result.loss
     );
-    for (name, acc) in evaluation.classes.iter().zip(&result.per_class_accuracy) {
-        report.push_str(&format!("  {name:<12} {:>6.2}%\n", 100.0 * acc));
+    let classes = &evaluation.classes;
+    let labels: Vec<String> = (0..classes.len()).map(|index| classes.label(index)).collect();
+    let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0).max(12);
+    for (label, acc) in labels.iter().zip(&result.per_class_accuracy) {
+        report.push_str(&format!("  {label:<width$} {:>6.2}%\n", 100.0 * acc));
     }
-    let counts = confusion(&evaluation.set.labels, &result.predictions, evaluation.classes.len());
-    for (stem, _) in write_confusion(run, &evaluation.classes, &counts, split, checkpoint)? {
+    let counts = confusion(&evaluation.set.labels, &result.predictions, classes.len());
+    for (stem, _) in write_confusion(run, target, &classes.names, &counts)? {
         report.push_str(&format!("wrote {}.{{svg,png}}\n", stem.display()));
     }
     Ok(report)
 }
 
-/// Writes `<run>/eval/<split>-<checkpoint>-confusion-{counts,normalized}.{svg,png}`; returns each
-/// file stem with its PNG (counts first).
-pub fn write_confusion(
-    run: &RunDir,
-    classes: &[String],
-    counts: &[Vec<usize>],
-    split: &str,
-    checkpoint: &str,
-) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+/// Writes `<run>/eval/<target's file stem>-confusion-{counts,normalized}.{svg,png}`, the classes
+/// labelled by `names`; returns each file stem with its PNG (counts first).
+pub fn write_confusion(run: &RunDir, target: &EvalTarget, names: &[String], counts: &[Vec<usize>]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
     let folder = run.path.join("eval");
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
     let mut written = Vec::new();
     for (normalized, kind) in [(false, "counts"), (true, "normalized")] {
-        let title = format!("{} {checkpoint}, {split}: confusion ({kind})", run.id);
-        let svg = confusion_matrix_svg(classes, counts, normalized, &title)?;
-        let stem = folder.join(format!("{split}-{checkpoint}-confusion-{kind}"));
+        let title = format!("{} {}, {}: confusion ({kind})", run.id, target.checkpoint, target.describe());
+        let svg = confusion_matrix_svg(names, counts, normalized, &title)?;
+        let path = folder.join(format!("{}-confusion-{kind}", target.file_stem()));
         let png = svg_to_png(&svg)?;
-        write_atomic(&stem.with_extension("svg"), svg.as_bytes())?;
-        write_atomic(&stem.with_extension("png"), &png)?;
-        written.push((stem, png));
+        write_atomic(&path.with_extension("svg"), svg.as_bytes())?;
+        write_atomic(&path.with_extension("png"), &png)?;
+        written.push((path, png));
     }
     Ok(written)
 }
@@ -231,6 +331,80 @@ mod tests {
         assert_eq!(view(&plane, 2, 3, (false, 1)), vec![1.0, 1.0, 2.0, 1.0, 1.0, 2.0]);
         assert_eq!(view(&plane, 2, 3, (false, -1)), vec![5.0, 6.0, 6.0, 5.0, 6.0, 6.0]);
         assert_eq!(Tta::FlipTranslate.views().len(), 6);
+    }
+
+    /// `count` 32x32 images of one model, with the logits it gives each (all labels 0).
+    fn images_and_logits(model: &Classifier, count: usize, settings: &EvalSettings) -> (ImageSet, Vec<Vec<f32>>) {
+        let mut set = ImageSet::empty(32, 32);
+        set.pixels = (0..count * set.image_bytes()).map(|i| (i * 7919 % 251) as u8).collect();
+        set.labels = vec![0; count];
+        let order: Vec<usize> = (0..count).collect();
+        let batch = make_batch(&set, &order, &LoaderConfig { batch_size: count, ..settings.loader_config() }, 0, 0);
+        let input = Tensor::from_data(TensorData::new(batch.images, [count, 3, 32, 32]), &Device::flex());
+        let logits: Vec<f32> = model.forward(input).into_data().try_to_vec().unwrap();
+        let classes = logits.len() / count;
+        (set, logits.chunks(classes).map(<[f32]>::to_vec).collect())
+    }
+
+    #[test]
+    fn evaluation_counts_top5_in_the_same_pass_for_more_than_ten_classes() {
+        let device = Device::flex();
+        device.seed(3);
+        let config = crate::models::ModelConfig { name: "tutorial_net".into(), ..Default::default() };
+        let model = crate::models::build(&config, 12, &device).unwrap();
+        let settings = EvalSettings {
+            batch_size: 4,
+            input: InputTransform { size: None, normalize: Default::default() },
+            tta: Tta::None,
+            perturb: None,
+        };
+        let (mut set, logits) = images_and_logits(&model, 6, &settings);
+        // Image i is labelled with the class its logits rank i-th: one top-1 hit, five top-5 hits.
+        set.labels = logits
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let mut order: Vec<usize> = (0..row.len()).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                order[i] as u16
+            })
+            .collect();
+        let result = evaluate(&model, &set, 12, &settings, &device).unwrap();
+        assert_eq!(result.accuracy, 1.0 / 6.0);
+        assert_eq!(result.accuracy5, Some(5.0 / 6.0));
+        assert_eq!(result.predictions[0], set.labels[0] as usize);
+
+        let ten = crate::models::build(&config, 10, &device).unwrap();
+        let (set, _) = images_and_logits(&ten, 3, &settings);
+        assert_eq!(evaluate(&ten, &set, 10, &settings, &device).unwrap().accuracy5, None, "no top-5 for 10 classes");
+    }
+
+    #[test]
+    fn a_copy_must_list_the_run_classes_in_order_and_the_error_names_the_first_difference() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let run = names(&["airplane", "automobile", "bird"]);
+        let copy = Path::new("copies/cifar-10-batches-bin");
+        check_same_classes(copy, &run, "r1", &run).unwrap();
+        let swapped = check_same_classes(copy, &names(&["airplane", "bird", "automobile"]), "r1", &run).unwrap_err().to_string();
+        assert_eq!(
+            swapped,
+            "copies/cifar-10-batches-bin: its classes differ from those run r1 trained on: class 1 is `bird` there and \
+             `automobile` in the run (3 classes there, 3 in the run; both must list the same names in the same order)"
+        );
+        let longer = check_same_classes(copy, &names(&["airplane", "automobile", "bird", "cat"]), "r1", &run).unwrap_err().to_string();
+        assert!(longer.contains("class 3 is `cat` there and missing in the run (4 classes there, 3 in the run"), "{longer}");
+    }
+
+    #[test]
+    fn evaluations_of_a_copy_are_described_and_filed_apart() {
+        let own = EvalTarget { split: "test", checkpoint: "best", data: None };
+        assert_eq!((own.describe(), own.file_stem(), own.copy_name()), ("test split".into(), "test-best".into(), None));
+        let archive = Path::new("data/cifar-10-binary.tar.gz");
+        let copy = EvalTarget { split: "val", checkpoint: "last", data: Some(archive) };
+        assert_eq!(copy.describe(), format!("val split of {}", archive.display()));
+        assert_eq!(copy.file_stem(), "val-last-cifar-10-binary");
+        let folder = EvalTarget { data: Some(Path::new("copies/cifar-10-batches-bin/")), ..own };
+        assert_eq!(folder.file_stem(), "test-best-cifar-10-batches-bin");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use crate::config::ExperimentConfig;
+use crate::data::classes::ClassNames;
 use crate::data::loader::Batch;
 use crate::data::{self, ImageSet};
 use crate::models::{self, Classifier};
@@ -32,7 +33,7 @@ pub use trainer::{Start, Trainer};
 
 /// The splits a run trains, validates and tests on.
 pub struct TrainingData {
-    pub classes: Vec<String>,
+    pub classes: ClassNames,
     pub train: Arc<ImageSet>,
     pub val: Option<ImageSet>,
     pub test: ImageSet,
@@ -52,7 +53,8 @@ pub fn prepare_data(config: &ExperimentConfig) -> Result<TrainingData> {
         bail!("data set not found at {} (set data.path or --data to a CIFAR-10 folder or archive, or add --download)", path.display());
     }
     let dataset = data::load_dataset(&path, Some(&d.cache_dir))?;
-    let num_classes = dataset.classes.len();
+    let classes = ClassNames::of(&dataset);
+    let num_classes = classes.len();
     let (train, val) = if d.val_size > 0 {
         let (train, val) = data::split::stratified_split(&dataset.train, num_classes, d.val_size, seed)?;
         (train, Some(val))
@@ -67,7 +69,7 @@ pub fn prepare_data(config: &ExperimentConfig) -> Result<TrainingData> {
         0 => dataset.test,
         n => data::split::subset_per_class(&dataset.test, num_classes, n, seed)?,
     };
-    Ok(TrainingData { classes: dataset.classes, train: Arc::new(train), val, test })
+    Ok(TrainingData { classes, train: Arc::new(train), val, test })
 }
 
 /// The model of a run with the parameters of one of its checkpoints.
@@ -82,10 +84,39 @@ pub fn batch_tensors(batch: Batch, device: &Device) -> (Tensor<4>, Vec<i64>) {
     (Tensor::from_data(TensorData::new(batch.images, shape), device), batch.labels)
 }
 
-/// Number of rows of `logits` whose arg-max equals the label.
-pub fn count_correct(logits: &[f32], labels: &[i64]) -> usize {
+/// Whether top-5 accuracy is reported besides accuracy: for more than 10 classes, as
+/// torchvision's reference scripts report acc5 on ImageNet (with 5 classes or fewer it is always
+/// 100%, and says little up to 10).
+pub fn reports_top5(num_classes: usize) -> bool {
+    num_classes > 10
+}
+
+/// Rows of logits whose label is the arg-max (`top1`) and among the five highest (`top5`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hits {
+    pub top1: usize,
+    pub top5: usize,
+}
+
+impl std::ops::AddAssign for Hits {
+    fn add_assign(&mut self, other: Self) {
+        self.top1 += other.top1;
+        self.top5 += other.top5;
+    }
+}
+
+/// Top-1 and top-5 hits of `logits` (row-major, one row per label).
+pub fn count_hits(logits: &[f32], labels: &[i64]) -> Hits {
     let k = logits.len() / labels.len().max(1);
-    logits.chunks_exact(k).zip(labels).filter(|(row, label)| argmax(row) == **label as usize).count()
+    let ranks = logits.chunks_exact(k).zip(labels).map(|(row, &label)| label_rank(row, label as usize));
+    ranks.fold(Hits::default(), |hits, rank| Hits { top1: hits.top1 + (rank == 0) as usize, top5: hits.top5 + (rank < 5) as usize })
+}
+
+/// How many classes of `row` rank before `label`: those with a higher logit, and those with an
+/// equal one at a lower index (so rank 0 is exactly [`argmax`]).
+fn label_rank(row: &[f32], label: usize) -> usize {
+    let value = row[label];
+    row.iter().enumerate().filter(|&(i, &v)| v > value || (v == value && i < label)).count()
 }
 
 pub fn argmax(row: &[f32]) -> usize {
@@ -149,7 +180,7 @@ mod tests {
             let (next, loss, logits) = step_once(model, &mut optimizer, images.clone(), targets.clone(), 3e-3);
             model = next;
             let logits: Vec<f32> = logits.into_data().try_to_vec().unwrap();
-            history.push((loss, count_correct(&logits, &labels)));
+            history.push((loss, count_hits(&logits, &labels).top1));
         }
         let (first, last) = (history[0], history[history.len() - 1]);
         assert!(first.0 > 2.0, "initial loss {}", first.0);
@@ -159,7 +190,25 @@ mod tests {
     #[test]
     fn accuracy_counts_argmax_hits() {
         let logits = [0.1, 0.9, 0.0, 2.0, 1.0, 0.5];
-        assert_eq!(count_correct(&logits, &[1, 0]), 2);
-        assert_eq!(count_correct(&logits, &[0, 0]), 1);
+        assert_eq!(count_hits(&logits, &[1, 0]).top1, 2);
+        assert_eq!(count_hits(&logits, &[0, 0]).top1, 1);
+    }
+
+    #[test]
+    fn top5_counts_labels_among_the_five_highest_with_ties_ranked_as_argmax() {
+        // One row of 7 classes: class 6 is highest, then 0, 1, 2, 3 tie with 4 at 0.5, 5 lowest.
+        let row = [0.9, 0.8, 0.7, 0.5, 0.5, 0.1, 1.0];
+        let ranks: Vec<usize> = (0..7).map(|label| label_rank(&row, label)).collect();
+        assert_eq!(ranks, [1, 2, 3, 4, 5, 6, 0]);
+        assert_eq!(argmax(&row), 6);
+        let hits = |label: i64| count_hits(&row, &[label]);
+        assert_eq!(hits(6), Hits { top1: 1, top5: 1 });
+        assert_eq!(hits(3), Hits { top1: 0, top5: 1 });
+        // Class 4 ties with 3 but comes after it: sixth.
+        assert_eq!(hits(4), Hits { top1: 0, top5: 0 });
+        // Two rows at once, summed.
+        let two = [row, row].concat();
+        assert_eq!(count_hits(&two, &[6, 2]), Hits { top1: 1, top5: 2 });
+        assert!(!reports_top5(10) && reports_top5(11));
     }
 }

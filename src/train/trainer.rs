@@ -15,7 +15,7 @@ use burn::prelude::*;
 use super::callbacks::{self, Callback, Checkpointer, EpochContext, InterruptContext, TestContext};
 use super::ema::Weights;
 use super::epoch::{EpochProgress, EpochTotals, GradientAccumulation, check_divergence};
-use super::evaluate::{self, EvalResult, EvalSettings, evaluate};
+use super::evaluate::{self, EvalResult, EvalSettings, EvalTarget, evaluate};
 use super::resume::{self, ResumePoint};
 use super::schedule::{LrSchedule, Monitor};
 use super::{TrainingData, batch_tensors, forward_backward, load_run_model, loss, optim, prepare_data};
@@ -183,7 +183,7 @@ impl<'a> Trainer<'a> {
             let loader = EpochLoader::start(self.data.train.clone(), self.loader_config.clone(), epoch, 0);
             let progress = EpochProgress::start(config.run.progress, self.batches_per_epoch, epoch, config.train.epochs);
             let mut accumulation = GradientAccumulation::new(config.train.accumulate_batches, self.batches_per_epoch);
-            let mut totals = EpochTotals::default();
+            let mut totals = EpochTotals::new(num_classes);
             for (index, batch) in loader.enumerate() {
                 if interrupt.load(Ordering::SeqCst) {
                     break;
@@ -221,6 +221,8 @@ impl<'a> Trainer<'a> {
                 train_acc: totals.accuracy(),
                 val_loss: val.as_ref().map(|v| v.loss),
                 val_acc: val.as_ref().map(|v| v.accuracy),
+                train_acc5: totals.accuracy5(),
+                val_acc5: val.as_ref().and_then(|v| v.accuracy5),
                 lr: self.schedule.rates.lr(self.step.saturating_sub(1)),
                 seconds: epoch_start.elapsed().as_secs_f64(),
                 img_per_s: totals.images_per_second(epoch_train_seconds),
@@ -257,8 +259,15 @@ impl<'a> Trainer<'a> {
         let best = load_run_model(self.config, num_classes, &self.run.checkpoint(Checkpointer::BEST), &self.base_device)?;
         let test = evaluate(&best, &self.data.test, num_classes, &self.eval_settings, &self.base_device)?;
         let counts = evaluate::confusion(&self.data.test.labels, &test.predictions, num_classes);
-        let confusion = evaluate::write_confusion(&self.run, &self.data.classes, &counts, "test", Checkpointer::BEST)?;
-        let tested = TestContext { epoch: self.epochs_completed, accuracy: test.accuracy, loss: test.loss, confusion_png: &confusion[1].1 };
+        let target = EvalTarget { split: "test", checkpoint: Checkpointer::BEST, data: None };
+        let confusion = evaluate::write_confusion(&self.run, &target, &self.data.classes.names, &counts)?;
+        let tested = TestContext {
+            epoch: self.epochs_completed,
+            accuracy: test.accuracy,
+            accuracy5: test.accuracy5,
+            loss: test.loss,
+            confusion_png: &confusion[1].1,
+        };
         for callback in &mut self.callbacks {
             callback.on_test_end(&tested)?;
         }
@@ -273,14 +282,17 @@ impl<'a> Trainer<'a> {
             model: self.config.model.name.clone(),
             trainable_params: self.params.trainable,
             frozen_params: self.params.frozen,
-            classes: self.data.classes.clone(),
+            classes: self.data.classes.ids.clone(),
+            class_names: self.data.classes.names.clone(),
             image_size: self.config.input_transform().output_shape(self.data.test.height, self.data.test.width).0,
             epochs_completed: self.epochs_completed,
             best_epoch: best.epoch,
             best_val_loss: best.val_loss,
             best_val_acc: best.val_acc,
+            best_val_acc5: best.val_acc5,
             test_loss: test.loss,
             test_acc: test.accuracy,
+            test_acc5: test.accuracy5,
             test_images: self.data.test.len(),
             train_seconds: self.train_seconds,
             total_seconds: self.started.elapsed().as_secs_f64(),
@@ -350,7 +362,18 @@ mod tests {
     use crate::train::schedule::{PlateauConfig, ScheduleKind, ThresholdMode};
 
     fn metrics(val_loss: Option<f64>) -> EpochMetrics {
-        EpochMetrics { epoch: 1, train_loss: 1.0, train_acc: 0.5, val_loss, val_acc: None, lr: 0.1, seconds: 1.0, img_per_s: 1.0 }
+        EpochMetrics {
+            epoch: 1,
+            train_loss: 1.0,
+            train_acc: 0.5,
+            val_loss,
+            val_acc: None,
+            train_acc5: None,
+            val_acc5: None,
+            lr: 0.1,
+            seconds: 1.0,
+            img_per_s: 1.0,
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use safetensors::tensor::{Dtype, TensorView};
 
 use super::{LoadOptions, StateDict, WeightsError, read_state_dict};
 use crate::augment::NormalizePreset;
+use crate::data::classes::ClassNames;
 use crate::error::FileError;
 use crate::files::write_atomic;
 use crate::models::params::{PathVisitor, visit_with_paths};
@@ -30,7 +31,8 @@ pub struct ExportedModel {
     pub model: ModelConfig,
     /// The head and classifier layout (`transfer.head`, `head_hidden`) the parameters fit.
     pub transfer: TransferConfig,
-    pub classes: Vec<String>,
+    /// Class ids and readable names (metadata `classes` and `class_names`).
+    pub classes: ClassNames,
     /// Side of the square images the model was trained on.
     pub image_size: usize,
     pub normalize: NormalizePreset,
@@ -63,7 +65,8 @@ pub fn export_safetensors(model: &Classifier, about: &ExportedModel, path: &Path
         (FORMAT_KEY.to_string(), FORMAT_VALUE.to_string()),
         ("model".to_string(), serde_json::to_string(&about.model)?),
         ("transfer".to_string(), serde_json::to_string(&about.transfer)?),
-        ("classes".to_string(), serde_json::to_string(&about.classes)?),
+        ("classes".to_string(), serde_json::to_string(&about.classes.ids)?),
+        ("class_names".to_string(), serde_json::to_string(&about.classes.names)?),
         ("image_size".to_string(), about.image_size.to_string()),
         ("normalize".to_string(), serde_json::to_string(&about.normalize)?),
     ]);
@@ -85,10 +88,16 @@ pub fn import_safetensors(path: &Path, device: &Device) -> Result<(Classifier, E
         serde_json::from_str(dict.metadata.get(key).map(String::as_str).unwrap_or(""))
             .map_err(|e| FileError::invalid(path.to_path_buf(), format!("metadata `{key}` is missing or malformed: {e}")).into())
     }
+    let ids: Vec<String> = field(&dict, "classes", path)?;
+    // Exports written before readable names were kept have none: their names are the ids.
+    let names = match dict.metadata.contains_key("class_names") {
+        true => field(&dict, "class_names", path)?,
+        false => ids.clone(),
+    };
     let about = ExportedModel {
         model: field(&dict, "model", path)?,
         transfer: field(&dict, "transfer", path)?,
-        classes: field(&dict, "classes", path)?,
+        classes: ClassNames { ids, names },
         image_size: field(&dict, "image_size", path)?,
         normalize: field(&dict, "normalize", path)?,
     };
@@ -108,7 +117,7 @@ mod tests {
         let about = ExportedModel {
             model: ModelConfig { name: "tutorial_net".into(), ..Default::default() },
             transfer: TransferConfig::default(),
-            classes: (0..4).map(|i| format!("class{i}")).collect(),
+            classes: ClassNames { ids: (0..4).map(|i| format!("n0{i}")).collect(), names: (0..4).map(|i| format!("class {i}")).collect() },
             image_size: 32,
             normalize: NormalizePreset::Cifar10,
         };
