@@ -1210,6 +1210,49 @@ fn a_run_killed_mid_training_resumes_to_the_same_result() {
 }
 
 #[test]
+fn a_run_whose_final_test_failed_is_finished_by_resume() {
+    let ws = Workspace::new();
+    ws.train("tiny", &[]).success();
+    let run = ws.runs().join("tiny");
+    // The extension trains its epoch, then cannot write the test's confusion matrix.
+    std::fs::remove_dir_all(run.join("eval")).unwrap();
+    std::fs::write(run.join("eval"), "in the way").unwrap();
+    ferrovision(ws.root(), &["train", "--resume", s(&run), "--set", "train.epochs=3"]).failure(&["eval"]);
+    assert_eq!(read_json(&run.join("summary.json"))["epochs_completed"], 2, "the failed test rewrote the summary");
+
+    std::fs::remove_file(run.join("eval")).unwrap();
+    let out = ferrovision(ws.root(), &["train", "--resume", s(&run)]);
+    assert!(out.success().contains("all 3 epochs are done, testing the best checkpoint"), "{out:#?}");
+    let summary = read_json(&run.join("summary.json"));
+    assert_eq!(summary["epochs_completed"], 3);
+    assert_eq!(logged_metrics(&run).len(), 3);
+    let eval = ferrovision(ws.root(), &["eval", "--run", s(&run)]);
+    let accuracy = format!("{:.2}%", 100.0 * summary["test_acc"].as_f64().unwrap());
+    assert!(eval.success().contains(&accuracy), "{eval:#?}");
+    // Finished now: a further resume needs more epochs.
+    ferrovision(ws.root(), &["train", "--resume", s(&run)]).failure(&["all 3 epochs are done", "train.epochs"]);
+}
+
+#[test]
+fn a_run_that_ended_in_its_first_epoch_restarts_in_place() {
+    let ws = Workspace::new();
+    // Adam with a huge rate diverges in the first epoch: the run has a folder and no finished epoch.
+    ws.train("early", &["--set", "train.lr=1e30"]).failure(&["train.lr"]);
+    let run = ws.runs().join("early");
+    assert!(run.join("config.toml").is_file() && !run.join("metrics.jsonl").exists());
+    std::fs::write(run.join("notes.md"), "first try diverged\n").unwrap();
+
+    let out = ferrovision(ws.root(), &["train", "--resume", s(&run), "--set", "train.lr=0.001"]);
+    assert!(out.success().contains("restarting"), "{out:#?}");
+    assert_eq!(logged_metrics(&run).len(), 2);
+    assert!(read_json(&run.join("summary.json"))["test_acc"].as_f64().unwrap() > 0.5);
+    assert!(std::fs::read_to_string(run.join("config.toml")).unwrap().contains("lr = 0.001"));
+    assert_eq!(std::fs::read_to_string(run.join("notes.md")).unwrap(), "first try diverged\n");
+    let logs = std::fs::read_dir(run.join("tensorboard")).unwrap().count();
+    assert_eq!(logs, 1, "the first attempt's TensorBoard log is still there");
+}
+
+#[test]
 fn corrupt_checkpoints_are_named_and_the_run_is_left_as_it_was() {
     let ws = Workspace::new();
     ws.train("tiny", &[]).success();

@@ -212,6 +212,24 @@ impl RunDir {
         write_atomic(&self.path.join(Self::CONFIG), text.as_bytes())
     }
 
+    /// Empties a run that ended before its first epoch did, for a fresh start in place: what
+    /// that attempt wrote goes (a partial TensorBoard log, an interrupt's `last` checkpoint); its
+    /// config, notes and lock stay.
+    pub fn restart(&self) -> Result<()> {
+        let keep = [Self::CONFIG, super::journal::NOTES, RunLock::FILE];
+        let entries = std::fs::read_dir(&self.path).with_context(|| format!("reading {}", self.path.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("reading {}", self.path.display()))?;
+            if keep.iter().any(|name| entry.file_name() == *name) {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.with_context(|| format!("removing {} to restart the run", path.display()))?;
+        }
+        std::fs::create_dir_all(self.path.join("checkpoints")).with_context(|| format!("creating {}", self.path.display()))
+    }
+
     /// Opens an existing run folder (for `eval`).
     pub fn open(path: &Path) -> Result<(Self, ExperimentConfig)> {
         let config_path = path.join(Self::CONFIG);

@@ -73,12 +73,10 @@ fn optimizer_bytes(optimizer: &ModuleOptimizer) -> Result<burn_pack::Bytes> {
     Ok(metadata.iter().fold(writer, |w, (key, value)| w.with_metadata(key, value)).into_bytes()?)
 }
 
-/// The last resume point of a run, checked against the run's config as it is now.
-pub fn load_point(run: &RunDir, config: &ExperimentConfig) -> Result<ResumePoint> {
-    let Some((point, saved)) = read_state(run)? else {
-        let path = run.path.join(FOLDER).join(STATE);
-        bail!("{}: no resume point ({} is missing): the run ended before its first epoch did", run.path.display(), path.display());
-    };
+/// The last resume point of a run, checked against the run's config as it is now; `None` for a
+/// run that ended before its first epoch did (it starts again from scratch).
+pub fn load_point(run: &RunDir, config: &ExperimentConfig) -> Result<Option<ResumePoint>> {
+    let Some((point, saved)) = read_state(run)? else { return Ok(None) };
     let changed = changed_settings(&saved, config);
     if !changed.is_empty() {
         bail!(
@@ -88,10 +86,13 @@ pub fn load_point(run: &RunDir, config: &ExperimentConfig) -> Result<ResumePoint
             MAY_CHANGE.join(", ")
         );
     }
-    if point.epoch >= config.train.epochs {
+    // A run whose final test failed has its epochs done but no summary of them: resuming it
+    // tests the best checkpoint and writes the summary.
+    let summarized = run.read_summary().is_ok_and(|summary| summary.epochs_completed >= point.epoch);
+    if point.epoch >= config.train.epochs && summarized {
         bail!("{}: all {} epochs are done; raise train.epochs to train further", run.path.display(), config.train.epochs);
     }
-    Ok(point)
+    Ok(Some(point))
 }
 
 /// The settings the run trained with (its last resume state), when it has one.

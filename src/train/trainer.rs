@@ -71,7 +71,7 @@ impl<'a> Trainer<'a> {
             Start::New(_) => None,
         };
         let resume_point = match start {
-            Start::Resume(run) => Some(resume::load_point(run, config)?),
+            Start::Resume(run) => resume::load_point(run, config)?,
             Start::New(_) => None,
         };
         let base_device = crate::device::parse(&config.run.device)?;
@@ -95,7 +95,13 @@ impl<'a> Trainer<'a> {
                 run
             }
             // Its config is rewritten once its state has loaded: a failed resume changes nothing.
-            Start::Resume(run) => run.clone(),
+            Start::Resume(run) if resume_point.is_some() => run.clone(),
+            Start::Resume(run) => {
+                outln!("restarting {}: it ended before its first epoch did", run.path.display());
+                run.restart()?;
+                run.write_config(config)?;
+                run.clone()
+            }
         };
         outln!(
             "run {}: {} ({} trainable parameters{}) on {} train / {} val / {} test images, device {}",
@@ -169,7 +175,10 @@ impl<'a> Trainer<'a> {
         }
         self.step = point.epoch * steps_per_epoch;
         self.epochs_completed = point.epoch;
-        outln!("resuming {} after epoch {}", self.run.path.display(), point.epoch);
+        match point.epoch >= self.config.train.epochs {
+            true => outln!("resuming {}: all {} epochs are done, testing the best checkpoint", self.run.path.display(), point.epoch),
+            false => outln!("resuming {} after epoch {}", self.run.path.display(), point.epoch),
+        }
         Ok(())
     }
 
