@@ -1,11 +1,89 @@
-//! Seeded, class-balanced selections of a set: the train/validation split and fixed-size
-//! per-class subsets. The same seed always picks the same images.
+//! Seeded, class-balanced selections of a set: the test and validation splits held out of the
+//! training images, and fixed-size per-class subsets. The same seed always picks the same images.
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::{FileError, ImageSet, Result};
+use super::config::{DEFAULT_VAL_SIZE, DataConfig, SplitSize};
+use super::{Dataset, FileError, ImageSet, Result};
+
+/// The seed of the test split held out of a data set without one: fixed, so that runs with any
+/// `train.seed` are tested on the same images.
+pub const TEST_SPLIT_SEED: u64 = 0;
+
+/// The splits a run trains, validates and tests on.
+#[derive(Debug, PartialEq)]
+pub struct Splits {
+    pub train: ImageSet,
+    pub val: Option<ImageSet>,
+    pub test: ImageSet,
+}
+
+/// The train, validation and test splits of `dataset` under the `[data]` settings:
+/// - test: the data set's own, or (for one without, e.g. a folder of class folders)
+///   `data.test_size` images held out of train, stratified, with [`TEST_SPLIT_SEED`];
+/// - validation: the data set's own (an image folder's `val/`) unless `data.val_size` = 0, or
+///   `data.val_size` (default [`DEFAULT_VAL_SIZE`]) images held out of the rest, stratified,
+///   with `seed`. Giving both is refused rather than silently preferring one.
+pub fn training_splits(dataset: Dataset, config: &DataConfig, seed: u64) -> Result<Splits> {
+    let path = &config.path;
+    let num_classes = dataset.classes.len();
+    let hold_out = |set: &ImageSet, size: SplitSize, key: &str, split_seed: u64| {
+        let count = size.count(set.len());
+        if count > set.len() {
+            return Err(FileError::invalid(
+                path,
+                format!(
+                    "{key} = {size} is more than the {} images there are to hold it out of; set {key} to a smaller count or a \
+                     fraction such as 0.1",
+                    set.len()
+                ),
+            ));
+        }
+        stratified_split(set, num_classes, count, split_seed)
+    };
+    let (train, test) = match (dataset.test.is_empty(), config.test_size) {
+        (true, Some(size)) if !size.is_zero() => hold_out(&dataset.train, size, "data.test_size", TEST_SPLIT_SEED)?,
+        (true, _) => {
+            return Err(FileError::invalid(
+                path,
+                "the data set has no test split (no test/ folder); set data.test_size (a number of images, or a fraction \
+                 such as 0.2) to hold a seeded, stratified test split out of its images",
+            ));
+        }
+        (false, Some(size)) if !size.is_zero() => {
+            return Err(FileError::invalid(
+                path,
+                format!(
+                    "data.test_size = {size}, but the data set has its own test split ({} images); remove data.test_size",
+                    dataset.test.len()
+                ),
+            ));
+        }
+        (false, _) => (dataset.train, dataset.test),
+    };
+    let (train, val) = match (dataset.val, config.val_size) {
+        (_, Some(size)) if size.is_zero() => (train, None),
+        (Some(val), None) => (train, Some(val)),
+        (Some(val), Some(size)) => {
+            return Err(FileError::invalid(
+                path,
+                format!(
+                    "data.val_size = {size}, but the data set has its own validation split (val/, {} images), which is used \
+                     instead of holding images out of train; remove data.val_size to validate on val/, or set it to 0 for no \
+                     validation",
+                    val.len()
+                ),
+            ));
+        }
+        (None, size) => {
+            let (train, val) = hold_out(&train, size.unwrap_or(DEFAULT_VAL_SIZE), "data.val_size", seed)?;
+            (train, Some(val))
+        }
+    };
+    Ok(Splits { train, val, test })
+}
 
 /// Splits `set` into (train, validation) with `val_size` validation images, each class giving
 /// its share in proportion to its size (largest remainders get the leftover images). Both

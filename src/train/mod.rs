@@ -51,23 +51,18 @@ pub fn prepare_data(config: &ExperimentConfig) -> Result<TrainingData> {
     if !path.exists() {
         bail!("data set not found at {} (set data.path or --data to a CIFAR-10 folder or archive, or add --download)", path.display());
     }
-    let dataset = data::load_dataset(&path, Some(&d.cache_dir))?;
-    let num_classes = dataset.classes.len();
-    let (train, val) = if d.val_size > 0 {
-        let (train, val) = data::split::stratified_split(&dataset.train, num_classes, d.val_size, seed)?;
-        (train, Some(val))
-    } else {
-        (dataset.train, None)
-    };
+    let dataset = data::load_dataset(&path, Some(&d.cache_dir), &config.load_options())?;
+    let (classes, num_classes) = (dataset.classes.clone(), dataset.classes.len());
+    let data::split::Splits { train, val, test } = data::split::training_splits(dataset, d, seed)?;
     let train = match d.subset_per_class {
         0 => train,
         n => data::split::subset_per_class(&train, num_classes, n, seed)?,
     };
     let test = match d.test_subset_per_class {
-        0 => dataset.test,
-        n => data::split::subset_per_class(&dataset.test, num_classes, n, seed)?,
+        0 => test,
+        n => data::split::subset_per_class(&test, num_classes, n, seed)?,
     };
-    Ok(TrainingData { classes: dataset.classes, train: Arc::new(train), val, test })
+    Ok(TrainingData { classes, train: Arc::new(train), val, test })
 }
 
 /// The model of a run with the parameters of one of its checkpoints.
