@@ -209,6 +209,18 @@ mod tests {
     }
 
     #[test]
+    fn load_options_take_input_size_else_a_resize_transform_and_the_labels() {
+        let options = |text: &str| ExperimentConfig::from_toml(text, "x", &[]).unwrap().load_options();
+        assert_eq!(options(""), LoadOptions::default());
+        let resize = "[[augment.transforms]]\nname = \"resize\"\nsize = 48\n";
+        assert_eq!(options(resize).image_size, Some(48));
+        assert_eq!(
+            options(&format!("[data]\ninput_size = 64\nlabels = \"coarse\"\n{resize}")),
+            LoadOptions { image_size: Some(64), labels: Some(crate::data::LabelLevel::Coarse) }
+        );
+    }
+
+    #[test]
     fn a_folder_is_not_a_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let err = ExperimentConfig::load(dir.path(), &[]).unwrap_err().to_string();

@@ -268,13 +268,27 @@ mod tests {
 
     use super::*;
     use crate::data::archive::tests::{write_folder, write_tar_gz, write_zip};
-    use crate::data::cifar_binary::tests::binary_release;
-    use crate::data::cifar_python::tests::python_release;
-    use crate::data::image_folder::tests::image_tree;
-    use crate::data::{CIFAR10_CLASSES, ImageSet};
+    use crate::data::cifar_binary::tests::{binary_release, binary_release100, cifar100_names};
+    use crate::data::cifar_python::tests::{python_release, python_release100};
+    use crate::data::image_folder::tests::{encode, image_tree, rgb_image};
+    use crate::data::{CIFAR10_CLASSES, ImageSet, LabelLevel};
 
     fn under(folder: &str, files: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
         files.into_iter().map(|(name, bytes)| (format!("{folder}/{name}"), bytes)).collect()
+    }
+
+    /// `image_tree`'s train split alone, as `<class>/*` folders.
+    fn class_folders(per_class: usize) -> Vec<(String, Vec<u8>)> {
+        image_tree(per_class).into_iter().filter_map(|(name, bytes)| Some((name.strip_prefix("train/")?.to_string(), bytes))).collect()
+    }
+
+    /// `image_tree` with a `valid/` copy of its test split.
+    fn tree_with_valid(per_class: usize) -> Vec<(String, Vec<u8>)> {
+        let mut files = image_tree(per_class);
+        let valid: Vec<_> =
+            files.iter().filter_map(|(name, bytes)| Some((format!("valid/{}", name.strip_prefix("test/")?), bytes.clone()))).collect();
+        files.extend(valid);
+        files
     }
 
     #[test]
@@ -289,6 +303,13 @@ mod tests {
             (DataFormat::CifarPython, under("cifar-10-batches-py", python_release(2))),
             (DataFormat::ImageFolder, image_tree(5)),
             (DataFormat::ImageFolder, under("pets", image_tree(5))),
+            (DataFormat::ImageFolder, tree_with_valid(5)),
+            (DataFormat::Cifar100Binary, binary_release100(10)),
+            (DataFormat::Cifar100Binary, under("cifar-100-binary", binary_release100(10))),
+            (DataFormat::Cifar100Python, python_release100(10)),
+            (DataFormat::Cifar100Python, under("cifar-100-python", python_release100(10))),
+            (DataFormat::ClassFolders, class_folders(5)),
+            (DataFormat::ClassFolders, under("flowers", class_folders(5))),
         ];
         for (index, (format, files)) in layouts.into_iter().enumerate() {
             let dir = tempfile::tempdir().unwrap();
@@ -377,10 +398,101 @@ mod tests {
 
     #[test]
     fn format_names_and_serde_agree() {
-        let formats = [DataFormat::CifarBinary, DataFormat::CifarPython, DataFormat::ImageFolder, DataFormat::TinyImagenet];
+        let formats = [
+            DataFormat::CifarBinary,
+            DataFormat::CifarPython,
+            DataFormat::Cifar100Binary,
+            DataFormat::Cifar100Python,
+            DataFormat::ImageFolder,
+            DataFormat::ClassFolders,
+            DataFormat::TinyImagenet,
+            DataFormat::Packed,
+        ];
         for format in formats {
             assert_eq!(serde_json::to_string(&format).unwrap(), format!("\"{}\"", format.name()));
         }
+    }
+
+    #[test]
+    fn split_folder_names_are_no_class_folders() {
+        // Images straight in train/ or test/ (no class folders) are not a folder of classes "train" and "test".
+        let dir = tempfile::tempdir().unwrap();
+        let png = encode(rgb_image(4, 3, 1).into(), image::ImageFormat::Png);
+        write_folder(dir.path(), &[("test/a/1.png".into(), png.clone()), ("val/1.png".into(), png)]);
+        let err = detect_format(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("no data set found") && err.contains("<class>/*"), "{err}");
+    }
+
+    #[test]
+    fn labels_pick_cifar100_label_sets_and_are_refused_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let cifar100 = dir.path().join("cifar-100-python.tar.gz");
+        write_tar_gz(&cifar100, &[], &under("cifar-100-python", python_release100(3)));
+        let cache_dir = dir.path().join("cache");
+        let coarse = LoadOptions { labels: Some(LabelLevel::Coarse), ..Default::default() };
+        let fine = load_dataset(&cifar100, Some(&cache_dir), &LoadOptions::default()).unwrap();
+        let coarse_set = load_dataset(&cifar100, Some(&cache_dir), &coarse).unwrap();
+        assert_eq!((fine.classes.len(), &coarse_set.classes), (100, &cifar100_names(LabelLevel::Coarse)));
+        assert_eq!(coarse_set.train.labels, fine.train.labels.iter().map(|l| l / 5).collect::<Vec<_>>());
+        // Each label set has its own cache file, and each reads back as written.
+        assert_eq!(std::fs::read_dir(&cache_dir).unwrap().count(), 2);
+        assert_eq!(load_dataset(&cifar100, Some(&cache_dir), &coarse).unwrap(), coarse_set);
+        assert_eq!(
+            load_dataset(&cifar100, Some(&cache_dir), &LoadOptions { labels: Some(LabelLevel::Fine), ..Default::default() }).unwrap(),
+            fine
+        );
+
+        let cifar10 = dir.path().join("cifar10");
+        write_folder(&cifar10, &binary_release(1));
+        let packed = dir.path().join("set.fvpack");
+        cache::write_packed(&packed, &fine).unwrap();
+        for (path, format) in [(&cifar10, "cifar-binary"), (&packed, "packed")] {
+            for cache in [None, Some(cache_dir.as_path())] {
+                let err = load_dataset(path, cache, &coarse).unwrap_err().to_string();
+                assert!(err.contains("data.labels = \"coarse\"") && err.contains(format) && err.contains("remove data.labels"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_load_size_keys_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("photos");
+        let mut files = class_folders(2);
+        files[0].1 = encode(rgb_image(9, 5, 3).into(), image::ImageFormat::Png);
+        write_folder(&source, &files);
+        let cache_dir = dir.path().join("cache");
+        let sized = |size| LoadOptions { image_size: size, ..Default::default() };
+        let at_8 = load_dataset(&source, Some(&cache_dir), &sized(Some(8))).unwrap();
+        let at_6 = load_dataset(&source, Some(&cache_dir), &sized(Some(6))).unwrap();
+        assert_eq!((at_8.format, at_8.train.height, at_6.train.width), (DataFormat::ClassFolders, 8, 6));
+        assert_eq!(load_dataset(&source, Some(&cache_dir), &sized(Some(8))).unwrap(), at_8);
+        // Without a size the mixed sizes are refused, however much is cached.
+        let err = load_dataset(&source, Some(&cache_dir), &sized(None)).unwrap_err().to_string();
+        assert!(err.contains("cat/0000.png is 9x5") && err.contains("data.input_size"), "{err}");
+    }
+
+    #[test]
+    fn describe_shows_a_validation_split_and_a_missing_test_split() {
+        let set = |labels: Vec<u16>| ImageSet { pixels: vec![0; labels.len() * 3], labels, height: 1, width: 1 };
+        let dataset = Dataset {
+            format: DataFormat::ImageFolder,
+            classes: vec!["cat".into(), "dog".into()],
+            class_descriptions: Vec::new(),
+            train: set(vec![0, 1, 1]),
+            val: Some(set(vec![0])),
+            test: set(Vec::new()),
+        };
+        assert_eq!(
+            describe(&dataset),
+            "format: image-folder\nimage size: 1x1 RGB (height x width)\nclasses: 2\n\
+             class     train       val      test\n\
+             cat           1         1         0\n\
+             dog           2         0         0\n\
+             total         3         1         0\n\
+             validation: the data set's own val split (used instead of data.val_size images out of train)\n\
+             no test split: training holds data.test_size images out of train as the test split\n"
+        );
     }
 
     fn real_cifar10_jpeg() -> Option<PathBuf> {

@@ -126,7 +126,11 @@ pub fn load(source: &Source, layout: Layout, image_size: Option<usize>) -> Resul
     let train = decode_split(&train_images)?;
     let val = if val_images.is_empty() { None } else { Some(decode_split(&val_images)?) };
     let test = decode_split(&test_images)?;
-    Ok(Dataset { format: DataFormat::ImageFolder, classes, class_descriptions: Vec::new(), train, val, test })
+    let format = match layout {
+        Layout::Splits => DataFormat::ImageFolder,
+        Layout::ClassFolders => DataFormat::ClassFolders,
+    };
+    Ok(Dataset { format, classes, class_descriptions: Vec::new(), train, val, test })
 }
 
 /// Errors unless `split` has the class folders of `train`.
@@ -402,11 +406,107 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn mixed_sizes_name_both_files_and_sizes() {
+    fn mixed_sizes_name_both_files_and_sizes_and_suggest_input_size() {
         let mut files = image_tree(2);
         files[3].1 = encode(rgb_image(5, 3, 9).into(), ImageFormat::Png);
         let name = files[3].0.clone();
         assert_error(&files, &name, "is 5x3 but train/cat/0000.png is 4x3");
+        assert_error(&files, &name, "set data.input_size to resize every image to one size on load");
+    }
+
+    fn load_sized(files: &[(String, Vec<u8>)], layout: Layout, image_size: Option<usize>) -> Result<Dataset> {
+        let dir = tempfile::tempdir().unwrap();
+        write_folder(dir.path(), files);
+        load(&Source::new(dir.path()), layout, image_size)
+    }
+
+    #[test]
+    fn mixed_sizes_are_resized_to_the_load_size() {
+        // Photos of three sizes, one grey level each: resizing keeps a flat colour flat.
+        let flat = |width, height, level| encode(RgbImage::from_pixel(width, height, Rgb([level; 3])).into(), ImageFormat::Png);
+        let files = vec![
+            ("train/cat/a.png".to_string(), flat(40, 30, 10)),
+            ("train/cat/b.jpg".to_string(), encode(RgbImage::from_pixel(8, 8, Rgb([100; 3])).into(), ImageFormat::Jpeg)),
+            ("train/dog/c.png".to_string(), flat(7, 19, 200)),
+            ("test/cat/d.png".to_string(), flat(16, 16, 50)),
+            ("test/dog/e.png".to_string(), flat(3, 5, 250)),
+        ];
+        let dataset = load_sized(&files, Layout::Splits, Some(16)).unwrap();
+        for set in [&dataset.train, &dataset.test] {
+            assert_eq!((set.height, set.width), (16, 16));
+        }
+        let level = |set: &ImageSet, index: usize| {
+            let image = set.image(index);
+            assert!(image.iter().all(|&v| v.abs_diff(image[0]) <= 2), "image {index} is not flat");
+            image[0]
+        };
+        assert_eq!([level(&dataset.train, 0), level(&dataset.train, 2)], [10, 200]);
+        assert!(level(&dataset.train, 1).abs_diff(100) <= 3);
+        assert_eq!([level(&dataset.test, 0), level(&dataset.test, 1)], [50, 250]);
+
+        // Images of one size keep it whatever the load size: input_size then resizes per batch.
+        let uniform = load_sized(&image_tree(2), Layout::Splits, Some(16)).unwrap();
+        assert_eq!(uniform, load_sized(&image_tree(2), Layout::Splits, None).unwrap());
+        assert_eq!((uniform.train.height, uniform.train.width), (3, 4));
+        // A broken image among mixed sizes is still named.
+        let mut broken = files.clone();
+        broken[3].1.truncate(20);
+        let err = load_sized(&broken, Layout::Splits, Some(16)).unwrap_err().to_string();
+        assert!(err.contains("test/cat/d.png") && err.contains("cannot decode image"), "{err}");
+    }
+
+    #[test]
+    fn val_or_valid_is_the_validation_split_and_test_is_optional() {
+        for val_folder in ["val", "valid"] {
+            let mut files = image_tree(3);
+            files.extend(
+                image_tree(2)
+                    .into_iter()
+                    .filter(|(name, _)| name.starts_with("train/"))
+                    .map(|(name, bytes)| (name.replacen("train/", &format!("{val_folder}/"), 1), bytes)),
+            );
+            let dataset = load_tree(&files).unwrap();
+            assert_eq!(dataset.train.labels, [0, 0, 0, 1, 1, 1]);
+            assert_eq!(dataset.val.as_ref().map(|v| v.labels.clone()), Some(vec![0, 0, 1, 1]), "{val_folder}");
+            assert_eq!(dataset.test.labels, [0, 1]);
+            // val/cat/0001.png is train/cat/0001.png's twin.
+            assert_eq!(dataset.val.as_ref().unwrap().image(1), dataset.train.image(1));
+
+            // Without test/, the data set has no test split.
+            files.retain(|(name, _)| !name.starts_with("test/"));
+            let dataset = load_tree(&files).unwrap();
+            assert_eq!((dataset.test.len(), dataset.val.map(|v| v.len())), (0, Some(4)));
+
+            let mut missing = files.clone();
+            missing.retain(|(name, _)| !name.starts_with(&format!("{val_folder}/dog")));
+            assert_error(&missing, &format!("{val_folder}/dog"), &format!("missing class folder: train/dog exists and {val_folder}/"));
+        }
+        let mut both = image_tree(1);
+        for folder in ["val", "valid"] {
+            both.push((format!("{folder}/cat/0000.png"), both[0].1.clone()));
+            both.push((format!("{folder}/dog/0000.png"), both[0].1.clone()));
+        }
+        assert_error(&both, "valid", "both val/ and valid/");
+    }
+
+    #[test]
+    fn class_folders_alone_are_all_training_images() {
+        let mut files: Vec<(String, Vec<u8>)> = image_tree(3)
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("train/"))
+            .map(|(name, bytes)| (name[6..].to_string(), bytes))
+            .collect();
+        files.push(("notes.txt".into(), b"not an image".to_vec()));
+        files.push((".ipynb_checkpoints/x.png".into(), files[0].1.clone()));
+        let dataset = load_sized(&files, Layout::ClassFolders, None).unwrap();
+        assert_eq!(dataset.classes, ["cat", "dog"]);
+        assert_eq!(dataset.train.labels, [0, 0, 0, 1, 1, 1]);
+        assert_eq!((dataset.val, dataset.test.len()), (None, 0));
+        let dir = tempfile::tempdir().unwrap();
+        write_folder(dir.path(), &files);
+        std::fs::create_dir(dir.path().join("emu")).unwrap();
+        let err = load(&Source::new(dir.path()), Layout::ClassFolders, None).unwrap_err().to_string();
+        assert!(err.contains("emu") && err.contains("empty class folder"), "{err}");
     }
 
     #[test]
