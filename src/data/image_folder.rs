@@ -175,6 +175,8 @@ fn read_splits(source: &Source, layout: Layout) -> Result<[SplitFiles; 3]> {
         }
         let parts: Vec<&str> = entry.path.split('/').collect();
         let (split, rest) = match layout {
+            // A split folder beside class folders is no class (detection does not count it either).
+            Layout::ClassFolders if is_split_folder(parts[0]) => return Ok(ControlFlow::Continue(())),
             Layout::ClassFolders => (0, parts.as_slice()),
             Layout::Splits => match SPLIT_FOLDERS.iter().position(|names| names.contains(&parts[0])) {
                 Some(split) => (split, &parts[1..]),
@@ -498,6 +500,7 @@ pub(crate) mod tests {
             .collect();
         files.push(("notes.txt".into(), b"not an image".to_vec()));
         files.push((".ipynb_checkpoints/x.png".into(), files[0].1.clone()));
+        files.push(("test/x.png".into(), files[0].1.clone()));
         let dataset = load_sized(&files, Layout::ClassFolders, None).unwrap();
         assert_eq!(dataset.classes, ["cat", "dog"]);
         assert_eq!(dataset.train.labels, [0, 0, 0, 1, 1, 1]);
