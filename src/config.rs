@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::config::AugmentConfig;
+use crate::augment::transforms::Transform;
 use crate::augment::{InputTransform, NormalizePreset};
+use crate::data::LoadOptions;
 use crate::data::config::DataConfig;
 use crate::error::{InvalidSetting, ensure};
 use crate::models::config::ModelConfig;
@@ -106,6 +108,17 @@ impl ExperimentConfig {
         InputTransform { size: self.data.input_size, normalize: self.augment.normalize }
     }
 
+    /// The settings that change how the data set is decoded: the size an image folder of mixed
+    /// sizes is resized to (`data.input_size`, else the size of a `resize` transform, as
+    /// torchvision's `ImageFolder` with `Resize` has it) and CIFAR-100's label set.
+    pub fn load_options(&self) -> LoadOptions {
+        let resize_transform = self.augment.transforms.iter().find_map(|t| match t {
+            Transform::Resize { size, .. } => Some(*size),
+            _ => None,
+        });
+        LoadOptions { image_size: self.data.input_size.or(resize_transform), labels: self.data.labels }
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("every config field is representable in TOML")
     }
@@ -118,7 +131,7 @@ impl ExperimentConfig {
         self.transfer.validate()?;
         self.train.validate()?;
         let t = &self.train;
-        let without_val = |monitor: Monitor| monitor == Monitor::TrainLoss || self.data.val_size > 0;
+        let without_val = |monitor: Monitor| monitor == Monitor::TrainLoss || self.data.has_validation();
         let needs_val = || "a validation metric needs data.val_size > 0 (or monitor = \"train_loss\")".to_string();
         ensure(t.schedule != ScheduleKind::Plateau || without_val(t.plateau.monitor), "train.plateau.monitor", needs_val)?;
         ensure(t.early_stopping.is_none_or(|e| without_val(e.monitor)), "train.early_stopping.monitor", needs_val)
@@ -193,6 +206,18 @@ mod tests {
             let err = ExperimentConfig::from_toml(&format!("[augment]\n{text}\n"), "x", &[]).unwrap_err().to_string();
             assert!(err.contains(mentions), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn load_options_take_input_size_else_a_resize_transform_and_the_labels() {
+        let options = |text: &str| ExperimentConfig::from_toml(text, "x", &[]).unwrap().load_options();
+        assert_eq!(options(""), LoadOptions::default());
+        let resize = "[[augment.transforms]]\nname = \"resize\"\nsize = 48\n";
+        assert_eq!(options(resize).image_size, Some(48));
+        assert_eq!(
+            options(&format!("[data]\ninput_size = 64\nlabels = \"coarse\"\n{resize}")),
+            LoadOptions { image_size: Some(64), labels: Some(crate::data::LabelLevel::Coarse) }
+        );
     }
 
     #[test]

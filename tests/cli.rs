@@ -619,6 +619,135 @@ fn data_info_describes_a_folder_and_its_archive() {
     assert_eq!(reports[0], reports[1], "folder and archive describe the same data set");
 }
 
+/// Writes a CIFAR-100 binary release under `root`: `records` records in train.bin and test.bin
+/// (record `i` of batch `b` has fine label (b * 41 + i * 7) % 100 and coarse label fine / 5) and
+/// the two class-name files.
+fn write_cifar100_binary(root: &Path, records: usize) {
+    std::fs::create_dir_all(root).unwrap();
+    for (batch, name) in ["train.bin", "test.bin"].into_iter().enumerate() {
+        let mut bytes = Vec::new();
+        for record in 0..records {
+            let fine = ((batch * 41 + record * 7) % 100) as u8;
+            bytes.extend([fine / 5, fine]);
+            bytes.extend((0..3072).map(|p| (p + record) as u8));
+        }
+        std::fs::write(root.join(name), bytes).unwrap();
+    }
+    let names = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}{i}\n")).collect::<String>();
+    std::fs::write(root.join("fine_label_names.txt"), names("fine", 100)).unwrap();
+    std::fs::write(root.join("coarse_label_names.txt"), names("coarse", 20)).unwrap();
+}
+
+#[test]
+fn data_info_reads_cifar100_with_fine_or_coarse_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("cifar-100-binary");
+    write_cifar100_binary(&release, 20);
+    let archive = dir.path().join("cifar-100-binary.tar.gz");
+    let files: Vec<String> = ["train.bin", "test.bin", "fine_label_names.txt", "coarse_label_names.txt"]
+        .iter()
+        .map(|name| format!("cifar-100-binary/{name}"))
+        .collect();
+    write_tar_gz(dir.path(), &files, &archive);
+    let mut reports = Vec::new();
+    for path in [&release, &archive] {
+        let fine = ferrovision(dir.path(), &["data", "info", s(path)]).success().to_string();
+        assert!(fine.contains("format: cifar100-binary\nimage size: 32x32 RGB") && fine.contains("classes: 100"), "{fine}");
+        // Train record 3 has fine label 21; test record 0 has fine label 41.
+        let counts = |text: &str, class: &str| text.lines().find(|l| l.split_whitespace().next() == Some(class)).map(str::to_string);
+        assert_eq!(counts(&fine, "fine21").as_deref().map(|l| l.split_whitespace().collect::<Vec<_>>()), Some(vec!["fine21", "1", "0"]));
+        let coarse = ferrovision(dir.path(), &["data", "info", s(path), "--labels", "coarse"]).success().to_string();
+        assert!(coarse.contains("classes: 20"), "{coarse}");
+        // Train records 0 and 1 have fine labels 0 and 7: coarse 0 and 1.
+        assert_eq!(counts(&coarse, "coarse0").as_deref().map(|l| l.split_whitespace().nth(1).unwrap().to_string()), Some("1".into()));
+        let total: u32 =
+            coarse.lines().filter(|l| l.starts_with("coarse")).map(|l| l.split_whitespace().nth(1).unwrap().parse::<u32>().unwrap()).sum();
+        assert_eq!(total, 20, "{coarse}");
+        reports.push((fine, coarse));
+    }
+    assert_eq!(reports[0], reports[1], "folder and archive describe the same data set");
+
+    // A cut batch is named; data.labels is refused for a data set with one label set.
+    let train_bin = release.join("train.bin");
+    let bytes = std::fs::read(&train_bin).unwrap();
+    std::fs::write(&train_bin, &bytes[..bytes.len() - 100]).unwrap();
+    ferrovision(dir.path(), &["data", "info", s(&release)]).failure(&["train.bin", "truncated", "3074-byte record"]);
+    let colours = dir.path().join("colours");
+    write_image_tree(&colours, SIDE);
+    ferrovision(dir.path(), &["data", "info", s(&colours), "--labels", "coarse"]).failure(&["data.labels", "image-folder"]);
+}
+
+/// Moves the synthetic tree at `root` to `<class>/*` folders alone (train and test images
+/// together), the first image of each class saved at 40x24 instead of 32x32.
+fn flatten_to_mixed_size_class_folders(root: &Path) {
+    for (class, _) in CLASSES {
+        let folder = root.join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        for split in ["train", "test"] {
+            for entry in std::fs::read_dir(root.join(split).join(class)).unwrap() {
+                let path = entry.unwrap().path();
+                let name = format!("{split}-{}", path.file_name().unwrap().to_string_lossy());
+                std::fs::rename(&path, folder.join(name)).unwrap();
+            }
+        }
+        let first = folder.join("test-0000.png");
+        image::open(&first).unwrap().resize_exact(40, 24, image::imageops::FilterType::Triangle).save(&first).unwrap();
+    }
+    std::fs::remove_dir_all(root.join("train")).unwrap();
+    std::fs::remove_dir_all(root.join("test")).unwrap();
+}
+
+#[test]
+fn class_folders_of_mixed_sizes_train_with_held_out_splits() {
+    let ws = Workspace::new();
+    flatten_to_mixed_size_class_folders(&ws.data());
+    let data = ws.data();
+    let info = ferrovision(ws.root(), &["data", "info", s(&data), "--input-size", "32"]).success().to_string();
+    assert!(info.contains("format: class-folders\nimage size: 32x32") && info.contains("no test split"), "{info}");
+    let total: Vec<&str> = info.lines().find(|l| l.starts_with("total")).unwrap().split_whitespace().collect();
+    assert_eq!(total, ["total", &(3 * (TRAIN_PER_CLASS + TEST_PER_CLASS)).to_string(), "0"], "{info}");
+    // Without a size, mixed sizes are refused with the key to set.
+    ferrovision(ws.root(), &["data", "info", s(&data)]).failure(&["test-0000.png is 40x24", "data.input_size"]);
+    ws.train("no-size", &["--set", "data.test_size=0.2"]).failure(&["data.input_size"]);
+    // Without data.test_size there is no test split to report on.
+    ws.train("no-test", &["--set", "data.input_size=32"]).failure(&["no test split", "data.test_size"]);
+
+    ws.train("split", &["--set", "data.input_size=32", "--set", "data.test_size=0.2"]).success();
+    let summary = read_json(&ws.runs().join("split/summary.json"));
+    // 20% of 99 images, rounded up: 20, stratified as 7, 7, 6.
+    assert_eq!(summary["test_images"], 20, "{summary}");
+    let eval = ferrovision(ws.root(), &["eval", "--run", s(&ws.runs().join("split")), "--split", "val"]);
+    assert!(eval.success().contains(&format!("val split ({VAL_SIZE} images)")), "{eval:#?}");
+}
+
+#[test]
+fn a_val_folder_is_the_validation_split() {
+    let ws = Workspace::new();
+    // val/ holds a copy of test/ (9 images per class).
+    for (class, _) in CLASSES {
+        let (from, to) = (ws.data().join("test").join(class), ws.data().join("val").join(class));
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(&from).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    // The workspace config sets data.val_size too: both is refused, naming the two.
+    ws.train("both", &[]).failure(&["data.val_size = 6", "own validation split (val/, 27 images)"]);
+    let config = std::fs::read_to_string(ws.config()).unwrap().replace(&format!("val_size = {VAL_SIZE}\n"), "");
+    std::fs::write(ws.config(), config).unwrap();
+    ws.train("val-folder", &[]).success();
+    let run = ws.runs().join("val-folder");
+    let eval = ferrovision(ws.root(), &["eval", "--run", s(&run), "--split", "val"]);
+    assert!(eval.success().contains("val split (27 images)"), "{eval:#?}");
+    let summary = read_json(&run.join("summary.json"));
+    assert_eq!(summary["test_images"], 3 * TEST_PER_CLASS, "{summary}");
+    let info = ferrovision(ws.root(), &["data", "info", s(&ws.data())]).success().to_string();
+    let total: Vec<&str> = info.lines().find(|l| l.starts_with("total")).unwrap().split_whitespace().collect();
+    assert_eq!(total, ["total", "72", "27", "27"], "{info}");
+    assert!(info.contains("validation: the data set's own val split"), "{info}");
+}
+
 #[test]
 fn models_lists_parameter_counts() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,17 +8,17 @@ use std::time::Instant;
 
 use ferrovision::data::archive::Source;
 use ferrovision::data::classes::ClassNames;
-use ferrovision::data::{DataFormat, describe, load_dataset};
+use ferrovision::data::{DataFormat, LoadOptions, describe, load_dataset};
 
 #[test]
 fn reads_real_tiny_imagenet_and_caches_it() {
     let Some(path) = common::shared("data/tiny-imagenet-200-sub100.tar.gz") else { return };
     let cache_dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let dataset = load_dataset(&path, Some(cache_dir.path())).unwrap();
+    let dataset = load_dataset(&path, Some(cache_dir.path()), &LoadOptions::default()).unwrap();
     let first_load = started.elapsed();
     let started = Instant::now();
-    let cached = load_dataset(&path, Some(cache_dir.path())).unwrap();
+    let cached = load_dataset(&path, Some(cache_dir.path()), &LoadOptions::default()).unwrap();
     let second_load = started.elapsed();
     eprintln!(
         "real Tiny ImageNet (30,000 images): first load {first_load:.2?} (decode + cache write), \

@@ -67,10 +67,10 @@ impl AugmentCommand {
             AugmentCommand::Expand { config, overrides, copies, include_original, format, out } => {
                 let config = ExperimentConfig::load(&config, &overrides.overrides)?;
                 let d = &config.data;
-                let dataset = data::load_dataset(&d.path, Some(&d.cache_dir))?;
+                let dataset = data::load_dataset(&d.path, Some(&d.cache_dir), &config.load_options())?;
                 let pipeline = Pipeline::from_config(&config.augment);
                 let options = expand::ExpandOptions { copies, include_original, seed: config.train.seed };
-                let bar = indicatif::ProgressBar::new(expand::total_files(&dataset.train, &dataset.test, &options) as u64);
+                let bar = indicatif::ProgressBar::new(expand::total_files(&dataset, &options) as u64);
                 bar.set_style(
                     indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} images, {per_sec}, eta {eta}")
                         .expect("valid progress template"),
@@ -89,7 +89,7 @@ impl AugmentCommand {
                     );
                     return Ok(());
                 }
-                let report = expand::expand(&dataset.train, &dataset.test, &dataset.classes, &pipeline, &out, &options, &bar)?;
+                let report = expand::expand(&dataset, &pipeline, &out, &options, &bar)?;
                 bar.finish_and_clear();
                 outln!(
                     "{}: {} images written, {} already there from an earlier run ({} train x {} copies{}, {} test)",

@@ -3,8 +3,12 @@
 //!
 //! File layout: the magic bytes, a little-endian u32 header length, a JSON header (version,
 //! source fingerprint, format, classes and their descriptions, shapes, payload checksum), then
-//! the payload: for train and then test, the labels as little-endian u16 followed by the HWC
-//! pixels.
+//! the payload: for train, test and (where the data set has one) validation, the labels as
+//! little-endian u16 followed by the HWC pixels. The validation split comes last, so files
+//! written before data sets had one still read.
+//!
+//! The cache is keyed by the source and by the load options that change what is decoded (the
+//! resize size, CIFAR-100's label set): each combination has its own file.
 //! A file that is unreadable, corrupt or made from an older state of the source is ignored and
 //! rewritten.
 
@@ -44,6 +48,8 @@ struct Header {
     class_descriptions: Vec<String>,
     train: SetShape,
     test: SetShape,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    val: Option<SetShape>,
     /// Hex SHA-256 of the payload.
     payload_sha256: String,
 }
@@ -69,13 +75,19 @@ impl SetShape {
     }
 }
 
-/// The data set of `source` from the cache in `cache_dir` when it is there and current,
-/// otherwise `build()`'s, which is then written to the cache.
-pub fn load_or_build(source: &Path, cache_dir: &Path, build: impl FnOnce() -> Result<Dataset>) -> Result<(Dataset, CacheStatus)> {
+/// The data set of `source` read with the options `options_tag` names ("" for none) from the
+/// cache in `cache_dir` when it is there and current, otherwise `build()`'s, which is then
+/// written to the cache.
+pub fn load_or_build(
+    source: &Path,
+    cache_dir: &Path,
+    options_tag: &str,
+    build: impl FnOnce() -> Result<Dataset>,
+) -> Result<(Dataset, CacheStatus)> {
+    let cache_file = cache_file_path(source, cache_dir, options_tag)?;
     let canonical = fs::canonicalize(source).map_err(|e| FileError::io(source, e))?;
-    let cache_file = cache_dir.join(cache_file_name(&canonical));
     // Taken before building, so that a source changed meanwhile is rebuilt next time.
-    let fingerprint = source_fingerprint(&canonical)?;
+    let fingerprint = source_fingerprint(&canonical, options_tag)?;
     if let Some(dataset) = read_cache(&cache_file, &fingerprint) {
         return Ok((dataset, CacheStatus::Hit));
     }
@@ -85,14 +97,15 @@ pub fn load_or_build(source: &Path, cache_dir: &Path, build: impl FnOnce() -> Re
     Ok((dataset, CacheStatus::Miss))
 }
 
-/// The cache file that `load_or_build` uses for `source` in `cache_dir`.
-pub fn cache_file_path(source: &Path, cache_dir: &Path) -> Result<PathBuf> {
+/// The cache file that `load_or_build` uses for `source` and `options_tag` in `cache_dir`.
+pub fn cache_file_path(source: &Path, cache_dir: &Path, options_tag: &str) -> Result<PathBuf> {
     let canonical = fs::canonicalize(source).map_err(|e| FileError::io(source, e))?;
-    Ok(cache_dir.join(cache_file_name(&canonical)))
+    Ok(cache_dir.join(cache_file_name(&canonical, options_tag)))
 }
 
-/// `<source name>-<hash of its canonical path>.fvdata`: one file per source.
-fn cache_file_name(canonical_source: &Path) -> String {
+/// `<source name>-<hash of its canonical path and options>[-<options>].fvdata`: one file per
+/// source and options.
+fn cache_file_name(canonical_source: &Path, options_tag: &str) -> String {
     let name: String = canonical_source
         .file_name()
         .map(|n| n.to_string_lossy())
@@ -100,15 +113,23 @@ fn cache_file_name(canonical_source: &Path) -> String {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
         .collect();
-    let path_hash = hex(&Sha256::digest(canonical_source.as_os_str().as_encoded_bytes()));
-    format!("{name}-{}.fvdata", &path_hash[..16])
+    let mut hasher = Sha256::new();
+    hasher.update(canonical_source.as_os_str().as_encoded_bytes());
+    hasher.update([0]);
+    hasher.update(options_tag.as_bytes());
+    let hash = hex(&hasher.finalize());
+    let options: String = options_tag.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    let options = if options.is_empty() { options } else { format!("-{options}") };
+    format!("{name}-{}{options}.fvdata", &hash[..16])
 }
 
-/// A hash of the source's path, size and modification time; for a folder, of every file in it
-/// (metadata only, contents are not read).
-fn source_fingerprint(canonical_source: &Path) -> Result<String> {
+/// A hash of the load options and the source's path, size and modification time; for a folder,
+/// of every file in it (metadata only, contents are not read).
+fn source_fingerprint(canonical_source: &Path, options_tag: &str) -> Result<String> {
     let mut hasher = Sha256::new();
     hasher.update(VERSION.to_le_bytes());
+    hasher.update((options_tag.len() as u64).to_le_bytes());
+    hasher.update(options_tag.as_bytes());
     hasher.update(canonical_source.as_os_str().as_encoded_bytes());
     let mut add_file = |relative: &str, path: &Path| -> Result<()> {
         let metadata = fs::metadata(path).map_err(|e| FileError::io(path, e))?;
@@ -166,8 +187,9 @@ fn label_bytes(labels: &[u16]) -> Vec<u8> {
 }
 
 fn write_cache(cache_file: &Path, fingerprint: &str, dataset: &Dataset) -> Result<()> {
-    let sections = [label_bytes(&dataset.train.labels), label_bytes(&dataset.test.labels)];
-    let payload: [&[u8]; 4] = [&sections[0], &dataset.train.pixels, &sections[1], &dataset.test.pixels];
+    let sets = [Some(&dataset.train), Some(&dataset.test), dataset.val.as_ref()];
+    let sections: Vec<(Vec<u8>, &[u8])> = sets.iter().flatten().map(|set| (label_bytes(&set.labels), set.pixels.as_slice())).collect();
+    let payload: Vec<&[u8]> = sections.iter().flat_map(|(labels, pixels)| [labels.as_slice(), pixels]).collect();
     let mut payload_hash = Sha256::new();
     payload.iter().for_each(|part| payload_hash.update(part));
     let header = Header {
@@ -178,6 +200,7 @@ fn write_cache(cache_file: &Path, fingerprint: &str, dataset: &Dataset) -> Resul
         class_descriptions: dataset.class_descriptions.clone(),
         train: SetShape::of(&dataset.train),
         test: SetShape::of(&dataset.test),
+        val: dataset.val.as_ref().map(SetShape::of),
         payload_sha256: hex(&payload_hash.finalize()),
     };
     let header_json = serde_json::to_vec(&header).map_err(|e| FileError::Other(format!("cache header: {e}")))?;
@@ -189,7 +212,7 @@ fn write_cache(cache_file: &Path, fingerprint: &str, dataset: &Dataset) -> Resul
         out.write_all(MAGIC)?;
         out.write_all(&(header_json.len() as u32).to_le_bytes())?;
         out.write_all(&header_json)?;
-        for part in payload {
+        for part in &payload {
             out.write_all(part)?;
         }
         // No fsync: a file cut short by a crash fails its checksum and is rebuilt.
@@ -220,7 +243,8 @@ fn read_cache(cache_file: &Path, fingerprint: &str) -> Option<Dataset> {
     if header.version != VERSION || header.source_fingerprint != fingerprint {
         return None;
     }
-    let payload_len = header.train.payload_bytes()?.checked_add(header.test.payload_bytes()?)?;
+    let val_len = header.val.as_ref().map_or(Some(0), SetShape::payload_bytes)?;
+    let payload_len = header.train.payload_bytes()?.checked_add(header.test.payload_bytes()?)?.checked_add(val_len)?;
     if prefix.len() + header_len + payload_len != file_len {
         return None;
     }
@@ -237,10 +261,14 @@ fn read_cache(cache_file: &Path, fingerprint: &str) -> Option<Dataset> {
     };
     let train = read_set(&header.train)?;
     let test = read_set(&header.test)?;
+    let val = match &header.val {
+        Some(shape) => Some(read_set(shape)?),
+        None => None,
+    };
     if hex(&payload_hash.finalize()) != header.payload_sha256 {
         return None;
     }
-    Some(Dataset { format: header.format, classes: header.classes, class_descriptions: header.class_descriptions, train, test })
+    Some(Dataset { format: header.format, classes: header.classes, class_descriptions: header.class_descriptions, train, val, test })
 }
 
 #[cfg(test)]
@@ -261,13 +289,14 @@ mod tests {
             classes: (0..303).map(|i| format!("class {i}")).collect(),
             class_descriptions: (0..303).map(|i| format!("the class number {i}")).collect(),
             train: set(7, 1),
+            val: Some(set(3, 9)),
             test: set(2, 5),
         }
     }
 
     /// Loads through the cache, counting how often the source is decoded.
     fn load(source: &Path, cache_dir: &Path, seed: u8, builds: &Cell<usize>) -> (Dataset, CacheStatus) {
-        load_or_build(source, cache_dir, || {
+        load_or_build(source, cache_dir, "", || {
             builds.set(builds.get() + 1);
             Ok(sample_dataset(seed))
         })
@@ -286,7 +315,7 @@ mod tests {
         assert_eq!(load(&source, &cache_dir, 4, &builds), (sample_dataset(3), CacheStatus::Hit));
         assert_eq!(builds.get(), 1);
         let files: Vec<_> = fs::read_dir(&cache_dir).unwrap().map(|e| e.unwrap().path()).collect();
-        assert_eq!(files, [cache_file_path(&source, &cache_dir).unwrap()], "no temporary file is left behind");
+        assert_eq!(files, [cache_file_path(&source, &cache_dir, "").unwrap()], "no temporary file is left behind");
 
         // A touched source is decoded again and the cache file replaced in place.
         File::options().write(true).open(&source).unwrap().set_modified(SystemTime::now() + Duration::from_secs(5)).unwrap();
@@ -303,7 +332,7 @@ mod tests {
         let cache_dir = dir.path().join("cache");
         let builds = Cell::new(0);
         load(&source, &cache_dir, 3, &builds);
-        let cache_file = cache_file_path(&source, &cache_dir).unwrap();
+        let cache_file = cache_file_path(&source, &cache_dir, "").unwrap();
         let good = fs::read(&cache_file).unwrap();
 
         let mut flipped_pixel = good.clone();
@@ -322,7 +351,7 @@ mod tests {
         let source = dir.path().join("tree");
         fs::create_dir_all(source.join("train/cat")).unwrap();
         fs::write(source.join("train/cat/1.png"), b"one").unwrap();
-        let fingerprint = || source_fingerprint(&fs::canonicalize(&source).unwrap()).unwrap();
+        let fingerprint = || source_fingerprint(&fs::canonicalize(&source).unwrap(), "").unwrap();
         let before = fingerprint();
         assert_eq!(fingerprint(), before);
         fs::write(source.join("train/cat/1.png"), b"one!").unwrap();
@@ -338,9 +367,51 @@ mod tests {
         for name in ["a b.tar.gz", "c.tar.gz"] {
             fs::write(dir.path().join(name), name).unwrap();
         }
-        let a = cache_file_path(&dir.path().join("a b.tar.gz"), dir.path()).unwrap();
-        let c = cache_file_path(&dir.path().join("c.tar.gz"), dir.path()).unwrap();
+        let a = cache_file_path(&dir.path().join("a b.tar.gz"), dir.path(), "").unwrap();
+        let c = cache_file_path(&dir.path().join("c.tar.gz"), dir.path(), "").unwrap();
         assert_ne!(a, c);
         assert!(a.file_name().unwrap().to_string_lossy().starts_with("a_b.tar.gz-"), "{}", a.display());
+    }
+
+    #[test]
+    fn load_options_key_their_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("photos.zip");
+        fs::write(&source, b"pretend archive").unwrap();
+        let cache_dir = dir.path().join("cache");
+        let builds = Cell::new(0);
+        let load_tagged = |tag: &str, seed: u8| {
+            load_or_build(&source, &cache_dir, tag, || {
+                builds.set(builds.get() + 1);
+                Ok(sample_dataset(seed))
+            })
+            .unwrap()
+        };
+        assert_eq!(load_tagged("", 1), (sample_dataset(1), CacheStatus::Miss));
+        // Another size is decoded anew into its own file; each is then served from the cache.
+        assert_eq!(load_tagged("224px", 2), (sample_dataset(2), CacheStatus::Miss));
+        assert_eq!(load_tagged("", 3), (sample_dataset(1), CacheStatus::Hit));
+        assert_eq!(load_tagged("224px", 3), (sample_dataset(2), CacheStatus::Hit));
+        assert_eq!(load_tagged("160px-coarse", 4).1, CacheStatus::Miss);
+        assert_eq!(builds.get(), 3);
+        let sized = cache_file_path(&source, &cache_dir, "224px").unwrap();
+        assert!(sized.file_name().unwrap().to_string_lossy().ends_with("-224px.fvdata"), "{}", sized.display());
+        assert_eq!(fs::read_dir(&cache_dir).unwrap().count(), 3);
+        // The same bytes under another tag's name are not taken for it.
+        fs::copy(&sized, cache_file_path(&source, &cache_dir, "160px-coarse").unwrap()).unwrap();
+        assert_eq!(load_tagged("160px-coarse", 5), (sample_dataset(5), CacheStatus::Miss));
+    }
+
+    #[test]
+    fn files_without_a_validation_split_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.fvpack");
+        let without_val = Dataset { val: None, ..sample_dataset(6) };
+        write_packed(&path, &without_val).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("\"val\""), "no val field is written for a set without one");
+        assert_eq!(read_packed(&path).unwrap(), without_val);
+        write_packed(&path, &sample_dataset(6)).unwrap();
+        assert_eq!(read_packed(&path).unwrap(), sample_dataset(6));
     }
 }

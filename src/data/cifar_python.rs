@@ -1,31 +1,38 @@
-//! The official CIFAR-10 python release (`cifar-10-batches-py/`): each batch is a pickled dict
-//! with `data` (a numpy uint8 array, one planar 3072-byte image per row) and `labels` (a list
-//! of ints); `batches.meta` holds `label_names`.
+//! The official CIFAR-10 and CIFAR-100 python releases. CIFAR-10 (`cifar-10-batches-py/`): each
+//! batch is a pickled dict with `data` (a numpy uint8 array, one planar 3072-byte image per row)
+//! and `labels` (a list of ints); `batches.meta` holds `label_names`. CIFAR-100
+//! (`cifar-100-python/`): `train` and `test` hold `data`, `fine_labels` and `coarse_labels`;
+//! `meta` holds `fine_label_names` and `coarse_label_names`.
 //!
 //! The pickle reader understands what these files need: Python 2 cPickle protocol 2 as in the
 //! official files, and protocols 2-5 as Python 3 writes the same dicts.
 
 use std::collections::HashMap;
 
-use super::archive::Source;
-use super::cifar_binary::{IMAGE_BYTES, NamedBytes, ReleaseLayout, load_release, push_planar_record};
-use super::{DataFormat, Dataset, FileError, ImageSet, Result};
+use super::cifar_binary::{IMAGE_BYTES, NamedBytes, ReleaseLayout, push_planar_record};
+use super::{CIFAR10_CLASSES, DataFormat, FileError, ImageSet, Result};
 
-/// The class-name pickle of the python release.
-pub const PYTHON_META: &str = "batches.meta";
-
-const PYTHON_LAYOUT: ReleaseLayout = ReleaseLayout {
+pub const CIFAR10_PYTHON: ReleaseLayout = ReleaseLayout {
     format: DataFormat::CifarPython,
-    batch_suffix: "",
-    meta_name: PYTHON_META,
-    read_class_names: read_label_names,
-    decode_batch: decode_pickled_batch,
+    name: "CIFAR-10",
+    train_batches: &["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"],
+    test_batches: &["test_batch"],
+    meta_names: ["batches.meta"; 2],
+    default_classes: Some(&CIFAR10_CLASSES),
+    read_class_names: |meta, _| read_label_names(meta, "label_names"),
+    decode_batch: |batch, set, num_classes, _| decode_pickled_batch(batch, set, num_classes, "labels"),
 };
 
-/// Loads the python release from the folder `source` (which holds `data_batch_1` ...).
-pub fn load(source: &Source) -> Result<Dataset> {
-    load_release(source, &PYTHON_LAYOUT)
-}
+pub const CIFAR100_PYTHON: ReleaseLayout = ReleaseLayout {
+    format: DataFormat::Cifar100Python,
+    name: "CIFAR-100",
+    train_batches: &["train"],
+    test_batches: &["test"],
+    meta_names: ["meta"; 2],
+    default_classes: None,
+    read_class_names: |meta, labels| read_label_names(meta, &format!("{}_label_names", labels.name())),
+    decode_batch: |batch, set, num_classes, labels| decode_pickled_batch(batch, set, num_classes, &format!("{}_labels", labels.name())),
+};
 
 /// The pickled dict of a batch or meta file.
 fn unpickle_dict(file: &NamedBytes) -> Result<Vec<(Value, Value)>> {
@@ -35,7 +42,8 @@ fn unpickle_dict(file: &NamedBytes) -> Result<Vec<(Value, Value)>> {
     }
 }
 
-fn decode_pickled_batch(batch: &NamedBytes, set: &mut ImageSet, num_classes: usize) -> Result<()> {
+/// Appends the images of a batch pickle, labelled by its list `labels_key`.
+fn decode_pickled_batch(batch: &NamedBytes, set: &mut ImageSet, num_classes: usize, labels_key: &str) -> Result<()> {
     let invalid = |message: String| FileError::invalid(&batch.path, message);
     let batch_dict = unpickle_dict(batch)?;
     let data = match dict_get(&batch_dict, "data") {
@@ -43,7 +51,7 @@ fn decode_pickled_batch(batch: &NamedBytes, set: &mut ImageSet, num_classes: usi
         Some(other) => return Err(invalid(format!("`data`: expected a numpy uint8 array, found {}", other.kind()))),
         None => return Err(invalid("missing key `data`".into())),
     };
-    let labels = int_list(&batch_dict, "labels").map_err(invalid)?;
+    let labels = int_list(&batch_dict, labels_key).map_err(invalid)?;
     if !matches!(data.dtype.as_str(), "u1" | "uint8") || data.fortran_order {
         return Err(invalid(format!("`data`: expected a C-ordered uint8 array, found dtype {}", data.dtype)));
     }
@@ -62,16 +70,14 @@ fn decode_pickled_batch(batch: &NamedBytes, set: &mut ImageSet, num_classes: usi
     Ok(())
 }
 
-fn read_label_names(meta: &NamedBytes) -> Result<Vec<String>> {
+/// The class names in the list `key` of a meta pickle.
+fn read_label_names(meta: &NamedBytes, key: &str) -> Result<Vec<String>> {
     let meta_dict = unpickle_dict(meta)?;
     let invalid = |message: String| FileError::invalid(&meta.path, message);
-    let Some(Value::List(names)) = dict_get(&meta_dict, "label_names") else {
-        return Err(invalid("missing list `label_names`".into()));
+    let Some(Value::List(names)) = dict_get(&meta_dict, key) else {
+        return Err(invalid(format!("missing list `{key}`")));
     };
-    names
-        .iter()
-        .map(|name| name.as_text().ok_or_else(|| invalid(format!("`label_names`: expected strings, found {}", name.kind()))))
-        .collect()
+    names.iter().map(|name| name.as_text().ok_or_else(|| invalid(format!("`{key}`: expected strings, found {}", name.kind())))).collect()
 }
 
 /// The ints of the list `key` in `dict`.
@@ -474,9 +480,13 @@ fn shape(value: &Value) -> Option<Vec<usize>> {
 pub(crate) mod tests {
     use super::*;
     use crate::data::CIFAR10_CLASSES;
+    use crate::data::archive::Source;
     use crate::data::archive::tests::{write_folder, write_tar_gz};
-    use crate::data::cifar_binary::batch_names;
-    use crate::data::cifar_binary::tests::{assert_synthetic_release, synthetic_image, synthetic_label};
+    use crate::data::cifar_binary::load_release;
+    use crate::data::cifar_binary::tests::{
+        assert_synthetic_release, assert_synthetic_release100, cifar100_names, synthetic_fine_label, synthetic_image, synthetic_label,
+    };
+    use crate::data::{Dataset, LabelLevel};
 
     /// Writes pickles in the byte layout of Python 2's cPickle, protocol 2, as the official
     /// files have it.
@@ -555,24 +565,36 @@ pub(crate) mod tests {
         }
     }
 
-    /// A batch pickle: `{"data": array, "labels": [...], "batch_label": ..., "filenames": [...]}`.
+    /// A CIFAR-10 batch pickle: `{"data": array, "labels": [...], "batch_label": ..., "filenames": [...]}`.
     fn batch_pickle(labels: &[u8], planar_rows: &[u8]) -> Vec<u8> {
+        labelled_batch_pickle(&[("labels", labels)], planar_rows)
+    }
+
+    /// A batch pickle with one label list per (key, labels), e.g. CIFAR-100's `fine_labels` and
+    /// `coarse_labels`.
+    fn labelled_batch_pickle(label_lists: &[(&str, &[u8])], planar_rows: &[u8]) -> Vec<u8> {
+        let count = label_lists[0].1.len();
         let mut pickler = Py2Pickler::new();
         pickler.op(b"}").put().op(b"(");
-        pickler.string(b"data").uint8_array(labels.len() as u32, IMAGE_BYTES as u32, planar_rows);
-        let label_items: Vec<Vec<u8>> = labels.iter().map(|&l| vec![l]).collect();
-        pickler.string(b"labels").list(&label_items, |p, item| _ = p.int(item[0].into()));
+        pickler.string(b"data").uint8_array(count as u32, IMAGE_BYTES as u32, planar_rows);
+        for (key, labels) in label_lists {
+            let label_items: Vec<Vec<u8>> = labels.iter().map(|&l| vec![l]).collect();
+            pickler.string(key.as_bytes()).list(&label_items, |p, item| _ = p.int(item[0].into()));
+        }
         pickler.string(b"batch_label").string(b"synthetic batch");
-        let names: Vec<Vec<u8>> = (0..labels.len()).map(|i| format!("image_{i}.png").into_bytes()).collect();
+        let names: Vec<Vec<u8>> = (0..count).map(|i| format!("image_{i}.png").into_bytes()).collect();
         pickler.string(b"filenames").list(&names, |p, name| _ = p.string(name));
         pickler.finish()
     }
 
-    fn meta_pickle(names: &[&str]) -> Vec<u8> {
+    /// A meta pickle with one name list per (key, names).
+    fn meta_pickle<S: AsRef<str>>(name_lists: &[(&str, &[S])]) -> Vec<u8> {
         let mut pickler = Py2Pickler::new();
         pickler.op(b"}").put().op(b"(");
-        let names: Vec<Vec<u8>> = names.iter().map(|n| n.as_bytes().to_vec()).collect();
-        pickler.string(b"label_names").list(&names, |p, name| _ = p.string(name));
+        for (key, names) in name_lists {
+            let names: Vec<Vec<u8>> = names.iter().map(|n| n.as_ref().as_bytes().to_vec()).collect();
+            pickler.string(key.as_bytes()).list(&names, |p, name| _ = p.string(name));
+        }
         pickler.string(b"num_cases_per_batch").int(10000);
         pickler.finish()
     }
@@ -586,17 +608,38 @@ pub(crate) mod tests {
 
     /// The python twin of `cifar_binary::tests::binary_release`.
     pub(crate) fn python_release(records: usize) -> Vec<(String, Vec<u8>)> {
-        let mut files: Vec<(String, Vec<u8>)> = batch_names("")
-            .into_iter()
+        let mut files: Vec<(String, Vec<u8>)> = CIFAR10_PYTHON
+            .batch_names()
             .enumerate()
             .map(|(batch, name)| {
                 let labels: Vec<u8> = (0..records).map(|r| synthetic_label(batch, r)).collect();
                 let rows: Vec<u8> = (0..records).flat_map(|r| synthetic_image(batch, r)).collect();
-                (name, batch_pickle(&labels, &rows))
+                (name.to_string(), batch_pickle(&labels, &rows))
             })
             .collect();
-        files.push((PYTHON_META.into(), meta_pickle(&CIFAR10_CLASSES)));
+        files.push(("batches.meta".into(), meta_pickle(&[("label_names", &CIFAR10_CLASSES)])));
         files
+    }
+
+    /// The python twin of `cifar_binary::tests::binary_release100`.
+    pub(crate) fn python_release100(records: usize) -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<(String, Vec<u8>)> = CIFAR100_PYTHON
+            .batch_names()
+            .enumerate()
+            .map(|(batch, name)| {
+                let fine: Vec<u8> = (0..records).map(|r| synthetic_fine_label(batch, r)).collect();
+                let coarse: Vec<u8> = fine.iter().map(|l| l / 5).collect();
+                let rows: Vec<u8> = (0..records).flat_map(|r| synthetic_image(batch, r)).collect();
+                (name.to_string(), labelled_batch_pickle(&[("fine_labels", &fine), ("coarse_labels", &coarse)], &rows))
+            })
+            .collect();
+        let (fine, coarse) = (cifar100_names(LabelLevel::Fine), cifar100_names(LabelLevel::Coarse));
+        files.push(("meta".into(), meta_pickle(&[("fine_label_names", &fine), ("coarse_label_names", &coarse)])));
+        files
+    }
+
+    fn load(source: &Source) -> Result<Dataset> {
+        load_release(source, &CIFAR10_PYTHON, LabelLevel::Fine)
     }
 
     #[test]
@@ -612,6 +655,52 @@ pub(crate) mod tests {
         let in_archive: Vec<_> = files.iter().map(|(n, b)| (format!("cifar-10-batches-py/{n}"), b.clone())).collect();
         write_tar_gz(&archive, &[], &in_archive);
         assert_eq!(load(&Source::new(&archive).subfolder("cifar-10-batches-py")).unwrap(), dataset);
+    }
+
+    #[test]
+    fn cifar100_python_reads_fine_or_coarse_labels_like_the_binary_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = python_release100(4);
+        write_folder(&dir.path().join("folder"), &files);
+        let archive = dir.path().join("cifar-100-python.tar.gz");
+        let in_archive: Vec<_> = files.iter().map(|(n, b)| (format!("cifar-100-python/{n}"), b.clone())).collect();
+        write_tar_gz(&archive, &[], &in_archive);
+        for labels in [LabelLevel::Fine, LabelLevel::Coarse] {
+            let dataset = load_release(&Source::new(dir.path().join("folder")), &CIFAR100_PYTHON, labels).unwrap();
+            assert_eq!(dataset.format, DataFormat::Cifar100Python);
+            assert_synthetic_release100(&dataset, 4, labels);
+            let packed = Source::new(&archive).subfolder("cifar-100-python");
+            assert_eq!(load_release(&packed, &CIFAR100_PYTHON, labels).unwrap(), dataset);
+        }
+    }
+
+    #[test]
+    fn cifar100_python_errors_name_the_file_and_key() {
+        let load_error = |files: &[(String, Vec<u8>)], labels| {
+            let dir = tempfile::tempdir().unwrap();
+            write_folder(dir.path(), files);
+            load_release(&Source::new(dir.path()), &CIFAR100_PYTHON, labels).unwrap_err().to_string()
+        };
+        let mut files = python_release100(2);
+        let half = files[0].1.len() / 2;
+        files[0].1.truncate(half);
+        let err = load_error(&files, LabelLevel::Fine);
+        assert!(err.contains("train") && err.contains("truncated pickle"), "{err}");
+
+        let mut files = python_release100(2);
+        files[1].1 = rename_key(files[1].1.clone(), b"coarse_labels", b"coarse_lbels");
+        let err = load_error(&files, LabelLevel::Coarse);
+        assert!(err.contains("test") && err.contains("missing list `coarse_labels`"), "{err}");
+
+        let mut files = python_release100(2);
+        files[2].1 = meta_pickle(&[("fine_label_names", &cifar100_names(LabelLevel::Fine))]);
+        let err = load_error(&files, LabelLevel::Coarse);
+        assert!(err.contains("meta") && err.contains("missing list `coarse_label_names`"), "{err}");
+
+        let mut files = python_release100(2);
+        files.retain(|(name, _)| name != "meta");
+        let err = load_error(&files, LabelLevel::Fine);
+        assert!(err.contains("meta") && err.contains("missing or empty") && err.contains("fine classes"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `ferrovision augment expand`: an offline-augmented copy of a data set in the image-folder layout
-//! (`train/<class>/*.png`, `test/<class>/*.png`) or as one packed file of decoded images, N
-//! augmented images per training image.
+//! (`train/<class>/*.png`, `test/<class>/*.png`, and `val/<class>/*.png` for a data set with its
+//! own validation split) or as one packed file of decoded images, N augmented images per training
+//! image. The validation and test images are copied unchanged.
 //!
 //! The folder layout streams and resumes: each image is encoded and written on its own (temp file, then
 //! rename), and a run that finds a file already there skips it. A marker file sits at the top of
@@ -44,27 +45,29 @@ fn copies_of(options: &ExpandOptions) -> Vec<Option<usize>> {
     original.into_iter().chain((0..options.copies).map(Some)).collect()
 }
 
-/// Number of files `expand` writes for these splits.
-pub fn total_files(train: &ImageSet, test: &ImageSet, options: &ExpandOptions) -> usize {
-    train.len() * copies_of(options).len() + test.len()
+/// Number of files `expand` writes for `dataset`.
+pub fn total_files(dataset: &Dataset, options: &ExpandOptions) -> usize {
+    dataset.train.len() * copies_of(options).len() + unchanged_splits(dataset).map(|(_, set)| set.len()).sum::<usize>()
 }
 
-/// Writes the expansion of `train` (augmented) and `test` (unchanged) under `out`.
-pub fn expand(
-    train: &ImageSet,
-    test: &ImageSet,
-    classes: &[String],
-    pipeline: &Pipeline,
-    out: &Path,
-    options: &ExpandOptions,
-    progress: &ProgressBar,
-) -> Result<ExpandReport> {
-    check_shape(pipeline, train, test)?;
+/// The splits copied unchanged, with their folder names: validation and test where the data set
+/// has them.
+fn unchanged_splits(dataset: &Dataset) -> impl Iterator<Item = (&'static str, &ImageSet)> {
+    [("val", dataset.val.as_ref()), ("test", Some(&dataset.test))]
+        .into_iter()
+        .filter_map(|(name, set)| Some((name, set?)))
+        .filter(|(_, set)| !set.is_empty())
+}
+
+/// Writes the expansion of `dataset` under `out`: its train split augmented, the others unchanged.
+pub fn expand(dataset: &Dataset, pipeline: &Pipeline, out: &Path, options: &ExpandOptions, progress: &ProgressBar) -> Result<ExpandReport> {
+    let (train, classes) = (&dataset.train, &dataset.classes);
+    check_shape(pipeline, train, &dataset.test)?;
     if out.exists() && !out.join(INCOMPLETE_MARKER).exists() && std::fs::read_dir(out).map_err(|e| FileError::io(out, e))?.next().is_some()
     {
         return Err(FileError::invalid(out, "exists and is not an unfinished expansion; choose an empty or new folder"));
     }
-    for split in ["train", "test"] {
+    for split in ["train"].into_iter().chain(unchanged_splits(dataset).map(|(name, _)| name)) {
         for class in classes {
             let folder = out.join(split).join(class);
             std::fs::create_dir_all(&folder).map_err(|e| FileError::io(&folder, e))?;
@@ -92,10 +95,12 @@ pub fn expand(
             write(folder.join(name), &|| make_copy(train, i, copy, pipeline, options.seed))
         })
     })?;
-    (0..test.len()).into_par_iter().try_for_each(|i| {
-        let path = out.join("test").join(&classes[test.labels[i] as usize]).join(format!("{i:06}.png"));
-        write(path, &|| Image::new(test.image(i).to_vec(), test.height, test.width))
-    })?;
+    for (split, set) in unchanged_splits(dataset) {
+        (0..set.len()).into_par_iter().try_for_each(|i| {
+            let path = out.join(split).join(&classes[set.labels[i] as usize]).join(format!("{i:06}.png"));
+            write(path, &|| Image::new(set.image(i).to_vec(), set.height, set.width))
+        })?;
+    }
     std::fs::remove_file(&marker).map_err(|e| FileError::io(&marker, e))?;
     Ok(ExpandReport { written: written.into_inner(), skipped: skipped.into_inner() })
 }
@@ -129,10 +134,11 @@ pub fn expand_packed(dataset: &Dataset, pipeline: &Pipeline, out: &Path, options
         expanded.pixels.extend_from_slice(&image.pixels);
         expanded.labels.push(label);
     }
-    progress.inc(dataset.test.len() as u64);
+    let unchanged: usize = unchanged_splits(dataset).map(|(_, set)| set.len()).sum();
+    progress.inc(unchanged as u64);
     let packed = Dataset { format: DataFormat::Packed, train: expanded, ..dataset.clone() };
     crate::data::cache::write_packed(out, &packed)?;
-    Ok(packed.train.len() + packed.test.len())
+    Ok(packed.train.len() + unchanged)
 }
 
 /// The expanded training images must keep one size, the test images'.
@@ -168,6 +174,18 @@ mod tests {
         ImageSet { pixels, labels: (0..n).map(|i| (i % 2) as u16).collect(), height: 4, width: 4 }
     }
 
+    fn dataset(train: usize, val: Option<usize>, test: usize) -> Dataset {
+        let classes = vec!["a".to_string(), "b".to_string()];
+        Dataset {
+            format: DataFormat::ImageFolder,
+            classes,
+            class_descriptions: Vec::new(),
+            train: set(train),
+            val: val.map(set),
+            test: set(test),
+        }
+    }
+
     fn pipeline() -> Pipeline {
         Pipeline {
             transforms: vec![Transform::RandomCrop { size: None, padding: 1, padding_mode: crate::augment::PaddingMode::Reflect }],
@@ -200,11 +218,11 @@ mod tests {
         let out = dir.path().join("expanded");
         let classes = vec!["a".to_string(), "b".to_string()];
         let options = ExpandOptions { copies: 3, include_original: true, seed: 1 };
-        let report = expand(&set(4), &set(2), &classes, &pipeline(), &out, &options, &ProgressBar::hidden()).unwrap();
+        let report = expand(&dataset(4, None, 2), &pipeline(), &out, &options, &ProgressBar::hidden()).unwrap();
         assert_eq!(report, ExpandReport { written: 4 * 4 + 2, skipped: 0 });
-        assert_eq!(total_files(&set(4), &set(2), &options), 18);
+        assert_eq!(total_files(&dataset(4, None, 2), &options), 18);
         assert!(!out.join(INCOMPLETE_MARKER).exists());
-        let loaded = crate::data::load_dataset(&out, None).unwrap();
+        let loaded = crate::data::load_dataset(&out, None, &Default::default()).unwrap();
         assert_eq!((loaded.train.len(), loaded.test.len()), (16, 2));
         assert_eq!(loaded.classes, classes);
     }
@@ -213,9 +231,8 @@ mod tests {
     fn an_interrupted_expansion_resumes_and_is_refused_until_complete() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("expanded");
-        let classes = vec!["a".to_string(), "b".to_string()];
         let options = ExpandOptions { copies: 2, include_original: false, seed: 1 };
-        expand(&set(4), &set(2), &classes, &pipeline(), &out, &options, &ProgressBar::hidden()).unwrap();
+        expand(&dataset(4, None, 2), &pipeline(), &out, &options, &ProgressBar::hidden()).unwrap();
         let complete = files_under(&out);
         let first = std::fs::read(out.join("train/a/000000_001.png")).unwrap();
         // Simulate an interruption: marker back, some files missing, a stray temp file.
@@ -223,9 +240,9 @@ mod tests {
         std::fs::remove_file(out.join("train/a/000000_001.png")).unwrap();
         std::fs::remove_file(out.join("test/b/000001.png")).unwrap();
         std::fs::write(out.join("train/b/000001_000.png.tmp"), b"partial").unwrap();
-        let err = crate::data::load_dataset(&out, None).unwrap_err().to_string();
+        let err = crate::data::load_dataset(&out, None, &Default::default()).unwrap_err().to_string();
         assert!(err.contains(INCOMPLETE_MARKER), "{err}");
-        let report = expand(&set(4), &set(2), &classes, &pipeline(), &out, &options, &ProgressBar::hidden()).unwrap();
+        let report = expand(&dataset(4, None, 2), &pipeline(), &out, &options, &ProgressBar::hidden()).unwrap();
         assert_eq!(report, ExpandReport { written: 2, skipped: 8 + 2 - 2 });
         // Same seed, same pixels.
         assert_eq!(std::fs::read(out.join("train/a/000000_001.png")).unwrap(), first);
@@ -233,33 +250,48 @@ mod tests {
         after.sort();
         assert_eq!(after, complete);
         // A folder that is not an unfinished expansion is never written into.
-        let err = expand(&set(4), &set(2), &classes, &pipeline(), &out, &options, &ProgressBar::hidden()).unwrap_err();
+        let err = expand(&dataset(4, None, 2), &pipeline(), &out, &options, &ProgressBar::hidden()).unwrap_err();
         assert!(err.to_string().contains("not an unfinished expansion"), "{err}");
     }
 
     #[test]
     fn the_packed_form_holds_the_same_images_as_the_folder_form() {
         let dir = tempfile::tempdir().unwrap();
-        let classes = vec!["a".to_string(), "b".to_string()];
         let options = ExpandOptions { copies: 2, include_original: true, seed: 4 };
-        let dataset = Dataset {
-            format: DataFormat::ImageFolder,
-            classes: classes.clone(),
-            class_descriptions: Vec::new(),
-            train: set(3),
-            test: set(2),
-        };
+        let dataset = dataset(3, None, 2);
         let packed_path = dir.path().join("x.fvpack");
         assert_eq!(expand_packed(&dataset, &pipeline(), &packed_path, &options, &ProgressBar::hidden()).unwrap(), 9 + 2);
-        let packed = crate::data::load_dataset(&packed_path, None).unwrap();
+        let packed = crate::data::load_dataset(&packed_path, None, &Default::default()).unwrap();
         assert_eq!((packed.format, packed.train.len(), packed.test), (DataFormat::Packed, 9, set(2)));
         // Copy 1 of image 2 is the folder form's train/a/000002_001.png.
         let folder = dir.path().join("folder");
-        expand(&dataset.train, &dataset.test, &classes, &pipeline(), &folder, &options, &ProgressBar::hidden()).unwrap();
+        expand(&dataset, &pipeline(), &folder, &options, &ProgressBar::hidden()).unwrap();
         let png = image::open(folder.join("train/a/000002_001.png")).unwrap().to_rgb8().into_raw();
         assert_eq!(packed.train.image(2 * 3 + 2), &png[..]);
         std::fs::write(&packed_path, b"FVDATA truncated").unwrap();
-        let err = crate::data::load_dataset(&packed_path, None).unwrap_err().to_string();
+        let err = crate::data::load_dataset(&packed_path, None, &Default::default()).unwrap_err().to_string();
         assert!(err.contains("x.fvpack") && err.contains("packed"), "{err}");
+    }
+
+    #[test]
+    fn a_validation_split_is_copied_and_a_missing_test_split_is_not_invented() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = ExpandOptions { copies: 1, include_original: false, seed: 2 };
+        let out = dir.path().join("with_val");
+        let with_val = dataset(4, Some(2), 2);
+        assert_eq!(total_files(&with_val, &options), 8);
+        assert_eq!(expand(&with_val, &pipeline(), &out, &options, &ProgressBar::hidden()).unwrap().written, 8);
+        let loaded = crate::data::load_dataset(&out, None, &Default::default()).unwrap();
+        assert_eq!(loaded.val, Some(set(2)));
+        assert_eq!(loaded.test, set(2));
+
+        // Class folders alone have no test split: none is written, and the copy reads back without one.
+        let out = dir.path().join("without_test");
+        let mut without_test = dataset(4, None, 0);
+        without_test.format = DataFormat::ClassFolders;
+        expand(&without_test, &pipeline(), &out, &options, &ProgressBar::hidden()).unwrap();
+        assert!(!out.join("test").exists() && !out.join("val").exists());
+        let loaded = crate::data::load_dataset(&out, None, &Default::default()).unwrap();
+        assert_eq!((loaded.train.len(), loaded.val, loaded.test.len()), (4, None, 0));
     }
 }

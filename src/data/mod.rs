@@ -15,6 +15,7 @@ pub mod loader;
 pub mod split;
 pub mod tiny_imagenet;
 
+pub use config::LabelLevel;
 pub use detect::{DataFormat, describe, detect_format, load_dataset};
 
 /// The ten CIFAR-10 class names in label order.
@@ -74,7 +75,9 @@ impl ImageSet {
     }
 }
 
-/// A labelled data set as read from disk: a train split, a test split and the class names.
+/// A labelled data set as read from disk: a train split, a test split (empty where the data set
+/// has none, e.g. a folder of class folders), its own validation split where it has one, and the
+/// class names.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
     pub format: DataFormat,
@@ -84,7 +87,29 @@ pub struct Dataset {
     /// (Tiny ImageNet's `words.txt`, e.g. "goldfish, Carassius auratus"); empty otherwise.
     pub class_descriptions: Vec<String>,
     pub train: ImageSet,
+    /// An image folder's `val/` (or `valid/`); `None` for the formats that hold no validation split.
+    pub val: Option<ImageSet>,
     pub test: ImageSet,
+}
+
+/// What a data set is read with, beyond its path: the config settings that change the decoded
+/// images or labels (and so also key the cache).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The square size images of an image folder are resized to when they differ in size
+    /// (`data.input_size`, else the size of a `resize` transform).
+    pub image_size: Option<usize>,
+    /// CIFAR-100's fine or coarse labels (`data.labels`); refused for other data sets.
+    pub labels: Option<LabelLevel>,
+}
+
+impl LoadOptions {
+    /// A short text naming the options that are set ("" for none): part of the cache's key.
+    pub fn tag(&self) -> String {
+        let size = self.image_size.map(|s| format!("{s}px"));
+        let labels = self.labels.map(|l| l.name().to_string());
+        size.into_iter().chain(labels).collect::<Vec<_>>().join("-")
+    }
 }
 
 pub use crate::error::FileError;

@@ -1,11 +1,89 @@
-//! Seeded, class-balanced selections of a set: the train/validation split and fixed-size
-//! per-class subsets. The same seed always picks the same images.
+//! Seeded, class-balanced selections of a set: the test and validation splits held out of the
+//! training images, and fixed-size per-class subsets. The same seed always picks the same images.
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::{FileError, ImageSet, Result};
+use super::config::{DEFAULT_VAL_SIZE, DataConfig, SplitSize};
+use super::{Dataset, FileError, ImageSet, Result};
+
+/// The seed of the test split held out of a data set without one: fixed, so that runs with any
+/// `train.seed` are tested on the same images.
+pub const TEST_SPLIT_SEED: u64 = 0;
+
+/// The splits a run trains, validates and tests on.
+#[derive(Debug, PartialEq)]
+pub struct Splits {
+    pub train: ImageSet,
+    pub val: Option<ImageSet>,
+    pub test: ImageSet,
+}
+
+/// The train, validation and test splits of `dataset` under the `[data]` settings:
+/// - test: the data set's own, or (for one without, e.g. a folder of class folders)
+///   `data.test_size` images held out of train, stratified, with [`TEST_SPLIT_SEED`];
+/// - validation: the data set's own (an image folder's `val/`) unless `data.val_size` = 0, or
+///   `data.val_size` (default [`DEFAULT_VAL_SIZE`]) images held out of the rest, stratified,
+///   with `seed`. Giving both is refused rather than silently preferring one.
+pub fn training_splits(dataset: Dataset, config: &DataConfig, seed: u64) -> Result<Splits> {
+    let path = &config.path;
+    let num_classes = dataset.classes.len();
+    let hold_out = |set: &ImageSet, size: SplitSize, key: &str, split_seed: u64| {
+        let count = size.count(set.len());
+        if count > set.len() {
+            return Err(FileError::invalid(
+                path,
+                format!(
+                    "{key} = {size} is more than the {} images there are to hold it out of; set {key} to a smaller count or a \
+                     fraction such as 0.1",
+                    set.len()
+                ),
+            ));
+        }
+        stratified_split(set, num_classes, count, split_seed)
+    };
+    let (train, test) = match (dataset.test.is_empty(), config.test_size) {
+        (true, Some(size)) if !size.is_zero() => hold_out(&dataset.train, size, "data.test_size", TEST_SPLIT_SEED)?,
+        (true, _) => {
+            return Err(FileError::invalid(
+                path,
+                "the data set has no test split (no test/ folder); set data.test_size (a number of images, or a fraction \
+                 such as 0.2) to hold a seeded, stratified test split out of its images",
+            ));
+        }
+        (false, Some(size)) if !size.is_zero() => {
+            return Err(FileError::invalid(
+                path,
+                format!(
+                    "data.test_size = {size}, but the data set has its own test split ({} images); remove data.test_size",
+                    dataset.test.len()
+                ),
+            ));
+        }
+        (false, _) => (dataset.train, dataset.test),
+    };
+    let (train, val) = match (dataset.val, config.val_size) {
+        (_, Some(size)) if size.is_zero() => (train, None),
+        (Some(val), None) => (train, Some(val)),
+        (Some(val), Some(size)) => {
+            return Err(FileError::invalid(
+                path,
+                format!(
+                    "data.val_size = {size}, but the data set has its own validation split (val/, {} images), which is used \
+                     instead of holding images out of train; remove data.val_size to validate on val/, or set it to 0 for no \
+                     validation",
+                    val.len()
+                ),
+            ));
+        }
+        (None, size) => {
+            let (train, val) = hold_out(&train, size.unwrap_or(DEFAULT_VAL_SIZE), "data.val_size", seed)?;
+            (train, Some(val))
+        }
+    };
+    Ok(Splits { train, val, test })
+}
 
 /// Splits `set` into (train, validation) with `val_size` validation images, each class giving
 /// its share in proportion to its size (largest remainders get the leftover images). Both
@@ -158,5 +236,63 @@ mod tests {
         assert!(subset_origins.iter().zip(&subset.labels).all(|(&o, &l)| set.labels[o] == l));
         let err = subset_per_class(&set, 3, 6, 3).unwrap_err().to_string();
         assert!(err.contains("class 1 has 5 images") && err.contains("6 per class"), "{err}");
+    }
+
+    fn dataset(train: ImageSet, val: Option<ImageSet>, test: ImageSet) -> Dataset {
+        let classes = vec!["a".into(), "b".into(), "c".into()];
+        Dataset { format: crate::data::DataFormat::ImageFolder, classes, class_descriptions: Vec::new(), train, val, test }
+    }
+
+    fn data_config(val_size: Option<SplitSize>, test_size: Option<SplitSize>) -> DataConfig {
+        DataConfig { path: "photos".into(), val_size, test_size, ..DataConfig::default() }
+    }
+
+    #[test]
+    fn a_data_set_without_a_test_split_holds_one_out_with_a_fixed_seed() {
+        let all = set_with_class_sizes(&[50, 30, 20]);
+        let without_test = || dataset(all.clone(), None, ImageSet::empty(1, 1));
+        let config = data_config(Some(SplitSize::Fraction(0.1)), Some(SplitSize::Fraction(0.2)));
+        let splits = training_splits(without_test(), &config, 7).unwrap();
+        assert_eq!(splits.test.class_counts(3), [10, 6, 4]);
+        // 10% of the 80 images left, rounded up: 8 (shares 4, 2.4, 1.6; the leftover to the largest remainder).
+        assert_eq!(splits.val.as_ref().unwrap().class_counts(3), [4, 2, 2]);
+        assert_eq!(splits.train.len(), 72);
+        let mut seen = [origins(&splits.train), origins(splits.val.as_ref().unwrap()), origins(&splits.test)].concat();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..100).collect::<Vec<_>>(), "every image in exactly one split");
+        // Another training seed draws another validation split, never another test split.
+        let reseeded = training_splits(without_test(), &config, 8).unwrap();
+        assert_eq!(reseeded.test, splits.test);
+        assert_ne!(reseeded.val, splits.val);
+        let counted = training_splits(without_test(), &data_config(Some(SplitSize::Count(0)), Some(SplitSize::Count(25))), 7).unwrap();
+        assert_eq!((counted.train.len(), counted.val, counted.test.len()), (75, None, 25));
+
+        for test_size in [None, Some(SplitSize::Count(0))] {
+            let err = training_splits(without_test(), &data_config(None, test_size), 7).unwrap_err().to_string();
+            assert!(err.starts_with("photos: the data set has no test split") && err.contains("set data.test_size"), "{err}");
+        }
+        let err = training_splits(without_test(), &data_config(None, Some(SplitSize::Count(101))), 7).unwrap_err().to_string();
+        assert!(err.contains("data.test_size = 101 is more than the 100 images"), "{err}");
+        // The default validation size (5000) cannot come out of 80 images: the message says what to set.
+        let err = training_splits(without_test(), &data_config(None, Some(SplitSize::Count(20))), 7).unwrap_err().to_string();
+        assert!(err.contains("data.val_size = 5000 is more than the 80 images") && err.contains("fraction"), "{err}");
+    }
+
+    #[test]
+    fn an_own_validation_split_is_used_and_giving_both_is_refused() {
+        let (train, val, test) = (set_with_class_sizes(&[6, 6, 6]), set_with_class_sizes(&[2, 2, 2]), set_with_class_sizes(&[1, 1, 1]));
+        let with_val = || dataset(train.clone(), Some(val.clone()), test.clone());
+        let splits = training_splits(with_val(), &data_config(None, None), 3).unwrap();
+        assert_eq!(splits, Splits { train: train.clone(), val: Some(val.clone()), test: test.clone() });
+        let off = training_splits(with_val(), &data_config(Some(SplitSize::Count(0)), None), 3).unwrap();
+        assert_eq!((off.train.len(), off.val), (18, None));
+        let err = training_splits(with_val(), &data_config(Some(SplitSize::Count(4)), None), 3).unwrap_err().to_string();
+        assert!(err.contains("data.val_size = 4") && err.contains("its own validation split (val/, 6 images)"), "{err}");
+        assert!(err.contains("remove data.val_size"), "{err}");
+        let err = training_splits(with_val(), &data_config(None, Some(SplitSize::Fraction(0.2))), 3).unwrap_err().to_string();
+        assert!(err.contains("data.test_size = 0.2") && err.contains("its own test split (3 images)"), "{err}");
+        // Without a val/ split, val_size images come out of train as before.
+        let carved = training_splits(dataset(train.clone(), None, test.clone()), &data_config(Some(SplitSize::Count(3)), None), 3).unwrap();
+        assert_eq!((carved.train.len(), carved.val.map(|v| v.class_counts(3))), (15, Some(vec![1, 1, 1])));
     }
 }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 
 use super::archive::Source;
-use super::image_folder::{check_class_count, decode_all, is_hidden, is_image_name, label_and_sort};
+use super::image_folder::{DecodeSize, check_class_count, decode_all, is_hidden, is_image_name, label_and_sort};
 use super::{DataFormat, Dataset, FileError, Result};
 
 /// The list of class ids; a data set is recognized as Tiny ImageNet by it.
@@ -60,9 +60,9 @@ pub fn load(source: &Source) -> Result<Dataset> {
     let class_descriptions = parse_words(source, &words, &classes)?;
 
     let expected = "Tiny ImageNet images are 64x64";
-    let train = decode_all(source, &label_and_sort(&classes, files.train), (SIDE, SIDE), expected)?;
-    let test = decode_all(source, &label_and_sort(&classes, val), (SIDE, SIDE), expected)?;
-    Ok(Dataset { format: DataFormat::TinyImagenet, classes, class_descriptions, train, test })
+    let train = decode_all(source, &label_and_sort(&classes, files.train), DecodeSize::Exactly(SIDE, SIDE), expected)?;
+    let test = decode_all(source, &label_and_sort(&classes, val), DecodeSize::Exactly(SIDE, SIDE), expected)?;
+    Ok(Dataset { format: DataFormat::TinyImagenet, classes, class_descriptions, train, val: None, test })
 }
 
 /// Walks `source` once, keeping the text files and the train and val images.
@@ -189,7 +189,7 @@ mod tests {
     use super::*;
     use crate::data::archive::tests::{write_folder, write_tar_gz, write_zip};
     use crate::data::image_folder::tests::encode;
-    use crate::data::{detect_format, load_dataset};
+    use crate::data::{LoadOptions, detect_format, load_dataset};
     use image::{GrayImage, ImageFormat, Luma, Rgb, RgbImage};
 
     /// The classes of [`tiny_tree`] in label (sorted) order.
@@ -281,7 +281,7 @@ mod tests {
             write_zip(&zip, &folders, &files);
             for path in [&folder, &tar_gz, &zip] {
                 assert_eq!(detect_format(path).unwrap(), DataFormat::TinyImagenet, "{}", path.display());
-                assert!(load_dataset(path, None).unwrap() == reference, "{}", path.display());
+                assert!(load_dataset(path, None, &LoadOptions::default()).unwrap() == reference, "{}", path.display());
             }
         }
     }
@@ -292,10 +292,10 @@ mod tests {
         let zip = dir.path().join("tiny.zip");
         write_zip(&zip, &[], &under("tiny-imagenet-200/", &tiny_tree()));
         let cache_dir = dir.path().join("cache");
-        let fresh = load_dataset(&zip, Some(&cache_dir)).unwrap();
-        let cache_file = crate::data::cache::cache_file_path(&zip, &cache_dir).unwrap();
+        let fresh = load_dataset(&zip, Some(&cache_dir), &LoadOptions::default()).unwrap();
+        let cache_file = crate::data::cache::cache_file_path(&zip, &cache_dir, "").unwrap();
         assert!(cache_file.is_file());
-        assert!(load_dataset(&zip, Some(&cache_dir)).unwrap() == fresh);
+        assert!(load_dataset(&zip, Some(&cache_dir), &LoadOptions::default()).unwrap() == fresh);
         assert_eq!(fresh.class_descriptions.len(), 3);
     }
 
@@ -306,7 +306,7 @@ mod tests {
         change(&mut files);
         let dir = tempfile::tempdir().unwrap();
         write_folder(dir.path(), &files);
-        let err = load_dataset(dir.path(), None).unwrap_err().to_string();
+        let err = load_dataset(dir.path(), None, &LoadOptions::default()).unwrap_err().to_string();
         assert!(err.contains(names) && err.contains(says), "expected {names:?} and {says:?} in: {err}");
     }
 

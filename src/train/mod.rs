@@ -52,22 +52,17 @@ pub fn prepare_data(config: &ExperimentConfig) -> Result<TrainingData> {
     if !path.exists() {
         bail!("data set not found at {} (set data.path or --data to a CIFAR-10 folder or archive, or add --download)", path.display());
     }
-    let dataset = data::load_dataset(&path, Some(&d.cache_dir))?;
+    let dataset = data::load_dataset(&path, Some(&d.cache_dir), &config.load_options())?;
     let classes = ClassNames::of(&dataset);
     let num_classes = classes.len();
-    let (train, val) = if d.val_size > 0 {
-        let (train, val) = data::split::stratified_split(&dataset.train, num_classes, d.val_size, seed)?;
-        (train, Some(val))
-    } else {
-        (dataset.train, None)
-    };
+    let data::split::Splits { train, val, test } = data::split::training_splits(dataset, d, seed)?;
     let train = match d.subset_per_class {
         0 => train,
         n => data::split::subset_per_class(&train, num_classes, n, seed)?,
     };
     let test = match d.test_subset_per_class {
-        0 => dataset.test,
-        n => data::split::subset_per_class(&dataset.test, num_classes, n, seed)?,
+        0 => test,
+        n => data::split::subset_per_class(&test, num_classes, n, seed)?,
     };
     Ok(TrainingData { classes, train: Arc::new(train), val, test })
 }
