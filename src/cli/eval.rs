@@ -52,7 +52,9 @@ impl EvalArgs {
             config.train.tta = serde_json::from_value(serde_json::Value::String(tta))?;
         }
         let Some(spec) = transform else {
-            out!("{}", train::evaluate_run(&run, &config, &split, &checkpoint)?);
+            for stem in train::evaluate_run(&run, &config, &split, &checkpoint, |report| out!("{report}"))? {
+                outln!("wrote {}.{{svg,png}}", stem.display());
+            }
             return Ok(());
         };
         let settings = robustness::settings(&spec, sweep.as_deref(), config.augment.normalize)?;

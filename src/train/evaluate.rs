@@ -172,10 +172,16 @@ pub fn confusion(labels: &[u16], predictions: &[usize], num_classes: usize) -> V
     counts
 }
 
-/// Evaluates a run's checkpoint on its `test` or `val` split, formats accuracy, loss and
-/// per-class accuracy, and writes the confusion matrix (counts and row-normalized, SVG and PNG)
-/// into `<run>/eval/`.
-pub fn evaluate_run(run: &RunDir, config: &ExperimentConfig, split: &str, checkpoint: &str) -> Result<String> {
+/// Evaluates a run's checkpoint on its `test` or `val` split, hands accuracy, loss and per-class
+/// accuracy to `show`, then writes the confusion matrix (counts and row-normalized, SVG and PNG)
+/// into `<run>/eval/`; returns the stems written.
+pub fn evaluate_run(
+    run: &RunDir,
+    config: &ExperimentConfig,
+    split: &str,
+    checkpoint: &str,
+    show: impl FnOnce(&str),
+) -> Result<Vec<PathBuf>> {
     let evaluation = RunEvaluation::load(run, config, split, checkpoint)?;
     let result = evaluation.evaluate(None)?;
     let mut report = format!(
@@ -188,11 +194,11 @@ pub fn evaluate_run(run: &RunDir, config: &ExperimentConfig, split: &str, checkp
     for (name, acc) in evaluation.classes.iter().zip(&result.per_class_accuracy) {
         report.push_str(&format!("  {name:<12} {:>6.2}%\n", 100.0 * acc));
     }
+    // Shown before anything is written: a run folder that cannot be written still gets its metrics.
+    show(&report);
     let counts = confusion(&evaluation.set.labels, &result.predictions, evaluation.classes.len());
-    for (stem, _) in write_confusion(run, &evaluation.classes, &counts, split, checkpoint)? {
-        report.push_str(&format!("wrote {}.{{svg,png}}\n", stem.display()));
-    }
-    Ok(report)
+    let written = write_confusion(run, &evaluation.classes, &counts, split, checkpoint).context("could not write the confusion matrix")?;
+    Ok(written.into_iter().map(|(stem, _)| stem).collect())
 }
 
 /// Writes `<run>/eval/<split>-<checkpoint>-confusion-{counts,normalized}.{svg,png}`; returns each
