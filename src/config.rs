@@ -10,11 +10,12 @@ use crate::augment::transforms::Transform;
 use crate::augment::{InputTransform, NormalizePreset};
 use crate::data::LoadOptions;
 use crate::data::config::DataConfig;
-use crate::error::{InvalidSetting, ensure};
+use crate::error::{InvalidSetting, ensure, ensure_finite};
 use crate::models::config::ModelConfig;
 use crate::models::transfer::TransferConfig;
 use crate::tracking::config::ExperimentInfo;
 use crate::tracking::config::RunConfig;
+use crate::train::callbacks::BestBy;
 use crate::train::config::TrainConfig;
 use crate::train::schedule::{Monitor, ScheduleKind};
 
@@ -123,8 +124,10 @@ impl ExperimentConfig {
         toml::to_string_pretty(self).expect("every config field is representable in TOML")
     }
 
-    /// Each section checks itself; the rules that span sections are checked here.
+    /// Every number is finite; then each section checks its ranges; the rules that span sections
+    /// are checked here.
     fn validate(&self) -> Result<(), InvalidSetting> {
+        ensure_finite("", &toml::Value::try_from(self).expect("every config field is representable in TOML"))?;
         self.data.validate()?;
         self.augment.validate()?;
         self.model.validate()?;
@@ -134,7 +137,11 @@ impl ExperimentConfig {
         let without_val = |monitor: Monitor| monitor == Monitor::TrainLoss || self.data.has_validation();
         let needs_val = || "a validation metric needs data.val_size > 0 (or monitor = \"train_loss\")".to_string();
         ensure(t.schedule != ScheduleKind::Plateau || without_val(t.plateau.monitor), "train.plateau.monitor", needs_val)?;
-        ensure(t.early_stopping.is_none_or(|e| without_val(e.monitor)), "train.early_stopping.monitor", needs_val)
+        ensure(t.early_stopping.is_none_or(|e| without_val(e.monitor)), "train.early_stopping.monitor", needs_val)?;
+        // Without a validation split `best` is the last epoch, which the default val_loss stands for.
+        ensure(t.best_by == BestBy::ValLoss || self.data.has_validation(), "train.best_by", || {
+            "\"val_acc\" needs a validation split (data.val_size > 0)".into()
+        })
     }
 }
 
@@ -255,6 +262,103 @@ mod tests {
         assert_eq!(c.train.lr, 0.05);
         let again = ExperimentConfig::from_toml(&c.to_toml(), "resolved", &[]).unwrap();
         assert_eq!(again, c);
+    }
+
+    /// A config with every optional number set and transforms holding each kind of number.
+    const EVERY_NUMBER: &str = r#"
+[augment]
+normalize = { mean = [0.5, 0.5, 0.5], std = [0.25, 0.25, 0.25] }
+transforms = [
+    { name = "random_resized_crop", size = 32 },
+    { name = "random_affine", degrees = [-10.0, 10.0], translate = [0.1, 0.1], scale = [0.9, 1.1], shear = 5.0 },
+    { name = "color_jitter", brightness = 0.2, hue = 0.1 },
+    { name = "random_choice", transforms = [{ name = "random_grayscale" }, { name = "gaussian_blur", kernel_size = 3 }], weights = [1.0, 2.0] },
+    { name = "random_erasing" },
+]
+[model]
+bn_momentum = 0.1
+[train]
+ema_decay = 0.999
+grad_clip_norm = 1.0
+early_stopping = { patience = 2 }
+"#;
+
+    /// The path of every value in `value` (`a.b`, `a.list[2]`), absent options (JSON null) included.
+    fn leaf_paths(value: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    leaf_paths(value, &if path.is_empty() { key.clone() } else { format!("{path}.{key}") }, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().enumerate().for_each(|(i, v)| leaf_paths(v, &format!("{path}[{i}]"), out)),
+            _ => out.push(path.to_string()),
+        }
+    }
+
+    /// Sets the value at a path of `leaf_paths` (creating the last key of an absent option).
+    fn set_path(root: &mut toml::Value, path: &str, value: toml::Value) {
+        let mut node = root;
+        let parts: Vec<&str> = path.split('.').collect();
+        for (n, part) in parts.iter().enumerate() {
+            let (name, indices) = part.split_once('[').map_or((*part, ""), |(name, rest)| (name, rest));
+            let indices: Vec<usize> =
+                indices.split('[').filter(|i| !i.is_empty()).map(|i| i.trim_end_matches(']').parse().unwrap()).collect();
+            let table = node.as_table_mut().unwrap();
+            if n + 1 == parts.len() && indices.is_empty() {
+                table.insert(name.to_string(), value);
+                return;
+            }
+            node = table.get_mut(name).unwrap();
+            for i in indices {
+                node = &mut node.as_array_mut().unwrap()[i];
+            }
+        }
+        *node = value;
+    }
+
+    /// Every setting that takes a number, set to `nan`, `inf` or `-inf` in turn, is refused with
+    /// its key named; the settings are found by walking a config, so a new key is covered as soon
+    /// as it exists.
+    #[test]
+    fn every_number_must_be_finite() {
+        let base = ExperimentConfig::from_toml(EVERY_NUMBER, "every.toml", &[]).unwrap();
+        let mut paths = Vec::new();
+        leaf_paths(&serde_json::to_value(&base).unwrap(), "", &mut paths);
+        let mut refused = std::collections::BTreeSet::new();
+        for path in &paths {
+            for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                let mut table = toml::Value::try_from(&base).unwrap();
+                set_path(&mut table, path, toml::Value::Float(bad));
+                let text = toml::to_string(&table).unwrap();
+                match ExperimentConfig::from_toml(&text, "every.toml", &[]) {
+                    Ok(_) => panic!("{path} = {bad} was accepted"),
+                    Err(ConfigError::Invalid(e)) => {
+                        assert_eq!(e.key, *path, "{path} = {bad}: {e}");
+                        refused.insert(path.clone());
+                    }
+                    Err(_) => {} // not a number: a type error
+                }
+            }
+        }
+        for key in [
+            "train.weight_decay",
+            "train.warmup_epochs",
+            "train.betas[1]",
+            "train.ema_decay",
+            "train.plateau.min_lr",
+            "train.early_stopping.min_delta",
+            "model.init_constant",
+            "model.dropout",
+            "transfer.backbone_lr_scale",
+            "augment.mix.prob",
+            "augment.normalize.std[2]",
+            "augment.transforms[1].degrees[0]",
+            "augment.transforms[3].transforms[1].sigma[1]",
+            "augment.transforms[4].p",
+        ] {
+            assert!(refused.contains(key), "{key} not among the refused: {refused:?}");
+        }
     }
 
     #[test]

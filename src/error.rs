@@ -22,6 +22,21 @@ pub fn ensure(valid: bool, key: &str, message: impl FnOnce() -> String) -> Resul
     if valid { Ok(()) } else { Err(InvalidSetting::new(key, message())) }
 }
 
+/// `Ok` when every number in `settings` (a config section as TOML, named `key`) is finite: TOML
+/// accepts `nan` and `inf`, which no setting means. Keys of nested values are dotted, list entries
+/// indexed (`train.betas[1]`, `augment.transforms[0].p`), so a new setting is covered as it is added.
+pub fn ensure_finite(key: &str, settings: &toml::Value) -> Result<(), InvalidSetting> {
+    match settings {
+        toml::Value::Float(x) => ensure(x.is_finite(), key, || format!("expected a finite number, found {x}")),
+        toml::Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| ensure_finite(&format!("{key}[{i}]"), item)),
+        toml::Value::Table(table) => table.iter().try_for_each(|(name, value)| {
+            let key = if key.is_empty() { name.clone() } else { format!("{key}.{name}") };
+            ensure_finite(&key, value)
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A file or folder that cannot be used: reading data sets, weights and checkpoints. Each
 /// message names the path and what was expected.
 #[derive(Debug, thiserror::Error)]
@@ -55,5 +70,17 @@ mod tests {
         assert_eq!(error.to_string(), "config key `augment.mix.prob`: expected a probability in [0, 1], found 2");
         assert!(ensure(true, "k", || unreachable!()).is_ok());
         assert_eq!(ensure(false, "k", || "m".into()).unwrap_err(), InvalidSetting::new("k", "m"));
+    }
+
+    #[test]
+    fn a_number_that_is_not_finite_is_named_by_its_full_key() {
+        let settings: toml::Value = toml::from_str("a = 1.5\n[s]\nlist = [0.5, inf]\n[[s.items]]\nx = 1\n[[s.items]]\np = -nan\n").unwrap();
+        let error = ensure_finite("", &settings).unwrap_err();
+        assert_eq!(error.key, "s.items[1].p");
+        assert!(error.message.contains("finite"), "{error}");
+        let fixed: toml::Value = toml::from_str("[s]\nlist = [0.5, 2.0]\n").unwrap();
+        assert!(ensure_finite("", &fixed).is_ok());
+        let list: toml::Value = toml::from_str("[s]\nlist = [0.5, inf]\n").unwrap();
+        assert_eq!(ensure_finite("", &list).unwrap_err().key, "s.list[1]");
     }
 }

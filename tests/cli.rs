@@ -1480,3 +1480,84 @@ fn eval_of_an_edited_run_config_warns_and_uses_the_trained_settings() {
     assert!(after.stderr.contains("warning:") && after.stderr.contains("augment.normalize"), "{after:#?}");
     assert_eq!(before.success(), after.success(), "evaluated with the trained normalization");
 }
+
+/// `train.best_by = "val_acc"`: `best` is the first epoch with the highest validation accuracy,
+/// also when the run was resumed half-way; the setting needs a validation split.
+#[test]
+fn the_best_checkpoint_can_be_chosen_by_validation_accuracy() {
+    let ws = Workspace::new();
+    let by_accuracy = ["--set", "train.best_by=\"val_acc\"", "--set", "train.lr=0.0003"];
+    ws.train("whole", &[&by_accuracy[..], &["--set", "train.epochs=4"]].concat()).success();
+    ws.train("resumed", &by_accuracy).success();
+    let resumed = ws.runs().join("resumed");
+    ferrovision(ws.root(), &["train", "--resume", s(&resumed), "--set", "train.epochs=4"]).success();
+    for id in ["whole", "resumed"] {
+        let run = ws.runs().join(id);
+        let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let metrics: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let column = |key: &str| -> Vec<f64> { metrics.iter().map(|m| m[key].as_f64().unwrap()).collect() };
+        let (accuracy, loss) = (column("val_acc"), column("val_loss"));
+        let highest = accuracy.iter().copied().fold(f64::MIN, f64::max);
+        let best = accuracy.iter().position(|&a| a == highest).unwrap();
+        let lowest_loss = loss.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        // At this learning rate the accuracy peaks early while the loss still falls.
+        assert_ne!(best, lowest_loss, "{id}: the choices by accuracy and by loss should differ: {text}");
+        let summary = read_json(&run.join("summary.json"));
+        assert_eq!(summary["best_epoch"], best + 1, "{id}: {text}");
+        assert_eq!(summary["best_val_acc"].as_f64(), Some(highest));
+        // `best` holds that epoch's weights: they score its loss on the validation split.
+        let val = ferrovision(ws.root(), &["eval", "--run", s(&run), "--split", "val"]);
+        assert_eq!(number_after(val.success(), "loss"), loss_printed(loss[best]), "{id}");
+    }
+    assert_eq!(read_json(&ws.runs().join("whole/summary.json"))["best_epoch"], read_json(&resumed.join("summary.json"))["best_epoch"]);
+    ws.train("bad", &["--set", "train.best_by=\"val_acc\"", "--set", "data.val_size=0"]).failure(&["train.best_by", "data.val_size"]);
+    ws.train("bad", &["--set", "train.best_by=\"test_acc\""]).failure(&["test_acc", "val_acc"]);
+}
+
+/// A sweep with a `train.seed` axis also reports each other point merged over its seeds: the
+/// number of seeds and the mean ± standard deviation of the results, in the printed table, a CSV
+/// and the HTML report, and as error bars in the chart.
+#[test]
+fn a_sweep_over_seeds_reports_the_mean_and_spread_of_each_point() {
+    let ws = Workspace::new();
+    let config = ws.config();
+    let grid = ["--grid", "train.lr=0.001,0.003", "--grid", "train.seed=0,1", "--set", "train.epochs=1"];
+    let out = ferrovision(ws.root(), &[&["sweep", "--config", s(&config)][..], &grid].concat());
+    let report = out.success();
+    let runs = ws.runs();
+    let test_acc = |id: &str| read_json(&runs.join(id).join("summary.json"))["test_acc"].as_f64().unwrap();
+    let (a, b) = (test_acc("tiny-0.001-0"), test_acc("tiny-0.001-1"));
+    let (mean, std) = ((a + b) / 2.0, (a - b).abs() / 2f64.sqrt());
+    let cell = format!("{:.2} ± {:.2}%", 100.0 * mean, 100.0 * std);
+    assert!(report.contains("mean ± standard deviation over train.seed"), "{report}");
+    let row = report.lines().find(|l| l.starts_with("| 0.001 | 2 |")).unwrap_or_else(|| panic!("no merged row in:\n{report}"));
+    assert!(row.ends_with(&format!("| {cell} |")), "{row} should end with the test accuracy {cell}");
+    let csv = std::fs::read_to_string(runs.join("sweep-tiny-seeds.csv")).unwrap();
+    assert!(csv.starts_with("train.lr,seeds,best val loss,best val acc,test acc\n") && csv.contains(&cell), "{csv}");
+    let html = std::fs::read_to_string(runs.join("sweep-tiny.html")).unwrap();
+    assert!(html.contains("Mean ± standard deviation over seeds") && html.contains(&cell), "the HTML report lacks the merged table");
+    assert!(std::fs::read_to_string(runs.join("sweep-tiny.svg")).unwrap().contains("train.lr"));
+}
+
+/// `eval` of a run folder it may not write to prints the metrics first, then names what it could
+/// not write and exits non-zero.
+#[test]
+fn eval_of_a_read_only_run_shows_its_metrics_then_names_what_it_could_not_write() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        eprintln!("skipped: running as root, which ignores file permissions");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new();
+    ws.train("tiny", &[]).success();
+    let run = ws.runs().join("tiny");
+    let test_acc = read_json(&run.join("summary.json"))["test_acc"].as_f64().unwrap();
+    let folders = [run.join("eval"), run.clone()];
+    let set_mode = |mode| folders.iter().for_each(|f| std::fs::set_permissions(f, std::fs::Permissions::from_mode(mode)).unwrap());
+    set_mode(0o555);
+    let out = ferrovision(ws.root(), &["eval", "--run", s(&run)]);
+    set_mode(0o755);
+    out.failure(&["could not write the confusion matrix", &run.join("eval").display().to_string()]);
+    assert_eq!(percent_after(&out.stdout, "accuracy"), as_printed(test_acc), "{out:#?}");
+}

@@ -59,7 +59,9 @@ impl EvalArgs {
         }
         let target = EvalTarget { split: &split, checkpoint: &checkpoint, data: data.as_deref() };
         let Some(spec) = transform else {
-            out!("{}", train::evaluate_run(&run, &config, &target)?);
+            for stem in train::evaluate_run(&run, &config, &target, |report| out!("{report}"))? {
+                outln!("wrote {}.{{svg,png}}", stem.display());
+            }
             return Ok(());
         };
         let settings = robustness::settings(&spec, sweep.as_deref(), config.augment.normalize)?;

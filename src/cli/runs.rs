@@ -57,7 +57,7 @@ impl RunsCommand {
                 }
                 if let Some(path) = html {
                     let title = tag.or(parent).map_or("comparison".to_string(), |t| format!("comparison: {t}"));
-                    write_atomic(&path, journal::html_report(&entries, &title)?.as_bytes())?;
+                    write_atomic(&path, journal::html_report(&entries, &title, None)?.as_bytes())?;
                     outln!("wrote {}", path.display());
                 }
             }

@@ -32,8 +32,9 @@ impl RunEntry {
         Ok(Self { run, config, summary, metrics, notes })
     }
 
-    fn best_val(&self) -> Option<(f64, Option<f64>)> {
-        self.metrics.iter().filter_map(|m| m.val_loss.map(|l| (l, m.val_acc))).min_by(|a, b| a.0.total_cmp(&b.0))
+    /// The epoch of the run's `best` checkpoint (chosen by its `train.best_by`).
+    fn best_epoch(&self) -> Option<&EpochMetrics> {
+        self.config.train.best_by.best_epoch(&self.metrics)
     }
 }
 
@@ -128,7 +129,7 @@ pub fn list(entries: &[RunEntry]) -> Table {
                 x.tags.join(" "),
                 e.config.model.name.clone(),
                 e.metrics.len().to_string(),
-                percent(e.best_val().and_then(|b| b.1)),
+                percent(e.best_epoch().and_then(|b| b.val_acc)),
                 percent(e.summary.as_ref().map(|s| s.test_acc)),
                 e.summary.as_ref().map_or("-".into(), |s| format!("{:.0} s", s.train_seconds)),
             ]
@@ -179,12 +180,12 @@ pub fn compare(entries: &[RunEntry]) -> Table {
         .iter()
         .zip(&settings)
         .map(|(e, s)| {
-            let best = e.best_val();
+            let best = e.best_epoch();
             let mut row = vec![e.run.id.clone()];
             row.extend(keys.iter().map(|k| s.get(*k).cloned().unwrap_or_else(|| "-".into())));
             row.extend([
-                best.map_or("-".into(), |b| format!("{:.4}", b.0)),
-                percent(best.and_then(|b| b.1)),
+                best.and_then(|b| b.val_loss).map_or("-".into(), |loss| format!("{loss:.4}")),
+                percent(best.and_then(|b| b.val_acc)),
                 percent(e.summary.as_ref().map(|s| s.test_acc)),
                 e.summary.as_ref().map_or("-".into(), |s| s.trainable_params.to_string()),
                 e.metrics.len().to_string(),
@@ -219,10 +220,15 @@ fn curves(entries: &[RunEntry]) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// A self-contained HTML page: the comparison table, each run's motivation and notes, and the
-/// learning curves of all runs (inline SVG).
-pub fn html_report(entries: &[RunEntry], title: &str) -> Result<String> {
-    let mut body = format!("<h1>{}</h1>\n{}", escape(title), compare(entries).html());
+/// A self-contained HTML page: the comparison table (after `merged`, a sweep's results merged
+/// over seeds, when given), each run's motivation and notes, and the learning curves of all runs
+/// (inline SVG).
+pub fn html_report(entries: &[RunEntry], title: &str, merged: Option<&Table>) -> Result<String> {
+    let mut body = format!("<h1>{}</h1>\n", escape(title));
+    if let Some(merged) = merged {
+        body.push_str(&format!("<h2>Mean ± standard deviation over seeds</h2>\n{}<h2>Runs</h2>\n", merged.html()));
+    }
+    body.push_str(&compare(entries).html());
     for chart in curves(entries)? {
         body.push_str(&format!("<div class=\"chart\">{chart}</div>\n"));
     }
@@ -301,7 +307,7 @@ mod tests {
         assert_eq!(children.len(), 3);
         assert!(select(scan(dir.path()).unwrap(), &["EXP999".into()], None, None).is_err());
         assert!(table.csv().starts_with("id,train.optimizer,best val loss"));
-        let html = html_report(&tagged, "optimizers").unwrap();
+        let html = html_report(&tagged, "optimizers", None).unwrap();
         assert!(html.contains("<svg") && html.contains("EXP002") && html.contains("</html>"));
         assert_eq!(list(&all).rows.len(), 3);
     }

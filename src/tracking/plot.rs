@@ -52,22 +52,39 @@ pub fn svg_to_png(svg: &str) -> Result<Vec<u8>> {
 
 /// The chart of `line_chart_svg` as SVG text (to embed in HTML).
 pub fn line_chart_svg_text(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<String> {
-    chart_svg_text(title, x_label, y_label, series, None)
+    chart_svg_text(title, x_label, y_label, series, None, &[])
 }
 
-/// One value per category (e.g. test accuracy per optimizer of a sweep), categories along x in
-/// the given order; written atomically to `path`.
-pub fn category_chart_svg(path: &Path, title: &str, x_label: &str, y_label: &str, categories: &[String], values: &[f64]) -> Result<()> {
-    let series = [Series { name: y_label, points: values.iter().enumerate().map(|(i, &v)| (i as f64, v)).collect() }];
-    let svg = chart_svg_text(title, x_label, y_label, &series, Some(categories)).with_context(|| format!("plotting {}", path.display()))?;
+/// One value per x with its spread (e.g. the mean and standard deviation of repeated runs), the
+/// spread drawn as an error bar (none where it is 0); with `categories`, x = i is labelled
+/// `categories[i]` (e.g. test accuracy per optimizer of a sweep). Written atomically to `path`.
+pub fn spread_chart_svg(
+    path: &Path,
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    points: &[(f64, f64, f64)],
+    categories: Option<&[String]>,
+) -> Result<()> {
+    let series = [Series { name: y_label, points: points.iter().map(|&(x, y, _)| (x, y)).collect() }];
+    let bars: Vec<(f64, f64, f64)> = points.iter().filter(|p| p.2 > 0.0).map(|&(x, y, spread)| (x, y - spread, y + spread)).collect();
+    let svg =
+        chart_svg_text(title, x_label, y_label, &series, categories, &bars).with_context(|| format!("plotting {}", path.display()))?;
     crate::files::write_atomic(path, svg.as_bytes())
 }
 
-/// A line chart; with `categories`, x = i is labelled `categories[i]` (and only those are labelled).
-fn chart_svg_text(title: &str, x_label: &str, y_label: &str, series: &[Series], categories: Option<&[String]>) -> Result<String> {
-    let points = series.iter().flat_map(|s| s.points.iter());
+/// A line chart; with `categories`, x = i is labelled `categories[i]` (and only those are
+/// labelled); each of `error_bars` (x, low, high) is a vertical bar with caps in the first colour.
+fn chart_svg_text(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    categories: Option<&[String]>,
+    error_bars: &[(f64, f64, f64)],
+) -> Result<String> {
+    let points = series.iter().flat_map(|s| s.points.iter().copied()).chain(error_bars.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]));
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in points {
+    for (x, y) in points {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
     if x0 > x1 {
@@ -77,6 +94,7 @@ fn chart_svg_text(title: &str, x_label: &str, y_label: &str, series: &[Series], 
         let margin = if hi > lo { (hi - lo) * 0.05 } else { lo.abs().max(1.0) * 0.05 };
         (lo - margin)..(hi + margin)
     };
+    let x_range = pad(x0, x1);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (720, 440)).into_drawing_area();
@@ -87,7 +105,7 @@ fn chart_svg_text(title: &str, x_label: &str, y_label: &str, series: &[Series], 
             .margin(16)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(pad(x0, x1), pad(y0, y1))
+            .build_cartesian_2d(x_range.clone(), pad(y0, y1))
             .map_err(draw)?;
         let name_of = |x: &f64| {
             let i = x.round();
@@ -108,6 +126,12 @@ fn chart_svg_text(title: &str, x_label: &str, y_label: &str, series: &[Series], 
                 .label(s.name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
             chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(draw)?;
+        }
+        let cap = (x_range.end - x_range.start) * 0.01;
+        let bar_style = ShapeStyle::from(&COLORS[0]).stroke_width(2);
+        for &(x, lo, hi) in error_bars {
+            let lines = [vec![(x, lo), (x, hi)], vec![(x - cap, lo), (x + cap, lo)], vec![(x - cap, hi), (x + cap, hi)]];
+            chart.draw_series(lines.into_iter().map(|line| PathElement::new(line, bar_style))).map_err(draw)?;
         }
         if series.len() > 1 {
             chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(draw)?;
@@ -197,12 +221,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("optimizers.svg");
         let names = ["sgd", "adam", "rmsprop"].map(String::from);
-        category_chart_svg(&path, "test accuracy", "train.optimizer", "accuracy (%)", &names, &[71.0, 64.5, 60.0]).unwrap();
+        let points = [(0.0, 71.0, 0.0), (1.0, 64.5, 0.0), (2.0, 60.0, 0.0)];
+        spread_chart_svg(&path, "test accuracy", ("train.optimizer", "accuracy (%)"), &points, Some(&names)).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         for name in names {
             assert_eq!(svg.lines().filter(|l| l.trim() == name).count(), 1, "{name} labelled once:\n{svg}");
         }
         assert!(svg.contains("train.optimizer"));
+    }
+
+    #[test]
+    fn a_spread_is_drawn_as_an_error_bar_within_the_axes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (with, without) = (dir.path().join("with.svg"), dir.path().join("without.svg"));
+        let points = [(0.1, 60.0, 2.0), (0.01, 50.0, 0.0)];
+        spread_chart_svg(&with, "t", ("train.lr", "accuracy (%)"), &points, None).unwrap();
+        spread_chart_svg(&without, "t", ("train.lr", "accuracy (%)"), &points.map(|(x, y, _)| (x, y, 0.0)), None).unwrap();
+        let text = |path: &Path| std::fs::read_to_string(path).unwrap();
+        // One bar (a line and two caps) for the one point with a spread.
+        let series_lines = |svg: &str| svg.lines().filter(|l| l.starts_with("<polyline") && l.contains("stroke=\"#1F77B4\"")).count();
+        assert_eq!((series_lines(&text(&with)), series_lines(&text(&without))), (4, 1));
+        // The y axis reaches the top of the bar (62) only with it.
+        let top_label = |svg: &str| svg.lines().filter_map(|l| l.trim().parse::<f64>().ok()).fold(f64::MIN, f64::max);
+        assert!(top_label(&text(&with)) >= 62.0 && top_label(&text(&without)) < 62.0, "{}", text(&with));
     }
 
     #[test]

@@ -154,8 +154,8 @@ pub struct RunSummary {
     /// Side of the (square) images the model was trained on, after any resizing.
     pub image_size: usize,
     pub epochs_completed: usize,
-    /// Epoch (1-based) whose checkpoint is `best.bpk`: lowest validation loss, or the last epoch
-    /// when there is no validation split.
+    /// Epoch (1-based) whose checkpoint is `best.bpk`: the best by `train.best_by` (lowest
+    /// validation loss by default), or the last epoch when there is no validation split.
     pub best_epoch: usize,
     pub best_val_loss: Option<f64>,
     pub best_val_acc: Option<f64>,

@@ -76,7 +76,7 @@ pub trait Callback {
 /// before TensorBoard (which logs them).
 pub fn for_run(train: &TrainConfig, reporting: &RunConfig, run: &RunDir) -> Result<Vec<Box<dyn Callback>>> {
     let mut callbacks: Vec<Box<dyn Callback>> =
-        vec![Box::new(MetricsLog), Box::new(Checkpointer::default()), Box::new(ConsoleLog), Box::new(CurvesPlot)];
+        vec![Box::new(MetricsLog), Box::new(Checkpointer::new(train.best_by)), Box::new(ConsoleLog), Box::new(CurvesPlot)];
     if let Some(early) = train.early_stopping {
         callbacks.push(Box::new(EarlyStopper::new(early)));
     }
@@ -227,51 +227,94 @@ impl Callback for ConsoleLog {
     }
 }
 
-/// Saves `last` every epoch and `best` whenever the validation loss improves (every epoch when
-/// there is no validation split, so `best` is then the last epoch), and `last` again on Ctrl-C.
-/// Every write goes through `save`, from the weights the context carries: the trainer passes the
-/// evaluated ones (`Weights::evaluated`) at an epoch end and on Ctrl-C alike.
-#[derive(Default)]
+/// `train.best_by`: the validation metric that picks the `best` checkpoint.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BestBy {
+    /// The lowest validation loss.
+    #[default]
+    ValLoss,
+    /// The highest validation accuracy.
+    ValAcc,
+}
+
+impl BestBy {
+    fn monitor(self) -> Monitor {
+        match self {
+            BestBy::ValLoss => Monitor::ValLoss,
+            BestBy::ValAcc => Monitor::ValAcc,
+        }
+    }
+
+    /// The epoch whose checkpoint is `best`: the first with the best value of the metric, or the
+    /// last one when the run has no validation split.
+    pub fn best_epoch(self, metrics: &[EpochMetrics]) -> Option<&EpochMetrics> {
+        let mut best = BestSoFar::new(self);
+        metrics.iter().filter(|m| best.update(m)).last()
+    }
+}
+
+/// The best value of the `best_by` metric so far: the one rule the checkpointer saves by and
+/// the summary and the journal report by.
+struct BestSoFar {
+    by: BestBy,
+    value: Option<f64>,
+}
+
+impl BestSoFar {
+    fn new(by: BestBy) -> Self {
+        Self { by, value: None }
+    }
+
+    /// Whether `metrics` is the new best epoch (and remember it). A tie keeps the earlier epoch;
+    /// without a validation split every epoch is the best.
+    fn update(&mut self, metrics: &EpochMetrics) -> bool {
+        let monitor = self.by.monitor();
+        let value = monitor.read(metrics);
+        let improved = match (value, self.value) {
+            (Some(value), Some(best)) if monitor.higher_is_better() => value > best,
+            (Some(value), Some(best)) => value < best,
+            _ => true,
+        };
+        if improved {
+            self.value = value;
+        }
+        improved
+    }
+}
+
+/// Saves `last` every epoch and `best` whenever the `train.best_by` metric improves (every epoch
+/// when there is no validation split, so `best` is then the last epoch), and `last` again on
+/// Ctrl-C. Every write goes through `save`, from the weights the context carries: the trainer
+/// passes the evaluated ones (`Weights::evaluated`) at an epoch end and on Ctrl-C alike.
 pub struct Checkpointer {
-    best_val_loss: Option<f64>,
+    best: BestSoFar,
 }
 
 impl Checkpointer {
     pub const BEST: &'static str = "best";
     pub const LAST: &'static str = "last";
 
-    /// Metrics of the epoch whose checkpoint is `best`, read back from `metrics.jsonl`.
-    pub fn best_metrics(run: &RunDir) -> Result<EpochMetrics> {
-        let metrics = run.read_metrics()?;
-        // The first epoch with the lowest validation loss, as the checkpointer chose it.
-        let best = metrics.iter().filter_map(|m| m.val_loss.map(|loss| (loss, m))).min_by(|(a, _), (b, _)| a.total_cmp(b)).map(|(_, m)| m);
-        best.or(metrics.last()).cloned().context("the run has no completed epoch")
+    pub fn new(best_by: BestBy) -> Self {
+        Self { best: BestSoFar::new(best_by) }
     }
-}
 
-impl Checkpointer {
+    /// Metrics of the epoch whose checkpoint is `best`, read back from `metrics.jsonl`.
+    pub fn best_metrics(run: &RunDir, best_by: BestBy) -> Result<EpochMetrics> {
+        let metrics = run.read_metrics()?;
+        best_by.best_epoch(&metrics).cloned().context("the run has no completed epoch")
+    }
+
     /// The one writer of `best` and `last`: atomic (a temporary file, then a rename).
     fn save(run: &RunDir, name: &str, model: &Classifier) -> Result<()> {
         save_checkpoint(model, &run.checkpoint(name))
-    }
-
-    /// Whether `metrics` is the new best epoch (and remember it).
-    fn improves(&mut self, metrics: &EpochMetrics) -> bool {
-        let improved = match (metrics.val_loss, self.best_val_loss) {
-            (Some(loss), Some(best)) => loss < best,
-            _ => true,
-        };
-        if improved {
-            self.best_val_loss = metrics.val_loss;
-        }
-        improved
     }
 }
 
 impl Callback for Checkpointer {
     fn on_epoch_end(&mut self, c: &EpochContext) -> Result<()> {
         Self::save(c.run, Self::LAST, c.model)?;
-        if self.improves(c.metrics) {
+        if self.best.update(c.metrics) {
             Self::save(c.run, Self::BEST, c.model)?;
         }
         Ok(())
@@ -282,7 +325,7 @@ impl Callback for Checkpointer {
     }
 
     fn replay(&mut self, metrics: &EpochMetrics) -> Result<()> {
-        self.improves(metrics);
+        self.best.update(metrics);
         Ok(())
     }
 }
@@ -478,24 +521,62 @@ mod tests {
         let (dir, run) = temporary_run();
         let [(first, first_bytes), (second, second_bytes)] = two_models(dir.path());
         let read = |name| std::fs::read(run.checkpoint(name)).unwrap();
-        let mut checkpointer = Checkpointer::default();
+        let mut checkpointer = Checkpointer::new(BestBy::ValLoss);
         checkpointer.on_epoch_end(&EpochContext { run: &run, model: &first, metrics: &epoch_metrics(Some(1.0)), epochs: 3 }).unwrap();
         assert!(read(Checkpointer::BEST) == first_bytes && read(Checkpointer::LAST) == first_bytes);
         // A worse epoch moves `last` only.
         checkpointer.on_epoch_end(&EpochContext { run: &run, model: &second, metrics: &epoch_metrics(Some(2.0)), epochs: 3 }).unwrap();
         assert!(read(Checkpointer::BEST) == first_bytes && read(Checkpointer::LAST) == second_bytes);
         // Without a validation split every epoch is the best.
-        let mut without_val = Checkpointer::default();
+        let mut without_val = Checkpointer::new(BestBy::ValLoss);
         without_val.on_epoch_end(&EpochContext { run: &run, model: &first, metrics: &epoch_metrics(None), epochs: 3 }).unwrap();
         without_val.on_epoch_end(&EpochContext { run: &run, model: &second, metrics: &epoch_metrics(None), epochs: 3 }).unwrap();
         assert!(read(Checkpointer::BEST) == second_bytes && read(Checkpointer::LAST) == second_bytes);
+    }
+
+    fn scored(epoch: usize, val_loss: f64, val_acc: f64) -> EpochMetrics {
+        EpochMetrics { epoch, val_loss: Some(val_loss), val_acc: Some(val_acc), ..epoch_metrics(None) }
+    }
+
+    #[test]
+    fn best_by_val_acc_keeps_the_most_accurate_epoch_across_a_resume() {
+        // Epoch 2 is the most accurate though not the lowest loss; epoch 4 only ties its accuracy.
+        let epochs = [scored(1, 0.9, 0.5), scored(2, 1.0, 0.7), scored(3, 0.8, 0.6), scored(4, 0.7, 0.7)];
+        assert_eq!(BestBy::ValAcc.best_epoch(&epochs).map(|m| m.epoch), Some(2));
+        assert_eq!(BestBy::ValLoss.best_epoch(&epochs).map(|m| m.epoch), Some(4));
+        let unvalidated = [epoch_metrics(None), EpochMetrics { epoch: 2, ..epoch_metrics(None) }];
+        assert_eq!(BestBy::ValAcc.best_epoch(&unvalidated).map(|m| m.epoch), Some(2));
+        assert_eq!(BestBy::ValAcc.best_epoch(&[]), None);
+
+        let (dir, run) = temporary_run();
+        let [(first, _), (second, second_bytes)] = two_models(dir.path());
+        let end = |checkpointer: &mut Checkpointer, model: &Classifier, metrics: &EpochMetrics| {
+            checkpointer.on_epoch_end(&EpochContext { run: &run, model, metrics, epochs: 4 }).unwrap();
+        };
+        let mut checkpointer = Checkpointer::new(BestBy::ValAcc);
+        end(&mut checkpointer, &first, &epochs[0]);
+        end(&mut checkpointer, &second, &epochs[1]);
+        // Resumed after epoch 2: the replayed epochs set the best to beat, so epochs 3 and 4 move
+        // `last` only.
+        let mut resumed = Checkpointer::new(BestBy::ValAcc);
+        resumed.replay(&epochs[0]).unwrap();
+        resumed.replay(&epochs[1]).unwrap();
+        end(&mut resumed, &first, &epochs[2]);
+        end(&mut resumed, &first, &epochs[3]);
+        assert_eq!(std::fs::read(run.checkpoint(Checkpointer::BEST)).unwrap(), second_bytes);
+        // By validation loss, epoch 3 would have replaced it.
+        let mut by_loss = Checkpointer::new(BestBy::ValLoss);
+        by_loss.replay(&epochs[0]).unwrap();
+        by_loss.replay(&epochs[1]).unwrap();
+        end(&mut by_loss, &first, &epochs[2]);
+        assert_ne!(std::fs::read(run.checkpoint(Checkpointer::BEST)).unwrap(), second_bytes);
     }
 
     #[test]
     fn an_interrupt_replaces_last_atomically_and_keeps_best() {
         let (dir, run) = temporary_run();
         let [(first, first_bytes), (second, second_bytes)] = two_models(dir.path());
-        let mut checkpointer = Checkpointer::default();
+        let mut checkpointer = Checkpointer::new(BestBy::ValLoss);
         checkpointer.on_epoch_end(&EpochContext { run: &run, model: &first, metrics: &epoch_metrics(Some(1.0)), epochs: 3 }).unwrap();
         #[cfg(unix)]
         let inode = |name| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(run.checkpoint(name)).unwrap());

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Tta;
-use super::callbacks::EarlyStopping;
+use super::callbacks::{BestBy, EarlyStopping};
 use super::optim::OptimizerKind;
 use super::schedule::{PlateauConfig, ScheduleKind};
 use crate::error::{InvalidSetting, ensure};
@@ -38,6 +38,9 @@ pub struct TrainConfig {
     pub gamma: f64,
     /// ReduceLROnPlateau settings, for schedule = "plateau".
     pub plateau: PlateauConfig,
+    /// The validation metric that picks the `best` checkpoint (tested, and reported as the best
+    /// epoch): `val_loss` (lowest) or `val_acc` (highest).
+    pub best_by: BestBy,
     /// Stop when the monitored metric has not improved for `patience` epochs (absent = never).
     pub early_stopping: Option<EarlyStopping>,
     /// Gradients of this many batches are summed (each loss divided by the count) before every
@@ -77,6 +80,7 @@ impl Default for TrainConfig {
             milestones: Vec::new(),
             gamma: 0.1,
             plateau: PlateauConfig::default(),
+            best_by: BestBy::ValLoss,
             early_stopping: None,
             accumulate_batches: 1,
             rmsprop_alpha: 0.99,
@@ -90,31 +94,73 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Checks the ranges (every number is already known to be finite, see `ExperimentConfig`).
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let unit =
             |key: &str, value: f64| ensure((0.0..1.0).contains(&value), key, || format!("expected a value in [0, 1), found {value}"));
+        let non_negative = |key: &str, value: f64| ensure(value >= 0.0, key, || format!("expected a number >= 0, found {value}"));
+        let positive = |key: &str, value: f64| ensure(value > 0.0, key, || format!("expected a positive number, found {value}"));
         ensure(self.epochs > 0, "train.epochs", || "expected at least 1".into())?;
         ensure(self.batch_size > 0, "train.batch_size", || "expected at least 1".into())?;
         ensure(self.eval_batch_size > 0, "train.eval_batch_size", || "expected at least 1".into())?;
-        let lr = self.lr;
-        ensure(lr.is_finite() && lr > 0.0, "train.lr", || format!("expected a positive number, found {lr}"))?;
+        positive("train.lr", self.lr)?;
+        non_negative("train.weight_decay", self.weight_decay)?;
+        unit("train.betas[0]", self.betas[0])?;
+        unit("train.betas[1]", self.betas[1])?;
         unit("train.label_smoothing", self.label_smoothing)?;
         ensure(self.ema_decay.is_none_or(|d| (0.0..1.0).contains(&d)), "train.ema_decay", || {
             "expected a decay in [0, 1), e.g. 0.999".into()
         })?;
+        if let Some(norm) = self.grad_clip_norm {
+            positive("train.grad_clip_norm", norm)?;
+        }
         ensure(self.accumulate_batches > 0, "train.accumulate_batches", || "expected at least 1".into())?;
-        let gamma = self.gamma;
-        ensure(gamma.is_finite() && gamma > 0.0, "train.gamma", || format!("expected a positive factor, found {gamma}"))?;
+        positive("train.gamma", self.gamma)?;
         ensure(self.step_size > 0, "train.step_size", || "expected at least 1 epoch".into())?;
         let milestones = &self.milestones;
         ensure(milestones.windows(2).all(|w| w[0] < w[1]), "train.milestones", || {
             format!("expected increasing epochs, found {milestones:?}")
         })?;
+        let fraction = self.final_lr_fraction;
+        ensure((0.0..=1.0).contains(&fraction), "train.final_lr_fraction", || format!("expected a fraction in [0, 1], found {fraction}"))?;
+        positive("train.cycle_epochs", self.cycle_epochs)?;
         let factor = self.plateau.factor;
         ensure(factor > 0.0 && factor < 1.0, "train.plateau.factor", || format!("expected a factor in (0, 1), found {factor}"))?;
+        non_negative("train.plateau.threshold", self.plateau.threshold)?;
+        non_negative("train.plateau.min_lr", self.plateau.min_lr)?;
+        if let Some(early) = self.early_stopping {
+            non_negative("train.early_stopping.min_delta", early.min_delta)?;
+        }
         unit("train.rmsprop_alpha", self.rmsprop_alpha)?;
         unit("train.momentum", self.momentum)?;
         let (warmup, epochs) = (self.warmup_epochs, self.epochs);
         ensure((0.0..=epochs as f64).contains(&warmup), "train.warmup_epochs", || format!("expected 0..={epochs} epochs, found {warmup}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_out_of_their_range_are_named() {
+        type Change = fn(&mut TrainConfig);
+        let cases: [(&str, Change); 9] = [
+            ("train.weight_decay", |t| t.weight_decay = -1e-4),
+            ("train.betas[1]", |t| t.betas = [0.9, 1.0]),
+            ("train.grad_clip_norm", |t| t.grad_clip_norm = Some(0.0)),
+            ("train.final_lr_fraction", |t| t.final_lr_fraction = 1.5),
+            ("train.cycle_epochs", |t| t.cycle_epochs = 0.0),
+            ("train.plateau.threshold", |t| t.plateau.threshold = -0.1),
+            ("train.plateau.min_lr", |t| t.plateau.min_lr = -1.0),
+            ("train.early_stopping.min_delta", |t| t.early_stopping = Some(EarlyStopping { min_delta: -0.5, ..Default::default() })),
+            ("train.lr", |t| t.lr = 0.0),
+        ];
+        assert_eq!(TrainConfig::default().validate(), Ok(()));
+        for (key, change) in cases {
+            let mut config = TrainConfig::default();
+            change(&mut config);
+            assert_eq!(config.validate().map_err(|e| e.key), Err(key.to_string()));
+        }
     }
 }

@@ -272,10 +272,10 @@ pub fn confusion(labels: &[u16], predictions: &[usize], num_classes: usize) -> V
     counts
 }
 
-/// Evaluates a run's checkpoint as `target` says, formats accuracy (and top-5), loss and
-/// per-class accuracy (classes by readable name and id), and writes the confusion matrix (counts
-/// and row-normalized, SVG and PNG) into `<run>/eval/`.
-pub fn evaluate_run(run: &RunDir, config: &ExperimentConfig, target: &EvalTarget) -> Result<String> {
+/// Evaluates a run's checkpoint as `target` says, hands accuracy (and top-5), loss and per-class
+/// accuracy (classes by readable name and id) to `show`, then writes the confusion matrix (counts
+/// and row-normalized, SVG and PNG) into `<run>/eval/`; returns the stems written.
+pub fn evaluate_run(run: &RunDir, config: &ExperimentConfig, target: &EvalTarget, show: impl FnOnce(&str)) -> Result<Vec<PathBuf>> {
     let evaluation = RunEvaluation::load(run, config, target)?;
     let result = evaluation.evaluate(None)?;
     let top5 = result.accuracy5.map(|a| format!("  top-5 {:.2}%", 100.0 * a)).unwrap_or_default();
@@ -294,11 +294,11 @@ pub fn evaluate_run(run: &RunDir, config: &ExperimentConfig, target: &EvalTarget
     for (label, acc) in labels.iter().zip(&result.per_class_accuracy) {
         report.push_str(&format!("  {label:<width$} {:>6.2}%\n", 100.0 * acc));
     }
+    // Shown before anything is written: a run folder that cannot be written still gets its metrics.
+    show(&report);
     let counts = confusion(&evaluation.set.labels, &result.predictions, classes.len());
-    for (stem, _) in write_confusion(run, target, &classes.names, &counts)? {
-        report.push_str(&format!("wrote {}.{{svg,png}}\n", stem.display()));
-    }
-    Ok(report)
+    let written = write_confusion(run, target, &classes.names, &counts).context("could not write the confusion matrix")?;
+    Ok(written.into_iter().map(|(stem, _)| stem).collect())
 }
 
 /// Writes `<run>/eval/<target's file stem>-confusion-{counts,normalized}.{svg,png}`, the classes

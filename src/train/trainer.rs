@@ -285,7 +285,7 @@ impl<'a> Trainer<'a> {
 
     /// Writes `summary.json`: the best epoch's validation metrics and the test of its checkpoint.
     fn summarize(self, test: &EvalResult) -> Result<(RunDir, RunSummary)> {
-        let best = Checkpointer::best_metrics(&self.run)?;
+        let best = Checkpointer::best_metrics(&self.run, self.config.train.best_by)?;
         let summary = RunSummary {
             run_id: self.run.id.clone(),
             model: self.config.model.name.clone(),
