@@ -30,6 +30,25 @@ pub struct EpochMetrics {
     pub img_per_s: f64,
 }
 
+#[cfg(test)]
+impl EpochMetrics {
+    /// Epoch 1 with `val_loss` and round values elsewhere, for tests to adjust.
+    pub fn example(val_loss: Option<f64>) -> Self {
+        Self {
+            epoch: 1,
+            train_loss: 1.0,
+            train_acc: 0.0,
+            val_loss,
+            val_acc: None,
+            train_acc5: None,
+            val_acc5: None,
+            lr: 0.1,
+            seconds: 1.0,
+            img_per_s: 1.0,
+        }
+    }
+}
+
 /// The current UTC date (`YYYY-MM-DD`) and time (`HHMMSS`).
 pub fn utc_now() -> (String, String) {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

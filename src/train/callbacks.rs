@@ -467,24 +467,9 @@ mod tests {
         assert!(err.contains("missing.bpk"), "{err}");
     }
 
-    fn epoch_metrics(val_loss: Option<f64>) -> EpochMetrics {
-        EpochMetrics {
-            epoch: 1,
-            train_loss: 1.0,
-            train_acc: 0.0,
-            val_loss,
-            val_acc: None,
-            train_acc5: None,
-            val_acc5: None,
-            lr: 0.1,
-            seconds: 1.0,
-            img_per_s: 1.0,
-        }
-    }
-
     #[test]
     fn the_console_line_shows_top5_where_it_is_measured() {
-        let plain = EpochMetrics { val_acc: Some(0.5), ..epoch_metrics(Some(1.5)) };
+        let plain = EpochMetrics { val_acc: Some(0.5), ..EpochMetrics::example(Some(1.5)) };
         assert_eq!(
             ConsoleLog::line(&plain, 3),
             "epoch 1/3 | train loss 1.0000 acc 0.00% | val loss 1.5000 acc 50.00% | lr 0.1000 | 1.0s, 1 img/s"
@@ -522,20 +507,24 @@ mod tests {
         let [(first, first_bytes), (second, second_bytes)] = two_models(dir.path());
         let read = |name| std::fs::read(run.checkpoint(name)).unwrap();
         let mut checkpointer = Checkpointer::new(BestBy::ValLoss);
-        checkpointer.on_epoch_end(&EpochContext { run: &run, model: &first, metrics: &epoch_metrics(Some(1.0)), epochs: 3 }).unwrap();
+        checkpointer
+            .on_epoch_end(&EpochContext { run: &run, model: &first, metrics: &EpochMetrics::example(Some(1.0)), epochs: 3 })
+            .unwrap();
         assert!(read(Checkpointer::BEST) == first_bytes && read(Checkpointer::LAST) == first_bytes);
         // A worse epoch moves `last` only.
-        checkpointer.on_epoch_end(&EpochContext { run: &run, model: &second, metrics: &epoch_metrics(Some(2.0)), epochs: 3 }).unwrap();
+        checkpointer
+            .on_epoch_end(&EpochContext { run: &run, model: &second, metrics: &EpochMetrics::example(Some(2.0)), epochs: 3 })
+            .unwrap();
         assert!(read(Checkpointer::BEST) == first_bytes && read(Checkpointer::LAST) == second_bytes);
         // Without a validation split every epoch is the best.
         let mut without_val = Checkpointer::new(BestBy::ValLoss);
-        without_val.on_epoch_end(&EpochContext { run: &run, model: &first, metrics: &epoch_metrics(None), epochs: 3 }).unwrap();
-        without_val.on_epoch_end(&EpochContext { run: &run, model: &second, metrics: &epoch_metrics(None), epochs: 3 }).unwrap();
+        without_val.on_epoch_end(&EpochContext { run: &run, model: &first, metrics: &EpochMetrics::example(None), epochs: 3 }).unwrap();
+        without_val.on_epoch_end(&EpochContext { run: &run, model: &second, metrics: &EpochMetrics::example(None), epochs: 3 }).unwrap();
         assert!(read(Checkpointer::BEST) == second_bytes && read(Checkpointer::LAST) == second_bytes);
     }
 
     fn scored(epoch: usize, val_loss: f64, val_acc: f64) -> EpochMetrics {
-        EpochMetrics { epoch, val_loss: Some(val_loss), val_acc: Some(val_acc), ..epoch_metrics(None) }
+        EpochMetrics { epoch, val_loss: Some(val_loss), val_acc: Some(val_acc), ..EpochMetrics::example(None) }
     }
 
     #[test]
@@ -544,7 +533,7 @@ mod tests {
         let epochs = [scored(1, 0.9, 0.5), scored(2, 1.0, 0.7), scored(3, 0.8, 0.6), scored(4, 0.7, 0.7)];
         assert_eq!(BestBy::ValAcc.best_epoch(&epochs).map(|m| m.epoch), Some(2));
         assert_eq!(BestBy::ValLoss.best_epoch(&epochs).map(|m| m.epoch), Some(4));
-        let unvalidated = [epoch_metrics(None), EpochMetrics { epoch: 2, ..epoch_metrics(None) }];
+        let unvalidated = [EpochMetrics::example(None), EpochMetrics { epoch: 2, ..EpochMetrics::example(None) }];
         assert_eq!(BestBy::ValAcc.best_epoch(&unvalidated).map(|m| m.epoch), Some(2));
         assert_eq!(BestBy::ValAcc.best_epoch(&[]), None);
 
@@ -577,7 +566,9 @@ mod tests {
         let (dir, run) = temporary_run();
         let [(first, first_bytes), (second, second_bytes)] = two_models(dir.path());
         let mut checkpointer = Checkpointer::new(BestBy::ValLoss);
-        checkpointer.on_epoch_end(&EpochContext { run: &run, model: &first, metrics: &epoch_metrics(Some(1.0)), epochs: 3 }).unwrap();
+        checkpointer
+            .on_epoch_end(&EpochContext { run: &run, model: &first, metrics: &EpochMetrics::example(Some(1.0)), epochs: 3 })
+            .unwrap();
         #[cfg(unix)]
         let inode = |name| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(run.checkpoint(name)).unwrap());
         #[cfg(unix)]
@@ -605,13 +596,13 @@ mod tests {
         let model = models::build(&ModelConfig::default(), 10, &Device::flex()).unwrap();
         let mut stops = Vec::new();
         for loss in [1.0, 0.8, 0.78, 0.77, 0.5, 0.49, 0.48] {
-            let metrics = epoch_metrics(Some(loss));
+            let metrics = EpochMetrics::example(Some(loss));
             stopper.on_epoch_end(&EpochContext { run: &run, model: &model, metrics: &metrics, epochs: 9 }).unwrap();
             stops.push(stopper.should_stop());
         }
         // 0.78 and 0.77 are within min_delta of 0.8: stop after the second of them.
         assert_eq!(stops, vec![false, false, false, true, false, false, true]);
-        let missing = epoch_metrics(None);
+        let missing = EpochMetrics::example(None);
         let err =
             EarlyStopper::new(config).on_epoch_end(&EpochContext { run: &run, model: &model, metrics: &missing, epochs: 9 }).unwrap_err();
         assert!(err.to_string().contains("train.early_stopping.monitor"), "{err}");

@@ -37,11 +37,6 @@ fn files(run: &RunDir, epoch: usize) -> [PathBuf; 3] {
     ["model", "optimizer", "ema"].map(|kind| folder.join(format!("{kind}-{epoch}.bpk")))
 }
 
-/// Whether the run folder has a resume point.
-pub fn has_point(run: &std::path::Path) -> bool {
-    run.join(FOLDER).join(STATE).is_file()
-}
-
 /// Saves the state after `epoch`, then drops the previous epoch's files.
 pub fn save(run: &RunDir, epoch: usize, weights: &Weights, optimizer: &ModuleOptimizer, config: &ExperimentConfig) -> Result<()> {
     let folder = run.path.join(FOLDER);

@@ -233,9 +233,10 @@ pub fn configs(path: &Path, base_overrides: &[String], points: &[Point], tag: &s
 #[derive(Debug, PartialEq, Eq)]
 pub enum PointStatus {
     Finished,
-    /// Interrupted after a completed epoch: resume it.
+    /// Started and interrupted: resume it (from its last epoch, or from scratch in place when it
+    /// ended before its first epoch did).
     Resumable,
-    /// Not started (an unfinished folder with nothing to resume from was moved to
+    /// Not started (a folder without a config, which cannot be resumed, was moved to
     /// `<id>.interrupted-N`, keeping its files).
     Fresh,
 }
@@ -245,13 +246,13 @@ pub fn prepare_folder(runs: &Path, id: &str) -> Result<PointStatus> {
     if folder.join(RunDir::SUMMARY).is_file() {
         return Ok(PointStatus::Finished);
     }
-    if super::resume::has_point(&folder) {
+    if folder.join(RunDir::CONFIG).is_file() {
         return Ok(PointStatus::Resumable);
     }
     if folder.exists() {
         let aside = (1..).map(|n| runs.join(format!("{id}.interrupted-{n}"))).find(|p| !p.exists()).expect("a free name");
         std::fs::rename(&folder, &aside).with_context(|| format!("moving the unfinished {} aside", folder.display()))?;
-        outln!("{} ended before its first epoch: kept as {}, starting it again", folder.display(), aside.display());
+        outln!("{} has no config to resume from: kept as {}, starting it again", folder.display(), aside.display());
     }
     Ok(PointStatus::Fresh)
 }
@@ -382,13 +383,16 @@ mod tests {
     }
 
     #[test]
-    fn finished_points_are_skipped_interrupted_ones_resumed_and_empty_ones_kept_aside() {
+    fn finished_points_are_skipped_started_ones_resumed_and_ones_without_config_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(prepare_folder(dir.path(), "a").unwrap(), PointStatus::Fresh);
-        std::fs::create_dir_all(dir.path().join("a")).unwrap();
-        std::fs::write(dir.path().join("a/config.toml"), "").unwrap();
+        std::fs::create_dir_all(dir.path().join("a/tensorboard")).unwrap();
         assert_eq!(prepare_folder(dir.path(), "a").unwrap(), PointStatus::Fresh);
-        assert!(dir.path().join("a.interrupted-1/config.toml").is_file());
+        assert!(dir.path().join("a.interrupted-1/tensorboard").is_dir());
+        // Started: resumed whether or not an epoch finished (`--resume` restarts it in place then).
+        std::fs::create_dir_all(dir.path().join("b")).unwrap();
+        std::fs::write(dir.path().join("b/config.toml"), "").unwrap();
+        assert_eq!(prepare_folder(dir.path(), "b").unwrap(), PointStatus::Resumable);
         std::fs::create_dir_all(dir.path().join("b/resume")).unwrap();
         std::fs::write(dir.path().join("b/resume/state.json"), "{}").unwrap();
         assert_eq!(prepare_folder(dir.path(), "b").unwrap(), PointStatus::Resumable);

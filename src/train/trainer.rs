@@ -370,32 +370,17 @@ mod tests {
     use crate::train::config::TrainConfig;
     use crate::train::schedule::{PlateauConfig, ScheduleKind, ThresholdMode};
 
-    fn metrics(val_loss: Option<f64>) -> EpochMetrics {
-        EpochMetrics {
-            epoch: 1,
-            train_loss: 1.0,
-            train_acc: 0.5,
-            val_loss,
-            val_acc: None,
-            train_acc5: None,
-            val_acc5: None,
-            lr: 0.1,
-            seconds: 1.0,
-            img_per_s: 1.0,
-        }
-    }
-
     #[test]
     fn the_schedule_reduces_on_a_plateau_and_names_a_missing_metric() {
         // Nothing counts as an improvement: every epoch after the first halves the rate.
         let plateau = PlateauConfig { factor: 0.5, patience: 0, threshold_mode: ThresholdMode::Abs, threshold: 10.0, ..Default::default() };
         let train = TrainConfig { lr: 1e-3, schedule: ScheduleKind::Plateau, plateau, warmup_epochs: 0.0, ..Default::default() };
         let mut schedule = Schedule { rates: LrSchedule::from_config(&train, 10), monitor: plateau.monitor };
-        assert_eq!(schedule.replay(&metrics(Some(1.0))).unwrap(), None);
-        assert_eq!(schedule.replay(&metrics(Some(0.5))).unwrap(), Some(5e-4));
+        assert_eq!(schedule.replay(&EpochMetrics::example(Some(1.0))).unwrap(), None);
+        assert_eq!(schedule.replay(&EpochMetrics::example(Some(0.5))).unwrap(), Some(5e-4));
         assert_eq!(schedule.rates.lr(0), 5e-4);
         assert_eq!(plateau_message(plateau.monitor, 5e-4), "plateau: ValLoss stopped improving, lr reduced to 5e-4");
-        let err = schedule.epoch_end(&metrics(None)).unwrap_err().to_string();
+        let err = schedule.epoch_end(&EpochMetrics::example(None)).unwrap_err().to_string();
         assert!(err.starts_with("config key `train.plateau.monitor`: ValLoss needs a validation split"), "{err}");
     }
 }
