@@ -46,7 +46,7 @@ pub enum PaddingMode {
 
 impl PaddingMode {
     /// Source index for padded coordinate `i` in `[-pad, len + pad)`, or `None` for constant fill.
-    fn source(self, i: isize, len: usize) -> Option<usize> {
+    pub(crate) fn source(self, i: isize, len: usize) -> Option<usize> {
         let n = len as isize;
         if (0..n).contains(&i) {
             return Some(i as usize);
