@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::augment::transforms::{Context, Pipeline, Transform};
-use crate::augment::{Image, InputTransform, NormalizePreset, PaddingMode};
+use crate::augment::{FlipMode, Image, InputTransform, NormalizePreset, PaddingMode};
 use crate::data::ImageSet;
 use crate::data::loader::{EpochLoader, LoaderConfig};
 use crate::kernels::dense::conv2d_dense;
@@ -156,7 +156,7 @@ pub fn loader(batch: usize, images: usize) -> f64 {
         augment: Some(Pipeline {
             transforms: vec![
                 Transform::RandomCrop { size: None, padding: 4, padding_mode: PaddingMode::Reflect },
-                Transform::RandomHorizontalFlip { p: 0.5 },
+                Transform::RandomHorizontalFlip { p: 0.5, mode: FlipMode::Random },
             ],
             context: Context { normalize: NormalizePreset::Cifar10 },
         }),
@@ -187,7 +187,7 @@ pub fn augment(pipeline: &Pipeline, size: usize, images: usize) -> Result<f64> {
     let mut out = Vec::new();
     let start = Instant::now();
     for i in 0..images {
-        let image = pipeline.apply(sources[i % sources.len()].clone(), &mut rng);
+        let image = pipeline.apply(sources[i % sources.len()].clone(), None, &mut rng);
         out.resize(3 * image.height * image.width, 0.0);
         input.apply(&image, &mut out);
     }

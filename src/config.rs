@@ -74,7 +74,9 @@ impl ExperimentConfig {
         })?;
         if !config.augment.transforms.is_empty() {
             // The pipeline replaces the shorthand; a resolved config says so with crop 0 / flip 0.
-            let disabled = |v: &toml::Value| v.as_integer() == Some(0) || v.as_float() == Some(0.0) || v.is_str();
+            // Of the named settings only the alternating flip would do something.
+            let disabled =
+                |v: &toml::Value| v.as_integer() == Some(0) || v.as_float() == Some(0.0) || v.as_str().is_some_and(|s| s != "alternate");
             if let Some((key, _)) = shorthand_given.iter().find(|(_, v)| !disabled(v)) {
                 return Err(InvalidSetting::new(
                     format!("augment.{key}"),
@@ -359,6 +361,23 @@ early_stopping = { patience = 2 }
         ] {
             assert!(refused.contains(key), "{key} not among the refused: {refused:?}");
         }
+    }
+
+    #[test]
+    fn the_alternating_flip_is_a_shorthand_setting_that_needs_a_flip() {
+        let parse = |text: &str| ExperimentConfig::from_toml(text, "x.toml", &[]).map_err(|e| e.to_string());
+        let config = parse("[augment]\nhflip_mode = \"alternate\"\n").unwrap();
+        let pipeline = crate::augment::transforms::Pipeline::from_config(&config.augment);
+        assert_eq!(pipeline.transforms[1], Transform::RandomHorizontalFlip { p: 0.5, mode: crate::augment::FlipMode::Alternate });
+        let err = parse("[augment]\nhflip = 0.0\nhflip_mode = \"alternate\"\n").unwrap_err();
+        assert!(err.contains("augment.hflip_mode") && err.contains("augment.hflip > 0"), "{err}");
+        let err = parse("[augment]\nhflip_mode = \"alternating\"\n").unwrap_err();
+        assert!(err.contains("alternating") && err.contains("alternate"), "{err}");
+        // A pipeline replaces the shorthand: the flip's mode goes on its entry.
+        let pipeline = "[augment]\ntransforms = [{ name = \"grayscale\" }]\n";
+        let err = parse(&format!("{pipeline}hflip_mode = \"alternate\"\n")).unwrap_err();
+        assert!(err.contains("augment.hflip_mode") && err.contains("augment.transforms"), "{err}");
+        assert!(parse(&format!("{pipeline}hflip_mode = \"random\"\n")).is_ok());
     }
 
     #[test]

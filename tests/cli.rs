@@ -469,6 +469,12 @@ fn train_writes_a_complete_run_and_eval_reproduces_its_accuracy() {
     assert_eq!(number_after(report, "loss"), loss_printed(val(1, "val_loss")), "{report}");
     let eval = ferrovision(ws.root(), &["eval", "--run", s(&run), "--checkpoint", "last"]);
     assert!(eval.success().contains("checkpoint last, test split (27 images)"), "{eval:#?}");
+    // Every test-time augmentation is offered.
+    for tta in ["flip", "flip_translate", "flip_translate_airbench"] {
+        let eval = ferrovision(ws.root(), &["eval", "--run", s(&run), "--tta", tta]);
+        let report = eval.success();
+        assert!(report.contains("checkpoint best, test split (27 images)"), "{report}");
+    }
 }
 
 /// Tiny ImageNet (here 12 classes in its layout): the readable `words.txt` names, with the wnids

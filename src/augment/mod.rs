@@ -46,7 +46,7 @@ pub enum PaddingMode {
 
 impl PaddingMode {
     /// Source index for padded coordinate `i` in `[-pad, len + pad)`, or `None` for constant fill.
-    fn source(self, i: isize, len: usize) -> Option<usize> {
+    pub(crate) fn source(self, i: isize, len: usize) -> Option<usize> {
         let n = len as isize;
         if (0..n).contains(&i) {
             return Some(i as usize);
@@ -67,6 +67,28 @@ impl PaddingMode {
         };
         Some(mapped as usize)
     }
+}
+
+/// How the horizontal flip picks the images it mirrors.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FlipMode {
+    /// Each image, every epoch, with probability `p` (torchvision).
+    #[default]
+    Random,
+    /// airbench's alternating flip: each image with probability `p` in the first epoch (seeded
+    /// per image), then mirrored on every other epoch relative to that, so over any two
+    /// consecutive epochs an image is seen once each way.
+    Alternate,
+}
+
+/// Which training image a transform sees, and in which epoch: what a transform that follows an
+/// image across epochs (the alternating flip) decides from, instead of the per-draw stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Visit {
+    /// Seeded from the run's seed and the image's index in its data set, the same every epoch.
+    pub image_seed: u64,
+    pub epoch: usize,
 }
 
 /// torchvision's `RandomCrop`: pad each side by `padding` pixels, then take a random window.

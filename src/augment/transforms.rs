@@ -3,8 +3,9 @@
 //! the combinators, and the augmentation policies. A `Transform` is both the config entry
 //! (`[[augment.transforms]]`, tagged by `name`) and the runtime object.
 
-use rand::Rng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::InvalidSetting;
@@ -12,7 +13,7 @@ use crate::error::InvalidSetting;
 use super::functional::{self as f, AffineParams};
 use super::policies::{AutoAugment, AutoAugmentPolicy, RandAugment, TrivialAugmentWide};
 use super::resize::{self, Interpolation};
-use super::{Image, NormalizePreset, PaddingMode, RandomCrop, flip_horizontal, flip_vertical};
+use super::{FlipMode, Image, NormalizePreset, PaddingMode, RandomCrop, Visit, flip_horizontal, flip_vertical};
 
 /// A number `v` standing for a range around a centre (`[c - v, c + v]`, as torchvision reads
 /// `degrees=10` or `brightness=0.4`) or an explicit `[low, high]`.
@@ -123,9 +124,12 @@ fn imagenet_policy() -> AutoAugmentPolicy {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Transform {
+    /// With `mode = "alternate"`, `p` is the share of images mirrored in the first epoch.
     RandomHorizontalFlip {
         #[serde(default = "half")]
         p: f64,
+        #[serde(default)]
+        mode: FlipMode,
     },
     RandomVerticalFlip {
         #[serde(default = "half")]
@@ -321,7 +325,7 @@ impl Transform {
         let key = format!("{key} ({})", self.name());
         let same = Ok((height, width));
         match self {
-            Transform::RandomHorizontalFlip { p } | Transform::RandomVerticalFlip { p } | Transform::RandomGrayscale { p } => {
+            Transform::RandomHorizontalFlip { p, .. } | Transform::RandomVerticalFlip { p } | Transform::RandomGrayscale { p } => {
                 check_probability(&format!("{key}.p"), *p).and(same)
             }
             Transform::RandomCrop { size, padding, .. } => {
@@ -402,6 +406,14 @@ impl Transform {
                 }
                 same
             }
+            Transform::RandomApply { transforms, .. } | Transform::RandomChoice { transforms, .. }
+                if transforms.iter().any(Transform::alternates) =>
+            {
+                Err(InvalidSetting::new(
+                    format!("{key}.transforms"),
+                    "an alternating flip must see every image every epoch; put it outside random_apply and random_choice",
+                ))
+            }
             Transform::RandomApply { p, transforms } => {
                 check_probability(&format!("{key}.p"), *p)?;
                 let out = chain_shape(&format!("{key}.transforms"), transforms, height, width)?;
@@ -458,12 +470,32 @@ impl Transform {
         }
     }
 
-    /// Draws this transform's parameters from `rng` and applies it.
-    pub fn apply(&self, image: Image, rng: &mut impl Rng, context: &Context) -> Image {
+    /// Whether an alternating flip is among this entry and the entries it contains.
+    fn alternates(&self) -> bool {
         match self {
-            Transform::RandomHorizontalFlip { p } => {
+            Transform::RandomHorizontalFlip { mode, .. } => *mode == FlipMode::Alternate,
+            Transform::RandomApply { transforms, .. }
+            | Transform::RandomChoice { transforms, .. }
+            | Transform::RandomOrder { transforms } => transforms.iter().any(Transform::alternates),
+            _ => false,
+        }
+    }
+
+    /// Draws this transform's parameters from `rng` and applies it. `visit` names the training
+    /// image and epoch where the loader knows them; without it an alternating flip is random.
+    pub fn apply(&self, image: Image, rng: &mut impl Rng, context: &Context, visit: Option<Visit>) -> Image {
+        match self {
+            Transform::RandomHorizontalFlip { p, mode } => {
+                let flip = match (mode, visit) {
+                    (FlipMode::Alternate, Some(Visit { image_seed, epoch })) => {
+                        // The first epoch's coin is the image's own, so it does not depend on
+                        // the batch the image falls in; odd epochs mirror the opposite way.
+                        (ChaCha8Rng::seed_from_u64(image_seed).random::<f64>() < *p) != (epoch % 2 == 1)
+                    }
+                    _ => rng.random::<f64>() < *p,
+                };
                 let mut image = image;
-                if rng.random::<f64>() < *p {
+                if flip {
                     flip_horizontal(&mut image);
                 }
                 image
@@ -558,7 +590,7 @@ impl Transform {
             }
             Transform::RandomApply { p, transforms } => {
                 if rng.random::<f64>() < *p {
-                    apply_chain(transforms, image, rng, context)
+                    apply_chain(transforms, image, rng, context, visit)
                 } else {
                     image
                 }
@@ -576,12 +608,12 @@ impl Transform {
                     }
                     None => rng.random_range(0..transforms.len()),
                 };
-                transforms[index].apply(image, rng, context)
+                transforms[index].apply(image, rng, context, visit)
             }
             Transform::RandomOrder { transforms } => {
                 let mut order: Vec<usize> = (0..transforms.len()).collect();
                 order.shuffle(rng);
-                order.into_iter().fold(image, |image, i| transforms[i].apply(image, rng, context))
+                order.into_iter().fold(image, |image, i| transforms[i].apply(image, rng, context, visit))
             }
             Transform::AutoAugment { policy, interpolation, fill } => {
                 AutoAugment { policy: *policy, interpolation: *interpolation, fill: *fill }.apply(image, rng)
@@ -606,8 +638,8 @@ fn chain_shape(key: &str, transforms: &[Transform], height: usize, width: usize)
     transforms.iter().enumerate().try_fold((height, width), |(h, w), (i, t)| t.output_shape(&format!("{key}[{i}]"), h, w))
 }
 
-fn apply_chain(transforms: &[Transform], image: Image, rng: &mut impl Rng, context: &Context) -> Image {
-    transforms.iter().fold(image, |image, t| t.apply(image, rng, context))
+fn apply_chain(transforms: &[Transform], image: Image, rng: &mut impl Rng, context: &Context, visit: Option<Visit>) -> Image {
+    transforms.iter().fold(image, |image, t| t.apply(image, rng, context, visit))
 }
 
 /// torchvision's `F.crop`: the window `(top, left, height, width)`, zeros where it leaves the image.
@@ -751,13 +783,15 @@ impl Pipeline {
         chain_shape("augment.transforms", &self.transforms, height, width)
     }
 
-    pub fn apply(&self, image: Image, rng: &mut impl Rng) -> Image {
-        apply_chain(&self.transforms, image, rng, &self.context)
+    /// Applies the transforms in order; `visit` as in `Transform::apply`.
+    pub fn apply(&self, image: Image, visit: Option<Visit>, rng: &mut impl Rng) -> Image {
+        apply_chain(&self.transforms, image, rng, &self.context, visit)
     }
 }
 
 impl Pipeline {
-    /// `augment.transforms` when given, else the shorthand keys (`crop_padding`, `padding_mode`, `hflip`).
+    /// `augment.transforms` when given, else the shorthand keys (`crop_padding`, `padding_mode`,
+    /// `hflip`, `hflip_mode`).
     pub fn from_config(config: &super::config::AugmentConfig) -> Self {
         let transforms = if config.transforms.is_empty() {
             let crop = (config.crop_padding > 0).then_some(Transform::RandomCrop {
@@ -765,7 +799,7 @@ impl Pipeline {
                 padding: config.crop_padding,
                 padding_mode: config.padding_mode,
             });
-            let flip = (config.hflip > 0.0).then_some(Transform::RandomHorizontalFlip { p: config.hflip });
+            let flip = (config.hflip > 0.0).then_some(Transform::RandomHorizontalFlip { p: config.hflip, mode: config.hflip_mode });
             crop.into_iter().chain(flip).collect()
         } else {
             config.transforms.clone()
@@ -797,7 +831,7 @@ mod tests {
     const CONTEXT: Context = Context { normalize: NormalizePreset::Cifar10 };
 
     fn run(transform: &Transform, image: &Image, seed: u64) -> Image {
-        transform.apply(image.clone(), &mut ChaCha8Rng::seed_from_u64(seed), &CONTEXT)
+        transform.apply(image.clone(), &mut ChaCha8Rng::seed_from_u64(seed), &CONTEXT, None)
     }
 
     #[test]
@@ -828,7 +862,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(all.len(), 20);
-        assert_eq!(all[0], Transform::RandomHorizontalFlip { p: 0.5 });
+        assert_eq!(all[0], Transform::RandomHorizontalFlip { p: 0.5, mode: FlipMode::Random });
         assert_eq!(all[2], Transform::RandomCrop { size: None, padding: 4, padding_mode: PaddingMode::Constant });
         assert_eq!(all[9], Transform::RandomGrayscale { p: 0.1 });
         match &all[4] {
@@ -842,7 +876,7 @@ mod tests {
         let pipeline = Pipeline { transforms: all, context: CONTEXT };
         assert_eq!(pipeline.output_shape(32, 32), Ok((32, 32)));
         for seed in 0..5 {
-            let out = pipeline.apply(pattern(32, 32), &mut ChaCha8Rng::seed_from_u64(seed));
+            let out = pipeline.apply(pattern(32, 32), None, &mut ChaCha8Rng::seed_from_u64(seed));
             assert_eq!((out.height, out.width), (32, 32));
         }
     }
@@ -863,7 +897,7 @@ mod tests {
             let err = t.output_shape("augment.transforms[3]", 32, 32).unwrap_err();
             format!("{}: {}", err.key, err.message)
         };
-        let err = check(Transform::RandomHorizontalFlip { p: 1.5 });
+        let err = check(Transform::RandomHorizontalFlip { p: 1.5, mode: FlipMode::Random });
         assert!(err.starts_with("augment.transforms[3] (random_horizontal_flip).p"), "{err}");
         let err = check(Transform::RandomCrop { size: Some(40), padding: 0, padding_mode: PaddingMode::Constant });
         assert!(err.contains(".size") && err.contains("40x40"), "{err}");
@@ -937,6 +971,45 @@ mod tests {
     }
 
     #[test]
+    fn an_alternating_flip_follows_the_image_and_epoch_not_the_stream() {
+        let image = pattern(4, 6);
+        let alternate = parse(r#"transforms = [{ name = "random_horizontal_flip", mode = "alternate" }]"#).unwrap().remove(0);
+        assert_eq!(alternate, Transform::RandomHorizontalFlip { p: 0.5, mode: FlipMode::Alternate });
+        let mirrored = |image_seed, epoch, stream| {
+            let visit = Visit { image_seed, epoch };
+            alternate.apply(image.clone(), &mut ChaCha8Rng::seed_from_u64(stream), &CONTEXT, Some(visit)) != image
+        };
+        let firsts: Vec<bool> = (0..40).map(|image_seed| mirrored(image_seed, 0, 0)).collect();
+        assert!((10..=30).contains(&firsts.iter().filter(|&&m| m).count()), "{firsts:?}");
+        for (image_seed, &first) in firsts.iter().enumerate() {
+            for stream in 0..4 {
+                let seed = image_seed as u64;
+                assert_eq!([0, 1, 2, 7].map(|epoch| mirrored(seed, epoch, stream)), [first, !first, first, !first]);
+            }
+        }
+        // Where no image is named (preview, expand), it draws like the random flip.
+        let random = Transform::RandomHorizontalFlip { p: 0.5, mode: FlipMode::Random };
+        assert!((0..8).all(|seed| run(&alternate, &image, seed) == run(&random, &image, seed)));
+    }
+
+    #[test]
+    fn an_alternating_flip_cannot_be_skipped_by_a_combinator() {
+        let alternate = || Transform::RandomHorizontalFlip { p: 0.5, mode: FlipMode::Alternate };
+        let grayscale = Transform::Grayscale {};
+        let sometimes = Transform::RandomApply { p: 0.5, transforms: vec![alternate()] };
+        let err = sometimes.output_shape("augment.transforms[1]", 8, 8).unwrap_err();
+        assert_eq!(err.key, "augment.transforms[1] (random_apply).transforms");
+        assert!(err.message.contains("alternating flip"), "{}", err.message);
+        let nested = Transform::RandomChoice {
+            transforms: vec![grayscale.clone(), Transform::RandomOrder { transforms: vec![alternate()] }],
+            weights: None,
+        };
+        assert!(nested.output_shape("k", 8, 8).is_err());
+        // In a random order it still sees every image.
+        assert_eq!(Transform::RandomOrder { transforms: vec![grayscale, alternate()] }.output_shape("k", 8, 8), Ok((8, 8)));
+    }
+
+    #[test]
     fn resized_crop_windows_follow_scale_and_ratio() {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         for _ in 0..200 {
@@ -971,7 +1044,7 @@ mod tests {
     fn combinators_apply_sometimes_one_or_in_random_order() {
         let image = pattern(8, 8);
         let gray = Transform::Grayscale {};
-        let flip = Transform::RandomHorizontalFlip { p: 1.0 };
+        let flip = Transform::RandomHorizontalFlip { p: 1.0, mode: FlipMode::Random };
         let apply = Transform::RandomApply { p: 0.5, transforms: vec![gray.clone()] };
         let results: Vec<bool> = (0..40).map(|s| run(&apply, &image, s) != image).collect();
         let applied = results.iter().filter(|&&a| a).count();
@@ -992,7 +1065,7 @@ mod tests {
             pipeline.transforms,
             vec![
                 Transform::RandomCrop { size: None, padding: 4, padding_mode: PaddingMode::Reflect },
-                Transform::RandomHorizontalFlip { p: 0.5 },
+                Transform::RandomHorizontalFlip { p: 0.5, mode: FlipMode::Random },
             ]
         );
     }

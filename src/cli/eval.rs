@@ -32,7 +32,7 @@ pub struct EvalArgs {
     #[arg(long, requires = "transform", value_name = "KEY=V1,V2,...")]
     sweep: Option<String>,
     /// Test-time augmentation (default: the run's train.tta).
-    #[arg(long, value_parser = ["none", "flip", "flip_translate"])]
+    #[arg(long, value_parser = ["none", "flip", "flip_translate", "flip_translate_airbench"])]
     tta: Option<String>,
 }
 

@@ -111,7 +111,7 @@ fn make_copy(train: &ImageSet, i: usize, copy: Option<usize>, pipeline: &Pipelin
     let original = Image::new(train.image(i).to_vec(), train.height, train.width);
     match copy {
         None => original,
-        Some(k) => pipeline.apply(original, &mut ChaCha8Rng::seed_from_u64(seed ^ ((i as u64) << 16) ^ k as u64)),
+        Some(k) => pipeline.apply(original, None, &mut ChaCha8Rng::seed_from_u64(seed ^ ((i as u64) << 16) ^ k as u64)),
     }
 }
 

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::ImageSet;
 use crate::augment::mix::MixConfig;
 use crate::augment::transforms::Pipeline;
-use crate::augment::{Image, InputTransform};
+use crate::augment::{Image, InputTransform, Visit};
 
 /// Normalized images as NCHW f32 plus their labels.
 #[derive(Clone, Debug)]
@@ -74,7 +74,8 @@ pub fn num_batches(len: usize, config: &LoaderConfig) -> usize {
 }
 
 /// Builds batch `index` of an epoch from `order`. Each image draws from its own seeded stream, so
-/// the result does not depend on how rayon schedules the images.
+/// the result does not depend on how rayon schedules the images; transforms that follow an image
+/// across epochs get its index in the set and the epoch (`Visit`), not its place in the batch.
 pub fn make_batch(set: &ImageSet, order: &[usize], config: &LoaderConfig, epoch: usize, index: usize) -> Batch {
     let start = index * config.batch_size;
     let picks = &order[start..(start + config.batch_size).min(order.len())];
@@ -91,7 +92,9 @@ pub fn make_batch(set: &ImageSet, order: &[usize], config: &LoaderConfig, epoch:
         let mut image = Image::new(set.image(i).to_vec(), h, w);
         if let Some(pipeline) = &config.augment {
             let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(batch_seed, slot, 0));
-            image = pipeline.apply(image, &mut rng);
+            // `usize::MAX` stands for "every epoch", as no real epoch reaches it.
+            let visit = Visit { image_seed: stream_seed(config.seed, usize::MAX, i), epoch };
+            image = pipeline.apply(image, Some(visit), &mut rng);
         }
         config.input.apply(&image, out);
     });
@@ -161,7 +164,7 @@ impl Drop for EpochLoader {
 mod tests {
     use super::*;
     use crate::augment::transforms::{Context, Transform};
-    use crate::augment::{NormalizePreset, PaddingMode};
+    use crate::augment::{FlipMode, NormalizePreset, PaddingMode};
 
     fn set(n: usize) -> Arc<ImageSet> {
         let pixels = (0..n * 2 * 2 * 3).map(|i| (i % 251) as u8).collect();
@@ -176,7 +179,7 @@ mod tests {
             augment: Some(Pipeline {
                 transforms: vec![
                     Transform::RandomCrop { size: None, padding: 1, padding_mode: PaddingMode::Reflect },
-                    Transform::RandomHorizontalFlip { p: 0.5 },
+                    Transform::RandomHorizontalFlip { p: 0.5, mode: FlipMode::Random },
                 ],
                 context: Context { normalize: NormalizePreset::Cifar10 },
             }),
@@ -214,6 +217,51 @@ mod tests {
         let all: Vec<_> = EpochLoader::start(data.clone(), config(true, false), 2, 0).map(|b| b.labels).collect();
         let rest: Vec<_> = EpochLoader::start(data, config(true, false), 2, 1).map(|b| b.labels).collect();
         assert_eq!(&all[1..], &rest[..]);
+    }
+
+    /// Which images (by index in the set) an epoch shows mirrored, under a flip of `mode` alone.
+    fn mirrored(mode: FlipMode, seed: u64, batch_size: usize, epoch: usize, skip: usize) -> Vec<Option<bool>> {
+        // 1x2 images, dark then bright, labelled by their index: a mirrored one starts bright.
+        let n = 400;
+        let pixels = (0..n).flat_map(|_| [10, 10, 10, 200, 200, 200]).collect();
+        let data = Arc::new(ImageSet { pixels, labels: (0..n as u16).collect(), height: 1, width: 2 });
+        let config = LoaderConfig {
+            batch_size,
+            augment: Some(Pipeline {
+                transforms: vec![Transform::RandomHorizontalFlip { p: 0.5, mode }],
+                context: Context { normalize: NormalizePreset::None },
+            }),
+            input: InputTransform { size: None, normalize: NormalizePreset::None },
+            seed,
+            ..config(true, false)
+        };
+        let mut seen = vec![None; n];
+        for batch in EpochLoader::start(data, config, epoch, skip) {
+            for (image, &label) in batch.images.chunks(6).zip(&batch.labels) {
+                seen[label as usize] = Some(image[0] > image[1]);
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn alternating_flip_mirrors_each_image_once_in_any_two_epochs() {
+        let epochs: Vec<Vec<Option<bool>>> = (0..4).map(|e| mirrored(FlipMode::Alternate, 3, 32, e, 0)).collect();
+        for pair in epochs.windows(2) {
+            assert!(pair[0].iter().zip(&pair[1]).all(|(a, b)| a.is_some() && b.is_some() && a != b), "an image kept its side");
+        }
+        let first = epochs[0].iter().filter(|m| **m == Some(true)).count();
+        assert!((160..=240).contains(&first), "{first} of 400 mirrored in the first epoch");
+        // A function of seed, epoch and image: not of the batch an image lands in, nor of where
+        // a resumed epoch starts; another seed picks other images.
+        assert_eq!(mirrored(FlipMode::Alternate, 3, 7, 2, 0), epochs[0]);
+        let resumed = mirrored(FlipMode::Alternate, 3, 32, 3, 5);
+        assert!(resumed.iter().zip(&epochs[3]).all(|(r, full)| r.is_none() || r == full));
+        assert_eq!(resumed.iter().flatten().count(), 400 - 5 * 32);
+        assert_ne!(mirrored(FlipMode::Alternate, 4, 32, 0, 0), epochs[0]);
+        // A random flip shows many images the same way in two epochs running.
+        let (a, b) = (mirrored(FlipMode::Random, 3, 32, 0, 0), mirrored(FlipMode::Random, 3, 32, 1, 0));
+        assert!(a.iter().zip(&b).filter(|(a, b)| a == b).count() > 100);
     }
 
     #[test]

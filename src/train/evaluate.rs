@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::loss::{cross_entropy, smoothed_targets};
 use super::{Hits, argmax, count_hits, reports_top5};
-use crate::augment::InputTransform;
 use crate::augment::transforms::Pipeline;
+use crate::augment::{InputTransform, PaddingMode};
 use crate::config::ExperimentConfig;
 use crate::data::ImageSet;
 use crate::data::classes::ClassNames;
@@ -40,36 +40,100 @@ pub enum Tta {
     None,
     /// The image and its mirror image.
     Flip,
-    /// Those two, each also shifted one pixel up-left and one down-right (airbench's views).
+    /// Those two, each also shifted one pixel up-left and one down-right after mirroring, the
+    /// border pixels repeated into the gap; all six weighted alike.
     FlipTranslate,
+    /// airbench's test-time augmentation: the image and its mirror, and both of those made from
+    /// the image shifted one pixel up-left and one down-right with the border reflected into the
+    /// gap; the unshifted pair weighs as much as the four shifted views together.
+    FlipTranslateAirbench,
+}
+
+/// One view of the images: mirrored left-right or not, then shifted `shift` (rows, columns)
+/// pixels down and right (negative: up and left) with `padding` filling the gap; and its weight in
+/// the average.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct View {
+    mirrored: bool,
+    shift: (isize, isize),
+    padding: PaddingMode,
+    weight: f32,
+}
+
+impl View {
+    const fn new(mirrored: bool, shift: (isize, isize), padding: PaddingMode, weight: f32) -> Self {
+        Self { mirrored, shift, padding, weight }
+    }
+
+    fn is_identity(&self) -> bool {
+        !self.mirrored && self.shift == (0, 0)
+    }
 }
 
 impl Tta {
-    /// The views as (mirrored, shift in pixels along both axes).
-    fn views(self) -> &'static [(bool, isize)] {
+    fn views(self) -> &'static [View] {
+        const EDGE: PaddingMode = PaddingMode::Edge;
+        const NONE: [View; 1] = [View::new(false, (0, 0), EDGE, 1.0)];
+        const FLIP: [View; 2] = [View::new(false, (0, 0), EDGE, 1.0), View::new(true, (0, 0), EDGE, 1.0)];
+        const FLIP_TRANSLATE: [View; 6] = [
+            View::new(false, (0, 0), EDGE, 1.0),
+            View::new(true, (0, 0), EDGE, 1.0),
+            View::new(false, (-1, -1), EDGE, 1.0),
+            View::new(true, (-1, -1), EDGE, 1.0),
+            View::new(false, (1, 1), EDGE, 1.0),
+            View::new(true, (1, 1), EDGE, 1.0),
+        ];
+        // Mirroring an image shifted down-right gives its mirror shifted down-left.
+        const REFLECT: PaddingMode = PaddingMode::Reflect;
+        const AIRBENCH: [View; 6] = [
+            View::new(false, (0, 0), REFLECT, 2.0),
+            View::new(true, (0, 0), REFLECT, 2.0),
+            View::new(false, (-1, -1), REFLECT, 1.0),
+            View::new(true, (-1, 1), REFLECT, 1.0),
+            View::new(false, (1, 1), REFLECT, 1.0),
+            View::new(true, (1, -1), REFLECT, 1.0),
+        ];
         match self {
-            Tta::None => &[(false, 0)],
-            Tta::Flip => &[(false, 0), (true, 0)],
-            Tta::FlipTranslate => &[(false, 0), (true, 0), (false, -1), (true, -1), (false, 1), (true, 1)],
+            Tta::None => &NONE,
+            Tta::Flip => &FLIP,
+            Tta::FlipTranslate => &FLIP_TRANSLATE,
+            Tta::FlipTranslateAirbench => &AIRBENCH,
         }
     }
 }
 
-/// `images` (NCHW planes of `height` x `width`) seen through one view: mirrored left-right and/or
-/// shifted by `shift` pixels down and right, the border pixels repeated into the gap.
-fn view(images: &[f32], height: usize, width: usize, (mirrored, shift): (bool, isize)) -> Vec<f32> {
-    let source = |i: usize, len: usize| (i as isize - shift).clamp(0, len as isize - 1) as usize;
+/// `images` (NCHW planes of `height` x `width`) seen through `view`.
+fn view(images: &[f32], height: usize, width: usize, view: View) -> Vec<f32> {
+    let View { mirrored, shift: (down, right), padding, .. } = view;
+    let source = |i: usize, shift: isize, len: usize| padding.source(i as isize - shift, len).expect("views repeat or reflect the border");
     let mut out = vec![0.0; images.len()];
     for (plane_out, plane) in out.chunks_exact_mut(height * width).zip(images.chunks_exact(height * width)) {
         for y in 0..height {
-            let row = &plane[source(y, height) * width..][..width];
+            let row = &plane[source(y, down, height) * width..][..width];
             for x in 0..width {
-                let sx = source(x, width);
+                let sx = source(x, right, width);
                 plane_out[y * width + x] = row[if mirrored { width - 1 - sx } else { sx }];
             }
         }
     }
     out
+}
+
+/// The weighted average of the logits `model` gives the views of `images` (NCHW of `shape`).
+fn tta_logits(model: &Classifier, images: &[f32], shape: [usize; 4], tta: Tta, device: &Device) -> Tensor<2> {
+    let views = tta.views();
+    let [_, _, height, width] = shape;
+    let logits = views
+        .iter()
+        .map(|v| {
+            let pixels = if v.is_identity() { images.to_vec() } else { view(images, height, width, *v) };
+            let logits = model.forward(Tensor::from_data(TensorData::new(pixels, shape), device));
+            // Whole weights and one division keep the equal averages' results as they were.
+            if v.weight == 1.0 { logits } else { logits * v.weight }
+        })
+        .reduce(|a, b| a + b)
+        .expect("at least one view");
+    logits / views.iter().map(|v| v.weight).sum::<f32>()
 }
 
 /// How a set is evaluated.
@@ -111,17 +175,7 @@ pub fn evaluate(model: &Classifier, set: &ImageSet, num_classes: usize, settings
     let mut loss_sum = 0.0;
     for index in 0..set.len().div_ceil(settings.batch_size) {
         let batch = make_batch(set, &order, &config, 0, index);
-        let shape = [batch.len(), 3, batch.height, batch.width];
-        let views = settings.tta.views();
-        let logits = views
-            .iter()
-            .map(|&v| {
-                let pixels = if v == (false, 0) { batch.images.clone() } else { view(&batch.images, batch.height, batch.width, v) };
-                model.forward(Tensor::from_data(TensorData::new(pixels, shape), device))
-            })
-            .reduce(|a, b| a + b)
-            .expect("at least one view")
-            / views.len() as f32;
+        let logits = tta_logits(model, &batch.images, [batch.len(), 3, batch.height, batch.width], settings.tta, device);
         let targets = smoothed_targets(&batch.labels, num_classes, 0.0, device);
         let loss: f32 = cross_entropy(logits.clone(), targets).into_scalar();
         loss_sum += loss as f64 * batch.len() as f64;
@@ -327,10 +381,92 @@ mod tests {
     fn views_mirror_and_shift_with_repeated_borders() {
         // One 2x3 plane: rows [1 2 3] and [4 5 6].
         let plane = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-        assert_eq!(view(&plane, 2, 3, (true, 0)), vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0]);
-        assert_eq!(view(&plane, 2, 3, (false, 1)), vec![1.0, 1.0, 2.0, 1.0, 1.0, 2.0]);
-        assert_eq!(view(&plane, 2, 3, (false, -1)), vec![5.0, 6.0, 6.0, 5.0, 6.0, 6.0]);
+        let edge = |mirrored, shift| View::new(mirrored, (shift, shift), PaddingMode::Edge, 1.0);
+        assert_eq!(view(&plane, 2, 3, edge(true, 0)), vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0]);
+        assert_eq!(view(&plane, 2, 3, edge(false, 1)), vec![1.0, 1.0, 2.0, 1.0, 1.0, 2.0]);
+        assert_eq!(view(&plane, 2, 3, edge(false, -1)), vec![5.0, 6.0, 6.0, 5.0, 6.0, 6.0]);
+        let reflect = |mirrored, shift| View::new(mirrored, shift, PaddingMode::Reflect, 1.0);
+        assert_eq!(view(&plane, 2, 3, reflect(false, (1, 1))), vec![5.0, 4.0, 5.0, 2.0, 1.0, 2.0]);
+        assert_eq!(view(&plane, 2, 3, reflect(true, (-1, 0))), vec![6.0, 5.0, 4.0, 3.0, 2.0, 1.0]);
         assert_eq!(Tta::FlipTranslate.views().len(), 6);
+    }
+
+    fn tutorial_net(device: &Device) -> Classifier {
+        device.seed(3);
+        let config = crate::models::ModelConfig { name: "tutorial_net".into(), ..Default::default() };
+        crate::models::build(&config, 10, device).unwrap()
+    }
+
+    #[test]
+    fn tta_averages_the_logits_of_views_made_by_hand() {
+        use crate::augment::{Image, RandomCrop, flip_horizontal};
+        let device = Device::flex();
+        let model = tutorial_net(&device);
+        let input = InputTransform { size: None, normalize: Default::default() };
+        let images: Vec<Image> =
+            (0..3).map(|k| Image::new((0..32 * 32 * 3).map(|i| ((i * 7919 + k * 131) % 251) as u8).collect(), 32, 32)).collect();
+        let batch = |images: &[Image]| -> Vec<f32> {
+            let mut out = vec![0.0; images.len() * 3 * 32 * 32];
+            for (image, out) in images.iter().zip(out.chunks_exact_mut(3 * 32 * 32)) {
+                input.apply(image, out);
+            }
+            out
+        };
+        let logits = |pixels: Vec<f32>| -> Vec<f32> {
+            model.forward(Tensor::from_data(TensorData::new(pixels, [3, 3, 32, 32]), &device)).into_data().try_to_vec().unwrap()
+        };
+        // Each view: the 32x32 window at `corner` of the image padded by one pixel ((1, 1) is the
+        // image itself), mirrored before or after (airbench) the crop or not at all; with its weight.
+        for (tta, padding_mode, mirror_first, unshifted, shifted) in [
+            (Tta::FlipTranslate, PaddingMode::Edge, true, 1.0 / 6.0, 1.0 / 6.0),
+            (Tta::FlipTranslateAirbench, PaddingMode::Reflect, false, 0.25, 0.125),
+        ] {
+            let crop = RandomCrop { padding: 1, padding_mode };
+            let mut expected = vec![0.0f32; 30];
+            for mirrored in [false, true] {
+                for (corner, weight) in [((1, 1), unshifted), ((0, 0), shifted), ((2, 2), shifted)] {
+                    let seen: Vec<Image> = images
+                        .iter()
+                        .map(|image| {
+                            let mut image = image.clone();
+                            if mirrored && mirror_first {
+                                flip_horizontal(&mut image);
+                            }
+                            let mut image = crop.apply_window(&image, (32, 32), corner);
+                            if mirrored && !mirror_first {
+                                flip_horizontal(&mut image);
+                            }
+                            image
+                        })
+                        .collect();
+                    for (e, l) in expected.iter_mut().zip(logits(batch(&seen))) {
+                        *e += weight * l;
+                    }
+                }
+            }
+            let got: Vec<f32> = tta_logits(&model, &batch(&images), [3, 3, 32, 32], tta, &device).into_data().try_to_vec().unwrap();
+            for (g, e) in got.iter().zip(&expected) {
+                assert!((g - e).abs() <= 1e-4 * (1.0 + e.abs()), "{tta:?}: {got:?} against {expected:?}");
+            }
+            assert!(got.iter().zip(logits(batch(&images))).any(|(g, l)| (g - l).abs() > 1e-3), "{tta:?} changed nothing");
+        }
+    }
+
+    #[test]
+    fn tta_leaves_a_constant_image_as_it_is() {
+        let device = Device::flex();
+        let model = tutorial_net(&device);
+        let mut set = ImageSet::empty(32, 32);
+        set.pixels = (0..4).flat_map(|k| vec![(40 + 50 * k) as u8; set.image_bytes()]).collect();
+        set.labels = vec![0, 1, 2, 3];
+        let settings =
+            |tta| EvalSettings { batch_size: 4, input: InputTransform { size: None, normalize: Default::default() }, tta, perturb: None };
+        let plain = evaluate(&model, &set, 10, &settings(Tta::None), &device).unwrap();
+        for tta in [Tta::Flip, Tta::FlipTranslate, Tta::FlipTranslateAirbench] {
+            let result = evaluate(&model, &set, 10, &settings(tta), &device).unwrap();
+            assert_eq!(result.predictions, plain.predictions, "{tta:?}");
+            assert!((result.loss - plain.loss).abs() < 1e-5, "{tta:?}: loss {} against {}", result.loss, plain.loss);
+        }
     }
 
     /// `count` 32x32 images of one model, with the logits it gives each (all labels 0).

@@ -21,7 +21,7 @@ pub fn grid(set: &ImageSet, classes: &[String], pipeline: &Pipeline, picks: &[us
             let mut cells = vec![(class, original.clone())];
             cells.extend((1..=copies).map(|k| {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed ^ ((i as u64) << 20) ^ (k - 1) as u64);
-                (format!("#{k}"), pipeline.apply(original.clone(), &mut rng))
+                (format!("#{k}"), pipeline.apply(original.clone(), None, &mut rng))
             }));
             Section { title: None, cells, columns: copies + 1, zoom }
         })
@@ -52,8 +52,8 @@ pub fn pick_images(set: &ImageSet, count: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::augment::NormalizePreset;
     use crate::augment::transforms::{Context, Transform};
+    use crate::augment::{FlipMode, NormalizePreset};
     use crate::viz::canvas::{GAP, LABEL_HEIGHT, TEXT};
 
     fn set() -> ImageSet {
@@ -70,7 +70,7 @@ mod tests {
     #[test]
     fn grid_holds_the_original_and_the_copies_at_the_zoom() {
         let pipeline = Pipeline {
-            transforms: vec![Transform::RandomHorizontalFlip { p: 1.0 }],
+            transforms: vec![Transform::RandomHorizontalFlip { p: 1.0, mode: FlipMode::Random }],
             context: Context { normalize: NormalizePreset::Cifar10 },
         };
         let classes = vec!["cat".to_string(), "dog".into(), "emu".into()];
