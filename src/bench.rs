@@ -45,7 +45,7 @@ impl StepBench {
         device.seed(0);
         let num_classes = 10;
         let model = models::build(model_config, num_classes, &device)?;
-        let optimizer = optim::build(&TrainConfig { momentum: 0.9, ..Default::default() }, None);
+        let optimizer = optim::build(&TrainConfig { momentum: 0.9, ..Default::default() }, &[]);
         let images = Tensor::<4>::random([batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
         let labels: Vec<i64> = (0..batch as i64).map(|i| i % num_classes as i64).collect();
         let targets = loss::smoothed_targets(&labels, num_classes, 0.0, &device);

@@ -42,6 +42,9 @@ pub struct ModelConfig {
     pub pretrained: Option<String>,
     /// Load what matches when the weights do not fit exactly (and print what did not).
     pub allow_partial: bool,
+    /// Training images (spread evenly over the split) that layers starting from the data, such as
+    /// `airbench`'s patch whitening, are fitted to before training.
+    pub fit_images: usize,
 }
 
 impl Default for ModelConfig {
@@ -62,6 +65,7 @@ impl Default for ModelConfig {
             weights: None,
             pretrained: None,
             allow_partial: false,
+            fit_images: 5000,
         }
     }
 }
@@ -125,6 +129,7 @@ impl ModelConfig {
         ensure(self.weights.is_none() || self.pretrained.is_none(), "model.weights", || {
             "give either model.weights or model.pretrained, not both".into()
         })?;
+        ensure(self.fit_images > 0, "model.fit_images", || "expected at least 1 image".into())?;
         let stages = self.widths.as_ref().map(Vec::len);
         for (key, list) in [("model.blocks", &self.blocks), ("model.strides", &self.strides)] {
             if let (Some(list), Some(n)) = (list, stages) {

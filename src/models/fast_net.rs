@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use super::config::{BuildOptions, ShapeOverrides};
-use super::layers::{ConvBn, linear, max_pool_forward};
+use super::layers::{Act, BnParams, ConvBn, ConvSpec, Init, linear, max_pool_forward};
 use super::trace;
 use super::{Architecture, Family, Net};
 
@@ -40,10 +40,7 @@ impl FastNetConfig {
         let mut channels = self.stem_channels;
         let mut stages = Vec::new();
         for &width in &self.widths {
-            stages.push(Stage {
-                first: ConvBn::new(init, [channels, width], 3, 1, device),
-                second: ConvBn::new(init, [width, width], 3, 1, device),
-            });
+            stages.push(Stage::new(init, [channels, width], BnParams::TORCH, device));
             channels = width;
         }
         FastNet {
@@ -57,10 +54,32 @@ impl FastNetConfig {
     }
 }
 
+/// Conv, max-pool 2x2, BatchNorm, activation, conv, BatchNorm, activation: a stage of the
+/// airbench-style nets (`fast_net`, `airbench`).
 #[derive(Module, Debug)]
 pub struct Stage {
-    first: ConvBn,
-    second: ConvBn,
+    pub first: ConvBn,
+    pub second: ConvBn,
+}
+
+impl Stage {
+    pub fn new(init: Init, [inputs, width]: [usize; 2], norm: BnParams, device: &Device) -> Self {
+        let spec = ConvSpec::new(3, 1).norm(norm);
+        Self { first: ConvBn::with(init, [inputs, width], spec, device), second: ConvBn::with(init, [width, width], spec, device) }
+    }
+
+    pub fn forward(&self, x: Tensor<4>, pool: &MaxPool2d, act: Act) -> Tensor<4> {
+        // Pooling before BatchNorm and the activation computes them on a quarter of the pixels.
+        let x = trace::conv2d(&self.first.conv, x);
+        let x = act.apply(trace::batch_norm(&self.first.bn, max_pool_forward(pool, x)));
+        act.apply(trace::batch_norm(&self.second.bn, trace::conv2d(&self.second.conv, x)))
+    }
+}
+
+/// `[batch, channels, h, w]` -> `[batch, channels]`, the maximum over each map.
+pub fn global_max_pool(x: Tensor<4>) -> Tensor<2> {
+    let x: Tensor<3> = x.flatten(2, 3);
+    x.max_dim(2).flatten(1, 2)
 }
 
 #[derive(Module, Debug)]
@@ -80,14 +99,10 @@ impl Family for FastNet {
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = relu(self.stem.forward(x));
         for stage in &self.stages {
-            // Pooling before BatchNorm+ReLU computes them on a quarter of the pixels.
-            x = trace::conv2d(&stage.first.conv, x);
-            x = relu(trace::batch_norm(&stage.first.bn, max_pool_forward(&self.pool, x)));
-            x = relu(stage.second.forward(x));
+            x = stage.forward(x, &self.pool, Act::Relu);
         }
         // Global max-pooling over the remaining 4x4 map.
-        let x: Tensor<3> = x.flatten(2, 3);
-        let x: Tensor<2> = x.max_dim(2).flatten(1, 2);
+        let x = global_max_pool(x);
         trace::linear(&self.head, self.dropout.forward(x)).mul_scalar(self.logit_scale)
     }
 }

@@ -8,7 +8,7 @@ use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::{relu, relu6, sigmoid, silu};
+use burn::tensor::activation::{gelu, relu, relu6, sigmoid, silu};
 use serde::{Deserialize, Serialize};
 
 use super::{params, trace};
@@ -31,6 +31,10 @@ pub enum WeightInit {
     /// He initialization for ReLU networks (gain sqrt(2), fan_in).
     KaimingUniform,
     KaimingNormal,
+    /// Each conv's first `min(in, out)` filters pass their input channel through unchanged
+    /// (`torch.nn.init.dirac_` on those filters), the other filters and the linear layers keep
+    /// the layer's default: the airbench nets' start, an identity that training departs from.
+    Dirac,
 }
 
 /// How conv and linear weights start: the scheme, and the value `constant` sets.
@@ -45,7 +49,7 @@ impl Init {
     fn initializer(self) -> Option<Initializer> {
         let relu_gain = std::f64::consts::SQRT_2;
         match self.scheme {
-            WeightInit::Default => None,
+            WeightInit::Default | WeightInit::Dirac => None,
             WeightInit::Constant => Some(Initializer::Constant { value: self.constant }),
             WeightInit::XavierUniform => Some(Initializer::XavierUniform { gain: 1.0 }),
             WeightInit::XavierNormal => Some(Initializer::XavierNormal { gain: 1.0 }),
@@ -65,6 +69,8 @@ pub enum Act {
     Relu6,
     /// `x * sigmoid(x)` ("swish"): EfficientNet's choice.
     Silu,
+    /// `x * Phi(x)` (the exact, erf-based GELU): the airbench nets' choice.
+    Gelu,
 }
 
 impl Act {
@@ -79,6 +85,7 @@ impl Act {
             Act::Relu6 if x.device().is_autodiff() => relu(x.clone()) - relu(x.sub_scalar(6.0)),
             Act::Relu6 => relu6(x),
             Act::Silu => silu(x),
+            Act::Gelu => gelu(x),
         }
     }
 }
@@ -209,7 +216,26 @@ pub fn conv_with(init: Init, channels: [usize; 2], spec: &ConvSpec, bias: bool, 
     if let Some(initializer) = init.initializer() {
         c = c.with_initializer(initializer);
     }
-    c.init(device)
+    let conv = c.init(device);
+    match init.scheme {
+        WeightInit::Dirac if spec.groups == 1 && spec.kernel % 2 == 1 => dirac(conv),
+        _ => conv,
+    }
+}
+
+/// `conv` with its first `min(in, out)` filters set to the identity on their own input channel.
+fn dirac(mut conv: Conv2d) -> Conv2d {
+    let [outputs, inputs, kh, kw] = conv.weight.dims();
+    let device = conv.weight.device();
+    let mut values: Vec<f32> = conv.weight.val().into_data().try_to_vec::<f32>().expect("f32 weights");
+    for o in 0..outputs.min(inputs) {
+        let filter = &mut values[o * inputs * kh * kw..(o + 1) * inputs * kh * kw];
+        filter.fill(0.0);
+        filter[o * kh * kw + kh / 2 * kw + kw / 2] = 1.0;
+    }
+    let weight = Tensor::<4>::from_data(burn::tensor::TensorData::new(values, [outputs, inputs, kh, kw]), &device);
+    conv.weight = Param::initialized(conv.weight.id, weight).set_require_grad(true);
+    conv
 }
 
 pub fn linear(init: Init, inputs: usize, outputs: usize, device: &Device) -> Linear {
@@ -579,5 +605,23 @@ mod tests {
             assert_eq!(got.dims(), [1, 3, size.div_ceil(2), size.div_ceil(2)]);
             got.into_data().assert_approx_eq::<f32>(&expected.into_data(), Default::default());
         }
+    }
+
+    #[test]
+    fn dirac_init_passes_the_first_channels_through_and_trains() {
+        let device = Device::flex().autodiff();
+        let init = Init { scheme: WeightInit::Dirac, constant: 0.0 };
+        // 3 -> 5 channels: filters 0..3 copy their channel, filters 3 and 4 keep the default draw.
+        let conv = conv(init, [3, 5], 3, 1, false, &device);
+        assert!(conv.weight.val().is_require_grad());
+        let x = Tensor::<4>::random([2, 3, 6, 6], Distribution::Normal(0.0, 1.0), &device);
+        let y = conv.forward(x.clone());
+        y.clone().slice([0..2, 0..3]).into_data().assert_approx_eq::<f32>(&x.into_data(), burn::tensor::Tolerance::default());
+        let rest: Vec<f32> = conv.weight.val().slice([3..5]).into_data().try_to_vec::<f32>().unwrap();
+        assert!(rest.iter().any(|&w| w != 0.0 && w.abs() <= 1.0 / 27f32.sqrt()), "default uniform draw");
+        // 4 -> 2: both filters copy their channel; channels 2 and 3 are not read.
+        let narrow = super::conv(init, [4, 2], 1, 1, false, &Device::flex());
+        let w: Vec<f32> = narrow.weight.val().into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(w, [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
     }
 }

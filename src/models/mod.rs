@@ -2,6 +2,7 @@
 //! need of it, and its [`Architecture`] records; `families!` below registers each family with one
 //! line. `layers` holds what the families share, `params` the walk over a model's parameters.
 
+pub mod airbench;
 pub mod config;
 pub mod efficientnet;
 pub mod fast_net;
@@ -14,6 +15,7 @@ pub mod resnet_cifar;
 pub mod trace;
 pub mod transfer;
 pub mod vgg;
+pub mod whitening;
 
 use std::sync::LazyLock;
 
@@ -54,6 +56,19 @@ pub trait Family: Module {
     /// parameter paths it owns (empty for parameterless children; no children without a reference).
     fn top_level_children(&self) -> Vec<(&'static str, Vec<&'static str>)> {
         Vec::new()
+    }
+
+    /// Whether layers of the family start from values computed from training images
+    /// ([`Family::fit_to_data`]).
+    const FITS_TO_DATA: bool = false;
+
+    /// Sets the layers that start from the data (patch whitening) from `sample`, training images
+    /// `[n, 3, height, width]` normalized as the network sees them.
+    fn fit_to_data(self, _sample: &Tensor<4>) -> anyhow::Result<Self>
+    where
+        Self: Sized,
+    {
+        Ok(self)
     }
 }
 
@@ -118,6 +133,20 @@ macro_rules! families {
                 }
             }
 
+            /// Whether [`Net::fit_to_data`] has anything to set.
+            pub fn fits_to_data(&self) -> bool {
+                match self {
+                    $(Net::$variant(_) => <$family as Family>::FITS_TO_DATA,)+
+                }
+            }
+
+            /// The network with its data-derived layers set from `sample` (see [`Family::fit_to_data`]).
+            pub fn fit_to_data(self, sample: &Tensor<4>) -> anyhow::Result<Self> {
+                Ok(match self {
+                    $(Net::$variant(m) => Net::$variant(m.fit_to_data(sample)?),)+
+                })
+            }
+
             /// Our path of the first convolution (`FastNet.stem.conv`).
             pub fn first_conv(&self) -> String {
                 let path = match self {
@@ -133,6 +162,7 @@ macro_rules! families {
 
 families! {
     FastNet(FastNet) => fast_net::architectures,
+    Airbench(airbench::Airbench) => airbench::architectures,
     TutorialNet(LeNet) => lenet::tutorial_net_architectures,
     ResNet(ResNet) => resnet_cifar::architectures,
     ImageNetResNet(ImageNetResNet) => resnet::architectures,
@@ -572,6 +602,7 @@ mod tests {
             WeightInit::XavierNormal,
             WeightInit::KaimingUniform,
             WeightInit::KaimingNormal,
+            WeightInit::Dirac,
         ] {
             let config = ModelConfig { name: "tutorial_net".into(), init, ..Default::default() };
             let model = build(&config, 10, &device).unwrap();

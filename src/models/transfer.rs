@@ -248,10 +248,10 @@ pub fn freeze(model: Classifier, frozen_paths: &[String]) -> Classifier {
 
 /// Ids of every parameter outside the new parts (the pretrained backbone), for its own learning
 /// rate.
-pub fn backbone_group(model: &Classifier, new_parts: &[String]) -> ParamGroup {
+pub fn backbone_ids(model: &Classifier, new_parts: &[String]) -> Vec<ParamId> {
     let paths: Vec<String> =
         weights::apply::parameter_shapes(model).into_keys().filter(|p| !new_parts.iter().any(|n| covers(n, p))).collect();
-    ParamGroup::from_ids(frozen_ids(model, &paths))
+    frozen_ids(model, &paths)
 }
 
 #[cfg(test)]
@@ -263,6 +263,7 @@ mod tests {
     use crate::augment::NormalizePreset;
     use crate::data::classes::ClassNames;
     use crate::train::config::TrainConfig;
+    use crate::train::param_groups::ResolvedGroup;
     use crate::train::{loss, optim};
     use crate::weights::apply::parameter_shapes;
     use crate::weights::export::{ExportedModel, export_safetensors};
@@ -327,7 +328,7 @@ mod tests {
         let config = experiment("lenet5", TransferConfig { freeze: Freeze::Children(2), ..Default::default() });
         let (model, _) = build_experiment(&config, 3, &device).unwrap();
         let before = values(&model);
-        let mut optimizer = optim::build(&TrainConfig { momentum: 0.9, ..Default::default() }, None);
+        let mut optimizer = optim::build(&TrainConfig { momentum: 0.9, ..Default::default() }, &[]);
         let (model, grads) = train_step(model, &mut optimizer, 3, 32);
         let after = values(&model);
         for (path, old) in &before {
@@ -347,7 +348,7 @@ mod tests {
             experiment("resnet18", TransferConfig { freeze: Freeze::Patterns(vec!["conv1".into(), "bn1".into()]), ..Default::default() });
         let (model, _) = build_experiment(&config, 3, &device).unwrap();
         let before = values(&model);
-        let mut optimizer = optim::build(&TrainConfig::default(), None);
+        let mut optimizer = optim::build(&TrainConfig::default(), &[]);
         let (model, _) = train_step(model, &mut optimizer, 3, 32);
         let after = values(&model);
         // torchvision's conv1/bn1 are our stem.
@@ -402,7 +403,7 @@ mod tests {
 
         // finetune = "head": only the head trains.
         let (model, _) = build_experiment(&config, 3, &Device::flex().autodiff()).unwrap();
-        let mut optimizer = optim::build(&TrainConfig::default(), None);
+        let mut optimizer = optim::build(&TrainConfig::default(), &[]);
         let (_, grads) = train_step(model, &mut optimizer, 3, 32);
         assert_eq!(grads.len(), 4, "head.hidden and head.fc weights and biases");
     }
@@ -417,7 +418,8 @@ mod tests {
         let (model, new_parts) = build_experiment(&config, 3, &device).unwrap();
         let before = values(&model);
         let train = TrainConfig { momentum: 0.0, weight_decay: 0.0, ..Default::default() };
-        let mut optimizer = optim::build(&train, Some((backbone_group(&model, &new_parts), 0.0)));
+        let backbone = ResolvedGroup { ids: backbone_ids(&model, &new_parts), lr_scale: 0.0, weight_decay: 0.0, epochs: None };
+        let mut optimizer = optim::build(&train, &[backbone]);
         let (model, _) = train_step(model, &mut optimizer, 3, 32);
         let after = values(&model);
         assert_eq!(after["net.LeNet5.conv1.weight"], before["net.LeNet5.conv1.weight"]);

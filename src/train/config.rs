@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::Tta;
 use super::callbacks::{BestBy, EarlyStopping};
 use super::optim::OptimizerKind;
+use super::param_groups::ParamGroupConfig;
 use super::schedule::{PlateauConfig, ScheduleKind};
 use crate::error::{InvalidSetting, ensure};
 
@@ -28,6 +29,10 @@ pub struct TrainConfig {
     pub warmup_epochs: f64,
     /// Lowest learning rate of the cosine / one-cycle schedules, as a fraction of `lr`.
     pub final_lr_fraction: f64,
+    /// One-cycle schedule: the share of the run spent rising to `lr` (PyTorch OneCycleLR's).
+    pub pct_start: f64,
+    /// One-cycle schedule: it starts at `lr / div_factor`.
+    pub div_factor: f64,
     /// Period of the triangular schedule in epochs.
     pub cycle_epochs: f64,
     /// Epochs between decays of the `step` schedule.
@@ -56,6 +61,8 @@ pub struct TrainConfig {
     pub grad_clip_norm: Option<f64>,
     /// Test-time augmentation of validation and test evaluation.
     pub tta: Tta,
+    /// Parameters with their own learning-rate scale, weight decay or epochs (`[[train.param_groups]]`).
+    pub param_groups: Vec<ParamGroupConfig>,
     /// Seeds weight initialization, the split, shuffling and augmentation.
     pub seed: u64,
 }
@@ -75,6 +82,8 @@ impl Default for TrainConfig {
             schedule: ScheduleKind::Cosine,
             warmup_epochs: 0.0,
             final_lr_fraction: 0.0,
+            pct_start: 0.3,
+            div_factor: 25.0,
             cycle_epochs: 2.0,
             step_size: 30,
             milestones: Vec::new(),
@@ -88,6 +97,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.0,
             grad_clip_norm: None,
             tta: Tta::None,
+            param_groups: Vec::new(),
             seed: 0,
         }
     }
@@ -124,6 +134,9 @@ impl TrainConfig {
         let fraction = self.final_lr_fraction;
         ensure((0.0..=1.0).contains(&fraction), "train.final_lr_fraction", || format!("expected a fraction in [0, 1], found {fraction}"))?;
         positive("train.cycle_epochs", self.cycle_epochs)?;
+        let pct_start = self.pct_start;
+        ensure(pct_start > 0.0 && pct_start < 1.0, "train.pct_start", || format!("expected a fraction in (0, 1), found {pct_start}"))?;
+        ensure(self.div_factor >= 1.0, "train.div_factor", || format!("expected a divisor >= 1, found {}", self.div_factor))?;
         let factor = self.plateau.factor;
         ensure(factor > 0.0 && factor < 1.0, "train.plateau.factor", || format!("expected a factor in (0, 1), found {factor}"))?;
         non_negative("train.plateau.threshold", self.plateau.threshold)?;
@@ -133,6 +146,9 @@ impl TrainConfig {
         }
         unit("train.rmsprop_alpha", self.rmsprop_alpha)?;
         unit("train.momentum", self.momentum)?;
+        for (i, group) in self.param_groups.iter().enumerate() {
+            group.validate(&format!("train.param_groups[{i}]"))?;
+        }
         let (warmup, epochs) = (self.warmup_epochs, self.epochs);
         ensure((0.0..=epochs as f64).contains(&warmup), "train.warmup_epochs", || format!("expected 0..={epochs} epochs, found {warmup}"))
     }

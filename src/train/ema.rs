@@ -108,7 +108,7 @@ mod tests {
         device.seed(3);
         // A model with BatchNorm, so the running statistics are averaged too.
         let mut model = models::build(&ModelConfig { name: "fast_net".into(), ..Default::default() }, 10, &device).unwrap();
-        let mut optimizer = optim::build(&TrainConfig::default(), None);
+        let mut optimizer = optim::build(&TrainConfig::default(), &[]);
         let (mut frozen, mut follower) = (ModelEma::new(&model, 1.0), ModelEma::new(&model, 0.0));
         let mut half = ModelEma::new(&model, 0.5);
         let start = model.valid();
@@ -137,7 +137,7 @@ mod tests {
         let targets = loss::smoothed_targets(&[0, 1, 2, 3], 10, 0.0, &device);
         let step = |weights: Weights| {
             let (grads, _, _) = forward_backward(&weights.live, images.clone(), targets.clone(), 1.0);
-            weights.step(&mut optim::build(&TrainConfig::default(), None), 0.1, grads)
+            weights.step(&mut optim::build(&TrainConfig::default(), &[]), 0.1, grads)
         };
         // Both made before either steps: a step's forward pass moves the BatchNorm statistics the clones share.
         let (plain, averaged) = (Weights::new(model.clone(), None), Weights::new(model, Some(1.0)));

@@ -8,6 +8,7 @@ mod epoch;
 pub mod evaluate;
 pub mod loss;
 pub mod optim;
+pub mod param_groups;
 pub mod resume;
 pub mod robustness;
 pub mod schedule;
@@ -24,7 +25,7 @@ use burn::tensor::TensorData;
 
 use crate::config::ExperimentConfig;
 use crate::data::classes::ClassNames;
-use crate::data::loader::Batch;
+use crate::data::loader::{Batch, LoaderConfig, make_batch};
 use crate::data::{self, ImageSet};
 use crate::models::{self, Classifier};
 use crate::tracking::{RunDir, RunSummary};
@@ -71,6 +72,31 @@ pub fn prepare_data(config: &ExperimentConfig) -> Result<TrainingData> {
 pub fn load_run_model(config: &ExperimentConfig, num_classes: usize, checkpoint: &std::path::Path, device: &Device) -> Result<Classifier> {
     let (model, _) = models::transfer::build(&config.model, &config.transfer, num_classes, device, None)?;
     callbacks::load_checkpoint(model, checkpoint)
+}
+
+/// `model` with its data-derived layers (patch whitening) fitted to `config.model.fit_images`
+/// training images spread evenly over the split, unaugmented and normalized as training sees
+/// them. Models without such layers, and models whose weights were loaded, come back unchanged.
+pub fn fit_to_data(mut model: Classifier, config: &ExperimentConfig, train: &ImageSet, device: &Device) -> Result<Classifier> {
+    let loaded = config.model.weights.is_some() || config.model.pretrained.is_some();
+    if loaded || !model.net.fits_to_data() {
+        return Ok(model);
+    }
+    let count = config.model.fit_images.min(train.len());
+    let picks: Vec<usize> = (0..count).map(|i| i * train.len() / count).collect();
+    let loader = LoaderConfig {
+        batch_size: count,
+        shuffle: false,
+        drop_last: false,
+        augment: None,
+        mix: None,
+        input: config.input_transform(),
+        prefetch: 0,
+        seed: config.train.seed,
+    };
+    let (sample, _) = batch_tensors(make_batch(train, &picks, &loader, 0, 0), device);
+    model.net = model.net.fit_to_data(&sample)?;
+    Ok(model)
 }
 
 /// Images and labels of a batch as tensors on `device`.
@@ -166,7 +192,7 @@ mod tests {
         device.seed(1);
         let mut model = models::build(&ModelConfig::default(), 10, &device).unwrap();
         let mut optimizer =
-            optim::build(&TrainConfig { optimizer: optim::OptimizerKind::Adam, weight_decay: 0.0, ..Default::default() }, None);
+            optim::build(&TrainConfig { optimizer: optim::OptimizerKind::Adam, weight_decay: 0.0, ..Default::default() }, &[]);
         let images = Tensor::<4>::random([16, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
         let labels: Vec<i64> = (0..16).map(|i| (i * 7 % 10) as i64).collect();
         let targets = loss::smoothed_targets(&labels, 10, 0.0, &device);

@@ -2,7 +2,6 @@
 
 use burn::grad_clipping::GradientClipping;
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::ParamGroup;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{
     AdamConfig, AdamWConfig, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer, RecordState, RmsPropConfig, StateSink,
@@ -12,6 +11,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::config::TrainConfig;
+use super::param_groups::ResolvedGroup;
 use crate::kernels::sgd::{SgdStep, momentum_step};
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -34,8 +34,8 @@ pub enum OptimizerKind {
 /// PyTorch's epsilon for Adam, RMSprop and Adamax (burn's defaults are 1e-5).
 const EPSILON: f32 = 1e-8;
 
-/// An optimizer that steps with its learning rate scaled by a constant: the backbone of a
-/// fine-tuned model trains at `backbone_lr_scale` times the head's rate.
+/// An optimizer that steps with its learning rate scaled by a constant: a parameter group's
+/// `lr_scale`, or a fine-tuned backbone's `backbone_lr_scale`.
 #[derive(Clone)]
 pub struct ScaledLr<O> {
     inner: O,
@@ -152,43 +152,38 @@ impl Optimizer for Sgd {
     }
 }
 
-/// The optimizer a config describes. Parameters in `backbone` (when given with a scale other than
-/// 1) step at the learning rate times that scale.
-pub fn build(config: &TrainConfig, backbone: Option<(ParamGroup, f64)>) -> ModuleOptimizer {
+/// The optimizer a config describes; each of `groups` (later ones win where they overlap) steps
+/// at its own learning-rate scale and weight decay.
+pub fn build(config: &TrainConfig, groups: &[ResolvedGroup]) -> ModuleOptimizer {
     let [beta_1, beta_2] = config.betas.map(|b| b as f32);
-    let decay = (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32));
+    let decay = |wd: f32| (wd > 0.0).then(|| WeightDecayConfig::new(wd));
     let optimizer = match config.optimizer {
-        OptimizerKind::Sgd => assemble(
-            Sgd { momentum: config.momentum as f32, nesterov: config.nesterov, weight_decay: config.weight_decay as f32 },
-            config,
-            backbone,
-        ),
+        OptimizerKind::Sgd => {
+            assemble(|weight_decay| Sgd { momentum: config.momentum as f32, nesterov: config.nesterov, weight_decay }, config, groups)
+        }
         OptimizerKind::Adam => assemble(
-            AdamConfig::new().with_beta_1(beta_1).with_beta_2(beta_2).with_epsilon(EPSILON).with_weight_decay(decay).build(),
+            |wd| AdamConfig::new().with_beta_1(beta_1).with_beta_2(beta_2).with_epsilon(EPSILON).with_weight_decay(decay(wd)).build(),
             config,
-            backbone,
+            groups,
         ),
         OptimizerKind::AdamW => assemble(
-            AdamWConfig::new()
-                .with_beta_1(beta_1)
-                .with_beta_2(beta_2)
-                .with_epsilon(EPSILON)
-                .with_weight_decay(config.weight_decay as f32)
-                .build(),
+            |wd| AdamWConfig::new().with_beta_1(beta_1).with_beta_2(beta_2).with_epsilon(EPSILON).with_weight_decay(wd).build(),
             config,
-            backbone,
+            groups,
         ),
         OptimizerKind::RmsProp => assemble(
-            RmsPropConfig::new()
-                .with_alpha(config.rmsprop_alpha as f32)
-                .with_momentum(config.momentum as f32)
-                .with_epsilon(EPSILON)
-                .with_weight_decay(decay)
-                .build(),
+            |wd| {
+                RmsPropConfig::new()
+                    .with_alpha(config.rmsprop_alpha as f32)
+                    .with_momentum(config.momentum as f32)
+                    .with_epsilon(EPSILON)
+                    .with_weight_decay(decay(wd))
+                    .build()
+            },
             config,
-            backbone,
+            groups,
         ),
-        OptimizerKind::Adamax => assemble(Adamax { beta_1, beta_2, weight_decay: config.weight_decay as f32 }, config, backbone),
+        OptimizerKind::Adamax => assemble(|weight_decay| Adamax { beta_1, beta_2, weight_decay }, config, groups),
     };
     match config.grad_clip_norm {
         Some(norm) => optimizer.with_grad_clipping(GradientClippingConfig::Norm(norm as f32).init()),
@@ -196,16 +191,14 @@ pub fn build(config: &TrainConfig, backbone: Option<(ParamGroup, f64)>) -> Modul
     }
 }
 
-/// The whole-module optimizer, plus the backbone group at a scaled learning rate.
-fn assemble<O: Optimizer>(optimizer: O, config: &TrainConfig, backbone: Option<(ParamGroup, f64)>) -> ModuleOptimizer {
-    let all = ModuleOptimizer::from(optimizer.clone());
-    match backbone {
-        Some((group, scale)) if scale != 1.0 => {
-            let clip = config.grad_clip_norm.map(|n| GradientClipping::Norm(n as f32));
-            all.with_group(group, ScaledLr { inner: optimizer, scale }, clip)
-        }
-        _ => all,
-    }
+/// The whole-module optimizer (`make` given the config's weight decay), plus one per group at
+/// its own rate and decay.
+fn assemble<O: Optimizer>(make: impl Fn(f32) -> O, config: &TrainConfig, groups: &[ResolvedGroup]) -> ModuleOptimizer {
+    let clip = config.grad_clip_norm.map(|n| GradientClipping::Norm(n as f32));
+    groups.iter().fold(ModuleOptimizer::from(make(config.weight_decay as f32)), |all, group| {
+        let inner = make(group.weight_decay as f32);
+        all.with_group(group.param_group(), ScaledLr { inner, scale: group.lr_scale }, clip.clone())
+    })
 }
 
 #[cfg(test)]
@@ -221,7 +214,7 @@ mod tests {
         let device = Device::flex().autodiff();
         let mut layer: Linear = LinearConfig::new(2, 1).with_bias(false).init(&device);
         layer.weight = Param::from_tensor(Tensor::from_data(TensorData::new(vec![1.0f32, -2.0], [2, 1]), &device));
-        let mut optimizer = build(config, None);
+        let mut optimizer = build(config, &[]);
         for _ in 0..n {
             let loss = (layer.weight.val() * Tensor::<2>::from_data(TensorData::new(g.to_vec(), [2, 1]), &device)).sum();
             let grads = GradientsParams::from_grads(loss.backward(), &layer);
@@ -295,7 +288,7 @@ mod tests {
         let mut burns = SgdConfig::new().with_momentum(Some(momentum)).with_weight_decay(Some(WeightDecayConfig::new(0.01))).init();
         let layer = step_layer(&mut burns, layer, [0.5, -3.0]);
         let config = TrainConfig { momentum: 0.9, nesterov: true, weight_decay: 0.01, ..Default::default() };
-        let mut ours = build(&config, None).from_bytes(burns.into_bytes().unwrap()).unwrap();
+        let mut ours = build(&config, &[]).from_bytes(burns.into_bytes().unwrap()).unwrap();
         let expected = step_layer(&mut burns, layer.clone(), [2.0, 1.0]).weight.val().into_data();
         let resumed = step_layer(&mut ours, layer, [2.0, 1.0]).weight.val().into_data();
         resumed.assert_approx_eq::<f32>(&expected, burn::tensor::Tolerance::absolute(1e-6));

@@ -15,8 +15,8 @@ pub enum ScheduleKind {
     /// Cosine annealing from `lr` to `lr * final_lr_fraction` over the run (PyTorch CosineAnnealingLR).
     #[default]
     Cosine,
-    /// One cycle (PyTorch OneCycleLR, linear): `lr/25` up to `lr` over the first 30% of steps, then
-    /// down to `lr * final_lr_fraction`.
+    /// One cycle (PyTorch OneCycleLR, linear): `lr / div_factor` up to `lr` over the first
+    /// `pct_start` of the steps (defaults 25 and 30%), then down to `lr * final_lr_fraction`.
     OneCycle,
     /// Triangular cycles between `lr * final_lr_fraction` and `lr` (PyTorch CyclicLR "triangular").
     Triangular,
@@ -160,6 +160,9 @@ pub struct LrSchedule {
     pub step_size: usize,
     pub milestones: Vec<usize>,
     pub gamma: f64,
+    /// One cycle: the share of the steps spent rising, and the start's divisor of `lr`.
+    pub pct_start: f64,
+    pub div_factor: f64,
     /// The plateau state machine (schedule = "plateau").
     pub plateau: Option<Plateau>,
 }
@@ -178,6 +181,8 @@ impl LrSchedule {
             step_size: config.step_size.max(1),
             milestones: config.milestones.clone(),
             gamma: config.gamma,
+            pct_start: config.pct_start,
+            div_factor: config.div_factor,
             plateau: (config.schedule == ScheduleKind::Plateau).then(|| Plateau::new(config.plateau, config.lr)),
         }
     }
@@ -192,8 +197,8 @@ impl LrSchedule {
             ScheduleKind::Constant => self.base_lr,
             ScheduleKind::Cosine => low + (self.base_lr - low) * 0.5 * (1.0 + (std::f64::consts::PI * t / total).cos()),
             ScheduleKind::OneCycle => {
-                let peak = 0.3 * total;
-                let start = self.base_lr / 25.0;
+                let peak = self.pct_start * total;
+                let start = self.base_lr / self.div_factor;
                 if t < peak {
                     start + (self.base_lr - start) * t / peak
                 } else {
@@ -244,6 +249,8 @@ mod tests {
             step_size: 3,
             milestones: vec![2, 5],
             gamma: 0.5,
+            pct_start: 0.3,
+            div_factor: 25.0,
             plateau: None,
         }
     }
@@ -256,6 +263,10 @@ mod tests {
         let o = schedule(ScheduleKind::OneCycle, 0);
         assert!(close(o.lr(0), 0.04) && close(o.lr(30), 1.0) && close(o.lr(100), 0.0));
         assert!(o.lr(15) > o.lr(0) && o.lr(60) < o.lr(30));
+        // airbench94's: 0.2 lr rising to lr at 23% of the run, then falling to 0.07 lr.
+        let a = LrSchedule { pct_start: 0.23, div_factor: 5.0, final_fraction: 0.07, ..schedule(ScheduleKind::OneCycle, 0) };
+        assert!(close(a.lr(0), 0.2) && close(a.lr(23), 1.0) && close(a.lr(100), 0.07));
+        assert!(close(a.lr(10), 0.2 + 0.8 * 10.0 / 23.0) && close(a.lr(50), 1.0 - 0.93 * 27.0 / 77.0));
         let t = schedule(ScheduleKind::Triangular, 0);
         assert!(close(t.lr(0), 0.0) && close(t.lr(10), 1.0) && close(t.lr(20), 0.0) && close(t.lr(30), 1.0));
         assert!(close(schedule(ScheduleKind::Constant, 0).lr(77), 1.0));

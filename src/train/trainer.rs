@@ -16,6 +16,7 @@ use super::callbacks::{self, Callback, Checkpointer, EpochContext, InterruptCont
 use super::ema::Weights;
 use super::epoch::{EpochProgress, EpochTotals, GradientAccumulation, check_divergence};
 use super::evaluate::{self, EvalResult, EvalSettings, EvalTarget, evaluate};
+use super::param_groups::{self, ResolvedGroup};
 use super::resume::{self, ResumePoint};
 use super::schedule::{LrSchedule, Monitor};
 use super::{TrainingData, batch_tensors, forward_backward, load_run_model, loss, optim, prepare_data};
@@ -52,6 +53,8 @@ pub struct Trainer<'a> {
     batches_per_epoch: usize,
     schedule: Schedule,
     optimizer: ModuleOptimizer,
+    /// Parameter groups, some of which stop training after a number of epochs.
+    groups: Vec<ResolvedGroup>,
     weights: Weights,
     callbacks: Vec<Box<dyn Callback>>,
     /// Optimizer steps taken.
@@ -87,6 +90,10 @@ impl<'a> Trainer<'a> {
             &device,
             resume_point.is_none().then_some(config.data.cache_dir.as_path()),
         )?;
+        let model = match resume_point {
+            None => super::fit_to_data(model, config, &data.train, &device)?,
+            Some(_) => model,
+        };
         let params = models::param_counts(&model);
         let run = match start {
             Start::New(run_id) => {
@@ -128,9 +135,14 @@ impl<'a> Trainer<'a> {
         let batches_per_epoch = num_batches(data.train.len(), &loader_config);
         let steps_per_epoch = GradientAccumulation::steps_per_epoch(config.train.accumulate_batches, batches_per_epoch);
         let schedule = Schedule { rates: LrSchedule::from_config(&config.train, steps_per_epoch), monitor: config.train.plateau.monitor };
-        let backbone_lr = (config.model.weights.is_some() || config.model.pretrained.is_some())
-            .then(|| (models::transfer::backbone_group(&model, &new_parts), config.transfer.backbone_lr_scale));
-        let mut optimizer = optim::build(&config.train, backbone_lr);
+        let mut groups = Vec::new();
+        let pretrained = config.model.weights.is_some() || config.model.pretrained.is_some();
+        if pretrained && config.transfer.backbone_lr_scale != 1.0 {
+            let ids = models::transfer::backbone_ids(&model, &new_parts);
+            groups.push(ResolvedGroup { ids, lr_scale: config.transfer.backbone_lr_scale, weight_decay: config.train.weight_decay, epochs: None });
+        }
+        groups.extend(param_groups::resolve(&model, &config.train.param_groups, config.train.weight_decay)?);
+        let mut optimizer = optim::build(&config.train, &groups);
         let mut weights = Weights::new(model, config.train.ema_decay);
         if let Some(point) = &resume_point {
             (weights, optimizer) = resume::restore(&run, point, weights, optimizer)?;
@@ -151,6 +163,7 @@ impl<'a> Trainer<'a> {
             batches_per_epoch,
             schedule,
             optimizer,
+            groups,
             weights,
             callbacks,
             step: 0,
@@ -193,6 +206,7 @@ impl<'a> Trainer<'a> {
             let progress = EpochProgress::start(config.run.progress, self.batches_per_epoch, epoch, config.train.epochs);
             let mut accumulation = GradientAccumulation::new(config.train.accumulate_batches, self.batches_per_epoch);
             let mut totals = EpochTotals::new(num_classes);
+            let frozen = param_groups::frozen_in(&self.groups, epoch);
             for (index, batch) in loader.enumerate() {
                 if interrupt.load(Ordering::SeqCst) {
                     break;
@@ -202,7 +216,8 @@ impl<'a> Trainer<'a> {
                 let (images, labels) = batch_tensors(batch, &self.device);
                 let targets = loss::batch_targets(&labels, mix_lambda, num_classes, config.train.label_smoothing, &self.device);
                 let (grads, loss_value, logits) = forward_backward(&self.weights.live, images, targets, accumulation.loss_scale());
-                if let Some(grads) = accumulation.add(&self.weights.live, grads, index) {
+                if let Some(mut grads) = accumulation.add(&self.weights.live, grads, index) {
+                    param_groups::drop_gradients(&mut grads, &self.weights.live, &frozen);
                     self.weights = self.weights.step(&mut self.optimizer, lr, grads);
                     self.step += 1;
                     for callback in &mut self.callbacks {
