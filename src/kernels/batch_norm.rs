@@ -55,6 +55,10 @@ pub fn forward(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let running_var = bn.running_var.value_sync().to_device(&device).mul_scalar(1.0 - momentum).add(variance.mul_scalar(momentum));
     bn.running_mean.update(running_mean.detach());
     bn.running_var.update(running_var.detach());
+    // `update` parks the value until the next `value_sync`; module visitors and mappers (model
+    // EMA, lookahead) read the stored value, so store it now.
+    bn.running_mean.value_sync();
+    bn.running_var.value_sync();
     Tensor::from_dispatch(output)
 }
 

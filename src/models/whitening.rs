@@ -27,10 +27,8 @@ impl PatchWhitening {
     /// out at `s - patch + 1`); the weight is frozen, the bias starts at zero and trains.
     pub fn new(channels: usize, patch: usize, device: &Device) -> Self {
         let filters = 2 * channels * patch * patch;
-        let mut conv = Conv2dConfig::new([channels, filters], [patch, patch])
-            .with_padding(PaddingConfig2d::Valid)
-            .with_bias(true)
-            .init(device);
+        let mut conv =
+            Conv2dConfig::new([channels, filters], [patch, patch]).with_padding(PaddingConfig2d::Valid).with_bias(true).init(device);
         conv.weight = conv.weight.set_require_grad(false);
         // `zeros_like` is untracked: the bias is marked trainable again.
         conv.bias = conv.bias.map(|b| b.map(|b| b.zeros_like()).set_require_grad(true));
@@ -48,7 +46,12 @@ impl PatchWhitening {
         let [filters, channels, patch, _] = self.conv.weight.dims();
         let dims = images.dims();
         anyhow::ensure!(dims[1] == channels, "patch whitening: images have {} channels, the layer reads {channels}", dims[1]);
-        anyhow::ensure!(dims[2] >= patch && dims[3] >= patch, "patch whitening: images of {}x{} are smaller than a patch", dims[2], dims[3]);
+        anyhow::ensure!(
+            dims[2] >= patch && dims[3] >= patch,
+            "patch whitening: images of {}x{} are smaller than a patch",
+            dims[2],
+            dims[3]
+        );
         let values: Vec<f32> = images.clone().into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let covariance = patch_covariance(&values, dims, patch);
         let d = channels * patch * patch;

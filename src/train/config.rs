@@ -56,6 +56,8 @@ pub struct TrainConfig {
     /// Keep an exponential moving average of the weights with this decay (e.g. 0.999) and
     /// validate, checkpoint and test it (absent = off).
     pub ema_decay: Option<f64>,
+    /// Lookahead (absent = off; not with `ema_decay`).
+    pub lookahead: Option<LookaheadConfig>,
     pub label_smoothing: f64,
     /// Clip each parameter's gradient to this L2 norm (absent = no clipping).
     pub grad_clip_norm: Option<f64>,
@@ -65,6 +67,26 @@ pub struct TrainConfig {
     pub param_groups: Vec<ParamGroupConfig>,
     /// Seeds weight initialization, the split, shuffling and augmentation.
     pub seed: u64,
+}
+
+/// `[train.lookahead]`: every `steps` optimizer steps, `average = d * average + (1 - d) * live`,
+/// then `live = average`, with `d = decay * (step / total_steps)^ramp_power`. `ramp_power = 0` is
+/// the Lookahead paper's constant rate (`alpha = 1 - decay`); airbench94 uses 5 steps, decay
+/// 0.95^5 and power 3 (the average barely lags early on, and holds more history late).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LookaheadConfig {
+    pub steps: usize,
+    pub decay: f64,
+    #[serde(default)]
+    pub ramp_power: f64,
+}
+
+impl LookaheadConfig {
+    /// The decay at optimizer step `step` of `total_steps`.
+    pub fn decay_at(&self, step: usize, total_steps: usize) -> f64 {
+        self.decay * (step as f64 / total_steps.max(1) as f64).powf(self.ramp_power)
+    }
 }
 
 impl Default for TrainConfig {
@@ -94,6 +116,7 @@ impl Default for TrainConfig {
             accumulate_batches: 1,
             rmsprop_alpha: 0.99,
             ema_decay: None,
+            lookahead: None,
             label_smoothing: 0.0,
             grad_clip_norm: None,
             tta: Tta::None,
@@ -121,6 +144,12 @@ impl TrainConfig {
         ensure(self.ema_decay.is_none_or(|d| (0.0..1.0).contains(&d)), "train.ema_decay", || {
             "expected a decay in [0, 1), e.g. 0.999".into()
         })?;
+        if let Some(lookahead) = self.lookahead {
+            ensure(self.ema_decay.is_none(), "train.lookahead", || "give either train.lookahead or train.ema_decay, not both".into())?;
+            ensure(lookahead.steps > 0, "train.lookahead.steps", || "expected at least 1 step".into())?;
+            unit("train.lookahead.decay", lookahead.decay)?;
+            non_negative("train.lookahead.ramp_power", lookahead.ramp_power)?;
+        }
         if let Some(norm) = self.grad_clip_norm {
             positive("train.grad_clip_norm", norm)?;
         }

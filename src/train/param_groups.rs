@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId, ParamGroup};
+use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use regex::Regex;
@@ -52,9 +52,9 @@ impl ParamGroupConfig {
         Ok(match self.params.as_str() {
             "norm" => Selector::Norm,
             "bias" => Selector::Bias,
-            pattern => Selector::Path(
-                Regex::new(pattern).map_err(|e| format!("expected \"norm\", \"bias\" or a regular expression: {e}"))?,
-            ),
+            pattern => {
+                Selector::Path(Regex::new(pattern).map_err(|e| format!("expected \"norm\", \"bias\" or a regular expression: {e}"))?)
+            }
         })
     }
 }

@@ -126,15 +126,15 @@ pub fn restore(run: &RunDir, point: &ResumePoint, weights: Weights, optimizer: M
     // The best checkpoint is tested at the end: a damaged one must stop the resume before
     // anything in the run folder changes.
     super::callbacks::read_checkpoint(&run.checkpoint(super::callbacks::Checkpointer::BEST))?;
-    let Weights { live, mut ema } = weights;
-    let live = super::callbacks::load_checkpoint(live, &model_path)?;
-    if let Some(ema) = &mut ema {
+    let mut weights = weights;
+    weights.live = super::callbacks::load_checkpoint(weights.live, &model_path)?;
+    if let Some(ema) = &mut weights.ema {
         ema.model = super::callbacks::load_checkpoint(ema.model.clone(), &ema_path)?;
     }
     let optimizer = optimizer
         .load(&optimizer_path)
         .map_err(|e| anyhow::anyhow!("{}: not a readable optimizer state ({e})", optimizer_path.display()))?;
-    Ok((Weights { live, ema }, optimizer))
+    Ok((weights, optimizer))
 }
 
 /// Keeps the first `epochs` lines of `metrics.jsonl` (a line may have been written after the last

@@ -139,11 +139,19 @@ impl<'a> Trainer<'a> {
         let pretrained = config.model.weights.is_some() || config.model.pretrained.is_some();
         if pretrained && config.transfer.backbone_lr_scale != 1.0 {
             let ids = models::transfer::backbone_ids(&model, &new_parts);
-            groups.push(ResolvedGroup { ids, lr_scale: config.transfer.backbone_lr_scale, weight_decay: config.train.weight_decay, epochs: None });
+            groups.push(ResolvedGroup {
+                ids,
+                lr_scale: config.transfer.backbone_lr_scale,
+                weight_decay: config.train.weight_decay,
+                epochs: None,
+            });
         }
         groups.extend(param_groups::resolve(&model, &config.train.param_groups, config.train.weight_decay)?);
         let mut optimizer = optim::build(&config.train, &groups);
-        let mut weights = Weights::new(model, config.train.ema_decay);
+        let mut weights = match config.train.lookahead {
+            Some(lookahead) => Weights::with_lookahead(model, lookahead, steps_per_epoch * config.train.epochs),
+            None => Weights::new(model, config.train.ema_decay),
+        };
         if let Some(point) = &resume_point {
             (weights, optimizer) = resume::restore(&run, point, weights, optimizer)?;
             run.write_config(config)?;
@@ -218,8 +226,8 @@ impl<'a> Trainer<'a> {
                 let (grads, loss_value, logits) = forward_backward(&self.weights.live, images, targets, accumulation.loss_scale());
                 if let Some(mut grads) = accumulation.add(&self.weights.live, grads, index) {
                     param_groups::drop_gradients(&mut grads, &self.weights.live, &frozen);
-                    self.weights = self.weights.step(&mut self.optimizer, lr, grads);
                     self.step += 1;
+                    self.weights = self.weights.step(&mut self.optimizer, lr, grads, self.step);
                     for callback in &mut self.callbacks {
                         callback.on_step(self.step, loss_value, lr)?;
                     }
