@@ -56,6 +56,7 @@ macro_rules! with_avx2 {
 pub mod batch_norm;
 pub mod dense;
 pub mod depthwise;
+pub mod gelu;
 pub mod max_pool;
 pub mod sgd;
 pub mod winograd;

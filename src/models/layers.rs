@@ -8,7 +8,7 @@ use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::{gelu, relu, relu6, sigmoid, silu};
+use burn::tensor::activation::{relu, relu6, sigmoid, silu};
 use serde::{Deserialize, Serialize};
 
 use super::{params, trace};
@@ -85,7 +85,7 @@ impl Act {
             Act::Relu6 if x.device().is_autodiff() => relu(x.clone()) - relu(x.sub_scalar(6.0)),
             Act::Relu6 => relu6(x),
             Act::Silu => silu(x),
-            Act::Gelu => gelu(x),
+            Act::Gelu => crate::kernels::gelu::gelu(x),
         }
     }
 }
