@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -243,6 +243,11 @@ async fn answer(
     query: Result<Query<PredictQuery>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> Result<Value, ApiError> {
+    // The body is read before the parameters are checked: a client still sending it would
+    // otherwise see its connection closed instead of the answer.
+    let bytes = tokio::time::timeout(app.options.request_timeout, read_upload(request, app.options.max_upload)).await.map_err(|_| {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the request was not sent within {:?}", app.options.request_timeout))
+    })??;
     let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let lang = query.lang.unwrap_or_else(|| app.options.lang.clone());
     if let Err(unknown) = app.translations.check(&lang) {
@@ -256,9 +261,6 @@ async fn answer(
         Some(Ok(k)) if (1..=app.classes.len()).contains(&k) => k,
         Some(_) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("top_k must be a number from 1 to {}", app.classes.len()))),
     };
-    let bytes = tokio::time::timeout(app.options.request_timeout, read_upload(request, app.options.max_upload)).await.map_err(|_| {
-        ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the request was not sent within {:?}", app.options.request_timeout))
-    })??;
     let max_pixels = app.options.max_pixels;
     let decoded = tokio::task::spawn_blocking(move || decode_image(&bytes, max_pixels))
         .await
@@ -290,11 +292,26 @@ async fn read_upload(request: Request, limit: usize) -> Result<Bytes, ApiError> 
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     // A multipart form carries a little more than its file.
     let room = limit + 64 * 1024;
-    if declared.is_some_and(|n| n > room) {
+    let oversized = declared.is_some_and(|n| n > room);
+    let (parts, mut body) = request.into_parts();
+    let mut bytes = Vec::new();
+    // An oversized body is read on (and dropped) up to a bound before the answer, so that a
+    // client that sends it all before reading (most do) gets the 413 rather than a reset.
+    let drain_bound = room.saturating_mul(8);
+    let mut seen = 0usize;
+    while seen <= drain_bound {
+        let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await else { break };
+        let frame = frame.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the request: {e}")))?;
+        let Some(data) = frame.data_ref() else { continue };
+        seen += data.len();
+        if seen <= room && !oversized {
+            bytes.extend_from_slice(data);
+        }
+    }
+    if seen > room || oversized {
         return Err(too_large());
     }
-    let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, room).await.map_err(|_| too_large())?;
+    let bytes = Bytes::from(bytes);
     let is_multipart =
         parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("multipart/form-data"));
     if !is_multipart {
