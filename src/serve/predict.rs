@@ -287,7 +287,10 @@ pub fn load_predictor(source: &ModelSource, classes: Option<ClassNames>, device:
                     (Some(path), _) => path.display().to_string(),
                     _ => format!("{} (pretrained `{}`)", path.display(), pretrained.as_deref().unwrap_or_default()),
                 },
-                accuracy: entry.map(|e| format!("{}% ImageNet-1k top-1 (published for `{}`)", e.top1, e.name)),
+                // Only for the registered file itself, not for other weights of the architecture.
+                accuracy: entry
+                    .filter(|e| pretrained.is_some() || path.file_name().is_some_and(|n| n == e.file_name()))
+                    .map(|e| format!("{}% ImageNet-1k top-1 (published for `{}`)", e.top1, e.name)),
             };
             (model, resize, entry.map_or(NormalizePreset::Imagenet, |e| e.normalize), names, card)
         }
