@@ -110,6 +110,7 @@ fn every_bad_request_gets_its_status_and_the_server_keeps_answering_right() {
         max_upload: 200_000,
         max_pixels: 1_000_000,
         request_timeout: Duration::from_millis(500),
+        header_timeout: Duration::from_millis(800),
         ..Default::default()
     };
     let running = server::spawn(served, classes.clone(), Translations::shipped(), options).unwrap();
@@ -118,6 +119,8 @@ fn every_bad_request_gets_its_status_and_the_server_keeps_answering_right() {
     let good = png(40, 1);
     let expected = reference.predict(&[decode_image(&good, u64::MAX).unwrap()], 3, 1, Scores::Prob).remove(0);
     let still_right = |after: &str| {
+        // A new connection: the server closes idle ones after `header_timeout`.
+        let client = Client::new(running.addr);
         let (status, answer) = client.post("/v1/predict?top_k=3", "image/png", &good);
         assert_eq!(status, 200, "after {after}: {answer}");
         assert_same(&answer, &expected);
@@ -195,6 +198,17 @@ fn every_bad_request_gets_its_status_and_the_server_keeps_answering_right() {
     assert!(answer.contains("not sent within"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     still_right("a request that never finished");
+
+    // Nor its head: the connection is closed after the header timeout.
+    let mut stream = TcpStream::connect(running.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Ty").unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(!String::from_utf8_lossy(&answer).contains(" 200 "), "{answer:?}");
+    assert!((Duration::from_millis(700)..Duration::from_secs(5)).contains(&started.elapsed()), "{:?}", started.elapsed());
+    still_right("a head that never finished");
 }
 
 /// A full queue answers 503 instead of growing; the others are answered right, and afterwards

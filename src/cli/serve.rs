@@ -38,15 +38,31 @@ pub struct ServeArgs {
     /// Largest image, in megapixels, read from its header before decoding (413 above).
     #[arg(long, default_value_t = 40)]
     max_megapixels: u64,
-    /// Seconds allowed to send a request (408 after).
+    /// Seconds allowed to send a request's body (408 after).
     #[arg(long, default_value_t = 10)]
     timeout_s: u64,
+    /// Seconds allowed to send a request's head (the connection is closed after); also how long
+    /// an idle kept-alive connection stays open.
+    #[arg(long, default_value_t = 30)]
+    header_timeout_s: u64,
 }
 
 impl ServeArgs {
     pub fn run(self) -> Result<()> {
-        let ServeArgs { model, classes, language, host, port, max_batch, max_wait_ms, queue, max_upload_mb, max_megapixels, timeout_s } =
-            self;
+        let ServeArgs {
+            model,
+            classes,
+            language,
+            host,
+            port,
+            max_batch,
+            max_wait_ms,
+            queue,
+            max_upload_mb,
+            max_megapixels,
+            timeout_s,
+            header_timeout_s,
+        } = self;
         let translations = language.translations()?;
         let device = model.device.parse()?;
         let table = classes.as_deref().map(ferrovision::data::classes::ClassNames::read).transpose()?;
@@ -59,6 +75,7 @@ impl ServeArgs {
             max_upload: max_upload_mb * 1024 * 1024,
             max_pixels: max_megapixels * 1_000_000,
             request_timeout: Duration::from_secs(timeout_s),
+            header_timeout: Duration::from_secs(header_timeout_s),
             lang: language.lang,
         };
         let running = server::spawn(predictor, classes, translations, options)?;

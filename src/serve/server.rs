@@ -43,6 +43,9 @@ pub struct ServeOptions {
     pub max_pixels: u64,
     /// Time allowed to send a request's body (408 after).
     pub request_timeout: Duration,
+    /// Time allowed to send a request's head; also how long an idle kept-alive connection stays
+    /// open (hyper's header read timeout starts when it waits for a head).
+    pub header_timeout: Duration,
     /// Language of the labels when a request names none.
     pub lang: String,
 }
@@ -57,6 +60,7 @@ impl Default for ServeOptions {
             max_upload: 10 * 1024 * 1024,
             max_pixels: 40_000_000,
             request_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
             lang: "en".into(),
         }
     }
@@ -108,6 +112,7 @@ pub fn spawn(predictor: Predictor, classes: ClassNames, translations: Translatio
     let counters = (images.clone(), batches.clone());
     let (max_batch, max_wait) = (options.max_batch.max(1), options.max_wait);
     std::thread::Builder::new().name("inference".into()).spawn(move || run_batches(&predictor, &jobs, max_batch, max_wait, &counters))?;
+    let header_timeout = options.header_timeout;
     let app = Arc::new(App { classes, translations, options, card, architecture, queue, images, batches });
     let router = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
@@ -120,12 +125,35 @@ pub fn spawn(predictor: Predictor, classes: ClassNames, translations: Translatio
         .with_state(app);
     let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            axum::serve(listener, router).await.context("the HTTP server stopped")
-        })
+        let listener = {
+            let _inside = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        runtime.block_on(accept(listener, router, header_timeout));
+        Ok(())
     })?;
     Ok(Server { addr, thread })
+}
+
+/// Serves each connection on its own task, with `header_timeout` to send a request's head.
+async fn accept(listener: tokio::net::TcpListener, router: Router, header_timeout: Duration) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors, say: wait for some to close rather than spin.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+            // A connection that fails (a client gone, a head too slow) ends alone.
+            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+        });
+    }
 }
 
 /// The inference thread: batches of what has arrived, until every sender is gone.
