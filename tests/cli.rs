@@ -1567,3 +1567,87 @@ fn eval_of_a_read_only_run_shows_its_metrics_then_names_what_it_could_not_write(
     out.failure(&["could not write the confusion matrix", &run.join("eval").display().to_string()]);
     assert_eq!(percent_after(&out.stdout, "accuracy"), as_printed(test_acc), "{out:#?}");
 }
+
+/// `predict`'s output options (timm's): CSV and JSON, logits, indices; class names from a table
+/// of the user's own for a language, with the English name where it has no word; bad tables and
+/// unknown languages are clear errors.
+#[test]
+fn predict_prints_csv_json_logits_indices_and_translated_names() {
+    let ws = Workspace::new();
+    ws.train("tiny", &[]).success();
+    let run = ws.runs().join("tiny");
+    let photos = ws.root().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    for i in 0..2 {
+        std::fs::copy(ws.data().join(format!("test/red/{i:04}.png")), photos.join(format!("red_{i}.png"))).unwrap();
+    }
+    let labels = ws.root().join("labels.tsv");
+    std::fs::write(&labels, "# my words\nred\trouge, vif\nblue\tbleu\n").unwrap();
+    let labels_arg = format!("xx={}", labels.display());
+    let base = ["predict", "--run", s(&run), "--top-k", "3", "--labels", &labels_arg, "--lang", "xx"];
+
+    let csv = ferrovision(ws.root(), &[&base[..], &["--format", "csv", s(&photos)]].concat());
+    assert!(csv.stderr.contains("xx: 2/3 (66.7%) of the classes"), "{csv:#?}");
+    let lines: Vec<&str> = csv.success().lines().collect();
+    assert_eq!(lines[0], "file,rank,index,label,label_en,probability");
+    assert_eq!(lines.len(), 1 + 2 * 3, "{lines:?}");
+    assert!(lines[1].starts_with("red_0.png,1,2,\"rouge, vif\",red,"), "quoted where it holds a comma: {lines:?}");
+    assert!(lines.iter().any(|l| l.contains(",1,green,green,")), "no word: the English name: {lines:?}");
+
+    let json =
+        ferrovision(ws.root(), &[&base[..], &["--format", "json", "--scores", "logit", "--labels-from-file-names", s(&photos)]].concat());
+    let answers: Value = serde_json::from_str(json.success()).unwrap();
+    assert!(json.stderr.contains("top-1 100.00% (2/2)"), "the score goes to stderr: {json:#?}");
+    let first = &answers[0]["predictions"][0];
+    assert_eq!(
+        (answers[0]["file"].as_str(), first["label"].as_str(), first["label_en"].as_str()),
+        (Some("red_0.png"), Some("rouge, vif"), Some("red"))
+    );
+    let logits: Vec<f64> = answers[0]["predictions"].as_array().unwrap().iter().map(|p| p["logit"].as_f64().unwrap()).collect();
+    assert!(logits.windows(2).all(|w| w[0] >= w[1]) && logits.iter().sum::<f64>() != 1.0, "logits, ranked: {logits:?}");
+
+    let table = ferrovision(ws.root(), &["predict", "--run", s(&run), "--label-type", "index", "--top-k", "1", s(&photos)]);
+    assert!(table.success().starts_with("red_0.png\t2 "), "{table:#?}");
+
+    ferrovision(ws.root(), &["predict", "--run", s(&run), "--lang", "qq", s(&photos)]).failure(&["unknown language `qq`", "en, ca, de"]);
+    std::fs::write(&labels, "red rouge\n").unwrap();
+    ferrovision(ws.root(), &base.iter().copied().chain([s(&photos)]).collect::<Vec<_>>()).failure(&["labels.tsv", "line 1"]);
+}
+
+/// `serve` started from the command line on a free port: the page, the model card with the run's
+/// accuracy, and a prediction; the process keeps running until stopped.
+#[test]
+fn serve_answers_over_http_with_the_run_model_card() {
+    use std::io::BufRead;
+    let ws = Workspace::new();
+    ws.train("tiny", &[]).success();
+    let run = ws.runs().join("tiny");
+    /// Stops the server however the test ends.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server =
+        Stop(command(ws.root(), &["serve", "--run", s(&run), "--port", "0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
+    let mut line = String::new();
+    std::io::BufReader::new(server.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_string();
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let card: Value =
+        serde_json::from_str(&agent.get(format!("{base}/v1/model")).call().unwrap().body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(
+        (card["architecture"].as_str(), card["num_classes"].as_u64(), card["input_size"].as_u64()),
+        (Some("tutorial_net"), Some(3), Some(32))
+    );
+    assert!(card["accuracy"].as_str().unwrap().contains(&format!("top-1 on {} test images", 3 * TEST_PER_CLASS)), "{card}");
+    let red = std::fs::read(ws.data().join("test/red/0000.png")).unwrap();
+    let mut response = agent.post(format!("{base}/v1/predict?top_k=1")).send(&red[..]).unwrap();
+    let answer: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(answer["predictions"][0]["label"], "red", "{answer}");
+    assert!(agent.get(format!("{base}/")).call().unwrap().body_mut().read_to_string().unwrap().contains("id=\"drop\""));
+    assert!(server.0.try_wait().unwrap().is_none(), "the server keeps running");
+}

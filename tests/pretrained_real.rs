@@ -79,3 +79,26 @@ fn finetuning_the_head_of_pretrained_lite0_on_real_cifar10_beats_chance_by_far()
     assert_eq!((summary.trainable_params, summary.frozen_params), (12_810, 3_371_008));
     assert!(summary.test_acc > 0.3, "test accuracy {} is not well above chance (0.10)", summary.test_acc);
 }
+
+/// `predict --lang fr` on the 100 ImageNet photos: French names from the shipped table (ImageNet
+/// weights need no class table), English where French has none, and the coverage said.
+#[test]
+fn pretrained_lite0_names_imagenet_photos_in_french() {
+    let (Some(weights), Some(photos)) = (shared("weights/efficientnet-lite0-57934424.pth"), shared("data/imagenet-samples-100.tar.gz"))
+    else {
+        return;
+    };
+    let output = Command::new(env!("CARGO_BIN_EXE_ferrovision"))
+        .args(["predict", "--model", "efficientnet_lite0", "--weights"])
+        .arg(&weights)
+        .args(["--lang", "fr", "--top-k", "1"])
+        .arg(&photos)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("fr: 735/1000 (73.5%) of the classes have a French name"), "{stderr}");
+    assert_eq!(stdout.lines().count(), 100, "{stdout}");
+    assert!(stdout.contains("imagenet-samples/n01440764_tench.JPEG\ttanche "), "{stdout}");
+    assert!(stdout.contains("imagenet-samples/n01641577_bullfrog.JPEG\tgrenouille-taureau "), "{stdout}");
+}

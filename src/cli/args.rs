@@ -7,6 +7,7 @@ use burn::prelude::Device;
 use ferrovision::config::ExperimentConfig;
 use ferrovision::models::ModelConfig;
 use ferrovision::serve::predict::ModelSource;
+use ferrovision::serve::translate::Translations;
 
 /// `--set KEY=VALUE` config overrides (repeatable). Verbs that document it say so with
 /// `#[command(mut_arg("overrides", ...))]`: the keys they take differ.
@@ -83,4 +84,34 @@ impl ModelArgs {
 /// `value` as a TOML string, for `--set`-style overrides built from other options.
 pub fn toml_string(value: &str) -> String {
     toml::Value::String(value.to_string()).to_string()
+}
+
+/// Class names in another language (predict, serve).
+#[derive(clap::Args)]
+pub struct LanguageArgs {
+    /// Language of the class names (`en`, or a code of the shipped table: ca de es fr it ja nl
+    /// pl pt ru zh); classes without a word there keep their English name.
+    #[arg(long, default_value = "en")]
+    pub lang: String,
+    /// A table of your own for a language: `CODE=FILE`, the file a TSV of `class id or
+    /// name<TAB>label` (repeatable; it comes before the shipped words of that language).
+    #[arg(long = "labels", value_name = "CODE=FILE", value_parser = parse_labels)]
+    pub labels: Vec<(String, PathBuf)>,
+}
+
+fn parse_labels(value: &str) -> Result<(String, PathBuf), String> {
+    let (code, file) = value.split_once('=').ok_or_else(|| format!("expected CODE=FILE, found `{value}`"))?;
+    Ok((code.to_string(), PathBuf::from(file)))
+}
+
+impl LanguageArgs {
+    /// The shipped table with the user's tables added; `--lang` must name one of its languages.
+    pub fn translations(&self) -> Result<Translations> {
+        let mut translations = Translations::shipped();
+        for (code, file) in &self.labels {
+            translations.add_table(code, file)?;
+        }
+        translations.check(&self.lang)?;
+        Ok(translations)
+    }
 }

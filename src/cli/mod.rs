@@ -10,6 +10,7 @@ mod export;
 mod models;
 mod predict;
 mod runs;
+mod serve;
 mod summary;
 mod sweep;
 mod train;
@@ -40,6 +41,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Label images (files, folders or .tar.gz/.zip archives) with a run, an export or pretrained weights.
     Predict(predict::PredictArgs),
+    /// An HTTP API and a web page that label images with a run, an export or pretrained weights.
+    Serve(serve::ServeArgs),
     /// Pictures of what a model computes.
     Viz {
         #[command(subcommand)]
@@ -86,6 +89,7 @@ impl Cli {
             Command::Sweep(args) => args.run(interrupt),
             Command::Eval(args) => args.run(),
             Command::Predict(args) => args.run(),
+            Command::Serve(args) => args.run(),
             Command::Viz { command } => command.run(),
             Command::Summary(args) => args.run(),
             Command::Export(args) => args.run(),

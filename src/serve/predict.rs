@@ -15,6 +15,7 @@ use crate::data::archive::{ArchiveKind, Source};
 use crate::data::classes::ClassNames;
 use crate::data::image_folder::is_image_name;
 use crate::models::Classifier;
+use crate::serve::translate::Translations;
 
 /// A decoded input image and where it came from.
 #[derive(Debug)]
@@ -55,20 +56,81 @@ pub fn read_inputs_skipping(paths: &[PathBuf]) -> Result<(Vec<InputImage>, Vec<a
     let decoded: Vec<Result<InputImage>> = encoded
         .into_par_iter()
         .map(|(name, full, bytes)| {
-            let decoded =
-                image::load_from_memory(&bytes).with_context(|| format!("{full}: not a decodable image (expected PNG or JPEG)"))?.to_rgb8();
-            let (width, height) = (decoded.width() as usize, decoded.height() as usize);
-            Ok(InputImage { name, image: Image::new(decoded.into_raw(), height, width) })
+            let image = decode_image(&bytes, u64::MAX).with_context(|| format!("{full}: not a decodable image (expected PNG or JPEG)"))?;
+            Ok(InputImage { name, image })
         })
         .collect();
     let (images, unreadable): (Vec<_>, Vec<_>) = decoded.into_iter().partition(Result::is_ok);
     Ok((images.into_iter().map(Result::unwrap).collect(), unreadable.into_iter().map(|e| e.unwrap_err()).collect()))
 }
 
-/// The top classes of one image, most probable first.
+/// Why bytes are not an image to label.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a PNG or JPEG image")]
+    NotAnImage,
+    /// Said by the header, before any pixel is decoded (a decompression bomb stops here).
+    #[error("the image is {width}x{height} pixels, more than the {limit} pixels allowed")]
+    TooManyPixels { width: u32, height: u32, limit: u64 },
+    #[error("corrupt {format} image: {message}")]
+    Corrupt { format: &'static str, message: String },
+}
+
+/// Decodes a PNG or JPEG to RGB (grayscale and alpha converted), refusing from its header an
+/// image of more than `max_pixels` pixels.
+pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<Image, DecodeError> {
+    let format = match image::guess_format(bytes) {
+        Ok(format @ (image::ImageFormat::Png | image::ImageFormat::Jpeg)) => format,
+        _ => return Err(DecodeError::NotAnImage),
+    };
+    let name = if format == image::ImageFormat::Png { "PNG" } else { "JPEG" };
+    let corrupt = |e: image::ImageError| DecodeError::Corrupt { format: name, message: e.to_string() };
+    let reader = || image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let (width, height) = reader().into_dimensions().map_err(corrupt)?;
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(DecodeError::TooManyPixels { width, height, limit: max_pixels });
+    }
+    let decoded = reader().decode().map_err(corrupt)?.to_rgb8();
+    Ok(Image::new(decoded.into_raw(), height as usize, width as usize))
+}
+
+/// The top classes of one image, most probable first, with their probabilities or logits.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Prediction {
     pub top: Vec<(usize, f32)>,
+}
+
+/// What a prediction's scores are (timm's `--output-type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scores {
+    /// Softmax probabilities.
+    Prob,
+    /// The raw outputs of the classifier.
+    Logit,
+}
+
+impl Scores {
+    /// The key of the score in JSON answers.
+    pub fn key(self) -> &'static str {
+        match self {
+            Scores::Prob => "probability",
+            Scores::Logit => "logit",
+        }
+    }
+}
+
+impl Prediction {
+    /// The top classes as JSON objects `{index, label, label_en, probability|logit}`, labels in
+    /// `lang` (English where it has no word).
+    pub fn to_json(&self, classes: &ClassNames, translations: &Translations, lang: &str, scores: Scores) -> Vec<serde_json::Value> {
+        let ranked = self.top.iter().map(|&(index, score)| {
+            let label = translations.label(lang, classes, index);
+            let mut object = serde_json::json!({"index": index, "label": label.text, "label_en": label.english});
+            object[scores.key()] = serde_json::json!(score);
+            object
+        });
+        ranked.collect()
+    }
 }
 
 /// Top-1 and top-`k` accuracy of predictions against the true classes of the images, which
@@ -111,6 +173,17 @@ pub struct Predictor {
     pub resize: EvalResize,
     pub normalize: NormalizePreset,
     pub device: Device,
+    pub card: ModelCard,
+}
+
+/// What a model is, for people: the page's model card and `GET /v1/model`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ModelCard {
+    pub architecture: String,
+    /// Where the weights came from: the run folder, export file or weight file.
+    pub weights: String,
+    /// Accuracy as its source states it: the run's test accuracy, or the published ImageNet top-1.
+    pub accuracy: Option<String>,
 }
 
 impl Predictor {
@@ -127,12 +200,16 @@ impl Predictor {
     }
 
     /// Top-`k` classes for each image, in batches of `batch_size`.
-    pub fn predict(&self, images: &[Image], k: usize, batch_size: usize) -> Vec<Prediction> {
+    pub fn predict(&self, images: &[Image], k: usize, batch_size: usize, scores: Scores) -> Vec<Prediction> {
         let mut predictions = Vec::with_capacity(images.len());
         for chunk in images.chunks(batch_size.max(1)) {
-            let probs = softmax(self.model.forward(self.input(chunk)), 1);
+            let logits = self.model.forward(self.input(chunk));
+            let probs = match scores {
+                Scores::Prob => softmax(logits, 1),
+                Scores::Logit => logits,
+            };
             let classes = probs.dims()[1];
-            let values = probs.into_data().try_to_vec::<f32>().expect("f32 probabilities");
+            let values = probs.into_data().try_to_vec::<f32>().expect("f32 scores");
             for row in values.chunks(classes) {
                 let mut ranked: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
                 ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -162,16 +239,21 @@ pub fn load_predictor(source: &ModelSource, classes: Option<ClassNames>, device:
     use crate::augment::resize::Interpolation;
     use crate::weights::{self, LoadOptions, registry};
     let square = |size: usize| EvalResize { resize_size: size, crop_size: size, interpolation: Interpolation::Bilinear };
-    let (model, resize, normalize, own_classes) = match source {
+    let (model, resize, normalize, own_classes, card) = match source {
         ModelSource::Run { dir, checkpoint } => {
             let (run, config) = crate::tracking::RunDir::open(dir)?;
             let summary = run.read_summary()?;
             let model = crate::train::load_run_model(&config, summary.classes.len(), &run.checkpoint(checkpoint), device)?;
-            (model, square(summary.image_size), config.augment.normalize, summary.class_names())
+            let accuracy =
+                format!("{:.2}% top-1 on {} test images (run {})", 100.0 * summary.test_acc, summary.test_images, summary.run_id);
+            let weights = run.checkpoint(checkpoint).display().to_string();
+            let card = ModelCard { architecture: config.model.name.clone(), weights, accuracy: Some(accuracy) };
+            (model, square(summary.image_size), config.augment.normalize, summary.class_names(), card)
         }
         ModelSource::Export(path) => {
             let (model, exported) = weights::export::import_safetensors(path, device)?;
-            (model, square(exported.image_size), exported.normalize, exported.classes)
+            let card = ModelCard { architecture: exported.model.name.clone(), weights: path.display().to_string(), accuracy: None };
+            (model, square(exported.image_size), exported.normalize, exported.classes, card)
         }
         ModelSource::Weights { model: name, weights: file, pretrained, allow_partial, cache_dir } => {
             let entry = match pretrained {
@@ -193,13 +275,28 @@ pub fn load_predictor(source: &ModelSource, classes: Option<ClassNames>, device:
             }
             let resize =
                 entry.map_or(EvalResize { resize_size: 256, crop_size: 224, interpolation: Interpolation::Bilinear }, |e| e.eval_resize());
-            // Without a class table, classes are named by their index.
+            // ImageNet weights name their classes with the shipped ImageNet-1k table; others by index.
             let indices: Vec<String> = (0..num_classes).map(|i| i.to_string()).collect();
-            (model, resize, entry.map_or(NormalizePreset::Imagenet, |e| e.normalize), ClassNames::from_names(&indices))
+            let names = match num_classes {
+                1000 => Translations::shipped().class_set('i'),
+                _ => ClassNames::from_names(&indices),
+            };
+            let card = ModelCard {
+                architecture: name.clone(),
+                weights: match (file, pretrained) {
+                    (Some(path), _) => path.display().to_string(),
+                    _ => format!("{} (pretrained `{}`)", path.display(), pretrained.as_deref().unwrap_or_default()),
+                },
+                // Only for the registered file itself, not for other weights of the architecture.
+                accuracy: entry
+                    .filter(|e| pretrained.is_some() || path.file_name().is_some_and(|n| n == e.file_name()))
+                    .map(|e| format!("{}% ImageNet-1k top-1 (published for `{}`)", e.top1, e.name)),
+            };
+            (model, resize, entry.map_or(NormalizePreset::Imagenet, |e| e.normalize), names, card)
         }
     };
     let classes = classes.unwrap_or(own_classes);
-    Ok((Predictor { model, resize, normalize, device: device.clone() }, classes))
+    Ok((Predictor { model, resize, normalize, device: device.clone(), card }, classes))
 }
 
 #[cfg(test)]
