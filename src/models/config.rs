@@ -1,6 +1,7 @@
 //! `[model]`: which architecture, how its layers start, and where its weights come from. An
 //! architecture's constructor gets [`BuildOptions`], the part that shapes the network.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,11 @@ pub struct ModelConfig {
     pub pretrained: Option<String>,
     /// Load what matches when the weights do not fit exactly (and print what did not).
     pub allow_partial: bool,
+    /// Channels `[inputs, outputs]` of single layers instead of the architecture's, by layer name
+    /// as `ferrovision summary` lists them (`"stages.0.first.conv" = [32, 24]`; a BatchNorm's two
+    /// numbers are equal): the architecture of a pruned model, written by `ferrovision prune`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub layer_channels: BTreeMap<String, [usize; 2]>,
 }
 
 impl Default for ModelConfig {
@@ -62,6 +68,7 @@ impl Default for ModelConfig {
             weights: None,
             pretrained: None,
             allow_partial: false,
+            layer_channels: BTreeMap::new(),
         }
     }
 }
@@ -134,6 +141,9 @@ impl ModelConfig {
         for (key, list) in [("model.widths", &self.widths), ("model.blocks", &self.blocks), ("model.strides", &self.strides)] {
             let empty_or_zero = list.as_ref().is_some_and(|v| v.is_empty() || v.contains(&0));
             ensure(!empty_or_zero, key, || "expected a non-empty list of positive numbers".into())?;
+        }
+        if let Some((layer, _)) = self.layer_channels.iter().find(|(_, c)| c.contains(&0)) {
+            return Err(InvalidSetting::new(format!("model.layer_channels.\"{layer}\""), "expected two positive channel counts"));
         }
         let even = |k: Option<usize>| k.is_some_and(|k| k % 2 == 0);
         ensure(!even(self.kernel_size) && !even(self.shortcut_kernel), "model.kernel_size", || {
