@@ -2,9 +2,12 @@
 //! a dense smaller model (`remove`), channel importance and ranking (`importance`), and the
 //! `ferrovision prune` experiment (config, iterative prune -> fine-tune, report).
 
+pub mod config;
 pub mod graph;
+pub mod importance;
 pub mod remove;
 
+pub use config::{Importance, PruneConfig, Ranking};
 pub use graph::{Graph, Group, Member, Role, dependency_groups};
 pub use remove::remove_channels;
 
