@@ -16,7 +16,10 @@ use crate::models::trace::LayerKind;
 use crate::models::transfer::covers;
 
 /// A parameter's values with its shape.
-type Values = (Vec<usize>, Vec<f32>);
+pub type Values = (Vec<usize>, Vec<f32>);
+
+/// `weight x gradient` of every float parameter (by path) after one batch.
+pub type TaylorTerms = BTreeMap<String, Values>;
 
 /// Per channel of a parameter: the sum of `f` over the values of that channel along `dim`.
 fn per_channel(values: &Values, dim: usize, channels: usize, f: impl Fn(f32) -> f32) -> Vec<f32> {
@@ -47,7 +50,7 @@ pub fn channel_scores(
     model: &Classifier,
     graph: &Graph,
     importance: Importance,
-    taylor: &[BTreeMap<String, Values>],
+    taylor: &[TaylorTerms],
     seed: u64,
 ) -> Result<Vec<Vec<f32>>> {
     let params = crate::weights::export::collect_tensors(model);
@@ -116,7 +119,7 @@ fn hash_unit(seed: u64, a: u64, b: u64) -> f32 {
 }
 
 /// The Taylor terms `weight x gradient` of every float parameter after a backward pass.
-pub fn taylor_terms(model: &Classifier, grads: &GradientsParams) -> BTreeMap<String, Values> {
+pub fn taylor_terms(model: &Classifier, grads: &GradientsParams) -> TaylorTerms {
     struct Collect<'a>(&'a GradientsParams, BTreeMap<String, Values>);
     impl PathVisitor for Collect<'_> {
         fn visit_float<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {

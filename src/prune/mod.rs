@@ -3,11 +3,13 @@
 //! `ferrovision prune` experiment (config, iterative prune -> fine-tune, report).
 
 pub mod config;
+pub mod experiment;
 pub mod graph;
 pub mod importance;
 pub mod remove;
 
 pub use config::{Importance, PruneConfig, Ranking};
+pub use experiment::{PruneReport, prune};
 pub use graph::{Graph, Group, Member, Role, dependency_groups};
 pub use remove::remove_channels;
 
