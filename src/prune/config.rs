@@ -128,6 +128,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_committed_pruning_configs_load() {
+        for name in ["prune_fast_net", "prune_budget_resnet"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("configs/cifar10/{name}.toml"));
+            let config = crate::config::ExperimentConfig::load(&path, &[]).unwrap();
+            assert_eq!(config.prune.unwrap().flops_reduction, Some(0.5), "{name}");
+        }
+    }
+
+    #[test]
     fn bad_settings_name_their_key() {
         let base = PruneConfig { source: "runs/a".into(), ..Default::default() };
         assert!(base.validate().is_ok());
