@@ -1606,6 +1606,17 @@ fn prune_fine_tunes_a_smaller_run_that_every_verb_accepts() {
             > read_json(&run.join("summary.json"))["trainable_params"].as_u64()
     );
 
+    // The sensitivity analysis: every group but the stem's at nine ratios, without a run.
+    let folders = ws.run_folders();
+    let analysis = ws.root().join("sensitivity");
+    ferrovision(ws.root(), &["prune", "--config", s(&prune), "--sensitivity", s(&analysis)]).success();
+    assert_eq!(ws.run_folders(), folders);
+    let csv = std::fs::read_to_string(analysis.join("sensitivity.csv")).unwrap();
+    let groups: std::collections::BTreeSet<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    assert!(!groups.contains("stem.conv") && groups.contains("stages.0.first.conv"), "{csv}");
+    assert_eq!(csv.lines().count(), 1 + 9 * groups.len(), "{csv}");
+    assert!(analysis.join("sensitivity.png").is_file() && analysis.join("sensitivity.svg").is_file());
+
     // The pruned run as any other.
     ferrovision(ws.root(), &["eval", "--run", s(&run)]).success();
     let exported = ws.root().join("pruned.safetensors");

@@ -23,6 +23,11 @@ pub struct PruneArgs {
     /// Data set folder or archive (same as --set data.path=PATH).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Instead of pruning: the sensitivity analysis of the source run (each group pruned alone at
+    /// 10..90%, evaluated on the test split without fine-tuning), written into this folder
+    /// (`sensitivity.csv`, `.json`, `.svg`, `.png`).
+    #[arg(long, conflicts_with = "id")]
+    sensitivity: Option<PathBuf>,
     /// Run id of the fine-tuning run (default: <config name>-<UTC timestamp>; `-step<k>` is
     /// appended with several steps).
     #[arg(long)]
@@ -31,7 +36,7 @@ pub struct PruneArgs {
 
 impl PruneArgs {
     pub fn run(self, interrupt: &AtomicBool) -> Result<()> {
-        let PruneArgs { config, overrides: Overrides { mut overrides }, source, data, id } = self;
+        let PruneArgs { config, overrides: Overrides { mut overrides }, source, data, sensitivity, id } = self;
         let settings = [
             ("prune.source", source.map(|path| toml_string(&path.display().to_string()))),
             ("data.path", data.map(|path| toml_string(&path.display().to_string()))),
@@ -40,6 +45,11 @@ impl PruneArgs {
         overrides.extend(settings.into_iter().filter_map(|(key, value)| Some(format!("{key}={}", value?))));
         let path = config;
         let config = ExperimentConfig::load(&path, &overrides)?;
+        if let Some(out) = sensitivity {
+            let points = ferrovision::prune::sensitivity(&config, &out)?;
+            outln!("{} points written to {}", points.len(), out.join("sensitivity.png").display());
+            return Ok(());
+        }
         let id = new_run_id(&config, &config_name(&path, "prune"))?;
         let pruned = ferrovision::prune::prune(&config, &id, interrupt);
         // The reserved folder stays empty when the steps' runs are named `<id>-step<k>` or

@@ -71,26 +71,47 @@ fn finetune_config(config: &ExperimentConfig, source: &ExperimentConfig) -> Expe
     finetune
 }
 
+/// The run a prune experiment starts from, loaded, with the data and settings of its fine-tuning.
+pub(crate) struct Source<'a> {
+    pub p: &'a PruneConfig,
+    pub source_run: RunDir,
+    pub checkpoint: PathBuf,
+    pub finetune: ExperimentConfig,
+    pub data: TrainingData,
+    pub classes: usize,
+    pub settings: EvalSettings,
+    pub device: Device,
+    pub model: Classifier,
+    /// The side of the images the model was trained on.
+    pub size: usize,
+}
+
+impl<'a> Source<'a> {
+    pub fn load(config: &'a ExperimentConfig) -> Result<Self> {
+        let p = config.prune.as_ref().context("the config has no [prune] section (prune.source names the run to prune)")?;
+        let (source_run, source_config) = RunDir::open(&p.source).with_context(|| format!("prune.source = {}", p.source.display()))?;
+        let summary = source_run.read_summary().with_context(|| format!("prune.source: {} has not finished", p.source.display()))?;
+        let finetune = finetune_config(config, &source_config);
+        let device = crate::device::parse(&finetune.run.device)?;
+        device.seed(finetune.train.seed);
+        let data = prepare_data(&finetune)?;
+        let classes = data.classes.len();
+        if classes != summary.classes.len() {
+            bail!("the data set has {classes} classes, the model of {} {}", p.source.display(), summary.classes.len());
+        }
+        let settings = EvalSettings::from_config(&finetune);
+        let checkpoint = source_run.checkpoint(&p.checkpoint);
+        let model = load_run_model(&source_config, classes, &checkpoint, &device)?;
+        Ok(Self { p, source_run, checkpoint, finetune, data, classes, settings, device, model, size: summary.image_size })
+    }
+}
+
 /// Runs the experiment `config` describes (`[prune]` is required): writes one fine-tuning run per
 /// step (`<run_id>` for one step, `<run_id>-step<k>` for several) and the report into the last.
 pub fn prune(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) -> Result<(RunDir, PruneReport)> {
-    let p = config.prune.as_ref().context("the config has no [prune] section (prune.source names the run to prune)")?;
-    let (source_run, source_config) = RunDir::open(&p.source).with_context(|| format!("prune.source = {}", p.source.display()))?;
-    let source_summary = source_run.read_summary().with_context(|| format!("prune.source: {} has not finished", p.source.display()))?;
-    let mut finetune = finetune_config(config, &source_config);
-    let device = crate::device::parse(&finetune.run.device)?;
-    device.seed(finetune.train.seed);
-    let data = prepare_data(&finetune)?;
-    let classes = data.classes.len();
-    if classes != source_summary.classes.len() {
-        bail!("the data set has {classes} classes, the model of {} {}", p.source.display(), source_summary.classes.len());
-    }
-    let settings = EvalSettings::from_config(&finetune);
-    let checkpoint = source_run.checkpoint(&p.checkpoint);
-    let mut model = load_run_model(&source_config, classes, &checkpoint, &device)?;
+    let Source { p, source_run, checkpoint, mut finetune, data, classes, settings, device, mut model, size } = Source::load(config)?;
     let accuracy = |model: &Classifier| -> Result<f64> { Ok(evaluate(model, &data.test, classes, &settings, &device)?.accuracy) };
     let accuracy_before = accuracy(&model)?;
-    let size = source_summary.image_size;
     let before = figures(&model, &finetune.model, size, p, finetune.train.batch_size, &device)?;
     crate::outln!(
         "{}: test accuracy {:.2}%, {} parameters, {:.1} MFLOPs",

@@ -7,11 +7,13 @@ pub mod experiment;
 pub mod graph;
 pub mod importance;
 pub mod remove;
+pub mod sensitivity;
 
 pub use config::{Importance, PruneConfig, Ranking};
 pub use experiment::{PruneReport, prune};
 pub use graph::{Graph, Group, Member, Role, dependency_groups};
 pub use remove::remove_channels;
+pub use sensitivity::sensitivity;
 
 #[cfg(test)]
 mod tests {
