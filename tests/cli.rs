@@ -1628,6 +1628,10 @@ fn prune_fine_tunes_a_smaller_run_that_every_verb_accepts() {
     let layers = "stages.0.first.conv";
     ferrovision(ws.root(), &["viz", "activations", "--run", s(&run), "--image", s(&image), "--layers", layers, "--out", s(&png)]).success();
     ferrovision(ws.root(), &["train", "--resume", s(&run), "--set", "train.epochs=2"]).success();
+    let table = ferrovision(ws.root(), &["summary", "--run", s(&run)]);
+    let pruned_width = report["channels"].as_array().unwrap().iter().find(|c| c[0] == "stages.0.first.conv").unwrap()[2].as_u64().unwrap();
+    let row = table.success().lines().find(|l| l.starts_with("stages.0.first.conv ")).unwrap().to_string();
+    assert!(row.contains(&format!(" {pruned_width}x32x32 ")) && pruned_width < 16, "{row}");
 
     // Bad input: one error naming it, and no run.
     let bad = |sets: &[&str], mentions: &[&str]| {
