@@ -1633,6 +1633,13 @@ fn prune_fine_tunes_a_smaller_run_that_every_verb_accepts() {
     let row = table.success().lines().find(|l| l.starts_with("stages.0.first.conv ")).unwrap().to_string();
     assert!(row.contains(&format!(" {pruned_width}x32x32 ")) && pruned_width < 16, "{row}");
 
+    // Taylor importance (gradients of training batches) with global ranking, in one step.
+    let taylor = ["--set", "prune.importance=\"taylor\"", "--set", "prune.ranking=\"global\"", "--set", "prune.steps=1"];
+    let mut args = vec!["prune", "--config", s(&prune), "--id", "taylor"];
+    args.extend(taylor);
+    ferrovision(ws.root(), &args).success();
+    assert_eq!(read_json(&ws.runs().join("taylor/prune_report.json"))["importance"], "taylor");
+
     // Bad input: one error naming it, and no run.
     let bad = |sets: &[&str], mentions: &[&str]| {
         let mut args = vec!["prune", "--config", s(&prune), "--id", "bad"];
