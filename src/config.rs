@@ -13,6 +13,7 @@ use crate::data::config::DataConfig;
 use crate::error::{InvalidSetting, ensure, ensure_finite};
 use crate::models::config::ModelConfig;
 use crate::models::transfer::TransferConfig;
+use crate::prune::PruneConfig;
 use crate::tracking::config::ExperimentInfo;
 use crate::tracking::config::RunConfig;
 use crate::train::callbacks::BestBy;
@@ -41,6 +42,9 @@ pub struct ExperimentConfig {
     pub transfer: TransferConfig,
     pub train: TrainConfig,
     pub run: RunConfig,
+    /// `ferrovision prune`'s section (the rest of the file describes the fine-tuning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneConfig>,
 }
 
 impl ExperimentConfig {
@@ -135,6 +139,9 @@ impl ExperimentConfig {
         self.model.validate()?;
         self.transfer.validate()?;
         self.train.validate()?;
+        if let Some(prune) = &self.prune {
+            prune.validate()?;
+        }
         let t = &self.train;
         let without_val = |monitor: Monitor| monitor == Monitor::TrainLoss || self.data.has_validation();
         let needs_val = || "a validation metric needs data.val_size > 0 (or monitor = \"train_loss\")".to_string();

@@ -30,6 +30,7 @@ pub mod error;
 pub mod files;
 pub mod kernels;
 pub mod models;
+pub mod prune;
 pub mod serve;
 pub mod tracking;
 pub mod train;

@@ -1651,3 +1651,89 @@ fn serve_answers_over_http_with_the_run_model_card() {
     assert!(agent.get(format!("{base}/")).call().unwrap().body_mut().read_to_string().unwrap().contains("id=\"drop\""));
     assert!(server.0.try_wait().unwrap().is_none(), "the server keeps running");
 }
+
+/// A trained `fast_net` (narrowed to train in seconds) pruned and fine-tuned in two steps: a new,
+/// smaller run that eval, export, predict, viz and resume accept, a report, and the source run
+/// untouched.
+#[test]
+fn prune_fine_tunes_a_smaller_run_that_every_verb_accepts() {
+    let ws = Workspace::new();
+    let narrow = ["--set", "model.name=\"fast_net\"", "--set", "model.stem_channels=16", "--set", "model.widths=[16, 32, 32]"];
+    ws.train("source", &narrow).success();
+    let source = ws.runs().join("source");
+    let untouched = snapshot(&source);
+    let config = std::fs::read_to_string(ws.config()).unwrap().replace("epochs = 2", "epochs = 1");
+    let prune = ws.root().join("prune.toml");
+    let section = format!(
+        "\n[prune]\nsource = {:?}\nimportance = \"l1\"\nratio = 0.5\nround_to = 4\nsteps = 2\nkeep = [\"stem\"]\nmeasure_speed = false\n",
+        s(&source)
+    );
+    std::fs::write(&prune, config + &section).unwrap();
+    let out = ferrovision(ws.root(), &["prune", "--config", s(&prune), "--id", "pruned"]);
+    let stdout = out.success();
+    assert!(stdout.contains("fewer FLOPs") && stdout.contains("step 2/2"), "{stdout}");
+    assert_eq!(snapshot(&source), untouched, "the source run is never modified");
+    assert!(ws.run_folders().contains(&"pruned-step1".to_string()) && !ws.run_folders().contains(&"pruned".to_string()));
+    let run = ws.runs().join("pruned-step2");
+    for file in ["prune_report.md", "prune_report.json", "prune_channels.png", "prune_channels.svg", "checkpoints/pruned.bpk"] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let report = read_json(&run.join("prune_report.json"));
+    let (before, after) = (report["before"]["flops"].as_f64().unwrap(), report["after"]["flops"].as_f64().unwrap());
+    assert!(after < 0.5 * before, "{report}");
+    let stem = report["channels"].as_array().unwrap().iter().find(|c| c[0] == "stem.conv").unwrap();
+    assert_eq!(stem[1], stem[2], "kept whole: {stem}");
+    let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(resolved.contains("[model.layer_channels]") && resolved.contains("parent = \"pruned-step1\""), "{resolved}");
+    assert!(
+        read_json(&ws.runs().join("pruned-step1/summary.json"))["trainable_params"].as_u64()
+            > read_json(&run.join("summary.json"))["trainable_params"].as_u64()
+    );
+
+    // The sensitivity analysis: every group but the stem's at nine ratios, without a run.
+    let folders = ws.run_folders();
+    let analysis = ws.root().join("sensitivity");
+    ferrovision(ws.root(), &["prune", "--config", s(&prune), "--sensitivity", s(&analysis)]).success();
+    assert_eq!(ws.run_folders(), folders);
+    let csv = std::fs::read_to_string(analysis.join("sensitivity.csv")).unwrap();
+    let groups: std::collections::BTreeSet<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    assert!(!groups.contains("stem.conv") && groups.contains("stages.0.first.conv"), "{csv}");
+    assert_eq!(csv.lines().count(), 1 + 9 * groups.len(), "{csv}");
+    assert!(analysis.join("sensitivity.png").is_file() && analysis.join("sensitivity.svg").is_file());
+
+    // The pruned run as any other.
+    ferrovision(ws.root(), &["eval", "--run", s(&run)]).success();
+    let exported = ws.root().join("pruned.safetensors");
+    ferrovision(ws.root(), &["export", "--run", s(&run), "--out", s(&exported)]).success();
+    let image = ws.data().join("test/red/0000.png");
+    let by_run = ferrovision(ws.root(), &["predict", "--run", s(&run), s(&image)]);
+    assert_eq!(by_run.success(), ferrovision(ws.root(), &["predict", "--export", s(&exported), s(&image)]).success());
+    let png = ws.root().join("activations.png");
+    let layers = "stages.0.first.conv";
+    ferrovision(ws.root(), &["viz", "activations", "--run", s(&run), "--image", s(&image), "--layers", layers, "--out", s(&png)]).success();
+    ferrovision(ws.root(), &["train", "--resume", s(&run), "--set", "train.epochs=2"]).success();
+    let table = ferrovision(ws.root(), &["summary", "--run", s(&run)]);
+    let pruned_width = report["channels"].as_array().unwrap().iter().find(|c| c[0] == "stages.0.first.conv").unwrap()[2].as_u64().unwrap();
+    let row = table.success().lines().find(|l| l.starts_with("stages.0.first.conv ")).unwrap().to_string();
+    assert!(row.contains(&format!(" {pruned_width}x32x32 ")) && pruned_width < 16, "{row}");
+
+    // Taylor importance (gradients of training batches) with global ranking, in one step.
+    let taylor = ["--set", "prune.importance=\"taylor\"", "--set", "prune.ranking=\"global\"", "--set", "prune.steps=1"];
+    let mut args = vec!["prune", "--config", s(&prune), "--id", "taylor"];
+    args.extend(taylor);
+    ferrovision(ws.root(), &args).success();
+    assert_eq!(read_json(&ws.runs().join("taylor/prune_report.json"))["importance"], "taylor");
+
+    // Bad input: one error naming it, and no run.
+    let bad = |sets: &[&str], mentions: &[&str]| {
+        let mut args = vec!["prune", "--config", s(&prune), "--id", "bad"];
+        args.extend(sets.iter().flat_map(|set| ["--set", set]));
+        ferrovision(ws.root(), &args).failure(mentions);
+        assert!(!ws.run_folders().iter().any(|f| f.starts_with("bad")), "{sets:?}");
+    };
+    bad(&["prune.ratio=1.0"], &["prune.ratio", "[0, 1)"]);
+    bad(&["prune.keep=[\"stem.nope\"]"], &["prune.keep", "`stem.nope`"]);
+    bad(&["prune.ratio=0.99", "prune.steps=1"], &["every channel of group"]);
+    bad(&[&format!("prune.source={:?}", s(&ws.data()))], &["prune.source"]);
+    assert_eq!(snapshot(&source), untouched);
+}

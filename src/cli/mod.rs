@@ -9,6 +9,7 @@ mod eval;
 mod export;
 mod models;
 mod predict;
+mod prune;
 mod runs;
 mod serve;
 mod summary;
@@ -50,6 +51,9 @@ enum Command {
     },
     /// A model's layers in order: name, type, output shape, parameters and FLOPs for one image.
     Summary(summary::SummaryArgs),
+    /// Prune a trained run's convolution filters and fine-tune, in steps (the config's [prune]
+    /// section); writes the fine-tuning run(s) and a report (size, FLOPs, speed, accuracy).
+    Prune(prune::PruneArgs),
     /// Export a run's best model to safetensors, with its config and classes.
     Export(export::ExportArgs),
     /// The experiment journal: list runs, add conclusions, compare runs.
@@ -92,6 +96,7 @@ impl Cli {
             Command::Serve(args) => args.run(),
             Command::Viz { command } => command.run(),
             Command::Summary(args) => args.run(),
+            Command::Prune(args) => args.run(interrupt),
             Command::Export(args) => args.run(),
             Command::Runs { command } => command.run(),
             Command::Augment { command } => command.run(),

@@ -1,6 +1,7 @@
 //! `[model]`: which architecture, how its layers start, and where its weights come from. An
 //! architecture's constructor gets [`BuildOptions`], the part that shapes the network.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,11 @@ pub struct ModelConfig {
     /// Training images (spread evenly over the split) that layers starting from the data, such as
     /// `airbench`'s patch whitening, are fitted to before training.
     pub fit_images: usize,
+    /// Channels `[inputs, outputs]` of single layers instead of the architecture's, by layer name
+    /// as `ferrovision summary` lists them (`"stages.0.first.conv" = [32, 24]`; a BatchNorm's two
+    /// numbers are equal): the architecture of a pruned model, written by `ferrovision prune`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub layer_channels: BTreeMap<String, [usize; 2]>,
 }
 
 impl Default for ModelConfig {
@@ -66,6 +72,7 @@ impl Default for ModelConfig {
             pretrained: None,
             allow_partial: false,
             fit_images: 5000,
+            layer_channels: BTreeMap::new(),
         }
     }
 }
@@ -139,6 +146,9 @@ impl ModelConfig {
         for (key, list) in [("model.widths", &self.widths), ("model.blocks", &self.blocks), ("model.strides", &self.strides)] {
             let empty_or_zero = list.as_ref().is_some_and(|v| v.is_empty() || v.contains(&0));
             ensure(!empty_or_zero, key, || "expected a non-empty list of positive numbers".into())?;
+        }
+        if let Some((layer, _)) = self.layer_channels.iter().find(|(_, c)| c.contains(&0)) {
+            return Err(InvalidSetting::new(format!("model.layer_channels.\"{layer}\""), "expected two positive channel counts"));
         }
         let even = |k: Option<usize>| k.is_some_and(|k| k % 2 == 0);
         ensure(!even(self.kernel_size) && !even(self.shortcut_kernel), "model.kernel_size", || {

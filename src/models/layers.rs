@@ -1,6 +1,6 @@
 //! Layers shared by the model families.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use burn::module::{Flag, Module, Param, ParamId, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -127,6 +127,70 @@ pub fn numbered_states<R>(build: impl FnOnce() -> R) -> R {
     build()
 }
 
+/// What the layer constructors below do besides constructing, while [`with_layer_plan`] runs.
+enum LayerPlan {
+    /// Note each new layer's weight id, in construction order.
+    Record(Vec<ParamId>),
+    /// Give the `i`-th new layer `[inputs, outputs]` channels where entry `i` says so.
+    Apply { channels: Vec<Option<[usize; 2]>>, next: usize },
+}
+
+thread_local! {
+    static LAYER_PLAN: RefCell<Option<LayerPlan>> = const { RefCell::new(None) };
+}
+
+/// `build()` recording the weight id of each conv, BatchNorm and linear layer it constructs, in
+/// construction order.
+pub fn recording_layers<R>(build: impl FnOnce() -> R) -> (R, Vec<ParamId>) {
+    let (result, plan) = with_plan(LayerPlan::Record(Vec::new()), build);
+    let LayerPlan::Record(ids) = plan else { unreachable!("the plan keeps its kind") };
+    (result, ids)
+}
+
+/// `build()` with the channels of its `i`-th constructed layer set to `channels[i]` where that is
+/// given (a pruned architecture; the indices are those of [`recording_layers`]). A depthwise
+/// convolution keeps one group per channel.
+pub fn with_layer_channels<R>(channels: Vec<Option<[usize; 2]>>, build: impl FnOnce() -> R) -> R {
+    with_plan(LayerPlan::Apply { channels, next: 0 }, build).0
+}
+
+fn with_plan<R>(plan: LayerPlan, build: impl FnOnce() -> R) -> (R, LayerPlan) {
+    LAYER_PLAN.set(Some(plan));
+    // Taken back even if `build` panics.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            LAYER_PLAN.set(None);
+        }
+    }
+    let reset = Reset;
+    let result = build();
+    let plan = LAYER_PLAN.take().expect("the plan is set while building");
+    drop(reset);
+    (result, plan)
+}
+
+/// The channels the layer under construction gets: `planned` unless a plan changes them.
+pub(super) fn planned_channels(planned: [usize; 2]) -> [usize; 2] {
+    LAYER_PLAN.with_borrow_mut(|plan| match plan {
+        Some(LayerPlan::Apply { channels, next }) => {
+            let changed = channels.get(*next).copied().flatten();
+            *next += 1;
+            changed.unwrap_or(planned)
+        }
+        _ => planned,
+    })
+}
+
+/// Notes a constructed layer's weight id when the plan records.
+pub(super) fn constructed(weight: ParamId) {
+    LAYER_PLAN.with_borrow_mut(|plan| {
+        if let Some(LayerPlan::Record(ids)) = plan {
+            ids.push(weight);
+        }
+    });
+}
+
 fn next_state_id() -> ParamId {
     let n = STATE_IDS.replace(STATE_IDS.get() + 1);
     params::stable_id(&n.to_string(), "running state")
@@ -151,11 +215,13 @@ impl BnParams {
     }
 
     pub fn init(self, channels: usize, device: &Device) -> BatchNorm {
+        let [channels, _] = planned_channels([channels, channels]);
         let mut bn = BatchNormConfig::new(channels).with_epsilon(self.epsilon).with_momentum(self.momentum).init(device);
         // burn draws the running statistics' ids at random, and a mapper cannot change them (see
         // `params::with_stable_ids`): number them in build order so a seed's checkpoints repeat.
         bn.running_mean = RunningState::with_id(next_state_id(), bn.running_mean.value());
         bn.running_var = RunningState::with_id(next_state_id(), bn.running_var.value());
+        constructed(bn.gamma.id);
         bn
     }
 }
@@ -208,15 +274,19 @@ pub fn conv(init: Init, channels: [usize; 2], kernel: usize, stride: usize, bias
 
 /// A conv layer shaped by `spec` (its norm and activation are the caller's business).
 pub fn conv_with(init: Init, channels: [usize; 2], spec: &ConvSpec, bias: bool, device: &Device) -> Conv2d {
+    let depthwise = spec.groups > 1 && spec.groups == channels[0] && channels[0] == channels[1];
+    let channels = planned_channels(channels);
+    let groups = if depthwise { channels[0] } else { spec.groups };
     let mut c = Conv2dConfig::new(channels, [spec.kernel, spec.kernel])
         .with_stride([spec.stride, spec.stride])
-        .with_groups(spec.groups)
+        .with_groups(groups)
         .with_padding(spec.padding.config(spec.kernel))
         .with_bias(bias);
     if let Some(initializer) = init.initializer() {
         c = c.with_initializer(initializer);
     }
     let conv = c.init(device);
+    constructed(conv.weight.id);
     match init.scheme {
         WeightInit::Dirac if spec.groups == 1 && spec.kernel % 2 == 1 => dirac(conv),
         _ => conv,
@@ -239,11 +309,14 @@ fn dirac(mut conv: Conv2d) -> Conv2d {
 }
 
 pub fn linear(init: Init, inputs: usize, outputs: usize, device: &Device) -> Linear {
+    let [inputs, outputs] = planned_channels([inputs, outputs]);
     let mut c = LinearConfig::new(inputs, outputs);
     if let Some(initializer) = init.initializer() {
         c = c.with_initializer(initializer);
     }
-    c.init(device)
+    let linear = c.init(device);
+    constructed(linear.weight.id);
+    linear
 }
 
 /// Convolution (no bias), BatchNorm, then an activation: the unit nearly every network here is
@@ -423,7 +496,7 @@ impl SqueezeExcite {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let scale = x.clone().mean_dim(2).mean_dim(3);
         let scale = sigmoid(trace::conv2d(&self.expand, self.act.apply(trace::conv2d(&self.reduce, scale))));
-        x * scale
+        trace::gate(x, scale)
     }
 }
 
@@ -486,7 +559,7 @@ impl InvertedResidual {
             y = se.forward(y);
         }
         y = self.project.forward(y);
-        if self.residual { self.drop_path.forward(y) + x } else { y }
+        if self.residual { trace::add(self.drop_path.forward(y), x) } else { y }
     }
 
     /// The sub-layers present, in the order of the reference `nn.Sequential`s (torchvision numbers

@@ -306,10 +306,40 @@ pub fn build(config: &ModelConfig, num_classes: usize, device: &Device) -> anyho
     Ok(Classifier { net: build_net(config, num_classes, device)?, head: None })
 }
 
-/// The bare network a config names.
+/// The bare network a config names, with the channels of `model.layer_channels` (a pruned model).
 pub fn build_net(config: &ModelConfig, num_classes: usize, device: &Device) -> anyhow::Result<Net> {
     let build = find(&config.name)?.build;
-    Ok(layers::numbered_states(|| build(&config.build_options(), num_classes, device)))
+    let options = config.build_options();
+    let build = || layers::numbered_states(|| build(&options, num_classes, device));
+    if config.layer_channels.is_empty() {
+        return Ok(build());
+    }
+    // The first build (its parameters lazy, so nothing is allocated) tells which constructed
+    // layer has which name; the second builds those layers with their channels.
+    let (net, ids) = layers::recording_layers(build);
+    let names = layer_names(&net);
+    let mut channels = vec![None; ids.len()];
+    for (layer, c) in &config.layer_channels {
+        let index = ids.iter().position(|id| names.get(id) == Some(layer));
+        let Some(index) = index else {
+            let known: Vec<&str> = ids.iter().filter_map(|id| names.get(id).map(String::as_str)).take(5).collect();
+            anyhow::bail!(
+                "model.layer_channels: `{}` has no layer `{layer}` (layers are named like {}, ...)",
+                config.name,
+                known.join(", ")
+            );
+        };
+        channels[index] = Some(*c);
+    }
+    Ok(layers::with_layer_channels(channels, build))
+}
+
+/// The layer name (`stages.0.first.conv`, as `trace::summarize` names layers) of each weight id:
+/// its parameter path without the variant and the leaf.
+fn layer_names(net: &Net) -> std::collections::HashMap<burn::module::ParamId, String> {
+    let variant = format!("{}.", net.name());
+    let module = |path: &str| path.rsplit_once('.').map_or(path, |(module, _)| module).to_string();
+    named_params(net).into_iter().map(|p| (p.id, module(p.path.strip_prefix(&variant).unwrap_or(&p.path)))).collect()
 }
 
 #[cfg(test)]

@@ -152,7 +152,7 @@ impl ResidualBlock {
                 y = relu(y);
             }
         }
-        relu(y + identity)
+        relu(trace::add(y, identity))
     }
 }
 

@@ -71,6 +71,37 @@ pub struct Layer {
 struct Recorder {
     keep_activations: bool,
     calls: Vec<Layer>,
+    /// Set by [`probe`] only.
+    probe: Option<Probe>,
+}
+
+/// What a channel probe records: every traced call (layers, residual additions, channel gates)
+/// with its inputs, and which output channel of which call it perturbs.
+struct Probe {
+    perturb: Option<(usize, usize)>,
+    nodes: Vec<Node>,
+}
+
+/// What a traced call does with channels, as a channel probe sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A convolution, BatchNorm or linear layer (its [`Layer`] says which).
+    Layer,
+    /// A residual addition: both inputs and the output share their channels.
+    Add,
+    /// Channel gating (squeeze-excite's `x * gates`): the same.
+    Gate,
+}
+
+/// One traced call of a channel probe.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub kind: NodeKind,
+    /// The index of the call's [`Layer`] for `NodeKind::Layer`.
+    pub layer: Option<usize>,
+    /// The inputs, `[batch, channels, height, width]` (a linear layer's as `[batch, features, 1, 1]`).
+    pub inputs: Vec<Tensor<4>>,
+    pub output_channels: usize,
 }
 
 thread_local! {
@@ -79,7 +110,22 @@ thread_local! {
 
 /// Runs `forward` while recording every traced layer call it makes on this thread.
 pub fn trace<R>(keep_activations: bool, forward: impl FnOnce() -> R) -> (R, Vec<Layer>) {
-    RECORDER.with(|r| *r.borrow_mut() = Some(Recorder { keep_activations, calls: Vec::new() }));
+    let (result, recorder) = run_recorded(Recorder { keep_activations, calls: Vec::new(), probe: None }, forward);
+    (result, recorder.calls)
+}
+
+/// Runs `forward` as a channel probe: records every traced call with its inputs (see [`Node`])
+/// and, where `perturb` is `(node, channel)`, adds a fixed pattern to that output channel of that
+/// call. Comparing the inputs of later calls with those of an unperturbed probe shows which of
+/// their channels read that channel (what `prune::graph` builds its dependency groups from).
+pub fn probe<R>(perturb: Option<(usize, usize)>, forward: impl FnOnce() -> R) -> (R, Vec<Layer>, Vec<Node>) {
+    let recorder = Recorder { keep_activations: false, calls: Vec::new(), probe: Some(Probe { perturb, nodes: Vec::new() }) };
+    let (result, recorder) = run_recorded(recorder, forward);
+    (result, recorder.calls, recorder.probe.map(|p| p.nodes).unwrap_or_default())
+}
+
+fn run_recorded<R>(recorder: Recorder, forward: impl FnOnce() -> R) -> (R, Recorder) {
+    RECORDER.with(|r| *r.borrow_mut() = Some(recorder));
     // Taken back even if `forward` panics, so a later trace starts clean.
     struct Reset;
     impl Drop for Reset {
@@ -89,9 +135,53 @@ pub fn trace<R>(keep_activations: bool, forward: impl FnOnce() -> R) -> (R, Vec<
     }
     let reset = Reset;
     let result = forward();
-    let calls = RECORDER.with(|r| r.borrow_mut().take()).map(|r| r.calls).unwrap_or_default();
+    let recorder = RECORDER.with(|r| r.borrow_mut().take()).expect("the recorder is set for the whole forward pass");
     drop(reset);
-    (result, calls)
+    (result, recorder)
+}
+
+/// In a channel probe, records a call's inputs as a [`Node`] (of the layer recorded last for
+/// `NodeKind::Layer`) and perturbs its output where the probe says so; otherwise returns `output`.
+fn node<const D: usize>(kind: NodeKind, inputs: Vec<Tensor<D>>, output: Tensor<D>) -> Tensor<D> {
+    RECORDER.with(|r| {
+        let mut recorder = r.borrow_mut();
+        let Some(recorder) = recorder.as_mut() else { return output };
+        let layer = (kind == NodeKind::Layer).then(|| recorder.calls.len() - 1);
+        let Some(probe) = recorder.probe.as_mut() else { return output };
+        let index = probe.nodes.len();
+        let inputs = inputs.into_iter().map(as_4d).collect();
+        let dims = output.dims();
+        probe.nodes.push(Node { kind, layer, inputs, output_channels: dims[1] });
+        match probe.perturb {
+            Some((target, channel)) if target == index => output.clone() + channel_pattern(&dims, channel, &output.device()),
+            _ => output,
+        }
+    })
+}
+
+/// `x` as `[batch, channels, height, width]` (features as channels of 1x1 for a 2-D tensor).
+fn as_4d<const D: usize>(x: Tensor<D>) -> Tensor<4> {
+    let dims = x.dims();
+    let shape = if D == 4 { [dims[0], dims[1], dims[2], dims[3]] } else { [dims[0], dims[1], 1, 1] };
+    x.reshape(shape)
+}
+
+/// Zeros but for channel `channel`, which gets values of both signs and of magnitude 1 to 10 (so
+/// that some of them pass any ReLU, ReLU6 or max-pooling that follows).
+fn channel_pattern<const D: usize>(dims: &[usize; D], channel: usize, device: &Device) -> Tensor<D> {
+    let per_channel: usize = dims[2..].iter().product();
+    let values: Vec<f32> = (0..dims.iter().product::<usize>())
+        .map(|i| {
+            if (i / per_channel) % dims[1] != channel {
+                return 0.0;
+            }
+            let h = (i as u32).wrapping_mul(2_654_435_761).rotate_left(13);
+            let magnitude = 1.0 + 9.0 * (h % 1000) as f32 / 1000.0;
+            // Positive first: a channel of one value (a linear layer's output) passes a ReLU.
+            if (i % per_channel).is_multiple_of(2) { magnitude } else { -magnitude }
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(values, dims.to_vec()), device)
 }
 
 // One call per layer kind, each passing what it measured; a struct would only rename them.
@@ -138,6 +228,22 @@ fn record<const D: usize>(
     });
 }
 
+/// `residual + shortcut` (a residual addition), traced for channel probes.
+pub fn add(residual: Tensor<4>, shortcut: Tensor<4>) -> Tensor<4> {
+    if !is_tracing() {
+        return residual + shortcut;
+    }
+    node(NodeKind::Add, vec![residual.clone(), shortcut.clone()], residual + shortcut)
+}
+
+/// `x * gates` (gates `[batch, channels, 1, 1]`, squeeze-excite's), traced for channel probes.
+pub fn gate(x: Tensor<4>, gates: Tensor<4>) -> Tensor<4> {
+    if !is_tracing() {
+        return x * gates;
+    }
+    node(NodeKind::Gate, vec![x.clone(), gates.clone()], x * gates)
+}
+
 fn is_tracing() -> bool {
     RECORDER.with(|r| r.borrow().is_some())
 }
@@ -145,6 +251,8 @@ fn is_tracing() -> bool {
 /// `conv.forward(x)` (depthwise convs through our kernel, see `layers::conv_forward`), traced.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let (input, start) = (x.dims(), Instant::now());
+    // The input is kept only while tracing: an unshared tensor may be reused in place.
+    let kept = is_tracing().then(|| x.clone());
     let y = super::layers::conv_forward(conv, x);
     if is_tracing() {
         let [out_channels, in_per_group, kh, kw] = conv.weight.dims();
@@ -155,6 +263,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
             let pixels = (out[1] * out[2]) as u64;
             pixels * (2 * (in_per_group * kh * kw) as u64 * out_channels as u64 + bias as u64)
         });
+        return node(NodeKind::Layer, kept.into_iter().collect(), y);
     }
     y
 }
@@ -162,6 +271,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// `bn.forward(x)`, traced.
 pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let (input, start) = (x.dims(), Instant::now());
+    let kept = is_tracing().then(|| x.clone());
     let y = crate::kernels::batch_norm::forward(bn, x);
     if is_tracing() {
         let channels = bn.gamma.dims()[0];
@@ -169,6 +279,7 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
         record(bn.gamma.id, LayerKind::BatchNorm, &input, [1, 1], start, &y, None, 2 * channels, |out| {
             2 * out.iter().product::<usize>() as u64
         });
+        return node(NodeKind::Layer, kept.into_iter().collect(), y);
     }
     y
 }
@@ -176,6 +287,7 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
 /// `fc.forward(x)`, traced.
 pub fn linear(fc: &Linear, x: Tensor<2>) -> Tensor<2> {
     let (input, start) = (x.dims(), Instant::now());
+    let kept = is_tracing().then(|| x.clone());
     let y = fc.forward(x);
     if is_tracing() {
         let [inputs, outputs] = fc.weight.dims();
@@ -183,6 +295,7 @@ pub fn linear(fc: &Linear, x: Tensor<2>) -> Tensor<2> {
         record(fc.weight.id, LayerKind::Linear, &input, [1, 1], start, &y, None, inputs * outputs + bias, |_| {
             (2 * inputs * outputs + bias) as u64
         });
+        return node(NodeKind::Layer, kept.into_iter().collect(), y);
     }
     y
 }
@@ -190,14 +303,20 @@ pub fn linear(fc: &Linear, x: Tensor<2>) -> Tensor<2> {
 /// Runs `images` through `model`, recording each layer, and names the layers.
 pub fn summarize(model: &Classifier, images: Tensor<4>, keep_activations: bool) -> (Tensor<2>, Vec<Layer>) {
     let (logits, mut layers) = trace(keep_activations, || model.forward(images));
+    name_layers(model, &mut layers);
+    (logits, layers)
+}
+
+/// Sets the names of `model`'s traced layers: their parameter paths without the leaf and without
+/// `net.<Variant>.` (a head's layers keep `head.`).
+pub fn name_layers(model: &Classifier, layers: &mut [Layer]) {
     let variant = format!("net.{}.", model.net.name());
     let paths = named_params(model);
-    for layer in &mut layers {
+    for layer in layers {
         let path = paths.iter().find(|p| p.id == layer.weight).map_or("?", |p| p.path.as_str());
         let module = path.rsplit_once('.').map_or(path, |(module, _)| module);
         layer.name = module.strip_prefix(&variant).unwrap_or(module).to_string();
     }
-    (logits, layers)
 }
 
 /// The layers a user's name picks: the layer of that name, or, for a module holding several

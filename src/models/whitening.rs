@@ -11,7 +11,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-use super::trace;
+use super::{layers, trace};
 
 /// Added to every eigenvalue before the square root: directions of (almost) no variance are
 /// amplified by at most `1 / sqrt(eps)`.
@@ -26,9 +26,11 @@ impl PatchWhitening {
     /// `2 * channels * patch^2` filters over `patch x patch` windows (an image of side `s` comes
     /// out at `s - patch + 1`); the weight is frozen, the bias starts at zero and trains.
     pub fn new(channels: usize, patch: usize, device: &Device) -> Self {
-        let filters = 2 * channels * patch * patch;
+        // A pruned model's plan may keep fewer filters (see `layers::planned_channels`).
+        let [channels, filters] = layers::planned_channels([channels, 2 * channels * patch * patch]);
         let mut conv =
             Conv2dConfig::new([channels, filters], [patch, patch]).with_padding(PaddingConfig2d::Valid).with_bias(true).init(device);
+        layers::constructed(conv.weight.id);
         conv.weight = conv.weight.set_require_grad(false);
         // `zeros_like` is untracked: the bias is marked trainable again.
         conv.bias = conv.bias.map(|b| b.map(|b| b.zeros_like()).set_require_grad(true));
@@ -44,6 +46,12 @@ impl PatchWhitening {
     /// first, each scaled by `1 / sqrt(eigenvalue + eps)`, then the same filters negated.
     pub fn fit(mut self, images: &Tensor<4>) -> anyhow::Result<Self> {
         let [filters, channels, patch, _] = self.conv.weight.dims();
+        let d = channels * patch * patch;
+        anyhow::ensure!(
+            filters == 2 * d,
+            "patch whitening: the layer has {filters} filters, fitting needs {} (a pruned layer is not refitted)",
+            2 * d
+        );
         let dims = images.dims();
         anyhow::ensure!(dims[1] == channels, "patch whitening: images have {} channels, the layer reads {channels}", dims[1]);
         anyhow::ensure!(
@@ -54,7 +62,6 @@ impl PatchWhitening {
         );
         let values: Vec<f32> = images.clone().into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let covariance = patch_covariance(&values, dims, patch);
-        let d = channels * patch * patch;
         let (eigenvalues, eigenvectors) = symmetric_eigen(covariance, d);
         let mut weights = Vec::with_capacity(filters * d);
         for sign in [1.0, -1.0] {

@@ -28,10 +28,13 @@ use crate::models;
 use crate::tracking::run::RunLock;
 use crate::tracking::{EpochMetrics, RunDir, RunSummary};
 
-/// Where training starts: a new run folder, or an existing run's last completed epoch.
+/// Where training starts: a new run folder, an existing run's last completed epoch, or a new run
+/// folder whose model starts from a checkpoint of the same architecture (a pruned model to
+/// fine-tune) instead of its initialization or pretrained weights.
 pub enum Start<'a> {
     New(&'a str),
     Resume(&'a RunDir),
+    FromCheckpoint(&'a str, &'a std::path::Path),
 }
 
 /// A run set up for training: its data, weights, optimizer, schedule and callbacks, and how far
@@ -71,11 +74,11 @@ impl<'a> Trainer<'a> {
         // A resumed run is locked before its state is read; a new one once its folder exists.
         let mut lock = match start {
             Start::Resume(run) => Some(RunLock::acquire(&run.path)?),
-            Start::New(_) => None,
+            Start::New(_) | Start::FromCheckpoint(..) => None,
         };
         let resume_point = match start {
             Start::Resume(run) => resume::load_point(run, config)?,
-            Start::New(_) => None,
+            Start::New(_) | Start::FromCheckpoint(..) => None,
         };
         let base_device = crate::device::parse(&config.run.device)?;
         base_device.seed(config.train.seed);
@@ -90,13 +93,14 @@ impl<'a> Trainer<'a> {
             &device,
             resume_point.is_none().then_some(config.data.cache_dir.as_path()),
         )?;
-        let model = match resume_point {
-            None => super::fit_to_data(model, config, &data.train, &device)?,
-            Some(_) => model,
+        let model = match (&start, &resume_point) {
+            (Start::FromCheckpoint(_, checkpoint), _) => callbacks::load_checkpoint(model, checkpoint)?,
+            (_, None) => super::fit_to_data(model, config, &data.train, &device)?,
+            (_, Some(_)) => model,
         };
         let params = models::param_counts(&model);
         let run = match start {
-            Start::New(run_id) => {
+            Start::New(run_id) | Start::FromCheckpoint(run_id, _) => {
                 let run = RunDir::create(&config.run.dir, run_id, config)?;
                 lock = Some(RunLock::acquire(&run.path)?);
                 run

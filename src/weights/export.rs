@@ -39,7 +39,7 @@ pub struct ExportedModel {
 }
 
 /// The float parameters of a module (running statistics included) by path, in burn's layout.
-fn collect_tensors<M: Module>(model: &M) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+pub(crate) fn collect_tensors<M: Module>(model: &M) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     struct Collect(BTreeMap<String, (Vec<usize>, Vec<f32>)>);
     impl PathVisitor for Collect {
         fn visit_float<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
