@@ -30,8 +30,11 @@ use crate::train::config::TrainConfig;
 use crate::train::{loss, optim, step_once};
 use burn::optim::ModuleOptimizer;
 
-/// What a benchmarked training step works on: a 10-class model on the autodiff `device`, SGD with
-/// momentum 0.9, and one batch of random `size` x `size` RGB images with labels.
+/// Classes of the models `ferrovision bench` builds (CIFAR-10's).
+pub const CLASSES: usize = 10;
+
+/// What a benchmarked training step works on: a `classes`-way model on the autodiff `device`, SGD
+/// with momentum 0.9, and one batch of random `size` x `size` RGB images with labels.
 struct StepBench {
     model: Classifier,
     optimizer: ModuleOptimizer,
@@ -40,23 +43,30 @@ struct StepBench {
 }
 
 impl StepBench {
-    fn new(model_config: &ModelConfig, batch: usize, size: usize, device: &Device) -> Result<StepBench> {
+    fn new(model_config: &ModelConfig, classes: usize, batch: usize, size: usize, device: &Device) -> Result<StepBench> {
         let device = device.clone().autodiff();
         device.seed(0);
-        let num_classes = 10;
-        let model = models::build(model_config, num_classes, &device)?;
+        let model = models::build(model_config, classes, &device)?;
         let optimizer = optim::build(&TrainConfig { momentum: 0.9, ..Default::default() }, &[]);
         let images = Tensor::<4>::random([batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
-        let labels: Vec<i64> = (0..batch as i64).map(|i| i % num_classes as i64).collect();
-        let targets = loss::smoothed_targets(&labels, num_classes, 0.0, &device);
+        let labels: Vec<i64> = (0..batch as i64).map(|i| i % classes as i64).collect();
+        let targets = loss::smoothed_targets(&labels, classes, 0.0, &device);
         Ok(StepBench { model, optimizer, images, targets })
     }
 }
 
 /// Images per second of full training steps (forward, backward, SGD update) at `batch` on random
 /// `size` x `size` RGB inputs, after `warmup` untimed steps.
-pub fn train_step(model_config: &ModelConfig, batch: usize, size: usize, steps: usize, warmup: usize, device: &Device) -> Result<f64> {
-    let StepBench { mut model, mut optimizer, images, targets } = StepBench::new(model_config, batch, size, device)?;
+pub fn train_step(
+    model_config: &ModelConfig,
+    classes: usize,
+    batch: usize,
+    size: usize,
+    steps: usize,
+    warmup: usize,
+    device: &Device,
+) -> Result<f64> {
+    let StepBench { mut model, mut optimizer, images, targets } = StepBench::new(model_config, classes, batch, size, device)?;
     let mut timed = 0.0;
     for i in 0..warmup + steps {
         let start = Instant::now();
@@ -195,8 +205,8 @@ pub fn augment(pipeline: &Pipeline, size: usize, images: usize) -> Result<f64> {
 }
 
 /// Images per second of evaluation-mode forward passes.
-pub fn inference(model_config: &ModelConfig, batch: usize, size: usize, steps: usize, device: &Device) -> Result<f64> {
-    let model = models::build(model_config, 10, device)?;
+pub fn inference(model_config: &ModelConfig, classes: usize, batch: usize, size: usize, steps: usize, device: &Device) -> Result<f64> {
+    let model = models::build(model_config, classes, device)?;
     let images = Tensor::<4>::from_data(TensorData::new(vec![0.5f32; batch * 3 * size * size], [batch, 3, size, size]), device);
     let _ = model.forward(images.clone()).into_data();
     let start = Instant::now();

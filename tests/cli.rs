@@ -1664,10 +1664,8 @@ fn prune_fine_tunes_a_smaller_run_that_every_verb_accepts() {
     let untouched = snapshot(&source);
     let config = std::fs::read_to_string(ws.config()).unwrap().replace("epochs = 2", "epochs = 1");
     let prune = ws.root().join("prune.toml");
-    let section = format!(
-        "\n[prune]\nsource = {:?}\nimportance = \"l1\"\nratio = 0.5\nround_to = 4\nsteps = 2\nkeep = [\"stem\"]\nmeasure_speed = false\n",
-        s(&source)
-    );
+    let section =
+        format!("\n[prune]\nsource = {:?}\nimportance = \"l1\"\nratio = 0.5\nround_to = 4\nsteps = 2\nkeep = [\"stem\"]\n", s(&source));
     std::fs::write(&prune, config + &section).unwrap();
     let out = ferrovision(ws.root(), &["prune", "--config", s(&prune), "--id", "pruned"]);
     let stdout = out.success();
@@ -1681,6 +1679,11 @@ fn prune_fine_tunes_a_smaller_run_that_every_verb_accepts() {
     let report = read_json(&run.join("prune_report.json"));
     let (before, after) = (report["before"]["flops"].as_f64().unwrap(), report["after"]["flops"].as_f64().unwrap());
     assert!(after < 0.5 * before, "{report}");
+    for model in ["before", "after"] {
+        for figure in ["latency_ms", "throughput", "train_throughput"] {
+            assert!(report[model][figure].as_f64().is_some_and(|v| v > 0.0), "{model}.{figure} measured: {report}");
+        }
+    }
     let stem = report["channels"].as_array().unwrap().iter().find(|c| c[0] == "stem.conv").unwrap();
     assert_eq!(stem[1], stem[2], "kept whole: {stem}");
     let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();

@@ -63,7 +63,7 @@ impl Profile {
 /// Profiles training steps of `model_config` at `batch` on random `size` x `size` inputs,
 /// averaged over `steps` after `warmup`.
 pub fn train_step(model_config: &ModelConfig, batch: usize, size: usize, steps: usize, warmup: usize, device: &Device) -> Result<Profile> {
-    let StepBench { mut model, mut optimizer, images, targets } = StepBench::new(model_config, batch, size, device)?;
+    let StepBench { mut model, mut optimizer, images, targets } = StepBench::new(model_config, super::CLASSES, batch, size, device)?;
     let device = device.clone().autodiff();
     let (mut phases, mut layers) = ([0.0; 3], Vec::new());
     for i in 0..warmup + steps {

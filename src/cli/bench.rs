@@ -164,7 +164,7 @@ impl BenchCommand {
                     outln!("{}", profile.table(peak));
                     profile.batch as f64 / profile.step
                 } else {
-                    bench::train_step(&model_config, batch, size, steps, warmup, &device)?
+                    bench::train_step(&model_config, bench::CLASSES, batch, size, steps, warmup, &device)?
                 };
                 outln!("{ips:.1} img/s");
             }
@@ -175,7 +175,7 @@ impl BenchCommand {
                 ferrovision::kernels::set_enabled(kernels == Kernel::Ours);
                 let model_config = overrides.model_config(&model)?;
                 outln!("inference: {model}, batch {batch}, {size}x{size}, {steps} steps, device {name}");
-                outln!("{:.1} img/s", bench::inference(&model_config, batch, size, steps, &device)?);
+                outln!("{:.1} img/s", bench::inference(&model_config, bench::CLASSES, batch, size, steps, &device)?);
             }
             BenchCommand::Depthwise { batch, steps, warmup: Warmup { warmup }, device: name, shapes } => {
                 let device = name.parse()?;

@@ -112,7 +112,8 @@ pub fn prune(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) ->
     let Source { p, source_run, checkpoint, mut finetune, data, classes, settings, device, mut model, size } = Source::load(config)?;
     let accuracy = |model: &Classifier| -> Result<f64> { Ok(evaluate(model, &data.test, classes, &settings, &device)?.accuracy) };
     let accuracy_before = accuracy(&model)?;
-    let before = figures(&model, &finetune.model, size, p, finetune.train.batch_size, &device)?;
+    let source_model = finetune.model.clone();
+    let mut before = figures(&model, size);
     crate::outln!(
         "{}: test accuracy {:.2}%, {} parameters, {:.1} MFLOPs",
         p.source.display(),
@@ -174,7 +175,11 @@ pub fn prune(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) ->
         last_run = Some(run);
     }
     let run = last_run.expect("prune.steps >= 1");
-    let after = figures(&model, &finetune.model, size, p, finetune.train.batch_size, &device)?;
+    let mut after = figures(&model, size);
+    if p.measure_speed {
+        let configs = [&source_model, &finetune.model];
+        measure_speeds([&mut before, &mut after], configs, classes, size, finetune.train.batch_size, &device)?;
+    }
     let final_graph = trace::summarize(&model, Tensor::zeros([1, 3, size, size], &device), false).1;
     let channels = first_graph
         .layers
@@ -235,22 +240,39 @@ fn total_flops(model: &Classifier, size: usize) -> u64 {
     trace::summarize(model, Tensor::zeros([1, 3, size, size], &device), false).1.iter().map(|l| l.flops).sum()
 }
 
-fn figures(
-    model: &Classifier,
-    config: &ModelConfig,
+/// Size and cost of `model`; its speed is measured by [`measure_speeds`].
+fn figures(model: &Classifier, size: usize) -> ModelFigures {
+    let params = crate::models::trainable_params(model);
+    ModelFigures { params, flops: total_flops(model, size), latency_ms: None, throughput: None, train_throughput: None }
+}
+
+/// Rounds of speed measurement; each figure is the best of its rounds.
+const SPEED_ROUNDS: usize = 3;
+
+/// Speeds of the source and the pruned model, measured in alternation, round after round, so that
+/// a busy moment of the machine does not favour either.
+fn measure_speeds(
+    mut models: [&mut ModelFigures; 2],
+    configs: [&ModelConfig; 2],
+    classes: usize,
     size: usize,
-    p: &PruneConfig,
     train_batch: usize,
     device: &Device,
-) -> Result<ModelFigures> {
-    let speed = |f: &dyn Fn() -> Result<f64>| -> Result<Option<f64>> { if p.measure_speed { f().map(Some) } else { Ok(None) } };
-    Ok(ModelFigures {
-        params: crate::models::trainable_params(model),
-        flops: total_flops(model, size),
-        latency_ms: speed(&|| crate::bench::inference(config, 1, size, 50, device).map(|rate| 1000.0 / rate))?,
-        throughput: speed(&|| crate::bench::inference(config, 256, size, 3, device))?,
-        train_throughput: speed(&|| crate::bench::train_step(config, train_batch, size, 5, 2, device))?,
-    })
+) -> Result<()> {
+    let best = |old: Option<f64>, new: f64, lower_is_better: bool| {
+        Some(old.map_or(new, |old| if lower_is_better { old.min(new) } else { old.max(new) }))
+    };
+    for _ in 0..SPEED_ROUNDS {
+        for (figure, config) in models.iter_mut().zip(configs) {
+            let latency = 1000.0 / crate::bench::inference(config, classes, 1, size, 50, device)?;
+            let throughput = crate::bench::inference(config, classes, 256, size, 3, device)?;
+            let train = crate::bench::train_step(config, classes, train_batch, size, 5, 2, device)?;
+            figure.latency_ms = best(figure.latency_ms, latency, true);
+            figure.throughput = best(figure.throughput, throughput, false);
+            figure.train_throughput = best(figure.train_throughput, train, false);
+        }
+    }
+    Ok(())
 }
 
 /// `prune_report.md`, `prune_report.json` and `prune_channels.{svg,png}` in `folder`.
