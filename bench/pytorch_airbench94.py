@@ -6,7 +6,8 @@ GPU" (arXiv:2404.00498; code github.com/KellerJordan/cifar10-airbench, airbench9
 independent re-write of that recipe for a CPU, so that a ferrovision speed run has a PyTorch
 figure beside it on the same machine and the same data:
 
-- fp32 instead of fp16, channels_last, `torch.set_num_threads(--threads)` (default 2);
+- fp32 instead of fp16, channels_last (`--layout nchw` for the other memory layout),
+  `torch.set_num_threads(--threads)` (default 2);
 - the JPEG CIFAR-10 of ../shared/data/cifar10-jpeg.tar.gz (what ferrovision reads), decoded with
   Pillow once and cached as .npy files in `--cache`;
 - everything else as published: batch 1024, label smoothing 0.2, Nesterov SGD (momentum 0.85) with
@@ -57,6 +58,8 @@ BN_MOMENTUM = 0.6  # the paper's convention: the share of the old running statis
 LOGIT_SCALE = 1 / 9
 TRANSLATE = 2
 WHITEN_IMAGES = 5000
+# The memory layout of images and weights (`--layout`).
+MEMORY_FORMAT = torch.channels_last
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,13 +113,13 @@ def load_split(tar_path, cache_dir, split):
 
 
 def to_tensor(images, limit):
-    """uint8 NHWC -> normalised fp32 NCHW in channels_last; `limit` keeps that many per class."""
+    """uint8 NHWC -> normalised fp32 NCHW in MEMORY_FORMAT; `limit` keeps that many per class."""
     if limit is not None:
         images = images[: limit * len(CLASSES)]
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    return ((x - mean) / std).contiguous(memory_format=MEMORY_FORMAT)
 
 
 class TrainBatches:
@@ -141,7 +144,7 @@ class TrainBatches:
     def translated(self):
         n, side = len(self.labels), self.padded.shape[-1] - 2 * TRANSLATE
         shifts = torch.randint(0, 2 * TRANSLATE + 1, (n, 2))
-        out = torch.empty((n, 3, side, side)).contiguous(memory_format=torch.channels_last)
+        out = torch.empty((n, 3, side, side)).contiguous(memory_format=MEMORY_FORMAT)
         # One slice per offset pair (25 of them) instead of one per image.
         for dy in range(2 * TRANSLATE + 1):
             for dx in range(2 * TRANSLATE + 1):
@@ -157,7 +160,7 @@ class TrainBatches:
         order = torch.randperm(len(self.labels))
         for i in range(len(self)):
             pick = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield images[pick].contiguous(memory_format=torch.channels_last), self.labels[pick]
+            yield images[pick].contiguous(memory_format=MEMORY_FORMAT), self.labels[pick]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +290,7 @@ def train(args, train_x, train_y, test_x, test_y):
     kilostep = 1024 * (1 + 1 / (1 - MOMENTUM))
     lr = LR / kilostep
     wd = WEIGHT_DECAY * batch / kilostep
-    model = Net().to(memory_format=torch.channels_last)
+    model = Net().to(memory_format=MEMORY_FORMAT)
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     norm_biases = [p for name, p in params if "norm" in name]
     others = [p for name, p in params if "norm" not in name]
@@ -353,6 +356,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", type=Path, default=REPO.parent / "shared/data/cifar10-jpeg.tar.gz")
     p.add_argument("--cache", type=Path, default=REPO / ".cache/airbench94", help="folder for the decoded .npy arrays")
+    p.add_argument("--layout", choices=("channels_last", "nchw"), default="channels_last",
+                   help="memory layout of images and weights")
     p.add_argument("--epoch-eval", action=argparse.BooleanOptionalAction, default=True,
                    help="test accuracy (no TTA) after each epoch, outside the timed total")
     args = p.parse_args()
@@ -361,10 +366,12 @@ def main():
     if not args.data.exists():
         p.error(f"{args.data}: not found (the JPEG CIFAR-10 of ../shared/data; see --data)")
 
+    global MEMORY_FORMAT
+    MEMORY_FORMAT = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
     wall = time.perf_counter()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    print(f"pytorch {torch.__version__}, {torch.get_num_threads()} threads, fp32 channels_last, seed {args.seed}")
+    print(f"pytorch {torch.__version__}, {torch.get_num_threads()} threads, fp32 {args.layout}, seed {args.seed}")
 
     start = time.perf_counter()
     splits = [load_split(args.data, args.cache, s) for s in ("train", "test")]
