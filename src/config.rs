@@ -12,7 +12,7 @@ use crate::data::LoadOptions;
 use crate::data::config::DataConfig;
 use crate::error::{InvalidSetting, ensure, ensure_finite};
 use crate::models::config::ModelConfig;
-use crate::models::transfer::TransferConfig;
+use crate::models::transfer::{Finetune, TransferConfig};
 use crate::prune::PruneConfig;
 use crate::tracking::config::ExperimentInfo;
 use crate::tracking::config::RunConfig;
@@ -141,6 +141,14 @@ impl ExperimentConfig {
         self.train.validate()?;
         if let Some(prune) = &self.prune {
             prune.validate()?;
+        }
+        let transfer = &self.transfer;
+        for (key, set) in [("transfer.layer_decay", transfer.layer_decay != 1.0), ("transfer.unfreeze_every", transfer.unfreeze_every > 0)]
+        {
+            ensure(!set || self.model.is_pretrained(), key, || "needs pretrained weights (model.weights or model.pretrained)".into())?;
+            ensure(!set || transfer.finetune == Finetune::All, key, || {
+                "needs transfer.finetune = \"all\" (with \"head\" the pretrained layers never train)".into()
+            })?;
         }
         let t = &self.train;
         let without_val = |monitor: Monitor| monitor == Monitor::TrainLoss || self.data.has_validation();
@@ -360,6 +368,7 @@ early_stopping = { patience = 2 }
             "model.init_constant",
             "model.dropout",
             "transfer.backbone_lr_scale",
+            "transfer.layer_decay",
             "augment.mix.prob",
             "augment.normalize.std[2]",
             "augment.transforms[1].degrees[0]",
@@ -368,6 +377,19 @@ early_stopping = { patience = 2 }
         ] {
             assert!(refused.contains(key), "{key} not among the refused: {refused:?}");
         }
+    }
+
+    #[test]
+    fn per_layer_fine_tuning_needs_pretrained_layers_that_train() {
+        let parse = |text: &str| ExperimentConfig::from_toml(text, "x.toml", &[]).map_err(|e| e.to_string());
+        let weights = "[model]\nname = \"lenet5\"\nweights = \"lenet.safetensors\"\n";
+        assert!(parse(&format!("{weights}[transfer]\nlayer_decay = 0.7\nunfreeze_every = 1\n")).is_ok());
+        let err = parse("[transfer]\nlayer_decay = 0.7\n").unwrap_err();
+        assert!(err.contains("transfer.layer_decay") && err.contains("needs pretrained weights"), "{err}");
+        let err = parse(&format!("{weights}[transfer]\nfinetune = \"head\"\nunfreeze_every = 2\n")).unwrap_err();
+        assert!(err.contains("transfer.unfreeze_every") && err.contains("finetune = \"all\""), "{err}");
+        let err = parse(&format!("{weights}[transfer]\nlayer_decay = 1.5\n")).unwrap_err();
+        assert!(err.contains("transfer.layer_decay") && err.contains("(0, 1]"), "{err}");
     }
 
     #[test]

@@ -107,6 +107,11 @@ impl ModelConfig {
         Self { name: name.into(), ..Default::default() }
     }
 
+    /// Whether the model starts from pretrained weights (`weights` or `pretrained`).
+    pub fn is_pretrained(&self) -> bool {
+        self.weights.is_some() || self.pretrained.is_some()
+    }
+
     pub fn build_options(&self) -> BuildOptions {
         BuildOptions {
             init: Init { scheme: self.init, constant: self.init_constant },

@@ -63,6 +63,14 @@ impl<M: PathMapper> ModuleMapper for WithPath<M> {
     }
 }
 
+/// A parameter path as `summary` names it: without `net.<Family>.` (`head.` paths stay).
+pub fn summary_path(path: &str) -> &str {
+    match path.strip_prefix("net.") {
+        Some(rest) => rest.split_once('.').map_or(rest, |(_, p)| p),
+        None => path,
+    }
+}
+
 /// Walks `model` with `visitor` and gives the visitor back.
 pub fn visit_with_paths<M: Module, V: PathVisitor>(model: &M, visitor: V) -> V {
     let mut walk = WithPath::new(visitor);

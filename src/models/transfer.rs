@@ -61,6 +61,13 @@ pub struct TransferConfig {
     pub head_dropout: f64,
     /// The pretrained part trains at `train.lr` times this (the head at `train.lr`).
     pub backbone_lr_scale: f64,
+    /// Layer-wise learning-rate decay: the pretrained layer nearest the head trains at
+    /// `backbone_lr_scale * layer_decay`, the next one down at `layer_decay^2` times that, and so
+    /// on down to the stem (1 = off). Layers as [`backbone_layers`] lists them.
+    pub layer_decay: f64,
+    /// Gradual unfreezing (ULMFiT): the new parts train alone for the first `unfreeze_every`
+    /// epochs, then every `unfreeze_every` epochs the next pretrained layer down joins (0 = off).
+    pub unfreeze_every: usize,
 }
 
 impl Default for TransferConfig {
@@ -72,6 +79,8 @@ impl Default for TransferConfig {
             head_hidden: 0,
             head_dropout: 0.0,
             backbone_lr_scale: 1.0,
+            layer_decay: 1.0,
+            unfreeze_every: 0,
         }
     }
 }
@@ -81,7 +90,14 @@ impl TransferConfig {
         let dropout = self.head_dropout;
         ensure((0.0..1.0).contains(&dropout), "transfer.head_dropout", || format!("expected a probability in [0, 1), found {dropout}"))?;
         let scale = self.backbone_lr_scale;
-        ensure(scale.is_finite() && scale >= 0.0, "transfer.backbone_lr_scale", || format!("expected a number >= 0, found {scale}"))
+        ensure(scale.is_finite() && scale >= 0.0, "transfer.backbone_lr_scale", || format!("expected a number >= 0, found {scale}"))?;
+        let decay = self.layer_decay;
+        ensure(decay > 0.0 && decay <= 1.0, "transfer.layer_decay", || format!("expected a factor in (0, 1], found {decay}"))
+    }
+
+    /// Whether the pretrained layers train at rates or from epochs of their own.
+    pub fn per_layer(&self) -> bool {
+        self.layer_decay != 1.0 || self.unfreeze_every > 0
     }
 }
 
@@ -119,7 +135,7 @@ pub fn build(
     device: &Device,
     weights_cache: Option<&Path>,
 ) -> Result<(Classifier, Vec<String>)> {
-    let pretrained = model_config.weights.is_some() || model_config.pretrained.is_some();
+    let pretrained = model_config.is_pretrained();
     let weights = weights_cache.map(|cache| weight_file(model_config, cache)).transpose()?.flatten();
     let hidden = (t.head_hidden > 0).then_some(t.head_hidden);
     let dropout = DropoutConfig::new(t.head_dropout).init();
@@ -246,6 +262,29 @@ pub fn freeze(model: Classifier, frozen_paths: &[String]) -> Classifier {
     model.freeze_group(ParamGroup::from_ids(ids))
 }
 
+/// The pretrained network's layers from the input up, each with the ids of its float parameters
+/// (new parts excluded): parameters are grouped by their `summary` name up to the first block index
+/// (`stem`, `layer1.0`, `stages.3`, `features.2`, `fc`).
+pub fn backbone_layers(model: &Classifier, new_parts: &[String]) -> Vec<(String, Vec<ParamId>)> {
+    let mut layers: Vec<(String, Vec<ParamId>)> = Vec::new();
+    let params = super::named_params(model).into_iter().filter(|p| p.shape.is_some() && !new_parts.iter().any(|n| covers(n, &p.path)));
+    for param in params {
+        let name = layer_name(super::params::summary_path(&param.path));
+        match layers.iter_mut().find(|(layer, _)| *layer == name) {
+            Some((_, ids)) => ids.push(param.id),
+            None => layers.push((name, vec![param.id])),
+        }
+    }
+    layers
+}
+
+/// `stages.3.1.expand.conv.weight` -> `stages.3`; `stem.conv.weight` -> `stem`.
+fn layer_name(path: &str) -> String {
+    let parts: Vec<&str> = path.split('.').collect();
+    let end = parts.iter().position(|p| p.chars().all(|c| c.is_ascii_digit())).unwrap_or(0);
+    parts[..=end].join(".")
+}
+
 /// Ids of every parameter outside the new parts (the pretrained backbone), for its own learning
 /// rate.
 pub fn backbone_ids(model: &Classifier, new_parts: &[String]) -> Vec<ParamId> {
@@ -263,7 +302,7 @@ mod tests {
     use crate::augment::NormalizePreset;
     use crate::data::classes::ClassNames;
     use crate::train::config::TrainConfig;
-    use crate::train::param_groups::ResolvedGroup;
+    use crate::train::param_groups;
     use crate::train::{loss, optim};
     use crate::weights::apply::parameter_shapes;
     use crate::weights::export::{ExportedModel, export_safetensors};
@@ -418,12 +457,57 @@ mod tests {
         let (model, new_parts) = build_experiment(&config, 3, &device).unwrap();
         let before = values(&model);
         let train = TrainConfig { momentum: 0.0, weight_decay: 0.0, ..Default::default() };
-        let backbone = ResolvedGroup { ids: backbone_ids(&model, &new_parts), lr_scale: 0.0, weight_decay: 0.0, epochs: None };
-        let mut optimizer = optim::build(&train, &[backbone]);
+        let backbone = param_groups::backbone_groups(&model, &new_parts, &config.transfer, 0.0);
+        assert_eq!(backbone.len(), 1);
+        let mut optimizer = optim::build(&train, &backbone);
         let (model, _) = train_step(model, &mut optimizer, 3, 32);
         let after = values(&model);
         assert_eq!(after["net.LeNet5.conv1.weight"], before["net.LeNet5.conv1.weight"]);
         assert_ne!(after["net.LeNet5.fc3.weight"], before["net.LeNet5.fc3.weight"]);
+    }
+
+    #[test]
+    fn backbone_layers_run_from_the_stem_to_the_head() {
+        let device = Device::flex();
+        let names = |model: &str, new_parts: &[&str]| {
+            let net = crate::models::build(&ModelConfig::named(model), 10, &device).unwrap();
+            let new_parts: Vec<String> = new_parts.iter().map(|p| p.to_string()).collect();
+            backbone_layers(&net, &new_parts).into_iter().map(|(name, _)| name).collect::<Vec<_>>()
+        };
+        let resnet = names("resnet18", &["head", "net.ImageNetResNet.fc"]);
+        assert_eq!(resnet, ["stem", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1"]);
+        let lite = names("efficientnet_lite0", &["head"]);
+        let stages = (0..7).map(|i| format!("stages.{i}"));
+        assert_eq!(lite, ["stem".to_string()].into_iter().chain(stages).chain(["head".into(), "fc".into()]).collect::<Vec<_>>());
+    }
+
+    /// Layer-wise decay halves the rate per layer down from the head; with gradual unfreezing the
+    /// layers join one at a time from the top, and a frozen layer's weights stay as they were.
+    #[test]
+    fn layer_decay_and_gradual_unfreezing_follow_the_layers_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let (weights, _) = pretrained_lenet(dir.path());
+        let device = Device::flex().autodiff();
+        let mut config = experiment("lenet5", TransferConfig { layer_decay: 0.5, unfreeze_every: 2, ..Default::default() });
+        config.model.weights = Some(weights);
+        let (model, new_parts) = build_experiment(&config, 3, &device).unwrap();
+        let groups = param_groups::backbone_groups(&model, &new_parts, &config.transfer, 1e-4);
+        let plan: Vec<(&str, f64, usize)> = groups.iter().map(|g| (g.label.as_str(), g.lr_scale, g.first_epoch)).collect();
+        assert_eq!(plan, [("conv1", 0.0625, 9), ("conv2", 0.125, 7), ("fc1", 0.25, 5), ("fc2", 0.5, 3)]);
+        assert!(groups.iter().all(|g| g.weight_decay == 1e-4));
+
+        // Epoch 3: the new classifier (fc3) and fc2 train; the rest stays.
+        let before = values(&model);
+        let mut optimizer = optim::build(&TrainConfig { momentum: 0.0, weight_decay: 0.0, ..Default::default() }, &groups);
+        let images = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+        let targets = loss::smoothed_targets(&[0, 1, 2, 0], 3, 0.0, &device);
+        let mut grads = GradientsParams::from_grads(loss::cross_entropy(model.forward(images), targets).backward(), &model);
+        param_groups::drop_gradients(&mut grads, &model, &param_groups::frozen_in(&groups, 3));
+        let after = values(&optimizer.step(0.1, model, grads));
+        for layer in ["conv1", "conv2", "fc1", "fc2", "fc3"] {
+            let key = format!("net.LeNet5.{layer}.weight");
+            assert_eq!(after[&key] != before[&key], layer == "fc2" || layer == "fc3", "{key}");
+        }
     }
 
     #[test]

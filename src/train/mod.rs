@@ -78,8 +78,7 @@ pub fn load_run_model(config: &ExperimentConfig, num_classes: usize, checkpoint:
 /// training images spread evenly over the split, unaugmented and normalized as training sees
 /// them. Models without such layers, and models whose weights were loaded, come back unchanged.
 pub fn fit_to_data(mut model: Classifier, config: &ExperimentConfig, train: &ImageSet, device: &Device) -> Result<Classifier> {
-    let loaded = config.model.weights.is_some() || config.model.pretrained.is_some();
-    if loaded || !model.net.fits_to_data() {
+    if config.model.is_pretrained() || !model.net.fits_to_data() {
         return Ok(model);
     }
     let count = config.model.fit_images.min(train.len());

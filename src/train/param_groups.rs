@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{InvalidSetting, ensure};
 use crate::models::Classifier;
-use crate::models::params::{PathVisitor, visit_with_paths};
+use crate::models::params::{PathVisitor, summary_path, visit_with_paths};
+use crate::models::transfer::{self, TransferConfig};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -79,23 +80,20 @@ impl Selector {
 /// A group resolved against a model: its parameters and settings.
 #[derive(Clone, Debug)]
 pub struct ResolvedGroup {
+    /// What it is, for the log: its selector, or a pretrained layer's name.
+    pub label: String,
     pub ids: Vec<ParamId>,
     pub lr_scale: f64,
     pub weight_decay: f64,
+    /// The first epoch (1-based) it trains in; frozen before.
+    pub first_epoch: usize,
+    /// The last epoch it trains in (absent = the last); frozen after.
     pub epochs: Option<usize>,
 }
 
 impl ResolvedGroup {
     pub fn param_group(&self) -> ParamGroup {
         ParamGroup::from_ids(self.ids.clone())
-    }
-}
-
-/// A parameter path as `summary` names it: without `net.<Family>.`.
-fn summary_path(path: &str) -> &str {
-    match path.strip_prefix("net.") {
-        Some(rest) => rest.split_once('.').map_or(rest, |(_, p)| p),
-        None => path,
     }
 }
 
@@ -121,18 +119,55 @@ pub fn resolve(model: &Classifier, groups: &[ParamGroupConfig], default_decay: f
             let ids: Vec<ParamId> = params.iter().filter(|(path, _)| selector.matches(summary_path(path))).map(|(_, id)| *id).collect();
             ensure(!ids.is_empty(), &key, || format!("`{}` selects no parameter of the model (see `ferrovision summary`)", group.params))?;
             Ok(ResolvedGroup {
+                label: group.params.clone(),
                 ids,
                 lr_scale: group.lr_scale,
                 weight_decay: group.weight_decay.unwrap_or(default_decay),
+                first_epoch: 1,
                 epochs: group.epochs,
             })
         })
         .collect()
 }
 
-/// Parameters of the groups whose training ends before `epoch` (1-based).
+/// The groups of a pretrained backbone (`transfer.backbone_lr_scale`, `layer_decay`,
+/// `unfreeze_every`): none when it trains like the new parts, one at `backbone_lr_scale`, or one
+/// per layer of [`transfer::backbone_layers`], the layer `k` below the head at
+/// `backbone_lr_scale * layer_decay^k`, joining in epoch `1 + k * unfreeze_every`.
+pub fn backbone_groups(model: &Classifier, new_parts: &[String], t: &TransferConfig, weight_decay: f64) -> Vec<ResolvedGroup> {
+    let group = |label: String, ids, lr_scale, first_epoch| ResolvedGroup { label, ids, lr_scale, weight_decay, first_epoch, epochs: None };
+    if t.per_layer() {
+        let layers = transfer::backbone_layers(model, new_parts);
+        let count = layers.len();
+        layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, ids))| {
+                let below_head = count - i;
+                group(name, ids, t.backbone_lr_scale * t.layer_decay.powi(below_head as i32), 1 + below_head * t.unfreeze_every)
+            })
+            .collect()
+    } else if t.backbone_lr_scale != 1.0 {
+        vec![group("backbone".into(), transfer::backbone_ids(model, new_parts), t.backbone_lr_scale, 1)]
+    } else {
+        Vec::new()
+    }
+}
+
+/// One line on how the groups train: `stem lr x0.105 from epoch 9, ...`.
+pub fn describe(groups: &[ResolvedGroup]) -> String {
+    let group = |g: &ResolvedGroup| {
+        let from = if g.first_epoch > 1 { format!(" from epoch {}", g.first_epoch) } else { String::new() };
+        let until = g.epochs.map_or(String::new(), |e| format!(" until epoch {e}"));
+        format!("{} lr x{:.3}{from}{until}", g.label, g.lr_scale)
+    };
+    groups.iter().map(group).collect::<Vec<_>>().join(", ")
+}
+
+/// Parameters of the groups that do not train in `epoch` (1-based): not begun, or ended.
 pub fn frozen_in(groups: &[ResolvedGroup], epoch: usize) -> HashSet<ParamId> {
-    groups.iter().filter(|g| g.epochs.is_some_and(|e| epoch > e)).flat_map(|g| g.ids.iter().copied()).collect()
+    let idle = |g: &&ResolvedGroup| epoch < g.first_epoch || g.epochs.is_some_and(|e| epoch > e);
+    groups.iter().filter(idle).flat_map(|g| g.ids.iter().copied()).collect()
 }
 
 /// Drops the gradients of `frozen` from `grads`: the optimizer then leaves those parameters (and
@@ -188,9 +223,16 @@ mod tests {
 
     #[test]
     fn groups_freeze_after_their_epochs() {
-        let a = ResolvedGroup { ids: vec![ParamId::from(1)], lr_scale: 1.0, weight_decay: 0.0, epochs: Some(3) };
-        let b = ResolvedGroup { ids: vec![ParamId::from(2)], lr_scale: 1.0, weight_decay: 0.0, epochs: None };
-        let groups = [a, b];
+        let group = |id: u64, first_epoch, epochs| ResolvedGroup {
+            label: String::new(),
+            ids: vec![ParamId::from(id)],
+            lr_scale: 1.0,
+            weight_decay: 0.0,
+            first_epoch,
+            epochs,
+        };
+        let groups = [group(1, 1, Some(3)), group(2, 1, None), group(3, 3, None)];
+        assert_eq!(frozen_in(&groups, 2), HashSet::from([ParamId::from(3)]));
         assert!(frozen_in(&groups, 3).is_empty());
         assert_eq!(frozen_in(&groups, 4), HashSet::from([ParamId::from(1)]));
     }

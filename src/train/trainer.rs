@@ -140,15 +140,11 @@ impl<'a> Trainer<'a> {
         let steps_per_epoch = GradientAccumulation::steps_per_epoch(config.train.accumulate_batches, batches_per_epoch);
         let schedule = Schedule { rates: LrSchedule::from_config(&config.train, steps_per_epoch), monitor: config.train.plateau.monitor };
         let mut groups = Vec::new();
-        let pretrained = config.model.weights.is_some() || config.model.pretrained.is_some();
-        if pretrained && config.transfer.backbone_lr_scale != 1.0 {
-            let ids = models::transfer::backbone_ids(&model, &new_parts);
-            groups.push(ResolvedGroup {
-                ids,
-                lr_scale: config.transfer.backbone_lr_scale,
-                weight_decay: config.train.weight_decay,
-                epochs: None,
-            });
+        if config.model.is_pretrained() {
+            groups = param_groups::backbone_groups(&model, &new_parts, &config.transfer, config.train.weight_decay);
+            if config.transfer.per_layer() {
+                outln!("pretrained layers: {}", param_groups::describe(&groups));
+            }
         }
         groups.extend(param_groups::resolve(&model, &config.train.param_groups, config.train.weight_decay)?);
         let mut optimizer = optim::build(&config.train, &groups);
