@@ -950,6 +950,41 @@ fn device_errors_say_what_to_build_or_choose() {
     assert!(ws.run_folders().is_empty(), "no run folder for a device error");
 }
 
+/// A head-only fine-tune computes the frozen part once and trains the new classifier on its
+/// outputs, to the same results as running the frozen part on every batch; a random transform
+/// before the frozen part turns the cache off, and the log says why.
+#[test]
+fn a_frozen_backbone_is_computed_once_with_the_same_results() {
+    let ws = Workspace::new();
+    ws.train("source", &[]).success();
+    let weights = ws.root().join("source.safetensors");
+    ferrovision(ws.root(), &["export", "--run", s(&ws.runs().join("source")), "--out", s(&weights)]).success();
+    let weights_key = format!("model.weights={weights:?}");
+    let finetune = |id: &str, extra: &[&str]| {
+        let mut args = vec!["--set", &weights_key, "--set", "transfer.finetune=\"head\"", "--set", "train.tta=\"flip\""];
+        args.extend_from_slice(extra);
+        let out = ws.train(id, &args);
+        let stdout = out.success().to_string();
+        (stdout, read_json(&ws.runs().join(id).join("summary.json")))
+    };
+    let (cached_log, cached) = finetune("cached", &[]);
+    let (plain_log, plain) = finetune("plain", &["--set", "transfer.feature_cache=false"]);
+    assert!(cached_log.contains("frozen part computed once (66 training and 6 validation images"), "{cached_log}");
+    assert!(!plain_log.contains("frozen part"), "{plain_log}");
+    for key in ["best_val_loss", "test_loss"] {
+        let (a, b) = (cached[key].as_f64().unwrap(), plain[key].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-4, "{key}: {a} cached, {b} not");
+    }
+    assert_eq!(cached["test_acc"], plain["test_acc"]);
+    assert_eq!((cached["trainable_params"].as_u64(), cached["frozen_params"].as_u64()), (Some(84 * 3 + 3), Some(62_006 - 84 * 10 - 10)));
+
+    let (random_log, _) = finetune("flipped", &["--set", "augment.hflip=0.5"]);
+    assert!(
+        random_log.contains("the frozen part runs on every batch: the training images pass a random transform (random_horizontal_flip)"),
+        "{random_log}"
+    );
+}
+
 #[test]
 fn export_and_predict_label_new_images_like_the_run() {
     let ws = Workspace::new();

@@ -42,7 +42,8 @@ fn finetuning_the_head_of_pretrained_lite0_on_real_cifar10_beats_chance_by_far()
         return;
     };
     let runs = tempfile::tempdir().unwrap();
-    // 500 real training images upsampled to 64x64; only the new 10-way classifier trains.
+    // 500 real training images upsampled to 64x64; only the new 10-way classifier trains, on the
+    // frozen part's outputs computed once (no random augmentation).
     let mut config = ferrovision::config::ExperimentConfig::from_toml(
         r#"
         [data]
@@ -50,6 +51,9 @@ fn finetuning_the_head_of_pretrained_lite0_on_real_cifar10_beats_chance_by_far()
         subset_per_class = 50
         test_subset_per_class = 50
         input_size = 64
+        [augment]
+        crop_padding = 0
+        hflip = 0.0
         [model]
         name = "efficientnet_lite0"
         weights = "set below"

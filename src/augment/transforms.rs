@@ -319,6 +319,15 @@ impl Transform {
         }
     }
 
+    /// Whether the transform draws random numbers (the same image can come out differently).
+    pub fn is_random(&self) -> bool {
+        match self {
+            Transform::Resize { .. } | Transform::CenterCrop { .. } | Transform::Grayscale {} => false,
+            Transform::GaussianBlur { sigma: [low, high], .. } => low != high,
+            _ => true,
+        }
+    }
+
     /// Checks the parameters and returns the output size for a `height` x `width` input; `key`
     /// names this entry in error messages (e.g. `augment.transforms[2]`).
     pub fn output_shape(&self, key: &str, height: usize, width: usize) -> Result<(usize, usize), InvalidSetting> {
@@ -783,6 +792,11 @@ impl Pipeline {
         chain_shape("augment.transforms", &self.transforms, height, width)
     }
 
+    /// The name of the first transform that draws random numbers.
+    pub fn first_random(&self) -> Option<&'static str> {
+        self.transforms.iter().find(|t| t.is_random()).map(Transform::name)
+    }
+
     /// Applies the transforms in order; `visit` as in `Transform::apply`.
     pub fn apply(&self, image: Image, visit: Option<Visit>, rng: &mut impl Rng) -> Image {
         apply_chain(&self.transforms, image, rng, &self.context, visit)
@@ -832,6 +846,19 @@ mod tests {
 
     fn run(transform: &Transform, image: &Image, seed: u64) -> Image {
         transform.apply(image.clone(), &mut ChaCha8Rng::seed_from_u64(seed), &CONTEXT, None)
+    }
+
+    #[test]
+    fn pipelines_name_their_first_random_transform() {
+        let pipeline = |toml_text: &str| Pipeline { transforms: parse(toml_text).unwrap(), context: CONTEXT };
+        let fixed =
+            pipeline(r#"transforms = [{ name = "resize", size = 64 }, { name = "center_crop", size = 56 }, { name = "grayscale" }]"#);
+        assert_eq!(fixed.first_random(), None);
+        let blur = |sigma: &str| pipeline(&format!(r#"transforms = [{{ name = "gaussian_blur", kernel_size = 3, sigma = {sigma} }}]"#));
+        assert_eq!(blur("[1.0, 1.0]").first_random(), None);
+        assert_eq!(blur("[0.1, 2.0]").first_random(), Some("gaussian_blur"));
+        let shorthand = Pipeline::from_config(&crate::augment::config::AugmentConfig { crop_padding: 4, ..Default::default() });
+        assert_eq!(shorthand.first_random(), Some("random_crop"));
     }
 
     #[test]

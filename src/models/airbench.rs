@@ -79,13 +79,16 @@ impl Family for Airbench {
     const CLASSIFIER: Option<&'static str> = None;
     const FITS_TO_DATA: bool = true;
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+    fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = Act::Gelu.apply(self.whitening.forward(x));
         for stage in &self.stages {
             x = stage.forward(x, &self.pool, Act::Gelu);
         }
-        let x = global_max_pool(x);
-        trace::linear(&self.head, self.dropout.forward(x)).mul_scalar(self.logit_scale)
+        global_max_pool(x)
+    }
+
+    fn classify(&self, features: Tensor<2>) -> Tensor<2> {
+        trace::linear(&self.head, self.dropout.forward(features)).mul_scalar(self.logit_scale)
     }
 
     fn fit_to_data(mut self, sample: &Tensor<4>) -> anyhow::Result<Self> {

@@ -96,14 +96,17 @@ impl Family for FastNet {
     const FIRST_CONV: &'static str = "stem.conv";
     const CLASSIFIER: Option<&'static str> = None;
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+    fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = relu(self.stem.forward(x));
         for stage in &self.stages {
             x = stage.forward(x, &self.pool, Act::Relu);
         }
         // Global max-pooling over the remaining 4x4 map.
-        let x = global_max_pool(x);
-        trace::linear(&self.head, self.dropout.forward(x)).mul_scalar(self.logit_scale)
+        global_max_pool(x)
+    }
+
+    fn classify(&self, features: Tensor<2>) -> Tensor<2> {
+        trace::linear(&self.head, self.dropout.forward(features)).mul_scalar(self.logit_scale)
     }
 }
 

@@ -96,13 +96,16 @@ impl Family for LeNet {
     const FIRST_CONV: &'static str = "conv1";
     const CLASSIFIER: Option<&'static str> = Some("fc3");
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+    fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let x = self.pool(self.activate(trace::conv2d(&self.conv1, x)));
         let x = self.pool(self.activate(trace::conv2d(&self.conv2, x)));
         let x: Tensor<2> = fit_feature_map(x).flatten(1, 3);
         let x = self.activate(trace::linear(&self.fc1, self.hidden_dropout(x)));
-        let x = self.activate(trace::linear(&self.fc2, self.hidden_dropout(x)));
-        trace::linear(&self.fc3, self.dropout.forward(x))
+        self.activate(trace::linear(&self.fc2, self.hidden_dropout(x)))
+    }
+
+    fn classify(&self, features: Tensor<2>) -> Tensor<2> {
+        trace::linear(&self.fc3, self.dropout.forward(features))
     }
 
     fn import_module(&self, parts: &[&str]) -> Option<String> {

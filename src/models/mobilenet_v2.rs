@@ -62,14 +62,16 @@ impl Family for MobileNetV2 {
     const FIRST_CONV: &'static str = "stem.conv";
     const CLASSIFIER: Option<&'static str> = Some("fc");
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+    fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = self.stem.forward(x);
         for block in &self.blocks {
             x = block.forward(x);
         }
-        let x = self.head.forward(x);
-        let x: Tensor<2> = x.mean_dim(2).mean_dim(3).flatten(1, 3);
-        trace::linear(&self.fc, self.dropout.forward(x))
+        self.head.forward(x).mean_dim(2).mean_dim(3).flatten(1, 3)
+    }
+
+    fn classify(&self, features: Tensor<2>) -> Tensor<2> {
+        trace::linear(&self.fc, self.dropout.forward(features))
     }
 
     /// Our module path for a torchvision module path: `features.0` is the stem, `features.1..=17`

@@ -43,8 +43,18 @@ pub trait Family: Module {
     /// families without a reference model.
     const CLASSIFIER: Option<&'static str>;
 
+    /// The input of the final linear layer (and of the dropout before it) `[batch, features]` for
+    /// normalized images `[batch, 3, height, width]`.
+    fn features(&self, images: Tensor<4>) -> Tensor<2>;
+
+    /// Logits `[batch, classes]` from [`Family::features`]: the dropout before the final linear
+    /// layer, and that layer.
+    fn classify(&self, features: Tensor<2>) -> Tensor<2>;
+
     /// Logits `[batch, classes]` for normalized images `[batch, 3, height, width]`.
-    fn forward(&self, images: Tensor<4>) -> Tensor<2>;
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.classify(self.features(images))
+    }
 
     /// Our module path for a module path (split at `.`) of the reference PyTorch model; `None`
     /// where it has no counterpart or the family no reference.
@@ -112,6 +122,20 @@ macro_rules! families {
             pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
                 match self {
                     $(Net::$variant(m) => m.forward(images),)+
+                }
+            }
+
+            /// See [`Family::features`].
+            pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
+                match self {
+                    $(Net::$variant(m) => m.features(images),)+
+                }
+            }
+
+            /// See [`Family::classify`].
+            pub fn classify(&self, features: Tensor<2>) -> Tensor<2> {
+                match self {
+                    $(Net::$variant(m) => m.classify(features),)+
                 }
             }
 
@@ -219,10 +243,36 @@ pub struct Classifier {
     pub head: Option<transfer::Head>,
 }
 
+/// Where a model is cut in two: a frozen front part, whose outputs can be computed once per image,
+/// and the rest, which trains on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Before the network's final dropout and linear layer ([`Family::features`]).
+    Features,
+    /// After the whole network, before the head (`transfer.head = "append"`).
+    NetOutputs,
+}
+
 impl Classifier {
     /// Logits `[batch, classes]` for normalized images `[batch, 3, height, width]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        let x = self.net.forward(images);
+        self.forward_from(self.net.forward(images), Cut::NetOutputs)
+    }
+
+    /// The outputs of the part before `cut`.
+    pub fn forward_until(&self, images: Tensor<4>, cut: Cut) -> Tensor<2> {
+        match cut {
+            Cut::Features => self.net.features(images),
+            Cut::NetOutputs => self.net.forward(images),
+        }
+    }
+
+    /// Logits from the outputs of the part before `cut`.
+    pub fn forward_from(&self, x: Tensor<2>, cut: Cut) -> Tensor<2> {
+        let x = match cut {
+            Cut::Features => self.net.classify(x),
+            Cut::NetOutputs => x,
+        };
         match &self.head {
             Some(head) => head.forward(x),
             None => x,
@@ -429,8 +479,17 @@ mod tests {
         for entry in registry() {
             let config = ModelConfig { name: entry.name.into(), ..Default::default() };
             let model = build(&config, 7, &device).unwrap();
-            let logits = model.forward(Tensor::zeros([2, 3, 32, 32], &device));
+            let images = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+            let logits = model.forward(images.clone());
             assert_eq!(logits.dims(), [2, 7], "{}", entry.name);
+            // Cut before the classifier, the two parts give the same logits.
+            let features = model.forward_until(images, Cut::Features);
+            if let Some(inputs) = model.classifier_in_features() {
+                assert_eq!(features.dims()[1], inputs, "{}", entry.name);
+            }
+            let parts = model.forward_from(features, Cut::Features);
+            let gap: f32 = (parts - logits).abs().max().into_scalar();
+            assert!(gap < 1e-5, "{}: {gap}", entry.name);
         }
     }
 

@@ -83,13 +83,16 @@ impl Family for ImageNetResNet {
     const FIRST_CONV: &'static str = "stem.conv";
     const CLASSIFIER: Option<&'static str> = Some("fc");
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+    fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = max_pool_forward(&self.maxpool, self.stem.forward(x));
         for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4) {
             x = block.forward(x);
         }
-        let x: Tensor<2> = self.avgpool.forward(x).flatten(1, 3);
-        trace::linear(&self.fc, self.dropout.forward(x))
+        self.avgpool.forward(x).flatten(1, 3)
+    }
+
+    fn classify(&self, features: Tensor<2>) -> Tensor<2> {
+        trace::linear(&self.fc, self.dropout.forward(features))
     }
 
     /// Our module path for a torchvision module path: `conv1`/`bn1` are the stem's conv and BN;

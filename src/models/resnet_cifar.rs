@@ -169,13 +169,16 @@ impl Family for ResNet {
     const FIRST_CONV: &'static str = "stem.conv";
     const CLASSIFIER: Option<&'static str> = None;
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+    fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = relu(self.stem.forward(x));
         for block in &self.blocks {
             x = block.forward(x);
         }
-        let x: Tensor<2> = self.pool.forward(x).flatten(1, 3);
-        trace::linear(&self.fc, self.dropout.forward(x))
+        self.pool.forward(x).flatten(1, 3)
+    }
+
+    fn classify(&self, features: Tensor<2>) -> Tensor<2> {
+        trace::linear(&self.fc, self.dropout.forward(features))
     }
 }
 

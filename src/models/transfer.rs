@@ -68,6 +68,10 @@ pub struct TransferConfig {
     /// Gradual unfreezing (ULMFiT): the new parts train alone for the first `unfreeze_every`
     /// epochs, then every `unfreeze_every` epochs the next pretrained layer down joins (0 = off).
     pub unfreeze_every: usize,
+    /// When everything before the classifier (or the appended head) is frozen and the training
+    /// images pass no random transform, compute the frozen part once per image and train the
+    /// rest on its outputs (`train::feature_cache`).
+    pub feature_cache: bool,
 }
 
 impl Default for TransferConfig {
@@ -81,6 +85,7 @@ impl Default for TransferConfig {
             backbone_lr_scale: 1.0,
             layer_decay: 1.0,
             unfreeze_every: 0,
+            feature_cache: true,
         }
     }
 }

@@ -84,7 +84,7 @@ impl Family for Vgg {
     const FIRST_CONV: &'static str = "features.0.0.conv";
     const CLASSIFIER: Option<&'static str> = Some("classifier.2");
 
-    fn forward(&self, mut x: Tensor<4>) -> Tensor<2> {
+    fn features(&self, mut x: Tensor<4>) -> Tensor<2> {
         for stage in &self.features {
             for layer in stage {
                 x = trace::conv2d(&layer.conv, x);
@@ -97,14 +97,20 @@ impl Family for Vgg {
         }
         // Replicates a smaller map (1x1 for 32x32 inputs) up to 7x7, as PyTorch does.
         let mut x: Tensor<2> = self.avgpool.forward(x).flatten(1, 3);
-        let last = self.classifier.len() - 1;
-        for (i, fc) in self.classifier.iter().enumerate() {
-            x = trace::linear(fc, x);
-            if i != last {
-                x = self.dropout.forward(relu(x));
+        // The dropout after the last hidden layer belongs to `classify`.
+        let (_, hidden) = self.classifier.split_last().expect("a final layer");
+        for (i, fc) in hidden.iter().enumerate() {
+            if i > 0 {
+                x = self.dropout.forward(x);
             }
+            x = relu(trace::linear(fc, x));
         }
         x
+    }
+
+    fn classify(&self, features: Tensor<2>) -> Tensor<2> {
+        let (last, _) = self.classifier.split_last().expect("a final layer");
+        trace::linear(last, self.dropout.forward(features))
     }
 
     /// Our module path for a torchvision module path. `features` is one flat `nn.Sequential`

@@ -119,21 +119,38 @@ fn view(images: &[f32], height: usize, width: usize, view: View) -> Vec<f32> {
     out
 }
 
-/// The weighted average of the logits `model` gives the views of `images` (NCHW of `shape`).
-fn tta_logits(model: &Classifier, images: &[f32], shape: [usize; 4], tta: Tta, device: &Device) -> Tensor<2> {
-    let views = tta.views();
+/// The views of `images` (NCHW of `shape`) that `tta` averages, one at a time, each with its
+/// weight.
+pub(crate) fn tta_views<'a>(
+    images: &'a [f32],
+    shape: [usize; 4],
+    tta: Tta,
+    device: &'a Device,
+) -> impl Iterator<Item = (Tensor<4>, f32)> + 'a {
     let [_, _, height, width] = shape;
-    let logits = views
-        .iter()
-        .map(|v| {
-            let pixels = if v.is_identity() { images.to_vec() } else { view(images, height, width, *v) };
-            let logits = model.forward(Tensor::from_data(TensorData::new(pixels, shape), device));
+    tta.views().iter().map(move |v| {
+        let pixels = if v.is_identity() { images.to_vec() } else { view(images, height, width, *v) };
+        (Tensor::from_data(TensorData::new(pixels, shape), device), v.weight)
+    })
+}
+
+/// The weighted average of the logits of several views.
+pub(crate) fn weighted_average(logits: impl Iterator<Item = (Tensor<2>, f32)>) -> Tensor<2> {
+    let mut total_weight = 0.0;
+    let sum = logits
+        .map(|(logits, weight)| {
+            total_weight += weight;
             // Whole weights and one division keep the equal averages' results as they were.
-            if v.weight == 1.0 { logits } else { logits * v.weight }
+            if weight == 1.0 { logits } else { logits * weight }
         })
         .reduce(|a, b| a + b)
         .expect("at least one view");
-    logits / views.iter().map(|v| v.weight).sum::<f32>()
+    sum / total_weight
+}
+
+/// The weighted average of the logits `model` gives the views of `images` (NCHW of `shape`).
+fn tta_logits(model: &Classifier, images: &[f32], shape: [usize; 4], tta: Tta, device: &Device) -> Tensor<2> {
+    weighted_average(tta_views(images, shape, tta, device).map(|(view, weight)| (model.forward(view), weight)))
 }
 
 /// How a set is evaluated.
@@ -152,7 +169,7 @@ impl EvalSettings {
     }
 
     /// Batches in stored order, every image once.
-    fn loader_config(&self) -> LoaderConfig {
+    pub(crate) fn loader_config(&self) -> LoaderConfig {
         LoaderConfig {
             batch_size: self.batch_size,
             shuffle: false,
@@ -170,26 +187,40 @@ impl EvalSettings {
 pub fn evaluate(model: &Classifier, set: &ImageSet, num_classes: usize, settings: &EvalSettings, device: &Device) -> Result<EvalResult> {
     let config = settings.loader_config();
     let order: Vec<usize> = (0..set.len()).collect();
-    let mut predictions = Vec::with_capacity(set.len());
-    let mut hits = Hits::default();
-    let mut loss_sum = 0.0;
-    for index in 0..set.len().div_ceil(settings.batch_size) {
+    let batches = (0..set.len().div_ceil(settings.batch_size)).map(|index| {
         let batch = make_batch(set, &order, &config, 0, index);
         let logits = tta_logits(model, &batch.images, [batch.len(), 3, batch.height, batch.width], settings.tta, device);
-        let targets = smoothed_targets(&batch.labels, num_classes, 0.0, device);
+        (logits, batch.labels)
+    });
+    score(batches, &set.labels, num_classes, device)
+}
+
+/// Loss, accuracy and predictions from the logits and labels of every batch of a set, in stored
+/// order (`labels` are the set's).
+pub(crate) fn score(
+    batches: impl Iterator<Item = (Tensor<2>, Vec<i64>)>,
+    labels: &[u16],
+    num_classes: usize,
+    device: &Device,
+) -> Result<EvalResult> {
+    let mut predictions = Vec::with_capacity(labels.len());
+    let mut hits = Hits::default();
+    let mut loss_sum = 0.0;
+    for (logits, batch_labels) in batches {
+        let targets = smoothed_targets(&batch_labels, num_classes, 0.0, device);
         let loss: f32 = cross_entropy(logits.clone(), targets).into_scalar();
-        loss_sum += loss as f64 * batch.len() as f64;
+        loss_sum += loss as f64 * batch_labels.len() as f64;
         let values: Vec<f32> = logits.into_data().try_to_vec::<f32>().context("reading logits")?;
         predictions.extend(values.chunks_exact(num_classes).map(argmax));
-        hits += count_hits(&values, &batch.labels);
+        hits += count_hits(&values, &batch_labels);
     }
     let mut class_hits = vec![0usize; num_classes];
     let mut totals = vec![0usize; num_classes];
-    for (&p, &l) in predictions.iter().zip(&set.labels) {
+    for (&p, &l) in predictions.iter().zip(labels) {
         totals[l as usize] += 1;
         class_hits[l as usize] += (p == l as usize) as usize;
     }
-    let images = set.len().max(1) as f64;
+    let images = labels.len().max(1) as f64;
     Ok(EvalResult {
         loss: loss_sum / images,
         accuracy: hits.top1 as f64 / images,

@@ -6,6 +6,7 @@ pub mod config;
 pub mod ema;
 mod epoch;
 pub mod evaluate;
+pub mod feature_cache;
 pub mod loss;
 pub mod optim;
 pub mod param_groups;
@@ -146,7 +147,12 @@ pub fn argmax(row: &[f32]) -> usize {
 /// Forward, cross-entropy against `targets`, backward: the gradients of the loss times
 /// `loss_scale`, the (unscaled) loss value and the logits (for accuracy).
 pub fn forward_backward(model: &Classifier, images: Tensor<4>, targets: Tensor<2>, loss_scale: f32) -> (GradientsParams, f32, Tensor<2>) {
-    let logits = model.forward(images);
+    backward(model, model.forward(images), targets, loss_scale)
+}
+
+/// The gradients of the loss of `logits` (computed by `model`) against `targets`, scaled as in
+/// [`forward_backward`]; the loss value; the logits detached.
+pub fn backward(model: &Classifier, logits: Tensor<2>, targets: Tensor<2>, loss_scale: f32) -> (GradientsParams, f32, Tensor<2>) {
     let loss = loss::cross_entropy(logits.clone(), targets);
     let loss_value: f32 = loss.clone().into_scalar();
     let scaled = if loss_scale == 1.0 { loss } else { loss * loss_scale };

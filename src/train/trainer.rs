@@ -5,6 +5,7 @@
 //! epoch, on Ctrl-C and after the test (metrics log, checkpoints, console line, curves, early
 //! stopping, TensorBoard) in `callbacks`, the plateau announcement in `Schedule` below.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -16,10 +17,11 @@ use super::callbacks::{self, Callback, Checkpointer, EpochContext, InterruptCont
 use super::ema::Weights;
 use super::epoch::{EpochProgress, EpochTotals, GradientAccumulation, check_divergence};
 use super::evaluate::{self, EvalResult, EvalSettings, EvalTarget, evaluate};
+use super::feature_cache::{self, FeatureCache};
 use super::param_groups::{self, ResolvedGroup};
 use super::resume::{self, ResumePoint};
 use super::schedule::{LrSchedule, Monitor};
-use super::{TrainingData, batch_tensors, forward_backward, load_run_model, loss, optim, prepare_data};
+use super::{TrainingData, backward, batch_tensors, load_run_model, loss, optim, prepare_data};
 use crate::augment::transforms::Pipeline;
 use crate::config::ExperimentConfig;
 use crate::data::ImageSet;
@@ -27,6 +29,28 @@ use crate::data::loader::{EpochLoader, LoaderConfig, num_batches};
 use crate::models;
 use crate::tracking::run::RunLock;
 use crate::tracking::{EpochMetrics, RunDir, RunSummary};
+
+/// One training batch: what the model reads, and the labels (mixed with `mix_lambda`).
+struct TrainBatch {
+    input: Input,
+    labels: Vec<i64>,
+    mix_lambda: Option<f32>,
+}
+
+/// Images, or the cached outputs of the model's frozen part.
+enum Input {
+    Images(Tensor<4>),
+    Cached(Tensor<2>, models::Cut),
+}
+
+impl Input {
+    fn logits(self, model: &models::Classifier) -> Tensor<2> {
+        match self {
+            Input::Images(images) => model.forward(images),
+            Input::Cached(x, cut) => model.forward_from(x, cut),
+        }
+    }
+}
 
 /// Where training starts: a new run folder, an existing run's last completed epoch, or a new run
 /// folder whose model starts from a checkpoint of the same architecture (a pruned model to
@@ -56,8 +80,12 @@ pub struct Trainer<'a> {
     batches_per_epoch: usize,
     schedule: Schedule,
     optimizer: ModuleOptimizer,
-    /// Parameter groups, some of which stop training after a number of epochs.
+    /// Parameter groups, some of which train in some epochs only.
     groups: Vec<ResolvedGroup>,
+    /// Where the frozen part ends when training runs on its cached outputs.
+    cached_cut: Option<models::Cut>,
+    /// Those outputs, computed when training starts.
+    feature_cache: Option<Arc<FeatureCache>>,
     weights: Weights,
     callbacks: Vec<Box<dyn Callback>>,
     /// Optimizer steps taken.
@@ -130,7 +158,7 @@ impl<'a> Trainer<'a> {
             batch_size: config.train.batch_size,
             shuffle: true,
             drop_last: true,
-            augment: Some(pipeline),
+            augment: Some(pipeline.clone()),
             mix: config.augment.mix.enabled().then_some(config.augment.mix),
             input: config.input_transform(),
             prefetch: config.data.prefetch,
@@ -156,6 +184,10 @@ impl<'a> Trainer<'a> {
             (weights, optimizer) = resume::restore(&run, point, weights, optimizer)?;
             run.write_config(config)?;
         }
+        let cached_cut = feature_cache::plan(config, &weights.live, &pipeline).unwrap_or_else(|reason| {
+            outln!("the frozen part runs on every batch: {reason}");
+            None
+        });
         let callbacks = callbacks::for_run(&config.train, &config.run, &run)?;
         let mut trainer = Self {
             config,
@@ -172,6 +204,8 @@ impl<'a> Trainer<'a> {
             schedule,
             optimizer,
             groups,
+            cached_cut,
+            feature_cache: None,
             weights,
             callbacks,
             step: 0,
@@ -207,23 +241,37 @@ impl<'a> Trainer<'a> {
     /// training after the current step, with `last` saved.
     pub fn fit(mut self, interrupt: &AtomicBool) -> Result<(RunDir, RunSummary)> {
         let (config, num_classes) = (self.config, self.data.classes.len());
+        if self.epochs_completed < config.train.epochs {
+            self.cache_features()?;
+        }
         for epoch in self.epochs_completed + 1..=config.train.epochs {
             self.base_device.seed(epoch_seed(config.train.seed, epoch));
             let epoch_start = Instant::now();
-            let loader = EpochLoader::start(self.data.train.clone(), self.loader_config.clone(), epoch, 0);
+            let (cache, device) = (self.feature_cache.clone(), self.device.clone());
+            let batches: Box<dyn Iterator<Item = TrainBatch>> = match (&cache, self.cached_cut) {
+                (Some(cache), Some(cut)) => Box::new(cache.epoch(&self.loader_config, epoch, &device).map(move |(x, labels)| TrainBatch {
+                    input: Input::Cached(x, cut),
+                    labels,
+                    mix_lambda: None,
+                })),
+                _ => Box::new(EpochLoader::start(self.data.train.clone(), self.loader_config.clone(), epoch, 0).map(|batch| {
+                    let mix_lambda = batch.mix_lambda;
+                    let (images, labels) = batch_tensors(batch, &device);
+                    TrainBatch { input: Input::Images(images), labels, mix_lambda }
+                })),
+            };
             let progress = EpochProgress::start(config.run.progress, self.batches_per_epoch, epoch, config.train.epochs);
             let mut accumulation = GradientAccumulation::new(config.train.accumulate_batches, self.batches_per_epoch);
             let mut totals = EpochTotals::new(num_classes);
             let frozen = param_groups::frozen_in(&self.groups, epoch);
-            for (index, batch) in loader.enumerate() {
+            for (index, TrainBatch { input, labels, mix_lambda }) in batches.enumerate() {
                 if interrupt.load(Ordering::SeqCst) {
                     break;
                 }
                 let lr = self.schedule.rates.lr(self.step);
-                let mix_lambda = batch.mix_lambda;
-                let (images, labels) = batch_tensors(batch, &self.device);
                 let targets = loss::batch_targets(&labels, mix_lambda, num_classes, config.train.label_smoothing, &self.device);
-                let (grads, loss_value, logits) = forward_backward(&self.weights.live, images, targets, accumulation.loss_scale());
+                let logits = input.logits(&self.weights.live);
+                let (grads, loss_value, logits) = backward(&self.weights.live, logits, targets, accumulation.loss_scale());
                 if let Some(mut grads) = accumulation.add(&self.weights.live, grads, index) {
                     param_groups::drop_gradients(&mut grads, &self.weights.live, &frozen);
                     self.step += 1;
@@ -245,8 +293,11 @@ impl<'a> Trainer<'a> {
             }
 
             let model = self.weights.evaluated();
-            let val =
-                self.data.val.as_ref().map(|v| evaluate(&model, v, num_classes, &self.eval_settings, &self.base_device)).transpose()?;
+            let val = match &self.feature_cache {
+                Some(cache) => cache.evaluate_val(&model, num_classes, self.eval_settings.batch_size, &self.base_device),
+                None => self.data.val.as_ref().map(|v| evaluate(&model, v, num_classes, &self.eval_settings, &self.base_device)),
+            }
+            .transpose()?;
             let metrics = EpochMetrics {
                 epoch,
                 train_loss: totals.loss(),
@@ -272,6 +323,24 @@ impl<'a> Trainer<'a> {
         }
         let test = self.test_best()?;
         self.summarize(&test)
+    }
+
+    /// Computes the frozen part's outputs on the training and validation images once, when
+    /// training runs on them.
+    fn cache_features(&mut self) -> Result<()> {
+        let Some(cut) = self.cached_cut else { return Ok(()) };
+        let started = Instant::now();
+        let model = self.weights.evaluated();
+        let (train, val) = (&self.data.train, self.data.val.as_ref());
+        let cache = FeatureCache::compute(&model, cut, train, &self.loader_config, val, &self.eval_settings, &self.base_device)?;
+        outln!(
+            "frozen part computed once ({} training{} images, {:.0} s): the rest trains on its outputs",
+            train.len(),
+            val.map_or(String::new(), |v| format!(" and {} validation", v.len())),
+            started.elapsed().as_secs_f64()
+        );
+        self.feature_cache = Some(Arc::new(cache));
+        Ok(())
     }
 
     /// Ctrl-C mid-epoch: the callbacks keep what an interrupted epoch leaves (the checkpointer
