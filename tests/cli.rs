@@ -968,14 +968,32 @@ fn a_frozen_backbone_is_computed_once_with_the_same_results() {
         (stdout, read_json(&ws.runs().join(id).join("summary.json")))
     };
     let (cached_log, cached) = finetune("cached", &[]);
-    let (plain_log, plain) = finetune("plain", &["--set", "transfer.feature_cache=false"]);
+    let (plain_log, plain) = finetune("plain", &["--set", "transfer.feature_cache=\"off\""]);
     assert!(cached_log.contains("frozen part computed once (66 training and 6 validation images"), "{cached_log}");
     assert!(!plain_log.contains("frozen part"), "{plain_log}");
-    for key in ["best_val_loss", "test_loss"] {
-        let (a, b) = (cached[key].as_f64().unwrap(), plain[key].as_f64().unwrap());
-        assert!((a - b).abs() < 1e-4, "{key}: {a} cached, {b} not");
-    }
-    assert_eq!(cached["test_acc"], plain["test_acc"]);
+    let same = |a: &Value, b: &Value| {
+        for key in ["best_val_loss", "test_loss"] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!((x - y).abs() < 1e-4, "{key}: {x} and {y}");
+        }
+        assert_eq!(a["test_acc"], b["test_acc"]);
+    };
+    same(&cached, &plain);
+
+    // The outputs were kept on disk: the next run reads them; a damaged file is computed again.
+    let stored: Vec<PathBuf> = std::fs::read_dir(ws.root().join("cache/features")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let (read_log, read) = finetune("read", &[]);
+    assert!(read_log.contains(&format!("frozen part's outputs read from {}", stored[0].display())), "{read_log}");
+    same(&read, &cached);
+    let bytes = std::fs::read(&stored[0]).unwrap();
+    std::fs::write(&stored[0], &bytes[..bytes.len() / 2]).unwrap();
+    let (again_log, again) = finetune("again", &[]);
+    assert!(again_log.contains("frozen part computed once"), "{again_log}");
+    same(&again, &cached);
+    assert_eq!(std::fs::read(&stored[0]).unwrap(), bytes, "rewritten whole");
+    let (memory_log, _) = finetune("memory", &["--set", "transfer.feature_cache=\"memory\""]);
+    assert!(memory_log.contains("frozen part computed once (66 training and 6 validation images") && !memory_log.contains("kept in"));
     assert_eq!((cached["trainable_params"].as_u64(), cached["frozen_params"].as_u64()), (Some(84 * 3 + 3), Some(62_006 - 84 * 10 - 10)));
 
     let (random_log, _) = finetune("flipped", &["--set", "augment.hflip=0.5"]);

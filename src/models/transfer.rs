@@ -70,8 +70,22 @@ pub struct TransferConfig {
     pub unfreeze_every: usize,
     /// When everything before the classifier (or the appended head) is frozen and the training
     /// images pass no random transform, compute the frozen part once per image and train the
-    /// rest on its outputs (`train::feature_cache`).
-    pub feature_cache: bool,
+    /// rest on its outputs (`train::feature_cache`), kept on disk for later runs or in memory.
+    pub feature_cache: FeatureCacheMode,
+}
+
+/// Where the outputs of a frozen part are kept (`transfer.feature_cache`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureCacheMode {
+    /// In `data.cache_dir/features`, read back by later runs of the same frozen weights, images
+    /// and input transforms.
+    #[default]
+    Disk,
+    /// For this run only.
+    Memory,
+    /// Not cached: the frozen part runs on every batch.
+    Off,
 }
 
 impl Default for TransferConfig {
@@ -85,7 +99,7 @@ impl Default for TransferConfig {
             backbone_lr_scale: 1.0,
             layer_decay: 1.0,
             unfreeze_every: 0,
-            feature_cache: true,
+            feature_cache: FeatureCacheMode::Disk,
         }
     }
 }

@@ -1,23 +1,37 @@
 //! Frozen parts computed once (`transfer.feature_cache`). When everything before the network's
 //! classifier (or before the appended head) is frozen and the training images pass no random
 //! transform on their way in, the frozen part gives every image the same outputs in every epoch:
-//! they are computed once, kept in memory, and the part that trains runs on them. Epochs after
-//! the first then cost only that part. Validation runs on cached outputs too (one set per
-//! test-time view); the final test runs on the images.
+//! they are computed once and the part that trains runs on them. Epochs after the first then
+//! cost only that part. Validation runs on cached outputs too (one set per test-time view); the
+//! final test runs on the images.
+//!
+//! On disk (`data.cache_dir/features/<model>-<key>.safetensors`) the outputs are keyed by a
+//! SHA-256 of the frozen part's parameters, the images and labels, and the transforms they pass:
+//! a later run with the same frozen weights and data reads them back. A file that does not read
+//! as expected is computed again and replaced.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use safetensors::tensor::{Dtype, TensorView};
+use sha2::{Digest, Sha256};
 
 use super::evaluate::{EvalResult, EvalSettings, score, tta_views, weighted_average};
 use crate::augment::transforms::Pipeline;
 use crate::config::ExperimentConfig;
 use crate::data::ImageSet;
 use crate::data::loader::{EpochLoader, LoaderConfig, epoch_order, make_batch, num_batches};
-use crate::models::transfer::covers;
+use crate::files::write_atomic;
+use crate::models::transfer::{FeatureCacheMode, covers};
 use crate::models::{Classifier, Cut, params};
+
+/// Bumped whenever the stored layout or the meaning of the outputs changes.
+const FORMAT_VERSION: &str = "ferrovision-features-1";
 
 /// Where the frozen part of `model` (on an autodiff device, where freezing is recorded) ends:
 /// after the whole network when only the head trains, before the classifier when only the
@@ -43,7 +57,8 @@ pub fn frozen_part(model: &Classifier) -> Option<Cut> {
 /// Whether a run trains on cached outputs of its frozen part: `Ok(Some(cut))` if so, `Ok(None)`
 /// when nothing before the classifier is frozen (or the cache is off), and why not otherwise.
 pub fn plan(config: &ExperimentConfig, model: &Classifier, pipeline: &Pipeline) -> Result<Option<Cut>, String> {
-    let Some(cut) = frozen_part(model).filter(|_| config.transfer.feature_cache) else { return Ok(None) };
+    let cached = config.transfer.feature_cache != FeatureCacheMode::Off;
+    let Some(cut) = frozen_part(model).filter(|_| cached) else { return Ok(None) };
     if let Some(random) = pipeline.first_random() {
         return Err(format!("the training images pass a random transform ({random}) before the frozen part"));
     }
@@ -77,6 +92,27 @@ fn append(out: &mut Vec<f32>, outputs: Tensor<2>) -> Result<usize> {
     Ok(width)
 }
 
+/// The images a frozen part runs on: the training split as `loader` prepares it, the validation
+/// split as `settings` evaluates it.
+#[derive(Clone, Copy)]
+pub struct Splits<'a> {
+    pub train: &'a Arc<ImageSet>,
+    pub loader: &'a LoaderConfig,
+    pub val: Option<&'a ImageSet>,
+    pub settings: &'a EvalSettings,
+}
+
+/// Where a run's cached outputs came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Computed by this run, kept in memory only.
+    Computed,
+    /// Computed by this run and written to this file.
+    Written(PathBuf),
+    /// Read from this file, written by an earlier run.
+    Read(PathBuf),
+}
+
 /// The cached outputs of a run's frozen part on its training and validation images.
 pub struct FeatureCache {
     pub cut: Cut,
@@ -85,18 +121,25 @@ pub struct FeatureCache {
 }
 
 impl FeatureCache {
-    /// Runs the frozen part of `model` (on a plain device, as at inference) once over the training
+    /// The frozen part's outputs: read from `store` (a folder) when an earlier run left them
+    /// there for the same frozen weights, images and transforms, otherwise computed by running
+    /// the frozen part of `model` (on a plain device, as at inference) once over the training
     /// images as `loader` prepares them (no random transform) and over the validation images as
-    /// `settings` evaluates them (each test-time view).
-    pub fn compute(
-        model: &Classifier,
-        cut: Cut,
-        train: &Arc<ImageSet>,
-        loader: &LoaderConfig,
-        val: Option<&ImageSet>,
-        settings: &EvalSettings,
-        device: &Device,
-    ) -> Result<Self> {
+    /// `settings` evaluates them (each test-time view), then written to `store`. Returns where
+    /// they came from.
+    pub fn load_or_compute(model: &Classifier, cut: Cut, splits: &Splits, device: &Device, store: Option<&Path>) -> Result<(Self, Origin)> {
+        let Splits { train, loader, val, settings } = *splits;
+        let file = store.map(|dir| -> Result<PathBuf> {
+            let key = fingerprint(model, cut, splits)?;
+            Ok(dir.join(format!("{}-{}.safetensors", model.net.name().to_lowercase(), &key[..16])))
+        });
+        let file = file.transpose()?;
+        let labels = |set: &ImageSet| set.labels.iter().map(|&l| l as i64).collect::<Vec<_>>();
+        if let Some(path) = &file
+            && let Some((train_set, val_set)) = read(path, &labels(train), val.map(labels).as_deref())
+        {
+            return Ok((Self { cut, train: train_set, val: val_set }, Origin::Read(path.clone())));
+        }
         let in_order = LoaderConfig { batch_size: settings.batch_size, shuffle: false, drop_last: false, mix: None, ..loader.clone() };
         let (mut values, mut width) = (Vec::new(), 0);
         for batch in EpochLoader::start(train.clone(), in_order, 0, 0) {
@@ -104,10 +147,36 @@ impl FeatureCache {
             let images = Tensor::from_data(TensorData::new(batch.images, shape), device);
             width = append(&mut values, model.forward_until(images, cut))?;
         }
-        let labels = train.labels.iter().map(|&l| l as i64).collect();
-        let train = CachedSet { views: vec![(values, 1.0)], width, labels };
+        let train = CachedSet { views: vec![(values, 1.0)], width, labels: labels(train) };
         let val = val.map(|set| cache_views(model, cut, set, settings, device)).transpose()?;
-        Ok(Self { cut, train, val })
+        let cache = Self { cut, train, val };
+        let origin = match file {
+            Some(path) => {
+                cache.write(&path)?;
+                Origin::Written(path)
+            }
+            None => Origin::Computed,
+        };
+        Ok((cache, origin))
+    }
+
+    /// Stores the outputs as safetensors: `train`, and `val.<view>` with the views' weights in the
+    /// metadata.
+    fn write(&self, path: &Path) -> Result<()> {
+        let sets = std::iter::once(("train".to_string(), &self.train, 0))
+            .chain(self.val.iter().flat_map(|val| (0..val.views.len()).map(move |v| (format!("val.{v}"), val, v))));
+        let arrays: Vec<(String, Vec<u8>, Vec<usize>)> = sets
+            .map(|(name, set, v)| (name, set.views[v].0.iter().flat_map(|x| x.to_le_bytes()).collect(), vec![set.labels.len(), set.width]))
+            .collect();
+        let views = arrays
+            .iter()
+            .map(|(name, bytes, shape)| TensorView::new(Dtype::F32, shape.clone(), bytes).map(|view| (name.clone(), view)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let weights: Vec<f32> = self.val.iter().flat_map(|val| val.views.iter().map(|(_, w)| *w)).collect();
+        let metadata = HashMap::from([("val_weights".to_string(), serde_json::to_string(&weights)?)]);
+        let bytes = safetensors::serialize(views, Some(metadata))?;
+        std::fs::create_dir_all(path.parent().expect("a file in the store")).with_context(|| format!("creating {}", path.display()))?;
+        write_atomic(path, &bytes)
     }
 
     /// The batches of training epoch `epoch` (1-based) in the order the image loader would give
@@ -142,6 +211,72 @@ impl FeatureCache {
     }
 }
 
+/// A SHA-256 (hex) of everything the frozen part's outputs depend on: the cut, the frozen
+/// parameters (BatchNorm statistics included), the images and labels of both sets, and the
+/// transforms and test-time views they pass through.
+fn fingerprint(model: &Classifier, cut: Cut, splits: &Splits) -> Result<String> {
+    let Splits { train, loader, val, settings } = *splits;
+    struct Frozen<'a> {
+        hasher: &'a mut Sha256,
+        classifier: Option<String>,
+        cut: Cut,
+    }
+    impl params::PathVisitor for Frozen<'_> {
+        fn visit_float<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
+            let trained =
+                !path.starts_with("net.") || (self.cut == Cut::Features && self.classifier.as_deref().is_some_and(|c| covers(c, path)));
+            if !trained {
+                let data = param.val().into_data();
+                self.hasher.update(path.as_bytes());
+                self.hasher.update(format!("{:?}", data.shape()).as_bytes());
+                self.hasher.update(data.as_bytes());
+            }
+        }
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(FORMAT_VERSION.as_bytes());
+    let transforms =
+        format!("{}|{cut:?}|{:?}|{:?}|{:?}|{:?}", model.net.name(), loader.augment, loader.input, settings.input, settings.tta);
+    hasher.update(transforms.as_bytes());
+    params::visit_with_paths(model, Frozen { hasher: &mut hasher, classifier: model.classifier_prefix(), cut });
+    for set in std::iter::once(train.as_ref()).chain(val) {
+        hasher.update(format!("{}x{}x{}", set.len(), set.height, set.width).as_bytes());
+        hasher.update(&set.pixels);
+        hasher.update(set.labels.iter().flat_map(|l| l.to_le_bytes()).collect::<Vec<u8>>());
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The outputs stored at `path`, if the file reads as `write` left it, for sets of these labels.
+fn read(path: &Path, train_labels: &[i64], val_labels: Option<&[i64]>) -> Option<(CachedSet, Option<CachedSet>)> {
+    let bytes = std::fs::read(path).ok()?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+    let weights: Vec<f32> = serde_json::from_str(metadata.metadata().as_ref()?.get("val_weights")?).ok()?;
+    let file = safetensors::SafeTensors::deserialize(&bytes).ok()?;
+    let set = |names: Vec<String>, view_weights: Vec<f32>, labels: &[i64]| -> Option<CachedSet> {
+        let mut views = Vec::new();
+        let mut width = 0;
+        for (name, weight) in names.iter().zip(view_weights) {
+            let tensor = file.tensor(name).ok()?;
+            let [rows, columns] = tensor.shape() else { return None };
+            if tensor.dtype() != Dtype::F32 || *rows != labels.len() || (width != 0 && *columns != width) {
+                return None;
+            }
+            width = *columns;
+            let values: Vec<f32> = tensor.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            views.push((values, weight));
+        }
+        Some(CachedSet { views, width, labels: labels.to_vec() })
+    };
+    let train = set(vec!["train".into()], vec![1.0], train_labels)?;
+    let val = match val_labels {
+        Some(labels) if !weights.is_empty() => Some(set((0..weights.len()).map(|v| format!("val.{v}")).collect(), weights, labels)?),
+        None if weights.is_empty() => None,
+        _ => return None,
+    };
+    Some((train, val))
+}
+
 /// The frozen part's outputs for each test-time view of every image of `set`.
 fn cache_views(model: &Classifier, cut: Cut, set: &ImageSet, settings: &EvalSettings, device: &Device) -> Result<CachedSet> {
     let config = settings.loader_config();
@@ -166,6 +301,52 @@ mod tests {
     use super::*;
     use crate::models::ModelConfig;
     use crate::models::transfer::freeze;
+    use crate::train::Tta;
+
+    /// The key changes with the frozen weights, the images and the transforms, not with the
+    /// classifier that trains on the outputs.
+    #[test]
+    fn the_store_key_follows_what_the_outputs_depend_on() {
+        let device = Device::flex();
+        let build = |seed: u64| {
+            device.seed(seed);
+            crate::models::build(&ModelConfig::named("lenet5"), 3, &device).unwrap()
+        };
+        let set = |shade: u8| Arc::new(ImageSet { pixels: vec![shade; 2 * 32 * 32 * 3], labels: vec![0, 1], height: 32, width: 32 });
+        let settings = EvalSettings::from_config(&ExperimentConfig::default());
+        let loader = settings.loader_config();
+        let key = |model: &Classifier, cut: Cut, train: Arc<ImageSet>, tta: Tta| {
+            let settings = EvalSettings { tta, ..settings.clone() };
+            fingerprint(model, cut, &Splits { train: &train, loader: &loader, val: None, settings: &settings }).unwrap()
+        };
+        let (a, b) = (build(1), build(2));
+        let base = key(&a, Cut::Features, set(0), Tta::None);
+        assert_eq!(base, key(&a, Cut::Features, set(0), Tta::None));
+        assert_ne!(base, key(&b, Cut::Features, set(0), Tta::None), "other weights");
+        assert_ne!(base, key(&a, Cut::Features, set(1), Tta::None), "other images");
+        assert_ne!(base, key(&a, Cut::Features, set(0), Tta::Flip), "other views");
+        assert_ne!(base, key(&a, Cut::NetOutputs, set(0), Tta::None), "another cut");
+        // a's frozen part with b's classifier: the same outputs, the same key.
+        struct Classifier3(HashMap<String, TensorData>);
+        impl params::PathVisitor for Classifier3 {
+            fn visit_float<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
+                if path.contains(".fc3.") {
+                    self.0.insert(path.to_string(), param.val().into_data());
+                }
+            }
+        }
+        impl params::PathMapper for Classifier3 {
+            fn map_float<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                match self.0.get(path) {
+                    Some(data) => param.map(|t| Tensor::from_data(data.clone(), &t.device())),
+                    None => param,
+                }
+            }
+        }
+        let (mixed, _) = params::map_with_paths(a.clone(), params::visit_with_paths(&b, Classifier3(HashMap::new())));
+        assert_eq!(base, key(&mixed, Cut::Features, set(0), Tta::None));
+        assert_ne!(key(&a, Cut::NetOutputs, set(0), Tta::None), key(&mixed, Cut::NetOutputs, set(0), Tta::None));
+    }
 
     #[test]
     fn the_frozen_part_ends_where_training_begins() {

@@ -17,7 +17,7 @@ use super::callbacks::{self, Callback, Checkpointer, EpochContext, InterruptCont
 use super::ema::Weights;
 use super::epoch::{EpochProgress, EpochTotals, GradientAccumulation, check_divergence};
 use super::evaluate::{self, EvalResult, EvalSettings, EvalTarget, evaluate};
-use super::feature_cache::{self, FeatureCache};
+use super::feature_cache::{self, FeatureCache, Origin, Splits};
 use super::param_groups::{self, ResolvedGroup};
 use super::resume::{self, ResumePoint};
 use super::schedule::{LrSchedule, Monitor};
@@ -27,6 +27,7 @@ use crate::config::ExperimentConfig;
 use crate::data::ImageSet;
 use crate::data::loader::{EpochLoader, LoaderConfig, num_batches};
 use crate::models;
+use crate::models::transfer::FeatureCacheMode;
 use crate::tracking::run::RunLock;
 use crate::tracking::{EpochMetrics, RunDir, RunSummary};
 
@@ -332,13 +333,18 @@ impl<'a> Trainer<'a> {
         let started = Instant::now();
         let model = self.weights.evaluated();
         let (train, val) = (&self.data.train, self.data.val.as_ref());
-        let cache = FeatureCache::compute(&model, cut, train, &self.loader_config, val, &self.eval_settings, &self.base_device)?;
-        outln!(
-            "frozen part computed once ({} training{} images, {:.0} s): the rest trains on its outputs",
-            train.len(),
-            val.map_or(String::new(), |v| format!(" and {} validation", v.len())),
-            started.elapsed().as_secs_f64()
-        );
+        let store = (self.config.transfer.feature_cache == FeatureCacheMode::Disk).then(|| self.config.data.cache_dir.join("features"));
+        let splits = Splits { train, loader: &self.loader_config, val, settings: &self.eval_settings };
+        let (cache, origin) = FeatureCache::load_or_compute(&model, cut, &splits, &self.base_device, store.as_deref())?;
+        let images = format!("{} training{} images", train.len(), val.map_or(String::new(), |v| format!(" and {} validation", v.len())));
+        let seconds = started.elapsed().as_secs_f64();
+        match origin {
+            Origin::Computed => outln!("frozen part computed once ({images}, {seconds:.0} s): the rest trains on its outputs"),
+            Origin::Written(path) => {
+                outln!("frozen part computed once ({images}, {seconds:.0} s; kept in {}): the rest trains on its outputs", path.display())
+            }
+            Origin::Read(path) => outln!("frozen part's outputs read from {} ({images}): the rest trains on them", path.display()),
+        }
         self.feature_cache = Some(Arc::new(cache));
         Ok(())
     }
