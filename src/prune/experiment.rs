@@ -177,8 +177,8 @@ pub fn prune(config: &ExperimentConfig, run_id: &str, interrupt: &AtomicBool) ->
     let run = last_run.expect("prune.steps >= 1");
     let mut after = figures(&model, size);
     if p.measure_speed {
-        let configs = [&source_model, &finetune.model];
-        measure_speeds([&mut before, &mut after], configs, classes, size, finetune.train.batch_size, &device)?;
+        let mut models = [(&mut before, &source_model), (&mut after, &finetune.model)];
+        measure_speeds(&mut models, classes, size, finetune.train.batch_size, &device)?;
     }
     let final_graph = trace::summarize(&model, Tensor::zeros([1, 3, size, size], &device), false).1;
     let channels = first_graph
@@ -252,8 +252,7 @@ const SPEED_ROUNDS: usize = 3;
 /// Speeds of the source and the pruned model, measured in alternation, round after round, so that
 /// a busy moment of the machine does not favour either.
 fn measure_speeds(
-    mut models: [&mut ModelFigures; 2],
-    configs: [&ModelConfig; 2],
+    models: &mut [(&mut ModelFigures, &ModelConfig)],
     classes: usize,
     size: usize,
     train_batch: usize,
@@ -263,7 +262,7 @@ fn measure_speeds(
         Some(old.map_or(new, |old| if lower_is_better { old.min(new) } else { old.max(new) }))
     };
     for _ in 0..SPEED_ROUNDS {
-        for (figure, config) in models.iter_mut().zip(configs) {
+        for (figure, config) in models.iter_mut() {
             let latency = 1000.0 / crate::bench::inference(config, classes, 1, size, 50, device)?;
             let throughput = crate::bench::inference(config, classes, 256, size, 3, device)?;
             let train = crate::bench::train_step(config, classes, train_batch, size, 5, 2, device)?;
