@@ -380,6 +380,22 @@ early_stopping = { patience = 2 }
     }
 
     #[test]
+    fn every_committed_config_loads() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut loaded = 0;
+        for folder in std::fs::read_dir(&root).unwrap() {
+            for file in std::fs::read_dir(folder.unwrap().path()).unwrap() {
+                let path = file.unwrap().path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    ExperimentConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    loaded += 1;
+                }
+            }
+        }
+        assert!(loaded >= 18, "{loaded} configs");
+    }
+
+    #[test]
     fn per_layer_fine_tuning_needs_pretrained_layers_that_train() {
         let parse = |text: &str| ExperimentConfig::from_toml(text, "x.toml", &[]).map_err(|e| e.to_string());
         let weights = "[model]\nname = \"lenet5\"\nweights = \"lenet.safetensors\"\n";

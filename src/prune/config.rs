@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn the_committed_pruning_configs_load() {
-        for name in ["prune_fast_net", "prune_budget_resnet", "prune_speedrun"] {
+        for name in ["prune_fast_net", "prune_budget_resnet", "prune_speedrun", "prune_resnet18"] {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("configs/cifar10/{name}.toml"));
             let config = crate::config::ExperimentConfig::load(&path, &[]).unwrap();
             assert_eq!(config.prune.unwrap().flops_reduction, Some(0.5), "{name}");
