@@ -27,14 +27,25 @@ use crate::models::ModelConfig;
 use crate::models::layers::ConvKernel;
 use crate::models::{self, Classifier};
 use crate::train::config::TrainConfig;
-use crate::train::{loss, optim, step_once};
+use crate::train::{MixedPrecision, Precision, loss, optim, step_once};
 use burn::optim::ModuleOptimizer;
 
 /// Classes of the models `ferrovision bench` builds (CIFAR-10's).
 pub const CLASSES: usize = 10;
 
-/// What a benchmarked training step works on: a `classes`-way model on the autodiff `device`, SGD
-/// with momentum 0.9, and one batch of random `size` x `size` RGB images with labels.
+/// What a model benchmark runs: a `classes`-way `model` on batches of `batch` random `size` x
+/// `size` RGB images, the network computing in `precision`.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload<'a> {
+    pub model: &'a ModelConfig,
+    pub classes: usize,
+    pub batch: usize,
+    pub size: usize,
+    pub precision: Precision,
+}
+
+/// What a benchmarked training step works on: the workload's model on the autodiff `device`, SGD
+/// with momentum 0.9, and one batch of random images with labels.
 struct StepBench {
     model: Classifier,
     optimizer: ModuleOptimizer,
@@ -43,40 +54,33 @@ struct StepBench {
 }
 
 impl StepBench {
-    fn new(model_config: &ModelConfig, classes: usize, batch: usize, size: usize, device: &Device) -> Result<StepBench> {
+    fn new(w: &Workload, device: &Device) -> Result<StepBench> {
         let device = device.clone().autodiff();
         device.seed(0);
-        let model = models::build(model_config, classes, &device)?;
+        let model = models::build(w.model, w.classes, &device)?;
         let optimizer = optim::build(&TrainConfig { momentum: 0.9, ..Default::default() }, &[]);
-        let images = Tensor::<4>::random([batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
-        let labels: Vec<i64> = (0..batch as i64).map(|i| i % classes as i64).collect();
-        let targets = loss::smoothed_targets(&labels, classes, 0.0, &device);
+        let images = Tensor::<4>::random([w.batch, 3, w.size, w.size], Distribution::Normal(0.0, 1.0), &device);
+        let labels: Vec<i64> = (0..w.batch as i64).map(|i| i % w.classes as i64).collect();
+        let targets = loss::smoothed_targets(&labels, w.classes, 0.0, &device);
         Ok(StepBench { model, optimizer, images, targets })
     }
 }
 
-/// Images per second of full training steps (forward, backward, SGD update) at `batch` on random
-/// `size` x `size` RGB inputs, after `warmup` untimed steps.
-pub fn train_step(
-    model_config: &ModelConfig,
-    classes: usize,
-    batch: usize,
-    size: usize,
-    steps: usize,
-    warmup: usize,
-    device: &Device,
-) -> Result<f64> {
-    let StepBench { mut model, mut optimizer, images, targets } = StepBench::new(model_config, classes, batch, size, device)?;
+/// Images per second of full training steps (forward, backward, SGD update) of the workload, after
+/// `warmup` untimed steps.
+pub fn train_step(w: &Workload, steps: usize, warmup: usize, device: &Device) -> Result<f64> {
+    let StepBench { mut model, mut optimizer, images, targets } = StepBench::new(w, device)?;
+    let mut mixed = MixedPrecision::new(w.precision);
     let mut timed = 0.0;
     for i in 0..warmup + steps {
         let start = Instant::now();
         // step_once reads the loss value, which waits for the step on asynchronous backends.
-        model = step_once(model, &mut optimizer, images.clone(), targets.clone(), 0.01).0;
+        model = step_once(model, &mut optimizer, images.clone(), targets.clone(), 0.01, &mut mixed).0;
         if i >= warmup {
             timed += start.elapsed().as_secs_f64();
         }
     }
-    Ok((batch * steps) as f64 / timed)
+    Ok((w.batch * steps) as f64 / timed)
 }
 
 /// A matrix product `C[m, n] = A[m, k] B[k, n]`: the im2col form of a convolution's forward pass
@@ -204,16 +208,16 @@ pub fn augment(pipeline: &Pipeline, size: usize, images: usize) -> Result<f64> {
     Ok(images as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Images per second of evaluation-mode forward passes.
-pub fn inference(model_config: &ModelConfig, classes: usize, batch: usize, size: usize, steps: usize, device: &Device) -> Result<f64> {
-    let model = models::build(model_config, classes, device)?;
-    let images = Tensor::<4>::from_data(TensorData::new(vec![0.5f32; batch * 3 * size * size], [batch, 3, size, size]), device);
-    let _ = model.forward(images.clone()).into_data();
+/// Images per second of evaluation-mode forward passes of the workload.
+pub fn inference(w: &Workload, steps: usize, device: &Device) -> Result<f64> {
+    let model = models::build(w.model, w.classes, device)?;
+    let images = Tensor::<4>::from_data(TensorData::new(vec![0.5f32; w.batch * 3 * w.size * w.size], [w.batch, 3, w.size, w.size]), device);
+    let _ = w.precision.logits(&model, images.clone()).into_data();
     let start = Instant::now();
     for _ in 0..steps {
-        let _ = model.forward(images.clone()).into_data();
+        let _ = w.precision.logits(&model, images.clone()).into_data();
     }
-    Ok((batch * steps) as f64 / start.elapsed().as_secs_f64())
+    Ok((w.batch * steps) as f64 / start.elapsed().as_secs_f64())
 }
 
 /// One depthwise convolution layer: `channels` planes of `size`x`size`, a `kernel`x`kernel`

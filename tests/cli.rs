@@ -801,6 +801,8 @@ fn config_errors_name_the_key_or_value() {
     ferrovision(ws.root(), &["train", "--config", s(&typo)]).failure(&["epochz", "typo.toml"]);
 
     ws.train("lr", &["--set", "train.lr=fast"]).failure(&["`train.lr`", "\"fast\""]);
+    ws.train("precision", &["--set", "train.precision='fp8'"]).failure(&["train.precision", "fp8"]);
+    ferrovision(ws.root(), &["bench", "train", "--model", "fast_net", "--precision", "fp8"]).failure(&["fp8", "expected f32, f16 or bf16"]);
     ws.train("model", &["--set", "model.name=resnet999"]).failure(&["resnet999"]);
     ferrovision(ws.root(), &["bench", "train", "--model", "resnet999", "--steps", "1"]).failure(&["resnet999"]);
 

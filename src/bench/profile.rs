@@ -19,8 +19,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
-use super::StepBench;
-use crate::models::ModelConfig;
+use super::{StepBench, Workload};
 use crate::models::layers::{self, ConvKernel};
 use crate::models::trace::{self, Layer, LayerKind};
 use crate::train::loss;
@@ -60,16 +59,16 @@ impl Profile {
     }
 }
 
-/// Profiles training steps of `model_config` at `batch` on random `size` x `size` inputs,
-/// averaged over `steps` after `warmup`.
-pub fn train_step(model_config: &ModelConfig, batch: usize, size: usize, steps: usize, warmup: usize, device: &Device) -> Result<Profile> {
-    let StepBench { mut model, mut optimizer, images, targets } = StepBench::new(model_config, super::CLASSES, batch, size, device)?;
+/// Profiles training steps of the workload, averaged over `steps` after `warmup`.
+pub fn train_step(w: &Workload, steps: usize, warmup: usize, device: &Device) -> Result<Profile> {
+    let StepBench { mut model, mut optimizer, images, targets } = StepBench::new(w, device)?;
+    let batch = w.batch;
     let device = device.clone().autodiff();
     let (mut phases, mut layers) = ([0.0; 3], Vec::new());
     for i in 0..warmup + steps {
         let start = Instant::now();
         let ((loss, _), traced) = trace::trace(false, || {
-            let loss = loss::cross_entropy(model.forward(images.clone()), targets.clone());
+            let loss = loss::cross_entropy(w.precision.logits(&model, images.clone()), targets.clone());
             let value: f32 = loss.clone().into_scalar();
             (loss, value)
         });
@@ -207,11 +206,14 @@ fn batch_norm_backward_seconds(layer: &Layer, batch: usize, device: &Device) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::ModelConfig;
+    use crate::train::Precision;
 
     #[test]
     fn rows_add_up_to_the_step_and_sort_the_convolutions_by_kernel() {
-        let config = ModelConfig { name: "resnet18_cifar".into(), ..Default::default() };
-        let profile = train_step(&config, 2, 32, 1, 1, &Device::flex()).unwrap();
+        let model = ModelConfig { name: "resnet18_cifar".into(), ..Default::default() };
+        let workload = Workload { model: &model, classes: 10, batch: 2, size: 32, precision: Precision::F32 };
+        let profile = train_step(&workload, 1, 1, &Device::flex()).unwrap();
         let total: f64 = profile.rows.iter().map(|row| row.seconds).sum();
         assert!((total - profile.step).abs() < 1e-9 * profile.step.max(1.0), "{total} vs {}", profile.step);
         let ops: Vec<&str> = profile.rows.iter().map(|row| row.op.as_str()).collect();

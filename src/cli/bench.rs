@@ -5,6 +5,7 @@ use clap::Arg;
 use ferrovision::bench::report::{ConvReport, DepthwiseReport, GemmReport, LayerTiming};
 use ferrovision::bench::{self, GemmShape, Kernel};
 use ferrovision::config::ExperimentConfig;
+use ferrovision::train::Precision;
 
 use super::args::{DeviceName, Overrides};
 use ferrovision::{out, outln};
@@ -20,6 +21,13 @@ pub struct ModelWorkload {
     size: usize,
     #[arg(long, default_value_t = 10)]
     steps: usize,
+}
+
+#[derive(clap::Args)]
+pub struct PrecisionChoice {
+    /// What the network computes in: f32, or f16 / bf16 (mixed precision, f32 weights).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 /// Untimed steps before the timed ones.
@@ -61,6 +69,8 @@ pub enum BenchCommand {
         device: DeviceName,
         #[command(flatten)]
         kernels: KernelChoice,
+        #[command(flatten)]
+        precision: PrecisionChoice,
         /// Also print where the step's time goes, op by op.
         #[arg(long)]
         profile: bool,
@@ -76,6 +86,8 @@ pub enum BenchCommand {
         device: DeviceName,
         #[command(flatten)]
         kernels: KernelChoice,
+        #[command(flatten)]
+        precision: PrecisionChoice,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -143,19 +155,29 @@ pub enum BenchCommand {
 impl BenchCommand {
     pub fn run(self) -> Result<()> {
         match self {
-            BenchCommand::Train { workload, warmup: Warmup { warmup }, device, kernels: KernelChoice { kernels }, profile, overrides } => {
+            BenchCommand::Train {
+                workload,
+                warmup: Warmup { warmup },
+                device,
+                kernels: KernelChoice { kernels },
+                precision: PrecisionChoice { precision },
+                profile,
+                overrides,
+            } => {
                 let ModelWorkload { model, batch, size, steps } = workload;
                 let name = &device.device;
                 let device = device.parse()?;
+                precision.check(&device, name)?;
                 ferrovision::kernels::set_enabled(kernels == Kernel::Ours);
                 let model_config = overrides.model_config(&model)?;
                 outln!(
-                    "training step{}: {model}, batch {batch}, {size}x{size}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads, {kernels:?} kernels",
+                    "training step{}: {model}, batch {batch}, {size}x{size}, {precision}, {steps} timed steps after {warmup} warm-up, device {name}, {} threads, {kernels:?} kernels",
                     if profile { " profile" } else { "" },
                     rayon::current_num_threads()
                 );
+                let workload = bench::Workload { model: &model_config, classes: bench::CLASSES, batch, size, precision };
                 let ips = if profile {
-                    let profile = bench::profile::train_step(&model_config, batch, size, steps, warmup, &device)?;
+                    let profile = bench::profile::train_step(&workload, steps, warmup, &device)?;
                     let square = GemmShape { m: 2048, k: 2048, n: 2048 };
                     let peak = square.flops() / bench::sgemm_seconds(square, 3) / 1e9;
                     outln!(
@@ -164,18 +186,26 @@ impl BenchCommand {
                     outln!("{}", profile.table(peak));
                     profile.batch as f64 / profile.step
                 } else {
-                    bench::train_step(&model_config, bench::CLASSES, batch, size, steps, warmup, &device)?
+                    bench::train_step(&workload, steps, warmup, &device)?
                 };
                 outln!("{ips:.1} img/s");
             }
-            BenchCommand::Infer { workload, device, kernels: KernelChoice { kernels }, overrides } => {
+            BenchCommand::Infer {
+                workload,
+                device,
+                kernels: KernelChoice { kernels },
+                precision: PrecisionChoice { precision },
+                overrides,
+            } => {
                 let ModelWorkload { model, batch, size, steps } = workload;
                 let name = &device.device;
                 let device = device.parse()?;
+                precision.check(&device, name)?;
                 ferrovision::kernels::set_enabled(kernels == Kernel::Ours);
                 let model_config = overrides.model_config(&model)?;
-                outln!("inference: {model}, batch {batch}, {size}x{size}, {steps} steps, device {name}");
-                outln!("{:.1} img/s", bench::inference(&model_config, bench::CLASSES, batch, size, steps, &device)?);
+                outln!("inference: {model}, batch {batch}, {size}x{size}, {precision}, {steps} steps, device {name}");
+                let workload = bench::Workload { model: &model_config, classes: bench::CLASSES, batch, size, precision };
+                outln!("{:.1} img/s", bench::inference(&workload, steps, &device)?);
             }
             BenchCommand::Depthwise { batch, steps, warmup: Warmup { warmup }, device: name, shapes } => {
                 let device = name.parse()?;

@@ -9,6 +9,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, Pa
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::{relu, relu6, sigmoid, silu};
+use burn::tensor::ops::ConvOptions;
 use serde::{Deserialize, Serialize};
 
 use super::{params, trace};
@@ -411,6 +412,9 @@ pub fn max_pool_forward(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
 /// shapes), dense 3x3 stride-1 ones (Winograd) and the other dense ones (im2col products). The
 /// kernels pad symmetrically; other padding is applied to the input first.
 pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    if x.dtype() != conv.weight.val().dtype() {
+        return conv_in_input_type(conv, x);
+    }
     let [_, channels, height, width] = x.dims();
     let (kernel, padding) = conv_plan(conv, [channels, height, width]);
     if kernel == ConvKernel::Burn {
@@ -430,6 +434,37 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         ConvKernel::Dense => conv2d_dense(x, conv.weight.val(), bias, conv.stride, [vertical, horizontal]),
         ConvKernel::Burn => unreachable!("burn's convolutions returned above"),
     }
+}
+
+/// `conv` computing in the type of `x` (f16 or bf16 under mixed precision, `train::precision`),
+/// its weights cast to it, on burn's convolution.
+fn conv_in_input_type(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let dtype = x.dtype();
+    let [_, _, height, width] = x.dims();
+    let padding = padding_sides(&conv.padding, conv.kernel_size, conv.stride, height, width);
+    let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
+    let bias = conv.bias.as_ref().map(|b| b.val().cast(dtype));
+    burn::tensor::module::conv2d(x, conv.weight.val().cast(dtype), bias, options)
+}
+
+/// `fc.forward(x)` in the type of `x` (see [`conv_in_input_type`]).
+pub fn linear_forward(fc: &Linear, x: Tensor<2>) -> Tensor<2> {
+    let dtype = x.dtype();
+    if dtype == fc.weight.val().dtype() {
+        return fc.forward(x);
+    }
+    burn::tensor::module::linear(x, fc.weight.val().cast(dtype), fc.bias.as_ref().map(|b| b.val().cast(dtype)))
+}
+
+/// `bn.forward(x)` in f32 whatever the type of `x`, cast back to it: under mixed precision the
+/// batch statistics and the running ones stay f32, as with PyTorch's autocast.
+pub fn batch_norm_forward(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let dtype = x.dtype();
+    let computed = bn.gamma.val().dtype();
+    if dtype == computed {
+        return crate::kernels::batch_norm::forward(bn, x);
+    }
+    crate::kernels::batch_norm::forward(bn, x.cast(computed)).cast(dtype)
 }
 
 /// TensorFlow's "SAME" padding of one side length: `(before, after)` for an output of
@@ -469,7 +504,7 @@ impl StochasticDepth {
         }
         let keep = 1.0 - self.prob;
         let batch = x.dims()[0];
-        let mask = Tensor::<4>::random([batch, 1, 1, 1], Distribution::Bernoulli(keep), &x.device());
+        let mask = Tensor::<4>::random([batch, 1, 1, 1], Distribution::Bernoulli(keep), &x.device()).cast(x.dtype());
         x * mask.div_scalar(keep)
     }
 }

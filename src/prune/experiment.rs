@@ -13,6 +13,7 @@ use super::config::{Importance, PruneConfig};
 use super::graph::dependency_groups;
 use super::importance::{TaylorTerms, channel_scores, select_for_step, taylor_terms};
 use super::remove::remove_channels;
+use crate::bench::Workload;
 use crate::config::ExperimentConfig;
 use crate::data::loader::make_batch;
 use crate::models::{Classifier, ModelConfig, trace, transfer};
@@ -20,7 +21,7 @@ use crate::tracking::RunDir;
 use crate::tracking::plot::{Series, line_chart_files};
 use crate::train::callbacks::save_checkpoint;
 use crate::train::evaluate::{EvalSettings, evaluate};
-use crate::train::{Start, Trainer, TrainingData, batch_tensors, forward_backward, load_run_model, loss, prepare_data};
+use crate::train::{Precision, Start, Trainer, TrainingData, batch_tensors, forward_backward, load_run_model, loss, prepare_data};
 
 /// Size, cost and speed of one model.
 #[derive(Clone, Debug, Serialize)]
@@ -263,9 +264,10 @@ fn measure_speeds(
     };
     for _ in 0..SPEED_ROUNDS {
         for (figure, config) in models.iter_mut() {
-            let latency = 1000.0 / crate::bench::inference(config, classes, 1, size, 50, device)?;
-            let throughput = crate::bench::inference(config, classes, 256, size, 3, device)?;
-            let train = crate::bench::train_step(config, classes, train_batch, size, 5, 2, device)?;
+            let workload = |batch| Workload { model: config, classes, batch, size, precision: Precision::F32 };
+            let latency = 1000.0 / crate::bench::inference(&workload(1), 50, device)?;
+            let throughput = crate::bench::inference(&workload(256), 3, device)?;
+            let train = crate::bench::train_step(&workload(train_batch), 5, 2, device)?;
             figure.latency_ms = best(figure.latency_ms, latency, true);
             figure.throughput = best(figure.throughput, throughput, false);
             figure.train_throughput = best(figure.train_throughput, train, false);

@@ -7,6 +7,7 @@ use super::Tta;
 use super::callbacks::{BestBy, EarlyStopping};
 use super::optim::OptimizerKind;
 use super::param_groups::ParamGroupConfig;
+use super::precision::Precision;
 use super::schedule::{PlateauConfig, ScheduleKind};
 use crate::error::{InvalidSetting, ensure};
 
@@ -65,6 +66,9 @@ pub struct TrainConfig {
     pub tta: Tta,
     /// Parameters with their own learning-rate scale, weight decay or epochs (`[[train.param_groups]]`).
     pub param_groups: Vec<ParamGroupConfig>,
+    /// What the training step computes in: `f32`, or `f16` / `bf16` (mixed precision: f32
+    /// weights, the network in the smaller type; f16 with loss scaling). Evaluation stays f32.
+    pub precision: Precision,
     /// Seeds weight initialization, the split, shuffling and augmentation.
     pub seed: u64,
 }
@@ -121,6 +125,7 @@ impl Default for TrainConfig {
             grad_clip_norm: None,
             tta: Tta::None,
             param_groups: Vec::new(),
+            precision: Precision::F32,
             seed: 0,
         }
     }

@@ -150,7 +150,7 @@ mod tests {
     use crate::models;
     use crate::models::ModelConfig;
     use crate::train::config::{LookaheadConfig, TrainConfig};
-    use crate::train::{forward_backward, loss, optim, step_once};
+    use crate::train::{MixedPrecision, Precision, forward_backward, loss, optim, step_once};
     use burn::tensor::Distribution;
 
     fn outputs(model: &Classifier, images: &Tensor<4>) -> Vec<f32> {
@@ -169,7 +169,7 @@ mod tests {
         let start = model.valid();
         let images = Tensor::<4>::random([8, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
         let targets = loss::smoothed_targets(&[0, 1, 2, 3, 4, 5, 6, 7], 10, 0.0, &device);
-        (model, _, _) = step_once(model, &mut optimizer, images.clone(), targets, 0.1);
+        (model, _, _) = step_once(model, &mut optimizer, images.clone(), targets, 0.1, &mut MixedPrecision::new(Precision::F32));
         for ema in [&mut frozen, &mut follower, &mut half] {
             ema.update(&model);
         }

@@ -22,8 +22,8 @@ use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 
 use super::evaluate::{EvalResult, EvalSettings, score, tta_views, weighted_average};
+use crate::augment::mix::MixConfig;
 use crate::augment::transforms::Pipeline;
-use crate::config::ExperimentConfig;
 use crate::data::ImageSet;
 use crate::data::loader::{EpochLoader, LoaderConfig, epoch_order, make_batch, num_batches};
 use crate::files::write_atomic;
@@ -56,13 +56,13 @@ pub fn frozen_part(model: &Classifier) -> Option<Cut> {
 
 /// Whether a run trains on cached outputs of its frozen part: `Ok(Some(cut))` if so, `Ok(None)`
 /// when nothing before the classifier is frozen (or the cache is off), and why not otherwise.
-pub fn plan(config: &ExperimentConfig, model: &Classifier, pipeline: &Pipeline) -> Result<Option<Cut>, String> {
-    let cached = config.transfer.feature_cache != FeatureCacheMode::Off;
+pub fn plan(mode: FeatureCacheMode, mix: &MixConfig, model: &Classifier, pipeline: &Pipeline) -> Result<Option<Cut>, String> {
+    let cached = mode != FeatureCacheMode::Off;
     let Some(cut) = frozen_part(model).filter(|_| cached) else { return Ok(None) };
     if let Some(random) = pipeline.first_random() {
         return Err(format!("the training images pass a random transform ({random}) before the frozen part"));
     }
-    if config.augment.mix.enabled() {
+    if mix.enabled() {
         return Err("augment.mix blends the training images before the frozen part".into());
     }
     Ok(Some(cut))
@@ -299,6 +299,7 @@ fn cache_views(model: &Classifier, cut: Cut, set: &ImageSet, settings: &EvalSett
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ExperimentConfig;
     use crate::models::ModelConfig;
     use crate::models::transfer::freeze;
     use crate::train::Tta;

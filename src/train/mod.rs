@@ -10,6 +10,7 @@ pub mod feature_cache;
 pub mod loss;
 pub mod optim;
 pub mod param_groups;
+pub mod precision;
 pub mod resume;
 pub mod robustness;
 pub mod schedule;
@@ -31,6 +32,7 @@ use crate::data::{self, ImageSet};
 use crate::models::{self, Classifier};
 use crate::tracking::{RunDir, RunSummary};
 pub use evaluate::{EvalResult, EvalSettings, RunEvaluation, Tta, evaluate, evaluate_run};
+pub use precision::{MixedPrecision, Precision};
 pub use trainer::{Start, Trainer};
 
 /// The splits a run trains, validates and tests on.
@@ -159,16 +161,20 @@ pub fn backward(model: &Classifier, logits: Tensor<2>, targets: Tensor<2>, loss_
     (GradientsParams::from_grads(scaled.backward(), model), loss_value, logits.detach())
 }
 
-/// One optimizer step on one batch. Returns the updated model, the loss value and the logits.
+/// One optimizer step on one batch, the network computing in `mixed`'s precision (a step whose
+/// f16 gradients overflowed is skipped). Returns the updated model, the loss value and the logits.
 pub fn step_once(
     model: Classifier,
     optimizer: &mut ModuleOptimizer,
     images: Tensor<4>,
     targets: Tensor<2>,
     lr: f64,
+    mixed: &mut MixedPrecision,
 ) -> (Classifier, f32, Tensor<2>) {
-    let (grads, loss_value, logits) = forward_backward(&model, images, targets, 1.0);
-    (optimizer.step(lr, model, grads), loss_value, logits)
+    let logits = mixed.precision.logits(&model, images);
+    let (mut grads, loss_value, logits) = backward(&model, logits, targets, mixed.loss_scale());
+    let model = if mixed.unscale(&mut grads, &model) { optimizer.step(lr, model, grads) } else { model };
+    (model, loss_value, logits)
 }
 
 /// Trains the model a config describes in a new run folder and evaluates its best checkpoint on
@@ -201,9 +207,9 @@ mod tests {
         let images = Tensor::<4>::random([16, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
         let labels: Vec<i64> = (0..16).map(|i| (i * 7 % 10) as i64).collect();
         let targets = loss::smoothed_targets(&labels, 10, 0.0, &device);
-        let mut history = Vec::new();
+        let (mut history, mut f32_steps) = (Vec::new(), MixedPrecision::new(Precision::F32));
         for _ in 0..60 {
-            let (next, loss, logits) = step_once(model, &mut optimizer, images.clone(), targets.clone(), 3e-3);
+            let (next, loss, logits) = step_once(model, &mut optimizer, images.clone(), targets.clone(), 3e-3, &mut f32_steps);
             model = next;
             let logits: Vec<f32> = logits.into_data().try_to_vec().unwrap();
             history.push((loss, count_hits(&logits, &labels).top1));

@@ -19,6 +19,7 @@ use super::epoch::{EpochProgress, EpochTotals, GradientAccumulation, check_diver
 use super::evaluate::{self, EvalResult, EvalSettings, EvalTarget, evaluate};
 use super::feature_cache::{self, FeatureCache, Origin, Splits};
 use super::param_groups::{self, ResolvedGroup};
+use super::precision::{MixedPrecision, Precision};
 use super::resume::{self, ResumePoint};
 use super::schedule::{LrSchedule, Monitor};
 use super::{TrainingData, backward, batch_tensors, load_run_model, loss, optim, prepare_data};
@@ -45,12 +46,22 @@ enum Input {
 }
 
 impl Input {
-    fn logits(self, model: &models::Classifier) -> Tensor<2> {
+    fn logits(self, model: &models::Classifier, precision: Precision) -> Tensor<2> {
         match self {
-            Input::Images(images) => model.forward(images),
-            Input::Cached(x, cut) => model.forward_from(x, cut),
+            Input::Images(images) => precision.logits(model, images),
+            Input::Cached(x, cut) => precision.logits_from(model, x, cut),
         }
     }
+}
+
+/// How training gets the outputs of the model's frozen part.
+enum FrozenPart {
+    /// It runs on every batch (nothing frozen, or random transforms before it).
+    EveryBatch,
+    /// It ends at this cut and runs once, when training starts.
+    ToCache(models::Cut),
+    /// Its outputs, computed or read.
+    Cached(Arc<FeatureCache>),
 }
 
 /// Where training starts: a new run folder, an existing run's last completed epoch, or a new run
@@ -83,10 +94,9 @@ pub struct Trainer<'a> {
     optimizer: ModuleOptimizer,
     /// Parameter groups, some of which train in some epochs only.
     groups: Vec<ResolvedGroup>,
-    /// Where the frozen part ends when training runs on its cached outputs.
-    cached_cut: Option<models::Cut>,
-    /// Those outputs, computed when training starts.
-    feature_cache: Option<Arc<FeatureCache>>,
+    frozen_part: FrozenPart,
+    /// The training step's precision and f16 loss scale (which starts over on resume).
+    mixed: MixedPrecision,
     weights: Weights,
     callbacks: Vec<Box<dyn Callback>>,
     /// Optimizer steps taken.
@@ -110,6 +120,7 @@ impl<'a> Trainer<'a> {
             Start::New(_) | Start::FromCheckpoint(..) => None,
         };
         let base_device = crate::device::parse(&config.run.device)?;
+        config.train.precision.check(&base_device, &config.run.device).context("train.precision")?;
         base_device.seed(config.train.seed);
         let device = base_device.clone().autodiff();
         let data = prepare_data(config)?;
@@ -185,10 +196,14 @@ impl<'a> Trainer<'a> {
             (weights, optimizer) = resume::restore(&run, point, weights, optimizer)?;
             run.write_config(config)?;
         }
-        let cached_cut = feature_cache::plan(config, &weights.live, &pipeline).unwrap_or_else(|reason| {
-            outln!("the frozen part runs on every batch: {reason}");
-            None
-        });
+        let frozen_part = match feature_cache::plan(config.transfer.feature_cache, &config.augment.mix, &weights.live, &pipeline) {
+            Ok(Some(cut)) => FrozenPart::ToCache(cut),
+            Ok(None) => FrozenPart::EveryBatch,
+            Err(reason) => {
+                outln!("the frozen part runs on every batch: {reason}");
+                FrozenPart::EveryBatch
+            }
+        };
         let callbacks = callbacks::for_run(&config.train, &config.run, &run)?;
         let mut trainer = Self {
             config,
@@ -205,8 +220,8 @@ impl<'a> Trainer<'a> {
             schedule,
             optimizer,
             groups,
-            cached_cut,
-            feature_cache: None,
+            frozen_part,
+            mixed: MixedPrecision::new(config.train.precision),
             weights,
             callbacks,
             step: 0,
@@ -248,14 +263,21 @@ impl<'a> Trainer<'a> {
         for epoch in self.epochs_completed + 1..=config.train.epochs {
             self.base_device.seed(epoch_seed(config.train.seed, epoch));
             let epoch_start = Instant::now();
-            let (cache, device) = (self.feature_cache.clone(), self.device.clone());
-            let batches: Box<dyn Iterator<Item = TrainBatch>> = match (&cache, self.cached_cut) {
-                (Some(cache), Some(cut)) => Box::new(cache.epoch(&self.loader_config, epoch, &device).map(move |(x, labels)| TrainBatch {
-                    input: Input::Cached(x, cut),
-                    labels,
-                    mix_lambda: None,
-                })),
-                _ => Box::new(EpochLoader::start(self.data.train.clone(), self.loader_config.clone(), epoch, 0).map(|batch| {
+            let device = self.device.clone();
+            let cache = match &self.frozen_part {
+                FrozenPart::Cached(cache) => Some(cache.clone()),
+                _ => None,
+            };
+            let batches: Box<dyn Iterator<Item = TrainBatch>> = match &cache {
+                Some(cache) => {
+                    let cut = cache.cut;
+                    Box::new(cache.epoch(&self.loader_config, epoch, &device).map(move |(x, labels)| TrainBatch {
+                        input: Input::Cached(x, cut),
+                        labels,
+                        mix_lambda: None,
+                    }))
+                }
+                None => Box::new(EpochLoader::start(self.data.train.clone(), self.loader_config.clone(), epoch, 0).map(|batch| {
                     let mix_lambda = batch.mix_lambda;
                     let (images, labels) = batch_tensors(batch, &device);
                     TrainBatch { input: Input::Images(images), labels, mix_lambda }
@@ -271,12 +293,16 @@ impl<'a> Trainer<'a> {
                 }
                 let lr = self.schedule.rates.lr(self.step);
                 let targets = loss::batch_targets(&labels, mix_lambda, num_classes, config.train.label_smoothing, &self.device);
-                let logits = input.logits(&self.weights.live);
-                let (grads, loss_value, logits) = backward(&self.weights.live, logits, targets, accumulation.loss_scale());
+                let logits = input.logits(&self.weights.live, self.mixed.precision);
+                let loss_scale = accumulation.loss_scale() * self.mixed.loss_scale();
+                let (grads, loss_value, logits) = backward(&self.weights.live, logits, targets, loss_scale);
                 if let Some(mut grads) = accumulation.add(&self.weights.live, grads, index) {
                     param_groups::drop_gradients(&mut grads, &self.weights.live, &frozen);
                     self.step += 1;
-                    self.weights = self.weights.step(&mut self.optimizer, lr, grads, self.step);
+                    // An f16 step whose gradients overflowed is skipped (the schedule moves on).
+                    if self.mixed.unscale(&mut grads, &self.weights.live) {
+                        self.weights = self.weights.step(&mut self.optimizer, lr, grads, self.step);
+                    }
                     for callback in &mut self.callbacks {
                         callback.on_step(self.step, loss_value, lr)?;
                     }
@@ -294,9 +320,9 @@ impl<'a> Trainer<'a> {
             }
 
             let model = self.weights.evaluated();
-            let val = match &self.feature_cache {
-                Some(cache) => cache.evaluate_val(&model, num_classes, self.eval_settings.batch_size, &self.base_device),
-                None => self.data.val.as_ref().map(|v| evaluate(&model, v, num_classes, &self.eval_settings, &self.base_device)),
+            let val = match &self.frozen_part {
+                FrozenPart::Cached(cache) => cache.evaluate_val(&model, num_classes, self.eval_settings.batch_size, &self.base_device),
+                _ => self.data.val.as_ref().map(|v| evaluate(&model, v, num_classes, &self.eval_settings, &self.base_device)),
             }
             .transpose()?;
             let metrics = EpochMetrics {
@@ -329,7 +355,7 @@ impl<'a> Trainer<'a> {
     /// Computes the frozen part's outputs on the training and validation images once, when
     /// training runs on them.
     fn cache_features(&mut self) -> Result<()> {
-        let Some(cut) = self.cached_cut else { return Ok(()) };
+        let FrozenPart::ToCache(cut) = self.frozen_part else { return Ok(()) };
         let started = Instant::now();
         let model = self.weights.evaluated();
         let (train, val) = (&self.data.train, self.data.val.as_ref());
@@ -345,7 +371,7 @@ impl<'a> Trainer<'a> {
             }
             Origin::Read(path) => outln!("frozen part's outputs read from {} ({images}): the rest trains on them", path.display()),
         }
-        self.feature_cache = Some(Arc::new(cache));
+        self.frozen_part = FrozenPart::Cached(Arc::new(cache));
         Ok(())
     }
 
