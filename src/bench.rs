@@ -74,8 +74,10 @@ pub fn train_step(w: &Workload, steps: usize, warmup: usize, device: &Device) ->
     let mut timed = 0.0;
     for i in 0..warmup + steps {
         let start = Instant::now();
-        // step_once reads the loss value, which waits for the step on asynchronous backends.
-        model = step_once(model, &mut optimizer, images.clone(), targets.clone(), 0.01, &mut mixed).0;
+        let (next, loss, _) = step_once(model, &mut optimizer, images.clone(), targets.clone(), 0.01, &mut mixed);
+        // Reading the loss waits for the step on asynchronous (GPU) backends.
+        loss.into_scalar::<f32>();
+        model = next;
         if i >= warmup {
             timed += start.elapsed().as_secs_f64();
         }

@@ -60,6 +60,8 @@ pub fn parse(name: &str) -> Result<Device> {
 
 /// The GPU device of that name, where this build has its backend.
 fn gpu_device(name: &str) -> Option<Device> {
+    #[cfg(feature = "gpu")]
+    keep_tuning_results(&std::path::Path::new(crate::data::config::DEFAULT_CACHE_DIR).join("cubecl"));
     #[cfg(feature = "vulkan")]
     if name == "vulkan" {
         return Some(Device::vulkan(burn::tensor::DeviceKind::DefaultDevice));
@@ -70,6 +72,20 @@ fn gpu_device(name: &str) -> Option<Device> {
     }
     let _ = name;
     None
+}
+
+/// Makes burn's GPU backends keep their autotune results (the fastest kernel per operation, shape
+/// and device) in `dir`, so that a shape is tuned once per machine, not in every process. A
+/// `cubecl.toml` (or `burn.toml [cubecl]`) that names its own `[environment] path` wins; so does a
+/// configuration set earlier in the process.
+#[cfg(feature = "gpu")]
+fn keep_tuning_results(dir: &std::path::Path) {
+    use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if matches!(config.environment.path, CacheConfig::Target) {
+        config.environment.path = CacheConfig::Directory(dir.to_path_buf());
+    }
+    CubeClRuntimeConfig::try_set(config);
 }
 
 /// GPU runtimes start lazily and panic (on their own thread) when no adapter exists; one tiny
@@ -92,6 +108,104 @@ fn probe_gpu(name: &str, device: Device) -> Result<Device> {
         Err(_) => {
             let detail = first_panic.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
             bail!("device `{name}` could not be started: {}", detail.lines().last().unwrap_or("unknown error"))
+        }
+    }
+}
+
+/// The GPU code path on any Vulkan driver (on CPU-only machines Mesa's lavapipe, which runs
+/// Vulkan on the CPU): the same training steps on `vulkan` and on `flex` agree.
+#[cfg(all(test, feature = "vulkan"))]
+mod vulkan_tests {
+    use burn::module::Module;
+    use burn::prelude::*;
+
+    use crate::models::{Classifier, ModelConfig, build};
+    use crate::train::config::TrainConfig;
+    use crate::train::precision::{MixedPrecision, Precision};
+    use crate::train::test_support::{batch, cosine, gradient_values, small_resnet};
+    use crate::train::{backward, optim, step_once};
+
+    fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+        tensor.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    /// The largest difference between `got` and `expected`, relative to `expected`'s largest value.
+    fn relative_error(got: &[f32], expected: &[f32]) -> f32 {
+        assert_eq!(got.len(), expected.len());
+        let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        got.iter().zip(expected).fold(0f32, |m, (g, e)| m.max((g - e).abs())) / scale
+    }
+
+    /// A copy of `model`, `images` and `targets` on `device`.
+    fn moved(model: &Classifier, images: &Tensor<4>, targets: &Tensor<2>, device: &Device) -> (Classifier, Tensor<4>, Tensor<2>) {
+        (model.clone().fork(device), Tensor::from_data(images.to_data(), device), Tensor::from_data(targets.to_data(), device))
+    }
+
+    /// Logits, every parameter's gradient, and the logits of three SGD steps with momentum (the
+    /// weights, BatchNorm statistics and optimizer state carried along) match between the devices,
+    /// for convolutions with BatchNorm and residual additions, and for the depthwise and
+    /// squeeze-excite families.
+    #[test]
+    fn training_steps_on_vulkan_match_flex() {
+        let flex = Device::flex().autodiff();
+        let vulkan = super::parse("vulkan").expect("a Vulkan driver (lavapipe: apt-get install mesa-vulkan-drivers)").autodiff();
+        let (images, targets, _) = batch(&flex);
+        let models = [
+            ("small resnet", small_resnet(&flex)),
+            ("mobilenet_v2", build(&ModelConfig::named("mobilenet_v2"), 10, &flex).unwrap()),
+            ("efficientnet_b0", build(&ModelConfig::named("efficientnet_b0"), 10, &flex).unwrap()),
+        ];
+        for (name, model) in models {
+            let (gpu_model, gpu_images, gpu_targets) = moved(&model, &images, &targets, &vulkan);
+            let (grads, _, logits) = backward(&model, model.forward(images.clone()), targets.clone(), 1.0);
+            let (gpu_grads, _, gpu_logits) = backward(&gpu_model, gpu_model.forward(gpu_images.clone()), gpu_targets.clone(), 1.0);
+            let error = relative_error(&values(gpu_logits), &values(logits));
+            assert!(error < 1e-3, "{name}: logits differ by {error} of their scale");
+            let ((expected, count), (got, gpu_count)) = (gradient_values(&grads, &model), gradient_values(&gpu_grads, &gpu_model));
+            assert_eq!(gpu_count, count, "{name}: every parameter has a gradient");
+            let similarity = cosine(&got, &expected);
+            assert!(similarity > 0.9999, "{name}: gradients' cosine similarity {similarity}");
+
+            let config = TrainConfig { momentum: 0.9, ..Default::default() };
+            let step = |mut model: Classifier, images: &Tensor<4>, targets: &Tensor<2>| {
+                let (mut optimizer, mut mixed) = (optim::build(&config, &[]), MixedPrecision::new(Precision::F32));
+                let mut logits = Vec::new();
+                for _ in 0..3 {
+                    let (next, _, step_logits) = step_once(model, &mut optimizer, images.clone(), targets.clone(), 0.05, &mut mixed);
+                    (model, logits) = (next, values(step_logits));
+                }
+                logits
+            };
+            let (expected, got) = (step(model, &images, &targets), step(gpu_model, &gpu_images, &gpu_targets));
+            let error = relative_error(&got, &expected);
+            assert!(error < 1e-2, "{name}: logits of the third step differ by {error} of their scale");
+        }
+    }
+
+    /// Mixed precision on the GPU where the driver offers the type (f32 gradients pointing where
+    /// flex's f32 ones do); otherwise the error names the device and the type.
+    #[test]
+    fn reduced_precision_on_vulkan_steps_or_says_why_not() {
+        let flex = Device::flex().autodiff();
+        let vulkan = super::parse("vulkan").unwrap().autodiff();
+        let (images, targets, _) = batch(&flex);
+        let model = small_resnet(&flex);
+        let (expected, _) = gradient_values(&backward(&model, model.forward(images.clone()), targets.clone(), 1.0).0, &model);
+        let (gpu_model, gpu_images, gpu_targets) = moved(&model, &images, &targets, &vulkan);
+        for precision in [Precision::F16, Precision::Bf16] {
+            if let Err(error) = precision.check(&vulkan, "vulkan") {
+                let message = error.to_string();
+                assert!(message.contains("vulkan") && message.contains(&precision.to_string()), "{message}");
+                eprintln!("{precision} on this Vulkan driver: {message}");
+                continue;
+            }
+            let mut mixed = MixedPrecision::new(precision);
+            let logits = precision.logits(&gpu_model, gpu_images.clone());
+            let (mut grads, loss, _) = backward(&gpu_model, logits, gpu_targets.clone(), mixed.loss_scale());
+            let loss = loss.into_scalar::<f32>();
+            assert!(loss.is_finite() && mixed.unscale(&mut grads, &gpu_model), "{precision}: loss {loss}");
+            let similarity = cosine(&gradient_values(&grads, &gpu_model).0, &expected);
+            assert!(similarity > 0.99, "{precision}: gradients' cosine similarity {similarity} against flex's f32");
         }
     }
 }

@@ -477,6 +477,38 @@ fn train_writes_a_complete_run_and_eval_reproduces_its_accuracy() {
     }
 }
 
+/// The GPU path end to end (a build with `--features vulkan` and any Vulkan driver; without a GPU,
+/// Mesa's lavapipe): a run trained on `--device vulkan` learns the colours, and `eval` and
+/// `predict` on `vulkan` and on `flex` agree about it.
+#[cfg(feature = "vulkan")]
+#[test]
+fn vulkan_trains_and_agrees_with_flex_on_eval_and_predict() {
+    let ws = Workspace::new();
+    let run = ws.runs().join("gpu");
+    ws.train("gpu", &["--device", "vulkan"]).success();
+    let summary = read_json(&run.join("summary.json"));
+    let test_acc = summary["test_acc"].as_f64().unwrap();
+    assert!(test_acc > 0.8, "test accuracy {test_acc} on trivially separable colours: {summary}");
+
+    let report = |device: &str| ferrovision(ws.root(), &["eval", "--run", s(&run), "--device", device]).success().to_string();
+    let (on_gpu, on_cpu) = (report("vulkan"), report("flex"));
+    assert_eq!(percent_after(&on_gpu, "accuracy"), as_printed(test_acc), "{on_gpu}");
+    assert_eq!(percent_after(&on_cpu, "accuracy"), as_printed(test_acc), "{on_cpu}");
+
+    let photos = ws.data().join("test").join("red");
+    let top1 = |device: &str| -> Vec<String> {
+        let out = ferrovision(ws.root(), &["predict", "--run", s(&run), "--device", device, s(&photos)]);
+        out.success()
+            .lines()
+            .filter(|l| l.contains(".png"))
+            .map(|l| l.split('\t').nth(1).unwrap().rsplit_once(' ').unwrap().0.to_string())
+            .collect()
+    };
+    let (gpu, cpu) = (top1("vulkan"), top1("flex"));
+    assert_eq!(gpu.len(), TEST_PER_CLASS, "{gpu:?}");
+    assert_eq!(gpu, cpu);
+}
+
 /// Tiny ImageNet (here 12 classes in its layout): the readable `words.txt` names, with the wnids
 /// kept, in summary.json, eval, the confusion matrices and predict; top-5 accuracy (more than 10
 /// classes) in metrics.jsonl, the console, summary.json, eval and TensorBoard.

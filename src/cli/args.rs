@@ -65,7 +65,7 @@ pub struct ModelArgs {
     allow_partial: bool,
     #[command(flatten)]
     pub device: DeviceName,
-    #[arg(long, default_value = ".cache/ferrovision")]
+    #[arg(long, default_value = ferrovision::data::config::DEFAULT_CACHE_DIR)]
     cache_dir: PathBuf,
 }
 

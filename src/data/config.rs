@@ -38,6 +38,10 @@ pub struct DataConfig {
     pub input_size: Option<usize>,
 }
 
+/// `data.cache_dir`'s default: decoded data sets, downloaded weights, cached features and (GPU
+/// builds) kernel tuning results, under the working directory.
+pub const DEFAULT_CACHE_DIR: &str = ".cache/ferrovision";
+
 /// The validation split's size when `data.val_size` is absent and the data set has no
 /// validation split of its own.
 pub const DEFAULT_VAL_SIZE: SplitSize = SplitSize::Count(5000);
@@ -47,7 +51,7 @@ impl Default for DataConfig {
         Self {
             path: PathBuf::from("../shared/data/cifar10-jpeg.tar.gz"),
             download: false,
-            cache_dir: PathBuf::from(".cache/ferrovision"),
+            cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
             val_size: None,
             test_size: None,
             labels: None,

@@ -6,26 +6,27 @@
 
 /// Defines `fn name(fma: bool, args..)` that runs `body` compiled for AVX2 + FMA when `fma` is
 /// true (it must come from `fma_available`), and compiled for the baseline CPU otherwise: for
-/// plain loops the compiler vectorizes, 8 lanes wide with AVX2 instead of 4.
+/// plain loops the compiler vectorizes, 8 lanes wide with AVX2 instead of 4. A safe function may
+/// take one type parameter (`fn name<T: Bound>(..)`), e.g. the element function of a loop.
 macro_rules! with_avx2 {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* fn $name:ident$(<$t:ident: $bound:path>)?($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
         #[allow(clippy::too_many_arguments)]
-        fn $name(fma: bool, $($arg: $ty),*) {
+        fn $name$(<$t: $bound>)?(fma: bool, $($arg: $ty),*) {
             #[inline(always)]
-            fn body($($arg: $ty),*) $body
+            fn body$(<$t: $bound>)?($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            fn body_avx2($($arg: $ty),*) {
-                body($($arg),*)
+            fn body_avx2$(<$t: $bound>)?($($arg: $ty),*) {
+                body$(::<$t>)?($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             if fma {
                 // SAFETY: `fma` comes from `fma_available`: the CPU has AVX2 and FMA.
-                return unsafe { body_avx2($($arg),*) };
+                return unsafe { body_avx2$(::<$t>)?($($arg),*) };
             }
             let _ = fma;
-            body($($arg),*)
+            body$(::<$t>)?($($arg),*)
         }
     };
     ($(#[$meta:meta])* unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
@@ -53,10 +54,10 @@ macro_rules! with_avx2 {
     };
 }
 
+pub mod activation;
 pub mod batch_norm;
 pub mod dense;
 pub mod depthwise;
-pub mod gelu;
 pub mod max_pool;
 pub mod sgd;
 pub mod winograd;

@@ -8,7 +8,7 @@ use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::{relu, relu6, sigmoid, silu};
+use burn::tensor::activation::{relu, relu6, sigmoid};
 use burn::tensor::ops::ConvOptions;
 use serde::{Deserialize, Serialize};
 
@@ -85,8 +85,8 @@ impl Act {
             // loop that took a quarter of a MobileNetV2 training step.
             Act::Relu6 if x.device().is_autodiff() => relu(x.clone()) - relu(x.sub_scalar(6.0)),
             Act::Relu6 => relu6(x),
-            Act::Silu => silu(x),
-            Act::Gelu => crate::kernels::gelu::gelu(x),
+            Act::Silu => crate::kernels::activation::silu(x),
+            Act::Gelu => crate::kernels::activation::gelu(x),
         }
     }
 }

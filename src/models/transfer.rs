@@ -353,7 +353,7 @@ mod tests {
     }
 
     fn build_experiment(config: &Experiment, num_classes: usize, device: &Device) -> Result<(Classifier, Vec<String>)> {
-        build(&config.model, &config.transfer, num_classes, device, Some(Path::new(".cache/ferrovision")))
+        build(&config.model, &config.transfer, num_classes, device, Some(Path::new(crate::data::config::DEFAULT_CACHE_DIR)))
     }
 
     /// One SGD-momentum step on random data; returns the new model and the optimizer's record.

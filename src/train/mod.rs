@@ -15,6 +15,8 @@ pub mod resume;
 pub mod robustness;
 pub mod schedule;
 pub mod sweep;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod trainer;
 
 use std::sync::Arc;
@@ -147,22 +149,28 @@ pub fn argmax(row: &[f32]) -> usize {
 }
 
 /// Forward, cross-entropy against `targets`, backward: the gradients of the loss times
-/// `loss_scale`, the (unscaled) loss value and the logits (for accuracy).
-pub fn forward_backward(model: &Classifier, images: Tensor<4>, targets: Tensor<2>, loss_scale: f32) -> (GradientsParams, f32, Tensor<2>) {
+/// `loss_scale`, the (unscaled) loss and the logits (for accuracy), both detached.
+pub fn forward_backward(
+    model: &Classifier,
+    images: Tensor<4>,
+    targets: Tensor<2>,
+    loss_scale: f32,
+) -> (GradientsParams, Tensor<1>, Tensor<2>) {
     backward(model, model.forward(images), targets, loss_scale)
 }
 
 /// The gradients of the loss of `logits` (computed by `model`) against `targets`, scaled as in
-/// [`forward_backward`]; the loss value; the logits detached.
-pub fn backward(model: &Classifier, logits: Tensor<2>, targets: Tensor<2>, loss_scale: f32) -> (GradientsParams, f32, Tensor<2>) {
+/// [`forward_backward`]; the loss and the logits detached. Nothing is read back to the host: on a
+/// GPU the step runs on while the caller prepares the next one.
+pub fn backward(model: &Classifier, logits: Tensor<2>, targets: Tensor<2>, loss_scale: f32) -> (GradientsParams, Tensor<1>, Tensor<2>) {
     let loss = loss::cross_entropy(logits.clone(), targets);
-    let loss_value: f32 = loss.clone().into_scalar();
+    let detached = loss.clone().detach();
     let scaled = if loss_scale == 1.0 { loss } else { loss * loss_scale };
-    (GradientsParams::from_grads(scaled.backward(), model), loss_value, logits.detach())
+    (GradientsParams::from_grads(scaled.backward(), model), detached, logits.detach())
 }
 
 /// One optimizer step on one batch, the network computing in `mixed`'s precision (a step whose
-/// f16 gradients overflowed is skipped). Returns the updated model, the loss value and the logits.
+/// f16 gradients overflowed is skipped). Returns the updated model, the loss and the logits.
 pub fn step_once(
     model: Classifier,
     optimizer: &mut ModuleOptimizer,
@@ -170,11 +178,11 @@ pub fn step_once(
     targets: Tensor<2>,
     lr: f64,
     mixed: &mut MixedPrecision,
-) -> (Classifier, f32, Tensor<2>) {
+) -> (Classifier, Tensor<1>, Tensor<2>) {
     let logits = mixed.precision.logits(&model, images);
-    let (mut grads, loss_value, logits) = backward(&model, logits, targets, mixed.loss_scale());
+    let (mut grads, loss, logits) = backward(&model, logits, targets, mixed.loss_scale());
     let model = if mixed.unscale(&mut grads, &model) { optimizer.step(lr, model, grads) } else { model };
-    (model, loss_value, logits)
+    (model, loss, logits)
 }
 
 /// Trains the model a config describes in a new run folder and evaluates its best checkpoint on
@@ -212,7 +220,7 @@ mod tests {
             let (next, loss, logits) = step_once(model, &mut optimizer, images.clone(), targets.clone(), 3e-3, &mut f32_steps);
             model = next;
             let logits: Vec<f32> = logits.into_data().try_to_vec().unwrap();
-            history.push((loss, count_hits(&logits, &labels).top1));
+            history.push((loss.into_scalar::<f32>(), count_hits(&logits, &labels).top1));
         }
         let (first, last) = (history[0], history[history.len() - 1]);
         assert!(first.0 > 2.0, "initial loss {}", first.0);

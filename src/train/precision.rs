@@ -176,52 +176,8 @@ mod tests {
     use super::*;
     use crate::models::{ModelConfig, build};
     use crate::train::config::TrainConfig;
-    use crate::train::{backward, loss, optim, step_once};
-
-    /// A small ResNet: convs, BatchNorm, residual additions, pooling, linear.
-    fn small_resnet(device: &Device) -> Classifier {
-        let config = ModelConfig {
-            name: "resnet18_cifar".into(),
-            stem_channels: Some(8),
-            widths: Some(vec![8, 16]),
-            blocks: Some(vec![1, 1]),
-            strides: Some(vec![1, 2]),
-            ..Default::default()
-        };
-        build(&config, 10, device).unwrap()
-    }
-
-    fn batch(device: &Device) -> (Tensor<4>, Tensor<2>, Vec<i64>) {
-        device.seed(3);
-        let images = Tensor::<4>::random([8, 3, 32, 32], burn::tensor::Distribution::Normal(0.0, 1.0), device);
-        let labels = vec![0, 3, 5, 9, 1, 2, 4, 8];
-        (images, loss::batch_targets(&labels, None, 10, 0.0, device), labels)
-    }
-
-    /// Per-parameter gradients (all f32), concatenated in visiting order, and how many parameters had one.
-    fn gradient_values(grads: &GradientsParams, model: &Classifier) -> (Vec<f32>, usize) {
-        struct Collect<'a>(&'a GradientsParams, Vec<f32>, usize);
-        impl ModuleVisitor for Collect<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                if let Some(g) = self.0.get::<D>(param.id) {
-                    assert_eq!(g.dtype(), DType::F32);
-                    self.1.extend(g.into_data().try_to_vec::<f32>().unwrap());
-                    self.2 += 1;
-                }
-            }
-        }
-        let mut collect = Collect(grads, Vec::new(), 0);
-        model.visit(&mut collect);
-        (collect.1, collect.2)
-    }
-
-    fn cosine(a: &[f32], b: &[f32]) -> f64 {
-        let (mut dot, mut a2, mut b2) = (0.0f64, 0.0f64, 0.0f64);
-        for (&a, &b) in a.iter().zip(b) {
-            (dot, a2, b2) = (dot + (a * b) as f64, a2 + (a * a) as f64, b2 + (b * b) as f64);
-        }
-        dot / (a2.sqrt() * b2.sqrt())
-    }
+    use crate::train::test_support::{batch, cosine, gradient_values, small_resnet};
+    use crate::train::{backward, optim, step_once};
 
     /// The gradients of a step in `precision`, skipping overflowing f16 steps as training does.
     fn reduced_step(model: &Classifier, images: &Tensor<4>, targets: &Tensor<2>, precision: Precision) -> (Vec<f32>, GradientsParams) {
@@ -231,7 +187,7 @@ mod tests {
             assert_eq!(logits.dtype(), DType::F32, "{precision}");
             let values = logits.clone().into_data().try_to_vec::<f32>().unwrap();
             let (mut grads, loss, _) = backward(model, logits, targets.clone(), mixed.loss_scale());
-            assert!(loss.is_finite(), "{precision}");
+            assert!(loss.into_scalar::<f32>().is_finite(), "{precision}");
             if mixed.unscale(&mut grads, model) {
                 return (values, grads);
             }
@@ -290,7 +246,7 @@ mod tests {
                 let (next, loss, logits) = step_once(model, &mut optimizer, images.clone(), targets.clone(), 1e-2, &mut mixed);
                 model = next;
                 let logits = logits.into_data().try_to_vec::<f32>().unwrap();
-                last = (loss, crate::train::count_hits(&logits, &labels).top1);
+                last = (loss.into_scalar::<f32>(), crate::train::count_hits(&logits, &labels).top1);
             }
             assert!(last.0 < 0.2 && last.1 == labels.len(), "{precision}: loss {} and {} of 8 right after 40 steps", last.0, last.1);
         }

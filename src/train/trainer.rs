@@ -32,6 +32,17 @@ use crate::models::transfer::FeatureCacheMode;
 use crate::tracking::run::RunLock;
 use crate::tracking::{EpochMetrics, RunDir, RunSummary};
 
+/// What a training batch leaves on the device to read afterwards, and where it was: `step`
+/// optimizer steps done (counting this one's, where `stepped`), at learning rate `lr`.
+struct StepOutput {
+    loss: Tensor<1>,
+    logits: Tensor<2>,
+    labels: Vec<i64>,
+    step: usize,
+    stepped: bool,
+    lr: f64,
+}
+
 /// One training batch: what the model reads, and the labels (mixed with `mix_lambda`).
 struct TrainBatch {
     input: Input,
@@ -287,6 +298,7 @@ impl<'a> Trainer<'a> {
             let mut accumulation = GradientAccumulation::new(config.train.accumulate_batches, self.batches_per_epoch);
             let mut totals = EpochTotals::new(num_classes);
             let frozen = param_groups::frozen_in(&self.groups, epoch);
+            let mut pending: Option<StepOutput> = None;
             for (index, TrainBatch { input, labels, mix_lambda }) in batches.enumerate() {
                 if interrupt.load(Ordering::SeqCst) {
                     break;
@@ -295,22 +307,26 @@ impl<'a> Trainer<'a> {
                 let targets = loss::batch_targets(&labels, mix_lambda, num_classes, config.train.label_smoothing, &self.device);
                 let logits = input.logits(&self.weights.live, self.mixed.precision);
                 let loss_scale = accumulation.loss_scale() * self.mixed.loss_scale();
-                let (grads, loss_value, logits) = backward(&self.weights.live, logits, targets, loss_scale);
-                if let Some(mut grads) = accumulation.add(&self.weights.live, grads, index) {
+                let (grads, loss, logits) = backward(&self.weights.live, logits, targets, loss_scale);
+                let gradients = accumulation.add(&self.weights.live, grads, index);
+                let stepped = gradients.is_some();
+                if let Some(mut grads) = gradients {
                     param_groups::drop_gradients(&mut grads, &self.weights.live, &frozen);
                     self.step += 1;
                     // An f16 step whose gradients overflowed is skipped (the schedule moves on).
                     if self.mixed.unscale(&mut grads, &self.weights.live) {
                         self.weights = self.weights.step(&mut self.optimizer, lr, grads, self.step);
                     }
-                    for callback in &mut self.callbacks {
-                        callback.on_step(self.step, loss_value, lr)?;
-                    }
                 }
-                check_divergence(loss_value, epoch, self.step + 1, lr, &self.run).inspect_err(|_| progress.abandon())?;
-                let logits: Vec<f32> = logits.into_data().try_to_vec::<f32>().context("reading logits")?;
-                totals.add(loss_value, &logits, &labels);
-                progress.show(&totals, epoch_start.elapsed().as_secs_f64());
+                let output = StepOutput { loss, logits, labels, step: self.step, stepped, lr };
+                // The previous batch's results are read while this one computes (on a GPU).
+                if let Some(previous) = pending.replace(output) {
+                    self.record(previous, epoch, &mut totals).inspect_err(|_| progress.abandon())?;
+                    progress.show(&totals, epoch_start.elapsed().as_secs_f64());
+                }
+            }
+            if let Some(last) = pending {
+                self.record(last, epoch, &mut totals).inspect_err(|_| progress.abandon())?;
             }
             progress.finish();
             let epoch_train_seconds = epoch_start.elapsed().as_secs_f64();
@@ -350,6 +366,22 @@ impl<'a> Trainer<'a> {
         }
         let test = self.test_best()?;
         self.summarize(&test)
+    }
+
+    /// Reads a batch's loss and logits back to the host (waiting for the device): the step
+    /// callbacks, the divergence check and the epoch's totals.
+    fn record(&mut self, output: StepOutput, epoch: usize, totals: &mut EpochTotals) -> Result<()> {
+        let StepOutput { loss, logits, labels, step, stepped, lr } = output;
+        let loss: f32 = loss.into_scalar();
+        if stepped {
+            for callback in &mut self.callbacks {
+                callback.on_step(step, loss, lr)?;
+            }
+        }
+        check_divergence(loss, epoch, step + 1, lr, &self.run)?;
+        let logits: Vec<f32> = logits.into_data().try_to_vec::<f32>().context("reading logits")?;
+        totals.add(loss, &logits, &labels);
+        Ok(())
     }
 
     /// Computes the frozen part's outputs on the training and validation images once, when
