@@ -77,15 +77,18 @@ fn gpu_device(name: &str) -> Option<Device> {
 /// Makes burn's GPU backends keep their autotune results (the fastest kernel per operation, shape
 /// and device) in `dir`, so that a shape is tuned once per machine, not in every process. A
 /// `cubecl.toml` (or `burn.toml [cubecl]`) that names its own `[environment] path` wins; so does a
-/// configuration set earlier in the process.
+/// configuration set earlier in the process. Runs once per process (it reads configuration files).
 #[cfg(feature = "gpu")]
 fn keep_tuning_results(dir: &std::path::Path) {
     use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
-    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
-    if matches!(config.environment.path, CacheConfig::Target) {
-        config.environment.path = CacheConfig::Directory(dir.to_path_buf());
-    }
-    CubeClRuntimeConfig::try_set(config);
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        if matches!(config.environment.path, CacheConfig::Target) {
+            config.environment.path = CacheConfig::Directory(dir.to_path_buf());
+        }
+        CubeClRuntimeConfig::try_set(config);
+    });
 }
 
 /// GPU runtimes start lazily and panic (on their own thread) when no adapter exists; one tiny
