@@ -413,6 +413,8 @@ fn train_writes_a_complete_run_and_eval_reproduces_its_accuracy() {
             let positive = key == "lr" || key == "img_per_s";
             assert!(value.is_finite() && (value > 0.0 || !positive && value == 0.0), "{key} = {value} in {line}");
         }
+        let waits = line["data_wait_seconds"].as_f64().unwrap() + line["device_wait_seconds"].as_f64().unwrap();
+        assert!(waits >= 0.0 && waits <= line["seconds"].as_f64().unwrap(), "waits within the epoch: {line}");
     }
     // Top-5 is for more than 10 classes: not in the metrics of 3.
     assert!(metrics.iter().all(|line| line.get("train_acc5").is_none() && line.get("val_acc5").is_none()), "{metrics_text}");

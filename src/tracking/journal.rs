@@ -271,11 +271,7 @@ mod tests {
                 train_acc: acc,
                 val_loss: Some(1.0 - acc),
                 val_acc: Some(acc),
-                train_acc5: None,
-                val_acc5: None,
-                lr: 0.1,
-                seconds: 1.0,
-                img_per_s: 10.0,
+                ..EpochMetrics::example(None)
             })
             .unwrap();
         }

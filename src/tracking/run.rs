@@ -28,6 +28,13 @@ pub struct EpochMetrics {
     pub lr: f64,
     pub seconds: f64,
     pub img_per_s: f64,
+    /// Seconds of the epoch's training the loop waited for the loader's next batch (decoding,
+    /// augmenting, copying to the device), and for the device to finish a step (reading its loss
+    /// back). A GPU kept busy shows little of the first and most of the second.
+    #[serde(default)]
+    pub data_wait_seconds: f64,
+    #[serde(default)]
+    pub device_wait_seconds: f64,
 }
 
 #[cfg(test)]
@@ -45,6 +52,8 @@ impl EpochMetrics {
             lr: 0.1,
             seconds: 1.0,
             img_per_s: 1.0,
+            data_wait_seconds: 0.0,
+            device_wait_seconds: 0.0,
         }
     }
 }
@@ -364,6 +373,8 @@ mod tests {
             lr: 0.1,
             seconds: 2.0,
             img_per_s: 100.0,
+            data_wait_seconds: 0.25,
+            device_wait_seconds: 1.5,
         };
         run.append_metrics(&m).unwrap();
         run.append_metrics(&EpochMetrics { epoch: 2, ..m.clone() }).unwrap();
@@ -378,6 +389,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((older.train_acc5, older.val_acc5), (None, None));
+        assert_eq!((older.data_wait_seconds, older.device_wait_seconds), (0.0, 0.0));
     }
 
     #[test]

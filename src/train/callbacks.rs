@@ -154,6 +154,8 @@ impl Callback for TensorBoardLog {
             ("accuracy_top5/val", m.val_acc5),
             ("epoch/lr", Some(m.lr)),
             ("epoch/img_per_s", Some(m.img_per_s)),
+            ("epoch/data_wait_share", Some(m.data_wait_seconds / m.seconds)),
+            ("epoch/device_wait_share", Some(m.device_wait_seconds / m.seconds)),
         ];
         for (tag, value) in scalars {
             if let Some(v) = value {
@@ -207,8 +209,15 @@ impl ConsoleLog {
             (Some(l), Some(a)) => format!(" | val loss {l:.4} acc {:.2}%{}", 100.0 * a, top5(m.val_acc5)),
             _ => String::new(),
         };
+        // Where the loop stood still, once it is worth a look: data (the loader cannot keep up)
+        // or the device (a GPU computing, the loader keeping up).
+        let (data, device) = (m.data_wait_seconds / m.seconds, m.device_wait_seconds / m.seconds);
+        let waits = match data.max(device) >= Self::WAIT_SHOWN {
+            true => format!(" | waiting for data {:.0}%, device {:.0}%", 100.0 * data, 100.0 * device),
+            false => String::new(),
+        };
         format!(
-            "epoch {}/{epochs} | train loss {:.4} acc {:.2}%{}{val} | lr {:.4} | {:.1}s, {:.0} img/s",
+            "epoch {}/{epochs} | train loss {:.4} acc {:.2}%{}{val} | lr {:.4} | {:.1}s, {:.0} img/s{waits}",
             m.epoch,
             m.train_loss,
             100.0 * m.train_acc,
@@ -218,6 +227,9 @@ impl ConsoleLog {
             m.img_per_s
         )
     }
+
+    /// The share of an epoch spent waiting from which the line shows it.
+    const WAIT_SHOWN: f64 = 0.02;
 }
 
 impl Callback for ConsoleLog {
@@ -479,6 +491,11 @@ mod tests {
             ConsoleLog::line(&many, 3),
             "epoch 1/3 | train loss 1.0000 acc 0.00% top-5 25.00% | val loss 1.5000 acc 50.00% top-5 87.50% | lr 0.1000 | 1.0s, 1 img/s"
         );
+        // Waits are shown once one of them is 2% of the epoch.
+        let idle = EpochMetrics { data_wait_seconds: 0.01, device_wait_seconds: 0.015, ..EpochMetrics::example(None) };
+        assert!(!ConsoleLog::line(&idle, 3).contains("waiting"), "{}", ConsoleLog::line(&idle, 3));
+        let busy = EpochMetrics { data_wait_seconds: 0.004, device_wait_seconds: 0.9, ..idle };
+        assert!(ConsoleLog::line(&busy, 3).ends_with("1.0s, 1 img/s | waiting for data 0%, device 90%"), "{}", ConsoleLog::line(&busy, 3));
     }
 
     /// A run folder with its `checkpoints` folder, in a temporary directory.

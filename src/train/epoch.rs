@@ -54,11 +54,14 @@ pub struct EpochTotals {
     seen: usize,
     /// Whether top-5 accuracy is reported ([`reports_top5`]).
     top5: bool,
+    /// Seconds spent waiting for the loader and for the device (`EpochMetrics`).
+    pub data_wait: f64,
+    pub device_wait: f64,
 }
 
 impl EpochTotals {
     pub fn new(num_classes: usize) -> Self {
-        Self { loss_sum: 0.0, hits: Hits::default(), seen: 0, top5: reports_top5(num_classes) }
+        Self { loss_sum: 0.0, hits: Hits::default(), seen: 0, top5: reports_top5(num_classes), data_wait: 0.0, device_wait: 0.0 }
     }
 
     /// Adds a batch: its mean loss, its logits (row-major, one row per label) and its labels.

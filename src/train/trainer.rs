@@ -299,7 +299,11 @@ impl<'a> Trainer<'a> {
             let mut totals = EpochTotals::new(num_classes);
             let frozen = param_groups::frozen_in(&self.groups, epoch);
             let mut pending: Option<StepOutput> = None;
-            for (index, TrainBatch { input, labels, mix_lambda }) in batches.enumerate() {
+            let mut batches = batches.enumerate();
+            loop {
+                let waiting = Instant::now();
+                let Some((index, TrainBatch { input, labels, mix_lambda })) = batches.next() else { break };
+                totals.data_wait += waiting.elapsed().as_secs_f64();
                 if interrupt.load(Ordering::SeqCst) {
                     break;
                 }
@@ -352,6 +356,8 @@ impl<'a> Trainer<'a> {
                 lr: self.schedule.rates.lr(self.step.saturating_sub(1)),
                 seconds: epoch_start.elapsed().as_secs_f64(),
                 img_per_s: totals.images_per_second(epoch_train_seconds),
+                data_wait_seconds: totals.data_wait,
+                device_wait_seconds: totals.device_wait,
             };
             let context = EpochContext { run: &self.run, model: &model, metrics: &metrics, epochs: config.train.epochs };
             for callback in &mut self.callbacks {
@@ -372,7 +378,9 @@ impl<'a> Trainer<'a> {
     /// callbacks, the divergence check and the epoch's totals.
     fn record(&mut self, output: StepOutput, epoch: usize, totals: &mut EpochTotals) -> Result<()> {
         let StepOutput { loss, logits, labels, step, stepped, lr } = output;
+        let waiting = Instant::now();
         let loss: f32 = loss.into_scalar();
+        totals.device_wait += waiting.elapsed().as_secs_f64();
         if stepped {
             for callback in &mut self.callbacks {
                 callback.on_step(step, loss, lr)?;
