@@ -119,13 +119,14 @@ fn probe_gpu(name: &str, device: Device) -> Result<Device> {
 /// Vulkan on the CPU): the same training steps on `vulkan` and on `flex` agree.
 #[cfg(all(test, feature = "vulkan"))]
 mod vulkan_tests {
-    use burn::module::Module;
+    use burn::module::{Flag, Module, Param};
     use burn::prelude::*;
 
+    use crate::models::params::{PathMapper, map_with_paths};
     use crate::models::{Classifier, ModelConfig, build};
     use crate::train::config::TrainConfig;
     use crate::train::precision::{MixedPrecision, Precision};
-    use crate::train::test_support::{batch, cosine, gradient_values, small_resnet};
+    use crate::train::test_support::{batch, cosine, gradient_values, sized_batch, small_resnet};
     use crate::train::{backward, optim, step_once};
 
     fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
@@ -139,49 +140,89 @@ mod vulkan_tests {
         got.iter().zip(expected).fold(0f32, |m, (g, e)| m.max((g - e).abs())) / scale
     }
 
+    /// `model` with dropout and stochastic depth off (BatchNorm still in training mode): each
+    /// device draws their masks from its own generator, so the outputs could not agree.
+    fn without_random_layers(model: Classifier) -> Classifier {
+        struct Off;
+        impl PathMapper for Off {
+            fn map_float<const D: usize>(&mut self, _path: &str, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                param
+            }
+            fn map_flag(&mut self, path: &str, flag: Param<Flag>) -> Param<Flag> {
+                if path.contains("drop") { flag.with_value(false) } else { flag }
+            }
+        }
+        map_with_paths(model, Off).0
+    }
+
     /// A copy of `model`, `images` and `targets` on `device`.
     fn moved(model: &Classifier, images: &Tensor<4>, targets: &Tensor<2>, device: &Device) -> (Classifier, Tensor<4>, Tensor<2>) {
         (model.clone().fork(device), Tensor::from_data(images.to_data(), device), Tensor::from_data(targets.to_data(), device))
     }
 
-    /// Logits, every parameter's gradient, and the logits of three SGD steps with momentum (the
-    /// weights, BatchNorm statistics and optimizer state carried along) match between the devices,
-    /// for convolutions with BatchNorm and residual additions, and for the depthwise and
-    /// squeeze-excite families.
+    /// What the comparison looks at: the logits of a forward pass, every parameter's gradient, and
+    /// the logits of the third of three SGD steps with momentum (weights, BatchNorm statistics and
+    /// optimizer state carried along).
+    struct Trajectory {
+        logits: Vec<f32>,
+        gradients: Vec<f32>,
+        third_step: Vec<f32>,
+    }
+
+    impl Trajectory {
+        fn of(model: Classifier, images: &Tensor<4>, targets: &Tensor<2>) -> Self {
+            let (grads, _, logits) = backward(&model, model.forward(images.clone()), targets.clone(), 1.0);
+            let (gradients, count) = gradient_values(&grads, &model);
+            assert!(count > 0);
+            let config = TrainConfig { momentum: 0.9, ..Default::default() };
+            let (mut optimizer, mut mixed) = (optim::build(&config, &[]), MixedPrecision::new(Precision::F32));
+            let (mut model, mut third_step) = (model, Vec::new());
+            for _ in 0..3 {
+                let (next, _, logits) = step_once(model, &mut optimizer, images.clone(), targets.clone(), 0.01, &mut mixed);
+                (model, third_step) = (next, values(logits));
+            }
+            Self { logits: values(logits), gradients, third_step }
+        }
+
+        /// Relative errors of the logits and the third step's logits, and 1 - the gradients'
+        /// cosine similarity, against `expected`.
+        fn distance(&self, expected: &Trajectory) -> [f32; 3] {
+            [
+                relative_error(&self.logits, &expected.logits),
+                (1.0 - cosine(&self.gradients, &expected.gradients)) as f32,
+                relative_error(&self.third_step, &expected.third_step),
+            ]
+        }
+    }
+
+    /// The same training steps on `vulkan` and on `flex` agree for convolutions with BatchNorm and
+    /// residual additions, and for the depthwise and squeeze-excite families: no further apart than
+    /// flex is from itself when the images move by one part in 10^5 (the reach of float rounding in
+    /// that network), times 10. Logits and gradients are always compared; the third step's logits
+    /// where that reach is small (MobileNetV2 at batch 8 amplifies it to tens of percent in three
+    /// steps, on flex alone, so there they would compare nothing).
     #[test]
     fn training_steps_on_vulkan_match_flex() {
         let flex = Device::flex().autodiff();
         let vulkan = super::parse("vulkan").expect("a Vulkan driver (lavapipe: apt-get install mesa-vulkan-drivers)").autodiff();
-        let (images, targets, _) = batch(&flex);
         let models = [
-            ("small resnet", small_resnet(&flex)),
-            ("mobilenet_v2", build(&ModelConfig::named("mobilenet_v2"), 10, &flex).unwrap()),
-            ("efficientnet_b0", build(&ModelConfig::named("efficientnet_b0"), 10, &flex).unwrap()),
+            ("small resnet", small_resnet(&flex), 32),
+            ("mobilenet_v2", build(&ModelConfig::named("mobilenet_v2"), 10, &flex).unwrap(), 64),
+            ("efficientnet_b0", build(&ModelConfig::named("efficientnet_b0"), 10, &flex).unwrap(), 64),
         ];
-        for (name, model) in models {
+        for (name, model, side) in models {
+            let model = without_random_layers(model);
+            let (images, targets, _) = sized_batch(&flex, side);
             let (gpu_model, gpu_images, gpu_targets) = moved(&model, &images, &targets, &vulkan);
-            let (grads, _, logits) = backward(&model, model.forward(images.clone()), targets.clone(), 1.0);
-            let (gpu_grads, _, gpu_logits) = backward(&gpu_model, gpu_model.forward(gpu_images.clone()), gpu_targets.clone(), 1.0);
-            let error = relative_error(&values(gpu_logits), &values(logits));
-            assert!(error < 1e-3, "{name}: logits differ by {error} of their scale");
-            let ((expected, count), (got, gpu_count)) = (gradient_values(&grads, &model), gradient_values(&gpu_grads, &gpu_model));
-            assert_eq!(gpu_count, count, "{name}: every parameter has a gradient");
-            let similarity = cosine(&got, &expected);
-            assert!(similarity > 0.9999, "{name}: gradients' cosine similarity {similarity}");
-
-            let config = TrainConfig { momentum: 0.9, ..Default::default() };
-            let step = |mut model: Classifier, images: &Tensor<4>, targets: &Tensor<2>| {
-                let (mut optimizer, mut mixed) = (optim::build(&config, &[]), MixedPrecision::new(Precision::F32));
-                let mut logits = Vec::new();
-                for _ in 0..3 {
-                    let (next, _, step_logits) = step_once(model, &mut optimizer, images.clone(), targets.clone(), 0.05, &mut mixed);
-                    (model, logits) = (next, values(step_logits));
-                }
-                logits
-            };
-            let (expected, got) = (step(model, &images, &targets), step(gpu_model, &gpu_images, &gpu_targets));
-            let error = relative_error(&got, &expected);
-            assert!(error < 1e-2, "{name}: logits of the third step differ by {error} of their scale");
+            let expected = Trajectory::of(model.clone(), &images, &targets);
+            let rounding = Trajectory::of(model, &images.clone().mul_scalar(1.0 + 1e-5), &targets).distance(&expected);
+            let got = Trajectory::of(gpu_model, &gpu_images, &gpu_targets).distance(&expected);
+            eprintln!("{name}: vulkan {got:?}, flex with the images moved {rounding:?}");
+            for (index, ((what, got), rounding)) in ["logits", "gradients", "third step's logits"].iter().zip(got).zip(rounding).enumerate() {
+                let comparable = rounding < 1e-2;
+                assert!(comparable || index == 2, "{name}: {what} too sensitive to compare ({rounding} from rounding)");
+                assert!(!comparable || got <= 10.0 * rounding + 1e-5, "{name}: {what} differ by {got} (rounding: {rounding})");
+            }
         }
     }
 

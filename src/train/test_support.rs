@@ -24,8 +24,13 @@ pub fn small_resnet(device: &Device) -> Classifier {
 
 /// Eight random 32x32 images with labels of 10 classes (seeded on `device`) and their one-hot targets.
 pub fn batch(device: &Device) -> (Tensor<4>, Tensor<2>, Vec<i64>) {
+    sized_batch(device, 32)
+}
+
+/// [`batch`] with images of `side` x `side` pixels.
+pub fn sized_batch(device: &Device, side: usize) -> (Tensor<4>, Tensor<2>, Vec<i64>) {
     device.seed(3);
-    let images = Tensor::<4>::random([8, 3, 32, 32], burn::tensor::Distribution::Normal(0.0, 1.0), device);
+    let images = Tensor::<4>::random([8, 3, side, side], burn::tensor::Distribution::Normal(0.0, 1.0), device);
     let labels = vec![0, 3, 5, 9, 1, 2, 4, 8];
     (images, loss::batch_targets(&labels, None, 10, 0.0, device), labels)
 }
