@@ -218,7 +218,8 @@ mod vulkan_tests {
             let rounding = Trajectory::of(model, &images.clone().mul_scalar(1.0 + 1e-5), &targets).distance(&expected);
             let got = Trajectory::of(gpu_model, &gpu_images, &gpu_targets).distance(&expected);
             eprintln!("{name}: vulkan {got:?}, flex with the images moved {rounding:?}");
-            for (index, ((what, got), rounding)) in ["logits", "gradients", "third step's logits"].iter().zip(got).zip(rounding).enumerate() {
+            for (index, ((what, got), rounding)) in ["logits", "gradients", "third step's logits"].iter().zip(got).zip(rounding).enumerate()
+            {
                 let comparable = rounding < 1e-2;
                 assert!(comparable || index == 2, "{name}: {what} too sensitive to compare ({rounding} from rounding)");
                 assert!(!comparable || got <= 10.0 * rounding + 1e-5, "{name}: {what} differ by {got} (rounding: {rounding})");
