@@ -1331,8 +1331,9 @@ fn logged_metrics(run: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let without_timings = |mut v: Value| {
         let epoch = v.as_object_mut().unwrap();
-        epoch.remove("seconds");
-        epoch.remove("img_per_s");
+        for timing in ["seconds", "img_per_s", "data_wait_seconds", "device_wait_seconds"] {
+            epoch.remove(timing);
+        }
         v
     };
     text.lines().map(|l| without_timings(serde_json::from_str(l).unwrap())).collect()
