@@ -37,6 +37,13 @@ pub struct EpochMetrics {
     pub device_wait_seconds: f64,
 }
 
+impl EpochMetrics {
+    /// The shares of the epoch spent waiting for data and for the device.
+    pub fn wait_shares(&self) -> (f64, f64) {
+        (self.data_wait_seconds / self.seconds, self.device_wait_seconds / self.seconds)
+    }
+}
+
 #[cfg(test)]
 impl EpochMetrics {
     /// Epoch 1 with `val_loss` and round values elsewhere, for tests to adjust.

@@ -154,8 +154,8 @@ impl Callback for TensorBoardLog {
             ("accuracy_top5/val", m.val_acc5),
             ("epoch/lr", Some(m.lr)),
             ("epoch/img_per_s", Some(m.img_per_s)),
-            ("epoch/data_wait_share", Some(m.data_wait_seconds / m.seconds)),
-            ("epoch/device_wait_share", Some(m.device_wait_seconds / m.seconds)),
+            ("epoch/data_wait_share", Some(m.wait_shares().0)),
+            ("epoch/device_wait_share", Some(m.wait_shares().1)),
         ];
         for (tag, value) in scalars {
             if let Some(v) = value {
@@ -211,7 +211,7 @@ impl ConsoleLog {
         };
         // Where the loop stood still, once it is worth a look: data (the loader cannot keep up)
         // or the device (a GPU computing, the loader keeping up).
-        let (data, device) = (m.data_wait_seconds / m.seconds, m.device_wait_seconds / m.seconds);
+        let (data, device) = m.wait_shares();
         let waits = match data.max(device) >= Self::WAIT_SHOWN {
             true => format!(" | waiting for data {:.0}%, device {:.0}%", 100.0 * data, 100.0 * device),
             false => String::new(),
