@@ -138,6 +138,7 @@ const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 /// `[-ln2/2, ln2/2]` and a degree-6 Taylor polynomial (relative error below 6e-7, a few f32 ulps).
 #[inline(always)]
 fn exp_non_positive(x: f32) -> f32 {
+    // `max` maps NaN to -87 too: `n` below is always an integer in [-126, 0].
     let x = x.max(-87.0);
     let n = (x * LOG2_E + 0.5).floor();
     // ln 2 split in two so that `n * LN2_HIGH` is exact.
@@ -145,7 +146,17 @@ fn exp_non_positive(x: f32) -> f32 {
     const LN2_LOW: f32 = LN_2 - LN2_HIGH;
     let r = x - n * LN2_HIGH - n * LN2_LOW;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    f32::from_bits(((n as i32 + 127) << 23) as u32) * p
+    p * two_to_the(n)
+}
+
+/// `2^n` for an integer `n` in [-126, 127], built from its exponent bits. Adding `2^23` puts
+/// `n + 127` in the mantissa's low bits: plain float and integer lane operations, where `n as
+/// i32` (a saturating conversion) would compile to a scalar loop.
+#[inline(always)]
+fn two_to_the(n: f32) -> f32 {
+    const TWO_TO_23: f32 = 8_388_608.0;
+    let biased = (n + (TWO_TO_23 + 127.0)).to_bits() & 0x7f_ffff;
+    f32::from_bits(biased << 23)
 }
 
 /// `(Phi(x), phi(x))`: the standard normal CDF (through erf, Abramowitz-Stegun 7.1.26) and
@@ -230,6 +241,13 @@ with_avx2! {
 mod tests {
     use super::*;
     use burn::tensor::Tolerance;
+
+    #[test]
+    fn powers_of_two_are_exact() {
+        for n in -126..=127 {
+            assert_eq!(two_to_the(n as f32), 2f32.powi(n), "2^{n}");
+        }
+    }
 
     #[test]
     fn our_exp_is_within_a_few_f32_ulps() {

@@ -167,9 +167,10 @@ mod tests {
     fn output_and_gradients_equal_burns_conv2d() {
         let device = Device::flex().autodiff();
         device.seed(5);
-        // Strided 3x3, 1x1 projections (strided or not), a 7x7 stem, a non-square kernel, odd
-        // sizes, many images (several chunks).
+        // Strided 3x3, 1x1 projections (strided or not; one image per chunk or several), a 7x7
+        // stem, a non-square kernel, odd sizes, many images (several chunks).
         check([2, 3, 5, 9, 9], [3, 3], [2, 2], [1, 1], true, &device);
+        check([2, 6, 5, 7, 9], [1, 1], [1, 1], [0, 0], true, &device);
         check([3, 8, 6, 8, 7], [1, 1], [2, 2], [0, 0], false, &device);
         check([40, 4, 6, 5, 5], [1, 1], [1, 1], [0, 0], true, &device);
         check([2, 3, 4, 15, 13], [7, 7], [2, 2], [3, 3], false, &device);

@@ -38,6 +38,11 @@ impl Geometry {
         (self.width + 2 * self.padding[1] - self.kernel[1]) / self.stride[1] + 1
     }
 
+    /// A 1x1 convolution with stride 1 and no padding: an image's im2col matrix is the image.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
+    }
+
     /// Values per filter: `in_channels * kh * kw`.
     fn filter_len(&self) -> usize {
         self.in_channels * self.kernel[0] * self.kernel[1]
@@ -57,19 +62,32 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
             let images = chunk * per_chunk..(chunk * per_chunk + per_chunk).min(g.batch);
             let columns = images.len() * pixels;
             let cols = im2col(x, g, images.clone(), cols);
-            let product = sized(product, outs * columns);
-            // SAFETY: weight is [outs][filter], cols [filter][columns], product [outs][columns].
-            unsafe {
-                matmul(
-                    outs,
-                    columns,
-                    filter,
-                    (product.as_mut_ptr(), 1, columns as isize),
-                    false,
-                    (weight.as_ptr(), 1, filter as isize),
-                    (cols.as_ptr(), 1, columns as isize),
-                )
+            let multiply = |product: &mut [f32]| {
+                // SAFETY: weight is [outs][filter], cols [filter][columns], product [outs][columns].
+                unsafe {
+                    matmul(
+                        outs,
+                        columns,
+                        filter,
+                        (product.as_mut_ptr(), 1, columns as isize),
+                        false,
+                        (weight.as_ptr(), 1, filter as isize),
+                        (cols.as_ptr(), 1, columns as isize),
+                    )
+                }
             };
+            // One image's product, [out][pixel], is laid out as its part of `y`.
+            if images.len() == 1 {
+                multiply(y);
+                if let Some(bias) = bias {
+                    for (row, &b) in y.chunks_mut(pixels).zip(bias) {
+                        row.iter_mut().for_each(|y| *y += b);
+                    }
+                }
+                return;
+            }
+            let product = sized(product, outs * columns);
+            multiply(product);
             // [out][image, pixel] -> [image][out][pixel], plus the bias.
             for (o, row) in product.chunks(columns).enumerate() {
                 let b = bias.map_or(0.0, |b| b[o]);
@@ -94,20 +112,29 @@ pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32
             let images = chunk * per_chunk..(chunk * per_chunk + per_chunk).min(g.batch);
             let columns = images.len() * pixels;
             let dy = gather_out_grad(out_grad, g, images.clone(), dy);
-            let dcols = sized(dcols, filter * columns);
-            // SAFETY: weight is [outs][filter] (read transposed), dy [outs][columns], dcols [filter][columns].
-            unsafe {
-                matmul(
-                    filter,
-                    columns,
-                    outs,
-                    (dcols.as_mut_ptr(), 1, columns as isize),
-                    false,
-                    (weight.as_ptr(), filter as isize, 1),
-                    (dy.as_ptr(), 1, columns as isize),
-                )
+            let multiply = |dcols: &mut [f32]| {
+                // SAFETY: weight is [outs][filter] (read transposed), dy [outs][columns], dcols
+                // [filter][columns].
+                unsafe {
+                    matmul(
+                        filter,
+                        columns,
+                        outs,
+                        (dcols.as_mut_ptr(), 1, columns as isize),
+                        false,
+                        (weight.as_ptr(), filter as isize, 1),
+                        (dy.as_ptr(), 1, columns as isize),
+                    )
+                }
             };
-            col2im(dcols, g, images.len(), dx);
+            // A pointwise convolution's dcols of one image is its part of `dx`.
+            if images.len() == 1 && g.is_pointwise() {
+                multiply(dx);
+            } else {
+                let dcols = sized(dcols, filter * columns);
+                multiply(dcols);
+                col2im(dcols, g, images.len(), dx);
+            }
         })
     });
     dx
@@ -151,10 +178,13 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
     })
 }
 
-/// `out_grad` of `images` as `[out][image, pixel]`, in `dy`.
-fn gather_out_grad<'a>(out_grad: &[f32], g: &Geometry, images: std::ops::Range<usize>, dy: &'a mut Vec<f32>) -> &'a [f32] {
+/// `out_grad` of `images` as `[out][image, pixel]`, in `dy` (one image's is in `out_grad` as is).
+fn gather_out_grad<'a>(out_grad: &'a [f32], g: &Geometry, images: std::ops::Range<usize>, dy: &'a mut Vec<f32>) -> &'a [f32] {
     let pixels = g.out_height() * g.out_width();
     let columns = images.len() * pixels;
+    if images.len() == 1 {
+        return &out_grad[images.start * g.out_channels * pixels..][..columns * g.out_channels];
+    }
     let dy = sized(dy, g.out_channels * columns);
     for (o, row) in dy.chunks_mut(columns).enumerate() {
         for (i, n) in images.clone().enumerate() {
@@ -165,11 +195,15 @@ fn gather_out_grad<'a>(out_grad: &[f32], g: &Geometry, images: std::ops::Range<u
 }
 
 /// The im2col matrix of `images`: row `(c, ky, kx)`, column `(image, oy, ox)` holds
-/// `x[image][c][oy * sy + ky - py][ox * sx + kx - px]`, zero outside the input; in `cols`.
-fn im2col<'a>(x: &[f32], g: &Geometry, images: std::ops::Range<usize>, cols: &'a mut Vec<f32>) -> &'a [f32] {
+/// `x[image][c][oy * sy + ky - py][ox * sx + kx - px]`, zero outside the input; in `cols` (one
+/// image of a pointwise convolution is its own matrix, in `x`).
+fn im2col<'a>(x: &'a [f32], g: &Geometry, images: std::ops::Range<usize>, cols: &'a mut Vec<f32>) -> &'a [f32] {
     let (out_height, out_width) = (g.out_height(), g.out_width());
     let pixels = out_height * out_width;
     let columns = images.len() * pixels;
+    if images.len() == 1 && g.is_pointwise() {
+        return &x[images.start * g.in_channels * pixels..][..g.in_channels * pixels];
+    }
     let ([kh, kw], [sy, sx], [py, px]) = (g.kernel, g.stride, g.padding);
     let cols = sized(cols, g.filter_len() * columns);
     for (r, row) in cols.chunks_mut(columns).enumerate() {
