@@ -195,10 +195,10 @@ fn batch_norm_backward_seconds(layer: &Layer, batch: usize, device: &Device) -> 
     let bn = BatchNormConfig::new(channels).init(device);
     let x = Tensor::<4>::random([batch, channels, height, width], Distribution::Normal(0.0, 1.0), device).require_grad();
     let forward = time(|| {
-        let _ = crate::kernels::batch_norm::forward(&bn, x.clone()).into_data();
+        let _ = crate::kernels::batch_norm::forward(&bn, x.clone(), crate::kernels::activation::Act::Identity).into_data();
     });
     let both = time(|| {
-        let _ = crate::kernels::batch_norm::forward(&bn, x.clone()).sum().backward();
+        let _ = crate::kernels::batch_norm::forward(&bn, x.clone(), crate::kernels::activation::Act::Identity).sum().backward();
     });
     (both - forward).max(0.0)
 }

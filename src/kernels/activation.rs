@@ -20,6 +20,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
+use burn::tensor::activation::{relu, relu6};
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
@@ -27,6 +28,52 @@ use super::{contiguous, f32s, fma_available};
 
 /// Values per rayon task.
 const TASK_VALUES: usize = 1 << 14;
+
+/// The activation that follows a conv+BN (or none). `kernels::batch_norm` applies it in the
+/// BatchNorm's own passes; [`Act::apply`] on its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Act {
+    #[default]
+    Identity,
+    Relu,
+    /// `min(max(x, 0), 6)`: MobileNet's and EfficientNet-Lite's choice (quantizes well).
+    Relu6,
+    /// `x * sigmoid(x)` ("swish"): EfficientNet's choice.
+    Silu,
+    /// `x * Phi(x)` (the exact, erf-based GELU): the airbench nets' choice.
+    Gelu,
+}
+
+impl Act {
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Act::Identity => x,
+            Act::Relu => relu(x),
+            // Training differentiates ReLU6 as relu(x) - relu(x - 6) (the same function and, but
+            // for the measure-zero points 0 and 6, the same gradient): burn-flex's ReLU backward
+            // is one fused pass, while burn's clamp backward goes through mask_fill, a scalar
+            // loop that took a quarter of a MobileNetV2 training step.
+            Act::Relu6 if x.device().is_autodiff() => relu(x.clone()) - relu(x.sub_scalar(6.0)),
+            Act::Relu6 => relu6(x),
+            Act::Silu => silu(x),
+            Act::Gelu => gelu(x),
+        }
+    }
+}
+
+/// `$run::<A>($args..)` with `A` the [`Pointwise`] type of the [`Act`] `$act`.
+macro_rules! with_pointwise {
+    ($act:expr, $run:ident($($arg:expr),* $(,)?)) => {
+        match $act {
+            $crate::kernels::activation::Act::Identity => $run::<$crate::kernels::activation::Identity>($($arg),*),
+            $crate::kernels::activation::Act::Relu => $run::<$crate::kernels::activation::Relu>($($arg),*),
+            $crate::kernels::activation::Act::Relu6 => $run::<$crate::kernels::activation::Relu6>($($arg),*),
+            $crate::kernels::activation::Act::Silu => $run::<$crate::kernels::activation::Silu>($($arg),*),
+            $crate::kernels::activation::Act::Gelu => $run::<$crate::kernels::activation::Gelu>($($arg),*),
+        }
+    };
+}
+pub(super) use with_pointwise;
 
 /// GELU of `x` (burn's `activation::gelu`), through our kernel for f32 tensors on flex.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
@@ -181,13 +228,57 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 /// A pointwise activation as its value and its gradient at one input.
-trait Pointwise {
+pub(super) trait Pointwise {
     fn value(x: f32) -> f32;
     /// The activation's derivative at `x` times the output's gradient `g`.
     fn gradient(x: f32, g: f32) -> f32;
 }
 
-struct Gelu;
+pub(super) struct Identity;
+
+impl Pointwise for Identity {
+    #[inline(always)]
+    fn value(x: f32) -> f32 {
+        x
+    }
+
+    #[inline(always)]
+    fn gradient(_: f32, g: f32) -> f32 {
+        g
+    }
+}
+
+pub(super) struct Relu;
+
+impl Pointwise for Relu {
+    #[inline(always)]
+    fn value(x: f32) -> f32 {
+        if x > 0.0 { x } else { 0.0 }
+    }
+
+    /// `g` where `x > 0`, as burn's and PyTorch's ReLU.
+    #[inline(always)]
+    fn gradient(x: f32, g: f32) -> f32 {
+        if x > 0.0 { g } else { 0.0 }
+    }
+}
+
+pub(super) struct Relu6;
+
+impl Pointwise for Relu6 {
+    #[inline(always)]
+    fn value(x: f32) -> f32 {
+        Relu::value(x).min(6.0)
+    }
+
+    /// `g` where `0 < x < 6`, as PyTorch's `hardtanh_backward`.
+    #[inline(always)]
+    fn gradient(x: f32, g: f32) -> f32 {
+        if x > 0.0 && x < 6.0 { g } else { 0.0 }
+    }
+}
+
+pub(super) struct Gelu;
 
 impl Pointwise for Gelu {
     /// `x * Phi(x)`.
@@ -204,7 +295,7 @@ impl Pointwise for Gelu {
     }
 }
 
-struct Silu;
+pub(super) struct Silu;
 
 impl Pointwise for Silu {
     /// `x * sigmoid(x)`.
@@ -287,6 +378,20 @@ mod tests {
         assert!(y[0].is_nan() && (y[1] + 0.158_655_26).abs() < 1e-6 && y[2] == 0.0 && (y[3] - 0.841_344_7).abs() < 1e-6, "{y:?}");
         let y: Vec<f32> = silu(x()).into_data().try_to_vec::<f32>().unwrap();
         assert!(y[0].is_nan() && (y[1] + 0.268_941_42).abs() < 1e-6 && y[2] == 0.0 && (y[3] - 0.731_058_6).abs() < 1e-6, "{y:?}");
+    }
+
+    #[test]
+    fn relu6_in_training_has_burns_values_and_gradients() {
+        let device = Device::flex().autodiff();
+        let x = Tensor::<2>::random([64, 33], burn::tensor::Distribution::Normal(3.0, 4.0), &device).require_grad();
+        let weights = Tensor::<2>::random([64, 33], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let ours = Act::Relu6.apply(x.clone());
+        let grads = (ours.clone() * weights.clone()).sum().backward();
+        let ours_grad = x.grad(&grads).unwrap();
+        let theirs = relu6(x.clone());
+        let grads = (theirs.clone() * weights).sum().backward();
+        ours.into_data().assert_approx_eq::<f32>(&theirs.into_data(), burn::tensor::Tolerance::default());
+        ours_grad.into_data().assert_eq(&x.grad(&grads).unwrap().into_data(), true);
     }
 
     /// Large inputs neither overflow nor lose the sigmoid's tails.

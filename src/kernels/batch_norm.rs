@@ -7,6 +7,12 @@
 //! read of `x` and `dy` for the two sums per channel and one pass for the input gradient, with no
 //! layout copies. [`forward`] behaves as `BatchNorm::forward`, running statistics included, and
 //! leaves evaluation mode, frozen layers and other devices to burn.
+//!
+//! The activation that follows (ReLU, ReLU6, SiLU, GELU) runs inside the same passes: the forward
+//! pass writes `act(x̂ gamma + beta)`, the backward recomputes `x̂ gamma + beta` from `x` and
+//! applies the activation's derivative to `dy` as it reads it. An activation of its own costs a
+//! read and a write of the tensor forward, two reads and a write backward, and keeps the
+//! BatchNorm's output alive for the backward pass.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -21,11 +27,12 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
+use super::activation::Act;
 use super::{contiguous, f32s};
 
-/// `bn.forward(x)` for `x` `[batch, channels, height, width]`, through our kernels when `bn`
-/// trains on the flex device (and `kernels::enabled()`).
-pub fn forward(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+/// `act.apply(bn.forward(x))` for `x` `[batch, channels, height, width]`, through our kernels when
+/// `bn` trains on the flex device (and `kernels::enabled()`).
+pub fn forward(bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
     let device = x.device();
     let training = device.is_autodiff() && bn.training.is_enabled();
     let ours = super::enabled()
@@ -34,7 +41,7 @@ pub fn forward(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
         && bn.gamma.val().dtype() == DType::F32
         && device.clone().inner() == Device::flex();
     if !ours {
-        return bn.forward(x);
+        return act.apply(bn.forward(x));
     }
     let channels = x.dims()[1];
     assert_eq!(bn.gamma.dims(), [channels], "BatchNorm: input {:?} does not have {} channels", x.dims(), bn.gamma.dims()[0]);
@@ -47,6 +54,7 @@ pub fn forward(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
         bn.beta.val().into_dispatch(),
         stats.clone().into_dispatch(),
         bn.epsilon,
+        act,
     );
     // Running statistics as burn's BatchNorm keeps them.
     let (mean, variance) = (stats.clone().slice(0..channels), stats.slice(channels..2 * channels));
@@ -77,7 +85,8 @@ impl BatchStatsBackend for Flex {
     }
 }
 
-/// The normalization with given batch statistics, differentiated as BatchNorm with batch statistics.
+/// The normalization with given batch statistics, then `act`, differentiated as BatchNorm with
+/// batch statistics followed by `act`.
 #[backend_extension(Flex, Autodiff)]
 trait BatchNormBackend: Backend {
     fn batch_norm_train(
@@ -86,15 +95,17 @@ trait BatchNormBackend: Backend {
         beta: FloatTensor<Self>,
         stats: FloatTensor<Self>,
         epsilon: f64,
+        act: Act,
     ) -> FloatTensor<Self>;
 }
 
 impl BatchNormBackend for Flex {
-    fn batch_norm_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, stats: FlexTensor, epsilon: f64) -> FlexTensor {
+    fn batch_norm_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, stats: FlexTensor, epsilon: f64, act: Act) -> FlexTensor {
         let shape = x.shape();
         let [batch, channels, height, width] = shape.dims();
         let (x, gamma, beta, stats) = (contiguous(x), contiguous(gamma), contiguous(beta), contiguous(stats));
-        let y = host::normalize(f32s(&x), f32s(&gamma), f32s(&beta), f32s(&stats), epsilon, batch, height * width);
+        let layer = host::Layer { gamma: f32s(&gamma), beta: f32s(&beta), stats: f32s(&stats), epsilon, act, batch, plane: height * width };
+        let y = host::normalize(f32s(&x), &layer);
         debug_assert_eq!(y.len(), batch * channels * height * width);
         FlexTensor::from_data(TensorData::new(y, shape))
     }
@@ -107,14 +118,15 @@ impl<C: CheckpointStrategy> BatchNormBackend for Autodiff<Flex, C> {
         beta: FloatTensor<Self>,
         stats: FloatTensor<Self>,
         epsilon: f64,
+        act: Act,
     ) -> FloatTensor<Self> {
         let stats = stats.into_primitive();
         let forward = |x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, stats: FlexTensor| {
-            Flex::batch_norm_train(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), stats, epsilon)
+            Flex::batch_norm_train(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), stats, epsilon, act)
         };
         match BatchNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), stats.clone(), epsilon);
+                let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), prep.checkpoint(&beta), stats.clone(), epsilon, act);
                 prep.finish(state, forward(x, gamma, beta, stats))
             }
             OpsKind::UnTracked(prep) => prep.finish(forward(x, gamma, beta, stats)),
@@ -127,32 +139,24 @@ impl<C: CheckpointStrategy> BatchNormBackend for Autodiff<Flex, C> {
 struct BatchNormBackward;
 
 impl Backward<Flex, 3> for BatchNormBackward {
-    /// The checkpointed `x` and `gamma`, the batch statistics and epsilon.
-    type State = (NodeId, NodeId, FlexTensor, f64);
+    /// The checkpointed `x`, `gamma` and `beta`, the batch statistics, epsilon and the activation.
+    type State = (NodeId, NodeId, NodeId, FlexTensor, f64, Act);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
         let out_grad = contiguous(grads.consume::<Flex>(&ops.node));
-        let (x_id, gamma_id, stats, epsilon) = ops.state;
+        let (x_id, gamma_id, beta_id, stats, epsilon, act) = ops.state;
         let x = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(x_id));
         let gamma = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(gamma_id));
+        let beta = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(beta_id));
         let stats = contiguous(stats);
         let shape = x.shape();
         let [batch, channels, height, width] = shape.dims();
         let [x_node, gamma_node, beta_node] = [0, 1, 2].map(|i| ops.parents.get(i).cloned().flatten());
-        let (sum_dy, sum_dy_xhat) = host::gradient_sums(f32s(&x), f32s(&out_grad), f32s(&stats), epsilon, batch, height * width);
+        let layer = host::Layer { gamma: f32s(&gamma), beta: f32s(&beta), stats: f32s(&stats), epsilon, act, batch, plane: height * width };
+        let (sum_dy, sum_dy_xhat) = host::gradient_sums(f32s(&x), f32s(&out_grad), &layer);
         let to_tensor = |values: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(values, shape));
         let x_grad = x_node.is_some().then(|| {
-            let values = host::input_gradient(
-                f32s(&x),
-                f32s(&out_grad),
-                f32s(&gamma),
-                f32s(&stats),
-                epsilon,
-                &sum_dy,
-                &sum_dy_xhat,
-                batch,
-                height * width,
-            );
+            let values = host::input_gradient(f32s(&x), f32s(&out_grad), &layer, &sum_dy, &sum_dy_xhat);
             to_tensor(values, vec![batch, channels, height, width])
         });
         for (node, gradient) in [
@@ -172,7 +176,35 @@ mod host {
     use std::mem::MaybeUninit;
 
     use super::*;
-    use crate::kernels::lane_sum;
+    use crate::kernels::activation::{Pointwise, with_pointwise};
+    use crate::kernels::{fma_available, lane_sum};
+
+    /// One BatchNorm and the activation after it, with the batch statistics.
+    pub struct Layer<'a> {
+        pub gamma: &'a [f32],
+        pub beta: &'a [f32],
+        pub stats: &'a [f32],
+        pub epsilon: f64,
+        pub act: Act,
+        pub batch: usize,
+        pub plane: usize,
+    }
+
+    impl Layer<'_> {
+        fn channels(&self) -> usize {
+            self.gamma.len()
+        }
+
+        fn inv_std(&self, c: usize) -> f32 {
+            (1.0 / (self.stats[self.channels() + c] as f64 + self.epsilon).sqrt()) as f32
+        }
+
+        /// `(scale, shift)` of channel `c`: its BatchNorm is `x * scale + shift`.
+        fn scale_shift(&self, c: usize) -> (f32, f32) {
+            let scale = self.gamma[c] * self.inv_std(c);
+            (scale, self.beta[c] - self.stats[c] * scale)
+        }
+    }
 
     /// A new `len`-long buffer whose planes `fill(i, plane i)` writes, in parallel; left
     /// uninitialized before (zero-filling it first was one more pass over the activation).
@@ -186,10 +218,6 @@ mod host {
         // SAFETY: every plane, and so all `len` values, was written above (the caller's guarantee).
         unsafe { values.set_len(len) };
         values
-    }
-
-    fn inv_std(stats: &[f32], channels: usize, c: usize, epsilon: f64) -> f32 {
-        (1.0 / (stats[channels + c] as f64 + epsilon).sqrt()) as f32
     }
 
     /// Per channel: the mean, then the biased variance (two passes, sums in f64).
@@ -208,70 +236,106 @@ mod host {
         per_channel.iter().map(|s| s.0).chain(per_channel.iter().map(|s| s.1)).collect()
     }
 
-    /// `(x - mean) / sqrt(variance + epsilon) * gamma + beta`.
-    pub fn normalize(x: &[f32], gamma: &[f32], beta: &[f32], stats: &[f32], epsilon: f64, batch: usize, plane: usize) -> Vec<f32> {
-        let channels = gamma.len();
-        debug_assert_eq!(x.len(), batch * channels * plane);
+    /// `act((x - mean) / sqrt(variance + epsilon) * gamma + beta)`.
+    pub fn normalize(x: &[f32], layer: &Layer) -> Vec<f32> {
+        let (channels, plane, fma) = (layer.channels(), layer.plane, fma_available());
+        debug_assert_eq!(x.len(), layer.batch * channels * plane);
         // SAFETY: each plane of y is written from the plane of x under it, value by value.
         unsafe {
             uninit_planes(x.len(), plane, |i, y| {
-                let c = i % channels;
-                let scale = gamma[c] * inv_std(stats, channels, c, epsilon);
-                let shift = beta[c] - stats[c] * scale;
-                y.iter_mut().zip(&x[i * plane..][..plane]).for_each(|(y, &x)| {
-                    y.write(x * scale + shift);
-                });
+                let (scale, shift) = layer.scale_shift(i % channels);
+                with_pointwise!(layer.act, normalize_plane(fma, &x[i * plane..][..plane], y, scale, shift));
             })
         }
     }
 
-    /// Per channel `Σ dy` (beta's gradient) and `Σ dy x̂` (gamma's), `x̂` the normalized input.
-    pub fn gradient_sums(x: &[f32], dy: &[f32], stats: &[f32], epsilon: f64, batch: usize, plane: usize) -> (Vec<f32>, Vec<f32>) {
-        let channels = stats.len() / 2;
+    with_avx2! {
+        fn normalize_plane<A: Pointwise>(x: &[f32], y: &mut [MaybeUninit<f32>], scale: f32, shift: f32) {
+            for (y, &x) in y.iter_mut().zip(x) {
+                y.write(A::value(x * scale + shift));
+            }
+        }
+    }
+
+    /// Per channel `Σ dz` (beta's gradient) and `Σ dz x̂` (gamma's), `x̂` the normalized input and
+    /// `dz` the gradient before the activation.
+    pub fn gradient_sums(x: &[f32], dy: &[f32], layer: &Layer) -> (Vec<f32>, Vec<f32>) {
+        let (channels, plane, fma) = (layer.channels(), layer.plane, fma_available());
         let sums: Vec<(f32, f32)> = (0..channels)
             .into_par_iter()
             .map(|c| {
-                let (mean, inv_std) = (stats[c], inv_std(stats, channels, c, epsilon));
-                let (mut sum, mut dot) = (0f64, 0f64);
-                for n in 0..batch {
+                let (mean, inv_std) = (layer.stats[c], layer.inv_std(c));
+                let (scale, shift) = layer.scale_shift(c);
+                let mut sums = [0f64; 2];
+                for n in 0..layer.batch {
                     let at = (n * channels + c) * plane;
                     let (x, dy) = (&x[at..][..plane], &dy[at..][..plane]);
-                    sum += lane_sum(dy, dy, |g, _| g);
-                    dot += lane_sum(dy, x, |g, v| g * (v - mean));
+                    with_pointwise!(layer.act, plane_sums(fma, x, dy, scale, shift, mean, &mut sums));
                 }
-                (sum as f32, (dot * inv_std as f64) as f32)
+                (sums[0] as f32, (sums[1] * inv_std as f64) as f32)
             })
             .collect();
         sums.into_iter().unzip()
     }
 
-    /// `gamma / σ (dy - Σdy / M - x̂ Σ(dy x̂) / M)`, M the values per channel.
-    #[allow(clippy::too_many_arguments)]
-    pub fn input_gradient(
-        x: &[f32],
-        dy: &[f32],
-        gamma: &[f32],
-        stats: &[f32],
-        epsilon: f64,
-        sum_dy: &[f32],
-        sum_dy_xhat: &[f32],
-        batch: usize,
-        plane: usize,
-    ) -> Vec<f32> {
-        let channels = gamma.len();
-        let count = (batch * plane) as f32;
+    with_avx2! {
+        /// Adds `Σ dz` and `Σ dz (x - mean)` over one plane to `sums`, `dz = act'(x scale + shift) dy`,
+        /// summed as `lane_sum` does.
+        fn plane_sums<A: Pointwise>(x: &[f32], dy: &[f32], scale: f32, shift: f32, mean: f32, sums: &mut [f64; 2]) {
+            const LANES: usize = 32;
+            let (mut sum, mut dot) = ([0f32; LANES], [0f32; LANES]);
+            for (x, dy) in x.chunks_exact(LANES).zip(dy.chunks_exact(LANES)) {
+                for i in 0..LANES {
+                    let dz = A::gradient(x[i] * scale + shift, dy[i]);
+                    sum[i] += dz;
+                    dot[i] += dz * (x[i] - mean);
+                }
+            }
+            let full = x.len() - x.len() % LANES;
+            let (mut sum_rest, mut dot_rest) = (0f64, 0f64);
+            for (&x, &dy) in x[full..].iter().zip(&dy[full..]) {
+                let dz = A::gradient(x * scale + shift, dy);
+                sum_rest += dz as f64;
+                dot_rest += (dz * (x - mean)) as f64;
+            }
+            sums[0] += sum.iter().map(|&lane| lane as f64).sum::<f64>() + sum_rest;
+            sums[1] += dot.iter().map(|&lane| lane as f64).sum::<f64>() + dot_rest;
+        }
+    }
+
+    /// `gamma / σ (dz - Σdz / M - x̂ Σ(dz x̂) / M)`, M the values per channel.
+    pub fn input_gradient(x: &[f32], dy: &[f32], layer: &Layer, sum_dy: &[f32], sum_dy_xhat: &[f32]) -> Vec<f32> {
+        let (channels, plane, fma) = (layer.channels(), layer.plane, fma_available());
+        let count = (layer.batch * plane) as f32;
         // SAFETY: each plane of dx is written value by value from the planes of dy and x under it.
         unsafe {
             uninit_planes(x.len(), plane, |i, dx| {
                 let c = i % channels;
-                let (mean, inv_std) = (stats[c], inv_std(stats, channels, c, epsilon));
-                let scale = gamma[c] * inv_std;
-                let (mean_dy, mean_dy_xhat) = (sum_dy[c] / count, sum_dy_xhat[c] / count);
+                let (mean, inv_std) = (layer.stats[c], layer.inv_std(c));
+                let (scale, shift) = layer.scale_shift(c);
+                let means = [sum_dy[c] / count, sum_dy_xhat[c] / count];
                 let at = i * plane;
-                for ((dx, &g), &v) in dx.iter_mut().zip(&dy[at..][..plane]).zip(&x[at..][..plane]) {
-                    dx.write(scale * (g - mean_dy - (v - mean) * inv_std * mean_dy_xhat));
-                }
+                let (x, dy) = (&x[at..][..plane], &dy[at..][..plane]);
+                with_pointwise!(layer.act, input_gradient_plane(fma, x, dy, dx, [scale, shift, mean, inv_std], means));
             })
+        }
+    }
+
+    with_avx2! {
+        /// One plane of [`input_gradient`]; `channel` is `[scale, shift, mean, 1 / σ]`, `means`
+        /// `[Σdz / M, Σ(dz x̂) / M]`.
+        fn input_gradient_plane<A: Pointwise>(
+            x: &[f32],
+            dy: &[f32],
+            dx: &mut [MaybeUninit<f32>],
+            channel: [f32; 4],
+            means: [f32; 2],
+        ) {
+            let ([scale, shift, mean, inv_std], [mean_dz, mean_dz_xhat]) = (channel, means);
+            for ((dx, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
+                let dz = A::gradient(v * scale + shift, g);
+                dx.write(scale * (dz - mean_dz - (v - mean) * inv_std * mean_dz_xhat));
+            }
         }
     }
 }
@@ -283,20 +347,24 @@ mod tests {
 
     use super::*;
 
+    /// Ours, the activation fused in, against burn's BatchNorm followed by the activation on its
+    /// own; planes shorter and longer than the summing lanes, a one-pixel plane.
     #[test]
     fn output_gradients_and_running_statistics_equal_burns_batch_norm() {
         let device = Device::flex().autodiff();
         device.seed(3);
-        for [batch, channels, height, width] in [[4, 3, 5, 7], [2, 16, 8, 8], [1, 5, 1, 1]] {
+        let shapes = [[4, 3, 5, 7], [2, 16, 8, 8], [1, 5, 1, 1], [3, 2, 9, 11]];
+        let acts = [Act::Identity, Act::Relu, Act::Relu6, Act::Silu, Act::Gelu];
+        for ([batch, channels, height, width], act) in shapes.into_iter().flat_map(|shape| acts.map(|act| (shape, act))) {
             let x = Tensor::<4>::random([batch, channels, height, width], Distribution::Normal(2.0, 3.0), &device);
             let out_grad = Tensor::<4>::random([batch, channels, height, width], Distribution::Normal(0.0, 1.0), &device);
             let run = |ours: bool| {
                 // A layer of its own for each run: clones share their running statistics.
                 let bn = BatchNormConfig::new(channels).with_momentum(0.3).init(&device);
-                let gamma = bn.gamma.map(|g| g.add_scalar(0.5).detach().require_grad());
+                let gamma = bn.gamma.map(|g| g.add_scalar(3.0).detach().require_grad());
                 let bn = BatchNorm { gamma, beta: bn.beta.map(|b| b.add_scalar(-1.0).detach().require_grad()), ..bn };
                 let x = x.clone().require_grad();
-                let y = if ours { forward(&bn, x.clone()) } else { bn.forward(x.clone()) };
+                let y = if ours { forward(&bn, x.clone(), act) } else { act.apply(bn.forward(x.clone())) };
                 let grads = (y.clone() * out_grad.clone()).sum().backward();
                 [
                     y.into_data(),
@@ -319,6 +387,6 @@ mod tests {
         let device = Device::flex();
         let bn = BatchNormConfig::new(3).init(&device);
         let x = Tensor::<4>::random([2, 3, 4, 4], Distribution::Normal(0.0, 1.0), &device);
-        forward(&bn, x.clone()).into_data().assert_eq(&bn.forward(x).into_data(), true);
+        forward(&bn, x.clone(), Act::Silu).into_data().assert_eq(&Act::Silu.apply(bn.forward(x)).into_data(), true);
     }
 }

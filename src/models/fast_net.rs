@@ -71,8 +71,8 @@ impl Stage {
     pub fn forward(&self, x: Tensor<4>, pool: &MaxPool2d, act: Act) -> Tensor<4> {
         // Pooling before BatchNorm and the activation computes them on a quarter of the pixels.
         let x = trace::conv2d(&self.first.conv, x);
-        let x = act.apply(trace::batch_norm(&self.first.bn, max_pool_forward(pool, x)));
-        act.apply(trace::batch_norm(&self.second.bn, trace::conv2d(&self.second.conv, x)))
+        let x = trace::batch_norm(&self.first.bn, max_pool_forward(pool, x), act);
+        trace::batch_norm(&self.second.bn, trace::conv2d(&self.second.conv, x), act)
     }
 }
 

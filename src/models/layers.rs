@@ -8,11 +8,12 @@ use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::{relu, relu6, sigmoid};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::ConvOptions;
 use serde::{Deserialize, Serialize};
 
 use super::{params, trace};
+pub use crate::kernels::activation::Act;
 use crate::kernels::dense::conv2d_dense;
 use crate::kernels::depthwise::depthwise_conv2d;
 use crate::kernels::max_pool;
@@ -56,37 +57,6 @@ impl Init {
             WeightInit::XavierNormal => Some(Initializer::XavierNormal { gain: 1.0 }),
             WeightInit::KaimingUniform => Some(Initializer::KaimingUniform { gain: relu_gain, fan_out_only: false }),
             WeightInit::KaimingNormal => Some(Initializer::KaimingNormal { gain: relu_gain, fan_out_only: false }),
-        }
-    }
-}
-
-/// The activation that follows a conv+BN (or none).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Act {
-    #[default]
-    Identity,
-    Relu,
-    /// `min(max(x, 0), 6)`: MobileNet's and EfficientNet-Lite's choice (quantizes well).
-    Relu6,
-    /// `x * sigmoid(x)` ("swish"): EfficientNet's choice.
-    Silu,
-    /// `x * Phi(x)` (the exact, erf-based GELU): the airbench nets' choice.
-    Gelu,
-}
-
-impl Act {
-    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
-        match self {
-            Act::Identity => x,
-            Act::Relu => relu(x),
-            // Training differentiates ReLU6 as relu(x) - relu(x - 6) (the same function and, but
-            // for the measure-zero points 0 and 6, the same gradient): burn-flex's ReLU backward
-            // is one fused pass, while burn's clamp backward goes through mask_fill, a scalar
-            // loop that took a quarter of a MobileNetV2 training step.
-            Act::Relu6 if x.device().is_autodiff() => relu(x.clone()) - relu(x.sub_scalar(6.0)),
-            Act::Relu6 => relu6(x),
-            Act::Silu => crate::kernels::activation::silu(x),
-            Act::Gelu => crate::kernels::activation::gelu(x),
         }
     }
 }
@@ -341,7 +311,7 @@ impl ConvBn {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.act.apply(trace::batch_norm(&self.bn, trace::conv2d(&self.conv, x)))
+        trace::batch_norm(&self.bn, trace::conv2d(&self.conv, x), self.act)
     }
 }
 
@@ -456,15 +426,16 @@ pub fn linear_forward(fc: &Linear, x: Tensor<2>) -> Tensor<2> {
     burn::tensor::module::linear(x, fc.weight.val().cast(dtype), fc.bias.as_ref().map(|b| b.val().cast(dtype)))
 }
 
-/// `bn.forward(x)` in f32 whatever the type of `x`, cast back to it: under mixed precision the
-/// batch statistics and the running ones stay f32, as with PyTorch's autocast.
-pub fn batch_norm_forward(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+/// `act.apply(bn.forward(x))`, the BatchNorm in f32 whatever the type of `x`, cast back to it:
+/// under mixed precision the batch statistics and the running ones stay f32, as with PyTorch's
+/// autocast.
+pub fn batch_norm_forward(bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
     let dtype = x.dtype();
     let computed = bn.gamma.val().dtype();
     if dtype == computed {
-        return crate::kernels::batch_norm::forward(bn, x);
+        return crate::kernels::batch_norm::forward(bn, x, act);
     }
-    crate::kernels::batch_norm::forward(bn, x.cast(computed)).cast(dtype)
+    act.apply(crate::kernels::batch_norm::forward(bn, x.cast(computed), Act::Identity).cast(dtype))
 }
 
 /// TensorFlow's "SAME" padding of one side length: `(before, after)` for an output of
@@ -654,20 +625,6 @@ mod tests {
         {
             check(Conv2dConfig::new([4, 6], [kernel, kernel]).with_stride([stride, stride]).with_padding(padding).init(&device), 9);
         }
-    }
-
-    #[test]
-    fn relu6_in_training_has_burns_values_and_gradients() {
-        let device = Device::flex().autodiff();
-        let x = Tensor::<2>::random([64, 33], Distribution::Normal(3.0, 4.0), &device).require_grad();
-        let weights = Tensor::<2>::random([64, 33], Distribution::Normal(0.0, 1.0), &device);
-        let ours = Act::Relu6.apply(x.clone());
-        let grads = (ours.clone() * weights.clone()).sum().backward();
-        let ours_grad = x.grad(&grads).unwrap();
-        let theirs = relu6(x.clone());
-        let grads = (theirs.clone() * weights).sum().backward();
-        ours.into_data().assert_approx_eq::<f32>(&theirs.into_data(), burn::tensor::Tolerance::default());
-        ours_grad.into_data().assert_eq(&x.grad(&grads).unwrap().into_data(), true);
     }
 
     #[test]

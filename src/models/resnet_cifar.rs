@@ -9,7 +9,7 @@ use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
 use super::config::{BuildOptions, ShapeOverrides};
-use super::layers::{ConvBn, Init, linear};
+use super::layers::{Act, ConvBn, ConvSpec, Init, linear};
 use super::trace;
 use super::{Architecture, Family, Net};
 
@@ -95,7 +95,7 @@ impl ResNetConfig {
             }
         }
         ResNet {
-            stem: ConvBn::new(init, [3, self.stem_channels], k, 1, device),
+            stem: ConvBn::with(init, [3, self.stem_channels], ConvSpec::new(k, 1).act(Act::Relu), device),
             blocks,
             pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
             dropout: DropoutConfig::new(options.dropout).init(),
@@ -125,15 +125,12 @@ impl ResidualBlock {
         device: &Device,
     ) -> Self {
         let out = width * kind.expansion();
+        let inner = |channels, kernel, stride| ConvBn::with(init, channels, ConvSpec::new(kernel, stride).act(Act::Relu), device);
         let convs = match kind {
-            BlockKind::Basic => {
-                vec![ConvBn::new(init, [inputs, width], k, stride, device), ConvBn::new(init, [width, width], k, 1, device)]
+            BlockKind::Basic => vec![inner([inputs, width], k, stride), ConvBn::new(init, [width, width], k, 1, device)],
+            BlockKind::Bottleneck => {
+                vec![inner([inputs, width], 1, 1), inner([width, width], k, stride), ConvBn::new(init, [width, out], 1, 1, device)]
             }
-            BlockKind::Bottleneck => vec![
-                ConvBn::new(init, [inputs, width], 1, 1, device),
-                ConvBn::new(init, [width, width], k, stride, device),
-                ConvBn::new(init, [width, out], 1, 1, device),
-            ],
         };
         let shortcut = (stride != 1 || inputs != out).then(|| ConvBn::new(init, [inputs, out], shortcut_kernel, stride, device));
         Self { convs, shortcut }
@@ -144,14 +141,8 @@ impl ResidualBlock {
             Some(projection) => projection.forward(x.clone()),
             None => x.clone(),
         };
-        let last = self.convs.len() - 1;
-        let mut y = x;
-        for (i, conv) in self.convs.iter().enumerate() {
-            y = conv.forward(y);
-            if i != last {
-                y = relu(y);
-            }
-        }
+        // The convs before the last apply their ReLU themselves (`Act::Relu`).
+        let y = self.convs.iter().fold(x, |y, conv| conv.forward(y));
         relu(trace::add(y, identity))
     }
 }
@@ -170,7 +161,7 @@ impl Family for ResNet {
     const CLASSIFIER: Option<&'static str> = None;
 
     fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu(self.stem.forward(x));
+        let mut x = self.stem.forward(x);
         for block in &self.blocks {
             x = block.forward(x);
         }

@@ -15,7 +15,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, Linear};
 use burn::prelude::*;
 
-use super::layers::ConvKernel;
+use super::layers::{Act, ConvKernel};
 use super::{Classifier, group_digits, named_params};
 
 /// The kind of a traced layer.
@@ -268,20 +268,23 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     y
 }
 
-/// `bn.forward(x)`, traced.
-pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+/// `act.apply(bn.forward(x))`, the BatchNorm traced (its output before the activation, as a
+/// forward hook on PyTorch's `BatchNorm2d` sees it); one fused operation when not tracing.
+pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
+    if !is_tracing() {
+        return super::layers::batch_norm_forward(bn, x, act);
+    }
     let (input, start) = (x.dims(), Instant::now());
-    let kept = is_tracing().then(|| x.clone());
-    let y = super::layers::batch_norm_forward(bn, x);
-    if is_tracing() {
+    let kept = x.clone();
+    let y = super::layers::batch_norm_forward(bn, x, Act::Identity);
+    {
         let channels = bn.gamma.dims()[0];
         // Normalize and scale/shift folded into one multiply-add per element.
         record(bn.gamma.id, LayerKind::BatchNorm, &input, [1, 1], start, &y, None, 2 * channels, |out| {
             2 * out.iter().product::<usize>() as u64
         });
-        return node(NodeKind::Layer, kept.into_iter().collect(), y);
     }
-    y
+    act.apply(node(NodeKind::Layer, vec![kept], y))
 }
 
 /// `fc.forward(x)`, traced.

@@ -10,7 +10,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use super::config::BuildOptions;
-use super::layers::{BnParams, conv, linear, max_pool_forward};
+use super::layers::{Act, BnParams, conv, linear, max_pool_forward};
 use super::trace;
 use super::{Architecture, Family, Net};
 
@@ -88,10 +88,10 @@ impl Family for Vgg {
         for stage in &self.features {
             for layer in stage {
                 x = trace::conv2d(&layer.conv, x);
-                if let Some(bn) = &layer.bn {
-                    x = trace::batch_norm(bn, x);
-                }
-                x = relu(x);
+                x = match &layer.bn {
+                    Some(bn) => trace::batch_norm(bn, x, Act::Relu),
+                    None => relu(x),
+                };
             }
             x = max_pool_forward(&self.pool, x);
         }
