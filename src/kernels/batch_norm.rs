@@ -5,8 +5,9 @@
 //! new buffer (`bench train --profile` shows BatchNorm at 15% of a ResNet-18-CIFAR step). Here
 //! the forward pass is two reads (statistics) and one read + write (normalize), the backward one
 //! read of `x` and `dy` for the two sums per channel and one pass for the input gradient, with no
-//! layout copies. [`forward`] behaves as `BatchNorm::forward`, running statistics included, and
-//! leaves evaluation mode, frozen layers and other devices to burn.
+//! layout copies. [`forward`] behaves as `BatchNorm::forward`, running statistics included.
+//! Evaluation (a device without autodiff) is one pass with the running statistics; frozen layers
+//! on an autodiff device and other devices are left to burn.
 //!
 //! The activation that follows (ReLU, ReLU6, SiLU, GELU) runs inside the same passes: the forward
 //! pass writes `act(x̂ gamma + beta)`, the backward recomputes `x̂ gamma + beta` from `x` and
@@ -35,15 +36,26 @@ use super::{contiguous, f32s};
 pub fn forward(bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
     let device = x.device();
     let training = device.is_autodiff() && bn.training.is_enabled();
-    let ours = super::enabled()
-        && training
-        && x.dtype() == DType::F32
-        && bn.gamma.val().dtype() == DType::F32
-        && device.clone().inner() == Device::flex();
-    if !ours {
+    let ours =
+        super::enabled() && x.dtype() == DType::F32 && bn.gamma.val().dtype() == DType::F32 && device.clone().inner() == Device::flex();
+    let channels = x.dims()[1];
+    if ours && !device.is_autodiff() {
+        assert_eq!(bn.gamma.dims(), [channels], "BatchNorm: input {:?} does not have {} channels", x.dims(), bn.gamma.dims()[0]);
+        // Evaluation: the same pass with the running statistics.
+        let stats = Tensor::cat(vec![bn.running_mean.value(), bn.running_var.value()], 0);
+        let output = <Dispatch as BatchNormBackend>::batch_norm_train(
+            x.into_dispatch(),
+            bn.gamma.val().into_dispatch(),
+            bn.beta.val().into_dispatch(),
+            stats.into_dispatch(),
+            bn.epsilon,
+            act,
+        );
+        return Tensor::from_dispatch(output);
+    }
+    if !(ours && training) {
         return act.apply(bn.forward(x));
     }
-    let channels = x.dims()[1];
     assert_eq!(bn.gamma.dims(), [channels], "BatchNorm: input {:?} does not have {} channels", x.dims(), bn.gamma.dims()[0]);
     // The batch's mean and biased variance, outside the graph: the backward accounts for them.
     let stats = Tensor::<1>::from_dispatch(<Dispatch as BatchStatsBackend>::batch_stats(x.clone().inner().into_dispatch()));
@@ -382,11 +394,26 @@ mod tests {
         }
     }
 
+    /// Evaluation (running statistics moved away from 0 and 1 by a few training steps) equals
+    /// burn's to rounding; a frozen layer in training is burn's own.
     #[test]
-    fn evaluation_mode_and_frozen_layers_are_burns() {
-        let device = Device::flex();
-        let bn = BatchNormConfig::new(3).init(&device);
-        let x = Tensor::<4>::random([2, 3, 4, 4], Distribution::Normal(0.0, 1.0), &device);
-        forward(&bn, x.clone(), Act::Silu).into_data().assert_eq(&Act::Silu.apply(bn.forward(x)).into_data(), true);
+    fn evaluation_mode_and_frozen_layers_equal_burns() {
+        let device = Device::flex().autodiff();
+        device.seed(4);
+        let bn = BatchNormConfig::new(3).with_momentum(0.5).init(&device);
+        let bn = BatchNorm { gamma: bn.gamma.map(|g| g.add_scalar(0.7)), beta: bn.beta.map(|b| b.add_scalar(-0.4)), ..bn };
+        for _ in 0..3 {
+            let _ = forward(&bn, Tensor::<4>::random([4, 3, 5, 5], Distribution::Normal(1.5, 2.0), &device), Act::Identity);
+        }
+        let x = Tensor::<4>::random([2, 3, 9, 7], Distribution::Normal(1.0, 2.0), &Device::flex());
+        let evaluated = bn.valid();
+        for act in [Act::Identity, Act::Relu6, Act::Silu] {
+            let ours = forward(&evaluated, x.clone(), act).into_data();
+            ours.assert_approx_eq::<f32>(&act.apply(evaluated.forward(x.clone())).into_data(), Tolerance::<f32>::rel_abs(1e-5, 1e-5));
+        }
+        let frozen = bn.clone().freeze();
+        assert!(!frozen.training.is_enabled());
+        let x = Tensor::<4>::random([2, 3, 9, 7], Distribution::Normal(1.0, 2.0), &device);
+        forward(&frozen, x.clone(), Act::Silu).into_data().assert_eq(&Act::Silu.apply(frozen.forward(x)).into_data(), true);
     }
 }
