@@ -189,7 +189,7 @@ mod host {
 
     use super::*;
     use crate::kernels::activation::{Pointwise, with_pointwise};
-    use crate::kernels::{fma_available, lane_sum};
+    use crate::kernels::{fma_available, lane_sum, uninit_chunks};
 
     /// One BatchNorm and the activation after it, with the batch statistics.
     pub struct Layer<'a> {
@@ -218,20 +218,6 @@ mod host {
         }
     }
 
-    /// A new `len`-long buffer whose planes `fill(i, plane i)` writes, in parallel; left
-    /// uninitialized before (zero-filling it first was one more pass over the activation).
-    ///
-    /// # Safety
-    ///
-    /// `fill` writes every value of the plane it is given.
-    unsafe fn uninit_planes(len: usize, plane: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
-        let mut values = Vec::with_capacity(len);
-        values.spare_capacity_mut()[..len].par_chunks_mut(plane).enumerate().for_each(|(i, plane)| fill(i, plane));
-        // SAFETY: every plane, and so all `len` values, was written above (the caller's guarantee).
-        unsafe { values.set_len(len) };
-        values
-    }
-
     /// Per channel: the mean, then the biased variance (two passes, sums in f64).
     pub fn stats(x: &[f32], batch: usize, channels: usize, plane: usize) -> Vec<f32> {
         let count = (batch * plane) as f64;
@@ -254,7 +240,7 @@ mod host {
         debug_assert_eq!(x.len(), layer.batch * channels * plane);
         // SAFETY: each plane of y is written from the plane of x under it, value by value.
         unsafe {
-            uninit_planes(x.len(), plane, |i, y| {
+            uninit_chunks(x.len(), plane, |i, y| {
                 let (scale, shift) = layer.scale_shift(i % channels);
                 with_pointwise!(layer.act, normalize_plane(fma, &x[i * plane..][..plane], y, scale, shift));
             })
@@ -321,7 +307,7 @@ mod host {
         let count = (layer.batch * plane) as f32;
         // SAFETY: each plane of dx is written value by value from the planes of dy and x under it.
         unsafe {
-            uninit_planes(x.len(), plane, |i, dx| {
+            uninit_chunks(x.len(), plane, |i, dx| {
                 let c = i % channels;
                 let (mean, inv_std) = (layer.stats[c], layer.inv_std(c));
                 let (scale, shift) = layer.scale_shift(c);

@@ -63,6 +63,7 @@ pub mod sgd;
 pub mod winograd;
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
@@ -101,6 +102,30 @@ fn with_buffers<const N: usize, R>(f: impl FnOnce(&mut [Vec<f32>; N]) -> R) -> R
     let result = f(&mut buffers);
     SPARE_BUFFERS.with_borrow_mut(|spare| spare.extend(buffers.into_iter().rev()));
     result
+}
+
+/// A new `len`-long vector whose chunks of `chunk` values `fill(i, chunk i)` writes, in parallel;
+/// left uninitialized before (zero-filling it first was one more pass over an activation).
+///
+/// # Safety
+///
+/// `fill` writes every value of the chunk it is given.
+unsafe fn uninit_chunks(len: usize, chunk: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    let mut values = Vec::with_capacity(len);
+    values.spare_capacity_mut()[..len].par_chunks_mut(chunk).enumerate().for_each(|(i, chunk)| fill(i, chunk));
+    // SAFETY: every chunk, and so all `len` values, was written above (the caller's guarantee).
+    unsafe { values.set_len(len) };
+    values
+}
+
+/// `values` as the floats they hold.
+///
+/// # Safety
+///
+/// Every value has been written.
+unsafe fn assume_written(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: MaybeUninit<f32> has f32's layout; the caller guarantees the values are initialized.
+    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// The first `len` values of `buffer`, grown to hold them where it is shorter. Whatever an earlier

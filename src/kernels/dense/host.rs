@@ -9,9 +9,9 @@
 //! thin at the 8x8 and 4x4 maps of late ResNet stages); chunks run in parallel, each rayon task
 //! summing its weight gradient on its own.
 
-use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
-use crate::kernels::{matmul, sized, sum_in_parallel, with_buffers};
+use crate::kernels::{assume_written, matmul, sized, sum_in_parallel, uninit_chunks, with_buffers};
 
 /// Output pixels (summed over the chunk's images) one product takes.
 const CHUNK_PIXELS: usize = 1024;
@@ -55,21 +55,21 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
     assert_eq!(x.len(), g.batch * g.in_channels * g.height * g.width, "conv: input size");
     assert_eq!(weight.len(), g.out_channels * g.filter_len(), "conv: weight size");
     let (outs, filter) = (g.out_channels, g.filter_len());
-    let mut y = vec![0f32; g.batch * outs * pixels];
     let per_chunk = images_per_chunk(g);
-    y.par_chunks_mut(per_chunk * outs * pixels).enumerate().for_each(|(chunk, y)| {
+    let fill = |chunk: usize, y: &mut [MaybeUninit<f32>]| {
         with_buffers(|[cols, product]| {
             let images = chunk * per_chunk..(chunk * per_chunk + per_chunk).min(g.batch);
             let columns = images.len() * pixels;
             let cols = im2col(x, g, images.clone(), cols);
-            let multiply = |product: &mut [f32]| {
+            // Writes every value of `product` (the product does not read it).
+            let multiply = |product: *mut f32| {
                 // SAFETY: weight is [outs][filter], cols [filter][columns], product [outs][columns].
                 unsafe {
                     matmul(
                         outs,
                         columns,
                         filter,
-                        (product.as_mut_ptr(), 1, columns as isize),
+                        (product, 1, columns as isize),
                         false,
                         (weight.as_ptr(), 1, filter as isize),
                         (cols.as_ptr(), 1, columns as isize),
@@ -78,7 +78,9 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
             };
             // One image's product, [out][pixel], is laid out as its part of `y`.
             if images.len() == 1 {
-                multiply(y);
+                multiply(y.as_mut_ptr().cast());
+                // SAFETY: the product wrote all of `y`.
+                let y = unsafe { assume_written(y) };
                 if let Some(bias) = bias {
                     for (row, &b) in y.chunks_mut(pixels).zip(bias) {
                         row.iter_mut().for_each(|y| *y += b);
@@ -87,17 +89,20 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
                 return;
             }
             let product = sized(product, outs * columns);
-            multiply(product);
+            multiply(product.as_mut_ptr());
             // [out][image, pixel] -> [image][out][pixel], plus the bias.
             for (o, row) in product.chunks(columns).enumerate() {
                 let b = bias.map_or(0.0, |b| b[o]);
                 for (i, values) in row.chunks(pixels).enumerate() {
-                    y[(i * outs + o) * pixels..][..pixels].iter_mut().zip(values).for_each(|(y, &v)| *y = v + b);
+                    y[(i * outs + o) * pixels..][..pixels].iter_mut().zip(values).for_each(|(y, &v)| {
+                        y.write(v + b);
+                    });
                 }
             }
         })
-    });
-    y
+    };
+    // SAFETY: `fill` writes each chunk's images in full, by the product or the scatter.
+    unsafe { uninit_chunks(g.batch * outs * pixels, per_chunk * outs * pixels, fill) }
 }
 
 /// The input gradient `[batch, in, height, width]` of `y = conv2d(x, weight)` from `out_grad`.
@@ -105,14 +110,14 @@ pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32
     let pixels = g.out_height() * g.out_width();
     assert_eq!(out_grad.len(), g.batch * g.out_channels * pixels, "conv input gradient: output gradient size");
     let (outs, filter, image_len) = (g.out_channels, g.filter_len(), g.in_channels * g.height * g.width);
-    let mut dx = vec![0f32; g.batch * image_len];
     let per_chunk = images_per_chunk(g);
-    dx.par_chunks_mut(per_chunk * image_len).enumerate().for_each(|(chunk, dx)| {
+    let fill = |chunk: usize, dx: &mut [MaybeUninit<f32>]| {
         with_buffers(|[dy, dcols]| {
             let images = chunk * per_chunk..(chunk * per_chunk + per_chunk).min(g.batch);
             let columns = images.len() * pixels;
             let dy = gather_out_grad(out_grad, g, images.clone(), dy);
-            let multiply = |dcols: &mut [f32]| {
+            // Writes every value of `dcols` (the product does not read it).
+            let multiply = |dcols: *mut f32| {
                 // SAFETY: weight is [outs][filter] (read transposed), dy [outs][columns], dcols
                 // [filter][columns].
                 unsafe {
@@ -120,7 +125,7 @@ pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32
                         filter,
                         columns,
                         outs,
-                        (dcols.as_mut_ptr(), 1, columns as isize),
+                        (dcols, 1, columns as isize),
                         false,
                         (weight.as_ptr(), filter as isize, 1),
                         (dy.as_ptr(), 1, columns as isize),
@@ -129,15 +134,20 @@ pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32
             };
             // A pointwise convolution's dcols of one image is its part of `dx`.
             if images.len() == 1 && g.is_pointwise() {
-                multiply(dx);
-            } else {
-                let dcols = sized(dcols, filter * columns);
-                multiply(dcols);
-                col2im(dcols, g, images.len(), dx);
+                multiply(dx.as_mut_ptr().cast());
+                return;
             }
+            let dcols = sized(dcols, filter * columns);
+            multiply(dcols.as_mut_ptr());
+            dx.iter_mut().for_each(|dx| {
+                dx.write(0.0);
+            });
+            // SAFETY: written just above.
+            col2im(dcols, g, images.len(), unsafe { assume_written(dx) });
         })
-    });
-    dx
+    };
+    // SAFETY: `fill` writes each chunk in full, by the product or by zeros and col2im.
+    unsafe { uninit_chunks(g.batch * image_len, per_chunk * image_len, fill) }
 }
 
 /// Images per chunk: about [`CHUNK_PIXELS`] output pixels, and at least two chunks per thread
