@@ -11,6 +11,8 @@
 //! needs from the input: GELU's `Phi(x) + x * phi(x)` shares one `exp(-x^2 / 2)`, SiLU's
 //! `s * (1 + x * (1 - s))` one sigmoid.
 
+use std::mem::MaybeUninit;
+
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -22,9 +24,8 @@ use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, relu6};
 use burn::tensor::{DType, TensorData};
-use rayon::prelude::*;
 
-use super::{contiguous, f32s, fma_available};
+use super::{contiguous, f32s, fma_available, uninit_chunks};
 
 /// Values per rayon task.
 const TASK_VALUES: usize = 1 << 14;
@@ -112,12 +113,12 @@ impl ActivationBackend for Flex {
 }
 
 /// `op(x, out)` over contiguous copies of `x`, in parallel tasks, into a tensor shaped like `x`.
-fn map(x: &FlexTensor, op: fn(bool, &[f32], &mut [f32])) -> FlexTensor {
+fn map(x: &FlexTensor, op: fn(bool, &[f32], &mut [MaybeUninit<f32>])) -> FlexTensor {
     let x = contiguous(x.clone());
     let values = f32s(&x);
-    let mut out = vec![0f32; values.len()];
     let fma = fma_available();
-    out.par_chunks_mut(TASK_VALUES).zip(values.par_chunks(TASK_VALUES)).for_each(|(out, x)| op(fma, x, out));
+    // SAFETY: `op` writes each value of `out` from the one of `x` under it.
+    let out = unsafe { uninit_chunks(values.len(), TASK_VALUES, |i, out| op(fma, &values[i * TASK_VALUES..][..out.len()], out)) };
     FlexTensor::from_data(TensorData::new(out, x.shape()))
 }
 
@@ -149,7 +150,7 @@ fn tracked<C: CheckpointStrategy>(
     }
 }
 
-type BackwardFn = fn(bool, &[f32], &[f32], &mut [f32]);
+type BackwardFn = fn(bool, &[f32], &[f32], &mut [MaybeUninit<f32>]);
 
 /// Backward step of a pointwise activation; the state is the input.
 #[derive(Debug)]
@@ -165,12 +166,14 @@ impl Backward<Flex, 1> for PointwiseBackward {
         if let Some(node) = ops.parents[0].clone() {
             let x = contiguous(ops.state);
             let (x_values, g) = (f32s(&x), f32s(&out_grad));
-            let mut x_grad = vec![0f32; x_values.len()];
             let fma = fma_available();
-            x_grad
-                .par_chunks_mut(TASK_VALUES)
-                .zip(x_values.par_chunks(TASK_VALUES).zip(g.par_chunks(TASK_VALUES)))
-                .for_each(|(out, (x, g))| (self.backward)(fma, x, g, out));
+            // SAFETY: `backward` writes each value of `out` from the ones of `x` and `g` under it.
+            let x_grad = unsafe {
+                uninit_chunks(x_values.len(), TASK_VALUES, |i, out| {
+                    let at = i * TASK_VALUES;
+                    (self.backward)(fma, &x_values[at..][..out.len()], &g[at..][..out.len()], out)
+                })
+            };
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(x_grad, x.shape())));
         }
     }
@@ -313,17 +316,17 @@ impl Pointwise for Silu {
 }
 
 with_avx2! {
-    fn forward<A: Pointwise>(x: &[f32], out: &mut [f32]) {
+    fn forward<A: Pointwise>(x: &[f32], out: &mut [MaybeUninit<f32>]) {
         for (out, &x) in out.iter_mut().zip(x) {
-            *out = A::value(x);
+            out.write(A::value(x));
         }
     }
 }
 
 with_avx2! {
-    fn backward<A: Pointwise>(x: &[f32], g: &[f32], out: &mut [f32]) {
+    fn backward<A: Pointwise>(x: &[f32], g: &[f32], out: &mut [MaybeUninit<f32>]) {
         for ((out, &x), &g) in out.iter_mut().zip(x).zip(g) {
-            *out = A::gradient(x, g);
+            out.write(A::gradient(x, g));
         }
     }
 }
