@@ -25,6 +25,7 @@ use burn::tensor::{DType, TensorData};
 
 use host::Geometry;
 
+use super::activation::Act;
 use super::{Bias, bias_gradient, contiguous, conv_step, f32s};
 
 /// Convolution of `x` `[batch, in, height, width]` with `weight` `[out, in, kh, kw]` and optional
@@ -35,6 +36,19 @@ use super::{Bias, bias_gradient, contiguous, conv_step, f32s};
 ///
 /// If the shapes do not fit together as above, a stride is 0, or the kernel exceeds the padded input.
 pub fn conv2d_dense(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, stride: [usize; 2], padding: [usize; 2]) -> Tensor<4> {
+    conv2d_dense_act(x, weight, bias, stride, padding, Act::Identity)
+}
+
+/// `act.apply(conv2d_dense(..))`; at inference on flex (no autodiff) the bias and the activation
+/// run on each chunk of the output while it is in cache, not as passes of their own.
+pub fn conv2d_dense_act(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+    act: Act,
+) -> Tensor<4> {
     let [_, channels, height, width] = x.dims();
     let [out_channels, in_channels, kh, kw] = weight.dims();
     assert_eq!(in_channels, channels, "conv2d_dense: weight {:?} must be [out, in = {channels}, kh, kw]", weight.dims());
@@ -48,13 +62,15 @@ pub fn conv2d_dense(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, st
         && bias.as_ref().is_none_or(|bias| bias.dtype() == DType::F32)
         && x.device().inner() == Device::flex();
     if !ours {
-        return conv2d(x, weight, bias, options(stride, padding));
+        return act.apply(conv2d(x, weight, bias, options(stride, padding)));
     }
+    // Training differentiates the activation on its own.
+    let (act, after) = if x.device().is_autodiff() { (Act::Identity, act) } else { (act, Act::Identity) };
     let bias = bias.map_or(Bias::Zero, |bias| Bias::Add(bias.into_dispatch()));
     let [sy, sx] = stride;
     let [py, px] = padding;
-    let output = <Dispatch as DenseConvBackend>::conv2d_dense(x.into_dispatch(), weight.into_dispatch(), bias, sy, sx, py, px);
-    Tensor::from_dispatch(output)
+    let output = <Dispatch as DenseConvBackend>::conv2d_dense(x.into_dispatch(), weight.into_dispatch(), bias, sy, sx, py, px, act);
+    after.apply(Tensor::from_dispatch(output))
 }
 
 fn options(stride: [usize; 2], padding: [usize; 2]) -> ConvOptions<2> {
@@ -74,14 +90,25 @@ trait DenseConvBackend: Backend {
         stride_x: usize,
         padding_y: usize,
         padding_x: usize,
+        act: Act,
     ) -> FloatTensor<Self>;
 }
 
 impl DenseConvBackend for Flex {
-    fn conv2d_dense(x: FlexTensor, weight: FlexTensor, bias: Bias<Self>, sy: usize, sx: usize, py: usize, px: usize) -> FlexTensor {
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_dense(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: Bias<Self>,
+        sy: usize,
+        sx: usize,
+        py: usize,
+        px: usize,
+        act: Act,
+    ) -> FlexTensor {
         let g = geometry(&x, &weight, [sy, sx, py, px]);
         let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.into_option().map(contiguous));
-        let y = host::forward(f32s(&x), f32s(&weight), bias.as_ref().map(f32s), &g);
+        let y = host::forward(f32s(&x), f32s(&weight), bias.as_ref().map(f32s), act, &g);
         FlexTensor::from_data(TensorData::new(y, [g.batch, g.out_channels, g.out_height(), g.out_width()]))
     }
 }
@@ -95,9 +122,11 @@ impl<C: CheckpointStrategy> DenseConvBackend for Autodiff<Flex, C> {
         sx: usize,
         py: usize,
         px: usize,
+        act: Act,
     ) -> FloatTensor<Self> {
+        assert_eq!(act, Act::Identity, "conv2d_dense: training applies the activation on its own");
         conv_step(DenseConvBackward, x, weight, bias, [sy, sx, py, px], |x, weight, bias| {
-            Flex::conv2d_dense(x, weight, bias, sy, sx, py, px)
+            Flex::conv2d_dense(x, weight, bias, sy, sx, py, px, act)
         })
     }
 }

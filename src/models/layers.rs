@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{params, trace};
 pub use crate::kernels::activation::Act;
-use crate::kernels::dense::conv2d_dense;
+use crate::kernels::dense::conv2d_dense_act;
 use crate::kernels::depthwise::depthwise_conv2d;
 use crate::kernels::max_pool;
 use crate::kernels::winograd::{self, conv3x3};
@@ -311,7 +311,7 @@ impl ConvBn {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        trace::batch_norm(&self.bn, trace::conv2d(&self.conv, x), self.act)
+        trace::conv_bn(&self.conv, &self.bn, x, self.act)
     }
 }
 
@@ -390,6 +390,41 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     if kernel == ConvKernel::Burn {
         return conv.forward(x);
     }
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    run_conv(conv, x, conv.weight.val(), bias, (kernel, padding), Act::Identity)
+}
+
+/// `act(bn(conv(x)))` with `bn` in evaluation mode and `x` outside autodiff (inference), where
+/// the conv runs on our dense kernel: the BatchNorm folded into the conv's weights and bias (as
+/// PyTorch's `fuse_conv_bn_eval`), the activation applied as the output is written. Otherwise
+/// the three in turn.
+pub fn conv_bn_forward(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
+    let [_, channels, height, width] = x.dims();
+    let plan = conv_plan(conv, [channels, height, width]);
+    if x.device().is_autodiff() || plan.0 != ConvKernel::Dense || x.dtype() != conv.weight.val().dtype() {
+        return batch_norm_forward(bn, conv_forward(conv, x), act);
+    }
+    let out_channels = conv.weight.dims()[0];
+    let scale = bn.gamma.val() / bn.running_var.value().add_scalar(bn.epsilon).sqrt();
+    let shift = bn.beta.val() - bn.running_mean.value() * scale.clone();
+    let shift = match &conv.bias {
+        Some(bias) => shift + bias.val() * scale.clone(),
+        None => shift,
+    };
+    let weight = conv.weight.val() * scale.reshape([out_channels, 1, 1, 1]);
+    run_conv(conv, x, weight, Some(shift), plan, act)
+}
+
+/// `conv`'s geometry with `weight` and `bias`, on the kernel `plan` chose, then `act`.
+fn run_conv(
+    conv: &Conv2d,
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    (kernel, padding): (ConvKernel, Option<[usize; 2]>),
+    act: Act,
+) -> Tensor<4> {
+    let [_, _, height, width] = x.dims();
     let (x, [vertical, horizontal]) = match padding {
         Some(padding) => (x, padding),
         None => {
@@ -397,12 +432,11 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
             (x.pad((left, right, top, bottom), 0.0), [0, 0])
         }
     };
-    let bias = conv.bias.as_ref().map(|b| b.val());
     match kernel {
-        ConvKernel::Depthwise => depthwise_conv2d(x, conv.weight.val(), bias, conv.stride[0], vertical),
-        ConvKernel::Winograd => conv3x3(x, conv.weight.val(), bias, vertical),
-        ConvKernel::Dense => conv2d_dense(x, conv.weight.val(), bias, conv.stride, [vertical, horizontal]),
-        ConvKernel::Burn => unreachable!("burn's convolutions returned above"),
+        ConvKernel::Depthwise => act.apply(depthwise_conv2d(x, weight, bias, conv.stride[0], vertical)),
+        ConvKernel::Winograd => act.apply(conv3x3(x, weight, bias, vertical)),
+        ConvKernel::Dense => conv2d_dense_act(x, weight, bias, conv.stride, [vertical, horizontal], act),
+        ConvKernel::Burn => unreachable!("burn's convolutions are not planned here"),
     }
 }
 
@@ -624,6 +658,38 @@ mod tests {
             [(1, 2, PaddingConfig2d::Valid), (3, 2, PaddingConfig2d::Explicit(1, 1, 1, 1)), (5, 2, PaddingConfig2d::Same)]
         {
             check(Conv2dConfig::new([4, 6], [kernel, kernel]).with_stride([stride, stride]).with_padding(padding).init(&device), 9);
+        }
+    }
+
+    /// At inference a conv + BatchNorm + activation on the dense kernel runs folded into one conv;
+    /// it equals the three in turn (running statistics away from 0 and 1, with and without a
+    /// conv bias, 1x1 and strided 3x3 with TensorFlow's padding, activations).
+    #[test]
+    fn folded_conv_bn_equals_conv_then_batch_norm() {
+        let device = Device::flex();
+        device.seed(8);
+        let random = |dims: [usize; 1], low: f64, high: f64| Tensor::<1>::random(dims, Distribution::Uniform(low, high), &device);
+        for (kernel, stride, padding, bias) in
+            [(1, 1, PaddingConfig2d::Valid, false), (3, 2, PaddingConfig2d::Same, true), (1, 2, PaddingConfig2d::Valid, true)]
+        {
+            let conv = Conv2dConfig::new([5, 6], [kernel, kernel])
+                .with_stride([stride, stride])
+                .with_padding(padding)
+                .with_bias(bias)
+                .init(&device);
+            let mut bn = BatchNormConfig::new(6).init(&device);
+            bn.gamma = Param::from_tensor(random([6], 0.5, 2.0));
+            bn.beta = Param::from_tensor(random([6], -1.0, 1.0));
+            bn.running_mean = RunningState::new(random([6], -1.0, 1.0));
+            bn.running_var = RunningState::new(random([6], 0.3, 3.0));
+            assert_eq!(conv_plan(&conv, [5, 9, 8]).0, ConvKernel::Dense);
+            // One image per product, and several (the product scattered into the output).
+            for (batch, act) in [(2, Act::Identity), (9, Act::Identity), (2, Act::Relu6), (9, Act::Silu)] {
+                let x = Tensor::<4>::random([batch, 5, 9, 8], Distribution::Normal(0.0, 1.0), &device);
+                let folded = conv_bn_forward(&conv, &bn, x.clone(), act).into_data();
+                let in_turn = act.apply(bn.forward(conv.forward(x.clone()))).into_data();
+                folded.assert_approx_eq::<f32>(&in_turn, burn::tensor::Tolerance::<f32>::rel_abs(1e-5, 1e-5));
+            }
         }
     }
 

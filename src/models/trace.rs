@@ -287,6 +287,15 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
     act.apply(node(NodeKind::Layer, vec![kept], y))
 }
 
+/// `act(bn(conv(x)))`: the conv and the BatchNorm traced as two layers, or, when not tracing,
+/// `layers::conv_bn_forward` (which folds them into one at inference).
+pub fn conv_bn(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
+    if !is_tracing() {
+        return super::layers::conv_bn_forward(conv, bn, x, act);
+    }
+    batch_norm(bn, conv2d(conv, x), act)
+}
+
 /// `fc.forward(x)`, traced.
 pub fn linear(fc: &Linear, x: Tensor<2>) -> Tensor<2> {
     let (input, start) = (x.dims(), Instant::now());

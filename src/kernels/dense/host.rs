@@ -11,7 +11,8 @@
 
 use std::mem::MaybeUninit;
 
-use crate::kernels::{assume_written, matmul, sized, sum_in_parallel, uninit_chunks, with_buffers};
+use crate::kernels::activation::{Act, Pointwise, with_pointwise};
+use crate::kernels::{assume_written, fma_available, matmul, sized, sum_in_parallel, uninit_chunks, with_buffers};
 
 /// Output pixels (summed over the chunk's images) one product takes.
 const CHUNK_PIXELS: usize = 1024;
@@ -49,13 +50,15 @@ impl Geometry {
     }
 }
 
-/// `y = conv2d(x, weight) + bias` `[batch, out, out_height, out_width]`.
-pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+/// `y = act(conv2d(x, weight) + bias)` `[batch, out, out_height, out_width]`, the bias and the
+/// activation applied to each chunk's product while it is in cache.
+pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, act: Act, g: &Geometry) -> Vec<f32> {
     let pixels = g.out_height() * g.out_width();
     assert_eq!(x.len(), g.batch * g.in_channels * g.height * g.width, "conv: input size");
     assert_eq!(weight.len(), g.out_channels * g.filter_len(), "conv: weight size");
     let (outs, filter) = (g.out_channels, g.filter_len());
     let per_chunk = images_per_chunk(g);
+    let fma = fma_available();
     let fill = |chunk: usize, y: &mut [MaybeUninit<f32>]| {
         with_buffers(|[cols, product]| {
             let images = chunk * per_chunk..(chunk * per_chunk + per_chunk).min(g.batch);
@@ -81,9 +84,10 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
                 multiply(y.as_mut_ptr().cast());
                 // SAFETY: the product wrote all of `y`.
                 let y = unsafe { assume_written(y) };
-                if let Some(bias) = bias {
-                    for (row, &b) in y.chunks_mut(pixels).zip(bias) {
-                        row.iter_mut().for_each(|y| *y += b);
+                if bias.is_some() || act != Act::Identity {
+                    for (o, row) in y.chunks_mut(pixels).enumerate() {
+                        let b = bias.map_or(0.0, |b| b[o]);
+                        with_pointwise!(act, add_bias_in_place(fma, row, b));
                     }
                 }
                 return;
@@ -94,15 +98,31 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
             for (o, row) in product.chunks(columns).enumerate() {
                 let b = bias.map_or(0.0, |b| b[o]);
                 for (i, values) in row.chunks(pixels).enumerate() {
-                    y[(i * outs + o) * pixels..][..pixels].iter_mut().zip(values).for_each(|(y, &v)| {
-                        y.write(v + b);
-                    });
+                    with_pointwise!(act, add_bias(fma, values, b, &mut y[(i * outs + o) * pixels..][..pixels]));
                 }
             }
         })
     };
     // SAFETY: `fill` writes each chunk's images in full, by the product or the scatter.
     unsafe { uninit_chunks(g.batch * outs * pixels, per_chunk * outs * pixels, fill) }
+}
+
+with_avx2! {
+    /// `act(value + bias)` for each value.
+    fn add_bias_in_place<A: Pointwise>(values: &mut [f32], bias: f32) {
+        for v in values {
+            *v = A::value(*v + bias);
+        }
+    }
+}
+
+with_avx2! {
+    /// `out = act(values + bias)`.
+    fn add_bias<A: Pointwise>(values: &[f32], bias: f32, out: &mut [MaybeUninit<f32>]) {
+        for (out, &v) in out.iter_mut().zip(values) {
+            out.write(A::value(v + bias));
+        }
+    }
 }
 
 /// The input gradient `[batch, in, height, width]` of `y = conv2d(x, weight)` from `out_grad`.
