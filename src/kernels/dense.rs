@@ -82,6 +82,7 @@ fn options(stride: [usize; 2], padding: [usize; 2]) -> ConvOptions<2> {
 /// extension macro takes, hence the four sizes.)
 #[backend_extension(Flex, Autodiff)]
 trait DenseConvBackend: Backend {
+    #[allow(clippy::too_many_arguments)]
     fn conv2d_dense(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -114,6 +115,7 @@ impl DenseConvBackend for Flex {
 }
 
 impl<C: CheckpointStrategy> DenseConvBackend for Autodiff<Flex, C> {
+    #[allow(clippy::too_many_arguments)]
     fn conv2d_dense(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
