@@ -38,36 +38,31 @@ pub fn forward(bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
     let training = device.is_autodiff() && bn.training.is_enabled();
     let ours =
         super::enabled() && x.dtype() == DType::F32 && bn.gamma.val().dtype() == DType::F32 && device.clone().inner() == Device::flex();
-    let channels = x.dims()[1];
-    if ours && !device.is_autodiff() {
-        assert_eq!(bn.gamma.dims(), [channels], "BatchNorm: input {:?} does not have {} channels", x.dims(), bn.gamma.dims()[0]);
-        // Evaluation: the same pass with the running statistics.
-        let stats = Tensor::cat(vec![bn.running_mean.value(), bn.running_var.value()], 0);
-        let output = <Dispatch as BatchNormBackend>::batch_norm_train(
-            x.into_dispatch(),
-            bn.gamma.val().into_dispatch(),
-            bn.beta.val().into_dispatch(),
-            stats.into_dispatch(),
-            bn.epsilon,
-            act,
-        );
-        return Tensor::from_dispatch(output);
-    }
-    if !(ours && training) {
+    let evaluation = !device.is_autodiff();
+    if !(ours && (training || evaluation)) {
         return act.apply(bn.forward(x));
     }
+    let channels = x.dims()[1];
     assert_eq!(bn.gamma.dims(), [channels], "BatchNorm: input {:?} does not have {} channels", x.dims(), bn.gamma.dims()[0]);
-    // The batch's mean and biased variance, outside the graph: the backward accounts for them.
-    let stats = Tensor::<1>::from_dispatch(<Dispatch as BatchStatsBackend>::batch_stats(x.clone().inner().into_dispatch()));
-    let stats = Tensor::from_inner(stats);
-    let output = <Dispatch as BatchNormBackend>::batch_norm_train(
+    // Evaluation normalizes with the running statistics; training with the batch's mean and biased
+    // variance, computed outside the graph (the backward accounts for them).
+    let stats = if evaluation {
+        Tensor::cat(vec![bn.running_mean.value(), bn.running_var.value()], 0)
+    } else {
+        let stats = Tensor::<1>::from_dispatch(<Dispatch as BatchStatsBackend>::batch_stats(x.clone().inner().into_dispatch()));
+        Tensor::from_inner(stats)
+    };
+    let output = Tensor::from_dispatch(<Dispatch as BatchNormBackend>::batch_norm_train(
         x.into_dispatch(),
         bn.gamma.val().into_dispatch(),
         bn.beta.val().into_dispatch(),
         stats.clone().into_dispatch(),
         bn.epsilon,
         act,
-    );
+    ));
+    if evaluation {
+        return output;
+    }
     // Running statistics as burn's BatchNorm keeps them.
     let (mean, variance) = (stats.clone().slice(0..channels), stats.slice(channels..2 * channels));
     let momentum = bn.momentum;
@@ -79,7 +74,7 @@ pub fn forward(bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
     // EMA, lookahead) read the stored value, so store it now.
     bn.running_mean.value_sync();
     bn.running_var.value_sync();
-    Tensor::from_dispatch(output)
+    output
 }
 
 /// The statistics of a batch as a backend operation (flex only, on tensors outside the graph).
