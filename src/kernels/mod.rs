@@ -289,43 +289,26 @@ fn fma_available() -> bool {
 fn bias_gradient(out_grad: &[f32], batch: usize, channels: usize, plane: usize) -> Vec<f32> {
     (0..channels)
         .into_par_iter()
-        .map(|c| {
-            let plane_sum = |n: usize| {
-                let (g, mut lanes) = (&out_grad[(n * channels + c) * plane..][..plane], [0f32; LANES]);
-                for (g, _) in lane_groups(g, g, [0.0; 2]) {
-                    lanes.iter_mut().zip(g).for_each(|(lane, g)| *lane += g);
-                }
-                lanes_total(&lanes)
-            };
-            (0..batch).map(plane_sum).sum::<f64>() as f32
-        })
+        .map(|c| (0..batch).map(|n| &out_grad[(n * channels + c) * plane..][..plane]).map(|p| lane_sum(p, p, |g, _| g)).sum::<f64>() as f32)
         .collect()
 }
 
-/// Values per group of f32 sums: one running sum is a chain of dependent additions, a few cycles
-/// per value; 16 apart vectorize (two AVX2 registers each) and leave registers for what is summed
-/// (an activation's derivative).
-const LANES: usize = 16;
-
-/// The equally long `a` and `b` in groups of [`LANES`] values, the last group padded with `pad`
-/// (values chosen to add nothing to the sums; planes of 16 or 49 pixels are common).
+/// `Σ f(a[i], b[i])` over two equally long runs, summed in 32 independent f32 lanes that the
+/// compiler vectorizes (one running sum is a chain of dependent additions, a few cycles per
+/// value; BatchNorm's statistics and gradient sums spent most of their time so), then in f64.
 #[inline(always)]
-fn lane_groups<'a>(a: &'a [f32], b: &'a [f32], pad: [f32; 2]) -> impl Iterator<Item = ([f32; LANES], [f32; LANES])> + 'a {
-    assert_eq!(a.len(), b.len(), "lane_groups: runs of different lengths");
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    const LANES: usize = 32;
+    assert_eq!(a.len(), b.len(), "lane_sum: runs of different lengths");
+    let mut lanes = [0f32; LANES];
+    for (a, b) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        for ((lane, &a), &b) in lanes.iter_mut().zip(a).zip(b) {
+            *lane += f(a, b);
+        }
+    }
     let full = a.len() - a.len() % LANES;
-    let rest = (full < a.len()).then(|| {
-        let (mut a_rest, mut b_rest) = ([pad[0]; LANES], [pad[1]; LANES]);
-        a_rest[..a.len() - full].copy_from_slice(&a[full..]);
-        b_rest[..a.len() - full].copy_from_slice(&b[full..]);
-        (a_rest, b_rest)
-    });
-    let groups = a[..full].chunks_exact(LANES).zip(b[..full].chunks_exact(LANES));
-    groups.map(|(a, b)| (a.try_into().unwrap(), b.try_into().unwrap())).chain(rest)
-}
-
-/// The sum of f32 lanes, in f64.
-fn lanes_total(lanes: &[f32; LANES]) -> f64 {
-    lanes.iter().map(|&lane| lane as f64).sum()
+    let rest: f64 = a[full..].iter().zip(&b[full..]).map(|(&a, &b)| f(a, b) as f64).sum();
+    lanes.iter().map(|&lane| lane as f64).sum::<f64>() + rest
 }
 
 /// Deterministic values in [-1, 1), for the kernels' tests.
