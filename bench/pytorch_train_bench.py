@@ -136,6 +136,7 @@ MODELS = {
     "mobilenet_v2": torchvision_model("mobilenet_v2"),
     "efficientnet_b0": torchvision_model("efficientnet_b0"),
     "resnet18": torchvision_model("resnet18"),
+    "resnet50": torchvision_model("resnet50"),
     "efficientnet_lite0": EfficientNetLite0,
 }
 

@@ -135,47 +135,13 @@ mod host {
         let planes = x.len() / plane;
         let mut y = vec![0f32; planes * out_plane];
         let mut at = if positions { vec![0u32; planes * out_plane] } else { Vec::new() };
-        let [[top_padding, _], [left_padding, _]] = window.padding;
-        let ([kernel_height, kernel_width], [stride_y, stride_x]) = (window.kernel, window.stride);
-        // For each window column `dc`, the outputs whose column `ox * stride_x + dc - left_padding`
-        // lies inside the plane.
-        let valid_outputs: Vec<(usize, usize)> = (0..kernel_width)
-            .map(|dc| {
-                let first = left_padding.saturating_sub(dc).div_ceil(stride_x);
-                let end = (width + left_padding).saturating_sub(dc).div_ceil(stride_x).min(out_width);
-                (first, end.max(first))
-            })
-            .collect();
         // The common 2x2, stride-2, unpadded pooling: both input rows read together, pairs of
         // columns combined in a loop the compiler vectorizes.
         let fma = fma_available();
         let halving = window == Window { kernel: [2, 2], stride: [2, 2], padding: [[0, 0], [0, 0]] };
-        // Any other window: one output row at a time, window position by window position, the loop
-        // over the row's outputs innermost.
-        let pool_plane = |x: &[f32], y: &mut [f32], at: &mut [u32]| {
-            if halving {
-                return halve_plane(fma, x, width, y, at, out_width);
-            }
-            for (oy, (y, at)) in y.chunks_mut(out_width).zip(at.chunks_mut(out_width)).enumerate() {
-                let start = (oy * stride_y) as isize - top_padding as isize;
-                let (top, bottom) = (start.max(0) as usize, ((start + kernel_height as isize) as usize).min(height));
-                y.fill(f32::NEG_INFINITY);
-                // The window's first input pixel, kept where every value is -inf.
-                at.iter_mut().enumerate().for_each(|(ox, at)| *at = (top * width + (ox * stride_x).saturating_sub(left_padding)) as u32);
-                for row in top..bottom {
-                    let x = &x[row * width..][..width];
-                    for (dc, &(first, end)) in valid_outputs.iter().enumerate() {
-                        for ox in first..end {
-                            let column = ox * stride_x + dc - left_padding;
-                            let value = x[column];
-                            // As selects: no branch to mispredict on random data.
-                            let wins = wins(value, y[ox]);
-                            y[ox] = if wins { value } else { y[ox] };
-                            at[ox] = if wins { (row * width + column) as u32 } else { at[ox] };
-                        }
-                    }
-                }
-            }
+        let pool_plane = |x: &[f32], y: &mut [f32], at: &mut [u32]| match halving {
+            true => halve_plane(fma, x, width, y, at, out_width),
+            false => pool_plane(x, [height, width], window, y, at, [out_height, out_width]),
         };
         // Several small planes per task, so that scheduling stays cheap next to the work.
         let per_task = (4096 / out_plane.max(1)).max(1);
@@ -199,6 +165,46 @@ mod host {
     #[inline(always)]
     fn wins(value: f32, best: f32) -> bool {
         value > best || (value.is_nan() && !best.is_nan())
+    }
+
+    /// Any window over one plane `x` (`[height, width]`) into `y` (`[out_height, out_width]`): each
+    /// output's window scanned row by row, its maximum kept in registers and written once (a loop
+    /// over the outputs innermost, reading and writing each output once per window position,
+    /// took a twentieth of a ResNet-18 step at 224 px in the 3x3 stem pooling).
+    fn pool_plane(
+        x: &[f32],
+        [height, width]: [usize; 2],
+        window: Window,
+        y: &mut [f32],
+        at: &mut [u32],
+        [out_height, out_width]: [usize; 2],
+    ) {
+        let [[top, _], [left, _]] = window.padding;
+        // The input range of window `o` along an axis, clipped to the plane (never empty: the
+        // padding is at most half the kernel).
+        let span = |o: usize, stride: usize, padding: usize, kernel: usize, len: usize| {
+            let start = (o * stride).saturating_sub(padding);
+            start..(o * stride + kernel - padding).min(len)
+        };
+        for oy in 0..out_height {
+            let rows = span(oy, window.stride[0], top, window.kernel[0], height);
+            let (y, at) = (&mut y[oy * out_width..][..out_width], &mut at[oy * out_width..][..out_width]);
+            for (ox, (y, at)) in y.iter_mut().zip(at.iter_mut()).enumerate() {
+                let columns = span(ox, window.stride[1], left, window.kernel[1], width);
+                // The window's first input pixel, kept where every value is -inf.
+                let (mut best, mut best_at) = (f32::NEG_INFINITY, rows.start * width + columns.start);
+                for row in rows.clone() {
+                    let x = &x[row * width..][..width];
+                    for column in columns.clone() {
+                        // As selects: no branch to mispredict on random data.
+                        let wins = wins(x[column], best);
+                        best = if wins { x[column] } else { best };
+                        best_at = if wins { row * width + column } else { best_at };
+                    }
+                }
+                (*y, *at) = (best, best_at as u32);
+            }
+        }
     }
 
     with_avx2! {
