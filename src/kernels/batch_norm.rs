@@ -179,12 +179,17 @@ impl Backward<Flex, 3> for BatchNormBackward {
 }
 
 /// The kernels on host f32 NCHW data (`plane` = height x width); `stats` is `[mean.., variance..]`.
+///
+/// Every pass walks the data in memory order, a run of whole planes per task (a loop per channel
+/// jumps a whole image between its planes, which at the 4x4 to 8x8 maps of late stages is a cache
+/// line or two per jump), and sums are kept per plane, then added image by image in order, so
+/// results do not depend on scheduling.
 mod host {
     use std::mem::MaybeUninit;
 
     use super::*;
     use crate::kernels::activation::{Pointwise, with_pointwise};
-    use crate::kernels::{fma_available, lane_sum, uninit_chunks};
+    use crate::kernels::{fma_available, lane_sums, uninit_chunks};
 
     /// One BatchNorm and the activation after it, with the batch statistics.
     pub struct Layer<'a> {
@@ -197,55 +202,93 @@ mod host {
         pub plane: usize,
     }
 
+    /// One channel of a [`Layer`]: its BatchNorm is `x * scale + shift`.
+    #[derive(Clone, Copy)]
+    struct Channel {
+        scale: f32,
+        shift: f32,
+        mean: f32,
+        inv_std: f32,
+    }
+
     impl Layer<'_> {
-        fn channels(&self) -> usize {
-            self.gamma.len()
+        fn channels(&self) -> Vec<Channel> {
+            let channels = self.gamma.len();
+            (0..channels)
+                .map(|c| {
+                    let (mean, variance) = (self.stats[c], self.stats[channels + c]);
+                    let inv_std = (1.0 / (variance as f64 + self.epsilon).sqrt()) as f32;
+                    let scale = self.gamma[c] * inv_std;
+                    Channel { scale, shift: self.beta[c] - mean * scale, mean, inv_std }
+                })
+                .collect()
         }
 
-        fn inv_std(&self, c: usize) -> f32 {
-            (1.0 / (self.stats[self.channels() + c] as f64 + self.epsilon).sqrt()) as f32
-        }
-
-        /// `(scale, shift)` of channel `c`: its BatchNorm is `x * scale + shift`.
-        fn scale_shift(&self, c: usize) -> (f32, f32) {
-            let scale = self.gamma[c] * self.inv_std(c);
-            (scale, self.beta[c] - self.stats[c] * scale)
+        /// Values per parallel task: whole images where the batch gives every thread a few, down
+        /// to single planes for small batches.
+        fn task_len(&self) -> usize {
+            let channels = self.gamma.len();
+            (self.batch * channels).div_ceil(4 * rayon::current_num_threads()).clamp(1, channels) * self.plane
         }
     }
 
-    /// Per channel: the mean, then the biased variance (two passes, sums in f64).
+    /// Per channel: the mean, then the biased variance. Each plane's mean and sum of squared
+    /// deviations are taken while it is in cache (one read of `x` from memory), and combined over
+    /// images exactly (Chan, Golub and LeVeque), in f64.
     pub fn stats(x: &[f32], batch: usize, channels: usize, plane: usize) -> Vec<f32> {
-        let count = (batch * plane) as f64;
-        let per_channel: Vec<(f32, f32)> = (0..channels)
-            .into_par_iter()
-            .map(|c| {
-                let planes = || (0..batch).map(move |n| &x[(n * channels + c) * plane..][..plane]);
-                let mean = planes().map(|p| lane_sum(p, p, |v, _| v)).sum::<f64>() / count;
+        let fma = fma_available();
+        let mut moments = vec![[0f64; 2]; batch * channels];
+        moments.par_chunks_mut(channels).zip(x.par_chunks(channels * plane)).for_each(|(moments, x)| plane_moments(fma, x, moments));
+        let at = |n: usize, c: usize| moments[n * channels + c];
+        let mean: Vec<f64> = (0..channels).map(|c| (0..batch).map(|n| at(n, c)[0]).sum::<f64>() / batch as f64).collect();
+        let variance = mean.iter().enumerate().map(|(c, &mean)| {
+            let squares = (0..batch).map(|n| at(n, c)[1] + plane as f64 * (at(n, c)[0] - mean).powi(2)).sum::<f64>();
+            (squares / (batch * plane) as f64) as f32
+        });
+        mean.iter().map(|&m| m as f32).chain(variance).collect::<Vec<_>>()
+    }
+
+    with_avx2! {
+        /// `[mean, Σ (x - mean)²]` of each plane of one image.
+        fn plane_moments(x: &[f32], moments: &mut [[f64; 2]]) {
+            let plane = x.len() / moments.len();
+            for (x, moments) in x.chunks_exact(plane).zip(moments) {
+                let mean = lane_sums(x, x, |v, _| [v, 0.0])[0] / plane as f64;
                 let m = mean as f32;
-                let variance = planes().map(|p| lane_sum(p, p, |v, _| (v - m) * (v - m))).sum::<f64>() / count;
-                (mean as f32, variance as f32)
-            })
-            .collect();
-        per_channel.iter().map(|s| s.0).chain(per_channel.iter().map(|s| s.1)).collect()
+                *moments = [mean, lane_sums(x, x, |v, _| [(v - m) * (v - m), 0.0])[0]];
+            }
+        }
     }
 
     /// `act((x - mean) / sqrt(variance + epsilon) * gamma + beta)`.
     pub fn normalize(x: &[f32], layer: &Layer) -> Vec<f32> {
         let (channels, plane, fma) = (layer.channels(), layer.plane, fma_available());
-        debug_assert_eq!(x.len(), layer.batch * channels * plane);
-        // SAFETY: each plane of y is written from the plane of x under it, value by value.
+        debug_assert_eq!(x.len(), layer.batch * channels.len() * plane);
+        let task = layer.task_len();
+        // SAFETY: each task writes its planes of y from the planes of x under them, value by value.
         unsafe {
-            uninit_chunks(x.len(), plane, |i, y| {
-                let (scale, shift) = layer.scale_shift(i % channels);
-                with_pointwise!(layer.act, normalize_plane(fma, &x[i * plane..][..plane], y, scale, shift));
+            uninit_chunks(x.len(), task, |i, y| {
+                let x = &x[i * task..][..y.len()];
+                with_pointwise!(layer.act, normalize_planes(fma, x, y, plane, &channels, i * task / plane));
             })
         }
     }
 
     with_avx2! {
-        fn normalize_plane<A: Pointwise>(x: &[f32], y: &mut [MaybeUninit<f32>], scale: f32, shift: f32) {
-            for (y, &x) in y.iter_mut().zip(x) {
-                y.write(A::value(x * scale + shift));
+        /// [`normalize`] of a run of planes, the first plane `first` of the batch.
+        fn normalize_planes<A: Pointwise>(x: &[f32], y: &mut [MaybeUninit<f32>], plane: usize, channels: &[Channel], first: usize) {
+            for (i, (y, x)) in y.chunks_exact_mut(plane).zip(x.chunks_exact(plane)).enumerate() {
+                let ch = channels[(first + i) % channels.len()];
+                let mut chunks = y.chunks_exact_mut(8);
+                for (y, x) in (&mut chunks).zip(x.chunks_exact(8)) {
+                    for i in 0..8 {
+                        y[i].write(A::value(x[i] * ch.scale + ch.shift));
+                    }
+                }
+                let done = plane - plane % 8;
+                for (y, &x) in chunks.into_remainder().iter_mut().zip(&x[done..]) {
+                    y.write(A::value(x * ch.scale + ch.shift));
+                }
             }
         }
     }
@@ -254,45 +297,33 @@ mod host {
     /// `dz` the gradient before the activation.
     pub fn gradient_sums(x: &[f32], dy: &[f32], layer: &Layer) -> (Vec<f32>, Vec<f32>) {
         let (channels, plane, fma) = (layer.channels(), layer.plane, fma_available());
-        let sums: Vec<(f32, f32)> = (0..channels)
-            .into_par_iter()
+        let mut sums = vec![[0f64; 2]; x.len() / plane];
+        let task = layer.task_len();
+        sums.par_chunks_mut(task / plane).enumerate().for_each(|(i, sums)| {
+            let (x, dy) = (&x[i * task..][..sums.len() * plane], &dy[i * task..][..sums.len() * plane]);
+            with_pointwise!(layer.act, plane_sums(fma, x, dy, sums, &channels, i * task / plane));
+        });
+        (0..channels.len())
             .map(|c| {
-                let (mean, inv_std) = (layer.stats[c], layer.inv_std(c));
-                let (scale, shift) = layer.scale_shift(c);
-                let mut sums = [0f64; 2];
-                for n in 0..layer.batch {
-                    let at = (n * channels + c) * plane;
-                    let (x, dy) = (&x[at..][..plane], &dy[at..][..plane]);
-                    with_pointwise!(layer.act, plane_sums(fma, x, dy, scale, shift, mean, &mut sums));
-                }
-                (sums[0] as f32, (sums[1] * inv_std as f64) as f32)
+                let per_image = sums[c..].iter().step_by(channels.len());
+                let [sum, dot] = per_image.fold([0f64; 2], |total, sums| [total[0] + sums[0], total[1] + sums[1]]);
+                (sum as f32, (dot * channels[c].inv_std as f64) as f32)
             })
-            .collect();
-        sums.into_iter().unzip()
+            .unzip()
     }
 
     with_avx2! {
-        /// Adds `Σ dz` and `Σ dz (x - mean)` over one plane to `sums`, `dz = act'(x scale + shift) dy`,
-        /// summed as `lane_sum` does.
-        fn plane_sums<A: Pointwise>(x: &[f32], dy: &[f32], scale: f32, shift: f32, mean: f32, sums: &mut [f64; 2]) {
-            const LANES: usize = 32;
-            let (mut sum, mut dot) = ([0f32; LANES], [0f32; LANES]);
-            for (x, dy) in x.chunks_exact(LANES).zip(dy.chunks_exact(LANES)) {
-                for i in 0..LANES {
-                    let dz = A::gradient(x[i] * scale + shift, dy[i]);
-                    sum[i] += dz;
-                    dot[i] += dz * (x[i] - mean);
-                }
+        /// `[Σ dz, Σ dz (x - mean)]` of each plane of a run of planes, the first plane `first` of
+        /// the batch; `dz = act'(x scale + shift) dy`.
+        fn plane_sums<A: Pointwise>(x: &[f32], dy: &[f32], sums: &mut [[f64; 2]], channels: &[Channel], first: usize) {
+            let plane = x.len() / sums.len();
+            for ((i, sums), (x, dy)) in sums.iter_mut().enumerate().zip(x.chunks_exact(plane).zip(dy.chunks_exact(plane))) {
+                let ch = channels[(first + i) % channels.len()];
+                *sums = lane_sums(x, dy, |x, dy| {
+                    let dz = A::gradient(x * ch.scale + ch.shift, dy);
+                    [dz, dz * (x - ch.mean)]
+                });
             }
-            let full = x.len() - x.len() % LANES;
-            let (mut sum_rest, mut dot_rest) = (0f64, 0f64);
-            for (&x, &dy) in x[full..].iter().zip(&dy[full..]) {
-                let dz = A::gradient(x * scale + shift, dy);
-                sum_rest += dz as f64;
-                dot_rest += (dz * (x - mean)) as f64;
-            }
-            sums[0] += sum.iter().map(|&lane| lane as f64).sum::<f64>() + sum_rest;
-            sums[1] += dot.iter().map(|&lane| lane as f64).sum::<f64>() + dot_rest;
         }
     }
 
@@ -300,34 +331,52 @@ mod host {
     pub fn input_gradient(x: &[f32], dy: &[f32], layer: &Layer, sum_dy: &[f32], sum_dy_xhat: &[f32]) -> Vec<f32> {
         let (channels, plane, fma) = (layer.channels(), layer.plane, fma_available());
         let count = (layer.batch * plane) as f32;
-        // SAFETY: each plane of dx is written value by value from the planes of dy and x under it.
+        let means: Vec<[f32; 2]> = sum_dy.iter().zip(sum_dy_xhat).map(|(&sum, &dot)| [sum / count, dot / count]).collect();
+        let task = layer.task_len();
+        // SAFETY: each task writes its planes of dx value by value from the planes of dy and x
+        // under them.
         unsafe {
-            uninit_chunks(x.len(), plane, |i, dx| {
-                let c = i % channels;
-                let (mean, inv_std) = (layer.stats[c], layer.inv_std(c));
-                let (scale, shift) = layer.scale_shift(c);
-                let means = [sum_dy[c] / count, sum_dy_xhat[c] / count];
-                let at = i * plane;
-                let (x, dy) = (&x[at..][..plane], &dy[at..][..plane]);
-                with_pointwise!(layer.act, input_gradient_plane(fma, x, dy, dx, [scale, shift, mean, inv_std], means));
+            uninit_chunks(x.len(), task, |i, dx| {
+                let (x, dy) = (&x[i * task..][..dx.len()], &dy[i * task..][..dx.len()]);
+                with_pointwise!(layer.act, input_gradient_planes(fma, x, dy, dx, plane, &channels, &means, i * task / plane));
             })
         }
     }
 
+    /// One value of [`input_gradient`]; inline, so that it compiles for the caller's target
+    /// features (a closure was compiled on its own, for the baseline CPU).
+    #[inline(always)]
+    fn input_gradient_value<A: Pointwise>(x: f32, dy: f32, ch: Channel, [mean_dz, mean_dz_xhat]: [f32; 2]) -> f32 {
+        let dz = A::gradient(x * ch.scale + ch.shift, dy);
+        ch.scale * (dz - mean_dz - (x - ch.mean) * ch.inv_std * mean_dz_xhat)
+    }
+
     with_avx2! {
-        /// One plane of [`input_gradient`]; `channel` is `[scale, shift, mean, 1 / σ]`, `means`
-        /// `[Σdz / M, Σ(dz x̂) / M]`.
-        fn input_gradient_plane<A: Pointwise>(
+        /// [`input_gradient`] of a run of planes, the first plane `first` of the batch; `means`
+        /// holds `[Σdz / M, Σ(dz x̂) / M]` per channel.
+        fn input_gradient_planes<A: Pointwise>(
             x: &[f32],
             dy: &[f32],
             dx: &mut [MaybeUninit<f32>],
-            channel: [f32; 4],
-            means: [f32; 2],
+            plane: usize,
+            channels: &[Channel],
+            means: &[[f32; 2]],
+            first: usize,
         ) {
-            let ([scale, shift, mean, inv_std], [mean_dz, mean_dz_xhat]) = (channel, means);
-            for ((dx, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
-                let dz = A::gradient(v * scale + shift, g);
-                dx.write(scale * (dz - mean_dz - (v - mean) * inv_std * mean_dz_xhat));
+            let planes = dx.chunks_exact_mut(plane).zip(x.chunks_exact(plane).zip(dy.chunks_exact(plane)));
+            for (i, (dx, (x, dy))) in planes.enumerate() {
+                let c = (first + i) % channels.len();
+                let (ch, means) = (channels[c], means[c]);
+                let mut chunks = dx.chunks_exact_mut(8);
+                for ((dx, x), dy) in (&mut chunks).zip(x.chunks_exact(8)).zip(dy.chunks_exact(8)) {
+                    for i in 0..8 {
+                        dx[i].write(input_gradient_value::<A>(x[i], dy[i], ch, means));
+                    }
+                }
+                let done = plane - plane % 8;
+                for ((dx, &x), &dy) in chunks.into_remainder().iter_mut().zip(&x[done..]).zip(&dy[done..]) {
+                    dx.write(input_gradient_value::<A>(x, dy, ch, means));
+                }
             }
         }
     }

@@ -289,26 +289,42 @@ fn fma_available() -> bool {
 fn bias_gradient(out_grad: &[f32], batch: usize, channels: usize, plane: usize) -> Vec<f32> {
     (0..channels)
         .into_par_iter()
-        .map(|c| (0..batch).map(|n| &out_grad[(n * channels + c) * plane..][..plane]).map(|p| lane_sum(p, p, |g, _| g)).sum::<f64>() as f32)
+        .map(|c| (0..batch).map(|n| &out_grad[(n * channels + c) * plane..][..plane]).map(|p| lane_sums(p, p, |g, _| [g, 0.0])[0]).sum::<f64>() as f32)
         .collect()
 }
 
-/// `Σ f(a[i], b[i])` over two equally long runs, summed in 32 independent f32 lanes that the
-/// compiler vectorizes (one running sum is a chain of dependent additions, a few cycles per
-/// value; BatchNorm's statistics and gradient sums spent most of their time so), then in f64.
+/// `Σ f(a[i], b[i])` (two sums at once) over two equally long runs, summed in 32 independent f32
+/// lanes that the compiler vectorizes, then 8 for the rest (short planes: the 4x4 maps of late
+/// stages), then one by one, and added in f64 (one running sum is a chain of dependent additions,
+/// a few cycles per value; BatchNorm's statistics and gradient sums spent most of their time so).
 #[inline(always)]
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
-    const LANES: usize = 32;
-    assert_eq!(a.len(), b.len(), "lane_sum: runs of different lengths");
-    let mut lanes = [0f32; LANES];
+fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f32; 2]) -> [f64; 2] {
+    assert_eq!(a.len(), b.len(), "lane_sums: runs of different lengths");
+    let mut total = [0f64; 2];
+    let done = lanes_sums::<32>(a, b, &f, &mut total);
+    let done = done + lanes_sums::<8>(&a[done..], &b[done..], &f, &mut total);
+    for (&a, &b) in a[done..].iter().zip(&b[done..]) {
+        let [first, second] = f(a, b);
+        total = [total[0] + first as f64, total[1] + second as f64];
+    }
+    total
+}
+
+/// The `LANES`-wide stage of [`lane_sums`]: adds the sums of the first whole `LANES`-long chunks
+/// to `total` and says how many values that took.
+#[inline(always)]
+fn lanes_sums<const LANES: usize>(a: &[f32], b: &[f32], f: &impl Fn(f32, f32) -> [f32; 2], total: &mut [f64; 2]) -> usize {
+    let (mut first, mut second) = ([0f32; LANES], [0f32; LANES]);
     for (a, b) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
-        for ((lane, &a), &b) in lanes.iter_mut().zip(a).zip(b) {
-            *lane += f(a, b);
+        for i in 0..LANES {
+            let [x, y] = f(a[i], b[i]);
+            first[i] += x;
+            second[i] += y;
         }
     }
-    let full = a.len() - a.len() % LANES;
-    let rest: f64 = a[full..].iter().zip(&b[full..]).map(|(&a, &b)| f(a, b) as f64).sum();
-    lanes.iter().map(|&lane| lane as f64).sum::<f64>() + rest
+    total[0] += first.iter().map(|&lane| lane as f64).sum::<f64>();
+    total[1] += second.iter().map(|&lane| lane as f64).sum::<f64>();
+    a.len() - a.len() % LANES
 }
 
 /// Deterministic values in [-1, 1), for the kernels' tests.
