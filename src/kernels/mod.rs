@@ -289,7 +289,10 @@ fn fma_available() -> bool {
 fn bias_gradient(out_grad: &[f32], batch: usize, channels: usize, plane: usize) -> Vec<f32> {
     (0..channels)
         .into_par_iter()
-        .map(|c| (0..batch).map(|n| &out_grad[(n * channels + c) * plane..][..plane]).map(|p| lane_sums(p, p, |g, _| [g, 0.0])[0]).sum::<f64>() as f32)
+        .map(|c| {
+            (0..batch).map(|n| &out_grad[(n * channels + c) * plane..][..plane]).map(|p| lane_sums(p, p, |g, _| [g, 0.0])[0]).sum::<f64>()
+                as f32
+        })
         .collect()
 }
 
