@@ -390,12 +390,13 @@ mod tests {
     use super::*;
 
     /// Ours, the activation fused in, against burn's BatchNorm followed by the activation on its
-    /// own; planes shorter and longer than the summing lanes, a one-pixel plane.
+    /// own; planes shorter and longer than the summing lanes (32, then 8), a one-pixel plane,
+    /// parallel tasks of whole images and of single planes.
     #[test]
     fn output_gradients_and_running_statistics_equal_burns_batch_norm() {
         let device = Device::flex().autodiff();
         device.seed(3);
-        let shapes = [[4, 3, 5, 7], [2, 16, 8, 8], [1, 5, 1, 1], [3, 2, 9, 11]];
+        let shapes = [[4, 3, 5, 7], [2, 16, 8, 8], [1, 5, 1, 1], [3, 2, 9, 11], [5, 3, 4, 4], [2, 4, 5, 9]];
         let acts = [Act::Identity, Act::Relu, Act::Relu6, Act::Silu, Act::Gelu];
         for ([batch, channels, height, width], act) in shapes.into_iter().flat_map(|shape| acts.map(|act| (shape, act))) {
             let x = Tensor::<4>::random([batch, channels, height, width], Distribution::Normal(2.0, 3.0), &device);
@@ -421,6 +422,24 @@ mod tests {
             for (ours, burn) in ours.iter().zip(&burn) {
                 ours.assert_approx_eq::<f32>(burn, Tolerance::<f32>::rel_abs(1e-4, 1e-4));
             }
+        }
+    }
+
+    /// The batch statistics of values far from 0 with a small spread (where one-pass sums of
+    /// squares lose the variance) equal a two-pass f64 reference, per channel.
+    #[test]
+    fn statistics_keep_a_small_variance_far_from_zero() {
+        let [batch, channels, plane] = [3, 4, 37];
+        let noise = crate::kernels::test_values(batch * channels * plane, 5);
+        let x: Vec<f32> = noise.iter().enumerate().map(|(i, v)| 1.0e4 * (1 + (i / plane) % channels) as f32 + v).collect();
+        let stats = host::stats(&x, batch, channels, plane);
+        for c in 0..channels {
+            let values: Vec<f64> = (0..batch).flat_map(|n| &x[(n * channels + c) * plane..][..plane]).map(|&v| v as f64).collect();
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
+            assert!((stats[c] as f64 - mean).abs() <= 1e-6 * mean, "channel {c}: mean {} against {mean}", stats[c]);
+            let got = stats[channels + c] as f64;
+            assert!((got - variance).abs() <= 1e-4 * variance, "channel {c}: variance {got} against {variance}");
         }
     }
 
