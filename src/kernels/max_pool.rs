@@ -139,9 +139,11 @@ mod host {
         // columns combined in a loop the compiler vectorizes.
         let fma = fma_available();
         let halving = window == Window { kernel: [2, 2], stride: [2, 2], padding: [[0, 0], [0, 0]] };
-        let pool_one = |x: &[f32], y: &mut [f32], at: &mut [u32]| match halving {
-            true => halve_plane(fma, x, width, y, at, out_width),
-            false => pool_plane(x, [height, width], window, y, at, [out_height, out_width]),
+        let stem = window == Window { kernel: [3, 3], stride: [2, 2], padding: [[1, 1], [1, 1]] };
+        let pool_one = |x: &[f32], y: &mut [f32], at: &mut [u32]| match (halving, stem) {
+            (true, _) => halve_plane(fma, x, width, y, at, out_width),
+            (_, true) => stem_pool_plane(fma, x, [height, width], y, at, [out_height, out_width]),
+            _ => pool_plane(x, [height, width], window, y, at, [out_height, out_width]),
         };
         // Several small planes per task, so that scheduling stays cheap next to the work.
         let per_task = (4096 / out_plane.max(1)).max(1);
@@ -170,7 +172,7 @@ mod host {
     /// Any window over one plane `x` (`[height, width]`) into `y` (`[out_height, out_width]`): each
     /// output's window scanned row by row, its maximum kept in registers and written once (not
     /// read and written again at every window position).
-    fn pool_plane(
+    pub(super) fn pool_plane(
         x: &[f32],
         [height, width]: [usize; 2],
         window: Window,
@@ -221,6 +223,64 @@ mod host {
                         best_at = if wins { position } else { best_at };
                     }
                     (*y, *at) = (best, best_at);
+                }
+            }
+        }
+    }
+
+    with_avx2! {
+        /// ResNet's stem pooling (3x3 windows, stride 2, one pixel of padding) of one plane, in two
+        /// steps that vectorize: each input row's maxima over its column triples, from the row's
+        /// odd and even columns split apart (so the triples are contiguous), then each output's
+        /// maximum over three of those rows. Rows in order, and columns in order within a row,
+        /// keep the first of equal values (and the first NaN), as the row-major scan does.
+        fn stem_pool_plane(x: &[f32], hw: [usize; 2], y: &mut [f32], at: &mut [u32], out_hw: [usize; 2]) {
+            let ([height, width], [out_height, out_width]) = (hw, out_hw);
+            // Row r's triple ox is (left[ox], center[ox], left[ox + 1]) at columns 2 ox - 1, 2 ox,
+            // 2 ox + 1; left[0] and a left[out_width] past the row's end are padding.
+            let mut left = vec![f32::NEG_INFINITY; out_width + 1];
+            let mut center = vec![0f32; out_width];
+            let (mut row_max, mut row_at) = (vec![0f32; height * out_width], vec![0u32; height * out_width]);
+            for r in 0..height {
+                let row = &x[r * width..][..width];
+                for (ox, center) in center.iter_mut().enumerate() {
+                    *center = row[2 * ox];
+                }
+                for (ox, left) in left[1..=width / 2].iter_mut().enumerate() {
+                    *left = row[2 * ox + 1];
+                }
+                let best = row_max[r * out_width..][..out_width].iter_mut().zip(&mut row_at[r * out_width..][..out_width]);
+                let triples = center.iter().zip(&left[..out_width]).zip(&left[1..]);
+                for (ox, ((best, best_at), ((&center, &left), &right))) in best.zip(triples).enumerate() {
+                    let column = 2 * ox as u32;
+                    let (mut max, mut max_at) = (left, column.wrapping_sub(1));
+                    for (value, position) in [(center, column), (right, column + 1)] {
+                        let wins = wins(value, max);
+                        max = if wins { value } else { max };
+                        max_at = if wins { position } else { max_at };
+                    }
+                    (*best, *best_at) = (max, max_at);
+                }
+                // The first triple's left column is padding: where nothing beat it (all -inf), the
+                // maximum is the first pixel.
+                if row_at[r * out_width] == u32::MAX {
+                    row_at[r * out_width] = 0;
+                }
+            }
+            for oy in 0..out_height {
+                let rows = (2 * oy).saturating_sub(1)..(2 * oy + 2).min(height);
+                let (y, at) = (&mut y[oy * out_width..][..out_width], &mut at[oy * out_width..][..out_width]);
+                let first = rows.start;
+                for ((y, at), (&value, &column)) in y.iter_mut().zip(at.iter_mut()).zip(row_max[first * out_width..][..out_width].iter().zip(&row_at[first * out_width..])) {
+                    (*y, *at) = (value, (first * width) as u32 + column);
+                }
+                for r in rows.skip(1) {
+                    let (values, columns) = (&row_max[r * out_width..][..out_width], &row_at[r * out_width..][..out_width]);
+                    for ((y, at), (&value, &column)) in y.iter_mut().zip(at.iter_mut()).zip(values.iter().zip(columns)) {
+                        let wins = wins(value, *y);
+                        *y = if wins { value } else { *y };
+                        *at = if wins { (r * width) as u32 + column } else { *at };
+                    }
                 }
             }
         }
@@ -306,5 +366,24 @@ mod tests {
         let (y, at) = host::forward(&x, [2, 4], window, true);
         assert!(y[0].is_nan() && y[1..] == [2.0, 3.0, 3.0], "{y:?}");
         assert_eq!(at.unwrap(), [1, 3, 4, 6]);
+    }
+
+    /// The stem pooling's two separable steps give the row-major scan's maxima and positions on
+    /// values full of ties, NaNs and -inf (also in whole windows), odd and even sides.
+    #[test]
+    fn stem_pooling_equals_the_window_by_window_scan() {
+        let window = Window { kernel: [3, 3], stride: [2, 2], padding: [[1, 1], [1, 1]] };
+        let levels = [f32::NEG_INFINITY, f32::NEG_INFINITY, -1.0, 0.0, 0.0, 2.0, f32::NAN];
+        for (seed, [height, width]) in [[1, 1], [1, 2], [2, 1], [3, 3], [4, 6], [7, 5], [9, 10], [12, 13]].into_iter().enumerate() {
+            let x: Vec<f32> =
+                crate::kernels::test_values(height * width, seed as u64).iter().map(|v| levels[((v + 1.0) * 3.5) as usize % 7]).collect();
+            let (y, at) = host::forward(&x, [height, width], window, true);
+            let [out_height, out_width] = window.output([height, width]);
+            let (mut expected, mut expected_at) = (vec![0f32; out_height * out_width], vec![0u32; out_height * out_width]);
+            host::pool_plane(&x, [height, width], window, &mut expected, &mut expected_at, [out_height, out_width]);
+            let same = |a: f32, b: f32| a == b || (a.is_nan() && b.is_nan());
+            assert!(y.iter().zip(&expected).all(|(&a, &b)| same(a, b)), "{height}x{width}: {y:?} against {expected:?}");
+            assert_eq!(at.unwrap(), expected_at, "{height}x{width}: positions");
+        }
     }
 }
