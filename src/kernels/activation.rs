@@ -316,7 +316,7 @@ impl Pointwise for Silu {
 }
 
 with_avx2! {
-    fn forward<A: Pointwise>(x: &[f32], out: &mut [MaybeUninit<f32>]) {
+    avx512 fn forward<A: Pointwise>(x: &[f32], out: &mut [MaybeUninit<f32>]) {
         for (out, &x) in out.iter_mut().zip(x) {
             out.write(A::value(x));
         }
@@ -324,7 +324,7 @@ with_avx2! {
 }
 
 with_avx2! {
-    fn backward<A: Pointwise>(x: &[f32], g: &[f32], out: &mut [MaybeUninit<f32>]) {
+    avx512 fn backward<A: Pointwise>(x: &[f32], g: &[f32], out: &mut [MaybeUninit<f32>]) {
         for ((out, &x), &g) in out.iter_mut().zip(x).zip(g) {
             out.write(A::gradient(x, g));
         }

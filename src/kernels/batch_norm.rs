@@ -250,7 +250,7 @@ mod host {
 
     with_avx2! {
         /// `[mean, Σ (x - mean)²]` of each plane of one image.
-        fn plane_moments(x: &[f32], moments: &mut [[f64; 2]]) {
+        avx512 fn plane_moments(x: &[f32], moments: &mut [[f64; 2]]) {
             let plane = x.len() / moments.len();
             for (x, moments) in x.chunks_exact(plane).zip(moments) {
                 let mean = lane_sums(x, x, |v, _| [v, 0.0])[0] / plane as f64;
@@ -276,7 +276,7 @@ mod host {
 
     with_avx2! {
         /// [`normalize`] of a run of planes, the first plane `first` of the batch.
-        fn normalize_planes<A: Pointwise>(x: &[f32], y: &mut [MaybeUninit<f32>], plane: usize, channels: &[Channel], first: usize) {
+        avx512 fn normalize_planes<A: Pointwise>(x: &[f32], y: &mut [MaybeUninit<f32>], plane: usize, channels: &[Channel], first: usize) {
             for (i, (y, x)) in y.chunks_exact_mut(plane).zip(x.chunks_exact(plane)).enumerate() {
                 let ch = channels[(first + i) % channels.len()];
                 let mut chunks = y.chunks_exact_mut(8);
@@ -315,7 +315,7 @@ mod host {
     with_avx2! {
         /// `[Σ dz, Σ dz (x - mean)]` of each plane of a run of planes, the first plane `first` of
         /// the batch; `dz = act'(x scale + shift) dy`.
-        fn plane_sums<A: Pointwise>(x: &[f32], dy: &[f32], sums: &mut [[f64; 2]], channels: &[Channel], first: usize) {
+        avx512 fn plane_sums<A: Pointwise>(x: &[f32], dy: &[f32], sums: &mut [[f64; 2]], channels: &[Channel], first: usize) {
             let plane = x.len() / sums.len();
             for ((i, sums), (x, dy)) in sums.iter_mut().enumerate().zip(x.chunks_exact(plane).zip(dy.chunks_exact(plane))) {
                 let ch = channels[(first + i) % channels.len()];
@@ -354,7 +354,7 @@ mod host {
     with_avx2! {
         /// [`input_gradient`] of a run of planes, the first plane `first` of the batch; `means`
         /// holds `[Σdz / M, Σ(dz x̂) / M]` per channel.
-        fn input_gradient_planes<A: Pointwise>(
+        avx512 fn input_gradient_planes<A: Pointwise>(
             x: &[f32],
             dy: &[f32],
             dx: &mut [MaybeUninit<f32>],

@@ -109,7 +109,7 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, act: Act, g: &Ge
 
 with_avx2! {
     /// `act(value + bias)` for each value.
-    fn add_bias_in_place<A: Pointwise>(values: &mut [f32], bias: f32) {
+    avx512 fn add_bias_in_place<A: Pointwise>(values: &mut [f32], bias: f32) {
         for v in values {
             *v = A::value(*v + bias);
         }
@@ -118,7 +118,7 @@ with_avx2! {
 
 with_avx2! {
     /// `out = act(values + bias)`.
-    fn add_bias<A: Pointwise>(values: &[f32], bias: f32, out: &mut [MaybeUninit<f32>]) {
+    avx512 fn add_bias<A: Pointwise>(values: &[f32], bias: f32, out: &mut [MaybeUninit<f32>]) {
         for (out, &v) in out.iter_mut().zip(values) {
             out.write(A::value(v + bias));
         }
