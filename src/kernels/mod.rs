@@ -13,7 +13,13 @@
 /// for the element-wise activation loops (SiLU's `exp`), 16 lanes instead of 8. Not for every
 /// kernel: the Winograd transforms, in 8-lane registers by design, ran slower so.
 macro_rules! with_avx2 {
-    ($(#[$meta:meta])* avx512 fn $name:ident$(<$t:ident: $bound:path>)?($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* avx512 fn $($rest:tt)*) => {
+        with_avx2! { @levels true, $(#[$meta])* fn $($rest)* }
+    };
+    ($(#[$meta:meta])* fn $($rest:tt)*) => {
+        with_avx2! { @levels false, $(#[$meta])* fn $($rest)* }
+    };
+    (@levels $avx512:expr, $(#[$meta:meta])* fn $name:ident$(<$t:ident: $bound:path>)?($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
         #[allow(clippy::too_many_arguments)]
         fn $name$(<$t: $bound>)?(fma: bool, $($arg: $ty),*) {
@@ -25,29 +31,10 @@ macro_rules! with_avx2 {
                 body$(::<$t>)?($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
-            if fma && $crate::kernels::avx512_available() {
+            if $avx512 && fma && $crate::kernels::avx512_available() {
                 // SAFETY: the CPU has AVX-512 F/VL/BW/DQ (and AVX2 and FMA: `fma`).
                 return unsafe { body_avx512$(::<$t>)?($($arg),*) };
             }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            fn body_avx2$(<$t: $bound>)?($($arg: $ty),*) {
-                body$(::<$t>)?($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            if fma {
-                // SAFETY: `fma` comes from `fma_available`: the CPU has AVX2 and FMA.
-                return unsafe { body_avx2$(::<$t>)?($($arg),*) };
-            }
-            body$(::<$t>)?($($arg),*)
-        }
-    };
-    ($(#[$meta:meta])* fn $name:ident$(<$t:ident: $bound:path>)?($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$meta])*
-        #[allow(clippy::too_many_arguments)]
-        fn $name$(<$t: $bound>)?(fma: bool, $($arg: $ty),*) {
-            #[inline(always)]
-            fn body$(<$t: $bound>)?($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             fn body_avx2$(<$t: $bound>)?($($arg: $ty),*) {
