@@ -199,9 +199,9 @@ mod vulkan_tests {
     /// residual additions, and for the depthwise and squeeze-excite families: no further apart than
     /// flex is from itself when each pixel moves by up to one part in 10^5 (the reach of float
     /// rounding in that network; a random factor per pixel, since scaling all the pixels alike is
-    /// undone by the first BatchNorm), times 10. Logits and gradients are always compared; the third step's logits
-    /// where that reach is small (MobileNetV2 at batch 8 amplifies it to tens of percent in three
-    /// steps, on flex alone, so there they would compare nothing).
+    /// undone by the first BatchNorm), times 10. Logits and gradients are always compared; the
+    /// third step's logits where that reach is small (MobileNetV2 at batch 8 amplifies it to tens
+    /// of percent in three steps, on flex alone, so there they would compare nothing).
     #[test]
     fn training_steps_on_vulkan_match_flex() {
         let flex = Device::flex().autodiff();
