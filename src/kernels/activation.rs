@@ -224,7 +224,7 @@ fn cdf_and_density(x: f32) -> (f32, f32) {
 /// `sigmoid(x)` from `e = exp(-|x|)`, which never overflows: `1 / (1 + e)` for `x >= 0`, else
 /// `e / (1 + e)` (not `1 - 1 / (1 + e)`, which would round the far negative tail to 0).
 #[inline(always)]
-fn sigmoid(x: f32) -> f32 {
+pub(super) fn sigmoid(x: f32) -> f32 {
     let e = exp_non_positive(-x.abs());
     let numerator = if x >= 0.0 { 1.0 } else { e };
     numerator / (1.0 + e)

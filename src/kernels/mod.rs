@@ -80,6 +80,7 @@ pub mod dense;
 pub mod depthwise;
 pub mod max_pool;
 pub mod sgd;
+pub mod squeeze_excite;
 pub mod winograd;
 
 use std::cell::RefCell;

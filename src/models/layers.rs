@@ -17,6 +17,7 @@ pub use crate::kernels::activation::Act;
 use crate::kernels::dense::conv2d_dense_act;
 use crate::kernels::depthwise::depthwise_conv2d;
 use crate::kernels::max_pool;
+use crate::kernels::squeeze_excite;
 use crate::kernels::winograd::{self, conv3x3};
 
 /// How convolution and linear weights are initialized (PyTorch's `torch.nn.init` names).
@@ -534,6 +535,10 @@ impl SqueezeExcite {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        // One fused operation where our kernel applies and no trace wants the layers one by one.
+        if !trace::is_tracing() && squeeze_excite::applies(&x, &self.reduce, &self.expand) {
+            return squeeze_excite::squeeze_excite(x, &self.reduce, &self.expand, self.act);
+        }
         let scale = x.clone().mean_dim(2).mean_dim(3);
         let scale = sigmoid(trace::conv2d(&self.expand, self.act.apply(trace::conv2d(&self.reduce, scale))));
         trace::gate(x, scale)

@@ -244,7 +244,7 @@ pub fn gate(x: Tensor<4>, gates: Tensor<4>) -> Tensor<4> {
     node(NodeKind::Gate, vec![x.clone(), gates.clone()], x * gates)
 }
 
-fn is_tracing() -> bool {
+pub(crate) fn is_tracing() -> bool {
     RECORDER.with(|r| r.borrow().is_some())
 }
 
