@@ -206,5 +206,8 @@ mod tests {
         check([40, 4, 6, 5, 5], [1, 1], [1, 1], [0, 0], true, &device);
         check([2, 3, 4, 15, 13], [7, 7], [2, 2], [3, 3], false, &device);
         check([2, 5, 3, 9, 8], [3, 5], [1, 2], [1, 2], true, &device);
+        // Padding wider than the kernel reach on some columns, stride 1 and 3.
+        check([3, 2, 3, 6, 7], [3, 3], [1, 1], [2, 2], false, &device);
+        check([2, 2, 3, 7, 8], [1, 3], [1, 3], [0, 2], true, &device);
     }
 }

@@ -159,6 +159,18 @@ pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32
             }
             let dcols = sized(dcols, filter * columns);
             multiply(dcols.as_mut_ptr());
+            // [in][image, pixel] -> [image][in][pixel]: a pointwise convolution's pixels map one
+            // to one.
+            if g.is_pointwise() {
+                for (c, row) in dcols.chunks(columns).enumerate() {
+                    for (i, values) in row.chunks(pixels).enumerate() {
+                        for (dx, &value) in dx[(i * g.in_channels + c) * pixels..][..pixels].iter_mut().zip(values) {
+                            dx.write(value);
+                        }
+                    }
+                }
+                return;
+            }
             dx.iter_mut().for_each(|dx| {
                 dx.write(0.0);
             });
@@ -166,7 +178,8 @@ pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32
             col2im(dcols, g, images.len(), unsafe { assume_written(dx) });
         })
     };
-    // SAFETY: `fill` writes each chunk in full, by the product or by zeros and col2im.
+    // SAFETY: `fill` writes each chunk in full: by the product, the pointwise scatter, or zeros and
+    // col2im.
     unsafe { uninit_chunks(g.batch * image_len, per_chunk * image_len, fill) }
 }
 
@@ -231,6 +244,7 @@ fn im2col<'a>(x: &'a [f32], g: &Geometry, images: std::ops::Range<usize>, cols: 
     let (out_height, out_width) = (g.out_height(), g.out_width());
     let pixels = out_height * out_width;
     let columns = images.len() * pixels;
+    let plane_len = g.height * g.width;
     if images.len() == 1 && g.is_pointwise() {
         return &x[images.start * g.in_channels * pixels..][..g.in_channels * pixels];
     }
@@ -238,8 +252,13 @@ fn im2col<'a>(x: &'a [f32], g: &Geometry, images: std::ops::Range<usize>, cols: 
     let cols = sized(cols, g.filter_len() * columns);
     for (r, row) in cols.chunks_mut(columns).enumerate() {
         let (c, ky, kx) = (r / (kh * kw), r / kw % kh, r % kw);
+        let (first, end) = inside_columns(g, kx);
         for (i, n) in images.clone().enumerate() {
-            let plane = &x[(n * g.in_channels + c) * g.height * g.width..][..g.height * g.width];
+            let plane = &x[(n * g.in_channels + c) * plane_len..][..plane_len];
+            if g.is_pointwise() {
+                row[i * pixels..][..pixels].copy_from_slice(plane);
+                continue;
+            }
             for oy in 0..out_height {
                 let target = &mut row[i * pixels + oy * out_width..][..out_width];
                 let y = (oy * sy + ky) as isize - py as isize;
@@ -247,15 +266,28 @@ fn im2col<'a>(x: &'a [f32], g: &Geometry, images: std::ops::Range<usize>, cols: 
                     target.fill(0.0);
                     continue;
                 }
-                let source = &plane[y as usize * g.width..][..g.width];
-                for (ox, value) in target.iter_mut().enumerate() {
-                    let x = (ox * sx + kx) as isize - px as isize;
-                    *value = if x < 0 || x >= g.width as isize { 0.0 } else { source[x as usize] };
+                target[..first].fill(0.0);
+                target[end..].fill(0.0);
+                if first == end {
+                    continue;
+                }
+                let source = &plane[y as usize * g.width + first * sx + kx - px..];
+                for (value, &source) in target[first..end].iter_mut().zip(source.iter().step_by(sx)) {
+                    *value = source;
                 }
             }
         }
     }
     cols
+}
+
+/// The output columns `first..end` whose input column `ox * sx + kx - px` lies inside the input,
+/// for the kernel column `kx` (the others read the zero padding).
+fn inside_columns(g: &Geometry, kx: usize) -> (usize, usize) {
+    let ([sx], [px]) = ([g.stride[1]], [g.padding[1]]);
+    let first = px.saturating_sub(kx).div_ceil(sx);
+    let end = (g.width + px).saturating_sub(kx).div_ceil(sx).min(g.out_width());
+    (first.min(end), end)
 }
 
 /// Adds `dcols` (`[in, ky, kx][image, pixel]` of `images` images) onto the pixels of `dx`
@@ -266,19 +298,18 @@ fn col2im(dcols: &[f32], g: &Geometry, images: usize, dx: &mut [f32]) {
     let ([kh, kw], [sy, sx], [py, px]) = (g.kernel, g.stride, g.padding);
     for (r, row) in dcols.chunks(images * pixels).enumerate() {
         let (c, ky, kx) = (r / (kh * kw), r / kw % kh, r % kw);
+        let (first, end) = inside_columns(g, kx);
         for i in 0..images {
             let plane = &mut dx[(i * g.in_channels + c) * g.height * g.width..][..g.height * g.width];
             for oy in 0..out_height {
                 let y = (oy * sy + ky) as isize - py as isize;
-                if y < 0 || y >= g.height as isize {
+                if y < 0 || y >= g.height as isize || first == end {
                     continue;
                 }
-                let target = &mut plane[y as usize * g.width..][..g.width];
-                for (ox, &value) in row[i * pixels + oy * out_width..][..out_width].iter().enumerate() {
-                    let x = (ox * sx + kx) as isize - px as isize;
-                    if x >= 0 && x < g.width as isize {
-                        target[x as usize] += value;
-                    }
+                let target = &mut plane[y as usize * g.width + first * sx + kx - px..];
+                let values = &row[i * pixels + oy * out_width..][first..end];
+                for (target, &value) in target.iter_mut().step_by(sx).zip(values) {
+                    *target += value;
                 }
             }
         }
