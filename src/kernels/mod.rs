@@ -350,6 +350,10 @@ fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f32; 2]) -> [f64; 2]
 /// to `total` and says how many values that took.
 #[inline(always)]
 fn lanes_sums<const LANES: usize>(a: &[f32], b: &[f32], f: &impl Fn(f32, f32) -> [f32; 2], total: &mut [f64; 2]) -> usize {
+    // Short runs (the 4x4 planes of late stages) skip the stage and its final additions.
+    if a.len() < LANES {
+        return 0;
+    }
     let (mut first, mut second) = ([0f32; LANES], [0f32; LANES]);
     for (a, b) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
         for i in 0..LANES {
@@ -358,9 +362,25 @@ fn lanes_sums<const LANES: usize>(a: &[f32], b: &[f32], f: &impl Fn(f32, f32) ->
             second[i] += y;
         }
     }
-    total[0] += first.iter().map(|&lane| lane as f64).sum::<f64>();
-    total[1] += second.iter().map(|&lane| lane as f64).sum::<f64>();
+    total[0] += fold_lanes(first);
+    total[1] += fold_lanes(second);
     a.len() - a.len() % LANES
+}
+
+/// The sum of `lanes` in f64, halves added lane by lane (vector additions; a running sum is a
+/// chain of dependent additions, which cost more than the small planes' own sums).
+#[inline(always)]
+fn fold_lanes<const LANES: usize>(lanes: [f32; LANES]) -> f64 {
+    const { assert!(LANES.is_power_of_two()) };
+    let mut wide = lanes.map(f64::from);
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            wide[i] += wide[i + width];
+        }
+    }
+    wide[0]
 }
 
 /// Deterministic values in [-1, 1), for the kernels' tests.
