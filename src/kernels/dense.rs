@@ -209,5 +209,8 @@ mod tests {
         // Padding wider than the kernel reach on some columns, stride 1 and 3.
         check([3, 2, 3, 6, 7], [3, 3], [1, 1], [2, 2], false, &device);
         check([2, 2, 3, 7, 8], [1, 3], [1, 3], [0, 2], true, &device);
+        // Images whose im2col matrix is cut into blocks of output rows (the last one shorter).
+        check([1, 16, 4, 64, 64], [3, 3], [1, 1], [1, 1], true, &device);
+        check([2, 8, 3, 80, 72], [5, 5], [2, 2], [2, 2], false, &device);
     }
 }

@@ -17,6 +17,9 @@ use crate::kernels::{assume_written, fma_available, matmul, sized, sum_in_parall
 /// Output pixels (summed over the chunk's images) one product takes.
 const CHUNK_PIXELS: usize = 1024;
 
+/// Values of one image's im2col block (see [`row_blocks`]).
+const BLOCK_VALUES: usize = 1 << 17;
+
 /// Sizes of one dense convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
@@ -62,38 +65,50 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, act: Act, g: &Ge
     let fill = |chunk: usize, y: &mut [MaybeUninit<f32>]| {
         with_buffers(|[cols, product]| {
             let images = chunk * per_chunk..(chunk * per_chunk + per_chunk).min(g.batch);
-            let columns = images.len() * pixels;
-            let cols = im2col(x, g, images.clone(), cols);
-            // Writes every value of `product` (the product does not read it).
-            let multiply = |product: *mut f32| {
-                // SAFETY: weight is [outs][filter], cols [filter][columns], product [outs][columns].
-                unsafe {
-                    matmul(
-                        outs,
-                        columns,
-                        filter,
-                        (product, 1, columns as isize),
-                        false,
-                        (weight.as_ptr(), 1, filter as isize),
-                        (cols.as_ptr(), 1, columns as isize),
-                    )
-                }
-            };
-            // One image's product, [out][pixel], is laid out as its part of `y`.
+            // One image's product, [out][pixel], is laid out as its part of `y`: each block of
+            // rows goes straight there (row stride `pixels`).
             if images.len() == 1 {
-                multiply(y.as_mut_ptr().cast());
-                // SAFETY: the product wrote all of `y`.
-                let y = unsafe { assume_written(y) };
-                if bias.is_some() || act != Act::Identity {
-                    for (o, row) in y.chunks_mut(pixels).enumerate() {
-                        let b = bias.map_or(0.0, |b| b[o]);
-                        with_pointwise!(act, add_bias_in_place(fma, row, b));
+                for rows in row_blocks(g, 1) {
+                    let (first, columns) = (rows.start * g.out_width(), rows.len() * g.out_width());
+                    let cols = im2col(x, g, images.clone(), rows, cols);
+                    // SAFETY: weight is [outs][filter], cols [filter][columns]; the product writes
+                    // columns first.. of each of the outs rows of y ([outs][pixels]).
+                    unsafe {
+                        matmul(
+                            outs,
+                            columns,
+                            filter,
+                            (y.as_mut_ptr().cast::<f32>().add(first), 1, pixels as isize),
+                            false,
+                            (weight.as_ptr(), 1, filter as isize),
+                            (cols.as_ptr(), 1, columns as isize),
+                        )
+                    };
+                    if bias.is_some() || act != Act::Identity {
+                        for (o, row) in y.chunks_mut(pixels).enumerate() {
+                            // SAFETY: the product above wrote these values.
+                            let row = unsafe { assume_written(&mut row[first..][..columns]) };
+                            with_pointwise!(act, add_bias_in_place(fma, row, bias.map_or(0.0, |b| b[o])));
+                        }
                     }
                 }
                 return;
             }
+            let columns = images.len() * pixels;
+            let cols = im2col(x, g, images.clone(), 0..g.out_height(), cols);
             let product = sized(product, outs * columns);
-            multiply(product.as_mut_ptr());
+            // SAFETY: weight is [outs][filter], cols [filter][columns], product [outs][columns].
+            unsafe {
+                matmul(
+                    outs,
+                    columns,
+                    filter,
+                    (product.as_mut_ptr(), 1, columns as isize),
+                    false,
+                    (weight.as_ptr(), 1, filter as isize),
+                    (cols.as_ptr(), 1, columns as isize),
+                )
+            };
             // [out][image, pixel] -> [image][out][pixel], plus the bias.
             for (o, row) in product.chunks(columns).enumerate() {
                 let b = bias.map_or(0.0, |b| b[o]);
@@ -103,8 +118,19 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, act: Act, g: &Ge
             }
         })
     };
-    // SAFETY: `fill` writes each chunk's images in full, by the product or the scatter.
+    // SAFETY: `fill` writes each chunk's images in full, by the products' blocks or the scatter.
     unsafe { uninit_chunks(g.batch * outs * pixels, per_chunk * outs * pixels, fill) }
+}
+
+/// The output rows of each product on a chunk of `images`: for one image, blocks whose im2col
+/// matrix (about [`BLOCK_VALUES`]) stays in cache while the product reads it, where written whole
+/// it went out to memory and back (a ResNet stem's is 7 MB per image); all rows for several
+/// images (small maps) and for a pointwise convolution (an image is its own matrix).
+fn row_blocks(g: &Geometry, images: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let out_height = g.out_height();
+    let rows =
+        if images > 1 || g.is_pointwise() { out_height } else { (BLOCK_VALUES / (g.filter_len() * g.out_width())).clamp(1, out_height) };
+    (0..out_height).step_by(rows).map(move |first| first..(first + rows).min(out_height))
 }
 
 with_avx2! {
@@ -136,32 +162,32 @@ pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32
             let images = chunk * per_chunk..(chunk * per_chunk + per_chunk).min(g.batch);
             let columns = images.len() * pixels;
             let dy = gather_out_grad(out_grad, g, images.clone(), dy);
-            // Writes every value of `dcols` (the product does not read it).
-            let multiply = |dcols: *mut f32| {
-                // SAFETY: weight is [outs][filter] (read transposed), dy [outs][columns], dcols
-                // [filter][columns].
+            // `dcols = Wᵀ · dy` for the output columns `first..first + len` (product columns).
+            let multiply = |dcols: *mut f32, first: usize, len: usize| {
+                // SAFETY: weight is [outs][filter] (read transposed), dy [outs][columns] with
+                // `first + len <= columns`, dcols [filter][len].
                 unsafe {
                     matmul(
                         filter,
-                        columns,
+                        len,
                         outs,
-                        (dcols, 1, columns as isize),
+                        (dcols, 1, len as isize),
                         false,
                         (weight.as_ptr(), filter as isize, 1),
-                        (dy.as_ptr(), 1, columns as isize),
+                        (dy.as_ptr().add(first), 1, columns as isize),
                     )
                 }
             };
             // A pointwise convolution's dcols of one image is its part of `dx`.
             if images.len() == 1 && g.is_pointwise() {
-                multiply(dx.as_mut_ptr().cast());
+                multiply(dx.as_mut_ptr().cast(), 0, columns);
                 return;
             }
-            let dcols = sized(dcols, filter * columns);
-            multiply(dcols.as_mut_ptr());
             // [in][image, pixel] -> [image][in][pixel]: a pointwise convolution's pixels map one
             // to one.
             if g.is_pointwise() {
+                let dcols = sized(dcols, filter * columns);
+                multiply(dcols.as_mut_ptr(), 0, columns);
                 for (c, row) in dcols.chunks(columns).enumerate() {
                     for (i, values) in row.chunks(pixels).enumerate() {
                         for (dx, &value) in dx[(i * g.in_channels + c) * pixels..][..pixels].iter_mut().zip(values) {
@@ -175,7 +201,13 @@ pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32
                 dx.write(0.0);
             });
             // SAFETY: written just above.
-            col2im(dcols, g, images.len(), unsafe { assume_written(dx) });
+            let dx = unsafe { assume_written(dx) };
+            for rows in row_blocks(g, images.len()) {
+                let (first, len) = (rows.start * g.out_width(), images.len() * rows.len() * g.out_width());
+                let dcols = sized(dcols, filter * len);
+                multiply(dcols.as_mut_ptr(), first, len);
+                col2im(dcols, g, images.len(), rows, dx);
+            }
         })
     };
     // SAFETY: `fill` writes each chunk in full: by the product, the pointwise scatter, or zeros and
@@ -203,20 +235,23 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
         with_buffers(|[dy, cols]| {
             let columns = (end - first) * pixels;
             let dy = gather_out_grad(out_grad, g, first..end, dy);
-            let cols = im2col(x, g, first..end, cols);
-            // SAFETY: dy is [outs][columns], cols [filter][columns], dw [outs][filter], as the
-            // strides say.
-            unsafe {
-                matmul(
-                    outs,
-                    filter,
-                    columns,
-                    (dw.as_mut_ptr(), 1, filter as isize),
-                    true,
-                    (dy.as_ptr(), 1, columns as isize),
-                    (cols.as_ptr(), columns as isize, 1),
-                )
-            };
+            for rows in row_blocks(g, end - first) {
+                let (at, len) = (rows.start * g.out_width(), (end - first) * rows.len() * g.out_width());
+                let cols = im2col(x, g, first..end, rows, cols);
+                // SAFETY: dy is [outs][columns] with `at + len <= columns`, cols [filter][len],
+                // dw [outs][filter], as the strides say.
+                unsafe {
+                    matmul(
+                        outs,
+                        filter,
+                        len,
+                        (dw.as_mut_ptr(), 1, filter as isize),
+                        true,
+                        (dy.as_ptr().add(at), 1, columns as isize),
+                        (cols.as_ptr(), len as isize, 1),
+                    )
+                };
+            }
         })
     })
 }
@@ -237,16 +272,25 @@ fn gather_out_grad<'a>(out_grad: &'a [f32], g: &Geometry, images: std::ops::Rang
     dy
 }
 
-/// The im2col matrix of `images`: row `(c, ky, kx)`, column `(image, oy, ox)` holds
-/// `x[image][c][oy * sy + ky - py][ox * sx + kx - px]`, zero outside the input; in `cols` (one
-/// image of a pointwise convolution is its own matrix, in `x`).
-fn im2col<'a>(x: &'a [f32], g: &Geometry, images: std::ops::Range<usize>, cols: &'a mut Vec<f32>) -> &'a [f32] {
-    let (out_height, out_width) = (g.out_height(), g.out_width());
-    let pixels = out_height * out_width;
+/// The im2col matrix of `images`' output rows `rows`: row `(c, ky, kx)`, column `(image, oy -
+/// rows.start, ox)` holds `x[image][c][oy * sy + ky - py][ox * sx + kx - px]`, zero outside the
+/// input; in `cols` (one image of a pointwise convolution is its own matrix, in `x`).
+fn im2col<'a>(
+    x: &'a [f32],
+    g: &Geometry,
+    images: std::ops::Range<usize>,
+    rows: std::ops::Range<usize>,
+    cols: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let out_width = g.out_width();
+    let pixels = rows.len() * out_width;
     let columns = images.len() * pixels;
     let plane_len = g.height * g.width;
-    if images.len() == 1 && g.is_pointwise() {
-        return &x[images.start * g.in_channels * pixels..][..g.in_channels * pixels];
+    if g.is_pointwise() {
+        debug_assert_eq!(rows, 0..g.out_height(), "a pointwise convolution's image is one block");
+        if images.len() == 1 {
+            return &x[images.start * g.in_channels * pixels..][..g.in_channels * pixels];
+        }
     }
     let ([kh, kw], [sy, sx], [py, px]) = (g.kernel, g.stride, g.padding);
     let cols = sized(cols, g.filter_len() * columns);
@@ -259,8 +303,8 @@ fn im2col<'a>(x: &'a [f32], g: &Geometry, images: std::ops::Range<usize>, cols: 
                 row[i * pixels..][..pixels].copy_from_slice(plane);
                 continue;
             }
-            for oy in 0..out_height {
-                let target = &mut row[i * pixels + oy * out_width..][..out_width];
+            for (at, oy) in rows.clone().enumerate() {
+                let target = &mut row[i * pixels + at * out_width..][..out_width];
                 let y = (oy * sy + ky) as isize - py as isize;
                 if y < 0 || y >= g.height as isize {
                     target.fill(0.0);
@@ -271,14 +315,32 @@ fn im2col<'a>(x: &'a [f32], g: &Geometry, images: std::ops::Range<usize>, cols: 
                 if first == end {
                     continue;
                 }
-                let source = &plane[y as usize * g.width + first * sx + kx - px..];
-                for (value, &source) in target[first..end].iter_mut().zip(source.iter().step_by(sx)) {
-                    *value = source;
-                }
+                gather(&mut target[first..end], &plane[y as usize * g.width + first * sx + kx - px..], sx);
             }
         }
     }
     cols
+}
+
+/// `target[i] = source[i * stride]`; strides 1 and 2 with a constant step, which the compiler
+/// turns into vector shuffles (a stem's stride-2 gather was a scalar loop of ten instructions per
+/// value).
+fn gather(target: &mut [f32], source: &[f32], stride: usize) {
+    /// All but the last value through `STRIDE`-long chunks (the source may end right after the
+    /// last value read).
+    #[inline(always)]
+    fn by<const STRIDE: usize>(target: &mut [f32], source: &[f32]) {
+        let Some((last, rest)) = target.split_last_mut() else { return };
+        for (value, chunk) in rest.iter_mut().zip(source.chunks_exact(STRIDE)) {
+            *value = chunk[0];
+        }
+        *last = source[rest.len() * STRIDE];
+    }
+    match stride {
+        1 => target.copy_from_slice(&source[..target.len()]),
+        2 => by::<2>(target, source),
+        _ => target.iter_mut().zip(source.iter().step_by(stride)).for_each(|(value, &source)| *value = source),
+    }
 }
 
 /// The output columns `first..end` whose input column `ox * sx + kx - px` lies inside the input,
@@ -290,24 +352,25 @@ fn inside_columns(g: &Geometry, kx: usize) -> (usize, usize) {
     (first.min(end), end)
 }
 
-/// Adds `dcols` (`[in, ky, kx][image, pixel]` of `images` images) onto the pixels of `dx`
-/// (those images, `[image][in][height][width]`) they were read from: im2col's adjoint.
-fn col2im(dcols: &[f32], g: &Geometry, images: usize, dx: &mut [f32]) {
-    let (out_height, out_width) = (g.out_height(), g.out_width());
-    let pixels = out_height * out_width;
+/// Adds `dcols` (`[in, ky, kx][image, pixel]` of `images` images' output rows `rows`) onto the
+/// pixels of `dx` (those images, `[image][in][height][width]`) they were read from: im2col's
+/// adjoint.
+fn col2im(dcols: &[f32], g: &Geometry, images: usize, rows: std::ops::Range<usize>, dx: &mut [f32]) {
+    let out_width = g.out_width();
+    let pixels = rows.len() * out_width;
     let ([kh, kw], [sy, sx], [py, px]) = (g.kernel, g.stride, g.padding);
     for (r, row) in dcols.chunks(images * pixels).enumerate() {
         let (c, ky, kx) = (r / (kh * kw), r / kw % kh, r % kw);
         let (first, end) = inside_columns(g, kx);
         for i in 0..images {
             let plane = &mut dx[(i * g.in_channels + c) * g.height * g.width..][..g.height * g.width];
-            for oy in 0..out_height {
+            for (at, oy) in rows.clone().enumerate() {
                 let y = (oy * sy + ky) as isize - py as isize;
                 if y < 0 || y >= g.height as isize || first == end {
                     continue;
                 }
                 let target = &mut plane[y as usize * g.width + first * sx + kx - px..];
-                let values = &row[i * pixels + oy * out_width..][first..end];
+                let values = &row[i * pixels + at * out_width..][first..end];
                 for (target, &value) in target.iter_mut().step_by(sx).zip(values) {
                     *target += value;
                 }
