@@ -279,13 +279,13 @@ mod host {
         avx512 fn normalize_planes<A: Pointwise>(x: &[f32], y: &mut [MaybeUninit<f32>], plane: usize, channels: &[Channel], first: usize) {
             for (i, (y, x)) in y.chunks_exact_mut(plane).zip(x.chunks_exact(plane)).enumerate() {
                 let ch = channels[(first + i) % channels.len()];
-                let mut chunks = y.chunks_exact_mut(8);
-                for (y, x) in (&mut chunks).zip(x.chunks_exact(8)) {
-                    for i in 0..8 {
+                let mut chunks = y.chunks_exact_mut(16);
+                for (y, x) in (&mut chunks).zip(x.chunks_exact(16)) {
+                    for i in 0..16 {
                         y[i].write(A::value(x[i] * ch.scale + ch.shift));
                     }
                 }
-                let done = plane - plane % 8;
+                let done = plane - plane % 16;
                 for (y, &x) in chunks.into_remainder().iter_mut().zip(&x[done..]) {
                     y.write(A::value(x * ch.scale + ch.shift));
                 }
@@ -367,13 +367,13 @@ mod host {
             for (i, (dx, (x, dy))) in planes.enumerate() {
                 let c = (first + i) % channels.len();
                 let (ch, means) = (channels[c], means[c]);
-                let mut chunks = dx.chunks_exact_mut(8);
-                for ((dx, x), dy) in (&mut chunks).zip(x.chunks_exact(8)).zip(dy.chunks_exact(8)) {
-                    for i in 0..8 {
+                let mut chunks = dx.chunks_exact_mut(16);
+                for ((dx, x), dy) in (&mut chunks).zip(x.chunks_exact(16)).zip(dy.chunks_exact(16)) {
+                    for i in 0..16 {
                         dx[i].write(input_gradient_value::<A>(x[i], dy[i], ch, means));
                     }
                 }
-                let done = plane - plane % 8;
+                let done = plane - plane % 16;
                 for ((dx, &x), &dy) in chunks.into_remainder().iter_mut().zip(&x[done..]).zip(&dy[done..]) {
                     dx.write(input_gradient_value::<A>(x, dy, ch, means));
                 }

@@ -372,7 +372,11 @@ fn lanes_sums<const LANES: usize>(a: &[f32], b: &[f32], f: &impl Fn(f32, f32) ->
 #[inline(always)]
 fn fold_lanes<const LANES: usize>(lanes: [f32; LANES]) -> f64 {
     const { assert!(LANES.is_power_of_two()) };
-    let mut wide = lanes.map(f64::from);
+    // A loop, not `array::map`: that was a call of its own, compiled for the baseline CPU.
+    let mut wide = [0f64; LANES];
+    for (wide, &lane) in wide.iter_mut().zip(&lanes) {
+        *wide = lane as f64;
+    }
     let mut width = LANES;
     while width > 1 {
         width /= 2;
