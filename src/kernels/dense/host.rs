@@ -238,17 +238,19 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
             for rows in row_blocks(g, end - first) {
                 let (at, len) = (rows.start * g.out_width(), (end - first) * rows.len() * g.out_width());
                 let cols = im2col(x, g, first..end, rows, cols);
+                // dwᵀ = cols · dyᵀ, so that the gemm crate's destination is column-major (its own
+                // layout; written as dw = dy · colsᵀ the weight gradients ran about 20% slower).
                 // SAFETY: dy is [outs][columns] with `at + len <= columns`, cols [filter][len],
                 // dw [outs][filter], as the strides say.
                 unsafe {
                     matmul(
-                        outs,
                         filter,
+                        outs,
                         len,
-                        (dw.as_mut_ptr(), 1, filter as isize),
+                        (dw.as_mut_ptr(), filter as isize, 1),
                         true,
-                        (dy.as_ptr().add(at), 1, columns as isize),
-                        (cols.as_ptr(), len as isize, 1),
+                        (cols.as_ptr(), 1, len as isize),
+                        (dy.as_ptr().add(at), columns as isize, 1),
                     )
                 };
             }
