@@ -22,7 +22,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::BatchNorm;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
@@ -44,25 +44,22 @@ pub fn forward(bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
     }
     let channels = x.dims()[1];
     assert_eq!(bn.gamma.dims(), [channels], "BatchNorm: input {:?} does not have {} channels", x.dims(), bn.gamma.dims()[0]);
-    // Evaluation normalizes with the running statistics; training with the batch's mean and biased
-    // variance, computed outside the graph (the backward accounts for them).
-    let stats = if evaluation {
-        Tensor::cat(vec![bn.running_mean.value(), bn.running_var.value()], 0)
-    } else {
-        let stats = Tensor::<1>::from_dispatch(<Dispatch as BatchStatsBackend>::batch_stats(x.clone().inner().into_dispatch()));
-        Tensor::from_inner(stats)
-    };
-    let output = Tensor::from_dispatch(<Dispatch as BatchNormBackend>::batch_norm_train(
-        x.into_dispatch(),
-        bn.gamma.val().into_dispatch(),
-        bn.beta.val().into_dispatch(),
-        stats.clone().into_dispatch(),
-        bn.epsilon,
-        act,
-    ));
+    let (gamma, beta) = (bn.gamma.val().into_dispatch(), bn.beta.val().into_dispatch());
     if evaluation {
-        return output;
+        let stats = Tensor::cat(vec![bn.running_mean.value(), bn.running_var.value()], 0).into_dispatch();
+        return Tensor::from_dispatch(<Dispatch as BatchNormEvalBackend>::batch_norm_eval(
+            x.into_dispatch(),
+            gamma,
+            beta,
+            stats,
+            bn.epsilon,
+            act,
+        ));
     }
+    // Training normalizes with the batch's mean and biased variance, computed in the same passes
+    // and outside the graph (the backward accounts for them).
+    let (output, stats) = <Dispatch as BatchNormBackend>::batch_norm_train(x.into_dispatch(), gamma, beta, bn.epsilon, act);
+    let stats = Tensor::<1>::from_dispatch(stats);
     // Running statistics as burn's BatchNorm keeps them.
     let (mean, variance) = (stats.clone().slice(0..channels), stats.slice(channels..2 * channels));
     let momentum = bn.momentum;
@@ -74,29 +71,14 @@ pub fn forward(bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
     // EMA, lookahead) read the stored value, so store it now.
     bn.running_mean.value_sync();
     bn.running_var.value_sync();
-    output
+    Tensor::from_dispatch(output)
 }
 
-/// The statistics of a batch as a backend operation (flex only, on tensors outside the graph).
+/// Evaluation: the normalization with the running statistics `stats` (`[mean.., variance..]`),
+/// then `act` (flex only, outside any graph).
 #[backend_extension(Flex)]
-trait BatchStatsBackend: Backend {
-    /// `[2 * channels]`: the mean of each channel, then its biased variance.
-    fn batch_stats(x: FloatTensor<Self>) -> FloatTensor<Self>;
-}
-
-impl BatchStatsBackend for Flex {
-    fn batch_stats(x: FlexTensor) -> FlexTensor {
-        let [batch, channels, height, width] = x.shape().dims();
-        let x = contiguous(x);
-        FlexTensor::from_data(TensorData::new(host::stats(f32s(&x), batch, channels, height * width), [2 * channels]))
-    }
-}
-
-/// The normalization with given batch statistics, then `act`, differentiated as BatchNorm with
-/// batch statistics followed by `act`.
-#[backend_extension(Flex, Autodiff)]
-trait BatchNormBackend: Backend {
-    fn batch_norm_train(
+trait BatchNormEvalBackend: Backend {
+    fn batch_norm_eval(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
@@ -106,15 +88,37 @@ trait BatchNormBackend: Backend {
     ) -> FloatTensor<Self>;
 }
 
-impl BatchNormBackend for Flex {
-    fn batch_norm_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, stats: FlexTensor, epsilon: f64, act: Act) -> FlexTensor {
+impl BatchNormEvalBackend for Flex {
+    fn batch_norm_eval(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, stats: FlexTensor, epsilon: f64, act: Act) -> FlexTensor {
         let shape = x.shape();
-        let [batch, channels, height, width] = shape.dims();
+        let [batch, _, height, width] = shape.dims();
         let (x, gamma, beta, stats) = (contiguous(x), contiguous(gamma), contiguous(beta), contiguous(stats));
         let layer = host::Layer { gamma: f32s(&gamma), beta: f32s(&beta), stats: f32s(&stats), epsilon, act, batch, plane: height * width };
-        let y = host::normalize(f32s(&x), &layer);
-        debug_assert_eq!(y.len(), batch * channels * height * width);
-        FlexTensor::from_data(TensorData::new(y, shape))
+        FlexTensor::from_data(TensorData::new(host::normalize(f32s(&x), &layer), shape))
+    }
+}
+
+/// Training: `(act(BatchNorm(x)), [mean.., variance..])` with the batch's statistics, differentiated
+/// as BatchNorm with batch statistics followed by `act` (the statistics output is outside the graph).
+#[backend_extension(Flex, Autodiff)]
+trait BatchNormBackend: Backend {
+    fn batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        act: Act,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+impl BatchNormBackend for Flex {
+    fn batch_norm_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64, act: Act) -> (FlexTensor, FlexTensor) {
+        let shape = x.shape();
+        let [batch, channels, height, width] = shape.dims();
+        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+        let layer = host::Layer { gamma: f32s(&gamma), beta: f32s(&beta), stats: &[], epsilon, act, batch, plane: height * width };
+        let (y, stats) = host::train_forward(f32s(&x), &layer);
+        (FlexTensor::from_data(TensorData::new(y, shape)), FlexTensor::from_data(TensorData::new(stats, [2 * channels])))
     }
 }
 
@@ -123,21 +127,19 @@ impl<C: CheckpointStrategy> BatchNormBackend for Autodiff<Flex, C> {
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
-        stats: FloatTensor<Self>,
         epsilon: f64,
         act: Act,
-    ) -> FloatTensor<Self> {
-        let stats = stats.into_primitive();
-        let forward = |x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, stats: FlexTensor| {
-            Flex::batch_norm_train(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), stats, epsilon, act)
-        };
-        match BatchNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (y, stats) =
+            Flex::batch_norm_train(x.clone().into_primitive(), gamma.clone().into_primitive(), beta.clone().into_primitive(), epsilon, act);
+        let output = match BatchNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), prep.checkpoint(&beta), stats.clone(), epsilon, act);
-                prep.finish(state, forward(x, gamma, beta, stats))
+                prep.finish(state, y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x, gamma, beta, stats)),
-        }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (output, <Self as AutodiffBackend>::from_inner(stats))
     }
 }
 
@@ -160,12 +162,9 @@ impl Backward<Flex, 3> for BatchNormBackward {
         let [batch, channels, height, width] = shape.dims();
         let [x_node, gamma_node, beta_node] = [0, 1, 2].map(|i| ops.parents.get(i).cloned().flatten());
         let layer = host::Layer { gamma: f32s(&gamma), beta: f32s(&beta), stats: f32s(&stats), epsilon, act, batch, plane: height * width };
-        let (sum_dy, sum_dy_xhat) = host::gradient_sums(f32s(&x), f32s(&out_grad), &layer);
+        let (x_grad, sum_dy, sum_dy_xhat) = host::backward(f32s(&x), f32s(&out_grad), &layer, x_node.is_some());
         let to_tensor = |values: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(values, shape));
-        let x_grad = x_node.is_some().then(|| {
-            let values = host::input_gradient(f32s(&x), f32s(&out_grad), &layer, &sum_dy, &sum_dy_xhat);
-            to_tensor(values, vec![batch, channels, height, width])
-        });
+        let x_grad = x_grad.map(|values| to_tensor(values, vec![batch, channels, height, width]));
         for (node, gradient) in [
             (x_node, x_grad),
             (gamma_node, Some(to_tensor(sum_dy_xhat, vec![channels]))),
@@ -180,18 +179,26 @@ impl Backward<Flex, 3> for BatchNormBackward {
 
 /// The kernels on host f32 NCHW data (`plane` = height x width); `stats` is `[mean.., variance..]`.
 ///
-/// Every pass walks the data in memory order, a run of whole planes per task (a loop per channel
-/// jumps a whole image between its planes, which at the 4x4 to 8x8 maps of late stages is a cache
-/// line or two per jump), and sums are kept per plane, then added image by image in order, so
-/// results do not depend on scheduling.
+/// Training reads each tensor twice, sums then values: the statistics, then the normalization
+/// forward; the gradient sums, then the input gradient backward. Both passes run on one block of
+/// channels at a time, every image's planes of it, small enough to stay in this core's L2 cache
+/// between them, so the second pass does not read the tensor from memory again. Evaluation's one
+/// pass walks the data in memory order, a run of whole planes per task. Sums are kept per plane,
+/// then added image by image in order, so results do not depend on scheduling.
 mod host {
     use std::mem::MaybeUninit;
+    use std::ops::Range;
 
     use super::*;
     use crate::kernels::activation::{Pointwise, with_pointwise};
     use crate::kernels::{fma_available, lane_sums, uninit_chunks};
 
-    /// One BatchNorm and the activation after it, with the batch statistics.
+    /// The bytes of the inputs a block of channels reads twice: about half of the 2 MB L2 cache of
+    /// a core of current x86 server CPUs (a single channel is a block even where it is larger).
+    const BLOCK_BYTES: usize = 1 << 20;
+
+    /// One BatchNorm and the activation after it, with the batch statistics (empty while
+    /// [`train_forward`] computes them).
     pub struct Layer<'a> {
         pub gamma: &'a [f32],
         pub beta: &'a [f32],
@@ -212,44 +219,104 @@ mod host {
     }
 
     impl Layer<'_> {
-        fn channels(&self) -> Vec<Channel> {
-            let channels = self.gamma.len();
-            (0..channels)
-                .map(|c| {
-                    let (mean, variance) = (self.stats[c], self.stats[channels + c]);
-                    let inv_std = (1.0 / (variance as f64 + self.epsilon).sqrt()) as f32;
-                    let scale = self.gamma[c] * inv_std;
-                    Channel { scale, shift: self.beta[c] - mean * scale, mean, inv_std }
-                })
-                .collect()
+        fn channel(&self, c: usize, mean: f32, variance: f32) -> Channel {
+            let inv_std = (1.0 / (variance as f64 + self.epsilon).sqrt()) as f32;
+            let scale = self.gamma[c] * inv_std;
+            Channel { scale, shift: self.beta[c] - mean * scale, mean, inv_std }
         }
 
-        /// Values per parallel task: whole images where the batch gives every thread a few, down
-        /// to single planes for small batches.
+        fn channels(&self) -> Vec<Channel> {
+            let channels = self.gamma.len();
+            (0..channels).map(|c| self.channel(c, self.stats[c], self.stats[channels + c])).collect()
+        }
+
+        /// Values per parallel task of a pass in memory order: whole images where the batch gives
+        /// every thread a few, down to single planes for small batches.
         fn task_len(&self) -> usize {
             let channels = self.gamma.len();
             (self.batch * channels).div_ceil(4 * rayon::current_num_threads()).clamp(1, channels) * self.plane
         }
+
+        /// Channels per block of the two-pass kernels, which read `tensors` inputs: as many as
+        /// [`BLOCK_BYTES`] holds, and at least four blocks per thread where there are channels
+        /// enough.
+        fn block_channels(&self, tensors: usize) -> usize {
+            let channel_bytes = tensors * self.batch * self.plane * size_of::<f32>();
+            let balanced = self.gamma.len().div_ceil(4 * rayon::current_num_threads());
+            (BLOCK_BYTES / channel_bytes).min(balanced).max(1)
+        }
     }
 
-    /// Per channel: the mean, then the biased variance. Each plane's mean and sum of squared
-    /// deviations are taken while it is in cache (one read of `x` from memory), and combined over
-    /// images exactly (Chan, Golub and LeVeque), in f64.
-    pub fn stats(x: &[f32], batch: usize, channels: usize, plane: usize) -> Vec<f32> {
-        let fma = fma_available();
-        let mut moments = vec![[0f64; 2]; batch * channels];
-        moments.par_chunks_mut(channels).zip(x.par_chunks(channels * plane)).for_each(|(moments, x)| plane_moments(fma, x, moments));
-        let at = |n: usize, c: usize| moments[n * channels + c];
-        let mean: Vec<f64> = (0..channels).map(|c| (0..batch).map(|n| at(n, c)[0]).sum::<f64>() / batch as f64).collect();
-        let variance = mean.iter().enumerate().map(|(c, &mean)| {
-            let squares = (0..batch).map(|n| at(n, c)[1] + plane as f64 * (at(n, c)[0] - mean).powi(2)).sum::<f64>();
-            (squares / (batch * plane) as f64) as f32
+    /// A tensor whose parallel tasks each write their own values, not one contiguous chunk (one
+    /// block of channels in every image).
+    struct SharedOutput(*mut MaybeUninit<f32>);
+
+    // SAFETY: the tasks write disjoint values (`runs` hands each block its own).
+    unsafe impl Sync for SharedOutput {}
+
+    impl SharedOutput {
+        /// Image `n`'s planes of the block starting at `first` channel, `len` values.
+        ///
+        /// # Safety
+        ///
+        /// No other task uses these values; they lie inside the tensor.
+        #[allow(clippy::mut_from_ref)]
+        unsafe fn run(&self, start: usize, len: usize) -> &mut [MaybeUninit<f32>] {
+            // SAFETY: the caller's guarantee.
+            unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+        }
+    }
+
+    /// `f(channels)` for the layer's blocks of `block` channels, in parallel; the results of all
+    /// blocks in channel order.
+    fn blocks<T: Send>(layer: &Layer, block: usize, f: impl Fn(Range<usize>) -> Vec<T> + Sync) -> Vec<T> {
+        let channels = layer.gamma.len();
+        let results: Vec<Vec<T>> =
+            (0..channels.div_ceil(block)).into_par_iter().map(|b| f(b * block..((b + 1) * block).min(channels))).collect();
+        results.into_iter().flatten().collect()
+    }
+
+    /// `act(BatchNorm(x))` with the batch's statistics, and those statistics (`[mean..,
+    /// variance..]`, the variance biased). Each plane's mean and sum of squared deviations are
+    /// taken while it is in cache and combined over images exactly (Chan, Golub and LeVeque), in
+    /// f64.
+    pub fn train_forward(x: &[f32], layer: &Layer) -> (Vec<f32>, Vec<f32>) {
+        let (channels, plane, batch, fma) = (layer.gamma.len(), layer.plane, layer.batch, fma_available());
+        debug_assert_eq!(x.len(), batch * channels * plane);
+        let mut y = Vec::with_capacity(x.len());
+        let output = SharedOutput(y.spare_capacity_mut().as_mut_ptr());
+        let stats = blocks(layer, layer.block_channels(1), |block| {
+            let run = |n: usize| (n * channels + block.start) * plane..(n * channels + block.end) * plane;
+            let mut moments = vec![[0f64; 2]; batch * block.len()];
+            for (n, moments) in moments.chunks_exact_mut(block.len()).enumerate() {
+                plane_moments(fma, &x[run(n)], moments);
+            }
+            let stats: Vec<[f32; 2]> = block
+                .clone()
+                .map(|c| {
+                    let at = |n: usize| moments[n * block.len() + c - block.start];
+                    let mean = (0..batch).map(|n| at(n)[0]).sum::<f64>() / batch as f64;
+                    let squares = (0..batch).map(|n| at(n)[1] + plane as f64 * (at(n)[0] - mean).powi(2)).sum::<f64>();
+                    [mean as f32, (squares / (batch * plane) as f64) as f32]
+                })
+                .collect();
+            let block_channels: Vec<Channel> =
+                block.clone().zip(&stats).map(|(c, &[mean, variance])| layer.channel(c, mean, variance)).collect();
+            for n in 0..batch {
+                // SAFETY: image n's planes of this block are this task's alone.
+                let y = unsafe { output.run(run(n).start, run(n).len()) };
+                with_pointwise!(layer.act, normalize_planes(fma, &x[run(n)], y, plane, &block_channels, 0));
+            }
+            stats
         });
-        mean.iter().map(|&m| m as f32).chain(variance).collect::<Vec<_>>()
+        // SAFETY: the blocks cover every channel of every image, and each wrote all its values.
+        unsafe { y.set_len(x.len()) };
+        let (mean, variance): (Vec<f32>, Vec<f32>) = stats.into_iter().map(|[mean, variance]| (mean, variance)).unzip();
+        (y, [mean, variance].concat())
     }
 
     with_avx2! {
-        /// `[mean, Σ (x - mean)²]` of each plane of one image.
+        /// `[mean, Σ (x - mean)²]` of each plane of a run of planes.
         avx512 fn plane_moments(x: &[f32], moments: &mut [[f64; 2]]) {
             let plane = x.len() / moments.len();
             for (x, moments) in x.chunks_exact(plane).zip(moments) {
@@ -260,7 +327,7 @@ mod host {
         }
     }
 
-    /// `act((x - mean) / sqrt(variance + epsilon) * gamma + beta)`.
+    /// `act((x - mean) / sqrt(variance + epsilon) * gamma + beta)` with the layer's statistics.
     pub fn normalize(x: &[f32], layer: &Layer) -> Vec<f32> {
         let (channels, plane, fma) = (layer.channels(), layer.plane, fma_available());
         debug_assert_eq!(x.len(), layer.batch * channels.len() * plane);
@@ -275,7 +342,7 @@ mod host {
     }
 
     with_avx2! {
-        /// [`normalize`] of a run of planes, the first plane `first` of the batch.
+        /// [`normalize`] of a run of planes, the first plane `first` of `channels` (repeating).
         avx512 fn normalize_planes<A: Pointwise>(x: &[f32], y: &mut [MaybeUninit<f32>], plane: usize, channels: &[Channel], first: usize) {
             for (i, (y, x)) in y.chunks_exact_mut(plane).zip(x.chunks_exact(plane)).enumerate() {
                 let ch = channels[(first + i) % channels.len()];
@@ -293,32 +360,52 @@ mod host {
         }
     }
 
-    /// Per channel `Σ dz` (beta's gradient) and `Σ dz x̂` (gamma's), `x̂` the normalized input and
-    /// `dz` the gradient before the activation.
-    pub fn gradient_sums(x: &[f32], dy: &[f32], layer: &Layer) -> (Vec<f32>, Vec<f32>) {
-        let (channels, plane, fma) = (layer.channels(), layer.plane, fma_available());
-        let mut sums = vec![[0f64; 2]; x.len() / plane];
-        let task = layer.task_len();
-        sums.par_chunks_mut(task / plane).enumerate().for_each(|(i, sums)| {
-            let (x, dy) = (&x[i * task..][..sums.len() * plane], &dy[i * task..][..sums.len() * plane]);
-            with_pointwise!(layer.act, plane_sums(fma, x, dy, sums, &channels, i * task / plane));
+    /// The input gradient `gamma / σ (dz - Σdz / M - x̂ Σ(dz x̂) / M)` (where `input_gradient`),
+    /// and per channel `Σ dz` (beta's gradient) and `Σ dz x̂` (gamma's); `x̂` is the normalized
+    /// input, `dz` the gradient before the activation and M the values per channel.
+    pub fn backward(x: &[f32], dy: &[f32], layer: &Layer, input_gradient: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+        let (channels, plane, batch, fma) = (layer.channels(), layer.plane, layer.batch, fma_available());
+        let count = (batch * plane) as f32;
+        let mut dx = Vec::with_capacity(if input_gradient { x.len() } else { 0 });
+        let output = SharedOutput(dx.spare_capacity_mut().as_mut_ptr());
+        let sums = blocks(layer, layer.block_channels(2), |block| {
+            let run = |n: usize| (n * channels.len() + block.start) * plane..(n * channels.len() + block.end) * plane;
+            let block_channels = &channels[block.clone()];
+            let mut per_plane = vec![[0f64; 2]; batch * block.len()];
+            for (n, sums) in per_plane.chunks_exact_mut(block.len()).enumerate() {
+                with_pointwise!(layer.act, plane_sums(fma, &x[run(n)], &dy[run(n)], sums, block_channels));
+            }
+            let sums: Vec<[f32; 2]> = (0..block.len())
+                .map(|c| {
+                    let per_image = per_plane[c..].iter().step_by(block.len());
+                    let [sum, dot] = per_image.fold([0f64; 2], |total, sums| [total[0] + sums[0], total[1] + sums[1]]);
+                    [sum as f32, (dot * block_channels[c].inv_std as f64) as f32]
+                })
+                .collect();
+            if input_gradient {
+                let means: Vec<[f32; 2]> = sums.iter().map(|&[sum, dot]| [sum / count, dot / count]).collect();
+                for n in 0..batch {
+                    // SAFETY: image n's planes of this block are this task's alone.
+                    let dx = unsafe { output.run(run(n).start, run(n).len()) };
+                    with_pointwise!(layer.act, input_gradient_planes(fma, &x[run(n)], &dy[run(n)], dx, plane, block_channels, &means));
+                }
+            }
+            sums
         });
-        (0..channels.len())
-            .map(|c| {
-                let per_image = sums[c..].iter().step_by(channels.len());
-                let [sum, dot] = per_image.fold([0f64; 2], |total, sums| [total[0] + sums[0], total[1] + sums[1]]);
-                (sum as f32, (dot * channels[c].inv_std as f64) as f32)
-            })
-            .unzip()
+        if input_gradient {
+            // SAFETY: the blocks cover every channel of every image, and each wrote all its values.
+            unsafe { dx.set_len(x.len()) };
+        }
+        let (sum_dy, sum_dy_xhat) = sums.into_iter().map(|[sum, dot]| (sum, dot)).unzip();
+        (input_gradient.then_some(dx), sum_dy, sum_dy_xhat)
     }
 
     with_avx2! {
-        /// `[Σ dz, Σ dz (x - mean)]` of each plane of a run of planes, the first plane `first` of
-        /// the batch; `dz = act'(x scale + shift) dy`.
-        avx512 fn plane_sums<A: Pointwise>(x: &[f32], dy: &[f32], sums: &mut [[f64; 2]], channels: &[Channel], first: usize) {
+        /// `[Σ dz, Σ dz (x - mean)]` of each plane of a run of planes, one per channel of
+        /// `channels`; `dz = act'(x scale + shift) dy`.
+        avx512 fn plane_sums<A: Pointwise>(x: &[f32], dy: &[f32], sums: &mut [[f64; 2]], channels: &[Channel]) {
             let plane = x.len() / sums.len();
-            for ((i, sums), (x, dy)) in sums.iter_mut().enumerate().zip(x.chunks_exact(plane).zip(dy.chunks_exact(plane))) {
-                let ch = channels[(first + i) % channels.len()];
+            for ((sums, &ch), (x, dy)) in sums.iter_mut().zip(channels).zip(x.chunks_exact(plane).zip(dy.chunks_exact(plane))) {
                 *sums = lane_sums(x, dy, |x, dy| {
                     let dz = A::gradient(x * ch.scale + ch.shift, dy);
                     [dz, dz * (x - ch.mean)]
@@ -327,23 +414,7 @@ mod host {
         }
     }
 
-    /// `gamma / σ (dz - Σdz / M - x̂ Σ(dz x̂) / M)`, M the values per channel.
-    pub fn input_gradient(x: &[f32], dy: &[f32], layer: &Layer, sum_dy: &[f32], sum_dy_xhat: &[f32]) -> Vec<f32> {
-        let (channels, plane, fma) = (layer.channels(), layer.plane, fma_available());
-        let count = (layer.batch * plane) as f32;
-        let means: Vec<[f32; 2]> = sum_dy.iter().zip(sum_dy_xhat).map(|(&sum, &dot)| [sum / count, dot / count]).collect();
-        let task = layer.task_len();
-        // SAFETY: each task writes its planes of dx value by value from the planes of dy and x
-        // under them.
-        unsafe {
-            uninit_chunks(x.len(), task, |i, dx| {
-                let (x, dy) = (&x[i * task..][..dx.len()], &dy[i * task..][..dx.len()]);
-                with_pointwise!(layer.act, input_gradient_planes(fma, x, dy, dx, plane, &channels, &means, i * task / plane));
-            })
-        }
-    }
-
-    /// One value of [`input_gradient`]; inline, so that it compiles for the caller's target
+    /// One value of the input gradient; inline, so that it compiles for the caller's target
     /// features (a closure was compiled on its own, for the baseline CPU).
     #[inline(always)]
     fn input_gradient_value<A: Pointwise>(x: f32, dy: f32, ch: Channel, [mean_dz, mean_dz_xhat]: [f32; 2]) -> f32 {
@@ -352,8 +423,8 @@ mod host {
     }
 
     with_avx2! {
-        /// [`input_gradient`] of a run of planes, the first plane `first` of the batch; `means`
-        /// holds `[Σdz / M, Σ(dz x̂) / M]` per channel.
+        /// The input gradient of a run of planes, one per channel of `channels`; `means` holds
+        /// `[Σdz / M, Σ(dz x̂) / M]` per channel.
         avx512 fn input_gradient_planes<A: Pointwise>(
             x: &[f32],
             dy: &[f32],
@@ -361,12 +432,9 @@ mod host {
             plane: usize,
             channels: &[Channel],
             means: &[[f32; 2]],
-            first: usize,
         ) {
             let planes = dx.chunks_exact_mut(plane).zip(x.chunks_exact(plane).zip(dy.chunks_exact(plane)));
-            for (i, (dx, (x, dy))) in planes.enumerate() {
-                let c = (first + i) % channels.len();
-                let (ch, means) = (channels[c], means[c]);
+            for ((dx, (x, dy)), (&ch, &means)) in planes.zip(channels.iter().zip(means)) {
                 let mut chunks = dx.chunks_exact_mut(16);
                 for ((dx, x), dy) in (&mut chunks).zip(x.chunks_exact(16)).zip(dy.chunks_exact(16)) {
                     for i in 0..16 {
@@ -391,12 +459,12 @@ mod tests {
 
     /// Ours, the activation fused in, against burn's BatchNorm followed by the activation on its
     /// own; planes shorter and longer than the summing lanes (32, then 8), a one-pixel plane,
-    /// parallel tasks of whole images and of single planes.
+    /// blocks of one channel and of several, the last one shorter (20 channels in blocks of 3).
     #[test]
     fn output_gradients_and_running_statistics_equal_burns_batch_norm() {
         let device = Device::flex().autodiff();
         device.seed(3);
-        let shapes = [[4, 3, 5, 7], [2, 16, 8, 8], [1, 5, 1, 1], [3, 2, 9, 11], [5, 3, 4, 4], [2, 4, 5, 9]];
+        let shapes = [[4, 3, 5, 7], [2, 16, 8, 8], [1, 5, 1, 1], [3, 2, 9, 11], [5, 3, 4, 4], [2, 4, 5, 9], [2, 20, 3, 5]];
         let acts = [Act::Identity, Act::Relu, Act::Relu6, Act::Silu, Act::Gelu];
         for ([batch, channels, height, width], act) in shapes.into_iter().flat_map(|shape| acts.map(|act| (shape, act))) {
             let x = Tensor::<4>::random([batch, channels, height, width], Distribution::Normal(2.0, 3.0), &device);
@@ -432,7 +500,9 @@ mod tests {
         let [batch, channels, plane] = [3, 4, 37];
         let noise = crate::kernels::test_values(batch * channels * plane, 5);
         let x: Vec<f32> = noise.iter().enumerate().map(|(i, v)| 1.0e4 * (1 + (i / plane) % channels) as f32 + v).collect();
-        let stats = host::stats(&x, batch, channels, plane);
+        let (gamma, beta) = (vec![1.0; channels], vec![0.0; channels]);
+        let layer = host::Layer { gamma: &gamma, beta: &beta, stats: &[], epsilon: 1e-5, act: Act::Identity, batch, plane };
+        let (_, stats) = host::train_forward(&x, &layer);
         for c in 0..channels {
             let values: Vec<f64> = (0..batch).flat_map(|n| &x[(n * channels + c) * plane..][..plane]).map(|&v| v as f64).collect();
             let mean = values.iter().sum::<f64>() / values.len() as f64;
