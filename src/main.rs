@@ -10,6 +10,7 @@ use clap::Parser;
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn main() {
+    ferrovision::device::restart_with_huge_pages();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     ferrovision::device::keep_freed_memory();
     ferrovision::device::make_this_thread_a_worker();
