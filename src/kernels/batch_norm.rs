@@ -29,17 +29,20 @@ use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
 use super::activation::Act;
-use super::{contiguous, f32s};
+use super::{OptionalTensor, SharedSlice, contiguous, f32s, plane_moments};
 
 /// `act.apply(bn.forward(x))` for `x` `[batch, channels, height, width]`, through our kernels when
 /// `bn` trains on the flex device (and `kernels::enabled()`).
 pub fn forward(bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
+    forward_with_moments(bn, x, None, act)
+}
+
+/// [`forward`] where the convolution that computed `x` also gave its planes' `moments` (see
+/// `kernels::plane_moments`), used in training.
+pub fn forward_with_moments(bn: &BatchNorm, x: Tensor<4>, moments: Option<Tensor<1>>, act: Act) -> Tensor<4> {
     let device = x.device();
-    let training = device.is_autodiff() && bn.training.is_enabled();
-    let ours =
-        super::enabled() && x.dtype() == DType::F32 && bn.gamma.val().dtype() == DType::F32 && device.clone().inner() == Device::flex();
     let evaluation = !device.is_autodiff();
-    if !(ours && (training || evaluation)) {
+    if !(trains_on_kernel(bn, &x) || evaluation && on_kernel(bn, &x)) {
         return act.apply(bn.forward(x));
     }
     let channels = x.dims()[1];
@@ -58,7 +61,8 @@ pub fn forward(bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
     }
     // Training normalizes with the batch's mean and biased variance, computed in the same passes
     // and outside the graph (the backward accounts for them).
-    let (output, stats) = <Dispatch as BatchNormBackend>::batch_norm_train(x.into_dispatch(), gamma, beta, bn.epsilon, act);
+    let moments = OptionalTensor::from_option(moments.map(Tensor::into_dispatch));
+    let (output, stats) = <Dispatch as BatchNormBackend>::batch_norm_train(x.into_dispatch(), gamma, beta, moments, bn.epsilon, act);
     let stats = Tensor::<1>::from_dispatch(stats);
     // Running statistics as burn's BatchNorm keeps them.
     let (mean, variance) = (stats.clone().slice(0..channels), stats.slice(channels..2 * channels));
@@ -72,6 +76,16 @@ pub fn forward(bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
     bn.running_mean.value_sync();
     bn.running_var.value_sync();
     Tensor::from_dispatch(output)
+}
+
+/// Whether [`forward`] trains `bn` on `x` (a training layer on the flex autodiff device) on our
+/// kernel.
+pub fn trains_on_kernel(bn: &BatchNorm, x: &Tensor<4>) -> bool {
+    x.device().is_autodiff() && bn.training.is_enabled() && on_kernel(bn, x)
+}
+
+fn on_kernel(bn: &BatchNorm, x: &Tensor<4>) -> bool {
+    super::enabled() && x.dtype() == DType::F32 && bn.gamma.val().dtype() == DType::F32 && x.device().inner() == Device::flex()
 }
 
 /// Evaluation: the normalization with the running statistics `stats` (`[mean.., variance..]`),
@@ -99,25 +113,35 @@ impl BatchNormEvalBackend for Flex {
 }
 
 /// Training: `(act(BatchNorm(x)), [mean.., variance..])` with the batch's statistics, differentiated
-/// as BatchNorm with batch statistics followed by `act` (the statistics output is outside the graph).
+/// as BatchNorm with batch statistics followed by `act` (the statistics output is outside the graph);
+/// the statistics from the planes' `moments` where given.
 #[backend_extension(Flex, Autodiff)]
 trait BatchNormBackend: Backend {
     fn batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
+        #[extension_type] moments: OptionalTensor<Self>,
         epsilon: f64,
         act: Act,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
 impl BatchNormBackend for Flex {
-    fn batch_norm_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64, act: Act) -> (FlexTensor, FlexTensor) {
+    fn batch_norm_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        moments: OptionalTensor<Self>,
+        epsilon: f64,
+        act: Act,
+    ) -> (FlexTensor, FlexTensor) {
         let shape = x.shape();
         let [batch, channels, height, width] = shape.dims();
-        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+        let (x, gamma, beta, moments) = (contiguous(x), contiguous(gamma), contiguous(beta), moments.into_option());
         let layer = host::Layer { gamma: f32s(&gamma), beta: f32s(&beta), stats: &[], epsilon, act, batch, plane: height * width };
-        let (y, stats) = host::train_forward(f32s(&x), &layer);
+        let moments = moments.as_ref().map(|moments| moments.as_slice::<f64>().expect("plane moments are contiguous f64"));
+        let (y, stats) = host::train_forward(f32s(&x), &layer, moments);
         (FlexTensor::from_data(TensorData::new(y, shape)), FlexTensor::from_data(TensorData::new(stats, [2 * channels])))
     }
 }
@@ -127,11 +151,13 @@ impl<C: CheckpointStrategy> BatchNormBackend for Autodiff<Flex, C> {
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
+        moments: OptionalTensor<Self>,
         epsilon: f64,
         act: Act,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (y, stats) =
-            Flex::batch_norm_train(x.clone().into_primitive(), gamma.clone().into_primitive(), beta.clone().into_primitive(), epsilon, act);
+        let moments = OptionalTensor::from_option(moments.into_option().map(|moments| moments.into_primitive()));
+        let (x_, gamma_, beta_) = (x.clone().into_primitive(), gamma.clone().into_primitive(), beta.clone().into_primitive());
+        let (y, stats) = Flex::batch_norm_train(x_, gamma_, beta_, moments, epsilon, act);
         let output = match BatchNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), prep.checkpoint(&beta), stats.clone(), epsilon, act);
@@ -247,26 +273,6 @@ mod host {
         }
     }
 
-    /// A tensor whose parallel tasks each write their own values, not one contiguous chunk (one
-    /// block of channels in every image).
-    struct SharedOutput(*mut MaybeUninit<f32>);
-
-    // SAFETY: the tasks write disjoint values (`runs` hands each block its own).
-    unsafe impl Sync for SharedOutput {}
-
-    impl SharedOutput {
-        /// Image `n`'s planes of the block starting at `first` channel, `len` values.
-        ///
-        /// # Safety
-        ///
-        /// No other task uses these values; they lie inside the tensor.
-        #[allow(clippy::mut_from_ref)]
-        unsafe fn run(&self, start: usize, len: usize) -> &mut [MaybeUninit<f32>] {
-            // SAFETY: the caller's guarantee.
-            unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
-        }
-    }
-
     /// `f(channels)` for the layer's blocks of `block` channels, in parallel; the results of all
     /// blocks in channel order.
     fn blocks<T: Send>(layer: &Layer, block: usize, f: impl Fn(Range<usize>) -> Vec<T> + Sync) -> Vec<T> {
@@ -277,24 +283,31 @@ mod host {
     }
 
     /// `act(BatchNorm(x))` with the batch's statistics, and those statistics (`[mean..,
-    /// variance..]`, the variance biased). Each plane's mean and sum of squared deviations are
-    /// taken while it is in cache and combined over images exactly (Chan, Golub and LeVeque), in
-    /// f64.
-    pub fn train_forward(x: &[f32], layer: &Layer) -> (Vec<f32>, Vec<f32>) {
+    /// variance..]`, the variance biased). Each plane's mean and sum of squared deviations (taken
+    /// here while the plane is in cache, or given in `moments`) are combined over images exactly
+    /// (Chan, Golub and LeVeque), in f64.
+    pub fn train_forward(x: &[f32], layer: &Layer, moments: Option<&[f64]>) -> (Vec<f32>, Vec<f32>) {
         let (channels, plane, batch, fma) = (layer.gamma.len(), layer.plane, layer.batch, fma_available());
         debug_assert_eq!(x.len(), batch * channels * plane);
         let mut y = Vec::with_capacity(x.len());
-        let output = SharedOutput(y.spare_capacity_mut().as_mut_ptr());
+        let output = SharedSlice::new(y.spare_capacity_mut());
         let stats = blocks(layer, layer.block_channels(1), |block| {
             let run = |n: usize| (n * channels + block.start) * plane..(n * channels + block.end) * plane;
-            let mut moments = vec![[0f64; 2]; batch * block.len()];
-            for (n, moments) in moments.chunks_exact_mut(block.len()).enumerate() {
-                plane_moments(fma, &x[run(n)], moments);
-            }
+            let computed = moments.is_none().then(|| {
+                let mut computed = vec![[0f64; 2]; batch * block.len()];
+                for (n, moments) in computed.chunks_exact_mut(block.len()).enumerate() {
+                    plane_moments(fma, &x[run(n)], moments);
+                }
+                computed
+            });
             let stats: Vec<[f32; 2]> = block
                 .clone()
                 .map(|c| {
-                    let at = |n: usize| moments[n * block.len() + c - block.start];
+                    let at = |n: usize| match (&computed, moments) {
+                        (Some(computed), _) => computed[n * block.len() + c - block.start],
+                        (None, Some(given)) => [given[2 * (n * channels + c)], given[2 * (n * channels + c) + 1]],
+                        (None, None) => unreachable!("moments are computed where none are given"),
+                    };
                     let mean = (0..batch).map(|n| at(n)[0]).sum::<f64>() / batch as f64;
                     let squares = (0..batch).map(|n| at(n)[1] + plane as f64 * (at(n)[0] - mean).powi(2)).sum::<f64>();
                     [mean as f32, (squares / (batch * plane) as f64) as f32]
@@ -313,18 +326,6 @@ mod host {
         unsafe { y.set_len(x.len()) };
         let (mean, variance): (Vec<f32>, Vec<f32>) = stats.into_iter().map(|[mean, variance]| (mean, variance)).unzip();
         (y, [mean, variance].concat())
-    }
-
-    with_avx2! {
-        /// `[mean, Σ (x - mean)²]` of each plane of a run of planes.
-        avx512 fn plane_moments(x: &[f32], moments: &mut [[f64; 2]]) {
-            let plane = x.len() / moments.len();
-            for (x, moments) in x.chunks_exact(plane).zip(moments) {
-                let mean = lane_sums(x, x, |v, _| [v, 0.0])[0] / plane as f64;
-                let m = mean as f32;
-                *moments = [mean, lane_sums(x, x, |v, _| [(v - m) * (v - m), 0.0])[0]];
-            }
-        }
     }
 
     /// `act((x - mean) / sqrt(variance + epsilon) * gamma + beta)` with the layer's statistics.
@@ -367,7 +368,7 @@ mod host {
         let (channels, plane, batch, fma) = (layer.channels(), layer.plane, layer.batch, fma_available());
         let count = (batch * plane) as f32;
         let mut dx = Vec::with_capacity(if input_gradient { x.len() } else { 0 });
-        let output = SharedOutput(dx.spare_capacity_mut().as_mut_ptr());
+        let output = SharedSlice::new(dx.spare_capacity_mut());
         let sums = blocks(layer, layer.block_channels(2), |block| {
             let run = |n: usize| (n * channels.len() + block.start) * plane..(n * channels.len() + block.end) * plane;
             let block_channels = &channels[block.clone()];
@@ -502,7 +503,7 @@ mod tests {
         let x: Vec<f32> = noise.iter().enumerate().map(|(i, v)| 1.0e4 * (1 + (i / plane) % channels) as f32 + v).collect();
         let (gamma, beta) = (vec![1.0; channels], vec![0.0; channels]);
         let layer = host::Layer { gamma: &gamma, beta: &beta, stats: &[], epsilon: 1e-5, act: Act::Identity, batch, plane };
-        let (_, stats) = host::train_forward(&x, &layer);
+        let (_, stats) = host::train_forward(&x, &layer, None);
         for c in 0..channels {
             let values: Vec<f64> = (0..batch).flat_map(|n| &x[(n * channels + c) * plane..][..plane]).map(|&v| v as f64).collect();
             let mean = values.iter().sum::<f64>() / values.len() as f64;

@@ -17,7 +17,7 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
@@ -26,7 +26,7 @@ use burn::tensor::{DType, TensorData};
 use host::Geometry;
 
 use super::activation::Act;
-use super::{Bias, bias_gradient, contiguous, conv_step, f32s};
+use super::{OptionalTensor, bias_gradient, contiguous, conv_step, f32s};
 
 /// Convolution of `x` `[batch, in, height, width]` with `weight` `[out, in, kh, kw]` and optional
 /// `bias` `[out]`, `stride` and symmetric zero `padding` (`[vertical, horizontal]` each), one
@@ -66,33 +66,57 @@ pub fn conv2d_dense_act(
     }
     // Training differentiates the activation on its own.
     let (act, after) = if x.device().is_autodiff() { (Act::Identity, act) } else { (act, Act::Identity) };
-    let bias = bias.map_or(Bias::Zero, |bias| Bias::Add(bias.into_dispatch()));
-    let [sy, sx] = stride;
-    let [py, px] = padding;
-    let output = <Dispatch as DenseConvBackend>::conv2d_dense(x.into_dispatch(), weight.into_dispatch(), bias, sy, sx, py, px, act);
-    after.apply(Tensor::from_dispatch(output))
+    after.apply(run(x, weight, bias, stride, padding, act, false).0)
+}
+
+/// [`conv2d_dense`] on flex (f32 tensors, shapes checked), and with `moments` each output plane's
+/// moments for the BatchNorm after it (`kernels::plane_moments`).
+pub(crate) fn conv2d_dense_moments(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> (Tensor<4>, Tensor<1>) {
+    run(x, weight, bias, stride, padding, Act::Identity, true)
+}
+
+fn run(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    [sy, sx]: [usize; 2],
+    [py, px]: [usize; 2],
+    act: Act,
+    moments: bool,
+) -> (Tensor<4>, Tensor<1>) {
+    let bias = OptionalTensor::from_option(bias.map(Tensor::into_dispatch));
+    let (output, moments) =
+        <Dispatch as DenseConvBackend>::conv2d_dense(x.into_dispatch(), weight.into_dispatch(), bias, sy, sx, py, px, act, moments);
+    (Tensor::from_dispatch(output), Tensor::from_dispatch(moments))
 }
 
 fn options(stride: [usize; 2], padding: [usize; 2]) -> ConvOptions<2> {
     ConvOptions::new(stride, padding, [1, 1], 1)
 }
 
-/// Our dense convolution as a burn backend operation. Callers
-/// guarantee what [`conv2d_dense`] checks. (Arrays are not among the argument types the
-/// extension macro takes, hence the four sizes.)
+/// Our dense convolution as a burn backend operation, and with `moments` the output planes'
+/// moments (outside the graph; empty without). Callers guarantee what [`conv2d_dense`] checks.
+/// (Arrays are not among the argument types the extension macro takes, hence the four sizes.)
 #[backend_extension(Flex, Autodiff)]
 trait DenseConvBackend: Backend {
     #[allow(clippy::too_many_arguments)]
     fn conv2d_dense(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        #[extension_type] bias: Bias<Self>,
+        #[extension_type] bias: OptionalTensor<Self>,
         stride_y: usize,
         stride_x: usize,
         padding_y: usize,
         padding_x: usize,
         act: Act,
-    ) -> FloatTensor<Self>;
+        moments: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
 impl DenseConvBackend for Flex {
@@ -100,17 +124,23 @@ impl DenseConvBackend for Flex {
     fn conv2d_dense(
         x: FlexTensor,
         weight: FlexTensor,
-        bias: Bias<Self>,
+        bias: OptionalTensor<Self>,
         sy: usize,
         sx: usize,
         py: usize,
         px: usize,
         act: Act,
-    ) -> FlexTensor {
+        moments: bool,
+    ) -> (FlexTensor, FlexTensor) {
         let g = geometry(&x, &weight, [sy, sx, py, px]);
         let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.into_option().map(contiguous));
-        let y = host::forward(f32s(&x), f32s(&weight), bias.as_ref().map(f32s), act, &g);
-        FlexTensor::from_data(TensorData::new(y, [g.batch, g.out_channels, g.out_height(), g.out_width()]))
+        let (y, moments) = host::forward(f32s(&x), f32s(&weight), bias.as_ref().map(f32s), act, &g, moments);
+        let moments = moments.unwrap_or_default();
+        let len = moments.len();
+        (
+            FlexTensor::from_data(TensorData::new(y, [g.batch, g.out_channels, g.out_height(), g.out_width()])),
+            FlexTensor::from_data(TensorData::new(moments, [len])),
+        )
     }
 }
 
@@ -119,17 +149,22 @@ impl<C: CheckpointStrategy> DenseConvBackend for Autodiff<Flex, C> {
     fn conv2d_dense(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        bias: Bias<Self>,
+        bias: OptionalTensor<Self>,
         sy: usize,
         sx: usize,
         py: usize,
         px: usize,
         act: Act,
-    ) -> FloatTensor<Self> {
+        moments: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         assert_eq!(act, Act::Identity, "conv2d_dense: training applies the activation on its own");
-        conv_step(DenseConvBackward, x, weight, bias, [sy, sx, py, px], |x, weight, bias| {
-            Flex::conv2d_dense(x, weight, bias, sy, sx, py, px, act)
-        })
+        let mut plane_moments = None;
+        let output = conv_step(DenseConvBackward, x, weight, bias, [sy, sx, py, px], |x, weight, bias| {
+            let (y, moments) = Flex::conv2d_dense(x, weight, bias, sy, sx, py, px, act, moments);
+            plane_moments = Some(moments);
+            y
+        });
+        (output, <Self as AutodiffBackend>::from_inner(plane_moments.expect("the forward ran")))
     }
 }
 

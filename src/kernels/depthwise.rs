@@ -22,7 +22,7 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
@@ -30,7 +30,7 @@ use burn::tensor::{DType, TensorData};
 
 use host::{Geometry, OutGrad, Wanted};
 
-use super::{Bias, contiguous, conv_step, exclusive_f32s, f32s};
+use super::{OptionalTensor, contiguous, conv_step, exclusive_f32s, f32s};
 
 /// Depthwise convolution of `x` `[batch, channels, height, width]` with `weight`
 /// `[channels, 1, k, k]` and optional `bias` `[channels]`, zero padding `padding` on every side:
@@ -42,6 +42,31 @@ use super::{Bias, contiguous, conv_step, exclusive_f32s, f32s};
 ///
 /// If the shapes do not fit together as above, `stride` is 0, or `k` exceeds the padded input.
 pub fn depthwise_conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, stride: usize, padding: usize) -> Tensor<4> {
+    run(x, weight, bias, stride, padding, false).0
+}
+
+/// [`depthwise_conv2d`] and its output planes' moments for the BatchNorm after it
+/// (`kernels::plane_moments`), where it runs on our kernels; else burn's output and no moments.
+pub(crate) fn depthwise_conv2d_moments(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    stride: usize,
+    padding: usize,
+) -> (Tensor<4>, Option<Tensor<1>>) {
+    run(x, weight, bias, stride, padding, true)
+}
+
+/// Our kernels' output and, where they ran, the moments (empty without `moments`); else burn's
+/// output.
+fn run(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    stride: usize,
+    padding: usize,
+    moments: bool,
+) -> (Tensor<4>, Option<Tensor<1>>) {
     let [_, channels, height, width] = x.dims();
     let [weight_channels, per_group, kernel, kernel_width] = weight.dims();
     assert!(
@@ -63,33 +88,45 @@ pub fn depthwise_conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>
         && bias.as_ref().is_none_or(|bias| bias.dtype() == DType::F32)
         && x.device().inner() == Device::flex();
     if !ours {
-        return conv2d(x, weight, bias, ConvOptions::new([stride, stride], [padding, padding], [1, 1], channels));
+        return (conv2d(x, weight, bias, ConvOptions::new([stride, stride], [padding, padding], [1, 1], channels)), None);
     }
-    let bias = bias.map_or(Bias::Zero, |bias| Bias::Add(bias.into_dispatch()));
-    let output = <Dispatch as DepthwiseConvBackend>::depthwise_conv2d(x.into_dispatch(), weight.into_dispatch(), bias, stride, padding);
-    Tensor::from_dispatch(output)
+    let bias = OptionalTensor::from_option(bias.map(Tensor::into_dispatch));
+    let (output, moments) =
+        <Dispatch as DepthwiseConvBackend>::depthwise_conv2d(x.into_dispatch(), weight.into_dispatch(), bias, stride, padding, moments);
+    (Tensor::from_dispatch(output), Some(Tensor::from_dispatch(moments)))
 }
 
-/// Our kernels as a burn backend operation. Callers guarantee what [`depthwise_conv2d`] checks:
-/// f32 tensors of matching shapes and a kernel of at most `host::MAX_KERNEL`.
+/// Our kernels as a burn backend operation, and with `moments` the output planes' moments
+/// (outside the graph; empty without). Callers guarantee what [`depthwise_conv2d`] checks: f32
+/// tensors of matching shapes and a kernel of at most `host::MAX_KERNEL`.
 #[backend_extension(Flex, Autodiff)]
 trait DepthwiseConvBackend: Backend {
     fn depthwise_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        #[extension_type] bias: Bias<Self>,
+        #[extension_type] bias: OptionalTensor<Self>,
         stride: usize,
         padding: usize,
-    ) -> FloatTensor<Self>;
+        moments: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
 impl DepthwiseConvBackend for Flex {
-    fn depthwise_conv2d(x: FlexTensor, weight: FlexTensor, bias: Bias<Self>, stride: usize, padding: usize) -> FlexTensor {
+    fn depthwise_conv2d(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: OptionalTensor<Self>,
+        stride: usize,
+        padding: usize,
+        moments: bool,
+    ) -> (FlexTensor, FlexTensor) {
         let geometry = geometry(&x, &weight, stride, padding);
         let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.into_option().map(contiguous));
-        let output = host::forward(f32s(&x), f32s(&weight), bias.as_ref().map(f32s), &geometry);
+        let (output, moments) = host::forward(f32s(&x), f32s(&weight), bias.as_ref().map(f32s), &geometry, moments);
         let shape = [geometry.batch, geometry.channels, geometry.out_height(), geometry.out_width()];
-        FlexTensor::from_data(TensorData::new(output, shape))
+        let moments = moments.unwrap_or_default();
+        let len = moments.len();
+        (FlexTensor::from_data(TensorData::new(output, shape)), FlexTensor::from_data(TensorData::new(moments, [len])))
     }
 }
 
@@ -97,13 +134,18 @@ impl<C: CheckpointStrategy> DepthwiseConvBackend for Autodiff<Flex, C> {
     fn depthwise_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        bias: Bias<Self>,
+        bias: OptionalTensor<Self>,
         stride: usize,
         padding: usize,
-    ) -> FloatTensor<Self> {
-        conv_step(DepthwiseBackward, x, weight, bias, (stride, padding), |x, weight, bias| {
-            Flex::depthwise_conv2d(x, weight, bias, stride, padding)
-        })
+        moments: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let mut plane_moments = None;
+        let output = conv_step(DepthwiseBackward, x, weight, bias, (stride, padding), |x, weight, bias| {
+            let (y, moments) = Flex::depthwise_conv2d(x, weight, bias, stride, padding, moments);
+            plane_moments = Some(moments);
+            y
+        });
+        (output, <Self as AutodiffBackend>::from_inner(plane_moments.expect("the forward ran")))
     }
 }
 

@@ -226,20 +226,63 @@ unsafe fn matmul(
     }
 }
 
-/// The optional bias of a convolution extension (the extension macro maps tensors inside
-/// derived types, but not inside an `Option`).
+/// An optional tensor argument of an extension (the extension macro maps tensors inside derived
+/// types, but not inside an `Option`): a convolution's bias, the plane moments a BatchNorm is given.
 #[derive(ExtensionType)]
-enum Bias<B: Backend> {
-    Add(FloatTensor<B>),
-    Zero,
+enum OptionalTensor<B: Backend> {
+    Given(FloatTensor<B>),
+    Absent,
 }
 
-impl<B: Backend> Bias<B> {
+impl<B: Backend> OptionalTensor<B> {
     fn into_option(self) -> Option<FloatTensor<B>> {
         match self {
-            Bias::Add(bias) => Some(bias),
-            Bias::Zero => None,
+            OptionalTensor::Given(tensor) => Some(tensor),
+            OptionalTensor::Absent => None,
         }
+    }
+
+    fn from_option(tensor: Option<FloatTensor<B>>) -> Self {
+        tensor.map_or(OptionalTensor::Absent, OptionalTensor::Given)
+    }
+}
+
+with_avx2! {
+    /// `[mean, Σ (x - mean)²]` of each plane of a run of planes (`x.len() / moments.len()` values
+    /// each), the mean taken first (exact for values far from 0 with a small spread). The dense
+    /// and depthwise convolutions take them of their output planes while these are in cache, for
+    /// the BatchNorm after them (`2 * batch * channels` f64 values), which then skips its own read
+    /// of the tensor for them.
+    avx512 fn plane_moments(x: &[f32], moments: &mut [[f64; 2]]) {
+        let plane = x.len() / moments.len();
+        for (x, moments) in x.chunks_exact(plane).zip(moments) {
+            let mean = lane_sums(x, x, |v, _| [v, 0.0])[0] / plane as f64;
+            let m = mean as f32;
+            *moments = [mean, lane_sums(x, x, |v, _| [(v - m) * (v - m), 0.0])[0]];
+        }
+    }
+}
+
+/// A buffer whose parallel tasks each write their own values, not one contiguous chunk.
+struct SharedSlice<T>(*mut T);
+
+// SAFETY: the tasks write disjoint values (each `run` is one task's alone).
+unsafe impl<T: Send> Sync for SharedSlice<T> {}
+
+impl<T> SharedSlice<T> {
+    fn new(values: &mut [T]) -> Self {
+        Self(values.as_mut_ptr())
+    }
+
+    /// `len` values from `start`.
+    ///
+    /// # Safety
+    ///
+    /// No other task uses these values; they lie inside the buffer.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn run(&self, start: usize, len: usize) -> &mut [T] {
+        // SAFETY: the caller's guarantee.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
 }
 
@@ -251,9 +294,9 @@ fn conv_step<C, S, P>(
     step: S,
     x: FloatTensor<Autodiff<Flex, C>>,
     weight: FloatTensor<Autodiff<Flex, C>>,
-    bias: Bias<Autodiff<Flex, C>>,
+    bias: OptionalTensor<Autodiff<Flex, C>>,
     sizes: P,
-    forward: impl FnOnce(FlexTensor, FlexTensor, Bias<Flex>) -> FlexTensor,
+    forward: impl FnOnce(FlexTensor, FlexTensor, OptionalTensor<Flex>) -> FlexTensor,
 ) -> FloatTensor<Autodiff<Flex, C>>
 where
     C: CheckpointStrategy,
@@ -265,16 +308,18 @@ where
         {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&weight), sizes);
-                prep.finish(state, forward(x.into_primitive(), weight.into_primitive(), Bias::Add(bias.into_primitive())))
+                prep.finish(state, forward(x.into_primitive(), weight.into_primitive(), OptionalTensor::Given(bias.into_primitive())))
             }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive(), weight.into_primitive(), Bias::Add(bias.into_primitive()))),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(forward(x.into_primitive(), weight.into_primitive(), OptionalTensor::Given(bias.into_primitive())))
+            }
         },
         None => match <S as Backward<Flex, 2>>::prepare::<C>(step, [x.node(), weight.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&weight), sizes);
-                prep.finish(state, forward(x.into_primitive(), weight.into_primitive(), Bias::Zero))
+                prep.finish(state, forward(x.into_primitive(), weight.into_primitive(), OptionalTensor::Absent))
             }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive(), weight.into_primitive(), Bias::Zero)),
+            OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive(), weight.into_primitive(), OptionalTensor::Absent)),
         },
     }
 }

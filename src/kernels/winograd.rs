@@ -24,7 +24,7 @@ use burn::tensor::{DType, TensorData};
 
 use host::{Filters, Geometry};
 
-use super::{Bias, bias_gradient, contiguous, conv_step, f32s};
+use super::{OptionalTensor, bias_gradient, contiguous, conv_step, f32s};
 
 /// Largest padding [`conv3x3`] takes (the input gradient's convolution pads by `2 - padding`).
 pub const MAX_PADDING: usize = 2;
@@ -69,7 +69,7 @@ pub fn conv3x3(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, padding
     if !ours {
         return conv2d(x, weight, bias, options(padding));
     }
-    let bias = bias.map_or(Bias::Zero, |bias| Bias::Add(bias.into_dispatch()));
+    let bias = OptionalTensor::from_option(bias.map(Tensor::into_dispatch));
     let output = <Dispatch as Conv3x3Backend>::conv3x3(x.into_dispatch(), weight.into_dispatch(), bias, padding);
     Tensor::from_dispatch(output)
 }
@@ -81,11 +81,16 @@ fn options(padding: usize) -> ConvOptions<2> {
 /// Our kernel as a burn backend operation. Callers guarantee what [`conv3x3`] checks.
 #[backend_extension(Flex, Autodiff)]
 trait Conv3x3Backend: Backend {
-    fn conv3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>, #[extension_type] bias: Bias<Self>, padding: usize) -> FloatTensor<Self>;
+    fn conv3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        #[extension_type] bias: OptionalTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self>;
 }
 
 impl Conv3x3Backend for Flex {
-    fn conv3x3(x: FlexTensor, weight: FlexTensor, bias: Bias<Self>, padding: usize) -> FlexTensor {
+    fn conv3x3(x: FlexTensor, weight: FlexTensor, bias: OptionalTensor<Self>, padding: usize) -> FlexTensor {
         let g = geometry(&x, &weight, padding);
         let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.into_option().map(contiguous));
         let output = host::forward(f32s(&x), f32s(&weight), bias.as_ref().map(f32s), &g, Filters::AsGiven);
@@ -94,7 +99,7 @@ impl Conv3x3Backend for Flex {
 }
 
 impl<C: CheckpointStrategy> Conv3x3Backend for Autodiff<Flex, C> {
-    fn conv3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Bias<Self>, padding: usize) -> FloatTensor<Self> {
+    fn conv3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: OptionalTensor<Self>, padding: usize) -> FloatTensor<Self> {
         conv_step(Conv3x3Backward, x, weight, bias, padding, |x, weight, bias| Flex::conv3x3(x, weight, bias, padding))
     }
 }

@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{params, trace};
 pub use crate::kernels::activation::Act;
-use crate::kernels::dense::conv2d_dense_act;
-use crate::kernels::depthwise::depthwise_conv2d;
+use crate::kernels::batch_norm;
+use crate::kernels::dense::{conv2d_dense_act, conv2d_dense_moments};
+use crate::kernels::depthwise::{depthwise_conv2d, depthwise_conv2d_moments};
 use crate::kernels::max_pool;
 use crate::kernels::squeeze_excite;
 use crate::kernels::winograd::{self, conv3x3};
@@ -395,14 +396,28 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     run_conv(conv, x, conv.weight.val(), bias, (kernel, padding), Act::Identity)
 }
 
-/// `act(bn(conv(x)))` with `bn` in evaluation mode and `x` outside autodiff (inference), where
-/// the conv runs on our dense kernel: the BatchNorm folded into the conv's weights and bias (as
-/// PyTorch's `fuse_conv_bn_eval`), the activation applied as the output is written. Otherwise
+/// `act(bn(conv(x)))`. Where the conv runs on our dense kernel: in training, the conv also takes
+/// its output planes' moments, which spare the BatchNorm its statistics pass; at inference (`bn`
+/// in evaluation mode, `x` outside autodiff), the BatchNorm folded into the conv's weights and bias
+/// (as PyTorch's `fuse_conv_bn_eval`), the activation applied as the output is written. Otherwise
 /// the three in turn.
 pub fn conv_bn_forward(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
     let [_, channels, height, width] = x.dims();
     let plan = conv_plan(conv, [channels, height, width]);
-    if x.device().is_autodiff() || plan.0 != ConvKernel::Dense || x.dtype() != conv.weight.val().dtype() {
+    let same_type = x.dtype() == conv.weight.val().dtype();
+    let moments_kernel = matches!(plan.0, ConvKernel::Dense | ConvKernel::Depthwise);
+    if same_type && moments_kernel && batch_norm::trains_on_kernel(bn, &x) {
+        let bias = conv.bias.as_ref().map(|b| b.val());
+        let (x, padding) = padded(conv, x, plan.1);
+        let (y, moments) = if plan.0 == ConvKernel::Dense {
+            let (y, moments) = conv2d_dense_moments(x, conv.weight.val(), bias, conv.stride, padding);
+            (y, Some(moments))
+        } else {
+            depthwise_conv2d_moments(x, conv.weight.val(), bias, conv.stride[0], padding[0])
+        };
+        return batch_norm::forward_with_moments(bn, y, moments, act);
+    }
+    if x.device().is_autodiff() || plan.0 != ConvKernel::Dense || !same_type {
         return batch_norm_forward(bn, conv_forward(conv, x), act);
     }
     let out_channels = conv.weight.dims()[0];
@@ -425,19 +440,25 @@ fn run_conv(
     (kernel, padding): (ConvKernel, Option<[usize; 2]>),
     act: Act,
 ) -> Tensor<4> {
-    let [_, _, height, width] = x.dims();
-    let (x, [vertical, horizontal]) = match padding {
-        Some(padding) => (x, padding),
-        None => {
-            let [(top, bottom), (left, right)] = padding_sides(&conv.padding, conv.kernel_size, conv.stride, height, width);
-            (x.pad((left, right, top, bottom), 0.0), [0, 0])
-        }
-    };
+    let (x, [vertical, horizontal]) = padded(conv, x, padding);
     match kernel {
         ConvKernel::Depthwise => act.apply(depthwise_conv2d(x, weight, bias, conv.stride[0], vertical)),
         ConvKernel::Winograd => act.apply(conv3x3(x, weight, bias, vertical)),
         ConvKernel::Dense => conv2d_dense_act(x, weight, bias, conv.stride, [vertical, horizontal], act),
         ConvKernel::Burn => unreachable!("burn's convolutions are not planned here"),
+    }
+}
+
+/// `x` and the symmetric padding the kernel is given: `padding` where planned, else (TensorFlow's
+/// asymmetric "SAME") `x` padded here and none.
+fn padded(conv: &Conv2d, x: Tensor<4>, padding: Option<[usize; 2]>) -> (Tensor<4>, [usize; 2]) {
+    let [_, _, height, width] = x.dims();
+    match padding {
+        Some(padding) => (x, padding),
+        None => {
+            let [(top, bottom), (left, right)] = padding_sides(&conv.padding, conv.kernel_size, conv.stride, height, width);
+            (x.pad((left, right, top, bottom), 0.0), [0, 0])
+        }
     }
 }
 
@@ -468,9 +489,9 @@ pub fn batch_norm_forward(bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
     let dtype = x.dtype();
     let computed = bn.gamma.val().dtype();
     if dtype == computed {
-        return crate::kernels::batch_norm::forward(bn, x, act);
+        return batch_norm::forward(bn, x, act);
     }
-    act.apply(crate::kernels::batch_norm::forward(bn, x.cast(computed), Act::Identity).cast(dtype))
+    act.apply(batch_norm::forward(bn, x.cast(computed), Act::Identity).cast(dtype))
 }
 
 /// TensorFlow's "SAME" padding of one side length: `(before, after)` for an output of
@@ -694,6 +715,53 @@ mod tests {
                 let folded = conv_bn_forward(&conv, &bn, x.clone(), act).into_data();
                 let in_turn = act.apply(bn.forward(conv.forward(x.clone()))).into_data();
                 folded.assert_approx_eq::<f32>(&in_turn, burn::tensor::Tolerance::<f32>::rel_abs(1e-5, 1e-5));
+            }
+        }
+    }
+
+    /// In training, a conv on the dense or depthwise kernel hands its output planes' moments to
+    /// the BatchNorm after it; output, every gradient and the running statistics equal burn's conv
+    /// and BatchNorm in turn (1x1 with one image per product and several, strided 3x3 with
+    /// TensorFlow's padding, depthwise at stride 1 and 2 with more channels than one task's).
+    #[test]
+    fn training_conv_bn_with_the_convs_moments_equals_burns_layers() {
+        let device = Device::flex().autodiff();
+        device.seed(9);
+        let convs = [
+            (Conv2dConfig::new([5, 6], [1, 1]), 2),
+            (Conv2dConfig::new([5, 6], [1, 1]), 9),
+            (Conv2dConfig::new([5, 6], [3, 3]).with_stride([2, 2]).with_padding(PaddingConfig2d::Same).with_bias(true), 3),
+            (Conv2dConfig::new([10, 10], [3, 3]).with_groups(10).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)), 3),
+            (Conv2dConfig::new([10, 10], [5, 5]).with_groups(10).with_stride([2, 2]).with_padding(PaddingConfig2d::Same), 2),
+        ];
+        for (config, batch) in convs {
+            let conv = config.init(&device);
+            let [outs, ins] = [conv.weight.dims()[0], conv.weight.dims()[1] * conv.groups];
+            let x = Tensor::<4>::random([batch, ins, 9, 8], Distribution::Normal(1.0, 2.0), &device);
+            let out_grad = Tensor::<4>::random(conv_forward(&conv, x.clone()).dims(), Distribution::Normal(0.0, 1.0), &device);
+            assert!(matches!(conv_plan(&conv, [ins, 9, 8]).0, ConvKernel::Dense | ConvKernel::Depthwise));
+            let run = |ours: bool| {
+                let bn = BatchNormConfig::new(outs).with_momentum(0.3).init(&device);
+                let bn = BatchNorm { gamma: bn.gamma.map(|g| g.add_scalar(0.5).detach().require_grad()), ..bn };
+                let x = x.clone().require_grad();
+                let y = if ours {
+                    conv_bn_forward(&conv, &bn, x.clone(), Act::Relu6)
+                } else {
+                    Act::Relu6.apply(bn.forward(conv.forward(x.clone())))
+                };
+                let grads = (y.clone() * out_grad.clone()).sum().backward();
+                [
+                    y.into_data(),
+                    x.grad(&grads).unwrap().into_data(),
+                    conv.weight.grad(&grads).unwrap().into_data(),
+                    bn.gamma.grad(&grads).unwrap().into_data(),
+                    bn.beta.grad(&grads).unwrap().into_data(),
+                    bn.running_mean.value_sync().into_data(),
+                    bn.running_var.value_sync().into_data(),
+                ]
+            };
+            for (ours, burns) in run(true).iter().zip(&run(false)) {
+                ours.assert_approx_eq::<f32>(burns, burn::tensor::Tolerance::<f32>::rel_abs(1e-4, 1e-4));
             }
         }
     }

@@ -12,7 +12,9 @@
 use std::mem::MaybeUninit;
 
 use crate::kernels::activation::{Act, Pointwise, with_pointwise};
-use crate::kernels::{assume_written, fma_available, matmul, sized, sum_in_parallel, uninit_chunks, with_buffers};
+use crate::kernels::{
+    SharedSlice, assume_written, fma_available, matmul, plane_moments, sized, sum_in_parallel, uninit_chunks, with_buffers,
+};
 
 /// Output pixels (summed over the chunk's images) one product takes.
 const CHUNK_PIXELS: usize = 1024;
@@ -54,8 +56,9 @@ impl Geometry {
 }
 
 /// `y = act(conv2d(x, weight) + bias)` `[batch, out, out_height, out_width]`, the bias and the
-/// activation applied to each chunk's product while it is in cache.
-pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, act: Act, g: &Geometry) -> Vec<f32> {
+/// activation applied to each chunk's product while it is in cache; with `moments`, also each
+/// output plane's `[mean, Σ (y - mean)²]` (`kernels::plane_moments`), taken as each chunk is written.
+pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, act: Act, g: &Geometry, moments: bool) -> (Vec<f32>, Option<Vec<f64>>) {
     let pixels = g.out_height() * g.out_width();
     assert_eq!(x.len(), g.batch * g.in_channels * g.height * g.width, "conv: input size");
     assert_eq!(weight.len(), g.out_channels * g.filter_len(), "conv: weight size");
@@ -118,8 +121,20 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, act: Act, g: &Ge
             }
         })
     };
+    let mut plane_moments_ = moments.then(|| vec![[0f64; 2]; g.batch * outs]);
+    let moments_out = plane_moments_.as_mut().map(|moments| SharedSlice::new(moments));
     // SAFETY: `fill` writes each chunk's images in full, by the products' blocks or the scatter.
-    unsafe { uninit_chunks(g.batch * outs * pixels, per_chunk * outs * pixels, fill) }
+    let y = unsafe {
+        uninit_chunks(g.batch * outs * pixels, per_chunk * outs * pixels, |chunk, y| {
+            fill(chunk, y);
+            if let Some(moments) = &moments_out {
+                // SAFETY: written in full by `fill`; the chunk's planes' moments are its own.
+                let moments = moments.run(chunk * per_chunk * outs, y.len() / pixels);
+                plane_moments(fma, assume_written(y), moments);
+            }
+        })
+    };
+    (y, plane_moments_.map(|moments| moments.into_flattened()))
 }
 
 /// The output rows of each product on a chunk of `images`: for one image, blocks whose im2col

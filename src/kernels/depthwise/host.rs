@@ -12,7 +12,7 @@ mod interleaved;
 
 use rayon::prelude::*;
 
-use crate::kernels::fma_available;
+use crate::kernels::{SharedSlice, fma_available, plane_moments};
 
 /// f32 lanes of a vector (one AVX register).
 const LANES: usize = 8;
@@ -86,9 +86,13 @@ impl OutGrad<'_> {
 }
 
 /// `[batch, channels, out_height, out_width]` from `x` `[batch, channels, height, width]`,
-/// `weight` `[channels, kernel, kernel]` and `bias` `[channels]`.
-pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
-    forward_with(fma_available(), x, weight, bias, g)
+/// `weight` `[channels, kernel, kernel]` and `bias` `[channels]`; with `moments`, also each output
+/// plane's `[mean, Σ (y - mean)²]` (`kernels::plane_moments`), taken as each task's planes are written.
+pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry, moments: bool) -> (Vec<f32>, Option<Vec<f64>>) {
+    let fma = fma_available();
+    let mut plane_moments_ = moments.then(|| vec![[0f64; 2]; g.planes()]);
+    let y = forward_with(fma, x, weight, bias, g, plane_moments_.as_deref_mut());
+    (y, plane_moments_.map(|moments| moments.into_flattened()))
 }
 
 /// The gradients of the loss with respect to `x`, `weight` and `bias` of [`forward`], given
@@ -98,12 +102,12 @@ pub fn backward(x: &[f32], weight: &[f32], out_grad: OutGrad, g: &Geometry, want
     backward_with(fma_available(), x, weight, out_grad, g, wanted)
 }
 
-fn forward_with(fma: bool, x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+fn forward_with(fma: bool, x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry, moments: Option<&mut [[f64; 2]]>) -> Vec<f32> {
     check_sizes(g, x, weight);
     if let Some(bias) = bias {
         assert_eq!(bias.len(), g.channels, "bias size");
     }
-    interleaved::forward(fma, x, weight, bias, g)
+    interleaved::forward(fma, x, weight, bias, g, moments)
 }
 
 fn backward_with(fma: bool, x: &[f32], weight: &[f32], out_grad: OutGrad, g: &Geometry, wanted: Wanted) -> Gradients {
@@ -172,13 +176,25 @@ fn split_groups<'a>(mut values: &'a mut [f32], groups: &[Group], plane: usize) -
 }
 
 /// A new `[batch, channels, out_height, out_width]` output, `task` computing each group's
-/// planes of it in parallel.
-fn forward_groups<S: Default>(g: &Geometry, task: impl Fn(&mut S, Group, &mut [f32]) + Sync) -> Vec<f32> {
+/// planes of it in parallel; then, where given room for them, the planes' moments.
+fn forward_groups<S: Default>(
+    fma: bool,
+    g: &Geometry,
+    moments: Option<&mut [[f64; 2]]>,
+    task: impl Fn(&mut S, Group, &mut [f32]) + Sync,
+) -> Vec<f32> {
     let plane_out = g.out_height() * g.out_width();
     let mut out = vec![0.0; g.planes() * plane_out];
     let groups = Group::all(g);
     let slices = split_groups(&mut out, &groups, plane_out);
-    groups.into_par_iter().zip(slices).for_each_init(S::default, |scratch, (group, out)| task(scratch, group, out));
+    let moments = moments.map(SharedSlice::new);
+    groups.into_par_iter().zip(slices).for_each_init(S::default, |scratch, (group, out)| {
+        task(scratch, group, out);
+        if let Some(moments) = &moments {
+            // SAFETY: the group's planes' moments are this task's alone.
+            plane_moments(fma, out, unsafe { moments.run(group.first_plane, group.channels) });
+        }
+    });
     out
 }
 
@@ -445,7 +461,7 @@ mod tests {
         let [y, dx, dw, db] = reference(&x, &w, &b, &dy, &g);
         for fma in [false, true].into_iter().filter(|&fma| !fma || fma_available()) {
             let context = format!("{g:?}, fma {fma}");
-            assert_close("y", &forward_with(fma, &x, &w, Some(&b), &g), &y, &context);
+            assert_close("y", &forward_with(fma, &x, &w, Some(&b), &g, None), &y, &context);
             let all = Wanted { x: true, weight: true, bias: true };
             let read = backward_with(fma, &x, &w, OutGrad::Read(&dy), &g, all);
             assert_close("dx", &read.x.unwrap(), &dx, &context);

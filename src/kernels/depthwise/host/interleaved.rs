@@ -19,10 +19,17 @@ use super::{
 /// planes as one `LANES` x `LANES` block.
 const PIXELS: usize = LANES;
 
-pub(super) fn forward(fma: bool, x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+pub(super) fn forward(
+    fma: bool,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    g: &Geometry,
+    moments: Option<&mut [[f64; 2]]>,
+) -> Vec<f32> {
     let (plane_in, taps) = (g.height * g.width, g.taps());
     let shape = input_scratch(g);
-    forward_groups(g, |scratch: &mut Scratch, group, out| {
+    forward_groups(fma, g, moments, |scratch: &mut Scratch, group, out| {
         let task = ForwardGroup {
             x: group.planes(x, plane_in),
             weight: group.rows(weight, g, taps),
