@@ -140,7 +140,7 @@ impl BatchNormBackend for Flex {
         let [batch, channels, height, width] = shape.dims();
         let (x, gamma, beta, moments) = (contiguous(x), contiguous(gamma), contiguous(beta), moments.into_option());
         let layer = host::Layer { gamma: f32s(&gamma), beta: f32s(&beta), stats: &[], epsilon, act, batch, plane: height * width };
-        let moments = moments.as_ref().map(|moments| moments.as_slice::<f64>().expect("plane moments are contiguous f64"));
+        let moments = moments.as_ref().map(|moments| moments.as_slice::<f64>().expect("plane moments are contiguous f64").as_chunks().0);
         let (y, stats) = host::train_forward(f32s(&x), &layer, moments);
         (FlexTensor::from_data(TensorData::new(y, shape)), FlexTensor::from_data(TensorData::new(stats, [2 * channels])))
     }
@@ -156,8 +156,9 @@ impl<C: CheckpointStrategy> BatchNormBackend for Autodiff<Flex, C> {
         act: Act,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let moments = OptionalTensor::from_option(moments.into_option().map(|moments| moments.into_primitive()));
-        let (x_, gamma_, beta_) = (x.clone().into_primitive(), gamma.clone().into_primitive(), beta.clone().into_primitive());
-        let (y, stats) = Flex::batch_norm_train(x_, gamma_, beta_, moments, epsilon, act);
+        let values = [&x, &gamma, &beta].map(|tensor| tensor.clone().into_primitive());
+        let [x_values, gamma_values, beta_values] = values;
+        let (y, stats) = Flex::batch_norm_train(x_values, gamma_values, beta_values, moments, epsilon, act);
         let output = match BatchNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), prep.checkpoint(&beta), stats.clone(), epsilon, act);
@@ -286,28 +287,25 @@ mod host {
     /// variance..]`, the variance biased). Each plane's mean and sum of squared deviations (taken
     /// here while the plane is in cache, or given in `moments`) are combined over images exactly
     /// (Chan, Golub and LeVeque), in f64.
-    pub fn train_forward(x: &[f32], layer: &Layer, moments: Option<&[f64]>) -> (Vec<f32>, Vec<f32>) {
+    pub fn train_forward(x: &[f32], layer: &Layer, moments: Option<&[[f64; 2]]>) -> (Vec<f32>, Vec<f32>) {
         let (channels, plane, batch, fma) = (layer.gamma.len(), layer.plane, layer.batch, fma_available());
         debug_assert_eq!(x.len(), batch * channels * plane);
         let mut y = Vec::with_capacity(x.len());
         let output = SharedSlice::new(y.spare_capacity_mut());
         let stats = blocks(layer, layer.block_channels(1), |block| {
             let run = |n: usize| (n * channels + block.start) * plane..(n * channels + block.end) * plane;
-            let computed = moments.is_none().then(|| {
-                let mut computed = vec![[0f64; 2]; batch * block.len()];
-                for (n, moments) in computed.chunks_exact_mut(block.len()).enumerate() {
-                    plane_moments(fma, &x[run(n)], moments);
+            // This block's planes' moments, image by image.
+            let mut block_moments = vec![[0f64; 2]; batch * block.len()];
+            for (n, block_moments) in block_moments.chunks_exact_mut(block.len()).enumerate() {
+                match moments {
+                    Some(given) => block_moments.copy_from_slice(&given[run(n).start / plane..run(n).end / plane]),
+                    None => plane_moments(fma, &x[run(n)], block_moments),
                 }
-                computed
-            });
+            }
             let stats: Vec<[f32; 2]> = block
                 .clone()
                 .map(|c| {
-                    let at = |n: usize| match (&computed, moments) {
-                        (Some(computed), _) => computed[n * block.len() + c - block.start],
-                        (None, Some(given)) => [given[2 * (n * channels + c)], given[2 * (n * channels + c) + 1]],
-                        (None, None) => unreachable!("moments are computed where none are given"),
-                    };
+                    let at = |n: usize| block_moments[n * block.len() + c - block.start];
                     let mean = (0..batch).map(|n| at(n)[0]).sum::<f64>() / batch as f64;
                     let squares = (0..batch).map(|n| at(n)[1] + plane as f64 * (at(n)[0] - mean).powi(2)).sum::<f64>();
                     [mean as f32, (squares / (batch * plane) as f64) as f32]

@@ -139,13 +139,10 @@ impl<C: CheckpointStrategy> DepthwiseConvBackend for Autodiff<Flex, C> {
         padding: usize,
         moments: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let mut plane_moments = None;
-        let output = conv_step(DepthwiseBackward, x, weight, bias, (stride, padding), |x, weight, bias| {
-            let (y, moments) = Flex::depthwise_conv2d(x, weight, bias, stride, padding, moments);
-            plane_moments = Some(moments);
-            y
+        let (output, moments) = conv_step(DepthwiseBackward, x, weight, bias, (stride, padding), |x, weight, bias| {
+            Flex::depthwise_conv2d(x, weight, bias, stride, padding, moments)
         });
-        (output, <Self as AutodiffBackend>::from_inner(plane_moments.expect("the forward ran")))
+        (output, <Self as AutodiffBackend>::from_inner(moments))
     }
 }
 

@@ -286,42 +286,44 @@ impl<T> SharedSlice<T> {
     }
 }
 
-/// A convolution extension's autodiff step: `forward` on the flex tensors, recorded with the
-/// backward step `step` whose parents are `[x, weight]` or `[x, weight, bias]` (two arities of
-/// one `Backward` implementation) and whose state is the checkpointed `x` and `weight` plus
-/// `sizes` (stride, padding, ...).
-fn conv_step<C, S, P>(
+/// A convolution extension's autodiff step: `forward` on the flex tensors (the output, and
+/// whatever else it gives outside the graph), recorded with the backward step `step` whose parents
+/// are `[x, weight]` or `[x, weight, bias]` (two arities of one `Backward` implementation) and whose
+/// state is the checkpointed `x` and `weight` plus `sizes` (stride, padding, ...).
+fn conv_step<C, S, P, T>(
     step: S,
     x: FloatTensor<Autodiff<Flex, C>>,
     weight: FloatTensor<Autodiff<Flex, C>>,
     bias: OptionalTensor<Autodiff<Flex, C>>,
     sizes: P,
-    forward: impl FnOnce(FlexTensor, FlexTensor, OptionalTensor<Flex>) -> FlexTensor,
-) -> FloatTensor<Autodiff<Flex, C>>
+    forward: impl FnOnce(FlexTensor, FlexTensor, OptionalTensor<Flex>) -> (FlexTensor, T),
+) -> (FloatTensor<Autodiff<Flex, C>>, T)
 where
     C: CheckpointStrategy,
     S: Backward<Flex, 2, State = (NodeId, NodeId, P)> + Backward<Flex, 3, State = (NodeId, NodeId, P)>,
     P: Clone + Send + std::fmt::Debug + 'static,
 {
-    match bias.into_option() {
+    let bias = bias.into_option();
+    let bias_values = OptionalTensor::from_option(bias.clone().map(|bias| bias.into_primitive()));
+    let (y, extra) = forward(x.clone().into_primitive(), weight.clone().into_primitive(), bias_values);
+    let output = match bias {
         Some(bias) => match <S as Backward<Flex, 3>>::prepare::<C>(step, [x.node(), weight.node(), bias.node()]).compute_bound().stateful()
         {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&weight), sizes);
-                prep.finish(state, forward(x.into_primitive(), weight.into_primitive(), OptionalTensor::Given(bias.into_primitive())))
+                prep.finish(state, y)
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(forward(x.into_primitive(), weight.into_primitive(), OptionalTensor::Given(bias.into_primitive())))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
         },
         None => match <S as Backward<Flex, 2>>::prepare::<C>(step, [x.node(), weight.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&weight), sizes);
-                prep.finish(state, forward(x.into_primitive(), weight.into_primitive(), OptionalTensor::Absent))
+                prep.finish(state, y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive(), weight.into_primitive(), OptionalTensor::Absent)),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         },
-    }
+    };
+    (output, extra)
 }
 
 fn contiguous(tensor: FlexTensor) -> FlexTensor {

@@ -100,7 +100,7 @@ impl Conv3x3Backend for Flex {
 
 impl<C: CheckpointStrategy> Conv3x3Backend for Autodiff<Flex, C> {
     fn conv3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: OptionalTensor<Self>, padding: usize) -> FloatTensor<Self> {
-        conv_step(Conv3x3Backward, x, weight, bias, padding, |x, weight, bias| Flex::conv3x3(x, weight, bias, padding))
+        conv_step(Conv3x3Backward, x, weight, bias, padding, |x, weight, bias| (Flex::conv3x3(x, weight, bias, padding), ())).0
     }
 }
 

@@ -121,8 +121,8 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, act: Act, g: &Ge
             }
         })
     };
-    let mut plane_moments_ = moments.then(|| vec![[0f64; 2]; g.batch * outs]);
-    let moments_out = plane_moments_.as_mut().map(|moments| SharedSlice::new(moments));
+    let mut moments_values = moments.then(|| vec![[0f64; 2]; g.batch * outs]);
+    let moments_out = moments_values.as_mut().map(|moments| SharedSlice::new(moments));
     // SAFETY: `fill` writes each chunk's images in full, by the products' blocks or the scatter.
     let y = unsafe {
         uninit_chunks(g.batch * outs * pixels, per_chunk * outs * pixels, |chunk, y| {
@@ -134,7 +134,7 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, act: Act, g: &Ge
             }
         })
     };
-    (y, plane_moments_.map(|moments| moments.into_flattened()))
+    (y, moments_values.map(|moments| moments.into_flattened()))
 }
 
 /// The output rows of each product on a chunk of `images`: for one image, blocks whose im2col

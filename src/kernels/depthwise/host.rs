@@ -90,9 +90,9 @@ impl OutGrad<'_> {
 /// plane's `[mean, Σ (y - mean)²]` (`kernels::plane_moments`), taken as each task's planes are written.
 pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry, moments: bool) -> (Vec<f32>, Option<Vec<f64>>) {
     let fma = fma_available();
-    let mut plane_moments_ = moments.then(|| vec![[0f64; 2]; g.planes()]);
-    let y = forward_with(fma, x, weight, bias, g, plane_moments_.as_deref_mut());
-    (y, plane_moments_.map(|moments| moments.into_flattened()))
+    let mut moments_values = moments.then(|| vec![[0f64; 2]; g.planes()]);
+    let y = forward_with(fma, x, weight, bias, g, moments_values.as_deref_mut());
+    (y, moments_values.map(|moments| moments.into_flattened()))
 }
 
 /// The gradients of the loss with respect to `x`, `weight` and `bias` of [`forward`], given
