@@ -62,8 +62,18 @@ impl Act {
     }
 }
 
-/// `$run::<A>($args..)` with `A` the [`Pointwise`] type of the [`Act`] `$act`.
+/// `$run::<A>($args..)` with `A` the [`Pointwise`] type of the [`Act`] `$act` (after the types
+/// given as `$run::<T..>($args..)`).
 macro_rules! with_pointwise {
+    ($act:expr, $run:ident::<$($given:ty),+>($($arg:expr),* $(,)?)) => {
+        match $act {
+            $crate::kernels::activation::Act::Identity => $run::<$($given,)+ $crate::kernels::activation::Identity>($($arg),*),
+            $crate::kernels::activation::Act::Relu => $run::<$($given,)+ $crate::kernels::activation::Relu>($($arg),*),
+            $crate::kernels::activation::Act::Relu6 => $run::<$($given,)+ $crate::kernels::activation::Relu6>($($arg),*),
+            $crate::kernels::activation::Act::Silu => $run::<$($given,)+ $crate::kernels::activation::Silu>($($arg),*),
+            $crate::kernels::activation::Act::Gelu => $run::<$($given,)+ $crate::kernels::activation::Gelu>($($arg),*),
+        }
+    };
     ($act:expr, $run:ident($($arg:expr),* $(,)?)) => {
         match $act {
             $crate::kernels::activation::Act::Identity => $run::<$crate::kernels::activation::Identity>($($arg),*),

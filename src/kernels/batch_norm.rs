@@ -63,8 +63,15 @@ pub fn forward_with_moments(bn: &BatchNorm, x: Tensor<4>, moments: Option<Tensor
     // and outside the graph (the backward accounts for them).
     let moments = OptionalTensor::from_option(moments.map(Tensor::into_dispatch));
     let (output, stats) = <Dispatch as BatchNormBackend>::batch_norm_train(x.into_dispatch(), gamma, beta, moments, bn.epsilon, act);
-    let stats = Tensor::<1>::from_dispatch(stats);
-    // Running statistics as burn's BatchNorm keeps them.
+    update_running_statistics(bn, Tensor::from_dispatch(stats));
+    Tensor::from_dispatch(output)
+}
+
+/// Moves `bn`'s running statistics towards the batch's `stats` (`[mean.., variance..]`), as burn's
+/// BatchNorm does in training.
+pub(super) fn update_running_statistics(bn: &BatchNorm, stats: Tensor<1>) {
+    let channels = bn.gamma.dims()[0];
+    let device = stats.device();
     let (mean, variance) = (stats.clone().slice(0..channels), stats.slice(channels..2 * channels));
     let momentum = bn.momentum;
     let running_mean = bn.running_mean.value_sync().to_device(&device).mul_scalar(1.0 - momentum).add(mean.mul_scalar(momentum));
@@ -75,7 +82,6 @@ pub fn forward_with_moments(bn: &BatchNorm, x: Tensor<4>, moments: Option<Tensor
     // EMA, lookahead) read the stored value, so store it now.
     bn.running_mean.value_sync();
     bn.running_var.value_sync();
-    Tensor::from_dispatch(output)
 }
 
 /// Whether [`forward`] trains `bn` on `x` (a training layer on the flex autodiff device) on our
@@ -189,7 +195,7 @@ impl Backward<Flex, 3> for BatchNormBackward {
         let [batch, channels, height, width] = shape.dims();
         let [x_node, gamma_node, beta_node] = [0, 1, 2].map(|i| ops.parents.get(i).cloned().flatten());
         let layer = host::Layer { gamma: f32s(&gamma), beta: f32s(&beta), stats: f32s(&stats), epsilon, act, batch, plane: height * width };
-        let (x_grad, sum_dy, sum_dy_xhat) = host::backward(f32s(&x), f32s(&out_grad), &layer, x_node.is_some());
+        let (x_grad, sum_dy, sum_dy_xhat) = host::backward(f32s(&x), f32s(&out_grad), &layer, None, x_node.is_some());
         let to_tensor = |values: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(values, shape));
         let x_grad = x_grad.map(|values| to_tensor(values, vec![batch, channels, height, width]));
         for (node, gradient) in [
@@ -212,7 +218,7 @@ impl Backward<Flex, 3> for BatchNormBackward {
 /// between them, so the second pass does not read the tensor from memory again. Evaluation's one
 /// pass walks the data in memory order, a run of whole planes per task. Sums are kept per plane,
 /// then added image by image in order, so results do not depend on scheduling.
-mod host {
+pub(super) mod host {
     use std::mem::MaybeUninit;
     use std::ops::Range;
 
@@ -238,9 +244,9 @@ mod host {
 
     /// One channel of a [`Layer`]: its BatchNorm is `x * scale + shift`.
     #[derive(Clone, Copy)]
-    struct Channel {
-        scale: f32,
-        shift: f32,
+    pub struct Channel {
+        pub scale: f32,
+        pub shift: f32,
         mean: f32,
         inv_std: f32,
     }
@@ -252,7 +258,7 @@ mod host {
             Channel { scale, shift: self.beta[c] - mean * scale, mean, inv_std }
         }
 
-        fn channels(&self) -> Vec<Channel> {
+        pub fn channels(&self) -> Vec<Channel> {
             let channels = self.gamma.len();
             (0..channels).map(|c| self.channel(c, self.stats[c], self.stats[channels + c])).collect()
         }
@@ -294,23 +300,7 @@ mod host {
         let output = SharedSlice::new(y.spare_capacity_mut());
         let stats = blocks(layer, layer.block_channels(1), |block| {
             let run = |n: usize| (n * channels + block.start) * plane..(n * channels + block.end) * plane;
-            // This block's planes' moments, image by image.
-            let mut block_moments = vec![[0f64; 2]; batch * block.len()];
-            for (n, block_moments) in block_moments.chunks_exact_mut(block.len()).enumerate() {
-                match moments {
-                    Some(given) => block_moments.copy_from_slice(&given[run(n).start / plane..run(n).end / plane]),
-                    None => plane_moments(fma, &x[run(n)], block_moments),
-                }
-            }
-            let stats: Vec<[f32; 2]> = block
-                .clone()
-                .map(|c| {
-                    let at = |n: usize| block_moments[n * block.len() + c - block.start];
-                    let mean = (0..batch).map(|n| at(n)[0]).sum::<f64>() / batch as f64;
-                    let squares = (0..batch).map(|n| at(n)[1] + plane as f64 * (at(n)[0] - mean).powi(2)).sum::<f64>();
-                    [mean as f32, (squares / (batch * plane) as f64) as f32]
-                })
-                .collect();
+            let stats = block_statistics(x, layer, moments, block.clone());
             let block_channels: Vec<Channel> =
                 block.clone().zip(&stats).map(|(c, &[mean, variance])| layer.channel(c, mean, variance)).collect();
             for n in 0..batch {
@@ -322,8 +312,40 @@ mod host {
         });
         // SAFETY: the blocks cover every channel of every image, and each wrote all its values.
         unsafe { y.set_len(x.len()) };
+        (y, mean_then_variance(stats))
+    }
+
+    /// The batch's statistics as [`train_forward`] takes them, without the normalization.
+    pub fn statistics(x: &[f32], layer: &Layer, moments: Option<&[[f64; 2]]>) -> Vec<f32> {
+        mean_then_variance(blocks(layer, layer.block_channels(1), |block| block_statistics(x, layer, moments, block)))
+    }
+
+    fn mean_then_variance(stats: Vec<[f32; 2]>) -> Vec<f32> {
         let (mean, variance): (Vec<f32>, Vec<f32>) = stats.into_iter().map(|[mean, variance]| (mean, variance)).unzip();
-        (y, [mean, variance].concat())
+        [mean, variance].concat()
+    }
+
+    /// `[mean, variance]` of each channel of `block`.
+    fn block_statistics(x: &[f32], layer: &Layer, moments: Option<&[[f64; 2]]>, block: Range<usize>) -> Vec<[f32; 2]> {
+        let (channels, plane, batch) = (layer.gamma.len(), layer.plane, layer.batch);
+        let run = |n: usize| (n * channels + block.start) * plane..(n * channels + block.end) * plane;
+        // This block's planes' moments, image by image.
+        let mut block_moments = vec![[0f64; 2]; batch * block.len()];
+        for (n, block_moments) in block_moments.chunks_exact_mut(block.len()).enumerate() {
+            match moments {
+                Some(given) => block_moments.copy_from_slice(&given[run(n).start / plane..run(n).end / plane]),
+                None => plane_moments(fma_available(), &x[run(n)], block_moments),
+            }
+        }
+        block
+            .clone()
+            .map(|c| {
+                let at = |n: usize| block_moments[n * block.len() + c - block.start];
+                let mean = (0..batch).map(|n| at(n)[0]).sum::<f64>() / batch as f64;
+                let squares = (0..batch).map(|n| at(n)[1] + plane as f64 * (at(n)[0] - mean).powi(2)).sum::<f64>();
+                [mean as f32, (squares / (batch * plane) as f64) as f32]
+            })
+            .collect()
     }
 
     /// `act((x - mean) / sqrt(variance + epsilon) * gamma + beta)` with the layer's statistics.
@@ -361,8 +383,15 @@ mod host {
 
     /// The input gradient `gamma / σ (dz - Σdz / M - x̂ Σ(dz x̂) / M)` (where `input_gradient`),
     /// and per channel `Σ dz` (beta's gradient) and `Σ dz x̂` (gamma's); `x̂` is the normalized
-    /// input, `dz` the gradient before the activation and M the values per channel.
-    pub fn backward(x: &[f32], dy: &[f32], layer: &Layer, input_gradient: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    /// input, `dz` the gradient before the activation and M the values per channel. `sums`, where
+    /// given, are each plane's [`gradient_sums`], taken by the producer of `dy`.
+    pub fn backward(
+        x: &[f32],
+        dy: &[f32],
+        layer: &Layer,
+        sums: Option<&[[f64; 2]]>,
+        input_gradient: bool,
+    ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
         let (channels, plane, batch, fma) = (layer.channels(), layer.plane, layer.batch, fma_available());
         let count = (batch * plane) as f32;
         let mut dx = Vec::with_capacity(if input_gradient { x.len() } else { 0 });
@@ -371,8 +400,11 @@ mod host {
             let run = |n: usize| (n * channels.len() + block.start) * plane..(n * channels.len() + block.end) * plane;
             let block_channels = &channels[block.clone()];
             let mut per_plane = vec![[0f64; 2]; batch * block.len()];
-            for (n, sums) in per_plane.chunks_exact_mut(block.len()).enumerate() {
-                with_pointwise!(layer.act, plane_sums(fma, &x[run(n)], &dy[run(n)], sums, block_channels));
+            for (n, block_sums) in per_plane.chunks_exact_mut(block.len()).enumerate() {
+                match sums {
+                    Some(given) => block_sums.copy_from_slice(&given[run(n).start / plane..run(n).end / plane]),
+                    None => with_pointwise!(layer.act, plane_sums(fma, &x[run(n)], &dy[run(n)], block_sums, block_channels)),
+                }
             }
             let sums: Vec<[f32; 2]> = (0..block.len())
                 .map(|c| {
@@ -397,6 +429,15 @@ mod host {
         }
         let (sum_dy, sum_dy_xhat) = sums.into_iter().map(|[sum, dot]| (sum, dot)).unzip();
         (input_gradient.then_some(dx), sum_dy, sum_dy_xhat)
+    }
+
+    /// [`backward`]'s sums of the planes `first..` of the batch whose `dy` is given, one per plane
+    /// (of the layer's `channels`, repeating) into `sums`.
+    pub fn gradient_sums(x: &[f32], dy: &[f32], first: usize, layer: &Layer, channels: &[Channel], sums: &mut [[f64; 2]]) {
+        let (plane, first_channel) = (layer.plane, first % channels.len());
+        let planes = dy.len() / plane;
+        let (x, channels) = (&x[first * plane..][..dy.len()], &channels[first_channel..][..planes]);
+        with_pointwise!(layer.act, plane_sums(fma_available(), x, dy, sums, channels));
     }
 
     with_avx2! {

@@ -13,7 +13,7 @@
 //! run time. Other backends are not listed, so the public function sends them to burn's conv2d
 //! before reaching the extension.
 
-mod host;
+pub(super) mod host;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -28,7 +28,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, TensorData};
 
-use host::{Geometry, OutGrad, Wanted};
+use host::{Geometry, InputNorm, OutGrad, Wanted, XGradDone};
 
 use super::{OptionalTensor, contiguous, conv_step, exclusive_f32s, f32s};
 
@@ -122,7 +122,7 @@ impl DepthwiseConvBackend for Flex {
     ) -> (FlexTensor, FlexTensor) {
         let geometry = geometry(&x, &weight, stride, padding);
         let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.into_option().map(contiguous));
-        let (output, moments) = host::forward(f32s(&x), f32s(&weight), bias.as_ref().map(f32s), &geometry, moments);
+        let (output, moments) = host::forward(f32s(&x), None, f32s(&weight), bias.as_ref().map(f32s), &geometry, moments);
         let shape = [geometry.batch, geometry.channels, geometry.out_height(), geometry.out_width()];
         let moments = moments.unwrap_or_default();
         let len = moments.len();
@@ -156,33 +156,15 @@ impl<const N: usize> Backward<Flex, N> for DepthwiseBackward {
     type State = (NodeId, NodeId, (usize, usize));
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
-        let mut out_grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let out_grad = contiguous(grads.consume::<Flex>(&ops.node));
         let (x_id, weight_id, (stride, padding)) = ops.state;
         let x = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(x_id));
         let weight = contiguous(checkpointer.retrieve_node_output::<FlexTensor>(weight_id));
         let geometry = geometry(&x, &weight, stride, padding);
         let [x_node, weight_node, bias_node] = [0, 1, 2].map(|i| ops.parents.get(i).cloned().flatten());
         let wanted = Wanted { x: x_node.is_some(), weight: weight_node.is_some(), bias: bias_node.is_some() };
-        let Geometry { batch, channels, height, width, kernel, .. } = geometry;
-        let to_tensor = |values: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(values, shape));
-        // An output gradient that nothing else holds and that has the input's shape becomes the
-        // input gradient in place: no new buffer, no fresh pages to fault in.
-        let (computed, x_grad) = if wanted.x
-            && out_grad.shape() == x.shape()
-            && let Some(values) = exclusive_f32s(&mut out_grad)
-        {
-            (host::backward(f32s(&x), f32s(&weight), OutGrad::Overwrite(values), &geometry, wanted), Some(out_grad))
-        } else {
-            let mut computed = host::backward(f32s(&x), f32s(&weight), OutGrad::Read(f32s(&out_grad)), &geometry, wanted);
-            let x_grad = computed.x.take().map(|values| to_tensor(values, vec![batch, channels, height, width]));
-            (computed, x_grad)
-        };
-        let gradients = [
-            (x_node, x_grad),
-            (weight_node, computed.weight.map(|values| to_tensor(values, vec![channels, 1, kernel, kernel]))),
-            (bias_node, computed.bias.map(|values| to_tensor(values, vec![channels]))),
-        ];
-        for (node, gradient) in gradients {
+        let [x_grad, weight_grad, bias_grad] = backward_tensors(f32s(&x), None, f32s(&weight), out_grad, &geometry, wanted, None);
+        for (node, gradient) in [(x_node, x_grad), (weight_node, weight_grad), (bias_node, bias_grad)] {
             if let (Some(node), Some(gradient)) = (node, gradient) {
                 grads.register::<Flex>(node.id, gradient);
             }
@@ -190,7 +172,39 @@ impl<const N: usize> Backward<Flex, N> for DepthwiseBackward {
     }
 }
 
-fn geometry(x: &FlexTensor, weight: &FlexTensor, stride: usize, padding: usize) -> Geometry {
+/// `host::backward` on tensors: the gradients of the convolution's input, weight and bias, where
+/// wanted.
+pub(super) fn backward_tensors(
+    x: &[f32],
+    norm: Option<InputNorm>,
+    weight: &[f32],
+    mut out_grad: FlexTensor,
+    geometry: &Geometry,
+    wanted: Wanted,
+    x_grad_done: Option<XGradDone>,
+) -> [Option<FlexTensor>; 3] {
+    let Geometry { batch, channels, height, width, kernel, .. } = *geometry;
+    let to_tensor = |values: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(values, shape));
+    // An output gradient that nothing else holds and that has the input's shape becomes the
+    // input gradient in place: no new buffer, no fresh pages to fault in.
+    let (computed, x_grad) = if wanted.x
+        && out_grad.shape().dims::<4>() == [batch, channels, height, width]
+        && let Some(values) = exclusive_f32s(&mut out_grad)
+    {
+        (host::backward(x, norm, weight, OutGrad::Overwrite(values), geometry, wanted, x_grad_done), Some(out_grad))
+    } else {
+        let mut computed = host::backward(x, norm, weight, OutGrad::Read(f32s(&out_grad)), geometry, wanted, x_grad_done);
+        let x_grad = computed.x.take().map(|values| to_tensor(values, vec![batch, channels, height, width]));
+        (computed, x_grad)
+    };
+    [
+        x_grad,
+        computed.weight.map(|values| to_tensor(values, vec![channels, 1, kernel, kernel])),
+        computed.bias.map(|values| to_tensor(values, vec![channels])),
+    ]
+}
+
+pub(super) fn geometry(x: &FlexTensor, weight: &FlexTensor, stride: usize, padding: usize) -> Geometry {
     let [batch, channels, height, width] = x.shape().dims();
     let kernel = weight.shape().dims::<4>()[2];
     Geometry { batch, channels, height, width, kernel, stride, padding }

@@ -79,6 +79,7 @@ pub mod batch_norm;
 pub mod dense;
 pub mod depthwise;
 pub mod max_pool;
+pub mod norm_depthwise;
 pub mod sgd;
 pub mod squeeze_excite;
 pub mod winograd;

@@ -18,6 +18,7 @@ use crate::kernels::batch_norm;
 use crate::kernels::dense::{conv2d_dense_act, conv2d_dense_moments};
 use crate::kernels::depthwise::{depthwise_conv2d, depthwise_conv2d_moments};
 use crate::kernels::max_pool;
+use crate::kernels::norm_depthwise;
 use crate::kernels::squeeze_excite;
 use crate::kernels::winograd::{self, conv3x3};
 
@@ -402,21 +403,13 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// (as PyTorch's `fuse_conv_bn_eval`), the activation applied as the output is written. Otherwise
 /// the three in turn.
 pub fn conv_bn_forward(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>, act: Act) -> Tensor<4> {
+    if let Some(plan) = moments_plan(conv, bn, &x) {
+        let (y, moments) = conv_with_moments(conv, x, plan);
+        return batch_norm::forward_with_moments(bn, y, moments, act);
+    }
     let [_, channels, height, width] = x.dims();
     let plan = conv_plan(conv, [channels, height, width]);
     let same_type = x.dtype() == conv.weight.val().dtype();
-    let moments_kernel = matches!(plan.0, ConvKernel::Dense | ConvKernel::Depthwise);
-    if same_type && moments_kernel && batch_norm::trains_on_kernel(bn, &x) {
-        let bias = conv.bias.as_ref().map(|b| b.val());
-        let (x, padding) = padded(conv, x, plan.1);
-        let (y, moments) = if plan.0 == ConvKernel::Dense {
-            let (y, moments) = conv2d_dense_moments(x, conv.weight.val(), bias, conv.stride, padding);
-            (y, Some(moments))
-        } else {
-            depthwise_conv2d_moments(x, conv.weight.val(), bias, conv.stride[0], padding[0])
-        };
-        return batch_norm::forward_with_moments(bn, y, moments, act);
-    }
     if x.device().is_autodiff() || plan.0 != ConvKernel::Dense || !same_type {
         return batch_norm_forward(bn, conv_forward(conv, x), act);
     }
@@ -429,6 +422,54 @@ pub fn conv_bn_forward(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>, act: Act) ->
     };
     let weight = conv.weight.val() * scale.reshape([out_channels, 1, 1, 1]);
     run_conv(conv, x, weight, Some(shift), plan, act)
+}
+
+/// The plan of `conv` on `x` where it computes its output planes' moments for `bn` after it: a
+/// dense or depthwise conv, `bn` training on our kernels.
+fn moments_plan(conv: &Conv2d, bn: &BatchNorm, x: &Tensor<4>) -> Option<(ConvKernel, Option<[usize; 2]>)> {
+    let [_, channels, height, width] = x.dims();
+    let plan = conv_plan(conv, [channels, height, width]);
+    let same_type = x.dtype() == conv.weight.val().dtype();
+    (same_type && matches!(plan.0, ConvKernel::Dense | ConvKernel::Depthwise) && batch_norm::trains_on_kernel(bn, x)).then_some(plan)
+}
+
+/// `conv(x)` and its output planes' moments (none where the depthwise kernel left the conv to
+/// burn), on the kernel [`moments_plan`] chose.
+fn conv_with_moments(conv: &Conv2d, x: Tensor<4>, plan: (ConvKernel, Option<[usize; 2]>)) -> (Tensor<4>, Option<Tensor<1>>) {
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    let (x, padding) = padded(conv, x, plan.1);
+    if plan.0 == ConvKernel::Dense {
+        let (y, moments) = conv2d_dense_moments(x, conv.weight.val(), bias, conv.stride, padding);
+        (y, Some(moments))
+    } else {
+        depthwise_conv2d_moments(x, conv.weight.val(), bias, conv.stride[0], padding[0])
+    }
+}
+
+/// `depthwise.forward(expand.forward(x))`. In training on our kernels, the depthwise convolution
+/// applies the expansion's BatchNorm and activation as it reads its input
+/// (`kernels::norm_depthwise`), so the expanded activation is never stored.
+fn expand_then_depthwise(expand: &ConvBn, depthwise: &ConvBn, x: Tensor<4>) -> Tensor<4> {
+    if trace::is_tracing() {
+        return depthwise.forward(expand.forward(x));
+    }
+    let Some(plan) = moments_plan(&expand.conv, &expand.bn, &x) else {
+        return depthwise.forward(expand.forward(x));
+    };
+    let (expanded, moments) = conv_with_moments(&expand.conv, x, plan);
+    let conv = &depthwise.conv;
+    let weight = conv.weight.val();
+    let [_, hidden, height, width] = expanded.dims();
+    let padding = match conv_plan(conv, [hidden, height, width]) {
+        (ConvKernel::Depthwise, Some([v, h]))
+            if v == h && conv.bias.is_none() && norm_depthwise::applies(&expand.bn, &expanded, &weight) =>
+        {
+            v
+        }
+        _ => return depthwise.forward(batch_norm::forward_with_moments(&expand.bn, expanded, moments, expand.act)),
+    };
+    let (y, y_moments) = norm_depthwise::batch_norm_depthwise(&expand.bn, expanded, moments, expand.act, weight, conv.stride[0], padding);
+    batch_norm::forward_with_moments(&depthwise.bn, y, Some(y_moments), depthwise.act)
 }
 
 /// `conv`'s geometry with `weight` and `bias`, on the kernel `plan` chose, then `act`.
@@ -617,10 +658,9 @@ impl InvertedResidual {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut y = match &self.expand {
-            Some(expand) => expand.forward(x.clone()),
-            None => x.clone(),
+            Some(expand) => expand_then_depthwise(expand, &self.depthwise, x.clone()),
+            None => self.depthwise.forward(x.clone()),
         };
-        y = self.depthwise.forward(y);
         if let Some(se) = &self.se {
             y = se.forward(y);
         }
@@ -762,6 +802,67 @@ mod tests {
             };
             for (ours, burns) in run(true).iter().zip(&run(false)) {
                 ours.assert_approx_eq::<f32>(burns, burn::tensor::Tolerance::<f32>::rel_abs(1e-4, 1e-4));
+            }
+        }
+    }
+
+    /// In training, an inverted residual (its expansion's BatchNorm and activation applied by the
+    /// depthwise kernel, `kernels::norm_depthwise`) equals burn's convs and BatchNorms in turn:
+    /// output, the gradients of the input and of every parameter, the running statistics.
+    #[test]
+    fn training_inverted_residual_equals_burns_layers() {
+        let device = Device::flex().autodiff();
+        for (stride, kernel, act, padding) in
+            [(1, 3, Act::Relu6, Padding::Symmetric), (2, 5, Act::Silu, Padding::Symmetric), (2, 3, Act::Relu6, Padding::TfSame)]
+        {
+            let spec = InvertedResidualSpec {
+                inputs: 5,
+                outputs: 5,
+                expand_ratio: 4,
+                kernel,
+                stride,
+                se_channels: None,
+                act,
+                padding,
+                norm: BnParams::TORCH,
+                drop_path: 0.0,
+            };
+            // One set of weights; fresh BatchNorms (running statistics) for each run.
+            let weights = InvertedResidual::new(Init::default(), &spec, &device);
+            let fresh = |c: &ConvBn| ConvBn { conv: c.conv.clone(), bn: BnParams::TORCH.init(c.bn.gamma.dims()[0], &device), act: c.act };
+            let block = || InvertedResidual {
+                expand: weights.expand.as_ref().map(fresh),
+                depthwise: fresh(&weights.depthwise),
+                se: None,
+                project: fresh(&weights.project),
+                drop_path: weights.drop_path.clone(),
+                residual: weights.residual,
+            };
+            let x = Tensor::<4>::random([3, 5, 9, 8], Distribution::Normal(0.5, 2.0), &device);
+            let out_grad = Tensor::<4>::random(block().forward(x.clone()).dims(), Distribution::Normal(0.0, 1.0), &device);
+            let run = |ours: bool| {
+                let block = block();
+                let x = x.clone().require_grad();
+                let y = if ours {
+                    block.forward(x.clone())
+                } else {
+                    let layer = |c: &ConvBn, x| c.act.apply(c.bn.forward(c.conv.forward(x)));
+                    let y = layer(&block.project, layer(&block.depthwise, layer(block.expand.as_ref().unwrap(), x.clone())));
+                    if block.residual { y + x.clone() } else { y }
+                };
+                let grads = (y.clone() * out_grad.clone()).sum().backward();
+                let mut values = vec![y.into_data(), x.grad(&grads).unwrap().into_data()];
+                for c in [block.expand.as_ref().unwrap(), &block.depthwise, &block.project] {
+                    values.push(c.conv.weight.grad(&grads).unwrap().into_data());
+                    values.push(c.bn.gamma.grad(&grads).unwrap().into_data());
+                    values.push(c.bn.beta.grad(&grads).unwrap().into_data());
+                    values.push(c.bn.running_mean.value_sync().into_data());
+                    values.push(c.bn.running_var.value_sync().into_data());
+                }
+                values
+            };
+            for (ours, burns) in run(true).iter().zip(&run(false)) {
+                ours.assert_approx_eq::<f32>(burns, burn::tensor::Tolerance::<f32>::rel_abs(1e-3, 1e-3));
             }
         }
     }

@@ -12,6 +12,7 @@ mod interleaved;
 
 use rayon::prelude::*;
 
+use crate::kernels::activation::Act;
 use crate::kernels::{SharedSlice, fma_available, plane_moments};
 
 /// f32 lanes of a vector (one AVX register).
@@ -85,41 +86,97 @@ impl OutGrad<'_> {
     }
 }
 
-/// `[batch, channels, out_height, out_width]` from `x` `[batch, channels, height, width]`,
-/// `weight` `[channels, kernel, kernel]` and `bias` `[channels]`; with `moments`, also each output
-/// plane's `[mean, Σ (y - mean)²]` (`kernels::plane_moments`), taken as each task's planes are written.
-pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry, moments: bool) -> (Vec<f32>, Option<Vec<f64>>) {
+/// A BatchNorm and activation in front of the convolution, applied as the kernels read the input:
+/// they convolve `act(x * scale + shift)` (per channel; zero padding around that), so that only
+/// the BatchNorm's input is ever stored.
+#[derive(Debug, Clone, Copy)]
+pub struct InputNorm<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub act: Act,
+}
+
+impl<'a> InputNorm<'a> {
+    /// The channels of one task's group.
+    fn group(&self, group: &Group, g: &Geometry) -> InputNorm<'a> {
+        InputNorm { scale: group.rows(self.scale, g, 1), shift: group.rows(self.shift, g, 1), act: self.act }
+    }
+}
+
+/// Called by each backward task with its first plane (image * channels + channel) and its planes
+/// of the input gradient, as soon as it has written them (while they are in cache).
+pub type XGradDone<'a> = &'a (dyn Fn(usize, &[f32]) + Sync);
+
+/// `[batch, channels, out_height, out_width]` from `x` `[batch, channels, height, width]` (through
+/// `norm` where given), `weight` `[channels, kernel, kernel]` and `bias` `[channels]`; with
+/// `moments`, also each output plane's `[mean, Σ (y - mean)²]` (`kernels::plane_moments`), taken as
+/// each task's planes are written.
+pub fn forward(
+    x: &[f32],
+    norm: Option<InputNorm>,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    g: &Geometry,
+    moments: bool,
+) -> (Vec<f32>, Option<Vec<f64>>) {
     let fma = fma_available();
     let mut moments_values = moments.then(|| vec![[0f64; 2]; g.planes()]);
-    let y = forward_with(fma, x, weight, bias, g, moments_values.as_deref_mut());
+    let y = forward_with(fma, x, norm, weight, bias, g, moments_values.as_deref_mut());
     (y, moments_values.map(|moments| moments.into_flattened()))
 }
 
-/// The gradients of the loss with respect to `x`, `weight` and `bias` of [`forward`], given
-/// `out_grad`, its gradient with respect to the output. With [`OutGrad::Overwrite`], the input
-/// gradient is left in `out_grad`'s buffer and `Gradients::x` is `None`.
-pub fn backward(x: &[f32], weight: &[f32], out_grad: OutGrad, g: &Geometry, wanted: Wanted) -> Gradients {
-    backward_with(fma_available(), x, weight, out_grad, g, wanted)
+/// The gradients of the loss with respect to `x` (of the convolution's input: after `norm`),
+/// `weight` and `bias` of [`forward`], given `out_grad`, its gradient with respect to the output.
+/// With [`OutGrad::Overwrite`], the input gradient is left in `out_grad`'s buffer and
+/// `Gradients::x` is `None`. `x_grad_done` sees each task's share of the input gradient.
+pub fn backward(
+    x: &[f32],
+    norm: Option<InputNorm>,
+    weight: &[f32],
+    out_grad: OutGrad,
+    g: &Geometry,
+    wanted: Wanted,
+    x_grad_done: Option<XGradDone>,
+) -> Gradients {
+    backward_with(fma_available(), x, norm, weight, out_grad, g, wanted, x_grad_done)
 }
 
-fn forward_with(fma: bool, x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry, moments: Option<&mut [[f64; 2]]>) -> Vec<f32> {
-    check_sizes(g, x, weight);
+fn forward_with(
+    fma: bool,
+    x: &[f32],
+    norm: Option<InputNorm>,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    g: &Geometry,
+    moments: Option<&mut [[f64; 2]]>,
+) -> Vec<f32> {
+    check_sizes(g, x, norm, weight);
     if let Some(bias) = bias {
         assert_eq!(bias.len(), g.channels, "bias size");
     }
-    interleaved::forward(fma, x, weight, bias, g, moments)
+    interleaved::forward(fma, x, norm, weight, bias, g, moments)
 }
 
-fn backward_with(fma: bool, x: &[f32], weight: &[f32], out_grad: OutGrad, g: &Geometry, wanted: Wanted) -> Gradients {
-    check_sizes(g, x, weight);
+#[allow(clippy::too_many_arguments)]
+fn backward_with(
+    fma: bool,
+    x: &[f32],
+    norm: Option<InputNorm>,
+    weight: &[f32],
+    out_grad: OutGrad,
+    g: &Geometry,
+    wanted: Wanted,
+    x_grad_done: Option<XGradDone>,
+) -> Gradients {
+    check_sizes(g, x, norm, weight);
     assert_eq!(out_grad.len(), g.planes() * g.out_height() * g.out_width(), "output gradient size");
     if let OutGrad::Overwrite(_) = out_grad {
         assert_eq!(out_grad.len(), x.len(), "an overwritten output gradient must have the input's size");
     }
-    interleaved::backward(fma, x, weight, out_grad, g, wanted)
+    interleaved::backward(fma, x, norm, weight, out_grad, g, wanted, x_grad_done)
 }
 
-fn check_sizes(g: &Geometry, x: &[f32], weight: &[f32]) {
+fn check_sizes(g: &Geometry, x: &[f32], norm: Option<InputNorm>, weight: &[f32]) {
     assert!(g.stride > 0 && (1..=MAX_KERNEL).contains(&g.kernel), "depthwise: unsupported geometry {g:?}");
     assert!(
         g.height + 2 * g.padding >= g.kernel && g.width + 2 * g.padding >= g.kernel,
@@ -127,6 +184,9 @@ fn check_sizes(g: &Geometry, x: &[f32], weight: &[f32]) {
     );
     assert_eq!(x.len(), g.planes() * g.height * g.width, "input size");
     assert_eq!(weight.len(), g.channels * g.taps(), "weight size");
+    if let Some(norm) = norm {
+        assert!(norm.scale.len() == g.channels && norm.shift.len() == g.channels, "input norm size");
+    }
 }
 
 /// A task's share of a convolution: `channels` (up to `LANES`) consecutive channels of one image,
@@ -279,6 +339,18 @@ trait Vector: Copy {
     fn store(self, dst: &mut [f32; LANES]);
     /// Rows to columns: lane `j` of vector `i` of the result is lane `i` of `rows[j]`.
     fn transpose(rows: [Self; LANES]) -> [Self; LANES];
+
+    /// `f` of each lane (a loop, not `array::map`, whose closure would be compiled apart from the
+    /// caller's target features).
+    #[inline(always)]
+    fn map(self, f: impl Fn(f32) -> f32) -> Self {
+        let mut lanes = [0.0; LANES];
+        self.store(&mut lanes);
+        for lane in &mut lanes {
+            *lane = f(*lane);
+        }
+        Self::load(&lanes)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -461,15 +533,15 @@ mod tests {
         let [y, dx, dw, db] = reference(&x, &w, &b, &dy, &g);
         for fma in [false, true].into_iter().filter(|&fma| !fma || fma_available()) {
             let context = format!("{g:?}, fma {fma}");
-            assert_close("y", &forward_with(fma, &x, &w, Some(&b), &g, None), &y, &context);
+            assert_close("y", &forward_with(fma, &x, None, &w, Some(&b), &g, None), &y, &context);
             let all = Wanted { x: true, weight: true, bias: true };
-            let read = backward_with(fma, &x, &w, OutGrad::Read(&dy), &g, all);
+            let read = backward_with(fma, &x, None, &w, OutGrad::Read(&dy), &g, all, None);
             assert_close("dx", &read.x.unwrap(), &dx, &context);
             assert_close("dw", &read.weight.unwrap(), &dw, &context);
             assert_close("db", &read.bias.unwrap(), &db, &context);
             if dy.len() == x.len() {
                 let mut buffer = dy.clone();
-                let overwritten = backward_with(fma, &x, &w, OutGrad::Overwrite(&mut buffer), &g, all);
+                let overwritten = backward_with(fma, &x, None, &w, OutGrad::Overwrite(&mut buffer), &g, all, None);
                 assert!(overwritten.x.is_none());
                 assert_close("dx in place", &buffer, &dx, &context);
                 assert_close("dw in place", &overwritten.weight.unwrap(), &dw, &context);
@@ -502,7 +574,7 @@ mod tests {
     fn computes_only_the_wanted_gradients() {
         let g = Geometry { batch: 1, channels: 2, height: 5, width: 5, kernel: 3, stride: 1, padding: 1 };
         let (x, w, dy) = (values(50, 8), values(18, 9), values(50, 10));
-        let only_weight = backward(&x, &w, OutGrad::Read(&dy), &g, Wanted { x: false, weight: true, bias: false });
+        let only_weight = backward(&x, None, &w, OutGrad::Read(&dy), &g, Wanted { x: false, weight: true, bias: false }, None);
         assert!(only_weight.x.is_none() && only_weight.bias.is_none());
         assert_eq!(only_weight.weight.map(|w| w.len()), Some(18));
     }

@@ -12,8 +12,12 @@
 //! stride `s` ([`Phase`]); no tap is spent on inserted zeros.
 
 use super::{
-    BackwardSlices, Geometry, GradSlices, Gradients, LANES, MAX_KERNEL, OutGrad, Task, Vector, Wanted, backward_groups, forward_groups, run,
+    BackwardSlices, Geometry, GradSlices, Gradients, InputNorm, LANES, MAX_KERNEL, OutGrad, Task, Vector, Wanted, XGradDone,
+    backward_groups, forward_groups, run,
 };
+use std::marker::PhantomData;
+
+use crate::kernels::activation::{Pointwise, with_pointwise};
 
 /// Output pixels per register block: `PIXELS` vectors of accumulators, transposed back to
 /// planes as one `LANES` x `LANES` block.
@@ -22,6 +26,7 @@ const PIXELS: usize = LANES;
 pub(super) fn forward(
     fma: bool,
     x: &[f32],
+    norm: Option<InputNorm>,
     weight: &[f32],
     bias: Option<&[f32]>,
     g: &Geometry,
@@ -32,6 +37,7 @@ pub(super) fn forward(
     forward_groups(fma, g, moments, |scratch: &mut Scratch, group, out| {
         let task = ForwardGroup {
             x: group.planes(x, plane_in),
+            norm: norm.map(|norm| norm.group(&group, g)),
             weight: group.rows(weight, g, taps),
             bias: bias.map(|bias| group.rows(bias, g, 1)),
             geometry: g,
@@ -42,19 +48,32 @@ pub(super) fn forward(
     })
 }
 
-pub(super) fn backward(fma: bool, x: &[f32], weight: &[f32], out_grad: OutGrad, g: &Geometry, wanted: Wanted) -> Gradients {
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    fma: bool,
+    x: &[f32],
+    norm: Option<InputNorm>,
+    weight: &[f32],
+    out_grad: OutGrad,
+    g: &Geometry,
+    wanted: Wanted,
+    x_grad_done: Option<XGradDone>,
+) -> Gradients {
     let (plane_in, taps) = (g.height * g.width, g.taps());
     let plan = BackwardPlan::new(g);
     let input_shape = input_scratch(g);
     backward_groups(g, out_grad, wanted, |scratch: &mut Scratch, slices: BackwardSlices| {
         let task = BackwardGroup {
             x: slices.group.planes(x, plane_in),
+            norm: norm.map(|norm| norm.group(&slices.group, g)),
             weight: slices.group.rows(weight, g, taps),
             geometry: g,
             plan: &plan,
             input_shape,
             grads: slices.grads,
             partial: slices.partial,
+            first_plane: slices.group.first_plane,
+            x_grad_done,
         };
         run(fma, task, scratch);
     })
@@ -232,6 +251,7 @@ struct Scratch {
 struct ForwardGroup<'a> {
     /// `channels` consecutive planes, as the weight, bias and output.
     x: &'a [f32],
+    norm: Option<InputNorm<'a>>,
     weight: &'a [f32],
     bias: Option<&'a [f32]>,
     geometry: &'a Geometry,
@@ -247,7 +267,7 @@ impl Task for ForwardGroup<'_> {
         let g = self.geometry;
         let (out_height, out_width) = (g.out_height(), g.out_width());
         let channels = self.weight.len() / g.taps();
-        scratch.input.fill::<V>(self.x, channels, g.height, g.width, self.shape);
+        fill_input::<V>(&mut scratch.input, self.x, self.norm, channels, g, self.shape);
         interleave_taps(&mut scratch.taps, self.weight, channels, 0..g.taps());
         let mut bias = [0.0; LANES];
         if let Some(values) = self.bias {
@@ -260,12 +280,16 @@ impl Task for ForwardGroup<'_> {
 
 struct BackwardGroup<'a> {
     x: &'a [f32],
+    norm: Option<InputNorm<'a>>,
     weight: &'a [f32],
     geometry: &'a Geometry,
     plan: &'a BackwardPlan,
     input_shape: ScratchShape,
     grads: GradSlices<'a>,
     partial: Option<&'a mut [f32]>,
+    /// The group's first plane, for `x_grad_done`.
+    first_plane: usize,
+    x_grad_done: Option<XGradDone<'a>>,
 }
 
 impl Task for BackwardGroup<'_> {
@@ -278,10 +302,10 @@ impl Task for BackwardGroup<'_> {
         let (out_height, out_width) = (g.out_height(), g.out_width());
         let channels = self.weight.len() / g.taps();
         let ScratchShape { top, left, .. } = plan.out_grad_scratch;
-        scratch.out_grad.fill::<V>(self.grads.out_grad(), channels, out_height, out_width, plan.out_grad_scratch);
+        scratch.out_grad.fill::<V>(self.grads.out_grad(), channels, out_height, out_width, plan.out_grad_scratch, Unchanged);
 
         if let Some(partial) = self.partial {
-            scratch.input.fill::<V>(self.x, channels, g.height, g.width, self.input_shape);
+            fill_input::<V>(&mut scratch.input, self.x, self.norm, channels, g, self.input_shape);
             let out_grad = DyView { plane: &scratch.out_grad, top, left, rows: out_height, cols: out_width };
             // A vector of LANES channels per tap, then the bias.
             let mut sums = [0.0; (MAX_KERNEL * MAX_KERNEL + 1) * LANES];
@@ -305,8 +329,9 @@ impl Task for BackwardGroup<'_> {
         }
 
         // Last: the input gradient may overwrite the output gradient (now in scratch).
-        if let Some(x_grad) = self.grads.into_x_grad() {
-            let mut planes = Planes { dst: x_grad, rows: g.height, cols: g.width, channels };
+        let Some(x_grad) = self.grads.into_x_grad() else { return };
+        {
+            let mut planes = Planes { dst: &mut *x_grad, rows: g.height, cols: g.width, channels };
             let out_grad = &scratch.out_grad;
             let phase_taps =
                 |taps: &mut Vec<f32>, a: &Phase, b: &Phase| interleave_taps(taps, self.weight, channels, Phase::flipped_taps(a, b, k, s));
@@ -368,6 +393,59 @@ impl Task for BackwardGroup<'_> {
                 }
             }
         }
+        if let Some(done) = self.x_grad_done {
+            done(self.first_plane, x_grad);
+        }
+    }
+}
+
+/// Copies a group's input planes into `input`, through `norm` where given.
+#[inline(always)]
+fn fill_input<V: Vector>(input: &mut Interleaved, x: &[f32], norm: Option<InputNorm>, channels: usize, g: &Geometry, shape: ScratchShape) {
+    match norm {
+        None => input.fill::<V>(x, channels, g.height, g.width, shape, Unchanged),
+        Some(norm) => with_pointwise!(norm.act, fill_normalized::<V>(input, x, norm, channels, g, shape)),
+    }
+}
+
+#[inline(always)]
+fn fill_normalized<V: Vector, A: Pointwise>(
+    input: &mut Interleaved,
+    x: &[f32],
+    norm: InputNorm,
+    channels: usize,
+    g: &Geometry,
+    shape: ScratchShape,
+) {
+    input.fill::<V>(x, channels, g.height, g.width, shape, Normalized::<A> { norm, act: PhantomData });
+}
+
+/// What [`Interleaved::fill`] does to the values it copies: a trait, not a closure, so that it
+/// compiles inline for the caller's target features.
+trait SegmentMap {
+    /// The values to store for `segment`, values of plane `l`.
+    fn map<V: Vector>(&self, l: usize, segment: V) -> V;
+}
+
+struct Unchanged;
+
+impl SegmentMap for Unchanged {
+    #[inline(always)]
+    fn map<V: Vector>(&self, _: usize, segment: V) -> V {
+        segment
+    }
+}
+
+/// `A(x * scale + shift)` with plane `l`'s scale and shift.
+struct Normalized<'a, A> {
+    norm: InputNorm<'a>,
+    act: PhantomData<A>,
+}
+
+impl<A: Pointwise> SegmentMap for Normalized<'_, A> {
+    #[inline(always)]
+    fn map<V: Vector>(&self, l: usize, segment: V) -> V {
+        segment.mul_add(V::splat(self.norm.scale[l]), V::splat(self.norm.shift[l])).map(A::value)
     }
 }
 
@@ -393,8 +471,17 @@ struct Interleaved {
 }
 
 impl Interleaved {
+    /// `map` of each row segment of plane `l` is stored.
     #[inline(always)]
-    fn fill<V: Vector>(&mut self, planes: &[f32], channels: usize, src_rows: usize, src_cols: usize, shape: ScratchShape) {
+    fn fill<V: Vector>(
+        &mut self,
+        planes: &[f32],
+        channels: usize,
+        src_rows: usize,
+        src_cols: usize,
+        shape: ScratchShape,
+        map: impl SegmentMap,
+    ) {
         let ScratchShape { top, left, rows, cols } = shape;
         if self.layout != Some((shape, channels, src_rows, src_cols)) {
             self.layout = Some((shape, channels, src_rows, src_cols));
@@ -411,15 +498,20 @@ impl Interleaved {
                 let n = LANES.min(copied_cols - c0);
                 // A full vector wherever the plane data goes on (the lanes past the row end are
                 // the next row's, and are not stored); only at the very end a partial one.
-                let segments: [V; LANES] = std::array::from_fn(|l| match planes.get(l * plane + r * src_cols + c0..) {
-                    Some(src) if l < channels && src.len() >= LANES => V::load(src[..LANES].try_into().unwrap()),
-                    Some(src) if l < channels => {
-                        let mut lanes = [0.0; LANES];
-                        lanes[..n].copy_from_slice(&src[..n]);
-                        V::load(&lanes)
-                    }
-                    _ => V::splat(0.0),
-                });
+                // A loop, not `array::from_fn`: its closure would be compiled apart from the
+                // caller's target features, each vector operation a call.
+                let mut segments = [V::splat(0.0); LANES];
+                for (l, segment) in segments.iter_mut().enumerate().take(channels) {
+                    *segment = match planes.get(l * plane + r * src_cols + c0..) {
+                        Some(src) if src.len() >= LANES => map.map(l, V::load(src[..LANES].try_into().unwrap())),
+                        Some(src) => {
+                            let mut lanes = [0.0; LANES];
+                            lanes[..n].copy_from_slice(&src[..n]);
+                            map.map(l, V::load(&lanes))
+                        }
+                        None => V::splat(0.0),
+                    };
+                }
                 let at = self.offset(top + r, left + c0);
                 for (q, pixel) in V::transpose(segments).into_iter().take(n).enumerate() {
                     pixel.store((&mut self.data[at + q * LANES..][..LANES]).try_into().unwrap());

@@ -1,0 +1,285 @@
+//! A training BatchNorm and its activation, then a depthwise convolution, as one operation: the
+//! expansion of MobileNetV2's and EfficientNet's blocks feeding their depthwise conv.
+//!
+//! The depthwise kernels apply the normalization and the activation as they copy each task's
+//! input planes into scratch (`depthwise::host::InputNorm`), so the BatchNorm's output, the widest
+//! tensor of the block, is never stored: the forward pass skips writing it and reading it back
+//! (and its memory), the weight gradient reads the BatchNorm's input in its place, and each task
+//! of the depthwise input gradient takes the BatchNorm's gradient sums of its planes while they
+//! are in cache, sparing the BatchNorm's backward its first pass over them.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{AutodiffBackend, Backend, Dispatch, Flex, backend_extension};
+use burn::nn::BatchNorm;
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData};
+
+use super::activation::Act;
+use super::batch_norm::{self, host::Layer};
+use super::depthwise::host::{InputNorm, MAX_KERNEL, Wanted};
+use super::depthwise::{backward_tensors, geometry};
+use super::{OptionalTensor, SharedSlice, contiguous, f32s};
+
+/// Whether [`batch_norm_depthwise`] takes `bn` training on `x`, then the depthwise `weight`
+/// (`[channels, 1, k, k]`).
+pub(crate) fn applies(bn: &BatchNorm, x: &Tensor<4>, weight: &Tensor<4>) -> bool {
+    let [channels, per_group, kernel, kernel_width] = weight.dims();
+    batch_norm::trains_on_kernel(bn, x)
+        && weight.dtype() == DType::F32
+        && channels == x.dims()[1]
+        && per_group == 1
+        && kernel == kernel_width
+        && kernel <= MAX_KERNEL
+}
+
+/// `depthwise_conv2d(act(bn(x)), weight, None, stride, padding)` and its output planes' moments
+/// (`kernels::plane_moments`) for the BatchNorm after it; `bn` trains as in
+/// `batch_norm::forward_with_moments`, its statistics from `moments` (of `x`'s planes) where given.
+/// Only where [`applies`].
+pub(crate) fn batch_norm_depthwise(
+    bn: &BatchNorm,
+    x: Tensor<4>,
+    moments: Option<Tensor<1>>,
+    act: Act,
+    weight: Tensor<4>,
+    stride: usize,
+    padding: usize,
+) -> (Tensor<4>, Tensor<1>) {
+    debug_assert!(applies(bn, &x, &weight));
+    let [_, _, height, width] = x.dims();
+    let kernel = weight.dims()[2];
+    assert!(
+        stride > 0 && height + 2 * padding >= kernel && width + 2 * padding >= kernel,
+        "batch_norm_depthwise: kernel {kernel} (stride {stride}) does not fit the padded input {height}x{width} (padding {padding})"
+    );
+    let moments = OptionalTensor::from_option(moments.map(Tensor::into_dispatch));
+    let (gamma, beta) = (bn.gamma.val().into_dispatch(), bn.beta.val().into_dispatch());
+    let (y, stats, y_moments) = <Dispatch as NormDepthwiseBackend>::batch_norm_depthwise(
+        x.into_dispatch(),
+        gamma,
+        beta,
+        moments,
+        weight.into_dispatch(),
+        bn.epsilon,
+        act,
+        stride,
+        padding,
+    );
+    batch_norm::update_running_statistics(bn, Tensor::from_dispatch(stats));
+    (Tensor::from_dispatch(y), Tensor::from_dispatch(y_moments))
+}
+
+/// `(output, [mean.., variance..] of x, output planes' moments)`; the statistics and moments are
+/// outside the graph.
+#[backend_extension(Flex, Autodiff)]
+trait NormDepthwiseBackend: Backend {
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_depthwise(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        #[extension_type] moments: OptionalTensor<Self>,
+        weight: FloatTensor<Self>,
+        epsilon: f64,
+        act: Act,
+        stride: usize,
+        padding: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+impl NormDepthwiseBackend for Flex {
+    fn batch_norm_depthwise(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        moments: OptionalTensor<Self>,
+        weight: FlexTensor,
+        epsilon: f64,
+        act: Act,
+        stride: usize,
+        padding: usize,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let g = geometry(&x, &weight, stride, padding);
+        let [x, gamma, beta, weight] = [x, gamma, beta, weight].map(contiguous);
+        let moments = moments.into_option().map(contiguous);
+        let moments = moments.as_ref().map(|moments| moments.as_slice::<f64>().expect("plane moments are contiguous f64").as_chunks().0);
+        let layer =
+            |stats| Layer { gamma: f32s(&gamma), beta: f32s(&beta), stats, epsilon, act, batch: g.batch, plane: g.height * g.width };
+        let stats = batch_norm::host::statistics(f32s(&x), &layer(&[]), moments);
+        let (scale, shift) = scale_and_shift(&layer(&stats));
+        let norm = InputNorm { scale: &scale, shift: &shift, act };
+        let (y, y_moments) = super::depthwise::host::forward(f32s(&x), Some(norm), f32s(&weight), None, &g, true);
+        let y_moments = y_moments.expect("moments were asked for");
+        let len = y_moments.len();
+        (
+            FlexTensor::from_data(TensorData::new(y, [g.batch, g.channels, g.out_height(), g.out_width()])),
+            FlexTensor::from_data(TensorData::new(stats, [2 * g.channels])),
+            FlexTensor::from_data(TensorData::new(y_moments, [len])),
+        )
+    }
+}
+
+/// Each channel's BatchNorm as `x * scale + shift`.
+fn scale_and_shift(layer: &Layer) -> (Vec<f32>, Vec<f32>) {
+    layer.channels().iter().map(|channel| (channel.scale, channel.shift)).unzip()
+}
+
+impl<C: CheckpointStrategy> NormDepthwiseBackend for Autodiff<Flex, C> {
+    fn batch_norm_depthwise(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        moments: OptionalTensor<Self>,
+        weight: FloatTensor<Self>,
+        epsilon: f64,
+        act: Act,
+        stride: usize,
+        padding: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let moments = OptionalTensor::from_option(moments.into_option().map(|moments| moments.into_primitive()));
+        let [x_values, gamma_values, beta_values, weight_values] =
+            [&x, &gamma, &beta, &weight].map(|tensor| tensor.clone().into_primitive());
+        let (y, stats, y_moments) =
+            Flex::batch_norm_depthwise(x_values, gamma_values, beta_values, moments, weight_values, epsilon, act, stride, padding);
+        let parents = [x.node(), gamma.node(), beta.node(), weight.node()];
+        let output = match NormDepthwiseBackward.prepare::<C>(parents).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let checkpoints = [&x, &gamma, &beta, &weight].map(|tensor| prep.checkpoint(tensor));
+                prep.finish((checkpoints, stats.clone(), epsilon, act, (stride, padding)), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (output, <Self as AutodiffBackend>::from_inner(stats), <Self as AutodiffBackend>::from_inner(y_moments))
+    }
+}
+
+/// Backward step of [`NormDepthwiseBackend::batch_norm_depthwise`]; parents are
+/// `[x, gamma, beta, weight]`.
+#[derive(Debug)]
+struct NormDepthwiseBackward;
+
+impl Backward<Flex, 4> for NormDepthwiseBackward {
+    /// The checkpointed `[x, gamma, beta, weight]`, the batch statistics, epsilon, the activation,
+    /// and (stride, padding).
+    type State = ([NodeId; 4], FlexTensor, f64, Act, (usize, usize));
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let out_grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (ids, stats, epsilon, act, (stride, padding)) = ops.state;
+        let [x, gamma, beta, weight] = ids.map(|id| contiguous(checkpointer.retrieve_node_output::<FlexTensor>(id)));
+        let stats = contiguous(stats);
+        let g = geometry(&x, &weight, stride, padding);
+        let [x_node, gamma_node, beta_node, weight_node] = [0, 1, 2, 3].map(|i| ops.parents.get(i).cloned().flatten());
+        let layer =
+            Layer { gamma: f32s(&gamma), beta: f32s(&beta), stats: f32s(&stats), epsilon, act, batch: g.batch, plane: g.height * g.width };
+        let channels = layer.channels();
+        let (scale, shift) = scale_and_shift(&layer);
+        let norm = InputNorm { scale: &scale, shift: &shift, act };
+        let x_values = f32s(&x);
+        // The depthwise input gradient is the BatchNorm output's: wanted for any of its gradients.
+        let normalized = x_node.is_some() || gamma_node.is_some() || beta_node.is_some();
+        let wanted = Wanted { x: normalized, weight: weight_node.is_some(), bias: false };
+        let mut sums = vec![[0f64; 2]; g.batch * g.channels];
+        let shared = SharedSlice::new(&mut sums);
+        let take_sums = |first: usize, dy: &[f32]| {
+            // SAFETY: each task's planes are its own, and inside the batch.
+            let sums = unsafe { shared.run(first, dy.len() / layer.plane) };
+            batch_norm::host::gradient_sums(x_values, dy, first, &layer, &channels, sums);
+        };
+        let [dy, weight_grad, _] = backward_tensors(x_values, Some(norm), f32s(&weight), out_grad, &g, wanted, Some(&take_sums));
+        let mut gradients = vec![(weight_node, weight_grad)];
+        if let Some(dy) = dy {
+            let (x_grad, sum_dy, sum_dy_xhat) = batch_norm::host::backward(x_values, f32s(&dy), &layer, Some(&sums), x_node.is_some());
+            let to_tensor = |values: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(values, shape));
+            gradients.push((x_node, x_grad.map(|values| to_tensor(values, vec![g.batch, g.channels, g.height, g.width]))));
+            gradients.push((gamma_node, Some(to_tensor(sum_dy_xhat, vec![g.channels]))));
+            gradients.push((beta_node, Some(to_tensor(sum_dy, vec![g.channels]))));
+        }
+        for (node, gradient) in gradients {
+            if let (Some(node), Some(gradient)) = (node, gradient) {
+                grads.register::<Flex>(node.id, gradient);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::nn::BatchNormConfig;
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::{Distribution, Tolerance};
+
+    use super::*;
+    use crate::kernels::dense::conv2d_dense_moments;
+
+    /// Ours against burn's BatchNorm, the activation and burn's grouped conv2d in turn: output,
+    /// the gradients of x, gamma, beta and the weight, and the running statistics; strides 1 and
+    /// 2, kernels 3 and 5, channel counts around the kernels' 8-channel groups, with and without
+    /// the input's plane moments.
+    #[test]
+    fn output_gradients_and_running_statistics_equal_burns_layers() {
+        let device = Device::flex().autodiff();
+        device.seed(11);
+        let cases = [
+            // batch, channels, height, width, kernel, stride, padding, act
+            (2, 3, 7, 9, 3, 1, 1, Act::Relu6),
+            (3, 11, 12, 12, 3, 2, 1, Act::Silu),
+            (2, 16, 9, 16, 5, 2, 2, Act::Relu6),
+            (1, 9, 8, 5, 5, 1, 2, Act::Identity),
+            (4, 8, 6, 6, 3, 1, 0, Act::Relu),
+        ];
+        for (case, (batch, channels, height, width, kernel, stride, padding, act)) in cases.into_iter().enumerate() {
+            // x as the expansion conv computes it, with its planes' moments.
+            let input = Tensor::<4>::random([batch, 4, height, width], Distribution::Normal(1.0, 3.0), &device);
+            let expand = Tensor::<4>::random([channels, 4, 1, 1], Distribution::Normal(0.0, 1.0), &device);
+            let (x, x_moments) = conv2d_dense_moments(input, expand, None, [1, 1], [0, 0]);
+            let weight = Tensor::<4>::random([channels, 1, kernel, kernel], Distribution::Normal(0.0, 0.5), &device);
+            let out_height = (height + 2 * padding - kernel) / stride + 1;
+            let out_width = (width + 2 * padding - kernel) / stride + 1;
+            let out_grad = Tensor::<4>::random([batch, channels, out_height, out_width], Distribution::Normal(0.0, 1.0), &device);
+            let with_moments = case % 2 == 0;
+            let run = |ours: bool| {
+                let bn = BatchNormConfig::new(channels).with_momentum(0.3).init(&device);
+                let bn = BatchNorm {
+                    gamma: bn.gamma.map(|g| g.add_scalar(1.5).detach().require_grad()),
+                    beta: bn.beta.map(|b| b.add_scalar(0.5).detach().require_grad()),
+                    ..bn
+                };
+                let (x, weight) = (x.clone().require_grad(), weight.clone().require_grad());
+                let y = if ours {
+                    assert!(applies(&bn, &x, &weight));
+                    let moments = with_moments.then(|| x_moments.clone());
+                    batch_norm_depthwise(&bn, x.clone(), moments, act, weight.clone(), stride, padding).0
+                } else {
+                    let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], channels);
+                    conv2d(act.apply(bn.forward(x.clone())), weight.clone(), None, options)
+                };
+                let grads = (y.clone() * out_grad.clone()).sum().backward();
+                [
+                    y.into_data(),
+                    x.grad(&grads).unwrap().into_data(),
+                    bn.gamma.grad(&grads).unwrap().into_data(),
+                    bn.beta.grad(&grads).unwrap().into_data(),
+                    weight.grad(&grads).unwrap().into_data(),
+                    bn.running_mean.value_sync().into_data(),
+                    bn.running_var.value_sync().into_data(),
+                ]
+            };
+            let (ours, burn) = (run(true), run(false));
+            for (name, (ours, burn)) in ["y", "x grad", "gamma grad", "beta grad", "weight grad", "running mean", "running var"]
+                .into_iter()
+                .zip(ours.iter().zip(&burn))
+            {
+                println!("case {case}: {name}");
+                ours.assert_approx_eq::<f32>(burn, Tolerance::<f32>::rel_abs(1e-3, 1e-3));
+            }
+        }
+    }
+}
