@@ -277,7 +277,7 @@ pub fn depthwise_step(shape: DepthwiseShape, kernel_impl: Kernel, batch: usize, 
     for i in 0..warmup + steps {
         let start = Instant::now();
         let y = match kernel_impl {
-            Kernel::Ours => depthwise_conv2d(x.clone(), weight.clone(), None, stride, kernel / 2),
+            Kernel::Ours => depthwise_conv2d(x.clone(), weight.clone(), None, stride, [kernel / 2; 2]),
             Kernel::Burn => conv2d(x.clone(), weight.clone(), None, options.clone()),
         };
         let grads = y.backward();

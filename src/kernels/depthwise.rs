@@ -33,15 +33,17 @@ use host::{Geometry, InputNorm, OutGrad, Wanted, XGradDone};
 use super::{OptionalTensor, contiguous, conv_step, exclusive_f32s, f32s};
 
 /// Depthwise convolution of `x` `[batch, channels, height, width]` with `weight`
-/// `[channels, 1, k, k]` and optional `bias` `[channels]`, zero padding `padding` on every side:
-/// `[batch, channels, (height + 2 * padding - k) / stride + 1, (width + ...) / stride + 1]`.
+/// `[channels, 1, k, k]` and optional `bias` `[channels]`, zero padding `[before, after]` on both
+/// axes (`before` rows above and columns left, `after` below and right; they differ in TensorFlow's
+/// "SAME" padding): `[batch, channels, (height + before + after - k) / stride + 1, (width + ...) /
+/// stride + 1]`.
 ///
 /// The same as `burn::tensor::module::conv2d` with `groups = channels`, faster on flex.
 ///
 /// # Panics
 ///
 /// If the shapes do not fit together as above, `stride` is 0, or `k` exceeds the padded input.
-pub fn depthwise_conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, stride: usize, padding: usize) -> Tensor<4> {
+pub fn depthwise_conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, stride: usize, padding: [usize; 2]) -> Tensor<4> {
     run(x, weight, bias, stride, padding, false).0
 }
 
@@ -52,7 +54,7 @@ pub(crate) fn depthwise_conv2d_moments(
     weight: Tensor<4>,
     bias: Option<Tensor<1>>,
     stride: usize,
-    padding: usize,
+    padding: [usize; 2],
 ) -> (Tensor<4>, Option<Tensor<1>>) {
     run(x, weight, bias, stride, padding, true)
 }
@@ -64,7 +66,7 @@ fn run(
     weight: Tensor<4>,
     bias: Option<Tensor<1>>,
     stride: usize,
-    padding: usize,
+    padding: [usize; 2],
     moments: bool,
 ) -> (Tensor<4>, Option<Tensor<1>>) {
     let [_, channels, height, width] = x.dims();
@@ -78,9 +80,10 @@ fn run(
         assert_eq!(bias.dims(), [channels], "depthwise_conv2d: bias must be [channels]");
     }
     assert!(stride > 0, "depthwise_conv2d: stride must be positive");
+    let [before, after] = padding;
     assert!(
-        height + 2 * padding >= kernel && width + 2 * padding >= kernel,
-        "depthwise_conv2d: kernel {kernel} larger than the padded input {height}x{width} (padding {padding})"
+        height + before + after >= kernel && width + before + after >= kernel,
+        "depthwise_conv2d: kernel {kernel} larger than the padded input {height}x{width} (padding {padding:?})"
     );
     let ours = kernel <= host::MAX_KERNEL
         && x.dtype() == DType::F32
@@ -88,7 +91,9 @@ fn run(
         && bias.as_ref().is_none_or(|bias| bias.dtype() == DType::F32)
         && x.device().inner() == Device::flex();
     if !ours {
-        return (conv2d(x, weight, bias, ConvOptions::new([stride, stride], [padding, padding], [1, 1], channels)), None);
+        let x = if before == after { x } else { x.pad((before, after, before, after), 0.0) };
+        let same = if before == after { before } else { 0 };
+        return (conv2d(x, weight, bias, ConvOptions::new([stride, stride], [same, same], [1, 1], channels)), None);
     }
     let bias = OptionalTensor::from_option(bias.map(Tensor::into_dispatch));
     let (output, moments) =
@@ -106,7 +111,7 @@ trait DepthwiseConvBackend: Backend {
         weight: FloatTensor<Self>,
         #[extension_type] bias: OptionalTensor<Self>,
         stride: usize,
-        padding: usize,
+        padding: [usize; 2],
         moments: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
@@ -117,7 +122,7 @@ impl DepthwiseConvBackend for Flex {
         weight: FlexTensor,
         bias: OptionalTensor<Self>,
         stride: usize,
-        padding: usize,
+        padding: [usize; 2],
         moments: bool,
     ) -> (FlexTensor, FlexTensor) {
         let geometry = geometry(&x, &weight, stride, padding);
@@ -136,7 +141,7 @@ impl<C: CheckpointStrategy> DepthwiseConvBackend for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         bias: OptionalTensor<Self>,
         stride: usize,
-        padding: usize,
+        padding: [usize; 2],
         moments: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (output, moments) = conv_step(DepthwiseBackward, x, weight, bias, (stride, padding), |x, weight, bias| {
@@ -153,7 +158,7 @@ struct DepthwiseBackward;
 
 impl<const N: usize> Backward<Flex, N> for DepthwiseBackward {
     /// The checkpointed `x` and `weight`, and (stride, padding).
-    type State = (NodeId, NodeId, (usize, usize));
+    type State = (NodeId, NodeId, (usize, [usize; 2]));
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
         let out_grad = contiguous(grads.consume::<Flex>(&ops.node));
@@ -204,10 +209,10 @@ pub(super) fn backward_tensors(
     ]
 }
 
-pub(super) fn geometry(x: &FlexTensor, weight: &FlexTensor, stride: usize, padding: usize) -> Geometry {
+pub(super) fn geometry(x: &FlexTensor, weight: &FlexTensor, stride: usize, [padding, padding_after]: [usize; 2]) -> Geometry {
     let [batch, channels, height, width] = x.shape().dims();
     let kernel = weight.shape().dims::<4>()[2];
-    Geometry { batch, channels, height, width, kernel, stride, padding }
+    Geometry { batch, channels, height, width, kernel, stride, padding, padding_after }
 }
 
 #[cfg(test)]
@@ -233,7 +238,7 @@ mod tests {
         let Case { batch, channels, height, width, kernel, stride, padding, bias } = *case;
         let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], channels);
         assert_conv_matches_burn([batch, channels, height, width], [channels, 1, kernel, kernel], bias, options, device, |x, w, b| {
-            depthwise_conv2d(x, w, b, stride, padding)
+            depthwise_conv2d(x, w, b, stride, [padding, padding])
         });
     }
 
@@ -260,7 +265,7 @@ mod tests {
         let x = Tensor::<4>::random([2, 3, 6, 6], Distribution::Normal(0.0, 1.0), &device).require_grad();
         let weight = Tensor::<4>::random([3, 1, 3, 3], Distribution::Normal(0.0, 1.0), &device);
         let bias = Tensor::<1>::random([3], Distribution::Normal(0.0, 1.0), &device);
-        let grads = depthwise_conv2d(x.clone(), weight.clone(), Some(bias.clone()), 1, 1).sum().backward();
+        let grads = depthwise_conv2d(x.clone(), weight.clone(), Some(bias.clone()), 1, [1, 1]).sum().backward();
         assert_eq!(x.grad(&grads).map(|g| g.dims()), Some([2, 3, 6, 6]));
         assert!(weight.grad(&grads).is_none() && bias.grad(&grads).is_none());
     }

@@ -38,7 +38,7 @@ pub(crate) fn applies(bn: &BatchNorm, x: &Tensor<4>, weight: &Tensor<4>) -> bool
         && kernel <= MAX_KERNEL
 }
 
-/// `depthwise_conv2d(act(bn(x)), weight, None, stride, padding)` and its output planes' moments
+/// `depthwise_conv2d(act(bn(x)), weight, None, stride, padding)` (`padding` `[before, after]`) and its output planes' moments
 /// (`kernels::plane_moments`) for the BatchNorm after it; `bn` trains as in
 /// `batch_norm::forward_with_moments`, its statistics from `moments` (of `x`'s planes) where given.
 /// Only where [`applies`].
@@ -49,14 +49,15 @@ pub(crate) fn batch_norm_depthwise(
     act: Act,
     weight: Tensor<4>,
     stride: usize,
-    padding: usize,
+    padding: [usize; 2],
 ) -> (Tensor<4>, Tensor<1>) {
     debug_assert!(applies(bn, &x, &weight));
     let [_, _, height, width] = x.dims();
     let kernel = weight.dims()[2];
+    let [before, after] = padding;
     assert!(
-        stride > 0 && height + 2 * padding >= kernel && width + 2 * padding >= kernel,
-        "batch_norm_depthwise: kernel {kernel} (stride {stride}) does not fit the padded input {height}x{width} (padding {padding})"
+        stride > 0 && height + before + after >= kernel && width + before + after >= kernel,
+        "batch_norm_depthwise: kernel {kernel} (stride {stride}) does not fit the padded input {height}x{width} (padding {padding:?})"
     );
     let moments = OptionalTensor::from_option(moments.map(Tensor::into_dispatch));
     let (gamma, beta) = (bn.gamma.val().into_dispatch(), bn.beta.val().into_dispatch());
@@ -89,7 +90,7 @@ trait NormDepthwiseBackend: Backend {
         epsilon: f64,
         act: Act,
         stride: usize,
-        padding: usize,
+        padding: [usize; 2],
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
@@ -103,7 +104,7 @@ impl NormDepthwiseBackend for Flex {
         epsilon: f64,
         act: Act,
         stride: usize,
-        padding: usize,
+        padding: [usize; 2],
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let g = geometry(&x, &weight, stride, padding);
         let [x, gamma, beta, weight] = [x, gamma, beta, weight].map(contiguous);
@@ -140,7 +141,7 @@ impl<C: CheckpointStrategy> NormDepthwiseBackend for Autodiff<Flex, C> {
         epsilon: f64,
         act: Act,
         stride: usize,
-        padding: usize,
+        padding: [usize; 2],
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let moments = OptionalTensor::from_option(moments.into_option().map(|moments| moments.into_primitive()));
         let [x_values, gamma_values, beta_values, weight_values] =
@@ -167,7 +168,7 @@ struct NormDepthwiseBackward;
 impl Backward<Flex, 4> for NormDepthwiseBackward {
     /// The checkpointed `[x, gamma, beta, weight]`, the batch statistics, epsilon, the activation,
     /// and (stride, padding).
-    type State = ([NodeId; 4], FlexTensor, f64, Act, (usize, usize));
+    type State = ([NodeId; 4], FlexTensor, f64, Act, (usize, [usize; 2]));
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
         let out_grad = contiguous(grads.consume::<Flex>(&ops.node));
@@ -221,19 +222,20 @@ mod tests {
 
     /// Ours against burn's BatchNorm, the activation and burn's grouped conv2d in turn: output,
     /// the gradients of x, gamma, beta and the weight, and the running statistics; strides 1 and
-    /// 2, kernels 3 and 5, channel counts around the kernels' 8-channel groups, with and without
-    /// the input's plane moments.
+    /// 2, kernels 3 and 5, symmetric and asymmetric padding, channel counts around the kernels'
+    /// 8-channel groups, with and without the input's plane moments.
     #[test]
     fn output_gradients_and_running_statistics_equal_burns_layers() {
         let device = Device::flex().autodiff();
         device.seed(11);
         let cases = [
-            // batch, channels, height, width, kernel, stride, padding, act
-            (2, 3, 7, 9, 3, 1, 1, Act::Relu6),
-            (3, 11, 12, 12, 3, 2, 1, Act::Silu),
-            (2, 16, 9, 16, 5, 2, 2, Act::Relu6),
-            (1, 9, 8, 5, 5, 1, 2, Act::Identity),
-            (4, 8, 6, 6, 3, 1, 0, Act::Relu),
+            // batch, channels, height, width, kernel, stride, padding [before, after], act
+            (2, 3, 7, 9, 3, 1, [1, 1], Act::Relu6),
+            (3, 11, 12, 12, 3, 2, [1, 1], Act::Silu),
+            // TensorFlow's "SAME" at stride 2: one more after than before.
+            (2, 16, 9, 16, 5, 2, [1, 2], Act::Relu6),
+            (1, 9, 8, 5, 5, 1, [2, 2], Act::Identity),
+            (4, 8, 6, 6, 3, 2, [0, 1], Act::Relu),
         ];
         for (case, (batch, channels, height, width, kernel, stride, padding, act)) in cases.into_iter().enumerate() {
             // x as the expansion conv computes it, with its planes' moments.
@@ -241,8 +243,9 @@ mod tests {
             let expand = Tensor::<4>::random([channels, 4, 1, 1], Distribution::Normal(0.0, 1.0), &device);
             let (x, x_moments) = conv2d_dense_moments(input, expand, None, [1, 1], [0, 0]);
             let weight = Tensor::<4>::random([channels, 1, kernel, kernel], Distribution::Normal(0.0, 0.5), &device);
-            let out_height = (height + 2 * padding - kernel) / stride + 1;
-            let out_width = (width + 2 * padding - kernel) / stride + 1;
+            let [before, after] = padding;
+            let out_height = (height + before + after - kernel) / stride + 1;
+            let out_width = (width + before + after - kernel) / stride + 1;
             let out_grad = Tensor::<4>::random([batch, channels, out_height, out_width], Distribution::Normal(0.0, 1.0), &device);
             let with_moments = case % 2 == 0;
             let run = |ours: bool| {
@@ -258,8 +261,9 @@ mod tests {
                     let moments = with_moments.then(|| x_moments.clone());
                     batch_norm_depthwise(&bn, x.clone(), moments, act, weight.clone(), stride, padding).0
                 } else {
-                    let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], channels);
-                    conv2d(act.apply(bn.forward(x.clone())), weight.clone(), None, options)
+                    let options = ConvOptions::new([stride, stride], [0, 0], [1, 1], channels);
+                    let padded = act.apply(bn.forward(x.clone())).pad((before, after, before, after), 0.0);
+                    conv2d(padded, weight.clone(), None, options)
                 };
                 let grads = (y.clone() * out_grad.clone()).sum().backward();
                 [

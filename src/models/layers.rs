@@ -333,8 +333,9 @@ pub enum ConvKernel {
 }
 
 /// How [`conv_forward`] runs `conv` on `channels` planes of `height` x `width`: the kernel, and
-/// the symmetric padding `[vertical, horizontal]` it is given, or `None` where the padding (e.g.
-/// TensorFlow's asymmetric "SAME") is applied to the input first and the kernel pads nothing.
+/// the padding it is given, or `None` where the padding (e.g. TensorFlow's asymmetric "SAME") is
+/// applied to the input first and the kernel pads nothing. The dense kernels take symmetric
+/// padding `[vertical, horizontal]`, the depthwise one `[before, after]` the same on both axes.
 pub fn conv_plan(conv: &Conv2d, [channels, height, width]: [usize; 3]) -> (ConvKernel, Option<[usize; 2]>) {
     let [kernel, kernel_width] = conv.kernel_size;
     let [stride, stride_width] = conv.stride;
@@ -347,11 +348,12 @@ pub fn conv_plan(conv: &Conv2d, [channels, height, width]: [usize; 3]) -> (ConvK
         return (ConvKernel::Burn, None);
     }
     let [(top, bottom), (left, right)] = padding_sides(&conv.padding, conv.kernel_size, conv.stride, height, width);
+    if depthwise {
+        return (ConvKernel::Depthwise, (top == left && bottom == right).then_some([top, bottom]));
+    }
     let symmetric = (top == bottom && left == right).then_some([top, left]);
     let winograd = conv.kernel_size == [3, 3] && conv.stride == [1, 1];
     match symmetric {
-        Some([v, h]) if depthwise && v != h => (ConvKernel::Depthwise, None),
-        _ if depthwise => (ConvKernel::Depthwise, symmetric),
         Some([v, h]) if winograd && (v != h || v > winograd::MAX_PADDING) => (ConvKernel::Dense, symmetric),
         _ if winograd && winograd::pays_off(channels) => (ConvKernel::Winograd, symmetric),
         _ => (ConvKernel::Dense, symmetric),
@@ -442,7 +444,7 @@ fn conv_with_moments(conv: &Conv2d, x: Tensor<4>, plan: (ConvKernel, Option<[usi
         let (y, moments) = conv2d_dense_moments(x, conv.weight.val(), bias, conv.stride, padding);
         (y, Some(moments))
     } else {
-        depthwise_conv2d_moments(x, conv.weight.val(), bias, conv.stride[0], padding[0])
+        depthwise_conv2d_moments(x, conv.weight.val(), bias, conv.stride[0], padding)
     }
 }
 
@@ -461,11 +463,7 @@ fn expand_then_depthwise(expand: &ConvBn, depthwise: &ConvBn, x: Tensor<4>) -> T
     let weight = conv.weight.val();
     let [_, hidden, height, width] = expanded.dims();
     let padding = match conv_plan(conv, [hidden, height, width]) {
-        (ConvKernel::Depthwise, Some([v, h]))
-            if v == h && conv.bias.is_none() && norm_depthwise::applies(&expand.bn, &expanded, &weight) =>
-        {
-            v
-        }
+        (ConvKernel::Depthwise, Some(padding)) if conv.bias.is_none() && norm_depthwise::applies(&expand.bn, &expanded, &weight) => padding,
         _ => return depthwise.forward(batch_norm::forward_with_moments(&expand.bn, expanded, moments, expand.act)),
     };
     let (y, y_moments) = norm_depthwise::batch_norm_depthwise(&expand.bn, expanded, moments, expand.act, weight, conv.stride[0], padding);
@@ -481,11 +479,11 @@ fn run_conv(
     (kernel, padding): (ConvKernel, Option<[usize; 2]>),
     act: Act,
 ) -> Tensor<4> {
-    let (x, [vertical, horizontal]) = padded(conv, x, padding);
+    let (x, padding) = padded(conv, x, padding);
     match kernel {
-        ConvKernel::Depthwise => act.apply(depthwise_conv2d(x, weight, bias, conv.stride[0], vertical)),
-        ConvKernel::Winograd => act.apply(conv3x3(x, weight, bias, vertical)),
-        ConvKernel::Dense => conv2d_dense_act(x, weight, bias, conv.stride, [vertical, horizontal], act),
+        ConvKernel::Depthwise => act.apply(depthwise_conv2d(x, weight, bias, conv.stride[0], padding)),
+        ConvKernel::Winograd => act.apply(conv3x3(x, weight, bias, padding[0])),
+        ConvKernel::Dense => conv2d_dense_act(x, weight, bias, conv.stride, padding, act),
         ConvKernel::Burn => unreachable!("burn's convolutions are not planned here"),
     }
 }

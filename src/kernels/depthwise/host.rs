@@ -1,5 +1,6 @@
 //! Depthwise 2D convolution on host f32 NCHW data: one `k`x`k` filter per channel, stride `s`,
-//! symmetric zero padding `p`, no dilation. Forward, and backward for input, weight and bias.
+//! zero padding `p` above and left of the input and `p_after` below and right of it (TensorFlow's
+//! "SAME" pads one more after than before), no dilation. Forward, and backward for input, weight and bias.
 //!
 //! The work is split into tasks of `LANES` channels of one image ([`Group`]), run in parallel
 //! with rayon; each task's arithmetic (in [`interleaved`]) holds one pixel of its `LANES`
@@ -21,7 +22,8 @@ const LANES: usize = 8;
 /// column in registers, so it is compiled once per kernel size.
 pub const MAX_KERNEL: usize = 7;
 
-/// Sizes of one depthwise convolution; `height + 2 * padding >= kernel`.
+/// Sizes of one depthwise convolution; `height + padding + padding_after >= kernel` (and so for
+/// the width).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
     pub batch: usize,
@@ -30,16 +32,19 @@ pub struct Geometry {
     pub width: usize,
     pub kernel: usize,
     pub stride: usize,
+    /// Zero rows above and columns left of the input.
     pub padding: usize,
+    /// Zero rows below and columns right of it.
+    pub padding_after: usize,
 }
 
 impl Geometry {
     pub fn out_height(&self) -> usize {
-        (self.height + 2 * self.padding - self.kernel) / self.stride + 1
+        (self.height + self.padding + self.padding_after - self.kernel) / self.stride + 1
     }
 
     pub fn out_width(&self) -> usize {
-        (self.width + 2 * self.padding - self.kernel) / self.stride + 1
+        (self.width + self.padding + self.padding_after - self.kernel) / self.stride + 1
     }
 
     fn planes(&self) -> usize {
@@ -179,7 +184,7 @@ fn backward_with(
 fn check_sizes(g: &Geometry, x: &[f32], norm: Option<InputNorm>, weight: &[f32]) {
     assert!(g.stride > 0 && (1..=MAX_KERNEL).contains(&g.kernel), "depthwise: unsupported geometry {g:?}");
     assert!(
-        g.height + 2 * g.padding >= g.kernel && g.width + 2 * g.padding >= g.kernel,
+        g.height + g.padding + g.padding_after >= g.kernel && g.width + g.padding + g.padding_after >= g.kernel,
         "depthwise: kernel larger than the padded input {g:?}"
     );
     assert_eq!(x.len(), g.planes() * g.height * g.width, "input size");
@@ -555,15 +560,16 @@ mod tests {
         let mut case = 0;
         for kernel in 1..=MAX_KERNEL {
             for stride in 1..=3 {
-                for padding in 0..kernel {
+                // Symmetric padding, and one more after than before (TensorFlow's "SAME").
+                for (padding, padding_after) in (0..kernel).flat_map(|p| [(p, p), (p, p + 1)]) {
                     for (height, width) in [(7, 9), (kernel, 13), (17, 8)] {
-                        if height + 2 * padding < kernel {
+                        if height + padding + padding_after < kernel {
                             continue;
                         }
                         case += 1;
                         // Channel counts around a multiple of LANES: full and partial groups.
                         let channels = [3, 8, 11][case % 3];
-                        check(Geometry { batch: 1 + case % 2, channels, height, width, kernel, stride, padding });
+                        check(Geometry { batch: 1 + case % 2, channels, height, width, kernel, stride, padding, padding_after });
                     }
                 }
             }
@@ -572,7 +578,7 @@ mod tests {
 
     #[test]
     fn computes_only_the_wanted_gradients() {
-        let g = Geometry { batch: 1, channels: 2, height: 5, width: 5, kernel: 3, stride: 1, padding: 1 };
+        let g = Geometry { batch: 1, channels: 2, height: 5, width: 5, kernel: 3, stride: 1, padding: 1, padding_after: 1 };
         let (x, w, dy) = (values(50, 8), values(18, 9), values(50, 10));
         let only_weight = backward(&x, None, &w, OutGrad::Read(&dy), &g, Wanted { x: false, weight: true, bias: false }, None);
         assert!(only_weight.x.is_none() && only_weight.bias.is_none());
