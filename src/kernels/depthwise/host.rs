@@ -11,10 +11,12 @@
 
 mod interleaved;
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::kernels::activation::Act;
-use crate::kernels::{SharedSlice, fma_available, plane_moments};
+use crate::kernels::{SharedSlice, assume_written, fma_available, plane_moments};
 
 /// f32 lanes of a vector (one AVX register).
 const LANES: usize = 8;
@@ -230,7 +232,7 @@ impl Group {
 }
 
 /// `values` (`plane` elements per channel), split into the slices of consecutive `groups`.
-fn split_groups<'a>(mut values: &'a mut [f32], groups: &[Group], plane: usize) -> Vec<&'a mut [f32]> {
+fn split_groups<'a, T>(mut values: &'a mut [T], groups: &[Group], plane: usize) -> Vec<&'a mut [T]> {
     let mut slices = Vec::with_capacity(groups.len());
     for group in groups {
         let (slice, rest) = std::mem::take(&mut values).split_at_mut(group.channels * plane);
@@ -241,31 +243,34 @@ fn split_groups<'a>(mut values: &'a mut [f32], groups: &[Group], plane: usize) -
 }
 
 /// A new `[batch, channels, out_height, out_width]` output, `task` computing each group's
-/// planes of it in parallel; then, where given room for them, the planes' moments.
+/// planes of it in parallel (writing every value: the output is not zero-filled first); then,
+/// where given room for them, the planes' moments.
 fn forward_groups<S: Default>(
     fma: bool,
     g: &Geometry,
     moments: Option<&mut [[f64; 2]]>,
-    task: impl Fn(&mut S, Group, &mut [f32]) + Sync,
+    task: impl Fn(&mut S, Group, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
-    let plane_out = g.out_height() * g.out_width();
-    let mut out = vec![0.0; g.planes() * plane_out];
+    let len = g.planes() * g.out_height() * g.out_width();
+    let mut out = Vec::with_capacity(len);
     let groups = Group::all(g);
-    let slices = split_groups(&mut out, &groups, plane_out);
+    let slices = split_groups(&mut out.spare_capacity_mut()[..len], &groups, len / g.planes());
     let moments = moments.map(SharedSlice::new);
     groups.into_par_iter().zip(slices).for_each_init(S::default, |scratch, (group, out)| {
         task(scratch, group, out);
         if let Some(moments) = &moments {
-            // SAFETY: the group's planes' moments are this task's alone.
-            plane_moments(fma, out, unsafe { moments.run(group.first_plane, group.channels) });
+            // SAFETY: the task wrote its planes; their moments are this task's alone.
+            plane_moments(fma, unsafe { assume_written(out) }, unsafe { moments.run(group.first_plane, group.channels) });
         }
     });
+    // SAFETY: the tasks wrote every group's planes, which cover the output.
+    unsafe { out.set_len(len) };
     out
 }
 
 /// A group's output gradient and, where wanted, its input gradient (see [`OutGrad`]).
 enum GradSlices<'a> {
-    Separate { out_grad: &'a [f32], x_grad: Option<&'a mut [f32]> },
+    Separate { out_grad: &'a [f32], x_grad: Option<&'a mut [MaybeUninit<f32>]> },
     Shared(&'a mut [f32]),
 }
 
@@ -278,10 +283,11 @@ impl<'a> GradSlices<'a> {
     }
 
     /// Where the input gradient goes; after this, the output gradient may be gone.
-    fn into_x_grad(self) -> Option<&'a mut [f32]> {
+    fn into_x_grad(self) -> Option<&'a mut [MaybeUninit<f32>]> {
         match self {
             GradSlices::Separate { x_grad, .. } => x_grad,
-            GradSlices::Shared(values) => Some(values),
+            // SAFETY: MaybeUninit<f32> has f32's layout, and only initialized values are written.
+            GradSlices::Shared(values) => Some(unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }),
         }
     }
 }
@@ -299,11 +305,13 @@ struct BackwardSlices<'a> {
 fn backward_groups<S: Default>(g: &Geometry, out_grad: OutGrad, wanted: Wanted, task: impl Fn(&mut S, BackwardSlices) + Sync) -> Gradients {
     let (plane_in, plane_out, taps) = (g.height * g.width, g.out_height() * g.out_width(), g.taps());
     let groups = Group::all(g);
-    let mut x_grad = (wanted.x && matches!(out_grad, OutGrad::Read(_))).then(|| vec![0.0; g.planes() * plane_in]);
+    // Not zero-filled: the tasks write every value.
+    let mut x_grad = (wanted.x && matches!(out_grad, OutGrad::Read(_))).then(|| Vec::with_capacity(g.planes() * plane_in));
     let grads: Vec<GradSlices> = match out_grad {
         OutGrad::Overwrite(values) => split_groups(values, &groups, plane_out).into_iter().map(GradSlices::Shared).collect(),
         OutGrad::Read(out_grad) => {
-            let mut x_grads = x_grad.as_deref_mut().map(|x_grad| split_groups(x_grad, &groups, plane_in).into_iter());
+            let mut x_grads =
+                x_grad.as_mut().map(|x_grad: &mut Vec<f32>| split_groups(x_grad.spare_capacity_mut(), &groups, plane_in).into_iter());
             groups
                 .iter()
                 .map(|group| GradSlices::Separate {
@@ -321,6 +329,10 @@ fn backward_groups<S: Default>(g: &Geometry, out_grad: OutGrad, wanted: Wanted, 
         .map(|(&group, grads)| BackwardSlices { group, grads, partial: partial_slices.as_mut().and_then(Iterator::next) })
         .collect();
     tasks.into_par_iter().for_each_init(S::default, |scratch, slices| task(scratch, slices));
+    if let Some(x_grad) = &mut x_grad {
+        // SAFETY: the tasks wrote every group's planes, which cover the input gradient.
+        unsafe { x_grad.set_len(g.planes() * plane_in) };
+    }
     let mut gradients = Gradients { x: x_grad, ..Default::default() };
     if let Some(partials) = partials {
         let mut sums = vec![0.0; g.channels * (taps + 1)];
@@ -342,6 +354,7 @@ trait Vector: Copy {
     fn mul_add(self, b: Self, c: Self) -> Self;
     fn add(self, other: Self) -> Self;
     fn store(self, dst: &mut [f32; LANES]);
+    fn store_uninit(self, dst: &mut [MaybeUninit<f32>; LANES]);
     /// Rows to columns: lane `j` of vector `i` of the result is lane `i` of `rows[j]`.
     fn transpose(rows: [Self; LANES]) -> [Self; LANES];
 
@@ -389,6 +402,13 @@ impl Vector for Portable {
     }
 
     #[inline(always)]
+    fn store_uninit(self, dst: &mut [MaybeUninit<f32>; LANES]) {
+        for (dst, value) in dst.iter_mut().zip(self.0) {
+            dst.write(value);
+        }
+    }
+
+    #[inline(always)]
     fn transpose(rows: [Self; LANES]) -> [Self; LANES] {
         std::array::from_fn(|i| Portable(std::array::from_fn(|j| rows[j].0[i])))
     }
@@ -429,6 +449,12 @@ impl Vector for Avx {
     fn store(self, dst: &mut [f32; LANES]) {
         // SAFETY: `dst` is 8 writable f32; AVX is available.
         unsafe { std::arch::x86_64::_mm256_storeu_ps(dst.as_mut_ptr(), self.0) }
+    }
+
+    #[inline(always)]
+    fn store_uninit(self, dst: &mut [MaybeUninit<f32>; LANES]) {
+        // SAFETY: `dst` is 8 writable f32; AVX is available.
+        unsafe { std::arch::x86_64::_mm256_storeu_ps(dst.as_mut_ptr().cast(), self.0) }
     }
 
     #[inline(always)]

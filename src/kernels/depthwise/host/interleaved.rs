@@ -16,8 +16,10 @@ use super::{
     backward_groups, forward_groups, run,
 };
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 
 use crate::kernels::activation::{Pointwise, with_pointwise};
+use crate::kernels::assume_written;
 
 /// Output pixels per register block: `PIXELS` vectors of accumulators, transposed back to
 /// planes as one `LANES` x `LANES` block.
@@ -185,9 +187,9 @@ trait Sink {
     fn put<V: Vector>(&mut self, r: usize, c0: usize, block: [V; PIXELS], valid: usize);
 }
 
-/// `channels` planes of `rows` x `cols`, one after another in `dst`.
+/// `channels` planes of `rows` x `cols`, one after another in `dst` (written, never read).
 struct Planes<'a> {
-    dst: &'a mut [f32],
+    dst: &'a mut [MaybeUninit<f32>],
     rows: usize,
     cols: usize,
     channels: usize,
@@ -202,14 +204,14 @@ impl Sink for Planes<'_> {
         // are written later (not past the plane's end).
         if valid == PIXELS || at + LANES <= plane {
             for (l, outputs) in V::transpose(block).into_iter().take(self.channels).enumerate() {
-                outputs.store((&mut self.dst[l * plane + at..][..LANES]).try_into().unwrap());
+                outputs.store_uninit((&mut self.dst[l * plane + at..][..LANES]).try_into().unwrap());
             }
         } else {
             let mut values = [0.0; LANES];
             for (q, pixel) in block.iter().take(valid).enumerate() {
                 pixel.store(&mut values);
                 for (l, value) in values[..self.channels].iter().enumerate() {
-                    self.dst[l * plane + at + q] = *value;
+                    self.dst[l * plane + at + q].write(*value);
                 }
             }
         }
@@ -256,7 +258,7 @@ struct ForwardGroup<'a> {
     bias: Option<&'a [f32]>,
     geometry: &'a Geometry,
     shape: ScratchShape,
-    out: &'a mut [f32],
+    out: &'a mut [MaybeUninit<f32>],
 }
 
 impl Task for ForwardGroup<'_> {
@@ -394,7 +396,8 @@ impl Task for BackwardGroup<'_> {
             }
         }
         if let Some(done) = self.x_grad_done {
-            done(self.first_plane, x_grad);
+            // SAFETY: the input gradient's planes were all written above.
+            done(self.first_plane, unsafe { assume_written(x_grad) });
         }
     }
 }
