@@ -432,12 +432,19 @@ pub(super) mod host {
     }
 
     /// [`backward`]'s sums of the planes `first..` of the batch whose `dy` is given, one per plane
-    /// (of the layer's `channels`, repeating) into `sums`.
+    /// (of the layer's `channels`, repeating from image to image) into `sums`.
     pub fn gradient_sums(x: &[f32], dy: &[f32], first: usize, layer: &Layer, channels: &[Channel], sums: &mut [[f64; 2]]) {
-        let (plane, first_channel) = (layer.plane, first % channels.len());
-        let planes = dy.len() / plane;
-        let (x, channels) = (&x[first * plane..][..dy.len()], &channels[first_channel..][..planes]);
-        with_pointwise!(layer.act, plane_sums(fma_available(), x, dy, sums, channels));
+        let (plane, fma) = (layer.plane, fma_available());
+        let mut done = 0;
+        // A run of one image's planes at a time.
+        while done < sums.len() {
+            let channel = (first + done) % channels.len();
+            let run = (channels.len() - channel).min(sums.len() - done);
+            let (x, dy) = (&x[(first + done) * plane..][..run * plane], &dy[done * plane..][..run * plane]);
+            let channels = &channels[channel..][..run];
+            with_pointwise!(layer.act, plane_sums(fma, x, dy, &mut sums[done..][..run], channels));
+            done += run;
+        }
     }
 
     with_avx2! {

@@ -8,7 +8,7 @@
 //! it calls burn's `conv2d`.
 //! The route into burn is the backend extension of `kernels::depthwise` (see there).
 
-mod host;
+pub(super) mod host;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -134,7 +134,7 @@ impl DenseConvBackend for Flex {
     ) -> (FlexTensor, FlexTensor) {
         let g = geometry(&x, &weight, [sy, sx, py, px]);
         let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.into_option().map(contiguous));
-        let (y, moments) = host::forward(f32s(&x), f32s(&weight), bias.as_ref().map(f32s), act, &g, moments);
+        let (y, moments) = host::forward(f32s(&x), None, f32s(&weight), bias.as_ref().map(f32s), act, &g, moments);
         let moments = moments.unwrap_or_default();
         let len = moments.len();
         (
@@ -185,13 +185,13 @@ impl<const N: usize> Backward<Flex, N> for DenseConvBackward {
         let to_tensor = |values: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(values, shape));
         let weight_grad = weight_node
             .is_some()
-            .then(|| to_tensor(host::weight_gradient(f32s(&x), f32s(&out_grad), &g), vec![out_channels, in_channels, kh, kw]));
+            .then(|| to_tensor(host::weight_gradient(f32s(&x), None, f32s(&out_grad), &g), vec![out_channels, in_channels, kh, kw]));
         let bias_grad = bias_node
             .is_some()
             .then(|| to_tensor(bias_gradient(f32s(&out_grad), batch, out_channels, g.out_height() * g.out_width()), vec![out_channels]));
         let x_grad = x_node
             .is_some()
-            .then(|| to_tensor(host::input_gradient(f32s(&out_grad), f32s(&weight), &g), vec![batch, in_channels, height, width]));
+            .then(|| to_tensor(host::input_gradient(f32s(&out_grad), f32s(&weight), &g, None), vec![batch, in_channels, height, width]));
         for (node, gradient) in [(x_node, x_grad), (weight_node, weight_grad), (bias_node, bias_grad)] {
             if let (Some(node), Some(gradient)) = (node, gradient) {
                 grads.register::<Flex>(node.id, gradient);
@@ -200,7 +200,7 @@ impl<const N: usize> Backward<Flex, N> for DenseConvBackward {
     }
 }
 
-fn geometry(x: &FlexTensor, weight: &FlexTensor, [sy, sx, py, px]: [usize; 4]) -> Geometry {
+pub(super) fn geometry(x: &FlexTensor, weight: &FlexTensor, [sy, sx, py, px]: [usize; 4]) -> Geometry {
     let [batch, in_channels, height, width] = x.shape().dims();
     let [out_channels, _, kh, kw] = weight.shape().dims();
     Geometry { batch, in_channels, out_channels, height, width, kernel: [kh, kw], stride: [sy, sx], padding: [py, px] }

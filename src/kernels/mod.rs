@@ -79,7 +79,7 @@ pub mod batch_norm;
 pub mod dense;
 pub mod depthwise;
 pub mod max_pool;
-pub mod norm_depthwise;
+pub mod norm_conv;
 pub mod sgd;
 pub mod squeeze_excite;
 pub mod winograd;
@@ -263,6 +263,20 @@ with_avx2! {
         }
     }
 }
+
+/// A BatchNorm and activation in front of a convolution, applied as the kernels read its input:
+/// they convolve `act(x * scale + shift)` (per input channel; zero padding around that), so that
+/// only the BatchNorm's input is ever stored (`norm_conv`).
+#[derive(Debug, Clone, Copy)]
+pub struct InputNorm<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub act: activation::Act,
+}
+
+/// Called by a backward kernel's tasks with their first plane (image * channels + channel) and
+/// their planes of the input gradient, as soon as they have written them (while in cache).
+pub type XGradDone<'a> = &'a (dyn Fn(usize, &[f32]) + Sync);
 
 /// A buffer whose parallel tasks each write their own values, not one contiguous chunk.
 struct SharedSlice<T>(*mut T);

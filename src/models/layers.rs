@@ -18,7 +18,7 @@ use crate::kernels::batch_norm;
 use crate::kernels::dense::{conv2d_dense_act, conv2d_dense_moments};
 use crate::kernels::depthwise::{depthwise_conv2d, depthwise_conv2d_moments};
 use crate::kernels::max_pool;
-use crate::kernels::norm_depthwise;
+use crate::kernels::norm_conv::{self, NormedConv};
 use crate::kernels::squeeze_excite;
 use crate::kernels::winograd::{self, conv3x3};
 
@@ -448,26 +448,56 @@ fn conv_with_moments(conv: &Conv2d, x: Tensor<4>, plan: (ConvKernel, Option<[usi
     }
 }
 
-/// `depthwise.forward(expand.forward(x))`. In training on our kernels, the depthwise convolution
-/// applies the expansion's BatchNorm and activation as it reads its input
-/// (`kernels::norm_depthwise`), so the expanded activation is never stored.
-fn expand_then_depthwise(expand: &ConvBn, depthwise: &ConvBn, x: Tensor<4>) -> Tensor<4> {
-    if trace::is_tracing() {
-        return depthwise.forward(expand.forward(x));
+/// A [`ConvBn`]'s output on the way through a chain of them: in training on our kernels, its
+/// convolution's output and planes' moments with the BatchNorm and activation still to apply,
+/// which the next convolution applies as it reads its input where it can (`kernels::norm_conv`):
+/// the BatchNorm's output is then never stored.
+struct ConvBnOutput<'a> {
+    y: Tensor<4>,
+    /// The layer whose BatchNorm and activation are still to apply to `y`, and `y`'s moments.
+    pending: Option<(&'a ConvBn, Option<Tensor<1>>)>,
+}
+
+impl<'a> ConvBnOutput<'a> {
+    /// `layer.forward(x)`, left pending where its BatchNorm trains on our kernels (not while tracing).
+    fn of(layer: &'a ConvBn, x: Tensor<4>) -> Self {
+        match moments_plan(&layer.conv, &layer.bn, &x) {
+            Some(plan) if !trace::is_tracing() => {
+                let (y, moments) = conv_with_moments(&layer.conv, x, plan);
+                ConvBnOutput { y, pending: Some((layer, moments)) }
+            }
+            _ => ConvBnOutput { y: layer.forward(x), pending: None },
+        }
     }
-    let Some(plan) = moments_plan(&expand.conv, &expand.bn, &x) else {
-        return depthwise.forward(expand.forward(x));
-    };
-    let (expanded, moments) = conv_with_moments(&expand.conv, x, plan);
-    let conv = &depthwise.conv;
-    let weight = conv.weight.val();
-    let [_, hidden, height, width] = expanded.dims();
-    let padding = match conv_plan(conv, [hidden, height, width]) {
-        (ConvKernel::Depthwise, Some(padding)) if conv.bias.is_none() && norm_depthwise::applies(&expand.bn, &expanded, &weight) => padding,
-        _ => return depthwise.forward(batch_norm::forward_with_moments(&expand.bn, expanded, moments, expand.act)),
-    };
-    let (y, y_moments) = norm_depthwise::batch_norm_depthwise(&expand.bn, expanded, moments, expand.act, weight, conv.stride[0], padding);
-    batch_norm::forward_with_moments(&depthwise.bn, y, Some(y_moments), depthwise.act)
+
+    /// `next.forward(self.finish())`, the pending BatchNorm applied by `next`'s convolution where
+    /// it is a depthwise or pointwise one without bias.
+    fn then(self, next: &'a ConvBn) -> Self {
+        let Some((layer, moments)) = &self.pending else { return Self::of(next, self.y) };
+        let [_, channels, height, width] = self.y.dims();
+        let conv = &next.conv;
+        let normed = match conv_plan(conv, [channels, height, width]) {
+            _ if conv.bias.is_some() => None,
+            (ConvKernel::Depthwise, Some(padding)) => Some(NormedConv::Depthwise { stride: conv.stride[0], padding }),
+            (ConvKernel::Dense, Some([0, 0])) if conv.kernel_size == [1, 1] && conv.stride == [1, 1] => Some(NormedConv::Pointwise),
+            _ => None,
+        };
+        let weight = conv.weight.val();
+        match normed {
+            Some(normed) if norm_conv::applies(&layer.bn, &self.y, normed, &weight) => {
+                let (y, moments) = norm_conv::batch_norm_conv(&layer.bn, self.y, moments.clone(), layer.act, normed, weight);
+                ConvBnOutput { y, pending: Some((next, Some(moments))) }
+            }
+            _ => Self::of(next, self.finish()),
+        }
+    }
+
+    fn finish(self) -> Tensor<4> {
+        match self.pending {
+            Some((layer, moments)) => batch_norm::forward_with_moments(&layer.bn, self.y, moments, layer.act),
+            None => self.y,
+        }
+    }
 }
 
 /// `conv`'s geometry with `weight` and `bias`, on the kernel `plan` chose, then `act`.
@@ -655,14 +685,15 @@ impl InvertedResidual {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut y = match &self.expand {
-            Some(expand) => expand_then_depthwise(expand, &self.depthwise, x.clone()),
-            None => self.depthwise.forward(x.clone()),
+        let y = match &self.expand {
+            Some(expand) => ConvBnOutput::of(expand, x.clone()).then(&self.depthwise),
+            None => ConvBnOutput::of(&self.depthwise, x.clone()),
         };
-        if let Some(se) = &self.se {
-            y = se.forward(y);
+        let y = match &self.se {
+            Some(se) => ConvBnOutput::of(&self.project, se.forward(y.finish())),
+            None => y.then(&self.project),
         }
-        y = self.project.forward(y);
+        .finish();
         if self.residual { trace::add(self.drop_path.forward(y), x) } else { y }
     }
 

@@ -13,7 +13,8 @@ use std::mem::MaybeUninit;
 
 use crate::kernels::activation::{Act, Pointwise, with_pointwise};
 use crate::kernels::{
-    SharedSlice, assume_written, fma_available, matmul, plane_moments, sized, sum_in_parallel, uninit_chunks, with_buffers,
+    InputNorm, SharedSlice, XGradDone, assume_written, fma_available, matmul, plane_moments, sized, sum_in_parallel, uninit_chunks,
+    with_buffers,
 };
 
 /// Output pixels (summed over the chunk's images) one product takes.
@@ -58,7 +59,17 @@ impl Geometry {
 /// `y = act(conv2d(x, weight) + bias)` `[batch, out, out_height, out_width]`, the bias and the
 /// activation applied to each chunk's product while it is in cache; with `moments`, also each
 /// output plane's `[mean, Σ (y - mean)²]` (`kernels::plane_moments`), taken as each chunk is written.
-pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, act: Act, g: &Geometry, moments: bool) -> (Vec<f32>, Option<Vec<f64>>) {
+/// `norm` (pointwise convolutions only) is applied to `x` as each chunk's matrix is copied.
+pub fn forward(
+    x: &[f32],
+    norm: Option<InputNorm>,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    act: Act,
+    g: &Geometry,
+    moments: bool,
+) -> (Vec<f32>, Option<Vec<f64>>) {
+    assert!(norm.is_none() || g.is_pointwise(), "conv: an input norm needs a pointwise convolution");
     let pixels = g.out_height() * g.out_width();
     assert_eq!(x.len(), g.batch * g.in_channels * g.height * g.width, "conv: input size");
     assert_eq!(weight.len(), g.out_channels * g.filter_len(), "conv: weight size");
@@ -73,7 +84,7 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, act: Act, g: &Ge
             if images.len() == 1 {
                 for rows in row_blocks(g, 1) {
                     let (first, columns) = (rows.start * g.out_width(), rows.len() * g.out_width());
-                    let cols = im2col(x, g, images.clone(), rows, cols);
+                    let cols = im2col(x, norm, g, images.clone(), rows, cols);
                     // SAFETY: weight is [outs][filter], cols [filter][columns]; the product writes
                     // columns first.. of each of the outs rows of y ([outs][pixels]).
                     unsafe {
@@ -91,14 +102,14 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, act: Act, g: &Ge
                         for (o, row) in y.chunks_mut(pixels).enumerate() {
                             // SAFETY: the product above wrote these values.
                             let row = unsafe { assume_written(&mut row[first..][..columns]) };
-                            with_pointwise!(act, add_bias_in_place(fma, row, bias.map_or(0.0, |b| b[o])));
+                            with_pointwise!(act, affine_in_place(fma, row, 1.0, bias.map_or(0.0, |b| b[o])));
                         }
                     }
                 }
                 return;
             }
             let columns = images.len() * pixels;
-            let cols = im2col(x, g, images.clone(), 0..g.out_height(), cols);
+            let cols = im2col(x, norm, g, images.clone(), 0..g.out_height(), cols);
             let product = sized(product, outs * columns);
             // SAFETY: weight is [outs][filter], cols [filter][columns], product [outs][columns].
             unsafe {
@@ -149,10 +160,10 @@ fn row_blocks(g: &Geometry, images: usize) -> impl Iterator<Item = std::ops::Ran
 }
 
 with_avx2! {
-    /// `act(value + bias)` for each value.
-    avx512 fn add_bias_in_place<A: Pointwise>(values: &mut [f32], bias: f32) {
+    /// `act(value * scale + shift)` for each value.
+    avx512 fn affine_in_place<A: Pointwise>(values: &mut [f32], scale: f32, shift: f32) {
         for v in values {
-            *v = A::value(*v + bias);
+            *v = A::value(*v * scale + shift);
         }
     }
 }
@@ -166,8 +177,9 @@ with_avx2! {
     }
 }
 
-/// The input gradient `[batch, in, height, width]` of `y = conv2d(x, weight)` from `out_grad`.
-pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
+/// The input gradient `[batch, in, height, width]` of `y = conv2d(x, weight)` from `out_grad`;
+/// `x_grad_done` sees each chunk's share as soon as it is written.
+pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry, x_grad_done: Option<XGradDone>) -> Vec<f32> {
     let pixels = g.out_height() * g.out_width();
     assert_eq!(out_grad.len(), g.batch * g.out_channels * pixels, "conv input gradient: output gradient size");
     let (outs, filter, image_len) = (g.out_channels, g.filter_len(), g.in_channels * g.height * g.width);
@@ -227,7 +239,14 @@ pub fn input_gradient(out_grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32
     };
     // SAFETY: `fill` writes each chunk in full: by the product, the pointwise scatter, or zeros and
     // col2im.
-    unsafe { uninit_chunks(g.batch * image_len, per_chunk * image_len, fill) }
+    unsafe {
+        uninit_chunks(g.batch * image_len, per_chunk * image_len, |chunk, dx| {
+            fill(chunk, dx);
+            if let Some(done) = x_grad_done {
+                done(chunk * per_chunk * g.in_channels, assume_written(dx));
+            }
+        })
+    }
 }
 
 /// Images per chunk: about [`CHUNK_PIXELS`] output pixels, and at least two chunks per thread
@@ -237,9 +256,9 @@ fn images_per_chunk(g: &Geometry) -> usize {
     (CHUNK_PIXELS / pixels.max(1)).clamp(1, g.batch.div_ceil(2 * rayon::current_num_threads()).max(1))
 }
 
-/// The weight gradient `[out, in, kh, kw]` of `y = conv2d(x, weight)` from `x` and `out_grad`
-/// (`y`'s shape).
-pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
+/// The weight gradient `[out, in, kh, kw]` of `y = conv2d(x, weight)` from `x` (through `norm`,
+/// as [`forward`]) and `out_grad` (`y`'s shape).
+pub fn weight_gradient(x: &[f32], norm: Option<InputNorm>, out_grad: &[f32], g: &Geometry) -> Vec<f32> {
     let pixels = g.out_height() * g.out_width();
     assert_eq!(x.len(), g.batch * g.in_channels * g.height * g.width, "conv weight gradient: input size");
     assert_eq!(out_grad.len(), g.batch * g.out_channels * pixels, "conv weight gradient: output gradient size");
@@ -252,7 +271,7 @@ pub fn weight_gradient(x: &[f32], out_grad: &[f32], g: &Geometry) -> Vec<f32> {
             let dy = gather_out_grad(out_grad, g, first..end, dy);
             for rows in row_blocks(g, end - first) {
                 let (at, len) = (rows.start * g.out_width(), (end - first) * rows.len() * g.out_width());
-                let cols = im2col(x, g, first..end, rows, cols);
+                let cols = im2col(x, norm, g, first..end, rows, cols);
                 // dwᵀ = cols · dyᵀ, so that the gemm crate's destination is column-major (its own
                 // layout; written as dw = dy · colsᵀ the weight gradients ran about 20% slower).
                 // SAFETY: dy is [outs][columns] with `at + len <= columns`, cols [filter][len],
@@ -291,9 +310,11 @@ fn gather_out_grad<'a>(out_grad: &'a [f32], g: &Geometry, images: std::ops::Rang
 
 /// The im2col matrix of `images`' output rows `rows`: row `(c, ky, kx)`, column `(image, oy -
 /// rows.start, ox)` holds `x[image][c][oy * sy + ky - py][ox * sx + kx - px]`, zero outside the
-/// input; in `cols` (one image of a pointwise convolution is its own matrix, in `x`).
+/// input; in `cols` (one image of a pointwise convolution is its own matrix, in `x`, unless
+/// `norm`, which only pointwise convolutions take, is applied to it).
 fn im2col<'a>(
     x: &'a [f32],
+    norm: Option<InputNorm>,
     g: &Geometry,
     images: std::ops::Range<usize>,
     rows: std::ops::Range<usize>,
@@ -305,7 +326,7 @@ fn im2col<'a>(
     let plane_len = g.height * g.width;
     if g.is_pointwise() {
         debug_assert_eq!(rows, 0..g.out_height(), "a pointwise convolution's image is one block");
-        if images.len() == 1 {
+        if images.len() == 1 && norm.is_none() {
             return &x[images.start * g.in_channels * pixels..][..g.in_channels * pixels];
         }
     }
@@ -317,7 +338,11 @@ fn im2col<'a>(
         for (i, n) in images.clone().enumerate() {
             let plane = &x[(n * g.in_channels + c) * plane_len..][..plane_len];
             if g.is_pointwise() {
-                row[i * pixels..][..pixels].copy_from_slice(plane);
+                let row = &mut row[i * pixels..][..pixels];
+                row.copy_from_slice(plane);
+                if let Some(norm) = norm {
+                    with_pointwise!(norm.act, affine_in_place(fma_available(), row, norm.scale[c], norm.shift[c]));
+                }
                 continue;
             }
             for (at, oy) in rows.clone().enumerate() {

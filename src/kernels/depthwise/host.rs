@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::kernels::activation::Act;
+pub use crate::kernels::{InputNorm, XGradDone};
 use crate::kernels::{SharedSlice, assume_written, fma_available, plane_moments};
 
 /// f32 lanes of a vector (one AVX register).
@@ -93,26 +93,12 @@ impl OutGrad<'_> {
     }
 }
 
-/// A BatchNorm and activation in front of the convolution, applied as the kernels read the input:
-/// they convolve `act(x * scale + shift)` (per channel; zero padding around that), so that only
-/// the BatchNorm's input is ever stored.
-#[derive(Debug, Clone, Copy)]
-pub struct InputNorm<'a> {
-    pub scale: &'a [f32],
-    pub shift: &'a [f32],
-    pub act: Act,
-}
-
 impl<'a> InputNorm<'a> {
     /// The channels of one task's group.
     fn group(&self, group: &Group, g: &Geometry) -> InputNorm<'a> {
         InputNorm { scale: group.rows(self.scale, g, 1), shift: group.rows(self.shift, g, 1), act: self.act }
     }
 }
-
-/// Called by each backward task with its first plane (image * channels + channel) and its planes
-/// of the input gradient, as soon as it has written them (while they are in cache).
-pub type XGradDone<'a> = &'a (dyn Fn(usize, &[f32]) + Sync);
 
 /// `[batch, channels, out_height, out_width]` from `x` `[batch, channels, height, width]` (through
 /// `norm` where given), `weight` `[channels, kernel, kernel]` and `bias` `[channels]`; with
