@@ -114,7 +114,11 @@ pub fn forward(
 ) -> (Vec<f32>, Option<Vec<f64>>) {
     let fma = fma_available();
     let mut moments_values = moments.then(|| vec![[0f64; 2]; g.planes()]);
-    let y = forward_with(fma, x, norm, weight, bias, g, moments_values.as_deref_mut());
+    check_sizes(g, x, norm, weight);
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), g.channels, "bias size");
+    }
+    let y = interleaved::forward(fma, x, norm, weight, bias, g, moments_values.as_deref_mut());
     (y, moments_values.map(|moments| moments.into_flattened()))
 }
 
@@ -131,42 +135,12 @@ pub fn backward(
     wanted: Wanted,
     x_grad_done: Option<XGradDone>,
 ) -> Gradients {
-    backward_with(fma_available(), x, norm, weight, out_grad, g, wanted, x_grad_done)
-}
-
-fn forward_with(
-    fma: bool,
-    x: &[f32],
-    norm: Option<InputNorm>,
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    g: &Geometry,
-    moments: Option<&mut [[f64; 2]]>,
-) -> Vec<f32> {
-    check_sizes(g, x, norm, weight);
-    if let Some(bias) = bias {
-        assert_eq!(bias.len(), g.channels, "bias size");
-    }
-    interleaved::forward(fma, x, norm, weight, bias, g, moments)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn backward_with(
-    fma: bool,
-    x: &[f32],
-    norm: Option<InputNorm>,
-    weight: &[f32],
-    out_grad: OutGrad,
-    g: &Geometry,
-    wanted: Wanted,
-    x_grad_done: Option<XGradDone>,
-) -> Gradients {
     check_sizes(g, x, norm, weight);
     assert_eq!(out_grad.len(), g.planes() * g.out_height() * g.out_width(), "output gradient size");
     if let OutGrad::Overwrite(_) = out_grad {
         assert_eq!(out_grad.len(), x.len(), "an overwritten output gradient must have the input's size");
     }
-    interleaved::backward(fma, x, norm, weight, out_grad, g, wanted, x_grad_done)
+    interleaved::backward(fma_available(), x, norm, weight, out_grad, g, wanted, x_grad_done)
 }
 
 fn check_sizes(g: &Geometry, x: &[f32], norm: Option<InputNorm>, weight: &[f32]) {
@@ -550,15 +524,15 @@ mod tests {
         let [y, dx, dw, db] = reference(&x, &w, &b, &dy, &g);
         for fma in [false, true].into_iter().filter(|&fma| !fma || fma_available()) {
             let context = format!("{g:?}, fma {fma}");
-            assert_close("y", &forward_with(fma, &x, None, &w, Some(&b), &g, None), &y, &context);
+            assert_close("y", &interleaved::forward(fma, &x, None, &w, Some(&b), &g, None), &y, &context);
             let all = Wanted { x: true, weight: true, bias: true };
-            let read = backward_with(fma, &x, None, &w, OutGrad::Read(&dy), &g, all, None);
+            let read = interleaved::backward(fma, &x, None, &w, OutGrad::Read(&dy), &g, all, None);
             assert_close("dx", &read.x.unwrap(), &dx, &context);
             assert_close("dw", &read.weight.unwrap(), &dw, &context);
             assert_close("db", &read.bias.unwrap(), &db, &context);
             if dy.len() == x.len() {
                 let mut buffer = dy.clone();
-                let overwritten = backward_with(fma, &x, None, &w, OutGrad::Overwrite(&mut buffer), &g, all, None);
+                let overwritten = interleaved::backward(fma, &x, None, &w, OutGrad::Overwrite(&mut buffer), &g, all, None);
                 assert!(overwritten.x.is_none());
                 assert_close("dx in place", &buffer, &dx, &context);
                 assert_close("dw in place", &overwritten.weight.unwrap(), &dw, &context);
