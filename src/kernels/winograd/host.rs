@@ -21,7 +21,6 @@
 //! the other, the work inside each split between the threads, so the filters are read (and
 //! packed by `gemm`) fewer times.
 
-use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -30,7 +29,7 @@ use crate::kernels::{fma_available, matmul, sized, sum_in_parallel, with_buffers
 
 mod transform;
 
-use transform::{Matrix, Transform};
+use transform::{Matrix, Place, Transform};
 
 /// Bytes of V and M one task's chunk may fill: half of this CPU family's 2 MiB L2 per core.
 const TASK_CHUNK_BYTES: usize = 1 << 20;
@@ -351,35 +350,46 @@ fn transform_inputs(x: &[f32], g: &Geometry, plan: &Plan, rows: Range<usize>, v:
 }
 
 with_avx2! {
-    /// [`transform_inputs`] of input channel `c` into its block `v` `[ξ][tile]`: the chunk's input
-    /// patches gathered point by point, `[i][j][tile]`, so that `Bᵀ` applies to all its tiles at
-    /// once, down the columns and then along the rows.
+    /// [`transform_inputs`] of input channel `c` into its block `v` `[ξ][tile]`: the alpha
+    /// input rows under each tile row, zero padded, then their patches' points.
     fn input_channel(x: &[f32], g: &Geometry, plan: &Plan, rows: Range<usize>, c: usize, v: &mut [f32], scratch: &mut Vec<f32>) {
         let t = plan.transform;
         let (m, alpha, n) = (t.m(), t.alpha(), plan.tiles_x);
         let tiles = rows.len() * n;
-        // The patches, their vertical combinations, and an input row with its zero padding
-        // (columns -padding .. m * n + 2 - padding, and more zeros for `Transform::gather`).
-        let scratch = sized(scratch, 2 * t.points() * tiles + m * (n + 2));
-        let (patches, rest) = scratch.split_at_mut(t.points() * tiles);
-        let (combined, padded) = rest.split_at_mut(t.points() * tiles);
-        // Zeroed once: the columns outside the image stay zero, each row overwrites the others.
+        // Columns -padding .. row_len - padding of each input row.
+        let row_len = t.row_len(n);
+        let padded = sized(scratch, rows.len() * alpha * row_len);
+        // Zeroed once: the columns outside the image stay zero, and so do rows outside it.
         padded.fill(0.0);
-        let len = g.width.min(padded.len() - g.padding);
+        let len = g.width.min(row_len - g.padding);
         for (local, row) in rows.clone().enumerate() {
             let (image, tile_row) = plan.locate(row);
             let plane = &x[(image * g.in_channels + c) * g.height * g.width..][..g.height * g.width];
-            for i in 0..alpha {
+            for (i, padded) in padded[local * alpha * row_len..].chunks_exact_mut(row_len).take(alpha).enumerate() {
                 let y = (m * tile_row + i) as isize - g.padding as isize;
-                let inside = &mut padded[g.padding..][..len];
-                match y >= 0 && y < g.height as isize {
-                    true => inside.copy_from_slice(&plane[y as usize * g.width..][..len]),
-                    false => inside.fill(0.0),
+                if y >= 0 && y < g.height as isize {
+                    copy_row(&mut padded[g.padding..][..len], &plane[y as usize * g.width..][..len]);
                 }
-                t.gather(padded, (&mut patches[i * alpha * tiles + local * n..], tiles), alpha, n);
             }
         }
-        t.apply_2d(Matrix::Bt, patches, combined, v, tiles);
+        t.tiles_to_points(Matrix::Bt, (padded, row_len), n, tiles, (v, tiles));
+    }
+}
+
+/// `target.copy_from_slice(source)` for the short rows the transforms copy: blocks of eight, the
+/// last one ending at the end (a `memcpy` call per row cost more than its copy).
+#[inline(always)]
+fn copy_row(target: &mut [f32], source: &[f32]) {
+    const BLOCK: usize = 8;
+    let len = target.len();
+    assert_eq!(len, source.len(), "winograd: row lengths");
+    if len < BLOCK {
+        target.iter_mut().zip(source).for_each(|(target, &source)| *target = source);
+        return;
+    }
+    for start in (0..len - BLOCK).step_by(BLOCK).chain([len - BLOCK]) {
+        let block: &[f32; BLOCK] = source[start..][..BLOCK].try_into().expect("eight values");
+        target[start..][..BLOCK].copy_from_slice(block);
     }
 }
 
@@ -394,31 +404,28 @@ fn transform_output_grads(out_grad: &[f32], g: &Geometry, plan: &Plan, rows: Ran
 }
 
 with_avx2! {
-    /// [`transform_output_grads`] of output channel `o` into its block `dm` `[ξ][tile]`, the
-    /// chunk's gradient tiles gathered point by point as in `input_channel`.
+    /// [`transform_output_grads`] of output channel `o` into its block `dm` `[ξ][tile]`: the m
+    /// output-gradient rows of each tile row, zero padded, then their tiles' points.
     fn output_grad_channel(out_grad: &[f32], g: &Geometry, plan: &Plan, rows: Range<usize>, o: usize, dm: &mut [f32], scratch: &mut Vec<f32>) {
         let t = plan.transform;
-        let (m, alpha, n) = (t.m(), t.alpha(), plan.tiles_x);
+        let (m, n) = (t.m(), plan.tiles_x);
         let tiles = rows.len() * n;
         let (out_height, out_width) = (g.out_height(), g.out_width());
-        let scratch = sized(scratch, m * m * tiles + alpha * m * tiles + m * (n + 2));
-        let (gathered, rest) = scratch.split_at_mut(m * m * tiles);
-        let (combined, padded) = rest.split_at_mut(alpha * m * tiles);
+        let row_len = t.row_len(n);
+        let padded = sized(scratch, rows.len() * m * row_len);
         // Zeroed once, as in `input_channel`.
         padded.fill(0.0);
         for (local, row) in rows.clone().enumerate() {
             let (image, tile_row) = plan.locate(row);
             let plane = &out_grad[(image * g.out_channels + o) * out_height * out_width..][..out_height * out_width];
-            for r in 0..m {
+            for (r, padded) in padded[local * m * row_len..].chunks_exact_mut(row_len).take(m).enumerate() {
                 let y = m * tile_row + r;
-                match y < out_height {
-                    true => padded[..out_width].copy_from_slice(&plane[y * out_width..][..out_width]),
-                    false => padded[..out_width].fill(0.0),
+                if y < out_height {
+                    copy_row(&mut padded[..out_width], &plane[y * out_width..][..out_width]);
                 }
-                t.gather(padded, (&mut gathered[r * m * tiles + local * n..], tiles), m, n);
             }
         }
-        t.apply_2d(Matrix::A, gathered, combined, dm, tiles);
+        t.tiles_to_points(Matrix::A, (padded, row_len), n, tiles, (dm, tiles));
     }
 }
 
@@ -486,45 +493,33 @@ unsafe fn transform_outputs(
     let fma = fma_available();
     let t = plan.transform;
     let tiles = rows.len() * plan.tiles_x;
-    each_index(parallel, g.out_channels, |o, scratch| {
+    each_index(parallel, g.out_channels, |o, _| {
         let m = &m[o * t.points() * tiles..][..t.points() * tiles];
         let bias = bias.map_or(0.0, |b| b[o]);
         // SAFETY: the caller's guarantee, and one `o` per task.
-        unsafe { output_channel(fma, m, bias, g, plan, rows.clone(), o, out, scratch) };
+        unsafe { output_channel(fma, m, bias, g, plan, rows.clone(), o, out) };
     });
 }
 
 with_avx2! {
-    /// `Aᵀ M A + bias` of output channel `o`'s tiles of `rows`, `m` `[ξ][tile]`, computed for all
-    /// the chunk's tiles at once and then written to their places in the output.
+    /// `Aᵀ M A + bias` of output channel `o`'s tiles of `rows`, `m` `[ξ][tile]`, written tile row
+    /// by tile row to their places in the output.
     ///
     /// # Safety
     ///
     /// As [`transform_outputs`], and only this call writes channel `o`'s rows of `rows`.
-    unsafe fn output_channel(m: &[f32], bias: f32, g: &Geometry, plan: &Plan, rows: Range<usize>, o: usize, out: SharedMut, scratch: &mut Vec<f32>) {
+    unsafe fn output_channel(m: &[f32], bias: f32, g: &Geometry, plan: &Plan, rows: Range<usize>, o: usize, out: SharedMut) {
         let t = plan.transform;
-        let (mm, alpha, n) = (t.m(), t.alpha(), plan.tiles_x);
-        let tiles = rows.len() * n;
+        let (mm, n) = (t.m(), plan.tiles_x);
         let (out_height, out_width) = (g.out_height(), g.out_width());
-        let scratch = sized(scratch, mm * alpha * tiles + mm * mm * tiles);
-        let (combined, outputs) = scratch.split_at_mut(mm * alpha * tiles);
-        t.apply_2d(Matrix::At, m, combined, outputs, tiles);
-        for (local, row) in rows.clone().enumerate() {
-            let (image, tile_row) = plan.locate(row);
-            let plane = (image * g.out_channels + o) * out_height * out_width;
-            for r in 0..mm.min(out_height - mm * tile_row) {
-                let y = mm * tile_row + r;
-                // SAFETY: row y of plane (image, o) is inside the output, and only this call
-                // writes it (the caller's guarantee).
-                // The output may be uninitialized, hence `MaybeUninit`.
-                let target = unsafe { std::slice::from_raw_parts_mut(out.get().add(plane + y * out_width).cast::<MaybeUninit<f32>>(), out_width) };
-                for (tx, values) in target.chunks_mut(mm).enumerate() {
-                    for (u, value) in values.iter_mut().enumerate() {
-                        value.write(outputs[(r * mm + u) * tiles + local * n + tx] + bias);
-                    }
-                }
-            }
-        }
+        let place = |f: usize| {
+            let (image, tile_row) = plan.locate(rows.start + f / n);
+            let (y, x) = (mm * tile_row, mm * (f % n));
+            Place { offset: ((image * g.out_channels + o) * out_height + y) * out_width + x, rows: mm.min(out_height - y), columns: mm.min(out_width - x) }
+        };
+        // SAFETY: the places of the tiles of `rows` in plane (image, o) are inside the output, and
+        // only this call writes them (the caller's guarantee).
+        unsafe { t.points_to_tiles((m, rows.len() * n), rows.len() * n, place, (out.get(), out_width), bias) };
     }
 }
 

@@ -5,6 +5,10 @@
 //! and every output value written once (applying a sparse matrix row by row read and wrote each
 //! output once per term; those transforms were 14% of a `resnet18_cifar` step at batch 32).
 //!
+//! Input patches and output-gradient tiles ([`Transform::tiles_to_points`]) and output blocks
+//! ([`Transform::points_to_tiles`]) go eight tiles at a time from their rows to their points (or
+//! back) in registers, transposed with AVX2 where the CPU has it.
+//!
 //! The matrices, for points 0, ±1 (and infinity) for F(2x2), 0, ±1, ±2 (and infinity) for
 //! F(4x4), are in the tests below, which check every combination against them.
 
@@ -22,8 +26,6 @@ pub enum Transform {
 pub enum Matrix {
     /// `Bᵀ` (alpha x alpha): input patch to transform points.
     Bt,
-    /// `Aᵀ` (m x alpha): transform points to output tile.
-    At,
     /// `A` (alpha x m): output-gradient tile to transform points.
     A,
     /// `G` (alpha x 3): filter to transform points.
@@ -50,30 +52,98 @@ impl Transform {
         self.alpha() * self.alpha()
     }
 
-    /// The columns of one tile row's patches from one (zero-padded) image row: `out[j * stride + tx]
-    /// = row[m * tx + j]` for the first `columns` (at most alpha) columns `j` of each of the `n`
-    /// tiles; `row` holds at least `m * (n + 2)` values. On x86-64, F(4x4) tiles go four at a time
-    /// through SSE shuffles (a 4x4 transpose) instead of one value at a time (the scalar gather was
-    /// 10% of a `fast_net` step).
+    /// Values each zero-padded row given to [`tiles_to_points`](Transform::tiles_to_points)
+    /// holds at least, for `n` tiles per row: their columns and whole registers read past the last.
+    pub const fn row_len(self, n: usize) -> usize {
+        self.m() * n + LANES
+    }
+
+    /// The transform points `M P Mᵀ` of a chunk's `tiles` tiles, for `M` = `matrix` (`Bᵀ` on input
+    /// patches, `A` on output-gradient tiles, whose `i` input rows and columns are the patch's).
+    /// Row `r` of tiles (tiles `r * n ..`) reads rows `rows[(r * i + row) * row_len..][..row_len]`,
+    /// zero padded, at least [`row_len`](Transform::row_len) long; tile `tx`'s patch starts at
+    /// their column `m * tx`. Point `(a, b)` of tile `f` goes to `out[(a * o + b) * stride + f]`.
+    ///
+    /// Eight tiles at a time are gathered (an 8x8 transpose with AVX2) and transformed in
+    /// registers, along their rows and then down their columns, so that only the points are
+    /// written (gathering the patches into memory first and transforming them in two more passes
+    /// wrote each value three times).
     #[inline(always)]
-    pub fn gather(self, row: &[f32], (out, stride): (&mut [f32], usize), columns: usize, n: usize) {
-        let m = self.m();
-        assert!(columns <= self.alpha() && row.len() >= m * (n + 2), "winograd gather: row too short");
-        assert!(columns == 0 || (columns - 1) * stride + n <= out.len(), "winograd gather: output rows out of bounds");
-        #[allow(unused_mut)]
-        let mut done = 0;
+    pub fn tiles_to_points(
+        self,
+        matrix: Matrix,
+        (rows, row_len): (&[f32], usize),
+        n: usize,
+        tiles: usize,
+        (out, stride): (&mut [f32], usize),
+    ) {
+        let source = Patches { rows, row_len, n, m: self.m() };
         #[cfg(target_arch = "x86_64")]
-        if self == Transform::F4 {
-            while done + 4 <= n {
-                // SAFETY: tiles done..done + 4 read row[4 * done..][..20] (within m * (n + 2)) and
-                // write out[j * stride + done..][..4] for j < columns (within `out`), as asserted.
-                unsafe { f4_gather_sse(row.as_ptr().add(4 * done), out.as_mut_ptr().add(done), stride, columns) };
-                done += 4;
-            }
+        if tiles >= LANES && std::arch::is_x86_feature_detected!("avx2") {
+            return self.points_via::<Ymm>(matrix, source, tiles, (out, stride));
         }
-        for j in 0..columns {
-            for tx in done..n {
-                out[j * stride + tx] = row[m * tx + j];
+        self.points_via::<Lanes>(matrix, source, tiles, (out, stride))
+    }
+
+    /// [`tiles_to_points`](Transform::tiles_to_points) through `V` (`Ymm` needs eight tiles or more).
+    #[inline(always)]
+    fn points_via<V: Vector>(self, matrix: Matrix, source: Patches, tiles: usize, (out, stride): (&mut [f32], usize))
+    where
+        f32: Mul<V, Output = V>,
+    {
+        match (self, matrix) {
+            (Transform::F2, Matrix::Bt) => to_points::<V, 4, 4, F2Bt>(source, tiles, out, stride),
+            (Transform::F2, Matrix::A) => to_points::<V, 2, 4, F2A>(source, tiles, out, stride),
+            (Transform::F4, Matrix::Bt) => to_points::<V, 6, 6, F4Bt>(source, tiles, out, stride),
+            (Transform::F4, Matrix::A) => to_points::<V, 4, 6, F4A>(source, tiles, out, stride),
+            _ => panic!("winograd: {matrix:?} does not apply to tiles"),
+        }
+    }
+
+    /// The output blocks `Aᵀ M A + bias` of a chunk's `tiles` tiles from their points, point `(a,
+    /// b)` of tile `f` being `points[(a * alpha + b) * stride + f]`. Row `r` of tile `f`'s block
+    /// goes to `out[place(f).offset + r * width..]`, its first `place(f).columns` values, for its
+    /// first `place(f).rows` rows. Eight tiles at a time, in registers as
+    /// [`tiles_to_points`](Transform::tiles_to_points).
+    ///
+    /// # Safety
+    ///
+    /// Those places of `out` are writable, and nothing else reads or writes them meanwhile.
+    #[inline(always)]
+    pub unsafe fn points_to_tiles(
+        self,
+        (points, stride): (&[f32], usize),
+        tiles: usize,
+        place: impl Fn(usize) -> Place,
+        (out, width): (*mut f32, usize),
+        bias: f32,
+    ) {
+        let target = Blocks { out, width, bias };
+        #[cfg(target_arch = "x86_64")]
+        if tiles >= LANES && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the caller's guarantee.
+            return unsafe { self.outputs_via::<Ymm>((points, stride), tiles, place, target) };
+        }
+        // SAFETY: the caller's guarantee.
+        unsafe { self.outputs_via::<Lanes>((points, stride), tiles, place, target) }
+    }
+
+    /// [`points_to_tiles`](Transform::points_to_tiles) through `V` (`Ymm` needs eight tiles or
+    /// more).
+    ///
+    /// # Safety
+    ///
+    /// As [`points_to_tiles`](Transform::points_to_tiles).
+    #[inline(always)]
+    unsafe fn outputs_via<V: Vector>(self, (points, stride): (&[f32], usize), tiles: usize, place: impl Fn(usize) -> Place, target: Blocks)
+    where
+        f32: Mul<V, Output = V>,
+    {
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            match self {
+                Transform::F2 => from_points::<V, 4, 2, F2At>(points, stride, tiles, place, target),
+                Transform::F4 => from_points::<V, 6, 4, F4At>(points, stride, tiles, place, target),
             }
         }
     }
@@ -83,7 +153,6 @@ impl Transform {
         let (m, alpha) = (self.m(), self.alpha());
         match matrix {
             Matrix::Bt => (alpha, alpha),
-            Matrix::At => (alpha, m),
             Matrix::A => (m, alpha),
             Matrix::G => (3, alpha),
             Matrix::Gt => (alpha, 3),
@@ -113,12 +182,10 @@ impl Transform {
         let output = RowsMut { values: output, stride: out_stride };
         match (self, matrix) {
             (Transform::F2, Matrix::Bt) => lanes::<_, _, F2Bt>(input, output, n),
-            (Transform::F2, Matrix::At) => lanes::<_, _, F2At>(input, output, n),
             (Transform::F2, Matrix::A) => lanes::<_, _, F2A>(input, output, n),
             (Transform::F2, Matrix::G) => lanes::<_, _, F2G>(input, output, n),
             (Transform::F2, Matrix::Gt) => lanes::<_, _, F2Gt>(input, output, n),
             (Transform::F4, Matrix::Bt) => lanes::<_, _, F4Bt>(input, output, n),
-            (Transform::F4, Matrix::At) => lanes::<_, _, F4At>(input, output, n),
             (Transform::F4, Matrix::A) => lanes::<_, _, F4A>(input, output, n),
             (Transform::F4, Matrix::G) => lanes::<_, _, F4G>(input, output, n),
             (Transform::F4, Matrix::Gt) => lanes::<_, _, F4Gt>(input, output, n),
@@ -126,33 +193,332 @@ impl Transform {
     }
 }
 
-/// [`Transform::gather`] of F(4x4) tiles `0..4` of `row`: the 16 values under them transposed,
-/// `[tile][column]` to `[column][tile]`, and columns 4 and 5 (columns 0 and 1 of the next tile).
+/// Where one tile's output block goes: the offset of its first value, and how many of its rows
+/// and columns lie inside the output.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Place {
+    pub offset: usize,
+    pub rows: usize,
+    pub columns: usize,
+}
+
+/// The first tile of each group of eight of `tiles`: where the last group would be partial it
+/// overlaps the one before instead (its tiles are computed twice, to the same values), so that
+/// only chunks of fewer than eight tiles take a partial group.
+#[inline(always)]
+fn group_starts(tiles: usize) -> impl Iterator<Item = usize> {
+    (0..tiles.div_ceil(LANES)).map(move |group| (group * LANES).min(tiles.saturating_sub(LANES)))
+}
+
+/// The zero-padded rows [`Transform::tiles_to_points`] reads its patches from.
+#[derive(Clone, Copy)]
+struct Patches<'a> {
+    rows: &'a [f32],
+    row_len: usize,
+    n: usize,
+    m: usize,
+}
+
+/// The output places [`Transform::points_to_tiles`] writes.
+#[derive(Clone, Copy)]
+struct Blocks {
+    out: *mut f32,
+    width: usize,
+    bias: f32,
+}
+
+/// Eight lanes of values as the transforms combine them: [`Lanes`] anywhere, `Ymm` (one AVX
+/// register) on x86-64 CPUs with AVX2. Groups of eight tiles go through `Ymm` where they can: the
+/// same code on `Lanes` arrays, gathered and combined through the stack, was partly compiled to
+/// scalar code.
+trait Vector: Copy + Add<Output = Self> + Sub<Output = Self> {
+    const ZERO: Self;
+
+    /// The first `count` values of `values` (the other lanes zero).
+    fn load(values: &[f32], count: usize) -> Self;
+
+    /// The first `count` lanes into `values`.
+    fn store(self, values: &mut [f32], count: usize);
+
+    /// Columns `0..8` of the eight-value rows at `rows[starts[k]..]`: lane `k` of column `j` is
+    /// `rows[starts[k] + j]` (for the first `count` rows; the other lanes zero).
+    fn columns(rows: &[f32], starts: &[usize; LANES], count: usize) -> [Self; LANES];
+
+    /// Row `r` of the output blocks of the tiles at `places` (the first `count`): lane `k` of
+    /// `values[u]` is tile `k`'s column `u`.
+    ///
+    /// # Safety
+    ///
+    /// As [`Transform::points_to_tiles`].
+    unsafe fn write_row<const M: usize>(values: &[Self; M], places: &[Place; LANES], count: usize, r: usize, target: &Blocks);
+}
+
+impl Vector for Lanes {
+    const ZERO: Lanes = Lanes([0.0; LANES]);
+
+    #[inline(always)]
+    fn load(values: &[f32], count: usize) -> Lanes {
+        let mut lanes = Lanes::ZERO;
+        // Whole registers through a constant length: a copy of `count` values is a `memcpy` call.
+        match count {
+            LANES => lanes.0.copy_from_slice(&values[..LANES]),
+            _ => lanes.0.iter_mut().zip(&values[..count]).for_each(|(lane, &value)| *lane = value),
+        }
+        lanes
+    }
+
+    #[inline(always)]
+    fn store(self, values: &mut [f32], count: usize) {
+        match count {
+            LANES => values[..LANES].copy_from_slice(&self.0),
+            _ => values[..count].iter_mut().zip(self.0).for_each(|(value, lane)| *value = lane),
+        }
+    }
+
+    #[inline(always)]
+    fn columns(rows: &[f32], starts: &[usize; LANES], count: usize) -> [Lanes; LANES] {
+        let mut columns = [Lanes::ZERO; LANES];
+        for (k, &start) in starts.iter().enumerate().take(count) {
+            for (column, &value) in columns.iter_mut().zip(&rows[start..][..LANES]) {
+                column.0[k] = value;
+            }
+        }
+        columns
+    }
+
+    #[inline(always)]
+    unsafe fn write_row<const M: usize>(values: &[Lanes; M], places: &[Place; LANES], count: usize, r: usize, target: &Blocks) {
+        for (k, place) in places.iter().enumerate().take(count) {
+            if r >= place.rows {
+                continue;
+            }
+            for (u, values) in values.iter().enumerate().take(place.columns) {
+                // SAFETY: the caller's guarantee.
+                unsafe { *target.out.add(place.offset + r * target.width + u) = values.0[k] + target.bias };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use ymm::Ymm;
+
+#[cfg(target_arch = "x86_64")]
+mod ymm {
+    use std::arch::x86_64::*;
+    use std::ops::{Add, Mul, Sub};
+
+    use super::{Blocks, LANES, Lanes, Place, Vector};
+
+    /// One AVX register of eight lanes. Values exist only where the CPU has AVX2 (made by
+    /// [`Ymm::columns`] and [`Ymm::load`], which the transforms call after checking), which makes
+    /// the intrinsics below sound. They are inlined where the code using them is compiled for
+    /// AVX2 (the `with_avx2!` bodies).
+    #[derive(Clone, Copy)]
+    pub struct Ymm(__m256);
+
+    impl Add for Ymm {
+        type Output = Ymm;
+        #[inline(always)]
+        fn add(self, other: Ymm) -> Ymm {
+            // SAFETY: see `Ymm`.
+            Ymm(unsafe { _mm256_add_ps(self.0, other.0) })
+        }
+    }
+
+    impl Sub for Ymm {
+        type Output = Ymm;
+        #[inline(always)]
+        fn sub(self, other: Ymm) -> Ymm {
+            // SAFETY: see `Ymm`.
+            Ymm(unsafe { _mm256_sub_ps(self.0, other.0) })
+        }
+    }
+
+    impl Mul<Ymm> for f32 {
+        type Output = Ymm;
+        #[inline(always)]
+        fn mul(self, lanes: Ymm) -> Ymm {
+            // SAFETY: see `Ymm`.
+            Ymm(unsafe { _mm256_mul_ps(_mm256_set1_ps(self), lanes.0) })
+        }
+    }
+
+    impl Vector for Ymm {
+        // SAFETY: all bits zero is 0.0 in every lane.
+        const ZERO: Ymm = Ymm(unsafe { std::mem::transmute::<[f32; LANES], __m256>([0.0; LANES]) });
+
+        /// Eight values: `count` must be 8.
+        #[inline(always)]
+        fn load(values: &[f32], count: usize) -> Ymm {
+            assert!(count == LANES && values.len() >= LANES);
+            // SAFETY: eight values are there; see `Ymm`.
+            Ymm(unsafe { _mm256_loadu_ps(values.as_ptr()) })
+        }
+
+        /// Eight values: `count` must be 8.
+        #[inline(always)]
+        fn store(self, values: &mut [f32], count: usize) {
+            assert!(count == LANES && values.len() >= LANES);
+            // SAFETY: eight values are there; see `Ymm`.
+            unsafe { _mm256_storeu_ps(values.as_mut_ptr(), self.0) }
+        }
+
+        /// An 8x8 transpose: `count` must be 8.
+        #[inline(always)]
+        fn columns(rows: &[f32], starts: &[usize; LANES], count: usize) -> [Ymm; LANES] {
+            assert!(count == LANES && starts.iter().all(|&start| start + LANES <= rows.len()), "winograd: patch rows out of bounds");
+            let row = |k: usize| rows[starts[k]..].as_ptr();
+            // SAFETY: each row's eight values are inside `rows`; see `Ymm`.
+            unsafe {
+                let (r0, r1) = (_mm256_loadu_ps(row(0)), _mm256_loadu_ps(row(1)));
+                let (r2, r3) = (_mm256_loadu_ps(row(2)), _mm256_loadu_ps(row(3)));
+                let (r4, r5) = (_mm256_loadu_ps(row(4)), _mm256_loadu_ps(row(5)));
+                let (r6, r7) = (_mm256_loadu_ps(row(6)), _mm256_loadu_ps(row(7)));
+                let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+                let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+                let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+                let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+                // Columns (0, 4), (1, 5), (2, 6), (3, 7) of rows 0-3 and of rows 4-7, one per
+                // 128-bit half.
+                let (u0, u1) = (_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xEE>(t0, t2));
+                let (u2, u3) = (_mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xEE>(t1, t3));
+                let (u4, u5) = (_mm256_shuffle_ps::<0x44>(t4, t6), _mm256_shuffle_ps::<0xEE>(t4, t6));
+                let (u6, u7) = (_mm256_shuffle_ps::<0x44>(t5, t7), _mm256_shuffle_ps::<0xEE>(t5, t7));
+                [
+                    Ymm(_mm256_permute2f128_ps::<0x20>(u0, u4)),
+                    Ymm(_mm256_permute2f128_ps::<0x20>(u1, u5)),
+                    Ymm(_mm256_permute2f128_ps::<0x20>(u2, u6)),
+                    Ymm(_mm256_permute2f128_ps::<0x20>(u3, u7)),
+                    Ymm(_mm256_permute2f128_ps::<0x31>(u0, u4)),
+                    Ymm(_mm256_permute2f128_ps::<0x31>(u1, u5)),
+                    Ymm(_mm256_permute2f128_ps::<0x31>(u2, u6)),
+                    Ymm(_mm256_permute2f128_ps::<0x31>(u3, u7)),
+                ]
+            }
+        }
+
+        /// F(4x4)'s rows of four through a 4x8 transpose, one 4-value store per tile; others as
+        /// `Lanes` do.
+        #[inline(always)]
+        unsafe fn write_row<const M: usize>(values: &[Ymm; M], places: &[Place; LANES], count: usize, r: usize, target: &Blocks) {
+            if M != 4 {
+                let mut lanes = [Lanes::ZERO; M];
+                for (lanes, values) in lanes.iter_mut().zip(values) {
+                    values.store(&mut lanes.0, LANES);
+                }
+                // SAFETY: the caller's guarantee.
+                return unsafe { Lanes::write_row(&lanes, places, count, r, target) };
+            }
+            // SAFETY: see `Ymm`.
+            unsafe {
+                let (a, b, c, d) = (values[0].0, values[1].0, values[2].0, values[3].0);
+                let (ab_low, ab_high) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+                let (cd_low, cd_high) = (_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+                // Blocks (0, 4), (1, 5), (2, 6), (3, 7), one per 128-bit half.
+                let pairs = [
+                    _mm256_shuffle_ps::<0x44>(ab_low, cd_low),
+                    _mm256_shuffle_ps::<0xEE>(ab_low, cd_low),
+                    _mm256_shuffle_ps::<0x44>(ab_high, cd_high),
+                    _mm256_shuffle_ps::<0xEE>(ab_high, cd_high),
+                ];
+                let bias = _mm_set1_ps(target.bias);
+                for (k, place) in places.iter().enumerate().take(count) {
+                    if r >= place.rows {
+                        continue;
+                    }
+                    let pair = pairs[k % 4];
+                    let block = _mm_add_ps(if k < 4 { _mm256_castps256_ps128(pair) } else { _mm256_extractf128_ps::<1>(pair) }, bias);
+                    // The caller's guarantee: the block's row r, its first `columns` values.
+                    let out = target.out.add(place.offset + r * target.width);
+                    match place.columns {
+                        4 => _mm_storeu_ps(out, block),
+                        columns => {
+                            let mut values = [0.0; 4];
+                            _mm_storeu_ps(values.as_mut_ptr(), block);
+                            std::ptr::copy_nonoverlapping(values.as_ptr(), out, columns);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`Transform::tiles_to_points`] with `matrix` as `C` (`I` rows in, `O` out).
+#[inline(always)]
+fn to_points<V: Vector, const I: usize, const O: usize, C: Combinations<I, O>>(
+    source: Patches,
+    tiles: usize,
+    out: &mut [f32],
+    stride: usize,
+) where
+    f32: Mul<V, Output = V>,
+{
+    assert!(source.row_len >= source.m * source.n + LANES, "winograd: patch rows too short");
+    assert!((O * O - 1) * stride + tiles <= out.len(), "winograd: points out of bounds");
+    for first in group_starts(tiles) {
+        let count = LANES.min(tiles);
+        let mut starts = [0; LANES];
+        for (k, start) in starts.iter_mut().enumerate().take(count) {
+            let f = first + k;
+            *start = (f / source.n * I) * source.row_len + source.m * (f % source.n);
+        }
+        // Each patch row combined along the row, then each column of those down the column.
+        let mut across = [[V::ZERO; O]; I];
+        for (i, across) in across.iter_mut().enumerate() {
+            let columns = V::columns(&source.rows[i * source.row_len..], &starts, count);
+            let mut row = [V::ZERO; I];
+            row.copy_from_slice(&columns[..I]);
+            *across = C::combine(row);
+        }
+        for c in 0..O {
+            let mut column = [V::ZERO; I];
+            for (value, across) in column.iter_mut().zip(&across) {
+                *value = across[c];
+            }
+            for (a, point) in C::combine(column).into_iter().enumerate() {
+                point.store(&mut out[(a * O + c) * stride + first..], count);
+            }
+        }
+    }
+}
+
+/// [`Transform::points_to_tiles`] with `Aᵀ` as `C` (alpha = `I` rows in, m = `O` out).
 ///
 /// # Safety
 ///
-/// `row` points to 20 readable values, and `out` to `columns` (at most 6) rows of 4 writable
-/// values `stride` apart.
-#[cfg(target_arch = "x86_64")]
+/// As [`Transform::points_to_tiles`].
 #[inline(always)]
-unsafe fn f4_gather_sse(row: *const f32, out: *mut f32, stride: usize, columns: usize) {
-    use std::arch::x86_64::*;
-    // SAFETY: the caller's guarantee; SSE is part of x86-64.
-    unsafe {
-        let [a, b, c, d, e] = [0, 4, 8, 12, 16].map(|at| _mm_loadu_ps(row.add(at)));
-        let (ab_low, cd_low) = (_mm_unpacklo_ps(a, b), _mm_unpacklo_ps(c, d));
-        let (ab_high, cd_high) = (_mm_unpackhi_ps(a, b), _mm_unpackhi_ps(c, d));
-        let (bc_low, de_low) = (_mm_unpacklo_ps(b, c), _mm_unpacklo_ps(d, e));
-        let transposed = [
-            _mm_movelh_ps(ab_low, cd_low),
-            _mm_movehl_ps(cd_low, ab_low),
-            _mm_movelh_ps(ab_high, cd_high),
-            _mm_movehl_ps(cd_high, ab_high),
-            _mm_movelh_ps(bc_low, de_low),
-            _mm_movehl_ps(de_low, bc_low),
-        ];
-        for (j, column) in transposed.into_iter().take(columns).enumerate() {
-            _mm_storeu_ps(out.add(j * stride), column);
+unsafe fn from_points<V: Vector, const I: usize, const O: usize, C: Combinations<I, O>>(
+    points: &[f32],
+    stride: usize,
+    tiles: usize,
+    place: impl Fn(usize) -> Place,
+    target: Blocks,
+) where
+    f32: Mul<V, Output = V>,
+{
+    assert!((I * I - 1) * stride + tiles <= points.len(), "winograd: points out of bounds");
+    for first in group_starts(tiles) {
+        let count = LANES.min(tiles);
+        // Tiles beyond `count` (in a partial group) repeat the last one's place, which is not
+        // written. (Filled with defaults first, the array was a `memset` call per group.)
+        let places: [Place; LANES] = std::array::from_fn(|k| place(first + k.min(count - 1)));
+        // Down the columns of the points, then along each resulting row.
+        let mut down = [[V::ZERO; I]; O];
+        for c in 0..I {
+            let mut column = [V::ZERO; I];
+            for (a, value) in column.iter_mut().enumerate() {
+                *value = V::load(&points[(a * I + c) * stride + first..], count);
+            }
+            for (row, value) in down.iter_mut().zip(C::combine(column)) {
+                row[c] = value;
+            }
+        }
+        for (r, row) in down.iter().enumerate() {
+            // SAFETY: the caller's guarantee.
+            unsafe { V::write_row(&C::combine(*row), &places, count, r, &target) };
         }
     }
 }
@@ -205,7 +571,9 @@ impl Mul<Lanes> for f32 {
 /// function argument: a call through `Fn` was not inlined, so it ran without AVX2 and with the
 /// rows in memory.)
 trait Combinations<const I: usize, const O: usize> {
-    fn combine(rows: [Lanes; I]) -> [Lanes; O];
+    fn combine<V: Vector>(rows: [V; I]) -> [V; O]
+    where
+        f32: Mul<V, Output = V>;
 }
 
 /// `C` applied lane by lane to the `I` input rows, giving the `O` output rows.
@@ -243,7 +611,10 @@ struct F2Bt;
 
 impl Combinations<4, 4> for F2Bt {
     #[inline(always)]
-    fn combine([d0, d1, d2, d3]: [Lanes; 4]) -> [Lanes; 4] {
+    fn combine<V: Vector>([d0, d1, d2, d3]: [V; 4]) -> [V; 4]
+    where
+        f32: Mul<V, Output = V>,
+    {
         [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
     }
 }
@@ -252,7 +623,10 @@ struct F2At;
 
 impl Combinations<4, 2> for F2At {
     #[inline(always)]
-    fn combine([m0, m1, m2, m3]: [Lanes; 4]) -> [Lanes; 2] {
+    fn combine<V: Vector>([m0, m1, m2, m3]: [V; 4]) -> [V; 2]
+    where
+        f32: Mul<V, Output = V>,
+    {
         [m0 + m1 + m2, m1 - m2 - m3]
     }
 }
@@ -261,7 +635,10 @@ struct F2A;
 
 impl Combinations<2, 4> for F2A {
     #[inline(always)]
-    fn combine([g0, g1]: [Lanes; 2]) -> [Lanes; 4] {
+    fn combine<V: Vector>([g0, g1]: [V; 2]) -> [V; 4]
+    where
+        f32: Mul<V, Output = V>,
+    {
         [g0, g0 + g1, g0 - g1, -1.0 * g1]
     }
 }
@@ -270,7 +647,10 @@ struct F2G;
 
 impl Combinations<3, 4> for F2G {
     #[inline(always)]
-    fn combine([f0, f1, f2]: [Lanes; 3]) -> [Lanes; 4] {
+    fn combine<V: Vector>([f0, f1, f2]: [V; 3]) -> [V; 4]
+    where
+        f32: Mul<V, Output = V>,
+    {
         let even = 0.5 * (f0 + f2);
         let odd = 0.5 * f1;
         [f0, even + odd, even - odd, f2]
@@ -281,7 +661,10 @@ struct F2Gt;
 
 impl Combinations<4, 3> for F2Gt {
     #[inline(always)]
-    fn combine([u0, u1, u2, u3]: [Lanes; 4]) -> [Lanes; 3] {
+    fn combine<V: Vector>([u0, u1, u2, u3]: [V; 4]) -> [V; 3]
+    where
+        f32: Mul<V, Output = V>,
+    {
         let sum = 0.5 * (u1 + u2);
         [u0 + sum, 0.5 * (u1 - u2), sum + u3]
     }
@@ -291,7 +674,10 @@ struct F4Bt;
 
 impl Combinations<6, 6> for F4Bt {
     #[inline(always)]
-    fn combine([d0, d1, d2, d3, d4, d5]: [Lanes; 6]) -> [Lanes; 6] {
+    fn combine<V: Vector>([d0, d1, d2, d3, d4, d5]: [V; 6]) -> [V; 6]
+    where
+        f32: Mul<V, Output = V>,
+    {
         let (a, b) = (d4 - 4.0 * d2, d3 - 4.0 * d1);
         let (c, e) = (d4 - d2, 2.0 * (d3 - d1));
         [4.0 * d0 - 5.0 * d2 + d4, a + b, a - b, c + e, c - e, 4.0 * d1 - 5.0 * d3 + d5]
@@ -302,7 +688,10 @@ struct F4At;
 
 impl Combinations<6, 4> for F4At {
     #[inline(always)]
-    fn combine([m0, m1, m2, m3, m4, m5]: [Lanes; 6]) -> [Lanes; 4] {
+    fn combine<V: Vector>([m0, m1, m2, m3, m4, m5]: [V; 6]) -> [V; 4]
+    where
+        f32: Mul<V, Output = V>,
+    {
         let (s12, d12, s34, d34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
         [m0 + s12 + s34, d12 + 2.0 * d34, s12 + 4.0 * s34, d12 + 8.0 * d34 + m5]
     }
@@ -312,7 +701,10 @@ struct F4A;
 
 impl Combinations<4, 6> for F4A {
     #[inline(always)]
-    fn combine([g0, g1, g2, g3]: [Lanes; 4]) -> [Lanes; 6] {
+    fn combine<V: Vector>([g0, g1, g2, g3]: [V; 4]) -> [V; 6]
+    where
+        f32: Mul<V, Output = V>,
+    {
         let (e1, o1) = (g0 + g2, g1 + g3);
         let (e2, o2) = (g0 + 4.0 * g2, 2.0 * g1 + 8.0 * g3);
         [g0, e1 + o1, e1 - o1, e2 + o2, e2 - o2, g3]
@@ -323,7 +715,10 @@ struct F4G;
 
 impl Combinations<3, 6> for F4G {
     #[inline(always)]
-    fn combine([f0, f1, f2]: [Lanes; 3]) -> [Lanes; 6] {
+    fn combine<V: Vector>([f0, f1, f2]: [V; 3]) -> [V; 6]
+    where
+        f32: Mul<V, Output = V>,
+    {
         let s = f0 + f2;
         let (e, o) = ((1.0 / 24.0) * f0 + (1.0 / 6.0) * f2, (1.0 / 12.0) * f1);
         [0.25 * f0, (-1.0 / 6.0) * (s + f1), (-1.0 / 6.0) * (s - f1), e + o, e - o, f2]
@@ -334,7 +729,10 @@ struct F4Gt;
 
 impl Combinations<6, 3> for F4Gt {
     #[inline(always)]
-    fn combine([u0, u1, u2, u3, u4, u5]: [Lanes; 6]) -> [Lanes; 3] {
+    fn combine<V: Vector>([u0, u1, u2, u3, u4, u5]: [V; 6]) -> [V; 3]
+    where
+        f32: Mul<V, Output = V>,
+    {
         let (s12, d12, s34, d34) = (u1 + u2, u2 - u1, u3 + u4, u3 - u4);
         [0.25 * u0 - (1.0 / 6.0) * s12 + (1.0 / 24.0) * s34, (1.0 / 6.0) * d12 + (1.0 / 12.0) * d34, (1.0 / 6.0) * (s34 - s12) + u5]
     }
@@ -349,7 +747,6 @@ mod tests {
     fn definition(t: Transform, matrix: Matrix) -> Vec<Vec<f64>> {
         let rows: &[&[f64]] = match (t, matrix) {
             (Transform::F2, Matrix::Bt) => &[&[1., 0., -1., 0.], &[0., 1., 1., 0.], &[0., -1., 1., 0.], &[0., 1., 0., -1.]],
-            (Transform::F2, Matrix::At) => &[&[1., 1., 1., 0.], &[0., 1., -1., -1.]],
             (Transform::F2, Matrix::A) => &[&[1., 0.], &[1., 1.], &[1., -1.], &[0., -1.]],
             (Transform::F2, Matrix::G) => &[&[1., 0., 0.], &[0.5, 0.5, 0.5], &[0.5, -0.5, 0.5], &[0., 0., 1.]],
             (Transform::F4, Matrix::Bt) => &[
@@ -360,9 +757,6 @@ mod tests {
                 &[0., 2., -1., -2., 1., 0.],
                 &[0., 4., 0., -5., 0., 1.],
             ],
-            (Transform::F4, Matrix::At) => {
-                &[&[1., 1., 1., 1., 1., 0.], &[0., 1., -1., 2., -2., 0.], &[0., 1., 1., 4., 4., 0.], &[0., 1., -1., 8., -8., 1.]]
-            }
             (Transform::F4, Matrix::A) => {
                 &[&[1., 0., 0., 0.], &[1., 1., 1., 1.], &[1., -1., 1., -1.], &[1., 2., 4., 8.], &[1., -2., 4., -8.], &[0., 0., 0., 1.]]
             }
@@ -375,18 +769,125 @@ mod tests {
                 &[0., 0., 1.],
             ],
             // Gᵀ: the transpose of G.
-            (t, Matrix::Gt) => {
-                let g = definition(t, Matrix::G);
-                return (0..3).map(|c| g.iter().map(|row| row[c]).collect()).collect();
-            }
+            (t, Matrix::Gt) => return transpose(&definition(t, Matrix::G)),
         };
         rows.iter().map(|row| row.to_vec()).collect()
+    }
+
+    fn transpose(matrix: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        (0..matrix[0].len()).map(|c| matrix.iter().map(|row| row[c]).collect()).collect()
+    }
+
+    /// `Σ_xy left[a][x] patch(x, y) right[b][y]`.
+    fn sandwich(left: &[Vec<f64>], patch: impl Fn(usize, usize) -> f64, right: &[Vec<f64>], a: usize, b: usize) -> f64 {
+        let mut sum = 0.0;
+        for (x, &l) in left[a].iter().enumerate() {
+            for (y, &r) in right[b].iter().enumerate() {
+                sum += l * patch(x, y) * r;
+            }
+        }
+        sum
+    }
+
+    /// Tile counts per row and rows of tiles: fewer than one group, a partial last group (computed
+    /// overlapping the one before), whole groups.
+    const TILE_ROWS: [(usize, usize); 5] = [(1, 1), (3, 2), (5, 3), (4, 4), (9, 2)];
+
+    #[test]
+    fn tiles_to_points_equal_the_definition() {
+        for t in [Transform::F2, Transform::F4] {
+            for matrix in [Matrix::Bt, Matrix::A] {
+                let m = definition(t, matrix);
+                let (o, i) = (m.len(), m[0].len());
+                for (n, tile_rows) in TILE_ROWS {
+                    let (tiles, row_len) = (n * tile_rows, t.row_len(n));
+                    let rows = values(tile_rows * i * row_len, 3);
+                    // Gaps between the points' rows, which must stay untouched.
+                    let stride = tiles + 3;
+                    let check = |out: &[f32], via: &str| {
+                        for f in 0..tiles {
+                            let (r, tx) = (f / n, f % n);
+                            let patch = |x: usize, y: usize| rows[(r * i + x) * row_len + t.m() * tx + y] as f64;
+                            for (a, b) in (0..o).flat_map(|a| (0..o).map(move |b| (a, b))) {
+                                let (ours, expected) = (out[(a * o + b) * stride + f], sandwich(&m, patch, &m, a, b));
+                                assert!(
+                                    (ours as f64 - expected).abs() < 1e-4,
+                                    "{t:?} {matrix:?} {via} n {n} tile {f} point ({a}, {b}): {ours} vs {expected}"
+                                );
+                            }
+                        }
+                        assert!(
+                            (0..o * o).all(|p| out[p * stride + tiles..(p + 1) * stride].iter().all(|v| v.is_nan())),
+                            "{via}: wrote into a gap"
+                        );
+                    };
+                    let source = Patches { rows: &rows, row_len, n, m: t.m() };
+                    let mut out = vec![f32::NAN; o * o * stride];
+                    t.points_via::<Lanes>(matrix, source, tiles, (&mut out, stride));
+                    check(&out, "Lanes");
+                    #[cfg(target_arch = "x86_64")]
+                    if tiles >= LANES && std::arch::is_x86_feature_detected!("avx2") {
+                        let mut out = vec![f32::NAN; o * o * stride];
+                        t.points_via::<Ymm>(matrix, source, tiles, (&mut out, stride));
+                        check(&out, "Ymm");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn points_to_tiles_equal_the_definition() {
+        for t in [Transform::F2, Transform::F4] {
+            let (m, alpha) = (t.m(), t.alpha());
+            let at = transpose(&definition(t, Matrix::A));
+            for (n, tile_rows) in TILE_ROWS {
+                let tiles = n * tile_rows;
+                // The output is one plane whose last tile column and row are cut short (where
+                // there are two or more), bordered by a column the blocks must not reach.
+                let (width, height) = (m * n - usize::from(n > 1), m * tile_rows - usize::from(tile_rows > 1));
+                let stride = tiles + 2;
+                let points = values(alpha * alpha * stride, 4);
+                let bias = 0.25;
+                let place = |f: usize| {
+                    let (y, x) = (m * (f / n), m * (f % n));
+                    Place { offset: y * (width + 1) + x, rows: m.min(height - y), columns: m.min(width - x) }
+                };
+                let check = |out: &[f32], via: &str| {
+                    for f in 0..tiles {
+                        let Place { offset, rows, columns } = place(f);
+                        let patch = |a: usize, b: usize| points[(a * alpha + b) * stride + f] as f64;
+                        for (u, v) in (0..rows).flat_map(|u| (0..columns).map(move |v| (u, v))) {
+                            let (ours, expected) = (out[offset + u * (width + 1) + v], sandwich(&at, patch, &at, u, v) + bias as f64);
+                            assert!(
+                                (ours as f64 - expected).abs() < 1e-3,
+                                "{t:?} {via} n {n} tile {f} output ({u}, {v}): {ours} vs {expected}"
+                            );
+                        }
+                    }
+                    assert!((0..height).all(|y| out[y * (width + 1) + width].is_nan()), "{via}: wrote past the width");
+                };
+                let mut out = vec![f32::NAN; height * (width + 1)];
+                let target = Blocks { out: out.as_mut_ptr(), width: width + 1, bias };
+                // SAFETY: every place is inside `out`, which nothing else uses meanwhile.
+                unsafe { t.outputs_via::<Lanes>((&points, stride), tiles, place, target) };
+                check(&out, "Lanes");
+                #[cfg(target_arch = "x86_64")]
+                if tiles >= LANES && std::arch::is_x86_feature_detected!("avx2") {
+                    let mut out = vec![f32::NAN; height * (width + 1)];
+                    let target = Blocks { out: out.as_mut_ptr(), width: width + 1, bias };
+                    // SAFETY: as above.
+                    unsafe { t.outputs_via::<Ymm>((&points, stride), tiles, place, target) };
+                    check(&out, "Ymm");
+                }
+            }
+        }
     }
 
     #[test]
     fn every_matrix_equals_its_definition() {
         for t in [Transform::F2, Transform::F4] {
-            for matrix in [Matrix::Bt, Matrix::At, Matrix::A, Matrix::G, Matrix::Gt] {
+            for matrix in [Matrix::Bt, Matrix::A, Matrix::G, Matrix::Gt] {
                 let definition = definition(t, matrix);
                 let (outs, ins) = (definition.len(), definition[0].len());
                 // Lane counts below, at and above one register; rows with gaps between them.
@@ -409,30 +910,6 @@ mod tests {
                             output[r * out_stride + n..(r + 1) * out_stride].iter().all(|v| v.is_nan()),
                             "{t:?} {matrix:?}: wrote past row {r}"
                         );
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn gather_takes_each_tiles_columns() {
-        for t in [Transform::F2, Transform::F4] {
-            // Tile counts below, at and between multiples of the four-tile blocks.
-            for n in [1, 3, 4, 7, 9] {
-                for columns in [t.m(), t.alpha()] {
-                    let row = values(t.m() * (n + 2), 5);
-                    let stride = n + 2;
-                    let mut out = vec![f32::NAN; columns * stride];
-                    t.gather(&row, (&mut out, stride), columns, n);
-                    for j in 0..columns {
-                        for tx in 0..stride {
-                            let expected = if tx < n { row[t.m() * tx + j] } else { f32::NAN };
-                            assert!(
-                                out[j * stride + tx].total_cmp(&expected).is_eq(),
-                                "{t:?} n {n} columns {columns}: column {j} tile {tx}"
-                            );
-                        }
                     }
                 }
             }
