@@ -195,7 +195,9 @@ use std::f32::consts::{FRAC_1_SQRT_2, LN_2, LOG2_E};
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 /// `exp(x)` for `x <= 0` (clamped at -87, where it underflows): `2^n * e^r` with `r` in
-/// `[-ln2/2, ln2/2]` and a degree-6 Taylor polynomial (relative error below 6e-7, a few f32 ulps).
+/// `[-ln2/2, ln2/2]` and a degree-5 polynomial fitted for the least relative error there (below
+/// 2e-7 evaluated in f32, as the degree-6 Taylor polynomial it replaced, with one multiply-add
+/// less: SiLU's sigmoid is much of an EfficientNet step).
 #[inline(always)]
 fn exp_non_positive(x: f32) -> f32 {
     // `max` maps NaN to -87 too: `n` below is always an integer in [-126, 0].
@@ -205,7 +207,7 @@ fn exp_non_positive(x: f32) -> f32 {
     const LN2_HIGH: f32 = 0.693_145_75;
     const LN2_LOW: f32 = LN_2 - LN2_HIGH;
     let r = x - n * LN2_HIGH - n * LN2_LOW;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let p = 1.0 + r * (0.999_999_7 + r * (0.499_991_5 + r * (0.166_676_36 + r * (0.041_897_93 + r * 0.008_290_315))));
     p * two_to_the(n)
 }
 
