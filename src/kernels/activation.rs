@@ -202,23 +202,25 @@ const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 fn exp_non_positive(x: f32) -> f32 {
     // `max` maps NaN to -87 too: `n` below is always an integer in [-126, 0].
     let x = x.max(-87.0);
-    let n = (x * LOG2_E + 0.5).floor();
+    let (n, two_to_n) = nearest_power_of_two(x * LOG2_E);
     // ln 2 split in two so that `n * LN2_HIGH` is exact.
     const LN2_HIGH: f32 = 0.693_145_75;
     const LN2_LOW: f32 = LN_2 - LN2_HIGH;
     let r = x - n * LN2_HIGH - n * LN2_LOW;
     let p = 1.0 + r * (0.999_999_7 + r * (0.499_991_5 + r * (0.166_676_36 + r * (0.041_897_93 + r * 0.008_290_315))));
-    p * two_to_the(n)
+    p * two_to_n
 }
 
-/// `2^n` for an integer `n` in [-126, 127], built from its exponent bits. Adding `2^23` puts
-/// `n + 127` in the mantissa's low bits: plain float and integer lane operations, where `n as
-/// i32` (a saturating conversion) would compile to a scalar loop.
+/// `(n, 2^n)` for `y` in [-126.5, 127.5), `n` the integer nearest `y`. Adding `2^23 + 127` rounds
+/// `y` to an integer and leaves `n + 127` in the sum's low mantissa bits, which shifted into the
+/// exponent give `2^n`: plain float and integer lane operations (`n as i32`, a saturating
+/// conversion, would compile to a scalar loop; a `floor` and building the exponent from `n` took
+/// four more operations).
 #[inline(always)]
-fn two_to_the(n: f32) -> f32 {
-    const TWO_TO_23: f32 = 8_388_608.0;
-    let biased = (n + (TWO_TO_23 + 127.0)).to_bits() & 0x7f_ffff;
-    f32::from_bits(biased << 23)
+fn nearest_power_of_two(y: f32) -> (f32, f32) {
+    const BIAS: f32 = 8_388_608.0 + 127.0;
+    let biased = y + BIAS;
+    (biased - BIAS, f32::from_bits(biased.to_bits() << 23))
 }
 
 /// `(Phi(x), phi(x))`: the standard normal CDF (through erf, Abramowitz-Stegun 7.1.26) and
@@ -351,7 +353,9 @@ mod tests {
     #[test]
     fn powers_of_two_are_exact() {
         for n in -126..=127 {
-            assert_eq!(two_to_the(n as f32), 2f32.powi(n), "2^{n}");
+            for offset in [-0.49, 0.0, 0.49] {
+                assert_eq!(nearest_power_of_two(n as f32 + offset), (n as f32, 2f32.powi(n)), "2^{n}, offset {offset}");
+            }
         }
     }
 
