@@ -102,7 +102,7 @@ pub fn forward(
                         for (o, row) in y.chunks_mut(pixels).enumerate() {
                             // SAFETY: the product above wrote these values.
                             let row = unsafe { assume_written(&mut row[first..][..columns]) };
-                            with_pointwise!(act, affine_in_place(fma, row, 1.0, bias.map_or(0.0, |b| b[o])));
+                            with_pointwise!(act, affine(fma, None, row, 1.0, bias.map_or(0.0, |b| b[o])));
                         }
                     }
                 }
@@ -160,10 +160,20 @@ fn row_blocks(g: &Geometry, images: usize) -> impl Iterator<Item = std::ops::Ran
 }
 
 with_avx2! {
-    /// `act(value * scale + shift)` for each value.
-    avx512 fn affine_in_place<A: Pointwise>(values: &mut [f32], scale: f32, shift: f32) {
-        for v in values {
-            *v = A::value(*v * scale + shift);
+    /// `out = act(source * scale + shift)` value by value, `source` being `out` itself where `None`
+    /// (one pass where a copy and then the pass in place took two).
+    avx512 fn affine<A: Pointwise>(source: Option<&[f32]>, out: &mut [f32], scale: f32, shift: f32) {
+        match source {
+            Some(source) => {
+                for (out, &value) in out.iter_mut().zip(source) {
+                    *out = A::value(value * scale + shift);
+                }
+            }
+            None => {
+                for value in out {
+                    *value = A::value(*value * scale + shift);
+                }
+            }
         }
     }
 }
@@ -339,9 +349,9 @@ fn im2col<'a>(
             let plane = &x[(n * g.in_channels + c) * plane_len..][..plane_len];
             if g.is_pointwise() {
                 let row = &mut row[i * pixels..][..pixels];
-                row.copy_from_slice(plane);
-                if let Some(norm) = norm {
-                    with_pointwise!(norm.act, affine_in_place(fma_available(), row, norm.scale[c], norm.shift[c]));
+                match norm {
+                    Some(norm) => with_pointwise!(norm.act, affine(fma_available(), Some(plane), row, norm.scale[c], norm.shift[c])),
+                    None => row.copy_from_slice(plane),
                 }
                 continue;
             }
