@@ -359,6 +359,38 @@ fn f32s(tensor: &FlexTensor) -> &[f32] {
     tensor.as_slice::<f32>().expect("our kernels take contiguous f32 tensors")
 }
 
+/// Rows to columns of eight 8-lane AVX registers: lane `j` of result `i` is lane `i` of `rows[j]`.
+/// The usual three rounds: pairs of rows interleaved, pairs of pairs, then 128-bit halves swapped.
+///
+/// # Safety
+///
+/// The CPU has AVX (it is inlined into the AVX2 code that calls it).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn transpose_8x8(rows: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::{
+        _mm256_permute2f128_ps as halves, _mm256_shuffle_ps as shuffle, _mm256_unpackhi_ps as high, _mm256_unpacklo_ps as low,
+    };
+    let [r0, r1, r2, r3, r4, r5, r6, r7] = rows;
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        let (a0, a1, a2, a3) = (low(r0, r1), high(r0, r1), low(r2, r3), high(r2, r3));
+        let (a4, a5, a6, a7) = (low(r4, r5), high(r4, r5), low(r6, r7), high(r6, r7));
+        let (b0, b1, b2, b3) = (shuffle::<0x44>(a0, a2), shuffle::<0xEE>(a0, a2), shuffle::<0x44>(a1, a3), shuffle::<0xEE>(a1, a3));
+        let (b4, b5, b6, b7) = (shuffle::<0x44>(a4, a6), shuffle::<0xEE>(a4, a6), shuffle::<0x44>(a5, a7), shuffle::<0xEE>(a5, a7));
+        [
+            halves::<0x20>(b0, b4),
+            halves::<0x20>(b1, b5),
+            halves::<0x20>(b2, b6),
+            halves::<0x20>(b3, b7),
+            halves::<0x31>(b0, b4),
+            halves::<0x31>(b1, b5),
+            halves::<0x31>(b2, b6),
+            halves::<0x31>(b3, b7),
+        ]
+    }
+}
+
 /// Whether this CPU has AVX2 and FMA (checked at run time; the kernels have a portable path).
 fn fma_available() -> bool {
     #[cfg(target_arch = "x86_64")]

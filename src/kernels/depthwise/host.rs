@@ -15,6 +15,8 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::transpose_8x8;
 pub use crate::kernels::{InputNorm, XGradDone};
 use crate::kernels::{SharedSlice, assume_written, fma_available, plane_moments};
 
@@ -419,29 +421,9 @@ impl Vector for Avx {
 
     #[inline(always)]
     fn transpose(rows: [Self; LANES]) -> [Self; LANES] {
-        use std::arch::x86_64::{
-            _mm256_permute2f128_ps as halves, _mm256_shuffle_ps as shuffle, _mm256_unpackhi_ps as high, _mm256_unpacklo_ps as low,
-        };
-        let [r0, r1, r2, r3, r4, r5, r6, r7] = rows.map(|row| row.0);
-        // SAFETY: AVX is available. The usual three rounds: pairs of rows interleaved, pairs of
-        // pairs, then 128-bit halves swapped.
-        unsafe {
-            let (a0, a1, a2, a3) = (low(r0, r1), high(r0, r1), low(r2, r3), high(r2, r3));
-            let (a4, a5, a6, a7) = (low(r4, r5), high(r4, r5), low(r6, r7), high(r6, r7));
-            let (b0, b1, b2, b3) = (shuffle::<0x44>(a0, a2), shuffle::<0xEE>(a0, a2), shuffle::<0x44>(a1, a3), shuffle::<0xEE>(a1, a3));
-            let (b4, b5, b6, b7) = (shuffle::<0x44>(a4, a6), shuffle::<0xEE>(a4, a6), shuffle::<0x44>(a5, a7), shuffle::<0xEE>(a5, a7));
-            [
-                halves::<0x20>(b0, b4),
-                halves::<0x20>(b1, b5),
-                halves::<0x20>(b2, b6),
-                halves::<0x20>(b3, b7),
-                halves::<0x31>(b0, b4),
-                halves::<0x31>(b1, b5),
-                halves::<0x31>(b2, b6),
-                halves::<0x31>(b3, b7),
-            ]
-            .map(Avx)
-        }
+        let [r0, r1, r2, r3, r4, r5, r6, r7] = rows;
+        // SAFETY: AVX is available.
+        unsafe { transpose_8x8([r0.0, r1.0, r2.0, r3.0, r4.0, r5.0, r6.0, r7.0]) }.map(Avx)
     }
 }
 

@@ -368,28 +368,11 @@ with_avx2! {
             for (i, padded) in padded[local * alpha * row_len..].chunks_exact_mut(row_len).take(alpha).enumerate() {
                 let y = (m * tile_row + i) as isize - g.padding as isize;
                 if y >= 0 && y < g.height as isize {
-                    copy_row(&mut padded[g.padding..][..len], &plane[y as usize * g.width..][..len]);
+                    padded[g.padding..][..len].copy_from_slice(&plane[y as usize * g.width..][..len]);
                 }
             }
         }
         t.tiles_to_points(Matrix::Bt, (padded, row_len), n, tiles, (v, tiles));
-    }
-}
-
-/// `target.copy_from_slice(source)` for the short rows the transforms copy: blocks of eight, the
-/// last one ending at the end (a `memcpy` call per row cost more than its copy).
-#[inline(always)]
-fn copy_row(target: &mut [f32], source: &[f32]) {
-    const BLOCK: usize = 8;
-    let len = target.len();
-    assert_eq!(len, source.len(), "winograd: row lengths");
-    if len < BLOCK {
-        target.iter_mut().zip(source).for_each(|(target, &source)| *target = source);
-        return;
-    }
-    for start in (0..len - BLOCK).step_by(BLOCK).chain([len - BLOCK]) {
-        let block: &[f32; BLOCK] = source[start..][..BLOCK].try_into().expect("eight values");
-        target[start..][..BLOCK].copy_from_slice(block);
     }
 }
 
@@ -421,7 +404,7 @@ with_avx2! {
             for (r, padded) in padded[local * m * row_len..].chunks_exact_mut(row_len).take(m).enumerate() {
                 let y = m * tile_row + r;
                 if y < out_height {
-                    copy_row(&mut padded[..out_width], &plane[y * out_width..][..out_width]);
+                    padded[..out_width].copy_from_slice(&plane[y * out_width..][..out_width]);
                 }
             }
         }

@@ -309,6 +309,7 @@ mod ymm {
     use std::ops::{Add, Mul, Sub};
 
     use super::{Blocks, LANES, Lanes, Place, Vector};
+    use crate::kernels::transpose_8x8;
 
     /// One AVX register of eight lanes. Values exist only where the CPU has AVX2 (made by
     /// [`Ymm::columns`] and [`Ymm::load`], which the transforms call after checking), which makes
@@ -375,26 +376,7 @@ mod ymm {
                 let (r2, r3) = (_mm256_loadu_ps(row(2)), _mm256_loadu_ps(row(3)));
                 let (r4, r5) = (_mm256_loadu_ps(row(4)), _mm256_loadu_ps(row(5)));
                 let (r6, r7) = (_mm256_loadu_ps(row(6)), _mm256_loadu_ps(row(7)));
-                let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
-                let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
-                let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
-                let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
-                // Columns (0, 4), (1, 5), (2, 6), (3, 7) of rows 0-3 and of rows 4-7, one per
-                // 128-bit half.
-                let (u0, u1) = (_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xEE>(t0, t2));
-                let (u2, u3) = (_mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xEE>(t1, t3));
-                let (u4, u5) = (_mm256_shuffle_ps::<0x44>(t4, t6), _mm256_shuffle_ps::<0xEE>(t4, t6));
-                let (u6, u7) = (_mm256_shuffle_ps::<0x44>(t5, t7), _mm256_shuffle_ps::<0xEE>(t5, t7));
-                [
-                    Ymm(_mm256_permute2f128_ps::<0x20>(u0, u4)),
-                    Ymm(_mm256_permute2f128_ps::<0x20>(u1, u5)),
-                    Ymm(_mm256_permute2f128_ps::<0x20>(u2, u6)),
-                    Ymm(_mm256_permute2f128_ps::<0x20>(u3, u7)),
-                    Ymm(_mm256_permute2f128_ps::<0x31>(u0, u4)),
-                    Ymm(_mm256_permute2f128_ps::<0x31>(u1, u5)),
-                    Ymm(_mm256_permute2f128_ps::<0x31>(u2, u6)),
-                    Ymm(_mm256_permute2f128_ps::<0x31>(u3, u7)),
-                ]
+                transpose_8x8([r0, r1, r2, r3, r4, r5, r6, r7]).map(Ymm)
             }
         }
 
