@@ -249,6 +249,12 @@ pub(super) trait Pointwise {
     fn value(x: f32) -> f32;
     /// The activation's derivative at `x` times the output's gradient `g`.
     fn gradient(x: f32, g: f32) -> f32;
+
+    /// The value and the derivative at `x`.
+    #[inline(always)]
+    fn value_and_derivative(x: f32) -> (f32, f32) {
+        (Self::value(x), Self::gradient(x, 1.0))
+    }
 }
 
 pub(super) struct Identity;
@@ -326,6 +332,13 @@ impl Pointwise for Silu {
     fn gradient(x: f32, g: f32) -> f32 {
         let s = sigmoid(x);
         g * s * (1.0 + x * (1.0 - s))
+    }
+
+    /// One sigmoid for both.
+    #[inline(always)]
+    fn value_and_derivative(x: f32) -> (f32, f32) {
+        let s = sigmoid(x);
+        (x * s, s * (1.0 + x * (1.0 - s)))
     }
 }
 

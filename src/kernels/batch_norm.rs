@@ -195,7 +195,7 @@ impl Backward<Flex, 3> for BatchNormBackward {
         let [batch, channels, height, width] = shape.dims();
         let [x_node, gamma_node, beta_node] = [0, 1, 2].map(|i| ops.parents.get(i).cloned().flatten());
         let layer = host::Layer { gamma: f32s(&gamma), beta: f32s(&beta), stats: f32s(&stats), epsilon, act, batch, plane: height * width };
-        let (x_grad, sum_dy, sum_dy_xhat) = host::backward(f32s(&x), f32s(&out_grad), &layer, None, x_node.is_some());
+        let (x_grad, sum_dy, sum_dy_xhat) = host::backward(f32s(&x), f32s(&out_grad), &layer, None, None, x_node.is_some());
         let to_tensor = |values: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(values, shape));
         let x_grad = x_grad.map(|values| to_tensor(values, vec![batch, channels, height, width]));
         for (node, gradient) in [
@@ -247,7 +247,7 @@ pub(super) mod host {
     pub struct Channel {
         pub scale: f32,
         pub shift: f32,
-        mean: f32,
+        pub mean: f32,
         inv_std: f32,
     }
 
@@ -364,7 +364,7 @@ pub(super) mod host {
 
     with_avx2! {
         /// [`normalize`] of a run of planes, the first plane `first` of `channels` (repeating).
-        avx512 fn normalize_planes<A: Pointwise>(x: &[f32], y: &mut [MaybeUninit<f32>], plane: usize, channels: &[Channel], first: usize) {
+        pub avx512 fn normalize_planes<A: Pointwise>(x: &[f32], y: &mut [MaybeUninit<f32>], plane: usize, channels: &[Channel], first: usize) {
             for (i, (y, x)) in y.chunks_exact_mut(plane).zip(x.chunks_exact(plane)).enumerate() {
                 let ch = channels[(first + i) % channels.len()];
                 let mut chunks = y.chunks_exact_mut(16);
@@ -384,14 +384,18 @@ pub(super) mod host {
     /// The input gradient `gamma / σ (dz - Σdz / M - x̂ Σ(dz x̂) / M)` (where `input_gradient`),
     /// and per channel `Σ dz` (beta's gradient) and `Σ dz x̂` (gamma's); `x̂` is the normalized
     /// input, `dz` the gradient before the activation and M the values per channel. `sums`, where
-    /// given, are each plane's [`gradient_sums`], taken by the producer of `dy`.
+    /// given, are each plane's [`gradient_sums`], taken by the producer of `dy`. With `dy_affine`,
+    /// the activation's output gradient is `dy a + b`, `[a, b]` one per plane (`dy` then being
+    /// squeeze-excite's output gradient, `a` its gate); `sums` must then be given, of `dy a + b`.
     pub fn backward(
         x: &[f32],
         dy: &[f32],
         layer: &Layer,
         sums: Option<&[[f64; 2]]>,
+        dy_affine: Option<&[[f32; 2]]>,
         input_gradient: bool,
     ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+        assert!(dy_affine.is_none() || sums.is_some(), "batch_norm::host::backward: an affine dy needs its sums given");
         let (channels, plane, batch, fma) = (layer.channels(), layer.plane, layer.batch, fma_available());
         let count = (batch * plane) as f32;
         let mut dx = Vec::with_capacity(if input_gradient { x.len() } else { 0 });
@@ -418,7 +422,11 @@ pub(super) mod host {
                 for n in 0..batch {
                     // SAFETY: image n's planes of this block are this task's alone.
                     let dx = unsafe { output.run(run(n).start, run(n).len()) };
-                    with_pointwise!(layer.act, input_gradient_planes(fma, &x[run(n)], &dy[run(n)], dx, plane, block_channels, &means));
+                    let affine = dy_affine.map(|affine| &affine[run(n).start / plane..run(n).end / plane]);
+                    with_pointwise!(
+                        layer.act,
+                        input_gradient_planes(fma, &x[run(n)], &dy[run(n)], affine, dx, plane, block_channels, &means)
+                    );
                 }
             }
             sums
@@ -461,36 +469,39 @@ pub(super) mod host {
         }
     }
 
-    /// One value of the input gradient; inline, so that it compiles for the caller's target
-    /// features (a closure was compiled on its own, for the baseline CPU).
+    /// One value of the input gradient, the output gradient `dy a + b`; inline, so that it
+    /// compiles for the caller's target features (a closure was compiled on its own, for the
+    /// baseline CPU).
     #[inline(always)]
-    fn input_gradient_value<A: Pointwise>(x: f32, dy: f32, ch: Channel, [mean_dz, mean_dz_xhat]: [f32; 2]) -> f32 {
-        let dz = A::gradient(x * ch.scale + ch.shift, dy);
+    fn input_gradient_value<A: Pointwise>(x: f32, dy: f32, [a, b]: [f32; 2], ch: Channel, [mean_dz, mean_dz_xhat]: [f32; 2]) -> f32 {
+        let dz = A::gradient(x * ch.scale + ch.shift, dy * a + b);
         ch.scale * (dz - mean_dz - (x - ch.mean) * ch.inv_std * mean_dz_xhat)
     }
 
     with_avx2! {
         /// The input gradient of a run of planes, one per channel of `channels`; `means` holds
-        /// `[Σdz / M, Σ(dz x̂) / M]` per channel.
+        /// `[Σdz / M, Σ(dz x̂) / M]` per channel, `affine` (see [`backward`]) one `[a, b]` per plane.
         avx512 fn input_gradient_planes<A: Pointwise>(
             x: &[f32],
             dy: &[f32],
+            affine: Option<&[[f32; 2]]>,
             dx: &mut [MaybeUninit<f32>],
             plane: usize,
             channels: &[Channel],
             means: &[[f32; 2]],
         ) {
             let planes = dx.chunks_exact_mut(plane).zip(x.chunks_exact(plane).zip(dy.chunks_exact(plane)));
-            for ((dx, (x, dy)), (&ch, &means)) in planes.zip(channels.iter().zip(means)) {
+            for (i, ((dx, (x, dy)), (&ch, &means))) in planes.zip(channels.iter().zip(means)).enumerate() {
+                let affine = affine.map_or([1.0, 0.0], |affine| affine[i]);
                 let mut chunks = dx.chunks_exact_mut(16);
                 for ((dx, x), dy) in (&mut chunks).zip(x.chunks_exact(16)).zip(dy.chunks_exact(16)) {
                     for i in 0..16 {
-                        dx[i].write(input_gradient_value::<A>(x[i], dy[i], ch, means));
+                        dx[i].write(input_gradient_value::<A>(x[i], dy[i], affine, ch, means));
                     }
                 }
                 let done = plane - plane % 16;
                 for ((dx, &x), &dy) in chunks.into_remainder().iter_mut().zip(&x[done..]).zip(&dy[done..]) {
-                    dx.write(input_gradient_value::<A>(x, dy, ch, means));
+                    dx.write(input_gradient_value::<A>(x, dy, affine, ch, means));
                 }
             }
         }

@@ -13,16 +13,16 @@
 /// for the element-wise activation loops (SiLU's `exp`), 16 lanes instead of 8. Not for every
 /// kernel: the Winograd transforms, in 8-lane registers by design, ran slower so.
 macro_rules! with_avx2 {
-    ($(#[$meta:meta])* avx512 fn $($rest:tt)*) => {
-        with_avx2! { @levels true, $(#[$meta])* fn $($rest)* }
+    ($(#[$meta:meta])* $vis:vis avx512 fn $($rest:tt)*) => {
+        with_avx2! { @levels true, $(#[$meta])* $vis fn $($rest)* }
     };
-    ($(#[$meta:meta])* fn $($rest:tt)*) => {
-        with_avx2! { @levels false, $(#[$meta])* fn $($rest)* }
+    ($(#[$meta:meta])* $vis:vis fn $($rest:tt)*) => {
+        with_avx2! { @levels false, $(#[$meta])* $vis fn $($rest)* }
     };
-    (@levels $avx512:expr, $(#[$meta:meta])* fn $name:ident$(<$t:ident: $bound:path>)?($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    (@levels $avx512:expr, $(#[$meta:meta])* $vis:vis fn $name:ident$(<$t:ident: $bound:path>)?($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
         #[allow(clippy::too_many_arguments)]
-        fn $name$(<$t: $bound>)?(fma: bool, $($arg: $ty),*) {
+        $vis fn $name$(<$t: $bound>)?(fma: bool, $($arg: $ty),*) {
             #[inline(always)]
             fn body$(<$t: $bound>)?($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
@@ -423,19 +423,22 @@ fn bias_gradient(out_grad: &[f32], batch: usize, channels: usize, plane: usize) 
         .collect()
 }
 
-/// `Σ f(a[i], b[i])` (two sums at once) over two equally long runs, summed in 32 independent f32
+/// `Σ f(a[i], b[i])` (`N` sums at once) over two equally long runs, summed in 32 independent f32
 /// lanes that the compiler vectorizes, then 8 for the rest (short planes: the 4x4 maps of late
 /// stages), then one by one, and added in f64 (one running sum is a chain of dependent additions,
 /// a few cycles per value; BatchNorm's statistics and gradient sums spent most of their time so).
 #[inline(always)]
-fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f32; 2]) -> [f64; 2] {
+fn lane_sums<const N: usize>(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f32; N]) -> [f64; N] {
     assert_eq!(a.len(), b.len(), "lane_sums: runs of different lengths");
-    let mut total = [0f64; 2];
-    let done = lanes_sums::<32>(a, b, &f, &mut total);
-    let done = done + lanes_sums::<8>(&a[done..], &b[done..], &f, &mut total);
+    let mut total = [0f64; N];
+    // 32 lanes for one or two sums; more sums at 16 keep their lanes in registers.
+    let done = if N <= 2 { lanes_sums::<32, N>(a, b, &f, &mut total) } else { lanes_sums::<16, N>(a, b, &f, &mut total) };
+    let done = done + lanes_sums::<8, N>(&a[done..], &b[done..], &f, &mut total);
     for (&a, &b) in a[done..].iter().zip(&b[done..]) {
-        let [first, second] = f(a, b);
-        total = [total[0] + first as f64, total[1] + second as f64];
+        let values = f(a, b);
+        for i in 0..N {
+            total[i] += values[i] as f64;
+        }
     }
     total
 }
@@ -443,21 +446,23 @@ fn lane_sums(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f32; 2]) -> [f64; 2]
 /// The `LANES`-wide stage of [`lane_sums`]: adds the sums of the first whole `LANES`-long chunks
 /// to `total` and says how many values that took.
 #[inline(always)]
-fn lanes_sums<const LANES: usize>(a: &[f32], b: &[f32], f: &impl Fn(f32, f32) -> [f32; 2], total: &mut [f64; 2]) -> usize {
+fn lanes_sums<const LANES: usize, const N: usize>(a: &[f32], b: &[f32], f: &impl Fn(f32, f32) -> [f32; N], total: &mut [f64; N]) -> usize {
     // Short runs (the 4x4 planes of late stages) skip the stage and its final additions.
     if a.len() < LANES {
         return 0;
     }
-    let (mut first, mut second) = ([0f32; LANES], [0f32; LANES]);
+    let mut sums = [[0f32; LANES]; N];
     for (a, b) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
         for i in 0..LANES {
-            let [x, y] = f(a[i], b[i]);
-            first[i] += x;
-            second[i] += y;
+            let values = f(a[i], b[i]);
+            for k in 0..N {
+                sums[k][i] += values[k];
+            }
         }
     }
-    total[0] += fold_lanes(first);
-    total[1] += fold_lanes(second);
+    for k in 0..N {
+        total[k] += fold_lanes(sums[k]);
+    }
     a.len() - a.len() % LANES
 }
 

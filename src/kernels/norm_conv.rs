@@ -229,7 +229,8 @@ impl Backward<Flex, 4> for NormConvBackward {
         };
         let mut gradients = vec![(weight_node, weight_grad)];
         if let Some(dy) = dy {
-            let (x_grad, sum_dy, sum_dy_xhat) = batch_norm::host::backward(x_values, f32s(&dy), &layer, Some(&sums), x_node.is_some());
+            let (x_grad, sum_dy, sum_dy_xhat) =
+                batch_norm::host::backward(x_values, f32s(&dy), &layer, Some(&sums), None, x_node.is_some());
             gradients.push((x_node, x_grad.map(|values| to_tensor(values, vec![batch, channels, height, width]))));
             gradients.push((gamma_node, Some(to_tensor(sum_dy_xhat, vec![channels]))));
             gradients.push((beta_node, Some(to_tensor(sum_dy, vec![channels]))));

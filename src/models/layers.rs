@@ -492,6 +492,19 @@ impl<'a> ConvBnOutput<'a> {
         }
     }
 
+    /// `se.forward(self.finish())`, the pending BatchNorm applied inside the squeeze-excite where
+    /// its kernel takes one (`kernels::squeeze_excite::batch_norm_squeeze_excite`).
+    fn squeeze_excite(self, se: &SqueezeExcite) -> Tensor<4> {
+        match &self.pending {
+            Some((layer, moments))
+                if squeeze_excite::applies(&self.y, &se.reduce, &se.expand) && batch_norm::trains_on_kernel(&layer.bn, &self.y) =>
+            {
+                squeeze_excite::batch_norm_squeeze_excite(&layer.bn, self.y, moments.clone(), layer.act, &se.reduce, &se.expand, se.act)
+            }
+            _ => se.forward(self.finish()),
+        }
+    }
+
     fn finish(self) -> Tensor<4> {
         match self.pending {
             Some((layer, moments)) => batch_norm::forward_with_moments(&layer.bn, self.y, moments, layer.act),
@@ -690,7 +703,7 @@ impl InvertedResidual {
             None => ConvBnOutput::of(&self.depthwise, x.clone()),
         };
         let y = match &self.se {
-            Some(se) => ConvBnOutput::of(&self.project, se.forward(y.finish())),
+            Some(se) => ConvBnOutput::of(&self.project, y.squeeze_excite(se)),
             None => y.then(&self.project),
         }
         .finish();
