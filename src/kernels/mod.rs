@@ -486,6 +486,18 @@ fn fold_lanes<const LANES: usize>(lanes: [f32; LANES]) -> f64 {
     wide[0]
 }
 
+/// A training BatchNorm on `channels` whose gamma and beta (tracked) are away from 1 and 0 and
+/// whose running statistics move fast, so that a dropped term shows, for the kernels' tests.
+#[cfg(test)]
+fn training_batch_norm(channels: usize, device: &burn::prelude::Device) -> burn::nn::BatchNorm {
+    let bn = burn::nn::BatchNormConfig::new(channels).with_momentum(0.3).init(device);
+    burn::nn::BatchNorm {
+        gamma: bn.gamma.map(|g| g.add_scalar(1.5).detach().require_grad()),
+        beta: bn.beta.map(|b| b.add_scalar(0.5).detach().require_grad()),
+        ..bn
+    }
+}
+
 /// Deterministic values in [-1, 1), for the kernels' tests.
 #[cfg(test)]
 fn test_values(n: usize, seed: u64) -> Vec<f32> {

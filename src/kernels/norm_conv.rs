@@ -252,6 +252,7 @@ mod tests {
 
     use super::*;
     use crate::kernels::dense::conv2d_dense_moments;
+    use crate::kernels::training_batch_norm;
 
     /// Ours against burn's BatchNorm, the activation and burn's conv2d in turn: output, the
     /// gradients of x, gamma, beta and the weight, and the running statistics. Depthwise: strides
@@ -297,12 +298,7 @@ mod tests {
             );
             let with_moments = case % 2 == 0;
             let run = |ours: bool| {
-                let bn = BatchNormConfig::new(channels).with_momentum(0.3).init(&device);
-                let bn = BatchNorm {
-                    gamma: bn.gamma.map(|g| g.add_scalar(1.5).detach().require_grad()),
-                    beta: bn.beta.map(|b| b.add_scalar(0.5).detach().require_grad()),
-                    ..bn
-                };
+                let bn = training_batch_norm(channels, &device);
                 let (x, weight) = (x.clone().require_grad(), weight.clone().require_grad());
                 let y = if ours {
                     assert!(applies(&bn, &x, conv, &weight));

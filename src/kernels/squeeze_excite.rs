@@ -702,9 +702,8 @@ mod tests {
     /// planes' moments, planes of one pixel, shorter and longer than the summing lanes, odd sizes.
     #[test]
     fn batch_norm_then_squeeze_excite_equals_burns_layers() {
-        use burn::nn::BatchNormConfig;
-
         use crate::kernels::dense::conv2d_dense_moments;
+        use crate::kernels::training_batch_norm;
 
         let device = Device::flex().autodiff();
         device.seed(13);
@@ -724,12 +723,7 @@ mod tests {
             let (reduce, expand) = layers(channels, squeezed, &device);
             let with_moments = case % 2 == 0;
             let run = |ours: bool| {
-                let bn = BatchNormConfig::new(channels).with_momentum(0.3).init(&device);
-                let bn = BatchNorm {
-                    gamma: bn.gamma.map(|g| g.add_scalar(1.5).detach().require_grad()),
-                    beta: bn.beta.map(|b| b.add_scalar(0.5).detach().require_grad()),
-                    ..bn
-                };
+                let bn = training_batch_norm(channels, &device);
                 let x = x.clone().require_grad();
                 let y = if ours {
                     assert!(applies(&x, &reduce, &expand) && batch_norm::trains_on_kernel(&bn, &x));
