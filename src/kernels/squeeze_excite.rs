@@ -1,6 +1,7 @@
 //! Squeeze-and-excitation (EfficientNet-B's blocks) as one operation:
 //! `x * sigmoid(expand(act(reduce(mean(x)))))`, `reduce` and `expand` 1x1 convs with bias, the
-//! mean over each plane.
+//! mean over each plane. In training, the BatchNorm and activation before it join the operation
+//! where they run on our kernels ([`batch_norm_squeeze_excite`]).
 //!
 //! burn computes it from generic ops: two reductions for the mean; the broadcast multiply; and
 //! backward the multiply's two full-size products (`dy * gates`, `dy * x`) before one of them is
@@ -64,7 +65,7 @@ pub fn squeeze_excite(x: Tensor<4>, reduce: &Conv2d, expand: &Conv2d, act: Act) 
 /// `squeeze_excite(bn_act(bn(x)))` with `bn` training (as `batch_norm::forward_with_moments`,
 /// its statistics from `moments` of `x`'s planes where given), where [`applies`] and `bn` trains
 /// on our kernel: the BatchNorm's output is never stored, and backward the squeeze-excite's input
-/// gradient goes into the BatchNorm's without being written (see [`NormedBackward`]).
+/// gradient goes into the BatchNorm's without being written (see [`BatchNormSqueezeExciteBackward`]).
 pub(crate) fn batch_norm_squeeze_excite(
     bn: &BatchNorm,
     x: Tensor<4>,
@@ -149,24 +150,23 @@ impl SqueezeExciteBackend for Flex {
     ) -> (FlexTensor, FlexTensor) {
         let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
         let stats = batch_statistics(&x, [&gamma, &beta], moments.into_option(), epsilon, bn_act);
-        let (y, _) = forward(x.clone(), Some(&layer(&x, [&gamma, &beta], &stats, epsilon, bn_act)), [rw, rb, ew, eb], act);
+        let (y, _) = forward(x.clone(), Some(&layer(&x, [&gamma, &beta], f32s(&stats), epsilon, bn_act)), [rw, rb, ew, eb], act);
         (y, stats)
     }
 }
 
-/// The BatchNorm (`norm` = `[gamma, beta]`, `stats` `[mean.., variance..]`) before a
+/// The BatchNorm (`norm` = `[gamma, beta]`, `stats` `[mean.., variance..]` or none yet) before a
 /// squeeze-excite on `x`, and its activation.
-fn layer<'a>(x: &FlexTensor, [gamma, beta]: [&'a FlexTensor; 2], stats: &'a FlexTensor, epsilon: f64, act: Act) -> Layer<'a> {
+fn layer<'a>(x: &FlexTensor, [gamma, beta]: [&'a FlexTensor; 2], stats: &'a [f32], epsilon: f64, act: Act) -> Layer<'a> {
     let [batch, _, height, width] = x.shape().dims();
-    Layer { gamma: f32s(gamma), beta: f32s(beta), stats: f32s(stats), epsilon, act, batch, plane: height * width }
+    Layer { gamma: f32s(gamma), beta: f32s(beta), stats, epsilon, act, batch, plane: height * width }
 }
 
 /// The batch's `[mean.., variance..]` of `x`, from its planes' `moments` where given.
 fn batch_statistics(x: &FlexTensor, norm: [&FlexTensor; 2], moments: Option<FlexTensor>, epsilon: f64, act: Act) -> FlexTensor {
     let moments = moments.map(contiguous);
     let moments = moments.as_ref().map(|moments| moments.as_slice::<f64>().expect("plane moments are contiguous f64").as_chunks().0);
-    let empty = FlexTensor::from_data(TensorData::new(Vec::<f32>::new(), [0]));
-    let stats = batch_norm::host::statistics(f32s(x), &layer(x, norm, &empty, epsilon, act), moments);
+    let stats = batch_norm::host::statistics(f32s(x), &layer(x, norm, &[], epsilon, act), moments);
     let len = stats.len();
     FlexTensor::from_data(TensorData::new(stats, [len]))
 }
@@ -238,9 +238,9 @@ impl<C: CheckpointStrategy> SqueezeExciteBackend for Autodiff<Flex, C> {
         let norm = [&gamma_values, &beta_values];
         let stats = batch_statistics(&x_values, norm, moments.into_option().map(|moments| moments.into_primitive()), epsilon, bn_act);
         let weights = [&rw, &rb, &ew, &eb].map(|w| w.clone().into_primitive());
-        let (y, gates) = forward(x_values.clone(), Some(&layer(&x_values, norm, &stats, epsilon, bn_act)), weights, act);
+        let (y, gates) = forward(x_values.clone(), Some(&layer(&x_values, norm, f32s(&stats), epsilon, bn_act)), weights, act);
         let parents = [x.node(), gamma.node(), beta.node(), rw.node(), rb.node(), ew.node(), eb.node()];
-        let output = match NormedBackward.prepare::<C>(parents).compute_bound().stateful() {
+        let output = match BatchNormSqueezeExciteBackward.prepare::<C>(parents).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let ids = [&x, &gamma, &beta, &rw, &ew].map(|tensor| prep.checkpoint(tensor));
                 prep.finish((ids, stats.clone(), epsilon, [bn_act, act], gates), y)
@@ -292,9 +292,9 @@ impl Backward<Flex, 5> for SqueezeExciteBackward {
 /// `Σ act' dy (x - mean)`, `Σ act'`, `Σ act' (x - mean)`. The BatchNorm's input-gradient pass then
 /// applies the affine to `dy` as it reads it.
 #[derive(Debug)]
-struct NormedBackward;
+struct BatchNormSqueezeExciteBackward;
 
-impl Backward<Flex, 7> for NormedBackward {
+impl Backward<Flex, 7> for BatchNormSqueezeExciteBackward {
     /// The checkpointed `[x, gamma, beta, reduce weight, expand weight]`, the batch statistics,
     /// epsilon, the BatchNorm's and the squeeze-excite's activations, the forward pass's gates.
     type State = ([NodeId; 5], FlexTensor, f64, [Act; 2], host::Gates);
@@ -305,7 +305,7 @@ impl Backward<Flex, 7> for NormedBackward {
         let [x, gamma, beta, rw, ew] = ids.map(|id| contiguous(checkpointer.retrieve_node_output::<FlexTensor>(id)));
         let stats = contiguous(stats);
         let host::Sizes { channels, plane, .. } = gates.sizes;
-        let layer = layer(&x, [&gamma, &beta], &stats, epsilon, bn_act);
+        let layer = layer(&x, [&gamma, &beta], f32s(&stats), epsilon, bn_act);
         let channel_norms = layer.channels();
         let (x_values, dy) = (f32s(&x), f32s(&out_grad));
         let sums = host::normed_sums(x_values, dy, &channel_norms, bn_act, plane);
@@ -461,7 +461,7 @@ mod host {
 
     /// For each plane of `x` `[Σ dy a, Σ a' dy, Σ a' dy (x - mean), Σ a', Σ a' (x - mean)]`, `a`
     /// the activation `act` of the BatchNorm's output (of `channels`), `a'` its derivative there:
-    /// the gate's gradient and the sums that give the BatchNorm's (see [`super::NormedBackward`]).
+    /// the gate's gradient and the sums that give the BatchNorm's (see [`super::BatchNormSqueezeExciteBackward`]).
     pub fn normed_sums(x: &[f32], dy: &[f32], channels: &[Channel], act: Act, plane: usize) -> Vec<[f64; 5]> {
         let fma = fma_available();
         let mut sums = vec![[0f64; 5]; x.len() / plane];
