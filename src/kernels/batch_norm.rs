@@ -67,6 +67,12 @@ pub fn forward_with_moments(bn: &BatchNorm, x: Tensor<4>, moments: Option<Tensor
     Tensor::from_dispatch(output)
 }
 
+/// Plane moments (`kernels::plane_moments`, a contiguous f64 tensor) as `[mean, Σ (x - mean)²]`
+/// pairs, one per plane.
+pub(super) fn moment_pairs(moments: &FlexTensor) -> &[[f64; 2]] {
+    moments.as_slice::<f64>().expect("plane moments are contiguous f64").as_chunks().0
+}
+
 /// Moves `bn`'s running statistics towards the batch's `stats` (`[mean.., variance..]`), as burn's
 /// BatchNorm does in training.
 pub(super) fn update_running_statistics(bn: &BatchNorm, stats: Tensor<1>) {
@@ -146,7 +152,7 @@ impl BatchNormBackend for Flex {
         let [batch, channels, height, width] = shape.dims();
         let (x, gamma, beta, moments) = (contiguous(x), contiguous(gamma), contiguous(beta), moments.into_option());
         let layer = host::Layer { gamma: f32s(&gamma), beta: f32s(&beta), stats: &[], epsilon, act, batch, plane: height * width };
-        let moments = moments.as_ref().map(|moments| moments.as_slice::<f64>().expect("plane moments are contiguous f64").as_chunks().0);
+        let moments = moments.as_ref().map(moment_pairs);
         let (y, stats) = host::train_forward(f32s(&x), &layer, moments);
         (FlexTensor::from_data(TensorData::new(y, shape)), FlexTensor::from_data(TensorData::new(stats, [2 * channels])))
     }

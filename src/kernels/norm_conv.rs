@@ -114,7 +114,7 @@ impl NormConvBackend for Flex {
         let [batch, channels, height, width] = x.shape().dims();
         let [x, gamma, beta, weight] = [x, gamma, beta, weight].map(contiguous);
         let moments = moments.into_option().map(contiguous);
-        let moments = moments.as_ref().map(|moments| moments.as_slice::<f64>().expect("plane moments are contiguous f64").as_chunks().0);
+        let moments = moments.as_ref().map(batch_norm::moment_pairs);
         let layer = |stats| Layer { gamma: f32s(&gamma), beta: f32s(&beta), stats, epsilon, act, batch, plane: height * width };
         let stats = batch_norm::host::statistics(f32s(&x), &layer(&[]), moments);
         let (scale, shift) = scale_and_shift(&layer(&stats));

@@ -131,7 +131,7 @@ trait SqueezeExciteBackend: Backend {
 
 impl SqueezeExciteBackend for Flex {
     fn squeeze_excite(x: FlexTensor, rw: FlexTensor, rb: FlexTensor, ew: FlexTensor, eb: FlexTensor, act: Act) -> FlexTensor {
-        forward(contiguous(x), None, [rw, rb, ew, eb], act).0
+        forward(&contiguous(x), None, [rw, rb, ew, eb], act).0
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -149,8 +149,7 @@ impl SqueezeExciteBackend for Flex {
         act: Act,
     ) -> (FlexTensor, FlexTensor) {
         let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
-        let stats = batch_statistics(&x, [&gamma, &beta], moments.into_option(), epsilon, bn_act);
-        let (y, _) = forward(x.clone(), Some(&layer(&x, [&gamma, &beta], f32s(&stats), epsilon, bn_act)), [rw, rb, ew, eb], act);
+        let (y, stats, _) = normed_forward(&x, [&gamma, &beta], moments.into_option(), [rw, rb, ew, eb], epsilon, [bn_act, act]);
         (y, stats)
     }
 }
@@ -162,18 +161,28 @@ fn layer<'a>(x: &FlexTensor, [gamma, beta]: [&'a FlexTensor; 2], stats: &'a [f32
     Layer { gamma: f32s(gamma), beta: f32s(beta), stats, epsilon, act, batch, plane: height * width }
 }
 
-/// The batch's `[mean.., variance..]` of `x`, from its planes' `moments` where given.
-fn batch_statistics(x: &FlexTensor, norm: [&FlexTensor; 2], moments: Option<FlexTensor>, epsilon: f64, act: Act) -> FlexTensor {
+/// The training BatchNorm (`norm` = `[gamma, beta]`, its statistics from `x`'s planes' `moments`
+/// where given) and `acts[0]`, then the squeeze-excite with `acts[1]`: the output, the batch's
+/// `[mean.., variance..]` and what the backward pass needs.
+fn normed_forward(
+    x: &FlexTensor,
+    norm: [&FlexTensor; 2],
+    moments: Option<FlexTensor>,
+    weights: [FlexTensor; 4],
+    epsilon: f64,
+    [bn_act, act]: [Act; 2],
+) -> (FlexTensor, FlexTensor, host::Gates) {
     let moments = moments.map(contiguous);
-    let moments = moments.as_ref().map(|moments| moments.as_slice::<f64>().expect("plane moments are contiguous f64").as_chunks().0);
-    let stats = batch_norm::host::statistics(f32s(x), &layer(x, norm, &[], epsilon, act), moments);
+    let stats =
+        batch_norm::host::statistics(f32s(x), &layer(x, norm, &[], epsilon, bn_act), moments.as_ref().map(batch_norm::moment_pairs));
+    let (y, gates) = forward(x, Some(&layer(x, norm, &stats, epsilon, bn_act)), weights, act);
     let len = stats.len();
-    FlexTensor::from_data(TensorData::new(stats, [len]))
+    (y, FlexTensor::from_data(TensorData::new(stats, [len])), gates)
 }
 
 /// The output, and what the backward pass needs besides `x` and the weights; `act(bn(x))` gated
 /// where `bn` is given (with its statistics).
-fn forward(x: FlexTensor, bn: Option<&Layer>, weights: [FlexTensor; 4], act: Act) -> (FlexTensor, host::Gates) {
+fn forward(x: &FlexTensor, bn: Option<&Layer>, weights: [FlexTensor; 4], act: Act) -> (FlexTensor, host::Gates) {
     let [rw, rb, ew, eb] = weights.map(contiguous);
     let shape = x.shape();
     let [batch, channels, height, width] = shape.dims();
@@ -181,10 +190,10 @@ fn forward(x: FlexTensor, bn: Option<&Layer>, weights: [FlexTensor; 4], act: Act
     // With a BatchNorm, its output is written with each plane's mean, then gated in place.
     let (normalized, pooled) = match bn {
         Some(layer) => {
-            let (y, means) = host::normalize_with_means(f32s(&x), layer);
+            let (y, means) = host::normalize_with_means(f32s(x), layer);
             (Some(y), means)
         }
-        None => (None, host::plane_means_of(f32s(&x), sizes.plane)),
+        None => (None, host::plane_means_of(f32s(x), sizes.plane)),
     };
     let gates = host::gates(pooled, [f32s(&rw), f32s(&rb), f32s(&ew), f32s(&eb)], sizes, act);
     let y = match normalized {
@@ -192,7 +201,7 @@ fn forward(x: FlexTensor, bn: Option<&Layer>, weights: [FlexTensor; 4], act: Act
             host::gate(&mut y, &gates.gates, None, sizes.plane);
             y
         }
-        None => host::scale(f32s(&x), &gates.gates, sizes.plane),
+        None => host::scale(f32s(x), &gates.gates, sizes.plane),
     };
     (FlexTensor::from_data(TensorData::new(y, shape)), gates)
 }
@@ -210,12 +219,12 @@ impl<C: CheckpointStrategy> SqueezeExciteBackend for Autodiff<Flex, C> {
             OpsKind::Tracked(mut prep) => {
                 let ids = [prep.checkpoint(&x), prep.checkpoint(&rw), prep.checkpoint(&ew)];
                 let weights = [rw, rb, ew, eb].map(|w| w.into_primitive());
-                let (y, gates) = forward(contiguous(x.into_primitive()), None, weights, act);
+                let (y, gates) = forward(&contiguous(x.into_primitive()), None, weights, act);
                 prep.finish((ids, gates, act), y)
             }
             OpsKind::UnTracked(prep) => {
                 let weights = [rw, rb, ew, eb].map(|w| w.into_primitive());
-                prep.finish(forward(contiguous(x.into_primitive()), None, weights, act).0)
+                prep.finish(forward(&contiguous(x.into_primitive()), None, weights, act).0)
             }
         }
     }
@@ -235,10 +244,9 @@ impl<C: CheckpointStrategy> SqueezeExciteBackend for Autodiff<Flex, C> {
         act: Act,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let [x_values, gamma_values, beta_values] = [&x, &gamma, &beta].map(|tensor| contiguous(tensor.clone().into_primitive()));
-        let norm = [&gamma_values, &beta_values];
-        let stats = batch_statistics(&x_values, norm, moments.into_option().map(|moments| moments.into_primitive()), epsilon, bn_act);
+        let moments = moments.into_option().map(|moments| moments.into_primitive());
         let weights = [&rw, &rb, &ew, &eb].map(|w| w.clone().into_primitive());
-        let (y, gates) = forward(x_values.clone(), Some(&layer(&x_values, norm, f32s(&stats), epsilon, bn_act)), weights, act);
+        let (y, stats, gates) = normed_forward(&x_values, [&gamma_values, &beta_values], moments, weights, epsilon, [bn_act, act]);
         let parents = [x.node(), gamma.node(), beta.node(), rw.node(), rb.node(), ew.node(), eb.node()];
         let output = match BatchNormSqueezeExciteBackward.prepare::<C>(parents).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
@@ -654,6 +662,19 @@ mod tests {
         x * sigmoid(expand.forward(activation(reduce.forward(pooled))))
     }
 
+    /// Each of `ours` equals `burn`'s result at its place within `[relative, absolute]`, the
+    /// absolute part scaled by the result's largest magnitude (at least 1).
+    fn assert_results_close(ours: &[TensorData], burn: &[TensorData], [relative, absolute]: [f32; 2], context: &str) {
+        for (i, (ours, burn)) in ours.iter().zip(burn).enumerate() {
+            let largest = burn.iter::<f32>().fold(1f32, |largest, v| largest.max(v.abs()));
+            let tolerance = Tolerance::<f32>::rel_abs(relative, absolute * largest);
+            assert!(
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ours.assert_approx_eq::<f32>(burn, tolerance))).is_ok(),
+                "{context}: result {i} differs from burn's:\n{ours}\n{burn}"
+            );
+        }
+    }
+
     /// Output and the gradients of the input and of all four parameters equal burn's, on planes
     /// of one pixel, shorter and longer than the summing lanes (8, 32), odd sizes, one image.
     #[test]
@@ -683,15 +704,8 @@ mod tests {
                         bias_grad(&expand),
                     ]
                 };
-                let (ours, burn) = (run(true), run(false));
-                for (i, (ours, burn)) in ours.iter().zip(&burn).enumerate() {
-                    let largest = burn.iter::<f32>().fold(1f32, |largest, v| largest.max(v.abs()));
-                    let tolerance = Tolerance::<f32>::rel_abs(1e-4, 1e-5 * largest);
-                    assert!(
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ours.assert_approx_eq::<f32>(burn, tolerance))).is_ok(),
-                        "{shape:?} squeezed {squeezed} {act:?}: result {i} differs from burn's"
-                    );
-                }
+                let context = format!("{shape:?} squeezed {squeezed} {act:?}");
+                assert_results_close(&run(true), &run(false), [1e-4, 1e-5], &context);
             }
         }
     }
@@ -748,15 +762,7 @@ mod tests {
                     bn.running_var.value_sync().into_data(),
                 ]
             };
-            let (ours, burn) = (run(true), run(false));
-            for (i, (ours, burn)) in ours.iter().zip(&burn).enumerate() {
-                let largest = burn.iter::<f32>().fold(1f32, |largest, v| largest.max(v.abs()));
-                let tolerance = Tolerance::<f32>::rel_abs(1e-3, 1e-4 * largest);
-                assert!(
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ours.assert_approx_eq::<f32>(burn, tolerance))).is_ok(),
-                    "case {case}: result {i} differs from burn's:\n{ours}\n{burn}"
-                );
-            }
+            assert_results_close(&run(true), &run(false), [1e-3, 1e-4], &format!("case {case}"));
         }
     }
 
